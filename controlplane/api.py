@@ -1,0 +1,326 @@
+"""The admin API (Litestar): regions, dials, drains and audit behind bearer tokens with roles.
+
+I/O lives in the lifespan (Redis client, prober and intake tasks); handlers translate store errors into
+HTTP status codes: 401/403 auth, 404 unknown region, 412 stale If-Match, 422 invalid input, 503 when the
+Redis primary cannot take writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from litestar import Controller, Litestar, Request, Response, get, patch
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.params import Parameter
+from litestar.plugins.pydantic import PydanticPlugin
+
+from controlplane.intake import Intake
+from controlplane.prober import Prober
+from controlplane.redisconn import connect
+from controlplane.settings import AdminToken, ControlPlaneSettings
+from controlplane.state import RegionState, Topology
+from controlplane.store import (
+    AuditEntry,
+    RegionNotFound,
+    StateStore,
+    StoreUnavailable,
+    VersionConflict,
+    is_unavailable,
+)
+from controlplane.topology import load_topology
+
+log = logging.getLogger("meridian.api")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: str
+
+
+class TokenAuth(AbstractAuthenticationMiddleware):
+    """Resolve `Authorization: Bearer <token>` to a User; every configured token is compared in constant time."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        header = connection.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise NotAuthorizedException("missing bearer token (Authorization: Bearer <token>)")
+        tokens: list[AdminToken] = connection.app.state.tokens
+        given = presented.strip().encode()
+        match: AdminToken | None = None
+        for t in tokens:  # no early exit: time does not depend on which token matched
+            if hmac.compare_digest(given, t.token.get_secret_value().encode()):
+                match = t
+        if match is None:
+            raise NotAuthorizedException("invalid bearer token")
+        return AuthenticationResult(user=User(name=match.name, role=match.role), auth=match.role)
+
+
+def operator_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if connection.user.role != "operator":
+        raise PermissionDeniedException(f"role '{connection.user.role}' may not change regions; needs 'operator'")
+
+
+class RegionPatch(BaseModel):
+    """A change to one region: set its dial and/or drain it. `reason` is recorded in the audit log."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, description="why; recorded in the audit log")
+    weight: int | None = Field(default=None, ge=0, le=100, description="traffic dial, 0-100")
+    drained: bool | None = Field(default=None, description="true: no new traffic")
+
+
+class PreconditionFailed(HTTPException):
+    status_code = 412
+
+
+class ServiceUnavailable(HTTPException):
+    status_code = 503
+
+
+def _store(state: State) -> StateStore:
+    store: StateStore = state.store
+    return store
+
+
+def _region_view(s: RegionState) -> dict[str, Any]:
+    return s.model_dump()
+
+
+def _etag(s: RegionState) -> dict[str, str]:
+    return {"ETag": f'"{s.version}"'}
+
+
+def _parse_if_match(value: str | None) -> int | None:
+    if value is None or value.strip() == "*":
+        return None
+    raw = value.strip()
+    if raw.startswith("W/"):
+        raw = raw[2:]
+    raw = raw.strip('"')
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationException(
+            "If-Match must be a region version (an integer)", extra=[{"key": "If-Match", "source": "header"}]
+        ) from None
+
+
+class RegionController(Controller):
+    path = "/v1/regions"
+    tags = ["regions"]
+
+    @get("/", summary="List every region's state")
+    async def list_regions(self, state: State) -> dict[str, Any]:
+        version, regions = await _store(state).all()
+        topo: Topology = state.topology
+        ordered = [_region_view(regions[n]) for n in topo.names if n in regions]
+        return {"version": version, "regions": ordered}
+
+    @get("/{name:str}", summary="One region's state")
+    async def get_region(self, name: str, state: State) -> Response[dict[str, Any]]:
+        try:
+            s = await _store(state).get(name)
+        except RegionNotFound:
+            raise NotFoundException(f"unknown region '{name}'") from None
+        return Response(_region_view(s), headers=_etag(s))
+
+    @patch("/{name:str}", guards=[operator_guard], summary="Change a region's dial or drain state")
+    async def patch_region(
+        self,
+        name: str,
+        data: RegionPatch,
+        request: Request[User, str, State],
+        state: State,
+        if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
+    ) -> Response[dict[str, Any]]:
+        if data.weight is None and data.drained is None:
+            raise ValidationException(
+                "nothing to change: give weight and/or drained",
+                extra=[{"key": "weight", "source": "body"}, {"key": "drained", "source": "body"}],
+            )
+        expected = _parse_if_match(if_match)
+        update: dict[str, Any] = {}
+        if data.weight is not None:
+            update["weight"] = data.weight
+        if data.drained is not None:
+            update["drained"] = data.drained
+        action = ", ".join(f"{k}={v}" for k, v in update.items())
+
+        def mutate(s: RegionState) -> RegionState | None:
+            return s.model_copy(update=update)
+
+        try:
+            before, after = await _store(state).update(
+                name,
+                mutate,
+                expected_version=expected,
+                audit=AuditEntry(actor=request.user.name, reason=data.reason, action=action),
+            )
+        except RegionNotFound:
+            raise NotFoundException(f"unknown region '{name}'") from None
+        except VersionConflict as exc:
+            raise PreconditionFailed(
+                f"If-Match {expected} is stale: region '{name}' is at version {exc.current}"
+            ) from None
+        log.info("%s set %s on %s (%s)", request.user.name, action, name, data.reason)
+        return Response({"before": _region_view(before), "after": _region_view(after)}, headers=_etag(after))
+
+
+class AuditController(Controller):
+    path = "/v1/audit"
+    tags = ["audit"]
+
+    @get("/", summary="Who changed what, when, why; newest first")
+    async def audit(
+        self,
+        state: State,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        region: str | None = None,
+    ) -> dict[str, Any]:
+        return {"entries": await _store(state).audit_log(limit=limit, region=region)}
+
+
+@get("/healthz", exclude_from_auth=True, include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", exclude_from_auth=True, include_in_schema=False)
+async def readyz(state: State) -> Response[dict[str, Any]]:
+    try:
+        await state.store.redis.ping()
+    except Exception as exc:  # any failure to reach the primary means not ready
+        return Response({"ready": False, "error": f"redis primary unreachable: {exc}"}, status_code=503)
+    return Response({"ready": True, "seeded": state.seeded.is_set()})
+
+
+def _validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    fields = [e.get("key") for e in (exc.extra or []) if isinstance(e, dict) and e.get("key")]
+    return Response(
+        {"status_code": 422, "detail": exc.detail, "fields": fields, "errors": exc.extra or []},
+        status_code=422,
+    )
+
+
+def _http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
+    if exc.extra:
+        body["extra"] = exc.extra
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _unavailable_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    return Response(
+        {
+            "status_code": 503,
+            "detail": "state store primary unavailable: writes are refused until Redis is back "
+            "(edges keep routing on their replicas)",
+            "error": str(exc),
+        },
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def _internal_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if is_unavailable(exc):
+        return _unavailable_handler(request, exc)
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response({"status_code": 500, "detail": "internal error"}, status_code=500)
+
+
+async def _seed_until_done(settings: ControlPlaneSettings, state: State) -> None:
+    delay = 0.2
+    while True:
+        try:
+            changed = await _store(state).seed(state.topology, now=time.time())
+            if changed:
+                log.info("seeded regions into the store: %s", changed)
+            state.seeded.set()
+            return
+        except Exception as exc:
+            log.warning("cannot seed regions (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = None) -> Litestar:
+    """Build the admin API. Topology defaults to settings.regions_file."""
+    topo = topology or load_topology(settings.regions_file)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        client = connect(settings.redis_url)
+        store = StateStore(client)
+        app.state.store = store
+        app.state.seeded = asyncio.Event()
+        tasks = [asyncio.create_task(_seed_until_done(settings, app.state), name="seed")]
+        prober = Prober(settings=settings, topology=topo, store=store)
+        intake = Intake(settings=settings, store=store)
+        app.state.prober = prober
+        app.state.intake = intake
+
+        async def after_seed() -> None:
+            await app.state.seeded.wait()
+            workers = [intake.run()]
+            if settings.probe_enabled:
+                workers.append(prober.run())
+            await asyncio.gather(*workers)
+
+        tasks.append(asyncio.create_task(after_seed(), name="workers"))
+        try:
+            yield
+        finally:
+            prober.stop()
+            intake.stop()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.aclose()
+
+    return Litestar(
+        route_handlers=[RegionController, AuditController, healthz, readyz],
+        state=State({"settings": settings, "topology": topo, "tokens": list(settings.admin_tokens)}),
+        middleware=[DefineMiddleware(TokenAuth, exclude=["^/schema"])],
+        lifespan=[lifespan],
+        plugins=[PydanticPlugin(validate_strict=True)],
+        exception_handlers={
+            ValidationException: _validation_handler,
+            HTTPException: _http_handler,
+            StoreUnavailable: _unavailable_handler,
+            Exception: _internal_handler,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Meridian admin API",
+            version="1",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        debug=False,
+        logging_config=None,
+    )

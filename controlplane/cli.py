@@ -1,0 +1,189 @@
+"""The `meridian` command: demo, controlplane, edge, sim, ctl.
+
+`edge` and `sim` replace this process with `python -m edge` / `python -m regionsim`, so the control plane
+package never imports the data plane.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+
+def _settings_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        env = "MERIDIAN_" + str(err["loc"][0]).upper() if err["loc"] else ""
+        lines.append(f"  {field} ({env}): {err['msg']}")
+    return f"invalid {source} settings (environment / .env):\n" + "\n".join(lines)
+
+
+def run_controlplane(_: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from controlplane.api import create_app
+    from controlplane.settings import ControlPlaneSettings
+    from controlplane.topology import TopologyError
+
+    try:
+        settings = ControlPlaneSettings()
+    except ValidationError as exc:
+        print(_settings_error(exc, "control-plane"), file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s controlplane %(levelname)s %(name)s: %(message)s")
+    if not settings.admin_tokens:
+        print("meridian controlplane: warning: MERIDIAN_ADMIN_TOKENS is empty; every admin call gets 401",
+              file=sys.stderr)
+    try:
+        app = create_app(settings)
+    except TopologyError as exc:
+        print(f"meridian controlplane: cannot start: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", loop="uvloop",
+                access_log=False, timeout_graceful_shutdown=2)
+    return 0
+
+
+def _exec_module(module: str, argv: Sequence[str]) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+
+
+# ---- ctl -------------------------------------------------------------------------------------------------
+
+
+def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    token = os.environ.get("MERIDIAN_TOKEN", "") or _demo_credentials().get("token", "")
+    if not token:
+        raise SystemExit("meridian ctl: set MERIDIAN_TOKEN to an admin bearer token")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+    except urllib.error.URLError as exc:
+        raise SystemExit(f"meridian ctl: cannot reach {args.url}: {exc.reason}") from None
+
+
+def _demo_credentials() -> dict[str, str]:
+    """The running demo's admin URL and token, if a demo on this machine left its ready line."""
+    from controlplane.demo import state_file
+
+    try:
+        admin: dict[str, str] = json.loads(state_file().read_text())["admin"]
+        return admin
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _print_result(status: int, payload: Any) -> int:
+    print(json.dumps(payload, indent=2))
+    return 0 if 200 <= status < 300 else 1
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    if args.url is None:
+        args.url = os.environ.get("MERIDIAN_ADMIN_URL") or _demo_credentials().get("url", "http://127.0.0.1:7100")
+    if args.ctl == "regions":
+        status, payload = _admin_call(args, "GET", "/v1/regions")
+        if status != 200 or args.json:
+            return _print_result(status, payload)
+        print(f"{'region':<16}{'weight':>7}  {'drained':<8}{'health':<10}{'util':>6}  {'latency':>9}  version")
+        for r in payload["regions"]:
+            lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}ms"
+            print(f"{r['name']:<16}{r['weight']:>7}  {r['drained']!s:<8}{r['health']:<10}"
+                  f"{r['utilization']:>6.2f}  {lat:>9}  {r['version']}")
+        return 0
+    if args.ctl == "audit":
+        status, payload = _admin_call(args, "GET", f"/v1/audit?limit={args.limit}")
+        return _print_result(status, payload)
+    body: dict[str, Any] = {"reason": args.reason}
+    if args.ctl == "set-weight":
+        body["weight"] = args.weight
+    elif args.ctl == "drain":
+        body["drained"] = True
+    elif args.ctl == "undrain":
+        body["drained"] = False
+    headers = {"If-Match": str(args.if_match)} if args.if_match is not None else None
+    status, payload = _admin_call(args, "PATCH", f"/v1/regions/{args.region}", body, headers)
+    return _print_result(status, payload)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from controlplane.demo import run
+
+    return run(config=args.config, base_port=args.base_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meridian", description="Meridian: multi-region routing for LLM APIs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a local fleet: Redis primary + replicas, control plane, "
+                          "simulated clusters, one edge per region")
+    demo.add_argument("--config", default="regions.yaml", help="topology file (default: regions.yaml)")
+    demo.add_argument("--base-port", type=int, default=7100, help="first port of the fleet (default: 7100)")
+    demo.set_defaults(func=run_demo)
+
+    cp = sub.add_parser("controlplane", help="run the admin API + health prober (settings from MERIDIAN_*)")
+    cp.set_defaults(func=run_controlplane)
+    edge = sub.add_parser("edge", help="run one edge (settings from MERIDIAN_*)")
+    edge.set_defaults(func=lambda a: _exec_module("edge", a.rest))
+    sim = sub.add_parser("sim", help="run a simulated regional cluster (see `meridian sim --help`)",
+                         add_help=False)
+    sim.set_defaults(func=lambda a: _exec_module("regionsim", a.rest))
+    for sp in (edge, sim):
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+
+    ctl = sub.add_parser("ctl", help="operate the admin API (token from MERIDIAN_TOKEN)")
+    ctl.add_argument("--url", default=None,
+                     help="admin API base URL (default: $MERIDIAN_ADMIN_URL, else a running demo's)")
+    ctl_sub = ctl.add_subparsers(dest="ctl", required=True)
+    regions = ctl_sub.add_parser("regions", help="list regions")
+    regions.add_argument("--json", action="store_true")
+    audit = ctl_sub.add_parser("audit", help="show the audit log")
+    audit.add_argument("--limit", type=int, default=20)
+    sw = ctl_sub.add_parser("set-weight", help="set a region's traffic dial (0-100)")
+    sw.add_argument("region")
+    sw.add_argument("weight", type=int)
+    for name in ("drain", "undrain"):
+        c = ctl_sub.add_parser(name, help=f"{name} a region")
+        c.add_argument("region")
+    for c in (sw, ctl_sub.choices["drain"], ctl_sub.choices["undrain"]):
+        c.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+        c.add_argument("--if-match", type=int, default=None, help="only if the region is at this version")
+    ctl.set_defaults(func=run_ctl)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

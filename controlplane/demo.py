@@ -1,0 +1,224 @@
+"""`meridian demo` (I/O): start a whole local fleet as child processes, print one ready line of JSON, and
+stop every child on Ctrl-C / SIGTERM.
+
+Fleet for N regions at base port B: admin API on B, edges on B+1..B+N (topology order), Redis primary on
+B+10 and one replica per region on B+11.., simulated replicas from B+20 on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.redisproc import RedisNotFound, RedisServer, spawn
+from controlplane.state import Topology
+from controlplane.topology import TopologyError, load_topology
+
+log = logging.getLogger("meridian.demo")
+
+READY_TIMEOUT_S = 45.0
+
+
+def geoip_db() -> str:
+    env = os.environ.get("MERIDIAN_GEOIP_DB")
+    if env:
+        return env
+    try:
+        from _maxminddb_geolite2 import geolite2_database  # type: ignore[import-untyped]
+    except ImportError:
+        raise SystemExit("meridian demo: set MERIDIAN_GEOIP_DB or `pip install maxminddb-geolite2`") from None
+    path: str = geolite2_database()
+    return path
+
+
+def state_file() -> Path:
+    """Where a running demo leaves its ready line (0600) so `meridian ctl` finds the admin URL and token."""
+    return Path(tempfile.gettempdir()) / f"meridian-demo-{os.getuid()}.json"
+
+
+def local_topology(topo: Topology, ports: dict[tuple[str, str], int]) -> dict[str, Any]:
+    data = topo.model_dump(mode="json")
+    for region in data["regions"]:
+        for rep in region["replicas"]:
+            rep["url"] = f"http://127.0.0.1:{ports[(region['name'], rep['name'])]}"
+    return data
+
+
+def _get(url: str, timeout: float = 1.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except Exception:
+        return 0
+
+
+class Fleet:
+    def __init__(self, topo: Topology, base_port: int, workdir: Path) -> None:
+        self.topo = topo
+        self.base = base_port
+        self.workdir = workdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.redis: list[RedisServer] = []
+        self.token = os.environ.get("MERIDIAN_DEMO_TOKEN") or secrets.token_urlsafe(24)
+        self.viewer_token = secrets.token_urlsafe(24)
+
+    def _child(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+        full.update(env)
+        self.procs.append((name, spawn(argv, env=full, stdout=sys.stderr.fileno())))
+
+    def start(self) -> dict[str, Any]:
+        topo, base = self.topo, self.base
+        n = len(topo.regions)
+        primary = RedisServer(port=base + 10, workdir=self.workdir / "redis-primary").start()
+        self.redis.append(primary)
+        replicas = {}
+        for i, region in enumerate(topo.regions):
+            rs = RedisServer(port=base + 11 + i, workdir=self.workdir / f"redis-{region.name}",
+                             replicaof=primary.port).start()
+            replicas[region.name] = rs
+            self.redis.append(rs)
+        ports: dict[tuple[str, str], int] = {}
+        port = base + 20
+        for region in topo.regions:
+            for rep in region.replicas:
+                ports[(region.name, rep.name)] = port
+                port += 1
+        regions_file = self.workdir / "regions.local.yaml"
+        regions_file.write_text(yaml.safe_dump(local_topology(topo, ports), sort_keys=False))
+        py = sys.executable
+        for region in topo.regions:
+            args = [py, "-m", "regionsim", "--region", region.name]
+            for rep in region.replicas:
+                args += ["--replica", f"{rep.name}=127.0.0.1:{ports[(region.name, rep.name)]}"]
+            self._child(f"sim-{region.name}", args, {})
+        tokens = [
+            {"name": "demo-operator", "role": "operator", "token": self.token},
+            {"name": "demo-viewer", "role": "viewer", "token": self.viewer_token},
+        ]
+        self._child("controlplane", [py, "-m", "controlplane.cli", "controlplane"], {
+            "MERIDIAN_REGIONS_FILE": str(regions_file),
+            "MERIDIAN_REDIS_URL": primary.url,
+            "MERIDIAN_PORT": str(base),
+            "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
+            "MERIDIAN_PROBE_INTERVAL_S": "1",
+        })
+        db = geoip_db()
+        for i, region in enumerate(topo.regions):
+            self._child(f"edge-{region.name}", [py, "-m", "edge"], {
+                "MERIDIAN_REGION": region.name,
+                "MERIDIAN_REGIONS_FILE": str(regions_file),
+                "MERIDIAN_REDIS_URL": replicas[region.name].url,
+                "MERIDIAN_REDIS_PRIMARY_URL": primary.url,
+                "MERIDIAN_HOST": "127.0.0.1",
+                "MERIDIAN_PORT": str(base + 1 + i),
+                "MERIDIAN_GEOIP_DB": db,
+                "MERIDIAN_TRUSTED_PROXIES": "127.0.0.0/8,::1/128",
+            })
+        return {
+            "ready": True,
+            "admin": {"url": f"http://127.0.0.1:{base}", "token": self.token},
+            "edges": {r.name: f"http://127.0.0.1:{base + 1 + i}" for i, r in enumerate(topo.regions)},
+            "regions": {r.name: {"replicas": [f"http://127.0.0.1:{ports[(r.name, rep.name)]}" for rep in r.replicas]}
+                        for r in topo.regions},
+            "redis": {"primary": primary.url, "replicas": {k: v.url for k, v in replicas.items()}},
+            "_n": n,
+        }
+
+    def wait_ready(self, ready: dict[str, Any], stop: threading.Event) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for rs in self.redis:
+            rs.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
+        pending = [f"{ready['admin']['url']}/readyz"]
+        pending += [u + "/health" for r in ready["regions"].values() for u in r["replicas"]]
+        pending += [u + "/readyz" for u in ready["edges"].values()]
+        while pending:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            self.check_children()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fleet not ready after {READY_TIMEOUT_S}s; waiting for {pending}")
+            pending = [u for u in pending if _get(u) != 200]
+            if pending:
+                stop.wait(0.1)
+
+    def check_children(self) -> None:
+        for name, p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {p.returncode}")
+        for rs in self.redis:
+            if rs.proc is not None and rs.proc.poll() is not None:
+                raise RuntimeError(f"redis-server on {rs.port} exited")
+
+    def stop(self) -> None:
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for _, p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for rs in self.redis:
+            rs.stop()
+
+
+def run(*, config: str, base_port: int) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s demo %(message)s")
+    try:
+        topo = load_topology(config)
+    except TopologyError as exc:
+        print(f"meridian demo: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workdir = Path(tempfile.mkdtemp(prefix="meridian-demo-"))
+    fleet = Fleet(topo, base_port, workdir)
+    code = 0
+    sf = state_file()
+    try:
+        started = time.monotonic()
+        ready = fleet.start()
+        ready.pop("_n")
+        fleet.wait_ready(ready, stop)
+        line = json.dumps(ready)
+        fd = os.open(sf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(line + "\n")
+        log.info("fleet ready in %.1fs (work dir %s); Ctrl-C stops it", time.monotonic() - started, workdir)
+        print(line, flush=True)
+        while not stop.wait(0.5):
+            fleet.check_children()
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError, RedisNotFound) as exc:
+        print(f"meridian demo: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        log.info("stopping the fleet")
+        fleet.stop()
+        sf.unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return code

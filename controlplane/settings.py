@@ -1,0 +1,45 @@
+"""Control-plane settings (pydantic-settings, MERIDIAN_ prefix, optional .env); no I/O beyond reading env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["viewer", "operator"]
+
+
+class AdminToken(BaseModel):
+    """One bearer token: who holds it and what it may do."""
+
+    name: str = Field(min_length=1)
+    role: Role
+    token: SecretStr = Field(min_length=16)
+
+
+class ControlPlaneSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MERIDIAN_", env_file=".env", extra="ignore")
+
+    regions_file: Path = Path("regions.yaml")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="the Redis primary")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=1, le=65535)
+    admin_tokens: list[AdminToken] = Field(
+        default_factory=list,
+        description='JSON list: [{"name": "alice", "role": "operator", "token": "..."}]',
+    )
+    probe_interval_s: float = Field(default=2.0, ge=0.5, le=300)
+    probe_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    probe_path: str = "/health"
+    probe_rise: int = Field(default=2, ge=1, le=20)
+    probe_fall: int = Field(default=2, ge=1, le=20)
+    probe_enabled: bool = True
+    utilization_change: float = Field(
+        default=0.05, ge=0, le=1, description="write utilization to the store only when it moves this much"
+    )
+    latency_change: float = Field(
+        default=0.10, ge=0, le=10, description="write latency when the fleet EWMA moves by this fraction"
+    )
+    log_level: str = "INFO"

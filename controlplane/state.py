@@ -1,0 +1,188 @@
+"""The shared contract between control plane and edges (pure, no I/O).
+
+Topology (what regions.yaml declares), RegionState (what the store holds per region), Snapshot (what an
+edge routes on), the Redis key names, and their JSON encoding. Edges import this module and nothing else
+from the control plane except :mod:`controlplane.topology`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+
+Health = Literal["up", "degraded", "down"]
+HEALTH_VALUES: tuple[Health, ...] = ("up", "degraded", "down")
+
+# Redis key names (one namespace, so a shared Redis can hold several Meridians under other prefixes).
+KEY_PREFIX = "meridian"
+KEY_VERSION = f"{KEY_PREFIX}:state:version"
+KEY_REGIONS = f"{KEY_PREFIX}:state:regions"
+CHANNEL_CHANGES = f"{KEY_PREFIX}:state:changes"
+KEY_AUDIT = f"{KEY_PREFIX}:audit"
+KEY_OBSERVATIONS = f"{KEY_PREFIX}:observations"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Location(_Strict):
+    """A point on the globe (degrees)."""
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class Replica(_Strict):
+    """One serving endpoint (a vLLM/TGI/SGLang deployment) inside a regional cluster."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: HttpUrl
+
+    @property
+    def base_url(self) -> str:
+        return str(self.url).rstrip("/")
+
+
+class Region(_Strict):
+    """A regional cluster as declared in regions.yaml."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9-]+$")
+    location: Location
+    failure_domain: str = ""
+    capacity: int = Field(gt=0, description="max concurrent requests the region serves")
+    weight: int = Field(default=100, ge=0, le=100, description="default traffic dial")
+    replicas: tuple[Replica, ...] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _unique_replicas(self) -> Region:
+        names = [r.name for r in self.replicas]
+        if len(set(names)) != len(names):
+            raise ValueError(f"replica names must be unique within region {self.name}")
+        return self
+
+    @property
+    def domain(self) -> str:
+        return self.failure_domain or self.name
+
+
+class Policy(_Strict):
+    """Routing policy knobs shared by every edge."""
+
+    default_ttft_ms: float = Field(default=250.0, gt=0)
+    fibre_km_per_ms: float = Field(default=200.0, gt=0)
+    path_inflation: float = Field(default=1.5, ge=1.0)
+    degraded_penalty_ms: float = Field(default=300.0, ge=0)
+    max_utilization: float = Field(default=0.97, gt=0, le=1.0)
+    tie_margin: float = Field(default=0.10, ge=0, le=1.0)
+    pins: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    hedgeable_routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+
+    @field_validator("pins")
+    @classmethod
+    def _upper_keys(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        return {k.upper(): tuple(regions) for k, regions in v.items()}
+
+
+class Topology(_Strict):
+    """The whole of regions.yaml."""
+
+    policy: Policy = Field(default_factory=Policy)
+    regions: tuple[Region, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Topology:
+        names = [r.name for r in self.regions]
+        if len(set(names)) != len(names):
+            raise ValueError("region names must be unique")
+        for key, pinned in self.policy.pins.items():
+            unknown = [p for p in pinned if p not in names]
+            if unknown:
+                raise ValueError(f"policy.pins.{key} names unknown region(s) {unknown}")
+        return self
+
+    def region(self, name: str) -> Region | None:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        return None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)
+
+
+class RegionState(BaseModel):
+    """The mutable, versioned state of one region as the store holds it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    weight: int = Field(default=100, ge=0, le=100)
+    drained: bool = False
+    health: Health = "up"
+    replicas: dict[str, Health] = Field(default_factory=dict)
+    utilization: float = Field(default=0.0, ge=0.0)
+    latency_ms: float | None = None
+    updated_at: float = 0.0
+    version: int = 0
+
+    def encode(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> RegionState:
+        return cls.model_validate_json(raw)
+
+    @property
+    def routable(self) -> bool:
+        return self.weight > 0 and not self.drained and self.health != "down"
+
+
+def initial_state(region: Region, *, now: float) -> RegionState:
+    """The state a region gets when it first appears in the store."""
+    return RegionState(
+        name=region.name,
+        weight=region.weight,
+        replicas={r.name: "up" for r in region.replicas},
+        updated_at=now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An immutable view of every region's state at one store version."""
+
+    version: int
+    regions: Mapping[str, RegionState]
+    taken_at: float = field(default=0.0)  # time.monotonic() when read
+
+    def routable(self) -> list[str]:
+        return [n for n, s in self.regions.items() if s.routable]
+
+
+def decode_snapshot(version: int, raw: Mapping[str, str | bytes], *, taken_at: float) -> Snapshot:
+    regions = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        regions[name] = RegionState.decode(value)
+    return Snapshot(version=version, regions=regions, taken_at=taken_at)
+
+
+def great_circle_km(a: Location, b: Location) -> float:
+    """Haversine distance in kilometres."""
+    r = 6371.0
+    p1, p2 = math.radians(a.lat), math.radians(b.lat)
+    dp = p2 - p1
+    dl = math.radians(b.lon - a.lon)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * r * math.asin(min(1.0, math.sqrt(h)))
+
+
+def change_message(*, version: int, region: str) -> str:
+    return json.dumps({"version": version, "region": region})

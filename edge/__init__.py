@@ -1,0 +1,1 @@
+"""Meridian edge: the data plane that geolocates, scores, forwards and streams."""

@@ -1,0 +1,296 @@
+"""The edge's aiohttp application: typed app state, resources in cleanup_ctx, and the routes
+(/healthz, /readyz, /metrics, /_meridian/route, and the proxy for every other path)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from controlplane.redisconn import connect
+from controlplane.state import Topology
+from controlplane.topology import load_topology
+from edge import routing, tracing
+from edge.forwarder import Attempt, Forwarder, Timeouts, upstream_headers
+from edge.geo import ClientPlace, GeoLocator, client_ip
+from edge.metrics import EdgeMetrics
+from edge.observed import Observed
+from edge.reporter import Reporter
+from edge.settings import EdgeSettings
+from edge.snapshot import SnapshotFeed
+
+log = logging.getLogger("meridian.edge")
+
+PRIORITIES = ("critical", "normal", "batch")
+
+SETTINGS = web.AppKey("settings", EdgeSettings)
+TOPOLOGY = web.AppKey("topology", Topology)
+FEED = web.AppKey("feed", SnapshotFeed)
+GEO = web.AppKey("geo", GeoLocator)
+OBSERVED = web.AppKey("observed", Observed)
+METRICS = web.AppKey("metrics", EdgeMetrics)
+TRACER = web.AppKey("tracer", trace.Tracer)
+RNG = web.AppKey("rng", random.Random)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+REPLICAS = web.AppKey("replicas", dict)  # region -> {replica name -> base url}
+REPORTER = web.AppKey("reporter", Reporter)
+
+
+class ConfigError(RuntimeError):
+    """The edge cannot start with this configuration (message names the setting)."""
+
+
+def _error(status: int, message: str, *, kind: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind}}, status=status, headers=headers)
+
+
+def create_app(
+    settings: EdgeSettings,
+    *,
+    topology: Topology | None = None,
+    tracer_provider: TracerProvider | None = None,
+    rng: random.Random | None = None,
+) -> web.Application:
+    topo = topology or load_topology(settings.regions_file)
+    home = topo.region(settings.region)
+    if home is None:
+        raise ConfigError(
+            f"MERIDIAN_REGION={settings.region!r} is not a region in {settings.regions_file} "
+            f"(known: {', '.join(topo.names)})"
+        )
+    provider = tracer_provider or tracing.make_tracer_provider(
+        service_name=settings.service_name,
+        region=settings.region,
+        exporter=settings.tracing_exporter,
+        sample_ratio=settings.tracing_sample_ratio,
+    )
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_no_tracebacks])
+    feed = SnapshotFeed(
+        url=settings.redis_url,
+        resync_interval_s=settings.resync_interval_s,
+        known_regions=frozenset(topo.names),
+        connect=lambda url: connect(url, socket_timeout=2.0),
+    )
+    observed = Observed()
+    metrics = EdgeMetrics(
+        snapshot_age=lambda: -1.0 if (a := feed.age()) is None else a,
+        snapshot_version=lambda: float(feed.current.version) if feed.current else -1.0,
+        store_connected=lambda: 1.0 if feed.connected else 0.0,
+    )
+    app[SETTINGS] = settings
+    app[TOPOLOGY] = topo
+    app[FEED] = feed
+    app[GEO] = GeoLocator(settings.geoip_db, fallback=home.location)
+    app[OBSERVED] = observed
+    app[METRICS] = metrics
+    app[TRACER] = provider.get_tracer("meridian.edge")
+    app[RNG] = rng or random.Random()
+    app[REPLICAS] = {r.name: {rep.name: rep.base_url for rep in r.replicas} for r in topo.regions}
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0, keepalive_timeout=30)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        app[FORWARDER] = Forwarder(
+            session=session,
+            tracer=app[TRACER],
+            observed=observed,
+            metrics=metrics,
+            timeouts=Timeouts(
+                connect_s=settings.connect_timeout_s,
+                ttfb_s=settings.ttfb_timeout_s,
+                idle_s=settings.idle_timeout_s,
+                total_s=settings.total_timeout_s,
+            ),
+            edge_region=settings.region,
+        )
+        tasks = [asyncio.create_task(feed.run(), name="snapshot-feed")]
+        primary = None
+        if settings.redis_primary_url:
+            primary = connect(settings.redis_primary_url, socket_timeout=1.0)
+            reporter = Reporter(client=primary, edge=settings.region, observed=observed,
+                                interval_s=settings.observation_interval_s)
+            app[REPORTER] = reporter
+            tasks.append(asyncio.create_task(reporter.run(), name="reporter"))
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await session.close()
+            if primary is not None:
+                with contextlib.suppress(Exception):
+                    await primary.aclose()
+            app[GEO].close()
+            if tracer_provider is None:
+                provider.shutdown()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/_meridian/route", explain)
+    app.router.add_route("*", "/_meridian/{tail:.*}", _not_found)
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    return app
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return _error(404, f"no such Meridian endpoint: {request.path}", kind="meridian_not_found")
+
+
+@web.middleware
+async def _no_tracebacks(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal error in the edge", kind="meridian_internal")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "edge": request.app[SETTINGS].region})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    feed = request.app[FEED]
+    snap = feed.current
+    age = feed.age()
+    body: dict[str, Any] = {
+        "edge": request.app[SETTINGS].region,
+        "snapshot_version": snap.version if snap else None,
+        "snapshot_age_s": None if age is None else round(age, 3),
+        "store_connected": feed.connected,
+    }
+    routable = snap.routable() if snap else []
+    body["routable"] = routable
+    body["ready"] = bool(routable)
+    return web.json_response(body, status=200 if routable else 503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _locate(request: web.Request, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> ClientPlace:
+    return request.app[GEO].locate(ip)
+
+
+async def explain(request: web.Request) -> web.Response:
+    app = request.app
+    raw = request.query.get("ip")
+    if raw is None:
+        ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), app[SETTINGS].trusted_proxies)
+    else:
+        try:
+            ip = ipaddress.ip_address(raw.strip())
+        except ValueError:
+            return _error(400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input")
+    place = _locate(request, ip)
+    snap = app[FEED].current
+    if snap is None:
+        return _error(503, "no routing snapshot yet", kind="meridian_not_ready")
+    d = routing.route(
+        topology=app[TOPOLOGY], snapshot=snap, client=place.location, country=place.country,
+        continent=place.continent, rng=app[RNG],
+    )
+    return web.json_response(
+        {
+            "ip": str(ip) if ip else None,
+            "location": {"lat": place.location.lat, "lon": place.location.lon, "country": place.country,
+                         "continent": place.continent, "source": place.source},
+            "edge": app[SETTINGS].region,
+            "snapshot_version": snap.version,
+            "choice": d.primary,
+            "backup": d.backup,
+            "order": list(d.order),
+            "pinned": list(d.pinned) if d.pinned is not None else None,
+            "scores": [s.as_dict() for s in d.scores],
+        }
+    )
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    tracer = app[TRACER]
+    parent = tracing.PROPAGATOR.extract(request.headers)
+    with tracer.start_as_current_span(
+        tracing.SPAN_SERVER,
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "url.path": request.path,
+                    tracing.ATTR_EDGE: settings.region},
+    ) as span:
+        resp = await _proxy(request, span)
+        span.set_attribute("http.response.status_code", resp.status)
+        if resp.status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        return resp
+
+
+async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    metrics = app[METRICS]
+    edge_hdr = {"X-Meridian-Edge": settings.region}
+    priority = request.headers.get("X-Meridian-Priority", "normal").strip().lower()
+    if priority not in PRIORITIES:
+        metrics.bad_input.labels(what="priority").inc()
+        return _error(400, f"header X-Meridian-Priority must be one of {', '.join(PRIORITIES)}",
+                      kind="meridian_bad_input", headers=edge_hdr)
+    span.set_attribute(tracing.ATTR_PRIORITY, priority)
+    ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), settings.trusted_proxies)
+    place = _locate(request, ip)
+    if place.country:
+        span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
+    snap = app[FEED].current
+    if snap is None:
+        return _error(503, "edge has no routing snapshot yet", kind="meridian_not_ready", headers=edge_hdr)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.bad_input.labels(what="body_too_large").inc()
+        return _error(413, f"request body exceeds the limit of {settings.max_body_bytes} bytes "
+                      "(setting MERIDIAN_MAX_BODY_BYTES)", kind="meridian_bad_input", headers=edge_hdr)
+    topo = app[TOPOLOGY]
+    rng = app[RNG]
+    decision = routing.route(topology=topo, snapshot=snap, client=place.location, country=place.country,
+                             continent=place.continent, rng=rng)
+    if decision.primary is None:
+        return _error(503, "no routable region for this client", kind="meridian_no_region", headers=edge_hdr)
+    span.set_attribute(tracing.ATTR_REGION, decision.primary)
+    if decision.backup:
+        span.set_attribute(tracing.ATTR_BACKUP, decision.backup)
+    replicas = {name: routing.serving_replicas(topo, snap, name) for name in (decision.primary,)}
+    urls = app[REPLICAS]
+    observed = app[OBSERVED]
+
+    def next_attempt(tried: list[Attempt]) -> Attempt | None:
+        t = routing.next_target(
+            decision, [(a.region, a.replica) for a in tried], replicas=replicas,
+            outstanding=observed.outstanding_in, rng=rng,
+        )
+        return None if t is None else Attempt(t.region, t.replica, urls[t.region][t.replica], t.kind)
+
+    headers = upstream_headers(request.headers, client_ip=str(ip) if ip else None)
+    started = time.monotonic()
+    resp = await app[FORWARDER].forward(request, body=body, headers=headers, next_attempt=next_attempt)
+    span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
+    return resp

@@ -1,0 +1,127 @@
+"""Client IP and location (I/O adapter over geoip2): trusted X-Forwarded-For, .mmdb lookups with a cache."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import geoip2.database
+import geoip2.errors
+import maxminddb
+
+from controlplane.state import Location
+from edge.settings import IPNetwork
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class GeoDatabaseError(RuntimeError):
+    """The configured .mmdb is missing, corrupt or not a City database."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPlace:
+    """Where a client is, and how we know."""
+
+    location: Location
+    country: str | None
+    continent: str | None
+    source: str  # "geoip" | "edge-default"
+
+
+def _parse(value: str) -> IPAddress | None:
+    v = value.strip()
+    if v.startswith("[") and "]" in v:  # [v6]:port
+        v = v[1 : v.index("]")]
+    elif v.count(":") == 1 and "." in v:  # v4:port
+        v = v.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(v)
+    except ValueError:
+        return None
+
+
+def client_ip(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]) -> IPAddress | None:
+    """The peer, or the right-most untrusted X-Forwarded-For hop when the peer is a trusted proxy.
+
+    Walking right to left, every hop that is itself a trusted proxy is skipped; the first untrusted hop is
+    the client. A malformed hop stops the walk: the last address we could verify is used instead.
+    """
+    addr = _parse(peer) if peer else None
+    if addr is None or not _is_trusted(addr, trusted) or not forwarded_for:
+        return addr
+    hops = [h for header in forwarded_for for h in header.split(",")]
+    for hop in reversed(hops):
+        parsed = _parse(hop)
+        if parsed is None:
+            return addr
+        addr = parsed
+        if not _is_trusted(parsed, trusted):
+            return parsed
+    return addr
+
+
+def _is_trusted(addr: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == net.version and addr in net for net in trusted)
+
+
+def is_public(addr: IPAddress) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_global
+
+
+class GeoLocator:
+    """Looks clients up in a City .mmdb; private, unknown or unlocatable clients get the fallback place."""
+
+    def __init__(self, db_path: Path | None, *, fallback: Location, cache_size: int = 65536) -> None:
+        self.fallback = ClientPlace(location=fallback, country=None, continent=None, source="edge-default")
+        self._reader: geoip2.database.Reader | None = None
+        if db_path is not None:
+            self._reader = open_reader(db_path)
+        self.lookup = lru_cache(maxsize=cache_size)(self._lookup)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def locate(self, addr: IPAddress | None) -> ClientPlace:
+        if addr is None or self._reader is None or not is_public(addr):
+            return self.fallback
+        return self.lookup(addr)
+
+    def _lookup(self, addr: IPAddress) -> ClientPlace:
+        assert self._reader is not None
+        try:
+            rec = self._reader.city(addr)
+        except (geoip2.errors.AddressNotFoundError, ValueError, maxminddb.InvalidDatabaseError):
+            return self.fallback
+        lat, lon = rec.location.latitude, rec.location.longitude
+        if lat is None or lon is None:
+            return self.fallback
+        return ClientPlace(
+            location=Location(lat=lat, lon=lon),
+            country=rec.country.iso_code,
+            continent=rec.continent.code,
+            source="geoip",
+        )
+
+
+def open_reader(path: Path) -> geoip2.database.Reader:
+    """Open and sanity-check a City database; raise GeoDatabaseError naming the file."""
+    try:
+        reader = geoip2.database.Reader(str(path))
+    except FileNotFoundError:
+        raise GeoDatabaseError(f"GeoIP database {path} does not exist (setting MERIDIAN_GEOIP_DB)") from None
+    except (maxminddb.InvalidDatabaseError, ValueError, OSError) as exc:
+        raise GeoDatabaseError(f"GeoIP database {path} is not a valid .mmdb file: {exc}") from None
+    db_type = reader.metadata().database_type
+    if "City" not in db_type:
+        reader.close()
+        raise GeoDatabaseError(f"GeoIP database {path} is a {db_type!r} database; a City database is needed")
+    return reader

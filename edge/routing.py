@@ -1,0 +1,242 @@
+"""How we choose (pure, no I/O): score regions for a client, pick primary + backup, pick a replica.
+
+Functions of (topology, snapshot, request facts, now, rng). Expected latency of region r for client c:
+
+    network(c, r) + service(r) / (1 - utilization(r)) + penalty(health(r))
+
+network is the great-circle distance at fibre speed times a path-inflation factor (a round trip);
+service is the region's observed time-to-first-token (or the policy default). Near-equal regions (within
+``tie_margin``) are ordered by a softmin draw so that edges sharing the same stale numbers do not herd;
+then the operator dials are applied as probabilities along that order, which honours them exactly in
+aggregate: a dial of 50 keeps half of a region's traffic and passes the rest to the next choice.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from controlplane.state import Location, Policy, RegionState, Snapshot, Topology, great_circle_km
+
+
+@dataclass(frozen=True, slots=True)
+class RegionScore:
+    region: str
+    routable: bool
+    why_not: str | None
+    network_ms: float
+    service_ms: float
+    utilization: float
+    penalty_ms: float
+    weight: int
+    score_ms: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "region": self.region,
+            "routable": self.routable,
+            "why_not": self.why_not,
+            "network_ms": round(self.network_ms, 2),
+            "service_ms": round(self.service_ms, 2),
+            "utilization": round(self.utilization, 4),
+            "penalty_ms": self.penalty_ms,
+            "weight": self.weight,
+            "score_ms": round(self.score_ms, 2) if math.isfinite(self.score_ms) else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    primary: str | None
+    backup: str | None
+    order: tuple[str, ...]  # routable regions, best first, after the anti-herding draw
+    scores: tuple[RegionScore, ...]
+    pinned: tuple[str, ...] | None = None
+
+
+def network_ms(a: Location, b: Location, policy: Policy) -> float:
+    """Round-trip estimate from distance."""
+    return 2.0 * great_circle_km(a, b) * policy.path_inflation / policy.fibre_km_per_ms
+
+
+def score_regions(
+    *,
+    topology: Topology,
+    snapshot: Snapshot,
+    client: Location,
+    excluded: frozenset[str] = frozenset(),
+) -> tuple[RegionScore, ...]:
+    policy = topology.policy
+    known = [s.latency_ms for s in snapshot.regions.values() if s.latency_ms is not None]
+    # a region nobody has measured yet is assumed as fast as the fleet's average, not faster
+    unknown_ms = sum(known) / len(known) if known else policy.default_ttft_ms
+    out = []
+    for region in topology.regions:
+        st: RegionState | None = snapshot.regions.get(region.name)
+        net = network_ms(client, region.location, policy)
+        if st is None:
+            out.append(RegionScore(region.name, False, "not in store", net, 0.0, 0.0, 0.0, 0, math.inf))
+            continue
+        util = max(0.0, st.utilization)
+        base = st.latency_ms if st.latency_ms is not None else unknown_ms
+        service = base / max(1.0 - min(util, 0.99), 0.01)
+        penalty = policy.degraded_penalty_ms if st.health == "degraded" else 0.0
+        why = None
+        if st.drained:
+            why = "drained"
+        elif st.weight <= 0:
+            why = "weight 0"
+        elif st.health == "down":
+            why = "down"
+        elif util >= policy.max_utilization:
+            why = "saturated"
+        elif region.name in excluded:
+            why = "excluded"
+        score = net + service + penalty
+        out.append(RegionScore(region.name, why is None, why, net, service, util, penalty, st.weight, score))
+    return tuple(out)
+
+
+def _softmin_order(tier: list[RegionScore], *, temperature: float, rng: random.Random) -> list[RegionScore]:
+    """Weighted random permutation: lower scores are likelier to come first."""
+    remaining = list(tier)
+    best = min(s.score_ms for s in remaining)
+    ordered = []
+    while remaining:
+        weights = [math.exp(-(s.score_ms - best) / temperature) for s in remaining]
+        pick = rng.random() * sum(weights)
+        idx = len(remaining) - 1
+        for i, w in enumerate(weights):
+            pick -= w
+            if pick <= 0:
+                idx = i
+                break
+        ordered.append(remaining.pop(idx))
+    return ordered
+
+
+def order_regions(scores: Sequence[RegionScore], *, policy: Policy, rng: random.Random) -> list[RegionScore]:
+    """Routable regions best first; near-equal leaders shuffled by softmin (no herding)."""
+    routable = sorted((s for s in scores if s.routable), key=lambda s: (s.score_ms, s.region))
+    if len(routable) < 2 or policy.tie_margin <= 0:
+        return routable
+    best = routable[0].score_ms
+    limit = best * (1.0 + policy.tie_margin)
+    tier = [s for s in routable if s.score_ms <= limit]
+    if len(tier) < 2:
+        return routable
+    temperature = max(best * policy.tie_margin / 2.0, 1e-6)
+    return _softmin_order(tier, temperature=temperature, rng=rng) + routable[len(tier) :]
+
+
+def apply_dials(order: Sequence[RegionScore], *, rng: random.Random) -> RegionScore | None:
+    """Walk the order taking region i with probability weight_i/100 (normalised over the walk)."""
+    probs = []
+    keep = 1.0
+    for s in order:
+        d = s.weight / 100.0
+        probs.append(keep * d)
+        keep *= 1.0 - d
+    total = sum(probs)
+    if total <= 0:
+        return None
+    pick = rng.random() * total
+    for s, p in zip(order, probs, strict=True):
+        pick -= p
+        if pick < 0:
+            return s
+    return next((s for s, p in zip(reversed(order), reversed(probs), strict=True) if p > 0), None)
+
+
+def choose_backup(
+    order: Sequence[RegionScore], primary: str, *, domains: Mapping[str, str]
+) -> str | None:
+    """Best other routable region, preferring a different failure domain."""
+    others = [s for s in order if s.region != primary]
+    for s in others:
+        if domains.get(s.region) != domains.get(primary):
+            return s.region
+    return others[0].region if others else None
+
+
+def route(
+    *,
+    topology: Topology,
+    snapshot: Snapshot,
+    client: Location,
+    country: str | None,
+    continent: str | None,
+    rng: random.Random,
+    excluded: frozenset[str] = frozenset(),
+) -> Decision:
+    """Score every region and choose primary + backup for one request."""
+    scores = score_regions(topology=topology, snapshot=snapshot, client=client, excluded=excluded)
+    pins = topology.policy.pins
+    pinned = pins.get(country or "") or pins.get(continent or "")
+    candidates = scores
+    if pinned is not None:
+        candidates = tuple(s for s in scores if s.region in pinned)
+    order = order_regions(candidates, policy=topology.policy, rng=rng)
+    chosen = apply_dials(order, rng=rng)
+    if chosen is None:
+        return Decision(None, None, tuple(s.region for s in order), scores, pinned)
+    domains = {r.name: r.domain for r in topology.regions}
+    backup = choose_backup(order, chosen.region, domains=domains)
+    return Decision(chosen.region, backup, tuple(s.region for s in order), scores, pinned)
+
+
+def pick_replica(
+    candidates: Sequence[str],
+    *,
+    outstanding: Mapping[str, int],
+    rng: random.Random,
+    exclude: frozenset[str] = frozenset(),
+) -> str | None:
+    """Power of two choices, least outstanding requests wins (ties go to the first draw)."""
+    pool = [c for c in candidates if c not in exclude]
+    if not pool:
+        return None
+    if len(pool) == 1:
+        return pool[0]
+    a, b = rng.sample(pool, 2)
+    return b if outstanding.get(b, 0) < outstanding.get(a, 0) else a
+
+
+def serving_replicas(topology: Topology, snapshot: Snapshot, region: str) -> list[str]:
+    """Replica names of a region that are not down, in declaration order."""
+    reg = topology.region(region)
+    st = snapshot.regions.get(region)
+    if reg is None:
+        return []
+    health = st.replicas if st is not None else {}
+    return [r.name for r in reg.replicas if health.get(r.name, "up") != "down"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    region: str
+    replica: str
+    kind: str  # primary | retry
+
+
+def next_target(
+    decision: Decision,
+    tried: Sequence[tuple[str, str]],
+    *,
+    replicas: Mapping[str, Sequence[str]],
+    outstanding: Callable[[str], Mapping[str, int]],
+    rng: random.Random,
+    max_attempts: int = 2,
+) -> Target | None:
+    """The attempt plan: the primary region's best replica, then once more on another replica of the same
+    region (only called when nothing has reached the client yet)."""
+    if decision.primary is None or len(tried) >= max_attempts:
+        return None
+    region = decision.primary
+    used = frozenset(rep for reg, rep in tried if reg == region)
+    replica = pick_replica(replicas.get(region, ()), outstanding=outstanding(region), rng=rng, exclude=used)
+    if replica is None:
+        return None
+    return Target(region, replica, "primary" if not tried else "retry")

@@ -1,0 +1,38 @@
+"""The simulator's latency model and fault settings (pure, no I/O; takes a random source)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Faults(BaseModel):
+    """What POST /_sim/faults accepts; every field optional, unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    extra_latency_ms: float = Field(default=0.0, ge=0.0, le=600_000)
+    tail_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    tail_ttft_ms: float = Field(default=0.0, ge=0.0, le=600_000)
+    down: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyModel:
+    ttft_ms: float = 50.0
+    per_token_ms: float = 5.0
+    jitter: float = 0.1  # ± fraction on each delay
+
+    def ttft(self, faults: Faults, rng: random.Random) -> float:
+        """Seconds until the first token for one request."""
+        base = self.ttft_ms
+        if faults.tail_ratio > 0 and rng.random() < faults.tail_ratio:
+            base = faults.tail_ttft_ms or base * 10
+        base += faults.extra_latency_ms
+        return max(0.0, base * (1 + rng.uniform(-self.jitter, self.jitter))) / 1000.0
+
+    def per_token(self, rng: random.Random) -> float:
+        return max(0.0, self.per_token_ms * (1 + rng.uniform(-self.jitter, self.jitter))) / 1000.0

@@ -1,0 +1,208 @@
+"""A real local fleet inside a test: redis-server primary + one replica per region (processes), simulated
+replicas and edges as aiohttp servers on loopback, the control plane under uvicorn. Nothing is mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvicorn
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from controlplane.api import create_app as create_admin
+from controlplane.demo import local_topology
+from controlplane.redisproc import RedisServer, free_port
+from controlplane.settings import AdminToken, ControlPlaneSettings
+from controlplane.state import Topology
+from controlplane.topology import load_topology
+from edge.app import create_app as create_edge
+from edge.settings import EdgeSettings
+from regionsim.app import STATE, SimState
+from regionsim.app import create_app as create_sim
+
+ROOT = Path(__file__).resolve().parent.parent
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+async def wait_for(pred: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.02,
+                   what: str = "condition") -> float:
+    """Poll ``pred`` until true; returns the seconds it took; fails after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        if await pred():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Fleet:
+    topology: Topology
+    primary: RedisServer
+    replicas: dict[str, RedisServer]
+    sims: dict[str, dict[str, TestServer]]
+    edges: dict[str, TestServer] = field(default_factory=dict)
+    admin_url: str = ""
+    operator_token: str = ""
+    viewer_token: str = ""
+    exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
+    uvicorn_server: uvicorn.Server | None = None
+    uvicorn_task: asyncio.Task[None] | None = None
+    admin_app: Any = None
+
+    def sim(self, region: str, replica: str | None = None) -> SimState:
+        servers = self.sims[region]
+        server = servers[replica] if replica else next(iter(servers.values()))
+        return server.app[STATE]
+
+    def edge_url(self, region: str) -> str:
+        return str(self.edges[region].make_url("/"))
+
+    async def admin(self, method: str, path: str, *, token: str | None = None, body: Any = None,
+                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        hdrs = {"Authorization": f"Bearer {token if token is not None else self.operator_token}"}
+        hdrs.update(headers or {})
+        async with aiohttp.ClientSession() as s, s.request(
+            method, self.admin_url + path, headers=hdrs,
+            data=json.dumps(body) if body is not None and not isinstance(body, bytes | str) else body,
+        ) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
+
+    async def wait_seeded(self) -> None:
+        async def seeded() -> bool:
+            status, body = await self.admin("GET", "/v1/regions")
+            return status == 200 and len(body["regions"]) == len(self.topology.regions)
+        await wait_for(seeded, timeout=10, what="control plane to seed the store")
+
+    async def wait_edges_ready(self) -> None:
+        async with aiohttp.ClientSession() as s:
+            for region in self.edges:
+                async def ready(region: str = region) -> bool:
+                    async with s.get(self.edge_url(region) + "readyz") as r:
+                        return r.status == 200
+                await wait_for(ready, timeout=10, what=f"edge {region} ready")
+
+    async def close(self) -> None:
+        if self.uvicorn_server is not None and self.uvicorn_task is not None:
+            self.uvicorn_server.should_exit = True
+            await self.uvicorn_task
+            self.uvicorn_task = None
+        for rs in [*self.replicas.values(), self.primary]:
+            rs.stop()
+
+
+async def start_fleet(
+    tmp_path: Path,
+    aiohttp_server: ServerFactory,
+    *,
+    geo_db: Path | None,
+    regions: tuple[str, ...] | None = None,
+    edges: tuple[str, ...] | None = None,
+    probe_interval_s: float = 0.5,
+    probe: bool = True,
+    control_plane: bool = True,
+    sim_kwargs: dict[str, Any] | None = None,
+    edge_overrides: dict[str, Any] | None = None,
+) -> Fleet:
+    base = load_topology(ROOT / "regions.yaml")
+    if regions is not None:
+        base = Topology.model_validate({"policy": base.policy.model_dump(),
+                                        "regions": [r.model_dump() for r in base.regions if r.name in regions]})
+    primary = RedisServer(port=free_port(), workdir=tmp_path / "redis-primary").start()
+    replicas = {r.name: RedisServer(port=free_port(), workdir=tmp_path / f"redis-{r.name}",
+                                    replicaof=primary.port).start() for r in base.regions}
+    fleet = Fleet(topology=base, primary=primary, replicas=replicas, sims={})
+    try:
+        await _build(fleet, aiohttp_server, geo_db=geo_db, edges=edges, probe_interval_s=probe_interval_s,
+                     probe=probe, control_plane=control_plane, sim_kwargs=sim_kwargs, edge_overrides=edge_overrides)
+    except BaseException:
+        await fleet.close()
+        raise
+    return fleet
+
+
+async def _build(
+    fleet: Fleet,
+    aiohttp_server: ServerFactory,
+    *,
+    geo_db: Path | None,
+    edges: tuple[str, ...] | None,
+    probe_interval_s: float,
+    probe: bool,
+    control_plane: bool,
+    sim_kwargs: dict[str, Any] | None,
+    edge_overrides: dict[str, Any] | None,
+) -> None:
+    base, primary, replicas = fleet.topology, fleet.primary, fleet.replicas
+    sims = fleet.sims
+    ports: dict[tuple[str, str], int] = {}
+    kw = {"ttft_ms": 5.0, "per_token_ms": 1.0, "default_tokens": 4, **(sim_kwargs or {})}
+    for i, region in enumerate(base.regions):
+        for j, rep in enumerate(region.replicas):
+            server = await aiohttp_server(create_sim(region=region.name, replica=rep.name, seed=i * 10 + j, **kw))
+            sims.setdefault(region.name, {})[rep.name] = server
+            ports[(region.name, rep.name)] = server.port
+    topo = Topology.model_validate(local_topology(base, ports))
+    fleet.topology = topo
+    for rs in [primary, *replicas.values()]:
+        rs.wait_ready()
+    if control_plane:
+        fleet.operator_token = secrets.token_urlsafe(24)
+        fleet.viewer_token = secrets.token_urlsafe(24)
+        cp_settings = ControlPlaneSettings(
+            redis_url=primary.url,
+            admin_tokens=[
+                AdminToken(name="olivia", role="operator", token=fleet.operator_token),
+                AdminToken(name="victor", role="viewer", token=fleet.viewer_token),
+            ],
+            probe_interval_s=probe_interval_s,
+            probe_enabled=probe,
+            probe_timeout_s=0.5,
+        )
+        fleet.admin_app = create_admin(cp_settings, topology=topo)
+        port = free_port()
+        config = uvicorn.Config(fleet.admin_app, host="127.0.0.1", port=port, log_level="warning",
+                                lifespan="on", loop="asyncio")
+        fleet.uvicorn_server = uvicorn.Server(config)
+        fleet.uvicorn_task = asyncio.create_task(fleet.uvicorn_server.serve())
+        fleet.admin_url = f"http://127.0.0.1:{port}"
+        await wait_for(lambda: _started(fleet), timeout=10, what="admin API to start")
+        await fleet.wait_seeded()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(fleet.exporter))
+    for name in edges if edges is not None else topo.names:
+        options: dict[str, Any] = {
+            "region": name,
+            "redis_url": replicas[name].url,
+            "redis_primary_url": primary.url,
+            "geoip_db": geo_db,
+            "trusted_proxies": ["127.0.0.0/8", "::1/128"],
+            "resync_interval_s": 0.5,
+            "observation_interval_s": 0.5,
+            **(edge_overrides or {}),
+        }
+        settings = EdgeSettings(**options)
+        app: web.Application = create_edge(settings, topology=topo, tracer_provider=provider)
+        fleet.edges[name] = await aiohttp_server(app)
+    if control_plane:
+        await fleet.wait_edges_ready()
+
+
+async def _started(fleet: Fleet) -> bool:
+    return bool(fleet.uvicorn_server and fleet.uvicorn_server.started)
