@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from litestar import Controller, Litestar, Request, Response, get, patch
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -33,6 +32,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.plugins.pydantic import PydanticPlugin
+from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.intake import Intake
 from controlplane.prober import Prober
@@ -59,9 +59,11 @@ class User:
 
 
 class TokenAuth(AbstractAuthenticationMiddleware):
-    """Resolve `Authorization: Bearer <token>` to a User; every configured token is compared in constant time."""
+    """Resolve `Authorization: Bearer <token>` to a User; tokens are compared in constant time."""
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
@@ -79,7 +81,9 @@ class TokenAuth(AbstractAuthenticationMiddleware):
 
 def operator_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     if connection.user.role != "operator":
-        raise PermissionDeniedException(f"role '{connection.user.role}' may not change regions; needs 'operator'")
+        raise PermissionDeniedException(
+            f"role '{connection.user.role}' may not change regions; needs 'operator'"
+        )
 
 
 class RegionPatch(BaseModel):
@@ -316,9 +320,7 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         openapi_config=OpenAPIConfig(
             title="Meridian admin API",
             version="1",
-            components=Components(
-                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
-            ),
+            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"bearer": []}],
         ),
         debug=False,

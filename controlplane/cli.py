@@ -41,18 +41,30 @@ def run_controlplane(_: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(_settings_error(exc, "control-plane"), file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s controlplane %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s controlplane %(levelname)s %(name)s: %(message)s",
+    )
     if not settings.admin_tokens:
-        print("meridian controlplane: warning: MERIDIAN_ADMIN_TOKENS is empty; every admin call gets 401",
-              file=sys.stderr)
+        print(
+            "meridian controlplane: warning: MERIDIAN_ADMIN_TOKENS is empty; every admin call gets 401",
+            file=sys.stderr,
+        )
     try:
         app = create_app(settings)
     except TopologyError as exc:
         print(f"meridian controlplane: cannot start: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", loop="uvloop",
-                access_log=False, timeout_graceful_shutdown=2)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        loop="uvloop",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
     return 0
 
 
@@ -63,8 +75,13 @@ def _exec_module(module: str, argv: Sequence[str]) -> int:
 # ---- ctl -------------------------------------------------------------------------------------------------
 
 
-def _admin_call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def _admin_call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     token = os.environ.get("MERIDIAN_TOKEN", "") or _demo_credentials().get("token", "")
     if not token:
         raise SystemExit("meridian ctl: set MERIDIAN_TOKEN to an admin bearer token")
@@ -106,16 +123,22 @@ def _print_result(status: int, payload: Any) -> int:
 
 def run_ctl(args: argparse.Namespace) -> int:
     if args.url is None:
-        args.url = os.environ.get("MERIDIAN_ADMIN_URL") or _demo_credentials().get("url", "http://127.0.0.1:7100")
+        args.url = os.environ.get("MERIDIAN_ADMIN_URL") or _demo_credentials().get(
+            "url", "http://127.0.0.1:7100"
+        )
     if args.ctl == "regions":
         status, payload = _admin_call(args, "GET", "/v1/regions")
         if status != 200 or args.json:
             return _print_result(status, payload)
-        print(f"{'region':<16}{'weight':>7}  {'drained':<8}{'health':<10}{'util':>6}  {'latency':>9}  version")
+        print(
+            f"{'region':<16}{'weight':>7}  {'drained':<8}{'health':<10}{'util':>6}  {'latency':>9}  version"
+        )
         for r in payload["regions"]:
             lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}ms"
-            print(f"{r['name']:<16}{r['weight']:>7}  {r['drained']!s:<8}{r['health']:<10}"
-                  f"{r['utilization']:>6.2f}  {lat:>9}  {r['version']}")
+            print(
+                f"{r['name']:<16}{r['weight']:>7}  {r['drained']!s:<8}{r['health']:<10}"
+                f"{r['utilization']:>6.2f}  {lat:>9}  {r['version']}"
+            )
         return 0
     if args.ctl == "audit":
         status, payload = _admin_call(args, "GET", f"/v1/audit?limit={args.limit}")
@@ -142,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meridian", description="Meridian: multi-region routing for LLM APIs")
     sub = p.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run a local fleet: Redis primary + replicas, control plane, "
-                          "simulated clusters, one edge per region")
+    demo = sub.add_parser(
+        "demo",
+        help="run a local fleet: Redis primary + replicas, control plane, "
+        "simulated clusters, one edge per region",
+    )
     demo.add_argument("--config", default="regions.yaml", help="topology file (default: regions.yaml)")
     demo.add_argument("--base-port", type=int, default=7100, help="first port of the fleet (default: 7100)")
     demo.set_defaults(func=run_demo)
@@ -152,15 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=run_controlplane)
     edge = sub.add_parser("edge", help="run one edge (settings from MERIDIAN_*)")
     edge.set_defaults(func=lambda a: _exec_module("edge", a.rest))
-    sim = sub.add_parser("sim", help="run a simulated regional cluster (see `meridian sim --help`)",
-                         add_help=False)
+    sim = sub.add_parser(
+        "sim", help="run a simulated regional cluster (see `meridian sim --help`)", add_help=False
+    )
     sim.set_defaults(func=lambda a: _exec_module("regionsim", a.rest))
     for sp in (edge, sim):
         sp.add_argument("rest", nargs=argparse.REMAINDER)
 
     ctl = sub.add_parser("ctl", help="operate the admin API (token from MERIDIAN_TOKEN)")
-    ctl.add_argument("--url", default=None,
-                     help="admin API base URL (default: $MERIDIAN_ADMIN_URL, else a running demo's)")
+    ctl.add_argument(
+        "--url", default=None, help="admin API base URL (default: $MERIDIAN_ADMIN_URL, else a running demo's)"
+    )
     ctl_sub = ctl.add_subparsers(dest="ctl", required=True)
     regions = ctl_sub.add_parser("regions", help="list regions")
     regions.add_argument("--json", action="store_true")

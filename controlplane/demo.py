@@ -37,7 +37,7 @@ def geoip_db() -> str:
     if env:
         return env
     try:
-        from _maxminddb_geolite2 import geolite2_database  # type: ignore[import-untyped]
+        from _maxminddb_geolite2 import geolite2_database
     except ImportError:
         raise SystemExit("meridian demo: set MERIDIAN_GEOIP_DB or `pip install maxminddb-geolite2`") from None
     path: str = geolite2_database()
@@ -87,8 +87,9 @@ class Fleet:
         self.redis.append(primary)
         replicas = {}
         for i, region in enumerate(topo.regions):
-            rs = RedisServer(port=base + 11 + i, workdir=self.workdir / f"redis-{region.name}",
-                             replicaof=primary.port).start()
+            rs = RedisServer(
+                port=base + 11 + i, workdir=self.workdir / f"redis-{region.name}", replicaof=primary.port
+            ).start()
             replicas[region.name] = rs
             self.redis.append(rs)
         ports: dict[tuple[str, str], int] = {}
@@ -109,31 +110,41 @@ class Fleet:
             {"name": "demo-operator", "role": "operator", "token": self.token},
             {"name": "demo-viewer", "role": "viewer", "token": self.viewer_token},
         ]
-        self._child("controlplane", [py, "-m", "controlplane.cli", "controlplane"], {
-            "MERIDIAN_REGIONS_FILE": str(regions_file),
-            "MERIDIAN_REDIS_URL": primary.url,
-            "MERIDIAN_PORT": str(base),
-            "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
-            "MERIDIAN_PROBE_INTERVAL_S": "1",
-        })
+        self._child(
+            "controlplane",
+            [py, "-m", "controlplane.cli", "controlplane"],
+            {
+                "MERIDIAN_REGIONS_FILE": str(regions_file),
+                "MERIDIAN_REDIS_URL": primary.url,
+                "MERIDIAN_PORT": str(base),
+                "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
+                "MERIDIAN_PROBE_INTERVAL_S": "1",
+            },
+        )
         db = geoip_db()
         for i, region in enumerate(topo.regions):
-            self._child(f"edge-{region.name}", [py, "-m", "edge"], {
-                "MERIDIAN_REGION": region.name,
-                "MERIDIAN_REGIONS_FILE": str(regions_file),
-                "MERIDIAN_REDIS_URL": replicas[region.name].url,
-                "MERIDIAN_REDIS_PRIMARY_URL": primary.url,
-                "MERIDIAN_HOST": "127.0.0.1",
-                "MERIDIAN_PORT": str(base + 1 + i),
-                "MERIDIAN_GEOIP_DB": db,
-                "MERIDIAN_TRUSTED_PROXIES": "127.0.0.0/8,::1/128",
-            })
+            self._child(
+                f"edge-{region.name}",
+                [py, "-m", "edge"],
+                {
+                    "MERIDIAN_REGION": region.name,
+                    "MERIDIAN_REGIONS_FILE": str(regions_file),
+                    "MERIDIAN_REDIS_URL": replicas[region.name].url,
+                    "MERIDIAN_REDIS_PRIMARY_URL": primary.url,
+                    "MERIDIAN_HOST": "127.0.0.1",
+                    "MERIDIAN_PORT": str(base + 1 + i),
+                    "MERIDIAN_GEOIP_DB": db,
+                    "MERIDIAN_TRUSTED_PROXIES": "127.0.0.0/8,::1/128",
+                },
+            )
         return {
             "ready": True,
             "admin": {"url": f"http://127.0.0.1:{base}", "token": self.token},
             "edges": {r.name: f"http://127.0.0.1:{base + 1 + i}" for i, r in enumerate(topo.regions)},
-            "regions": {r.name: {"replicas": [f"http://127.0.0.1:{ports[(r.name, rep.name)]}" for rep in r.replicas]}
-                        for r in topo.regions},
+            "regions": {
+                r.name: {"replicas": [f"http://127.0.0.1:{ports[(r.name, rep.name)]}" for rep in r.replicas]}
+                for r in topo.regions
+            },
             "redis": {"primary": primary.url, "replicas": {k: v.url for k, v in replicas.items()}},
             "_n": n,
         }

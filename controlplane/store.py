@@ -24,6 +24,7 @@ from controlplane.state import (
     KEY_OBSERVATIONS,
     KEY_REGIONS,
     KEY_VERSION,
+    Region,
     RegionState,
     Topology,
     change_message,
@@ -81,7 +82,7 @@ class StateStore:
             have = {k.decode() if isinstance(k, bytes) else k for k in existing}
             for region in topology.regions:
                 if region.name not in have:
-                    await self._write(region.name, lambda _s, r=region: initial_state(r, now=now), create=True)
+                    await self._write(region.name, _creator(region, now=now), create=True)
                     changed.append(region.name)
             for stale in have - set(topology.names):
                 async with self.redis.pipeline(transaction=True) as pipe:
@@ -182,13 +183,15 @@ class StateStore:
 
     async def audit_log(self, *, limit: int = 100, region: str | None = None) -> list[dict[str, Any]]:
         try:
-            rows = await self.redis.xrevrange(KEY_AUDIT, count=limit if region is None else limit * 10)
+            rows: Any = await self.redis.xrevrange(KEY_AUDIT, count=limit if region is None else limit * 10)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc
         out: list[dict[str, Any]] = []
         for entry_id, fields in rows:
-            f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                 for k, v in fields.items()}
+            f = {
+                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in fields.items()
+            }
             if region is not None and f.get("region") != region:
                 continue
             out.append(
@@ -209,16 +212,27 @@ class StateStore:
 
     async def read_observations(self, last_id: str, *, block_ms: int) -> tuple[str, list[dict[str, str]]]:
         """Read edge observations after ``last_id`` (blocking up to block_ms)."""
-        resp = await self.redis.xread({KEY_OBSERVATIONS: last_id}, block=block_ms, count=1000)
+        resp: Any = await self.redis.xread({KEY_OBSERVATIONS: last_id}, block=block_ms, count=1000)
         out: list[dict[str, str]] = []
         for _stream, entries in resp or []:
             for entry_id, fields in entries:
                 last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 out.append(
-                    {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                     for k, v in fields.items()}
+                    {
+                        (k.decode() if isinstance(k, bytes) else k): (
+                            v.decode() if isinstance(v, bytes) else v
+                        )
+                        for k, v in fields.items()
+                    }
                 )
         return last_id, out
+
+
+def _creator(region: Region, *, now: float) -> Mutation:
+    def create(_: RegionState) -> RegionState:
+        return initial_state(region, now=now)
+
+    return create
 
 
 def is_unavailable(exc: BaseException) -> bool:

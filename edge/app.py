@@ -101,7 +101,9 @@ def create_app(
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0, keepalive_timeout=30)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
         app[FORWARDER] = Forwarder(
             session=session,
             tracer=app[TRACER],
@@ -119,8 +121,12 @@ def create_app(
         primary = None
         if settings.redis_primary_url:
             primary = connect(settings.redis_primary_url, socket_timeout=1.0)
-            reporter = Reporter(client=primary, edge=settings.region, observed=observed,
-                                interval_s=settings.observation_interval_s)
+            reporter = Reporter(
+                client=primary,
+                edge=settings.region,
+                observed=observed,
+                interval_s=settings.observation_interval_s,
+            )
             app[REPORTER] = reporter
             tasks.append(asyncio.create_task(reporter.run(), name="reporter"))
         try:
@@ -196,25 +202,38 @@ async def explain(request: web.Request) -> web.Response:
     app = request.app
     raw = request.query.get("ip")
     if raw is None:
-        ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), app[SETTINGS].trusted_proxies)
+        ip = client_ip(
+            request.remote, request.headers.getall("X-Forwarded-For", []), app[SETTINGS].trusted_proxies
+        )
     else:
         try:
             ip = ipaddress.ip_address(raw.strip())
         except ValueError:
-            return _error(400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input")
+            return _error(
+                400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input"
+            )
     place = _locate(request, ip)
     snap = app[FEED].current
     if snap is None:
         return _error(503, "no routing snapshot yet", kind="meridian_not_ready")
     d = routing.route(
-        topology=app[TOPOLOGY], snapshot=snap, client=place.location, country=place.country,
-        continent=place.continent, rng=app[RNG],
+        topology=app[TOPOLOGY],
+        snapshot=snap,
+        client=place.location,
+        country=place.country,
+        continent=place.continent,
+        rng=app[RNG],
     )
     return web.json_response(
         {
             "ip": str(ip) if ip else None,
-            "location": {"lat": place.location.lat, "lon": place.location.lon, "country": place.country,
-                         "continent": place.continent, "source": place.source},
+            "location": {
+                "lat": place.location.lat,
+                "lon": place.location.lon,
+                "country": place.country,
+                "continent": place.continent,
+                "source": place.source,
+            },
             "edge": app[SETTINGS].region,
             "snapshot_version": snap.version,
             "choice": d.primary,
@@ -235,8 +254,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         tracing.SPAN_SERVER,
         context=parent,
         kind=SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "url.path": request.path,
-                    tracing.ATTR_EDGE: settings.region},
+        attributes={
+            "http.request.method": request.method,
+            "url.path": request.path,
+            tracing.ATTR_EDGE: settings.region,
+        },
     ) as span:
         resp = await _proxy(request, span)
         span.set_attribute("http.response.status_code", resp.status)
@@ -253,8 +275,12 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
     priority = request.headers.get("X-Meridian-Priority", "normal").strip().lower()
     if priority not in PRIORITIES:
         metrics.bad_input.labels(what="priority").inc()
-        return _error(400, f"header X-Meridian-Priority must be one of {', '.join(PRIORITIES)}",
-                      kind="meridian_bad_input", headers=edge_hdr)
+        return _error(
+            400,
+            f"header X-Meridian-Priority must be one of {', '.join(PRIORITIES)}",
+            kind="meridian_bad_input",
+            headers=edge_hdr,
+        )
     span.set_attribute(tracing.ATTR_PRIORITY, priority)
     ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), settings.trusted_proxies)
     place = _locate(request, ip)
@@ -267,12 +293,23 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         metrics.bad_input.labels(what="body_too_large").inc()
-        return _error(413, f"request body exceeds the limit of {settings.max_body_bytes} bytes "
-                      "(setting MERIDIAN_MAX_BODY_BYTES)", kind="meridian_bad_input", headers=edge_hdr)
+        return _error(
+            413,
+            f"request body exceeds the limit of {settings.max_body_bytes} bytes "
+            "(setting MERIDIAN_MAX_BODY_BYTES)",
+            kind="meridian_bad_input",
+            headers=edge_hdr,
+        )
     topo = app[TOPOLOGY]
     rng = app[RNG]
-    decision = routing.route(topology=topo, snapshot=snap, client=place.location, country=place.country,
-                             continent=place.continent, rng=rng)
+    decision = routing.route(
+        topology=topo,
+        snapshot=snap,
+        client=place.location,
+        country=place.country,
+        continent=place.continent,
+        rng=rng,
+    )
     if decision.primary is None:
         return _error(503, "no routable region for this client", kind="meridian_no_region", headers=edge_hdr)
     span.set_attribute(tracing.ATTR_REGION, decision.primary)
@@ -284,8 +321,11 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
 
     def next_attempt(tried: list[Attempt]) -> Attempt | None:
         t = routing.next_target(
-            decision, [(a.region, a.replica) for a in tried], replicas=replicas,
-            outstanding=observed.outstanding_in, rng=rng,
+            decision,
+            [(a.region, a.replica) for a in tried],
+            replicas=replicas,
+            outstanding=observed.outstanding_in,
+            rng=rng,
         )
         return None if t is None else Attempt(t.region, t.replica, urls[t.region][t.replica], t.kind)
 

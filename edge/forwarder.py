@@ -24,8 +24,18 @@ log = logging.getLogger("meridian.forwarder")
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "traceparent", "tracestate",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+        "traceparent",
+        "tracestate",
     )
 )
 PRIORITY_HEADER = "x-meridian-priority"
@@ -125,7 +135,12 @@ class Forwarder:
             last_error = result
         self.metrics.requests.labels(region="none", code="502").inc()
         return web.json_response(
-            {"error": {"message": f"no upstream could take the request: {last_error}", "type": "meridian_upstream"}},
+            {
+                "error": {
+                    "message": f"no upstream could take the request: {last_error}",
+                    "type": "meridian_upstream",
+                }
+            },
             status=502,
             headers=self._meridian_headers(None, len(tried)),
         )
@@ -175,7 +190,9 @@ class Forwarder:
                         data=body if body else None,
                         headers=out_headers,
                         allow_redirects=False,
-                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=to.connect_s, sock_read=to.idle_s),
+                        timeout=aiohttp.ClientTimeout(
+                            total=None, sock_connect=to.connect_s, sock_read=to.idle_s
+                        ),
                     )
             except (*CONNECT_ERRORS, TimeoutError) as exc:
                 reason = "ttfb timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
@@ -185,7 +202,9 @@ class Forwarder:
             self.metrics.ttfb.labels(region=attempt.region).observe(ttfb)
             span.set_attribute("http.response.status_code", upstream.status)
             self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0, error=upstream.status >= 500)
-            self.metrics.attempts.labels(region=attempt.region, kind=attempt.kind, outcome=str(upstream.status)).inc()
+            self.metrics.attempts.labels(
+                region=attempt.region, kind=attempt.kind, outcome=str(upstream.status)
+            ).inc()
             self.metrics.requests.labels(region=attempt.region, code=str(upstream.status)).inc()
             return await self._relay(request, upstream, attempt, len(tried), span)
         finally:
@@ -222,9 +241,14 @@ class Forwarder:
                 self.metrics.stream_aborts.labels(region=attempt.region, side="upstream").inc()
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 return web.json_response(
-                    {"error": {"message": f"upstream {attempt.region} broke off its response",
-                               "type": "meridian_upstream"}},
-                    status=502, headers=meridian,
+                    {
+                        "error": {
+                            "message": f"upstream {attempt.region} broke off its response",
+                            "type": "meridian_upstream",
+                        }
+                    },
+                    status=502,
+                    headers=meridian,
                 )
             hdrs = response_headers(upstream.headers, keep_length=False)
             hdrs.update(meridian)
@@ -252,8 +276,13 @@ class Forwarder:
         return resp
 
     def _cut(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, attempt: Attempt, span: trace.Span,
-        exc: BaseException, resp: web.StreamResponse,
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        attempt: Attempt,
+        span: trace.Span,
+        exc: BaseException,
+        resp: web.StreamResponse,
     ) -> web.StreamResponse:
         """The upstream failed after the client got bytes: no retry; drop the client connection so the
         truncation is visible (a clean end-of-stream would pass it off as complete)."""

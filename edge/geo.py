@@ -44,7 +44,9 @@ def _parse(value: str) -> IPAddress | None:
         return None
 
 
-def client_ip(peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]) -> IPAddress | None:
+def client_ip(
+    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
+) -> IPAddress | None:
     """The peer, or the right-most untrusted X-Forwarded-For hop when the peer is a trusted proxy.
 
     Walking right to left, every hop that is itself a trusted proxy is skipped; the first untrusted hop is

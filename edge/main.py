@@ -4,6 +4,7 @@ fork N workers sharing the port through SO_REUSEPORT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -36,8 +37,15 @@ def _serve(settings: EdgeSettings, app: web.Application, *, reuse_port: bool) ->
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port, print=None,
-                access_log=None, handle_signals=True)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        print=None,
+        access_log=None,
+        handle_signals=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,8 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(settings_error(exc, source="edge"), file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s edge[{settings.region}] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s edge[{settings.region}] %(levelname)s %(name)s: %(message)s",
+    )
     try:
         app = create_app(settings)
     except (TopologyError, GeoDatabaseError, ConfigError, TracingConfigError) as exc:
@@ -66,10 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def stop(signum: int, _frame: object) -> None:
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -10,28 +10,53 @@ TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class EdgeMetrics:
-    def __init__(self, *, snapshot_age: Callable[[], float], snapshot_version: Callable[[], float],
-                 store_connected: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        *,
+        snapshot_age: Callable[[], float],
+        snapshot_version: Callable[[], float],
+        store_connected: Callable[[], float],
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("meridian_edge_requests", "Client requests by serving region and status",
-                                ["region", "code"], registry=r)
-        self.attempts = Counter("meridian_edge_upstream_attempts", "Upstream attempts by region and outcome",
-                                ["region", "kind", "outcome"], registry=r)
-        self.retries = Counter("meridian_edge_retries", "Attempts beyond the first, by reason", ["reason"],
-                               registry=r)
-        self.ttfb = Histogram("meridian_edge_upstream_ttfb_seconds", "Time to upstream response headers",
-                              ["region"], buckets=TTFB_BUCKETS, registry=r)
-        self.stream_aborts = Counter("meridian_edge_stream_aborts", "Streams cut after the first byte",
-                                     ["region", "side"], registry=r)
-        self.bad_input = Counter("meridian_edge_bad_input", "Client input rejected or ignored", ["what"],
-                                 registry=r)
-        age = Gauge("meridian_edge_snapshot_age_seconds",
-                    "Seconds since the routing snapshot was last confirmed against Redis (-1: none)", registry=r)
+        self.requests = Counter(
+            "meridian_edge_requests",
+            "Client requests by serving region and status",
+            ["region", "code"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "meridian_edge_upstream_attempts",
+            "Upstream attempts by region and outcome",
+            ["region", "kind", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "meridian_edge_retries", "Attempts beyond the first, by reason", ["reason"], registry=r
+        )
+        self.ttfb = Histogram(
+            "meridian_edge_upstream_ttfb_seconds",
+            "Time to upstream response headers",
+            ["region"],
+            buckets=TTFB_BUCKETS,
+            registry=r,
+        )
+        self.stream_aborts = Counter(
+            "meridian_edge_stream_aborts", "Streams cut after the first byte", ["region", "side"], registry=r
+        )
+        self.bad_input = Counter(
+            "meridian_edge_bad_input", "Client input rejected or ignored", ["what"], registry=r
+        )
+        age = Gauge(
+            "meridian_edge_snapshot_age_seconds",
+            "Seconds since the routing snapshot was last confirmed against Redis (-1: none)",
+            registry=r,
+        )
         age.set_function(snapshot_age)
         ver = Gauge("meridian_edge_snapshot_version", "Store version of the routing snapshot", registry=r)
         ver.set_function(snapshot_version)
         up = Gauge("meridian_edge_store_connected", "1 while the edge follows its Redis replica", registry=r)
         up.set_function(store_connected)
-        self.observations_dropped = Counter("meridian_edge_observations_dropped",
-                                            "Observation rows that could not be sent", registry=r)
+        self.observations_dropped = Counter(
+            "meridian_edge_observations_dropped", "Observation rows that could not be sent", registry=r
+        )

@@ -41,7 +41,9 @@ class Observed:
         if ttfb_ms is not None:
             prev = c.ttfb_ewma_ms
             # peak-sensitive: jump to worse values at once, decay slowly toward better ones
-            c.ttfb_ewma_ms = ttfb_ms if prev is None or ttfb_ms > prev else prev + self.alpha * (ttfb_ms - prev)
+            c.ttfb_ewma_ms = (
+                ttfb_ms if prev is None or ttfb_ms > prev else prev + self.alpha * (ttfb_ms - prev)
+            )
 
     def drain(self) -> dict[str, dict[str, float]]:
         """Counters since the last drain, for one observation batch (EWMA carries over)."""
@@ -49,8 +51,11 @@ class Observed:
         for region, c in self.counters.items():
             if c.requests == 0:
                 continue
-            row = {"requests": float(c.requests), "errors": float(c.errors),
-                   "inflight": float(self.region_inflight.get(region, 0))}
+            row = {
+                "requests": float(c.requests),
+                "errors": float(c.errors),
+                "inflight": float(self.region_inflight.get(region, 0)),
+            }
             if c.ttfb_ewma_ms is not None:
                 row["ttfb_ms"] = c.ttfb_ewma_ms
             out[region] = row

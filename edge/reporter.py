@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -33,7 +34,10 @@ class Reporter:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for region, row in batch.items():
-                    fields: dict[str | bytes, str | bytes | int | float] = {"edge": self.edge, "region": region}
+                    fields: dict[Any, Any] = {
+                        "edge": self.edge,
+                        "region": region,
+                    }
                     fields.update({k: f"{v:.3f}" for k, v in row.items()})
                     pipe.xadd(KEY_OBSERVATIONS, fields, maxlen=STREAM_MAXLEN, approximate=True)
                 await pipe.execute()

@@ -150,9 +150,7 @@ def apply_dials(order: Sequence[RegionScore], *, rng: random.Random) -> RegionSc
     return next((s for s, p in zip(reversed(order), reversed(probs), strict=True) if p > 0), None)
 
 
-def choose_backup(
-    order: Sequence[RegionScore], primary: str, *, domains: Mapping[str, str]
-) -> str | None:
+def choose_backup(order: Sequence[RegionScore], primary: str, *, domains: Mapping[str, str]) -> str | None:
     """Best other routable region, preferring a different failure domain."""
     others = [s for s in order if s.region != primary]
     for s in others:

@@ -20,7 +20,9 @@ class EdgeSettings(BaseSettings):
 
     region: str = Field(description="the region this edge runs in (a name from regions.yaml)")
     regions_file: Path = Path("regions.yaml")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="this region's Redis replica (read)")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="this region's Redis replica (read)"
+    )
     redis_primary_url: str | None = Field(
         default=None, description="the Redis primary, for observations (best effort); none disables reporting"
     )

@@ -55,7 +55,9 @@ class SnapshotFeed:
         snap = decode_snapshot(int(version_raw or 0), raw, taken_at=now)
         self.loads += 1
         if not (set(snap.regions) & self.known_regions):
-            (log.info if self.current is None else log.warning)("store holds no known region (version %s); keeping the last good snapshot", snap.version)
+            (log.info if self.current is None else log.warning)(
+                "store holds no known region (version %s); keeping the last good snapshot", snap.version
+            )
             return
         self.confirmed_at = now
         cur = self.current

@@ -1,1 +1,1 @@
-"""A simulated regional LLM cluster (OpenAI-compatible) for the demo, tests and benchmarks; never production."""
+"""A simulated regional LLM cluster (OpenAI-compatible) for demo, tests and benchmarks; never production."""

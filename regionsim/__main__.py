@@ -16,8 +16,13 @@ from regionsim.app import create_app
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="meridian sim", description=__doc__)
     p.add_argument("--region", required=True)
-    p.add_argument("--replica", action="append", required=True, metavar="NAME=HOST:PORT",
-                   help="a replica to serve (repeatable)")
+    p.add_argument(
+        "--replica",
+        action="append",
+        required=True,
+        metavar="NAME=HOST:PORT",
+        help="a replica to serve (repeatable)",
+    )
     p.add_argument("--ttft-ms", type=float, default=50.0)
     p.add_argument("--per-token-ms", type=float, default=5.0)
     p.add_argument("--max-concurrency", type=int, default=32)
@@ -33,8 +38,15 @@ async def serve(args: argparse.Namespace) -> None:
         host, _, port = addr.rpartition(":")
         if not name or not port.isdigit():
             raise SystemExit(f"--replica {spec!r}: expected NAME=HOST:PORT")
-        app = create_app(region=args.region, replica=name, ttft_ms=args.ttft_ms, per_token_ms=args.per_token_ms,
-                         max_concurrency=args.max_concurrency, max_queue=args.max_queue, seed=args.seed)
+        app = create_app(
+            region=args.region,
+            replica=name,
+            ttft_ms=args.ttft_ms,
+            per_token_ms=args.per_token_ms,
+            max_concurrency=args.max_concurrency,
+            max_queue=args.max_queue,
+            seed=args.seed,
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()

@@ -114,12 +114,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if not isinstance(payload, dict):
             raise ValueError("body must be a JSON object")
     except (ValueError, json.JSONDecodeError) as exc:
-        return web.json_response({"error": {"message": f"invalid JSON body: {exc}"}}, status=400, headers=hdrs)
+        return web.json_response(
+            {"error": {"message": f"invalid JSON body: {exc}"}}, status=400, headers=hdrs
+        )
     stream = bool(payload.get("stream", False))
     tokens = payload.get("max_tokens", st.default_tokens)
     if not isinstance(tokens, int) or tokens < 1:
-        return web.json_response({"error": {"message": "max_tokens must be a positive integer"}}, status=400,
-                                 headers=hdrs)
+        return web.json_response(
+            {"error": {"message": "max_tokens must be a positive integer"}}, status=400, headers=hdrs
+        )
     tokens = min(tokens, 4096)
     if st.rng.random() < st.faults.error_rate:
         st.stats.errors += 1
@@ -134,8 +137,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         st.stats.waiting -= 1
     st.stats.running += 1
     try:
-        return await _generate(request, st, hdrs, stream=stream, tokens=tokens,
-                               model=str(payload.get("model", "sim-llm")))
+        return await _generate(
+            request, st, hdrs, stream=stream, tokens=tokens, model=str(payload.get("model", "sim-llm"))
+        )
     finally:
         st.stats.running -= 1
         st.slots.release()
@@ -155,25 +159,45 @@ async def _generate(
             st.stats.completed += 1
             return web.json_response(
                 {
-                    "id": rid, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": " ".join(words)}}],
+                    "id": rid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": " ".join(words)},
+                        }
+                    ],
                     "usage": {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": 8 + tokens},
                 },
                 headers=hdrs,
             )
-        resp = web.StreamResponse(headers={**hdrs, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={**hdrs, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         st.stats.streams_open += 1
         try:
             for i, word in enumerate(words):
                 if i:
                     await asyncio.sleep(st.model.per_token(st.rng))
-                chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                         "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+                chunk = {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                }
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            done = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            done = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
             await resp.write(b"data: " + json.dumps(done).encode() + b"\n\ndata: [DONE]\n\n")
             await resp.write_eof()
         finally:
@@ -191,7 +215,10 @@ async def models(request: web.Request) -> web.Response:
     if st.faults.down:
         return await _reset(request)
     return web.json_response(
-        {"object": "list", "data": [{"id": "sim-llm", "object": "model", "owned_by": f"meridian-sim/{st.region}"}]},
+        {
+            "object": "list",
+            "data": [{"id": "sim-llm", "object": "model", "owned_by": f"meridian-sim/{st.region}"}],
+        },
         headers=_sim_headers(st, request),
     )
 
@@ -224,8 +251,10 @@ async def set_faults(request: web.Request) -> web.Response:
         return web.json_response({"error": f"invalid JSON: {exc}"}, status=400)
     except ValidationError as exc:
         fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
-        return web.json_response({"error": "invalid faults", "fields": fields,
-                                  "detail": json.loads(exc.json(include_url=False))}, status=422)
+        return web.json_response(
+            {"error": "invalid faults", "fields": fields, "detail": json.loads(exc.json(include_url=False))},
+            status=422,
+        )
     return web.json_response(st.faults.model_dump())
 
 
@@ -238,8 +267,18 @@ async def clear_faults(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     st = request.app[STATE]
     s = st.stats
-    return web.json_response({
-        "region": st.region, "replica": st.replica, "requests": s.requests, "completed": s.completed,
-        "errors": s.errors, "cancelled": s.cancelled, "running": s.running, "waiting": s.waiting,
-        "streams_open": s.streams_open, "rejected": s.rejected, "faults": st.faults.model_dump(),
-    })
+    return web.json_response(
+        {
+            "region": st.region,
+            "replica": st.replica,
+            "requests": s.requests,
+            "completed": s.completed,
+            "errors": s.errors,
+            "cancelled": s.cancelled,
+            "running": s.running,
+            "waiting": s.waiting,
+            "streams_open": s.streams_open,
+            "rejected": s.rejected,
+            "faults": st.faults.model_dump(),
+        }
+    )

@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
-async def wait_for(pred: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.02,
-                   what: str = "condition") -> float:
+async def wait_for(
+    pred: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.02, what: str = "condition"
+) -> float:
     """Poll ``pred`` until true; returns the seconds it took; fails after ``timeout``."""
     start = time.monotonic()
     while True:
@@ -70,14 +71,26 @@ class Fleet:
     def edge_url(self, region: str) -> str:
         return str(self.edges[region].make_url("/"))
 
-    async def admin(self, method: str, path: str, *, token: str | None = None, body: Any = None,
-                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def admin(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         hdrs = {"Authorization": f"Bearer {token if token is not None else self.operator_token}"}
         hdrs.update(headers or {})
-        async with aiohttp.ClientSession() as s, s.request(
-            method, self.admin_url + path, headers=hdrs,
-            data=json.dumps(body) if body is not None and not isinstance(body, bytes | str) else body,
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.request(
+                method,
+                self.admin_url + path,
+                headers=hdrs,
+                data=json.dumps(body) if body is not None and not isinstance(body, bytes | str) else body,
+            ) as resp,
+        ):
             text = await resp.text()
             try:
                 return resp.status, json.loads(text)
@@ -88,14 +101,17 @@ class Fleet:
         async def seeded() -> bool:
             status, body = await self.admin("GET", "/v1/regions")
             return status == 200 and len(body["regions"]) == len(self.topology.regions)
+
         await wait_for(seeded, timeout=10, what="control plane to seed the store")
 
     async def wait_edges_ready(self) -> None:
         async with aiohttp.ClientSession() as s:
             for region in self.edges:
+
                 async def ready(region: str = region) -> bool:
                     async with s.get(self.edge_url(region) + "readyz") as r:
                         return r.status == 200
+
                 await wait_for(ready, timeout=10, what=f"edge {region} ready")
 
     async def close(self) -> None:
@@ -122,15 +138,32 @@ async def start_fleet(
 ) -> Fleet:
     base = load_topology(ROOT / "regions.yaml")
     if regions is not None:
-        base = Topology.model_validate({"policy": base.policy.model_dump(),
-                                        "regions": [r.model_dump() for r in base.regions if r.name in regions]})
+        base = Topology.model_validate(
+            {
+                "policy": base.policy.model_dump(),
+                "regions": [r.model_dump() for r in base.regions if r.name in regions],
+            }
+        )
     primary = RedisServer(port=free_port(), workdir=tmp_path / "redis-primary").start()
-    replicas = {r.name: RedisServer(port=free_port(), workdir=tmp_path / f"redis-{r.name}",
-                                    replicaof=primary.port).start() for r in base.regions}
+    replicas = {
+        r.name: RedisServer(
+            port=free_port(), workdir=tmp_path / f"redis-{r.name}", replicaof=primary.port
+        ).start()
+        for r in base.regions
+    }
     fleet = Fleet(topology=base, primary=primary, replicas=replicas, sims={})
     try:
-        await _build(fleet, aiohttp_server, geo_db=geo_db, edges=edges, probe_interval_s=probe_interval_s,
-                     probe=probe, control_plane=control_plane, sim_kwargs=sim_kwargs, edge_overrides=edge_overrides)
+        await _build(
+            fleet,
+            aiohttp_server,
+            geo_db=geo_db,
+            edges=edges,
+            probe_interval_s=probe_interval_s,
+            probe=probe,
+            control_plane=control_plane,
+            sim_kwargs=sim_kwargs,
+            edge_overrides=edge_overrides,
+        )
     except BaseException:
         await fleet.close()
         raise
@@ -155,7 +188,9 @@ async def _build(
     kw = {"ttft_ms": 5.0, "per_token_ms": 1.0, "default_tokens": 4, **(sim_kwargs or {})}
     for i, region in enumerate(base.regions):
         for j, rep in enumerate(region.replicas):
-            server = await aiohttp_server(create_sim(region=region.name, replica=rep.name, seed=i * 10 + j, **kw))
+            server = await aiohttp_server(
+                create_sim(region=region.name, replica=rep.name, seed=i * 10 + j, **kw)
+            )
             sims.setdefault(region.name, {})[rep.name] = server
             ports[(region.name, rep.name)] = server.port
     topo = Topology.model_validate(local_topology(base, ports))
@@ -177,8 +212,9 @@ async def _build(
         )
         fleet.admin_app = create_admin(cp_settings, topology=topo)
         port = free_port()
-        config = uvicorn.Config(fleet.admin_app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on", loop="asyncio")
+        config = uvicorn.Config(
+            fleet.admin_app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+        )
         fleet.uvicorn_server = uvicorn.Server(config)
         fleet.uvicorn_task = asyncio.create_task(fleet.uvicorn_server.serve())
         fleet.admin_url = f"http://127.0.0.1:{port}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmdb_writer import MMDBWriter, MmdbF64
+from mmdb_writer import MmdbF64, MMDBWriter
 from netaddr import IPSet
 
 # name -> (networks, country, continent, lat, lon)
@@ -29,8 +29,13 @@ CLIENT_IP = {
 
 
 def build_city_db(path: Path) -> Path:
-    w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoIP2-City",
-                   languages=["en"], description="Meridian test City database")
+    w = MMDBWriter(
+        ip_version=6,
+        ipv4_compatible=True,
+        database_type="GeoIP2-City",
+        languages=["en"],
+        description="Meridian test City database",
+    )
     for name, (nets, country, continent, lat, lon) in PLACES.items():
         w.insert_network(
             IPSet(nets),

@@ -22,17 +22,26 @@ async def test_admin_api_status_codes(fleet: Fleet) -> None:
     assert status == 401
     status, body = await fleet.admin("GET", "/v1/regions", token=fleet.viewer_token)
     assert status == 200 and [r["name"] for r in body["regions"]] == list(fleet.topology.names)
-    status, body = await fleet.admin("PATCH", "/v1/regions/eu-west-1", token=fleet.viewer_token,
-                                     body={"weight": 10, "reason": "viewer tries"})
+    status, body = await fleet.admin(
+        "PATCH",
+        "/v1/regions/eu-west-1",
+        token=fleet.viewer_token,
+        body={"weight": 10, "reason": "viewer tries"},
+    )
     assert status == 403 and "operator" in body["detail"]
     status, _ = await fleet.admin("GET", "/v1/regions/mars-north-1")
     assert status == 404
     status, _ = await fleet.admin("PATCH", "/v1/regions/mars-north-1", body={"weight": 1, "reason": "x"})
     assert status == 404
-    for bad, field in [({"weight": 101, "reason": "x"}, "weight"), ({"weight": "50", "reason": "x"}, "weight"),
-                       ({"weight": -1, "reason": "x"}, "weight"), ({"drained": "yes", "reason": "x"}, "drained"),
-                       ({"weight": 5}, "reason"), ({"weight": 5, "reason": "x", "colour": "red"}, "colour"),
-                       ({"reason": "nothing"}, "weight")]:
+    for bad, field in [
+        ({"weight": 101, "reason": "x"}, "weight"),
+        ({"weight": "50", "reason": "x"}, "weight"),
+        ({"weight": -1, "reason": "x"}, "weight"),
+        ({"drained": "yes", "reason": "x"}, "drained"),
+        ({"weight": 5}, "reason"),
+        ({"weight": 5, "reason": "x", "colour": "red"}, "colour"),
+        ({"reason": "nothing"}, "weight"),
+    ]:
         status, body = await fleet.admin("PATCH", "/v1/regions/eu-west-1", body=bad)
         assert status == 422, (bad, body)
         assert field in str(body), (bad, body)
@@ -45,23 +54,38 @@ async def test_admin_api_status_codes(fleet: Fleet) -> None:
 async def test_if_match_gives_optimistic_concurrency(fleet: Fleet) -> None:
     status, region = await fleet.admin("GET", "/v1/regions/us-west-2")
     version = region["version"]
-    status, body = await fleet.admin("PATCH", "/v1/regions/us-west-2", headers={"If-Match": f'"{version}"'},
-                                     body={"weight": 70, "reason": "first writer"})
+    status, body = await fleet.admin(
+        "PATCH",
+        "/v1/regions/us-west-2",
+        headers={"If-Match": f'"{version}"'},
+        body={"weight": 70, "reason": "first writer"},
+    )
     assert status == 200 and body["after"]["weight"] == 70 and body["after"]["version"] > version
-    status, body = await fleet.admin("PATCH", "/v1/regions/us-west-2", headers={"If-Match": str(version)},
-                                     body={"weight": 20, "reason": "second writer, stale"})
+    status, body = await fleet.admin(
+        "PATCH",
+        "/v1/regions/us-west-2",
+        headers={"If-Match": str(version)},
+        body={"weight": 20, "reason": "second writer, stale"},
+    )
     assert status == 412 and str(body["after"] if "after" in body else body["detail"])
-    status, body = await fleet.admin("PATCH", "/v1/regions/us-west-2", headers={"If-Match": "abc"},
-                                     body={"weight": 20, "reason": "garbage etag"})
+    status, body = await fleet.admin(
+        "PATCH",
+        "/v1/regions/us-west-2",
+        headers={"If-Match": "abc"},
+        body={"weight": 20, "reason": "garbage etag"},
+    )
     assert status == 422 and "If-Match" in str(body)
     status, region = await fleet.admin("GET", "/v1/regions/us-west-2")
     assert region["weight"] == 70
 
 
 async def test_audit_records_actor_reason_before_after(fleet: Fleet) -> None:
-    await fleet.admin("PATCH", "/v1/regions/ap-southeast-1", body={"drained": True, "reason": "maintenance 42"})
-    await fleet.admin("PATCH", "/v1/regions/ap-southeast-1", body={"drained": False, "weight": 80,
-                                                                    "reason": "back, partly"})
+    await fleet.admin(
+        "PATCH", "/v1/regions/ap-southeast-1", body={"drained": True, "reason": "maintenance 42"}
+    )
+    await fleet.admin(
+        "PATCH", "/v1/regions/ap-southeast-1", body={"drained": False, "weight": 80, "reason": "back, partly"}
+    )
     status, body = await fleet.admin("GET", "/v1/audit?limit=2", token=fleet.viewer_token)
     assert status == 200
     newest, older = body["entries"]
@@ -74,13 +98,20 @@ async def test_audit_records_actor_reason_before_after(fleet: Fleet) -> None:
 
 
 async def test_drained_region_gets_no_traffic(fleet: Fleet) -> None:
-    status, _ = await fleet.admin("PATCH", "/v1/regions/ap-southeast-1", body={"drained": True, "reason": "t"})
+    status, _ = await fleet.admin(
+        "PATCH", "/v1/regions/ap-southeast-1", body={"drained": True, "reason": "t"}
+    )
     assert status == 200
     async with aiohttp.ClientSession() as s:
+
         async def moved() -> bool:
-            async with s.post(fleet.edge_url("ap-southeast-1") + "v1/chat/completions", json=CHAT,
-                              headers={"X-Forwarded-For": CLIENT_IP["singapore"]}) as r:
+            async with s.post(
+                fleet.edge_url("ap-southeast-1") + "v1/chat/completions",
+                json=CHAT,
+                headers={"X-Forwarded-For": CLIENT_IP["singapore"]},
+            ) as r:
                 return r.headers["X-Meridian-Region"] != "ap-southeast-1"
+
         await wait_for(moved, timeout=1, what="Singapore off a drained region")
 
 
@@ -102,8 +133,11 @@ async def test_prober_marks_a_down_replica_within_three_intervals_and_no_request
         nonlocal served
         async with aiohttp.ClientSession() as s:
             while not stop.is_set():
-                async with s.post(fleet.edge_url("eu-west-1") + "v1/chat/completions", json=CHAT,
-                                  headers={"X-Forwarded-For": CLIENT_IP["london"]}) as r:
+                async with s.post(
+                    fleet.edge_url("eu-west-1") + "v1/chat/completions",
+                    json=CHAT,
+                    headers={"X-Forwarded-For": CLIENT_IP["london"]},
+                ) as r:
                     await r.read()
                     if r.status != 200:
                         failures.append(r.status)
@@ -117,6 +151,7 @@ async def test_prober_marks_a_down_replica_within_three_intervals_and_no_request
     async def marked() -> bool:
         _, body = await fleet.admin("GET", "/v1/regions/eu-west-1")
         return bool(body["replicas"]["euw1-a"] == "down")
+
     await wait_for(marked, timeout=3 * interval + 0.5, what="prober to mark euw1-a down")
     took = time.monotonic() - started
     print(f"\nreplica marked down after {took * 1000:.0f} ms (interval {interval * 1000:.0f} ms)")
@@ -133,6 +168,7 @@ async def test_prober_marks_a_down_replica_within_three_intervals_and_no_request
     async def back() -> bool:
         _, body = await fleet.admin("GET", "/v1/regions/eu-west-1")
         return bool(body["replicas"]["euw1-a"] == "up")
+
     await wait_for(back, timeout=3 * interval + 0.5, what="prober to mark euw1-a up again")
 
 
@@ -149,6 +185,7 @@ def _metric(text: str, name: str) -> float:
 async def test_edges_route_through_a_redis_outage_and_resync_after(fleet: Fleet) -> None:
     edge = fleet.edge_url("us-west-2")
     async with aiohttp.ClientSession() as s:
+
         async def metrics() -> str:
             async with s.get(edge + "metrics") as r:
                 return await r.text()
@@ -158,8 +195,9 @@ async def test_edges_route_through_a_redis_outage_and_resync_after(fleet: Fleet)
         await wait_for(lambda: _disconnected(metrics), timeout=5, what="edge to notice Redis is gone")
         age_then = _metric(await metrics(), "meridian_edge_snapshot_age_seconds")
         for _ in range(20):
-            async with s.post(edge + "v1/chat/completions", json=CHAT,
-                              headers={"X-Forwarded-For": CLIENT_IP["california"]}) as r:
+            async with s.post(
+                edge + "v1/chat/completions", json=CHAT, headers={"X-Forwarded-For": CLIENT_IP["california"]}
+            ) as r:
                 assert r.status == 200 and r.headers["X-Meridian-Region"] == "us-west-2"
             async with s.get(edge + "readyz") as r:
                 assert r.status == 200
@@ -171,16 +209,22 @@ async def test_edges_route_through_a_redis_outage_and_resync_after(fleet: Fleet)
         for rs in [fleet.primary, *fleet.replicas.values()]:
             rs.wait_ready()
         await wait_for(lambda: _reconnected(metrics), timeout=5, what="edge to resync with Redis")
+
         # a change made after the restart reaches the edge: it follows the feed again
         async def patched() -> bool:
-            status, _ = await fleet.admin("PATCH", "/v1/regions/us-west-2",
-                                          body={"weight": 0, "reason": "after restart"})
+            status, _ = await fleet.admin(
+                "PATCH", "/v1/regions/us-west-2", body={"weight": 0, "reason": "after restart"}
+            )
             return status == 200
+
         await wait_for(patched, timeout=5, what="admin writes after Redis restart")
+
         async def moved() -> bool:
-            async with s.post(edge + "v1/chat/completions", json=CHAT,
-                              headers={"X-Forwarded-For": CLIENT_IP["california"]}) as r:
+            async with s.post(
+                edge + "v1/chat/completions", json=CHAT, headers={"X-Forwarded-For": CLIENT_IP["california"]}
+            ) as r:
                 return r.headers["X-Meridian-Region"] != "us-west-2"
+
         await wait_for(moved, timeout=2, what="edge to apply a change made after the restart")
 
 
@@ -190,8 +234,10 @@ async def _disconnected(metrics: object) -> bool:
 
 async def _reconnected(metrics: object) -> bool:
     text = await metrics()  # type: ignore[operator]
-    return _metric(text, "meridian_edge_store_connected") == 1.0 and _metric(
-        text, "meridian_edge_snapshot_age_seconds") < 1.0
+    return (
+        _metric(text, "meridian_edge_store_connected") == 1.0
+        and _metric(text, "meridian_edge_snapshot_age_seconds") < 1.0
+    )
 
 
 async def _age_above(metrics: object, threshold: float) -> bool:

@@ -19,8 +19,14 @@ from tests.geodb import CLIENT_IP
 CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def ask(session: aiohttp.ClientSession, edge: str, ip: str | None, *, body: object = CHAT,
-              headers: dict[str, str] | None = None) -> tuple[int, aiohttp.typedefs.LooseHeaders, bytes]:
+async def ask(
+    session: aiohttp.ClientSession,
+    edge: str,
+    ip: str | None,
+    *,
+    body: object = CHAT,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, aiohttp.typedefs.LooseHeaders, bytes]:
     hdrs = {"X-Forwarded-For": ip} if ip else {}
     hdrs.update(headers or {})
     async with session.post(edge + "v1/chat/completions", json=body, headers=hdrs) as r:
@@ -29,8 +35,14 @@ async def ask(session: aiohttp.ClientSession, edge: str, ip: str | None, *, body
 
 @pytest.mark.parametrize(
     ("place", "region"),
-    [("london", "eu-west-1"), ("new_york", "us-east-1"), ("california", "us-west-2"),
-     ("singapore", "ap-southeast-1"), ("london_v6", "eu-west-1"), ("singapore_v6", "ap-southeast-1")],
+    [
+        ("london", "eu-west-1"),
+        ("new_york", "us-east-1"),
+        ("california", "us-west-2"),
+        ("singapore", "ap-southeast-1"),
+        ("london_v6", "eu-west-1"),
+        ("singapore_v6", "ap-southeast-1"),
+    ],
 )
 async def test_clients_are_served_by_their_nearest_region(fleet: Fleet, place: str, region: str) -> None:
     async with aiohttp.ClientSession() as s:
@@ -44,7 +56,9 @@ async def test_clients_are_served_by_their_nearest_region(fleet: Fleet, place: s
 
 
 @pytest.mark.parametrize("ip", ["10.1.2.3", "192.168.0.7", "8.8.8.8", "fd00::1", None])
-async def test_private_or_unknown_clients_are_served_by_the_edges_own_region(fleet: Fleet, ip: str | None) -> None:
+async def test_private_or_unknown_clients_are_served_by_the_edges_own_region(
+    fleet: Fleet, ip: str | None
+) -> None:
     async with aiohttp.ClientSession() as s:
         for edge in ("eu-west-1", "ap-southeast-1"):
             status, headers, _ = await ask(s, fleet.edge_url(edge), ip)
@@ -55,8 +69,13 @@ async def test_private_or_unknown_clients_are_served_by_the_edges_own_region(fle
 async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
     tmp_path: Path, serve: ServerFactory, geo_db: Path
 ) -> None:
-    f = await start_fleet(tmp_path, serve, geo_db=geo_db, regions=("eu-west-1", "us-east-1"),
-                          edge_overrides={"trusted_proxies": []})
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        regions=("eu-west-1", "us-east-1"),
+        edge_overrides={"trusted_proxies": []},
+    )
     try:
         async with aiohttp.ClientSession() as s:
             status, headers, _ = await ask(s, f.edge_url("us-east-1"), CLIENT_IP["london"])
@@ -72,6 +91,7 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
 async def test_dial_to_zero_propagates_to_every_edge_within_a_second(fleet: Fleet) -> None:
     london = CLIENT_IP["london"]
     async with aiohttp.ClientSession() as s:
+
         async def all_edges(region_pred: str, *, avoid: bool) -> bool:
             for edge in fleet.edges:
                 for _ in range(3):
@@ -82,20 +102,34 @@ async def test_dial_to_zero_propagates_to_every_edge_within_a_second(fleet: Flee
             return True
 
         started = time.monotonic()
-        status, body = await fleet.admin("PATCH", "/v1/regions/eu-west-1",
-                                         body={"weight": 0, "reason": "test: drain dial"})
+        status, body = await fleet.admin(
+            "PATCH", "/v1/regions/eu-west-1", body={"weight": 0, "reason": "test: drain dial"}
+        )
         assert status == 200, body
-        took = await wait_for(lambda: all_edges("eu-west-1", avoid=True), timeout=1.0, interval=0.005,
-                              what="every edge to stop sending London to eu-west-1")
-        print(f"\ndial 0 propagated to {len(fleet.edges)} edges in {(time.monotonic() - started) * 1000:.0f} ms "
-              f"(poll {took * 1000:.0f} ms)")
+        took = await wait_for(
+            lambda: all_edges("eu-west-1", avoid=True),
+            timeout=1.0,
+            interval=0.005,
+            what="every edge to stop sending London to eu-west-1",
+        )
+        print(
+            f"\ndial 0 propagated to {len(fleet.edges)} edges in "
+            f"{(time.monotonic() - started) * 1000:.0f} ms "
+            f"(poll {took * 1000:.0f} ms)"
+        )
         for edge in fleet.edges:
             _, headers, _ = await ask(s, fleet.edge_url(edge), london)
             assert headers["X-Meridian-Region"] == "us-east-1"  # the next best region for London
-        status, _ = await fleet.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 100, "reason": "restore"})
+        status, _ = await fleet.admin(
+            "PATCH", "/v1/regions/eu-west-1", body={"weight": 100, "reason": "restore"}
+        )
         assert status == 200
-        took = await wait_for(lambda: all_edges("eu-west-1", avoid=False), timeout=1.0, interval=0.005,
-                              what="every edge to send London to eu-west-1 again")
+        took = await wait_for(
+            lambda: all_edges("eu-west-1", avoid=False),
+            timeout=1.0,
+            interval=0.005,
+            what="every edge to send London to eu-west-1 again",
+        )
         print(f"dial 100 restored on every edge in {took * 1000:.0f} ms")
 
 
@@ -104,19 +138,25 @@ async def test_dial_of_fifty_sends_half_to_the_next_best_region(fleet: Fleet) ->
     assert status == 200
 
     async def applied() -> bool:
-        async with aiohttp.ClientSession() as s, s.get(fleet.edge_url("eu-west-1") + "_meridian/route",
-                                                        params={"ip": CLIENT_IP["london"]}) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(fleet.edge_url("eu-west-1") + "_meridian/route", params={"ip": CLIENT_IP["london"]}) as r,
+        ):
             return next(x for x in (await r.json())["scores"] if x["region"] == "eu-west-1")["weight"] == 50
+
     await wait_for(applied, timeout=2, what="dial 50 on the edge")
     served: Counter[str] = Counter()
     sem = asyncio.Semaphore(4)  # light load: utilization stays low, so only the dial moves traffic
     async with aiohttp.ClientSession() as s:
+
         async def one() -> None:
             async with sem:
-                status, headers, _ = await ask(s, fleet.edge_url("eu-west-1"), CLIENT_IP["london"],
-                                               body={**CHAT, "max_tokens": 1})
+                status, headers, _ = await ask(
+                    s, fleet.edge_url("eu-west-1"), CLIENT_IP["london"], body={**CHAT, "max_tokens": 1}
+                )
                 assert status == 200
                 served[headers["X-Meridian-Region"]] += 1
+
         await asyncio.gather(*(one() for _ in range(2000)))
     print(f"\ndial 50 over 2000 London requests: {dict(served)}")
     assert set(served) == {"eu-west-1", "us-east-1"}
@@ -127,10 +167,14 @@ async def test_sse_first_chunk_arrives_before_the_upstream_finishes(fleet: Fleet
     sim = fleet.sim("eu-west-1", "euw1-a")
     for rep in fleet.sims["eu-west-1"]:
         fleet.sim("eu-west-1", rep).model = type(sim.model)(ttft_ms=5, per_token_ms=100)
-    async with aiohttp.ClientSession() as s, s.post(
-        fleet.edge_url("eu-west-1") + "v1/chat/completions",
-        json={**CHAT, "stream": True, "max_tokens": 10}, headers={"X-Forwarded-For": CLIENT_IP["london"]},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            fleet.edge_url("eu-west-1") + "v1/chat/completions",
+            json={**CHAT, "stream": True, "max_tokens": 10},
+            headers={"X-Forwarded-For": CLIENT_IP["london"]},
+        ) as r,
+    ):
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/event-stream")
         first = await r.content.readuntil(b"\n\n")
@@ -147,8 +191,12 @@ async def test_one_trace_spans_client_edge_attempt_and_simulator(fleet: Fleet) -
     parent_span = "00f067aa0ba902b7"
     fleet.exporter.clear()
     async with aiohttp.ClientSession() as s:
-        status, headers, _ = await ask(s, fleet.edge_url("us-east-1"), CLIENT_IP["singapore"],
-                                       headers={"traceparent": f"00-{trace_id}-{parent_span}-01"})
+        status, headers, _ = await ask(
+            s,
+            fleet.edge_url("us-east-1"),
+            CLIENT_IP["singapore"],
+            headers={"traceparent": f"00-{trace_id}-{parent_span}-01"},
+        )
     assert status == 200
     assert headers["X-Sim-Trace-Id"] == trace_id
     spans = [sp for sp in fleet.exporter.get_finished_spans() if f"{sp.context.trace_id:032x}" == trace_id]
@@ -170,6 +218,7 @@ async def test_client_sent_internal_headers_are_stripped(fleet: Fleet) -> None:
     async def capture(request: aiohttp.web.Request) -> aiohttp.web.Response:
         seen.update(request.headers)
         return aiohttp.web.json_response({})
+
     # swap the handler the simulator's router resolves (the simulator is the upstream, not Meridian)
     for route in sim_app.router.routes():
         if route.resource is not None and route.resource.canonical == "/v1/models":
@@ -177,11 +226,18 @@ async def test_client_sent_internal_headers_are_stripped(fleet: Fleet) -> None:
     for rep in fleet.sims["eu-west-1"]:
         if rep != "euw1-a":
             fleet.sim("eu-west-1", rep).faults = type(fleet.sim("eu-west-1", rep).faults)(down=True)
-    async with aiohttp.ClientSession() as s, s.get(
-        fleet.edge_url("eu-west-1") + "v1/models",
-        headers={"X-Forwarded-For": CLIENT_IP["london"], "X-Meridian-Region": "ap-southeast-1",
-                 "X-Meridian-Internal": "1", "X-Meridian-Priority": "batch"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            fleet.edge_url("eu-west-1") + "v1/models",
+            headers={
+                "X-Forwarded-For": CLIENT_IP["london"],
+                "X-Meridian-Region": "ap-southeast-1",
+                "X-Meridian-Internal": "1",
+                "X-Meridian-Priority": "batch",
+            },
+        ) as r,
+    ):
         assert r.status == 200
         assert r.headers["X-Meridian-Region"] == "eu-west-1"
     assert "X-Meridian-Internal" not in seen and "X-Meridian-Region" not in seen
@@ -199,20 +255,30 @@ async def test_malformed_forwarded_for_is_served_not_500(fleet: Fleet, xff: str)
 
 
 async def test_request_body_over_the_limit_gets_413(fleet: Fleet) -> None:
-    async with aiohttp.ClientSession() as s, s.post(
-        fleet.edge_url("us-east-1") + "v1/chat/completions", data=b"x" * (2 << 20),
-        headers={"Content-Type": "application/json"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            fleet.edge_url("us-east-1") + "v1/chat/completions",
+            data=b"x" * (2 << 20),
+            headers={"Content-Type": "application/json"},
+        ) as r,
+    ):
         assert r.status == 413
         body = await r.json()
     assert "MERIDIAN_MAX_BODY_BYTES" in body["error"]["message"]
-    assert sum(st.stats.requests for reg in fleet.sims for st in
-               (fleet.sim(reg, rep) for rep in fleet.sims[reg])) == 0
+    assert (
+        sum(
+            st.stats.requests for reg in fleet.sims for st in (fleet.sim(reg, rep) for rep in fleet.sims[reg])
+        )
+        == 0
+    )
 
 
 async def test_bad_priority_and_route_query_get_400_naming_the_field(fleet: Fleet) -> None:
     async with aiohttp.ClientSession() as s:
-        status, _, body = await ask(s, fleet.edge_url("us-east-1"), None, headers={"X-Meridian-Priority": "urgent"})
+        status, _, body = await ask(
+            s, fleet.edge_url("us-east-1"), None, headers={"X-Meridian-Priority": "urgent"}
+        )
         assert status == 400 and b"X-Meridian-Priority" in body
         async with s.get(fleet.edge_url("us-east-1") + "_meridian/route", params={"ip": "1.2.3"}) as r:
             assert r.status == 400
@@ -220,13 +286,17 @@ async def test_bad_priority_and_route_query_get_400_naming_the_field(fleet: Flee
 
 
 async def test_route_explains_the_decision(fleet: Fleet) -> None:
-    async with aiohttp.ClientSession() as s, s.get(fleet.edge_url("us-east-1") + "_meridian/route",
-                                                    params={"ip": CLIENT_IP["london_v6"]}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(fleet.edge_url("us-east-1") + "_meridian/route", params={"ip": CLIENT_IP["london_v6"]}) as r,
+    ):
         body = await r.json()
     assert body["location"]["country"] == "GB" and body["location"]["source"] == "geoip"
     assert body["choice"] == "eu-west-1" and body["backup"] == "us-east-1"
     assert {x["region"] for x in body["scores"]} == set(fleet.topology.names)
-    assert all({"network_ms", "service_ms", "utilization", "weight", "score_ms"} <= set(x) for x in body["scores"])
+    assert all(
+        {"network_ms", "service_ms", "utilization", "weight", "score_ms"} <= set(x) for x in body["scores"]
+    )
 
 
 async def test_metrics_and_health_endpoints(fleet: Fleet) -> None:

@@ -1,0 +1,47 @@
+"""Health hysteresis table and region folding (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.health import Signal, Track, fold_region, observe
+
+
+def run(signals: list[Signal], *, start: str = "up", rise: int = 2, fall: int = 3) -> list[str]:
+    t = Track(health=start)  # type: ignore[arg-type]
+    out = []
+    for s in signals:
+        t = observe(t, s, rise=rise, fall=fall)
+        out.append(t.health)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("signals", "start", "expected"),
+    [
+        (["fail", "fail", "fail"], "up", ["up", "up", "down"]),
+        (["fail", "ok", "fail", "fail"], "up", ["up", "up", "up", "up"]),  # a streak must be unbroken
+        (["ok", "ok"], "down", ["down", "up"]),
+        (["ok", "fail", "ok", "ok"], "down", ["down", "down", "down", "up"]),
+        (["slow", "slow", "slow"], "up", ["up", "up", "degraded"]),
+        (["ok", "ok"], "degraded", ["degraded", "up"]),
+        (["fail", "fail", "fail"], "degraded", ["degraded", "degraded", "down"]),
+    ],
+)
+def test_hysteresis(signals: list[Signal], start: str, expected: list[str]) -> None:
+    assert run(signals, start=start) == expected
+
+
+@pytest.mark.parametrize(
+    ("replicas", "expected"),
+    [
+        ({"a": "up", "b": "up"}, "up"),
+        ({"a": "up", "b": "down"}, "up"),
+        ({"a": "down", "b": "down"}, "down"),
+        ({"a": "up", "b": "down", "c": "down"}, "degraded"),
+        ({"a": "degraded", "b": "degraded"}, "degraded"),
+        ({}, "down"),
+    ],
+)
+def test_fold_region(replicas: dict[str, str], expected: str) -> None:
+    assert fold_region(replicas) == expected  # type: ignore[arg-type]

@@ -1,0 +1,186 @@
+"""The pure routing core: scores, anti-herding order, dials, backup, replica choice (seeded rng)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from controlplane.state import Location, RegionState, Snapshot, Topology
+from controlplane.topology import load_topology
+from edge import routing
+from tests.fleet import ROOT
+
+TOPO = load_topology(ROOT / "regions.yaml")
+LONDON = Location(lat=51.51, lon=-0.09)
+NEW_YORK = Location(lat=40.71, lon=-74.0)
+
+
+def snap(**overrides: dict[str, object]) -> Snapshot:
+    regions = {}
+    for r in TOPO.regions:
+        st = RegionState(name=r.name, replicas={rep.name: "up" for rep in r.replicas}, latency_ms=100.0)
+        regions[r.name] = st.model_copy(update=overrides.get(r.name.replace("-", "_"), {}))
+    return Snapshot(version=1, regions=regions)
+
+
+def route(s: Snapshot, client: Location = LONDON, seed: int = 0, **kw: object) -> routing.Decision:
+    return routing.route(
+        topology=TOPO,
+        snapshot=s,
+        client=client,
+        country=kw.get("country"),  # type: ignore[arg-type]
+        continent=kw.get("continent"),
+        rng=random.Random(seed),
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected_primary", "why"),
+    [
+        ({}, "eu-west-1", None),
+        ({"eu_west_1": {"weight": 0}}, "us-east-1", "weight 0"),
+        ({"eu_west_1": {"drained": True}}, "us-east-1", "drained"),
+        ({"eu_west_1": {"health": "down"}}, "us-east-1", "down"),
+        ({"eu_west_1": {"utilization": 0.99}}, "us-east-1", "saturated"),
+    ],
+)
+def test_unroutable_regions_are_skipped(
+    overrides: dict[str, dict[str, object]], expected_primary: str, why: str | None
+) -> None:
+    d = route(snap(**overrides))
+    assert d.primary == expected_primary
+    eu = next(s for s in d.scores if s.region == "eu-west-1")
+    assert eu.why_not == why and eu.routable is (why is None)
+
+
+def test_utilization_inflates_service_time_like_a_queue() -> None:
+    d = route(snap(eu_west_1={"utilization": 0.5}))
+    eu = next(s for s in d.scores if s.region == "eu-west-1")
+    assert eu.service_ms == pytest.approx(200.0)
+    d = route(snap(eu_west_1={"utilization": 0.9}))
+    assert next(s for s in d.scores if s.region == "eu-west-1").service_ms == pytest.approx(1000.0)
+    assert d.primary == "us-east-1"  # a nearly saturated region loses London smoothly
+
+
+def test_degraded_pays_a_penalty() -> None:
+    d = route(snap(eu_west_1={"health": "degraded"}))
+    eu = next(s for s in d.scores if s.region == "eu-west-1")
+    assert eu.penalty_ms == TOPO.policy.degraded_penalty_ms and eu.routable
+
+
+def test_backup_is_the_next_best_in_another_failure_domain() -> None:
+    d = route(snap())
+    assert (d.primary, d.backup) == ("eu-west-1", "us-east-1")
+    d = route(snap(), client=NEW_YORK)
+    assert d.primary == "us-east-1" and d.backup != "us-east-1"
+
+
+def test_dials_are_honoured_exactly_in_aggregate() -> None:
+    s = snap(eu_west_1={"weight": 30})
+    rng = random.Random(7)
+    counts = Counter(
+        routing.route(topology=TOPO, snapshot=s, client=LONDON, country=None, continent=None, rng=rng).primary
+        for _ in range(20_000)
+    )
+    assert counts["eu-west-1"] / 20_000 == pytest.approx(0.30, abs=0.015)
+    assert counts["us-east-1"] / 20_000 == pytest.approx(0.70, abs=0.015)
+
+
+def test_near_equal_regions_are_shared_not_herded() -> None:
+    # two regions at the same distance and latency: both get traffic, roughly evenly
+    topo = Topology.model_validate(
+        {
+            "regions": [
+                {
+                    "name": "a",
+                    "location": {"lat": 0, "lon": 10},
+                    "capacity": 1,
+                    "replicas": [{"name": "a1", "url": "http://a1"}, {"name": "a2", "url": "http://a2"}],
+                },
+                {
+                    "name": "b",
+                    "location": {"lat": 0, "lon": -10},
+                    "capacity": 1,
+                    "replicas": [{"name": "b1", "url": "http://b1"}, {"name": "b2", "url": "http://b2"}],
+                },
+            ]
+        }
+    )
+    s = Snapshot(version=1, regions={n: RegionState(name=n, latency_ms=100) for n in ("a", "b")})
+    rng = random.Random(1)
+    counts = Counter(
+        routing.route(
+            topology=topo, snapshot=s, client=Location(lat=0, lon=0), country=None, continent=None, rng=rng
+        ).primary
+        for _ in range(4000)
+    )
+    assert 0.4 < counts["a"] / 4000 < 0.6
+
+
+def test_pins_restrict_to_the_pinned_regions() -> None:
+    topo = Topology.model_validate(
+        {**TOPO.model_dump(), "policy": {**TOPO.policy.model_dump(), "pins": {"DE": ["eu-west-1"]}}}
+    )
+    s = snap()
+    d = routing.route(
+        topology=topo, snapshot=s, client=NEW_YORK, country="DE", continent="EU", rng=random.Random(0)
+    )
+    assert d.primary == "eu-west-1" and d.backup is None and d.pinned == ("eu-west-1",)
+    s = snap(eu_west_1={"drained": True})
+    d = routing.route(
+        topology=topo, snapshot=s, client=NEW_YORK, country="DE", continent="EU", rng=random.Random(0)
+    )
+    assert d.primary is None  # residency is never traded for availability
+
+
+def test_nothing_routable_gives_no_primary() -> None:
+    d = route(snap(**{n.replace("-", "_"): {"drained": True} for n in TOPO.names}))
+    assert d.primary is None and d.backup is None
+
+
+@pytest.mark.parametrize(
+    ("outstanding", "exclude", "expected"),
+    [
+        ({"a": 5, "b": 0}, frozenset(), "b"),
+        ({"a": 0, "b": 5}, frozenset(), "a"),
+        ({"a": 0, "b": 5}, frozenset({"a"}), "b"),
+        ({}, frozenset({"a", "b"}), None),
+    ],
+)
+def test_p2c_picks_the_least_outstanding_of_two(
+    outstanding: dict[str, int], exclude: frozenset[str], expected: str | None
+) -> None:
+    assert (
+        routing.pick_replica(["a", "b"], outstanding=outstanding, rng=random.Random(3), exclude=exclude)
+        == expected
+    )
+
+
+def test_next_target_retries_once_on_another_replica_of_the_primary() -> None:
+    d = route(snap())
+    replicas = {"eu-west-1": ["euw1-a", "euw1-b"]}
+    first = routing.next_target(d, [], replicas=replicas, outstanding=lambda _: {}, rng=random.Random(0))
+    assert first is not None and first.region == "eu-west-1" and first.kind == "primary"
+    second = routing.next_target(
+        d, [(first.region, first.replica)], replicas=replicas, outstanding=lambda _: {}, rng=random.Random(0)
+    )
+    assert second is not None and second.replica != first.replica and second.kind == "retry"
+    assert (
+        routing.next_target(
+            d,
+            [("eu-west-1", "euw1-a"), ("eu-west-1", "euw1-b")],
+            replicas=replicas,
+            outstanding=lambda _: {},
+            rng=random.Random(0),
+        )
+        is None
+    )
+
+
+def test_unknown_latency_is_assumed_average_not_best() -> None:
+    s = snap(us_east_1={"latency_ms": None})
+    d = route(s, client=NEW_YORK)
+    use1 = next(x for x in d.scores if x.region == "us-east-1")
+    assert use1.service_ms == pytest.approx(100.0)

@@ -1,0 +1,93 @@
+"""Bad configuration stops start-up with a message naming the field and the file; no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fleet import ROOT
+
+BAD_REGIONS = (ROOT / "regions.yaml").read_text().replace("capacity: 64", "capacity: -5", 1)
+
+
+def run(args: list[str], env: dict[str, str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    full.update(env)
+    return subprocess.run(
+        [sys.executable, *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def bad_regions(tmp_path: Path) -> Path:
+    p = tmp_path / "bad-regions.yaml"
+    p.write_text(BAD_REGIONS)
+    return p
+
+
+@pytest.mark.parametrize("component", ["controlplane", "edge", "demo"])
+def test_invalid_regions_yaml_stops_every_component(component: str, bad_regions: Path) -> None:
+    if component == "controlplane":
+        res = run(["-m", "controlplane", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(bad_regions)})
+    elif component == "edge":
+        res = run(["-m", "edge"], {"MERIDIAN_REGIONS_FILE": str(bad_regions), "MERIDIAN_REGION": "us-east-1"})
+    else:
+        res = run(["-m", "controlplane", "demo", "--config", str(bad_regions)], {})
+    assert res.returncode == 2, res.stderr
+    assert f"{bad_regions}:" in res.stderr and "regions[0].capacity" in res.stderr
+    assert "greater than 0" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unparsable_regions_yaml(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("regions: [unclosed\n")
+    res = run(["-m", "controlplane", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(p)})
+    assert res.returncode == 2 and "not valid YAML" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_corrupt_mmdb_stops_the_edge(tmp_path: Path) -> None:
+    db = tmp_path / "GeoLite2-City.mmdb"
+    db.write_bytes(os.urandom(4096))
+    res = run(["-m", "edge"], {"MERIDIAN_REGION": "us-east-1", "MERIDIAN_GEOIP_DB": str(db)})
+    assert res.returncode == 2
+    assert "GeoLite2-City.mmdb is not a valid .mmdb" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        (["-m", "edge"], {"MERIDIAN_REGION": "us-east-1", "MERIDIAN_PORT": "eighty"}, "MERIDIAN_PORT"),
+        (
+            ["-m", "edge"],
+            {"MERIDIAN_REGION": "us-east-1", "MERIDIAN_TRUSTED_PROXIES": "10.0.0.0/33"},
+            "MERIDIAN_TRUSTED_PROXIES",
+        ),
+        (["-m", "edge"], {}, "MERIDIAN_REGION"),
+        (["-m", "edge"], {"MERIDIAN_REGION": "mars-1"}, "MERIDIAN_REGION"),
+        (
+            ["-m", "controlplane", "controlplane"],
+            {"MERIDIAN_PROBE_INTERVAL_S": "0.1"},
+            "MERIDIAN_PROBE_INTERVAL_S",
+        ),
+        (
+            ["-m", "controlplane", "controlplane"],
+            {"MERIDIAN_ADMIN_TOKENS": '[{"name": "a", "role": "god", "token": "0123456789abcdef"}]'},
+            "MERIDIAN_ADMIN_TOKENS",
+        ),
+    ],
+)
+def test_invalid_settings_name_the_variable(args: list[str], env: dict[str, str], field: str) -> None:
+    res = run(args, env)
+    assert res.returncode == 2, res.stderr
+    assert field in res.stderr and "Traceback" not in res.stderr
