@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,10 +18,28 @@ from pathlib import Path
 import psutil
 import pytest
 
-from controlplane.redisproc import free_port
 from tests.fleet import ROOT
 
 pytestmark = pytest.mark.slow
+
+
+def free_block(size: int = 40) -> int:
+    """A base port below the ephemeral range with ``size`` free ports after it."""
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(20000, 30000, 100)
+        if all(_free(p) for p in range(base, base + size)):
+            return base
+    raise AssertionError("no free block of ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def tour_commands() -> list[str]:
@@ -62,10 +82,8 @@ def stop_and_check_no_orphans(proc: subprocess.Popen[str]) -> None:
 
 
 def test_demo_ready_line_tour_and_clean_stop() -> None:
-    for port in range(7100, 7130):  # the tour is written for the default base port
-        with __import__("socket").socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                pytest.fail(f"port {port} is busy; the guided tour needs the default ports 7100-7130")
+    busy = [p for p in range(7100, 7130) if not _free(p)]  # the tour is written for the default base port
+    assert not busy, f"ports {busy} are busy; the guided tour needs the default ports 7100-7130"
     proc, ready, took = start_demo(7100)
     try:
         print(f"\ndemo ready in {took:.1f} s")
@@ -93,8 +111,7 @@ def test_demo_ready_line_tour_and_clean_stop() -> None:
 
 
 def test_demo_on_another_base_port_stops_cleanly_on_sigterm() -> None:
-    base = free_port() // 100 * 100
-    base = base if base + 40 < 65535 else 20000
+    base = free_block()
     proc, ready, _ = start_demo(base)
     try:
         assert ready["admin"]["url"] == f"http://127.0.0.1:{base}"  # type: ignore[index]
