@@ -79,7 +79,8 @@ class Policy(_Strict):
     path_inflation: float = Field(default=1.5, ge=1.0)
     degraded_penalty_ms: float = Field(default=300.0, ge=0)
     max_utilization: float = Field(default=0.97, gt=0, le=1.0)
-    tie_margin: float = Field(default=0.10, ge=0, le=1.0)
+    tie_margin: float = Field(default=0.05, ge=0, le=1.0)
+    panic_threshold: float = Field(default=0.5, ge=0, le=1.0)
     pins: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     hedgeable_routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
 

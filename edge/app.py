@@ -20,20 +20,23 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane.redisconn import connect
-from controlplane.state import Topology
+from controlplane.state import Snapshot, Topology, initial_state
 from controlplane.topology import load_topology
 from edge import routing, tracing
-from edge.forwarder import Attempt, Forwarder, Timeouts, upstream_headers
+from edge.budget import RetryBudget
+from edge.failback import Failback
+from edge.forwarder import Attempt, Forwarder, Resilience, upstream_headers
 from edge.geo import ClientPlace, GeoLocator, client_ip
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
+from edge.outlier import OutlierDetector, OutlierPolicy
 from edge.reporter import Reporter
-from edge.settings import EdgeSettings
+from edge.settings import EdgeSettings, Priority
 from edge.snapshot import SnapshotFeed
 
 log = logging.getLogger("meridian.edge")
 
-PRIORITIES = ("critical", "normal", "batch")
+PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
 
 SETTINGS = web.AppKey("settings", EdgeSettings)
 TOPOLOGY = web.AppKey("topology", Topology)
@@ -46,6 +49,9 @@ RNG = web.AppKey("rng", random.Random)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 REPLICAS = web.AppKey("replicas", dict)  # region -> {replica name -> base url}
 REPORTER = web.AppKey("reporter", Reporter)
+RESILIENCE = web.AppKey("resilience", Resilience)
+FAILBACK = web.AppKey("failback", Failback)
+FALLBACK_SNAPSHOT = web.AppKey("fallback_snapshot", Snapshot)
 
 
 class ConfigError(RuntimeError):
@@ -98,6 +104,27 @@ def create_app(
     app[TRACER] = provider.get_tracer("meridian.edge")
     app[RNG] = rng or random.Random()
     app[REPLICAS] = {r.name: {rep.name: rep.base_url for rep in r.replicas} for r in topo.regions}
+    app[RESILIENCE] = Resilience(
+        outliers=OutlierDetector(
+            policy=OutlierPolicy(
+                consecutive_failures=settings.outlier_consecutive_failures,
+                failure_rate=settings.outlier_failure_rate,
+                base_ejection_s=settings.outlier_base_ejection_s,
+                max_ejection_s=settings.outlier_max_ejection_s,
+                probe_interval_s=settings.outlier_probe_interval_s,
+            ),
+            max_ejection_fraction=settings.outlier_max_ejection_fraction,
+        ),
+        budget=RetryBudget(ratio=settings.retry_budget_ratio, min_per_s=settings.retry_budget_min_per_s),
+        rng=app[RNG],
+        backoff_base_s=settings.retry_backoff_base_s,
+        backoff_cap_s=settings.retry_backoff_cap_s,
+        replica_counts={r.name: len(r.replicas) for r in topo.regions},
+    )
+    app[FAILBACK] = Failback(ramp_s=settings.failback_ramp_s, hold_base_s=settings.failback_hold_base_s)
+    app[FALLBACK_SNAPSHOT] = Snapshot(
+        version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
+    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0, keepalive_timeout=30)
@@ -109,12 +136,7 @@ def create_app(
             tracer=app[TRACER],
             observed=observed,
             metrics=metrics,
-            timeouts=Timeouts(
-                connect_s=settings.connect_timeout_s,
-                ttfb_s=settings.ttfb_timeout_s,
-                idle_s=settings.idle_timeout_s,
-                total_s=settings.total_timeout_s,
-            ),
+            resilience=app[RESILIENCE],
             edge_region=settings.region,
         )
         tasks = [asyncio.create_task(feed.run(), name="snapshot-feed")]
@@ -213,17 +235,8 @@ async def explain(request: web.Request) -> web.Response:
                 400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input"
             )
     place = _locate(request, ip)
-    snap = app[FEED].current
-    if snap is None:
-        return _error(503, "no routing snapshot yet", kind="meridian_not_ready")
-    d = routing.route(
-        topology=app[TOPOLOGY],
-        snapshot=snap,
-        client=place.location,
-        country=place.country,
-        continent=place.continent,
-        rng=app[RNG],
-    )
+    snap = app[FEED].current or app[FALLBACK_SNAPSHOT]
+    d = _decide(app, place, snap)
     return web.json_response(
         {
             "ip": str(ip) if ip else None,
@@ -235,13 +248,38 @@ async def explain(request: web.Request) -> web.Response:
                 "source": place.source,
             },
             "edge": app[SETTINGS].region,
-            "snapshot_version": snap.version,
+            "snapshot_version": snap.version if snap.version >= 0 else None,
+            "panic": d.panic,
             "choice": d.primary,
             "backup": d.backup,
             "order": list(d.order),
             "pinned": list(d.pinned) if d.pinned is not None else None,
             "scores": [s.as_dict() for s in d.scores],
         }
+    )
+
+
+def _decide(app: web.Application, place: ClientPlace, snap: Snapshot) -> routing.Decision:
+    """Route one request: the store's view, this edge's passive ejections and failback ramps."""
+    now = time.monotonic()
+    outliers = app[RESILIENCE].outliers
+    failback = app[FAILBACK]
+    ejected = outliers.ejected_regions(now)
+    excluded = frozenset(r for r in ejected if not outliers.region_admits(r, now))
+    share = {}
+    for name, st in snap.regions.items():
+        # health recoveries ramp; operator dials and drains apply at once
+        failback.observe(name, st.health != "down" and name not in ejected, now)
+        share[name] = failback.share(name, now)
+    return routing.route(
+        topology=app[TOPOLOGY],
+        snapshot=snap,
+        client=place.location,
+        country=place.country,
+        continent=place.continent,
+        rng=app[RNG],
+        excluded=excluded,
+        share=share,
     )
 
 
@@ -272,8 +310,8 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
     settings = app[SETTINGS]
     metrics = app[METRICS]
     edge_hdr = {"X-Meridian-Edge": settings.region}
-    priority = request.headers.get("X-Meridian-Priority", "normal").strip().lower()
-    if priority not in PRIORITIES:
+    priority = PRIORITIES.get(request.headers.get("X-Meridian-Priority", "normal").strip().lower())
+    if priority is None:
         metrics.bad_input.labels(what="priority").inc()
         return _error(
             400,
@@ -287,8 +325,9 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
     if place.country:
         span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
     snap = app[FEED].current
-    if snap is None:
-        return _error(503, "edge has no routing snapshot yet", kind="meridian_not_ready", headers=edge_hdr)
+    if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
+        metrics.fallback.inc()
+        snap = app[FALLBACK_SNAPSHOT]
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -300,37 +339,41 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
             kind="meridian_bad_input",
             headers=edge_hdr,
         )
-    topo = app[TOPOLOGY]
-    rng = app[RNG]
-    decision = routing.route(
-        topology=topo,
-        snapshot=snap,
-        client=place.location,
-        country=place.country,
-        continent=place.continent,
-        rng=rng,
-    )
+    decision = _decide(app, place, snap)
+    if decision.panic:
+        metrics.panic.inc()
     if decision.primary is None:
         return _error(503, "no routable region for this client", kind="meridian_no_region", headers=edge_hdr)
     span.set_attribute(tracing.ATTR_REGION, decision.primary)
     if decision.backup:
         span.set_attribute(tracing.ATTR_BACKUP, decision.backup)
-    replicas = {name: routing.serving_replicas(topo, snap, name) for name in (decision.primary,)}
+    topo = app[TOPOLOGY]
+    rng = app[RNG]
     urls = app[REPLICAS]
     observed = app[OBSERVED]
+    outliers = app[RESILIENCE].outliers
 
-    def next_attempt(tried: list[Attempt]) -> Attempt | None:
+    def replicas(region: str) -> list[str]:
+        serving = routing.serving_replicas(topo, snap, region)
+        now = time.monotonic()
+        admitted = [r for r in serving if outliers.replica_admits(region, r, now)]
+        return admitted or serving
+
+    def next_attempt(tried: list[routing.Tried]) -> Attempt | None:
         t = routing.next_target(
             decision,
-            [(a.region, a.replica) for a in tried],
+            tried,
             replicas=replicas,
             outstanding=observed.outstanding_in,
             rng=rng,
+            max_attempts=settings.retry_max_attempts,
         )
         return None if t is None else Attempt(t.region, t.replica, urls[t.region][t.replica], t.kind)
 
     headers = upstream_headers(request.headers, client_ip=str(ip) if ip else None)
     started = time.monotonic()
-    resp = await app[FORWARDER].forward(request, body=body, headers=headers, next_attempt=next_attempt)
+    resp = await app[FORWARDER].forward(
+        request, body=body, headers=headers, next_attempt=next_attempt, timeouts=settings.timeouts[priority]
+    )
     span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
     return resp

@@ -1,10 +1,12 @@
-"""How we send (I/O): run a request's attempts against regional replicas, stream the winner back chunk by
-chunk, retry only before the first byte reached the client, one client span per attempt."""
+"""How we send (I/O): run a request's attempt plan against regional replicas — retry on another replica,
+fail over to the next region, with backoff, a retry budget and one deadline — only before the first byte
+reached the client; then stream the winner back chunk by chunk. One client span per attempt."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,30 +18,25 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge import tracing
+from edge.budget import RetryBudget, backoff_s
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
+from edge.outlier import OutlierDetector
+from edge.routing import Tried
+from edge.settings import TimeoutSet
 
 log = logging.getLogger("meridian.forwarder")
 
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Content-Length",
-        "traceparent",
-        "tracestate",
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "traceparent", "tracestate",
     )
-)
+)  # fmt: skip
 PRIORITY_HEADER = "x-meridian-priority"
 BUFFER_LIMIT = 1 << 20  # non-streaming upstream bodies up to this size are sent with Content-Length
+RETRYABLE_STATUS = frozenset({502, 503, 504})
 
 CONNECT_ERRORS = (
     aiohttp.ClientConnectorError,
@@ -55,18 +52,22 @@ class Attempt:
     region: str
     replica: str
     url: str  # replica base URL
-    kind: str  # primary | retry
+    kind: str  # primary | retry | failover
 
 
-NextAttempt = Callable[[list[Attempt]], Attempt | None]
+NextAttempt = Callable[[list[Tried]], Attempt | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    connect_s: float
-    ttfb_s: float
-    idle_s: float
-    total_s: float
+@dataclass(slots=True)
+class Resilience:
+    """The edge's passive view and retry policy, shared by every request."""
+
+    outliers: OutlierDetector
+    budget: RetryBudget
+    rng: random.Random
+    backoff_base_s: float
+    backoff_cap_s: float
+    replica_counts: dict[str, int]
 
 
 def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None) -> CIMultiDict[str]:
@@ -104,15 +105,30 @@ class Forwarder:
         tracer: trace.Tracer,
         observed: Observed,
         metrics: EdgeMetrics,
-        timeouts: Timeouts,
+        resilience: Resilience,
         edge_region: str,
     ) -> None:
         self.session = session
         self.tracer = tracer
         self.observed = observed
         self.metrics = metrics
-        self.timeouts = timeouts
+        self.res = resilience
         self.edge_region = edge_region
+
+    def _meridian_headers(self, region: str | None, attempts: int) -> dict[str, str]:
+        h = {"X-Meridian-Edge": self.edge_region, "X-Meridian-Attempts": str(attempts)}
+        if region:
+            h["X-Meridian-Region"] = region
+        return h
+
+    def _record(self, attempt: Attempt, ok: bool) -> None:
+        count = self.res.replica_counts.get(attempt.region, 1)
+        ejected = self.res.outliers.record(
+            attempt.region, attempt.replica, ok, now=time.monotonic(), replica_count=count
+        )
+        for level in ejected:
+            self.metrics.ejections.labels(level=level, region=attempt.region).inc()
+            log.warning("ejected %s %s/%s after passive failures", level, attempt.region, attempt.replica)
 
     async def forward(
         self,
@@ -121,19 +137,105 @@ class Forwarder:
         body: bytes,
         headers: CIMultiDict[str],
         next_attempt: NextAttempt,
+        timeouts: TimeoutSet,
     ) -> web.StreamResponse:
-        tried: list[Attempt] = []
-        last_error = "no region available"
+        """Run attempts until one commits; retry/fail over only before any byte reached the client."""
+        started = time.monotonic()
+        deadline = started + timeouts.total_s
+        self.res.budget.deposit(started)
+        tried: list[Tried] = []
         path_qs = request.rel_url.raw_path_qs
-        while (attempt := next_attempt(tried)) is not None:
-            tried.append(attempt)
-            if len(tried) > 1:
-                self.metrics.retries.labels(reason="connect").inc()
-            result = await self._attempt(request, attempt, tried, body=body, headers=headers, path_qs=path_qs)
-            if isinstance(result, web.StreamResponse):
-                return result
-            last_error = result
-        self.metrics.requests.labels(region="none", code="502").inc()
+        attempt = next_attempt(tried)
+        last_error = "no routable region"
+        last_status = 502
+        while attempt is not None:
+            current = attempt
+            span = self.tracer.start_span(
+                tracing.SPAN_ATTEMPT,
+                kind=SpanKind.CLIENT,
+                attributes={
+                    tracing.ATTR_REGION: attempt.region,
+                    tracing.ATTR_REPLICA: attempt.replica,
+                    tracing.ATTR_ATTEMPT: len(tried) + 1,
+                    tracing.ATTR_ATTEMPT_KIND: attempt.kind,
+                    "http.request.method": request.method,
+                    "url.full": attempt.url + path_qs,
+                },
+            )
+            out_headers = CIMultiDict(headers)
+            tracing.PROPAGATOR.inject(out_headers, context=trace.set_span_in_context(span))
+            self.observed.start(attempt.region, attempt.replica)
+            t0 = time.monotonic()
+            upstream: aiohttp.ClientResponse | None = None
+            failure: str | None = None
+            try:
+                try:
+                    async with asyncio.timeout(max(0.001, min(timeouts.ttfb_s, deadline - t0))):
+                        upstream = await self.session.request(
+                            request.method,
+                            attempt.url + path_qs,
+                            data=body if body else None,
+                            headers=out_headers,
+                            allow_redirects=False,
+                            timeout=aiohttp.ClientTimeout(
+                                total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s
+                            ),
+                        )
+                except TimeoutError:
+                    failure, last_error, last_status = "timeout", "time to first byte exceeded", 504
+                except CONNECT_ERRORS as exc:
+                    failure, last_error, last_status = "connect", type(exc).__name__, 502
+                ttfb = time.monotonic() - t0
+                if upstream is not None:
+                    span.set_attribute("http.response.status_code", upstream.status)
+                    self.metrics.ttfb.labels(region=attempt.region).observe(ttfb)
+                    if upstream.status in RETRYABLE_STATUS:
+                        failure, last_error = "status", f"upstream status {upstream.status}"
+                ok = failure is None and upstream is not None and upstream.status < 500
+                self._record(attempt, ok)
+                self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0 if ok else None, error=not ok)
+                outcome = str(upstream.status) if upstream is not None else failure or "error"
+                self.metrics.attempts.labels(region=attempt.region, kind=attempt.kind, outcome=outcome).inc()
+                span.set_attribute(tracing.ATTR_OUTCOME, outcome)
+                if failure is not None:
+                    span.set_status(Status(StatusCode.ERROR, last_error))
+                    tried.append(Tried(attempt.region, attempt.replica, failure))
+                    nxt = next_attempt(tried)
+                    now = time.monotonic()
+                    if nxt is not None and now < deadline and self.res.budget.try_withdraw(now):
+                        where = "same-region" if nxt.region == attempt.region else "failover"
+                        self.metrics.retries.labels(reason=f"{failure}:{where}").inc()
+                        if nxt.region != attempt.region:
+                            self.metrics.failovers.labels(src=attempt.region, dst=nxt.region).inc()
+                        if upstream is not None:
+                            upstream.close()
+                            upstream = None
+                        delay = backoff_s(
+                            len(tried),
+                            base_s=self.res.backoff_base_s,
+                            cap_s=self.res.backoff_cap_s,
+                            rng=self.res.rng,
+                        )
+                        await asyncio.sleep(min(delay, max(0.0, deadline - now)))
+                        attempt = nxt
+                        continue
+                    if nxt is not None:
+                        why = "deadline" if now >= deadline else "budget"
+                        self.metrics.retry_denied.labels(reason=why).inc()
+                        span.set_attribute("meridian.retry_denied", why)
+                if upstream is None:
+                    break
+                # committed: this response goes to the client (a 503 too, when no retry was possible)
+                self.metrics.requests.labels(region=attempt.region, code=str(upstream.status)).inc()
+                span.set_attribute("meridian.committed", True)
+                attempts = len(tried) + (1 if failure is None else 0)
+                return await self._relay(request, upstream, attempt, attempts, span, deadline=deadline)
+            finally:
+                if upstream is not None:
+                    upstream.release()
+                self.observed.finish(current.region, current.replica)
+                span.end()
+        self.metrics.requests.labels(region="none", code=str(last_status)).inc()
         return web.json_response(
             {
                 "error": {
@@ -141,84 +243,9 @@ class Forwarder:
                     "type": "meridian_upstream",
                 }
             },
-            status=502,
+            status=last_status,
             headers=self._meridian_headers(None, len(tried)),
         )
-
-    def _meridian_headers(self, region: str | None, attempts: int) -> dict[str, str]:
-        h = {"X-Meridian-Edge": self.edge_region, "X-Meridian-Attempts": str(attempts)}
-        if region:
-            h["X-Meridian-Region"] = region
-        return h
-
-    async def _attempt(
-        self,
-        request: web.Request,
-        attempt: Attempt,
-        tried: list[Attempt],
-        *,
-        body: bytes,
-        headers: CIMultiDict[str],
-        path_qs: str,
-    ) -> web.StreamResponse | str:
-        """Run one attempt; returns the client response once committed, or an error text to try again."""
-        to = self.timeouts
-        span = self.tracer.start_span(
-            tracing.SPAN_ATTEMPT,
-            kind=SpanKind.CLIENT,
-            attributes={
-                tracing.ATTR_REGION: attempt.region,
-                tracing.ATTR_REPLICA: attempt.replica,
-                tracing.ATTR_ATTEMPT: len(tried),
-                tracing.ATTR_ATTEMPT_KIND: attempt.kind,
-                "http.request.method": request.method,
-                "url.full": attempt.url + path_qs,
-            },
-        )
-        ctx = trace.set_span_in_context(span)
-        out_headers = CIMultiDict(headers)
-        tracing.PROPAGATOR.inject(out_headers, context=ctx)
-        self.observed.start(attempt.region, attempt.replica)
-        started = time.monotonic()
-        upstream: aiohttp.ClientResponse | None = None
-        try:
-            try:
-                async with asyncio.timeout(to.ttfb_s):
-                    upstream = await self.session.request(
-                        request.method,
-                        attempt.url + path_qs,
-                        data=body if body else None,
-                        headers=out_headers,
-                        allow_redirects=False,
-                        timeout=aiohttp.ClientTimeout(
-                            total=None, sock_connect=to.connect_s, sock_read=to.idle_s
-                        ),
-                    )
-            except (*CONNECT_ERRORS, TimeoutError) as exc:
-                reason = "ttfb timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-                self._failed(attempt, span, reason)
-                return f"{attempt.region}/{attempt.replica}: {reason}"
-            ttfb = time.monotonic() - started
-            self.metrics.ttfb.labels(region=attempt.region).observe(ttfb)
-            span.set_attribute("http.response.status_code", upstream.status)
-            self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0, error=upstream.status >= 500)
-            self.metrics.attempts.labels(
-                region=attempt.region, kind=attempt.kind, outcome=str(upstream.status)
-            ).inc()
-            self.metrics.requests.labels(region=attempt.region, code=str(upstream.status)).inc()
-            return await self._relay(request, upstream, attempt, len(tried), span)
-        finally:
-            if upstream is not None:
-                upstream.release()
-            self.observed.finish(attempt.region, attempt.replica)
-            span.end()
-
-    def _failed(self, attempt: Attempt, span: trace.Span, reason: str) -> None:
-        span.set_status(Status(StatusCode.ERROR, reason))
-        span.set_attribute(tracing.ATTR_OUTCOME, reason)
-        self.observed.record(attempt.region, ttfb_ms=None, error=True)
-        self.metrics.attempts.labels(region=attempt.region, kind=attempt.kind, outcome="error").inc()
-        log.info("attempt on %s/%s failed before any byte: %s", attempt.region, attempt.replica, reason)
 
     async def _relay(
         self,
@@ -227,6 +254,8 @@ class Forwarder:
         attempt: Attempt,
         attempts: int,
         span: trace.Span,
+        *,
+        deadline: float,
     ) -> web.StreamResponse:
         """Committed: copy status and headers, then the body (buffered when small, else chunk by chunk)."""
         meridian = self._meridian_headers(attempt.region, attempts)
@@ -234,10 +263,9 @@ class Forwarder:
         streaming = upstream.content_type == "text/event-stream" or length is None or length > BUFFER_LIMIT
         if not streaming:
             try:
-                async with asyncio.timeout(self.timeouts.total_s):
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
                     data = await upstream.read()
             except (*CONNECT_ERRORS, TimeoutError) as exc:
-                # nothing has reached the client yet, but the upstream already committed: report it
                 self.metrics.stream_aborts.labels(region=attempt.region, side="upstream").inc()
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 return web.json_response(
@@ -257,7 +285,6 @@ class Forwarder:
         resp.headers.update(response_headers(upstream.headers, keep_length=False))
         resp.headers.update(meridian)
         await resp.prepare(request)
-        deadline = time.monotonic() + self.timeouts.total_s
         try:
             async for chunk in upstream.content.iter_any():
                 await resp.write(chunk)

@@ -57,6 +57,29 @@ class EdgeMetrics:
         ver.set_function(snapshot_version)
         up = Gauge("meridian_edge_store_connected", "1 while the edge follows its Redis replica", registry=r)
         up.set_function(store_connected)
+        self.failovers = Counter(
+            "meridian_edge_failovers",
+            "Attempts moved to another region before the first byte",
+            ["src", "dst"],
+            registry=r,
+        )
+        self.retry_denied = Counter(
+            "meridian_edge_retry_denied",
+            "Retries not made (budget exhausted or deadline)",
+            ["reason"],
+            registry=r,
+        )
+        self.ejections = Counter(
+            "meridian_edge_ejections", "Passive outlier ejections", ["level", "region"], registry=r
+        )
+        self.panic = Counter(
+            "meridian_edge_panic_routing", "Requests routed in panic (fail-open) mode", registry=r
+        )
+        self.fallback = Counter(
+            "meridian_edge_no_snapshot_routing",
+            "Requests routed on regions.yaml alone (no snapshot yet)",
+            registry=r,
+        )
         self.observations_dropped = Counter(
             "meridian_edge_observations_dropped", "Observation rows that could not be sent", registry=r
         )

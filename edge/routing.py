@@ -30,7 +30,7 @@ class RegionScore:
     service_ms: float
     utilization: float
     penalty_ms: float
-    weight: int
+    weight: float
     score_ms: float
 
     def as_dict(self) -> dict[str, object]:
@@ -42,7 +42,7 @@ class RegionScore:
             "service_ms": round(self.service_ms, 2),
             "utilization": round(self.utilization, 4),
             "penalty_ms": self.penalty_ms,
-            "weight": self.weight,
+            "weight": round(self.weight, 2),
             "score_ms": round(self.score_ms, 2) if math.isfinite(self.score_ms) else None,
         }
 
@@ -54,6 +54,7 @@ class Decision:
     order: tuple[str, ...]  # routable regions, best first, after the anti-herding draw
     scores: tuple[RegionScore, ...]
     pinned: tuple[str, ...] | None = None
+    panic: bool = False
 
 
 def network_ms(a: Location, b: Location, policy: Policy) -> float:
@@ -67,6 +68,8 @@ def score_regions(
     snapshot: Snapshot,
     client: Location,
     excluded: frozenset[str] = frozenset(),
+    share: Mapping[str, float] | None = None,
+    panic: bool = False,
 ) -> tuple[RegionScore, ...]:
     policy = topology.policy
     known = [s.latency_ms for s in snapshot.regions.values() if s.latency_ms is not None]
@@ -83,19 +86,28 @@ def score_regions(
         base = st.latency_ms if st.latency_ms is not None else unknown_ms
         service = base / max(1.0 - min(util, 0.99), 0.01)
         penalty = policy.degraded_penalty_ms if st.health == "degraded" else 0.0
+        weight: float = st.weight
+        if share is not None and not panic:
+            weight = st.weight * share.get(region.name, 1.0)
         why = None
         if st.drained:
             why = "drained"
         elif st.weight <= 0:
             why = "weight 0"
+        elif panic:
+            why = None  # fail open: health, ejection and saturation are ignored
         elif st.health == "down":
             why = "down"
+        elif region.name in excluded:
+            why = "ejected"
         elif util >= policy.max_utilization:
             why = "saturated"
-        elif region.name in excluded:
-            why = "excluded"
+        elif weight <= 0:
+            why = "held down"
         score = net + service + penalty
-        out.append(RegionScore(region.name, why is None, why, net, service, util, penalty, st.weight, score))
+        out.append(
+            RegionScore(region.name, why is None, why, net, service, util, penalty, float(weight), score)
+        )
     return tuple(out)
 
 
@@ -168,21 +180,41 @@ def route(
     continent: str | None,
     rng: random.Random,
     excluded: frozenset[str] = frozenset(),
+    share: Mapping[str, float] | None = None,
 ) -> Decision:
-    """Score every region and choose primary + backup for one request."""
-    scores = score_regions(topology=topology, snapshot=snapshot, client=client, excluded=excluded)
-    pins = topology.policy.pins
+    """Score every region and choose primary + backup for one request.
+
+    Panic (fail open): when fewer than ``policy.panic_threshold`` of the regions operators left on are
+    routable, health and ejections are ignored and traffic spreads over all of them, rather than piling
+    onto one survivor or going nowhere.
+    """
+    policy = topology.policy
+    pins = policy.pins
     pinned = pins.get(country or "") or pins.get(continent or "")
+    scores = score_regions(
+        topology=topology, snapshot=snapshot, client=client, excluded=excluded, share=share
+    )
+    panic = False
+    enabled = [s for s in scores if s.why_not not in ("drained", "weight 0", "not in store")]
+    if pinned is not None:
+        enabled = [s for s in enabled if s.region in pinned]
+    if enabled:
+        healthy = sum(1 for s in enabled if s.routable)
+        if healthy / len(enabled) < policy.panic_threshold:
+            panic = True
+            scores = score_regions(topology=topology, snapshot=snapshot, client=client, panic=True)
     candidates = scores
     if pinned is not None:
         candidates = tuple(s for s in scores if s.region in pinned)
     order = order_regions(candidates, policy=topology.policy, rng=rng)
     chosen = apply_dials(order, rng=rng)
     if chosen is None:
-        return Decision(None, None, tuple(s.region for s in order), scores, pinned)
+        return Decision(None, None, tuple(s.region for s in order), scores, pinned, panic)
     domains = {r.name: r.domain for r in topology.regions}
     backup = choose_backup(order, chosen.region, domains=domains)
-    return Decision(chosen.region, backup, tuple(s.region for s in order), scores, pinned)
+    rest = [s.region for s in order if s.region not in (chosen.region, backup)]
+    ordered = (chosen.region, *((backup,) if backup else ()), *rest)
+    return Decision(chosen.region, backup, ordered, scores, pinned, panic)
 
 
 def pick_replica(
@@ -216,25 +248,57 @@ def serving_replicas(topology: Topology, snapshot: Snapshot, region: str) -> lis
 class Target:
     region: str
     replica: str
-    kind: str  # primary | retry
+    kind: str  # primary | retry (same region) | failover (next region)
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    region: str
+    replica: str
+    failure: str  # connect | timeout | status
 
 
 def next_target(
     decision: Decision,
-    tried: Sequence[tuple[str, str]],
+    tried: Sequence[Tried],
     *,
-    replicas: Mapping[str, Sequence[str]],
+    replicas: Callable[[str], Sequence[str]],
     outstanding: Callable[[str], Mapping[str, int]],
     rng: random.Random,
-    max_attempts: int = 2,
+    max_attempts: int = 3,
 ) -> Target | None:
-    """The attempt plan: the primary region's best replica, then once more on another replica of the same
-    region (only called when nothing has reached the client yet)."""
+    """The attempt plan, asked again after each failure that happened before any byte reached the client.
+
+    First the primary region's best replica (P2C). After a connection failure, once more on another replica
+    of the same region; otherwise (or after that) the next region in order: the backup first.
+    """
     if decision.primary is None or len(tried) >= max_attempts:
         return None
-    region = decision.primary
-    used = frozenset(rep for reg, rep in tried if reg == region)
-    replica = pick_replica(replicas.get(region, ()), outstanding=outstanding(region), rng=rng, exclude=used)
-    if replica is None:
-        return None
-    return Target(region, replica, "primary" if not tried else "retry")
+    if not tried:
+        return _in_region(decision.primary, "primary", tried, replicas, outstanding, rng)
+    last = tried[-1]
+    same_region_retries = sum(1 for t in tried[1:] if t.region == tried[0].region)
+    if last.failure == "connect" and last.region == decision.primary and same_region_retries == 0:
+        t = _in_region(last.region, "retry", tried, replicas, outstanding, rng)
+        if t is not None:
+            return t
+    used = {t.region for t in tried}
+    for region in decision.order:
+        if region not in used:
+            t = _in_region(region, "failover", tried, replicas, outstanding, rng)
+            if t is not None:
+                return t
+    return None
+
+
+def _in_region(
+    region: str,
+    kind: str,
+    tried: Sequence[Tried],
+    replicas: Callable[[str], Sequence[str]],
+    outstanding: Callable[[str], Mapping[str, int]],
+    rng: random.Random,
+) -> Target | None:
+    used = frozenset(t.replica for t in tried if t.region == region)
+    replica = pick_replica(replicas(region), outstanding=outstanding(region), rng=rng, exclude=used)
+    return None if replica is None else Target(region, replica, kind)

@@ -6,10 +6,29 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Priority = Literal["critical", "normal", "batch"]
+
+
+class TimeoutSet(BaseModel):
+    """Upstream timeouts for one priority class (seconds)."""
+
+    connect_s: float = Field(default=1.0, gt=0)
+    ttfb_s: float = Field(
+        default=30.0, gt=0, description="until response headers (all attempts share total_s)"
+    )
+    idle_s: float = Field(default=60.0, gt=0, description="max gap between stream chunks")
+    total_s: float = Field(default=600.0, gt=0, description="one deadline over every attempt")
+
+
+DEFAULT_TIMEOUTS: dict[Priority, TimeoutSet] = {
+    "critical": TimeoutSet(connect_s=0.5, ttfb_s=10.0, idle_s=30.0, total_s=300.0),
+    "normal": TimeoutSet(connect_s=1.0, ttfb_s=30.0, idle_s=60.0, total_s=600.0),
+    "batch": TimeoutSet(connect_s=2.0, ttfb_s=120.0, idle_s=120.0, total_s=3600.0),
+}
 
 READINESS_PATH = "/readyz"
 DEFAULT_PORT = 8080
@@ -36,15 +55,35 @@ class EdgeSettings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request bodies above this get 413")
     resync_interval_s: float = Field(default=5.0, gt=0, le=300)
     observation_interval_s: float = Field(default=1.0, gt=0, le=300)
-    connect_timeout_s: float = Field(default=1.0, gt=0)
-    ttfb_timeout_s: float = Field(default=30.0, gt=0, description="time to response headers")
-    idle_timeout_s: float = Field(default=60.0, gt=0, description="max gap between stream chunks")
-    total_timeout_s: float = Field(default=600.0, gt=0)
+    timeouts: dict[Priority, TimeoutSet] = Field(
+        default_factory=lambda: dict(DEFAULT_TIMEOUTS),
+        description='per priority, JSON: {"critical": {"connect_s": .5, "ttfb_s": 10, "total_s": 300}}',
+    )
+    retry_max_attempts: int = Field(default=3, ge=1, le=10, description="attempts per request, all regions")
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1, description="retries per original request")
+    retry_budget_min_per_s: float = Field(default=3.0, ge=0, description="retry floor per second")
+    retry_backoff_base_s: float = Field(default=0.005, ge=0)
+    retry_backoff_cap_s: float = Field(default=0.05, ge=0)
+    outlier_consecutive_failures: int = Field(default=5, ge=1)
+    outlier_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    outlier_base_ejection_s: float = Field(default=2.0, gt=0)
+    outlier_max_ejection_s: float = Field(default=60.0, gt=0)
+    outlier_max_ejection_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="of a region's replicas"
+    )
+    outlier_probe_interval_s: float = Field(default=0.5, gt=0, description="half-open probation trickle")
+    failback_ramp_s: float = Field(default=30.0, ge=0, description="slow start for a recovered region")
+    failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")
     pool_size: int = Field(default=256, ge=1, description="keep-alive connections to regions, total")
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     service_name: str = "meridian-edge"
     log_level: str = "INFO"
+
+    @field_validator("timeouts", mode="after")
+    @classmethod
+    def _fill(cls, v: dict[Priority, TimeoutSet]) -> dict[Priority, TimeoutSet]:
+        return {**DEFAULT_TIMEOUTS, **v}
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -158,25 +158,93 @@ def test_p2c_picks_the_least_outstanding_of_two(
     )
 
 
-def test_next_target_retries_once_on_another_replica_of_the_primary() -> None:
-    d = route(snap())
-    replicas = {"eu-west-1": ["euw1-a", "euw1-b"]}
-    first = routing.next_target(d, [], replicas=replicas, outstanding=lambda _: {}, rng=random.Random(0))
-    assert first is not None and first.region == "eu-west-1" and first.kind == "primary"
-    second = routing.next_target(
-        d, [(first.region, first.replica)], replicas=replicas, outstanding=lambda _: {}, rng=random.Random(0)
+REPLICAS = {r.name: [rep.name for rep in r.replicas] for r in TOPO.regions}
+
+
+def plan(d: routing.Decision, tried: list[routing.Tried]) -> routing.Target | None:
+    return routing.next_target(
+        d,
+        tried,
+        replicas=lambda r: REPLICAS[r],
+        outstanding=lambda _: {},
+        rng=random.Random(0),
+        max_attempts=4,
     )
-    assert second is not None and second.replica != first.replica and second.kind == "retry"
+
+
+def test_attempt_plan_connect_failure_retries_same_region_then_fails_over() -> None:
+    d = route(snap())
+    first = plan(d, [])
+    assert first is not None and (first.region, first.kind) == ("eu-west-1", "primary")
+    t1 = routing.Tried(first.region, first.replica, "connect")
+    second = plan(d, [t1])
+    assert second is not None and second.region == "eu-west-1" and second.replica != first.replica
+    assert second.kind == "retry"
+    third = plan(d, [t1, routing.Tried(second.region, second.replica, "connect")])
+    assert third is not None and (third.region, third.kind) == (d.backup, "failover")
+
+
+@pytest.mark.parametrize("failure", ["status", "timeout"])
+def test_attempt_plan_status_or_timeout_goes_straight_to_the_backup(failure: str) -> None:
+    d = route(snap())
+    first = plan(d, [])
+    assert first is not None
+    nxt = plan(d, [routing.Tried(first.region, first.replica, failure)])
+    assert nxt is not None and (nxt.region, nxt.kind) == ("us-east-1", "failover")
+
+
+def test_attempt_plan_stops_at_max_attempts() -> None:
+    d = route(snap())
+    tried = [
+        routing.Tried("eu-west-1", "euw1-a", "status"),
+        routing.Tried("us-east-1", "use1-a", "status"),
+        routing.Tried("us-west-2", "usw2-a", "status"),
+    ]
     assert (
         routing.next_target(
             d,
-            [("eu-west-1", "euw1-a"), ("eu-west-1", "euw1-b")],
-            replicas=replicas,
+            tried,
+            replicas=lambda r: REPLICAS[r],
             outstanding=lambda _: {},
             rng=random.Random(0),
+            max_attempts=3,
         )
         is None
     )
+
+
+def test_ejected_regions_are_skipped_and_panic_fails_open() -> None:
+    d = routing.route(
+        topology=TOPO,
+        snapshot=snap(),
+        client=LONDON,
+        country=None,
+        continent=None,
+        rng=random.Random(0),
+        excluded=frozenset({"eu-west-1"}),
+    )
+    assert d.primary == "us-east-1" and not d.panic
+    eu = next(x for x in d.scores if x.region == "eu-west-1")
+    assert eu.why_not == "ejected"
+    # three of four regions down: fewer than half routable -> spread over all enabled regions
+    s = snap(us_east_1={"health": "down"}, us_west_2={"health": "down"}, ap_southeast_1={"health": "down"})
+    counts = Counter(route(s, seed=i).primary for i in range(200))
+    d = route(s)
+    assert d.panic and all(x.routable for x in d.scores)
+    assert counts["eu-west-1"] > 100  # London still prefers its own region when nothing is trustworthy
+
+
+def test_slow_start_share_scales_the_dial() -> None:
+    s = snap()
+    share = {"eu-west-1": 0.25}
+    rng = random.Random(5)
+    counts = Counter(
+        routing.route(
+            topology=TOPO, snapshot=s, client=LONDON, country=None, continent=None, rng=rng, share=share
+        ).primary
+        for _ in range(8000)
+    )
+    assert counts["eu-west-1"] / 8000 == pytest.approx(0.25, abs=0.02)
 
 
 def test_unknown_latency_is_assumed_average_not_best() -> None:

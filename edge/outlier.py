@@ -1,0 +1,148 @@
+"""Passive outlier detection as a circuit breaker per replica and per region (pure, no I/O; takes now).
+
+closed --(N consecutive failures, or failure rate over the window)--> open (ejected for base * 2^k s)
+open --(ejection time over)--> half_open: probation admits a trickle (one request per probe interval)
+half_open --success--> closed;  half_open --failure--> open again, for twice as long
+
+Failures: connect errors, resets, 5xx and timeouts before the first byte. The table below is the whole
+state machine; ``record`` and ``admits`` only apply it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+Phase = Literal["closed", "open", "half_open"]
+Event = Literal["failure_trips", "failure", "success", "timer", "probe_failure", "probe_success"]
+
+# (phase, event) -> next phase; absent pairs keep the phase.
+TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
+    ("closed", "failure_trips"): "open",
+    ("open", "timer"): "half_open",
+    ("half_open", "probe_success"): "closed",
+    ("half_open", "probe_failure"): "open",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierPolicy:
+    consecutive_failures: int = 5
+    window_s: float = 10.0
+    min_requests: int = 10
+    failure_rate: float = 0.5
+    base_ejection_s: float = 2.0
+    max_ejection_s: float = 60.0
+    probe_interval_s: float = 0.5
+    forget_after_s: float = 60.0  # a breaker closed this long forgets earlier ejections
+
+
+@dataclass(slots=True)
+class Breaker:
+    phase: Phase = "closed"
+    consecutive: int = 0
+    ejections: int = 0
+    open_until: float = 0.0
+    last_probe_at: float = -1e18
+    closed_at: float = 0.0
+    window: deque[tuple[float, bool]] = field(default_factory=deque)
+
+    def _move(self, event: Event, now: float, policy: OutlierPolicy) -> bool:
+        nxt = TRANSITIONS.get((self.phase, event))
+        if nxt is None:
+            return False
+        if nxt == "open":
+            if now - self.closed_at > policy.forget_after_s and self.phase == "closed":
+                self.ejections = 0
+            self.open_until = now + min(policy.max_ejection_s, policy.base_ejection_s * 2**self.ejections)
+            self.ejections += 1
+        elif nxt == "closed":
+            self.closed_at = now
+            self.consecutive = 0
+            self.window.clear()
+        self.phase = nxt
+        return True
+
+    def _trim(self, now: float, policy: OutlierPolicy) -> None:
+        while self.window and self.window[0][0] < now - policy.window_s:
+            self.window.popleft()
+
+    def record(self, ok: bool, *, now: float, policy: OutlierPolicy, may_eject: bool = True) -> bool:
+        """Feed one outcome; returns True when this outcome ejected (opened) the breaker."""
+        self.tick(now, policy)
+        if self.phase == "half_open":
+            return self._move("probe_success" if ok else "probe_failure", now, policy) and not ok
+        if self.phase == "open":
+            return False  # late results of requests sent before the ejection
+        self.window.append((now, ok))
+        self._trim(now, policy)
+        self.consecutive = 0 if ok else self.consecutive + 1
+        if ok or not may_eject:
+            return False
+        fails = sum(1 for _, good in self.window if not good)
+        tripped = self.consecutive >= policy.consecutive_failures or (
+            len(self.window) >= policy.min_requests and fails / len(self.window) >= policy.failure_rate
+        )
+        return tripped and self._move("failure_trips", now, policy)
+
+    def tick(self, now: float, policy: OutlierPolicy) -> None:
+        if self.phase == "open" and now >= self.open_until:
+            self._move("timer", now, policy)
+
+    def admits(self, now: float, policy: OutlierPolicy) -> bool:
+        """May a request go here now? Half-open admits one probation request per probe interval."""
+        self.tick(now, policy)
+        if self.phase == "closed":
+            return True
+        if self.phase == "half_open" and now - self.last_probe_at >= policy.probe_interval_s:
+            self.last_probe_at = now
+            return True
+        return False
+
+    def ejected(self, now: float, policy: OutlierPolicy) -> bool:
+        """Read-only view: is it out of rotation (open, or half-open between probes)?"""
+        if self.phase == "closed":
+            return False
+        if self.phase == "open" and now < self.open_until:
+            return True
+        return now - self.last_probe_at < policy.probe_interval_s
+
+
+@dataclass(slots=True)
+class OutlierDetector:
+    """Breakers for every replica and region this edge sends to; caps replica ejections per region."""
+
+    policy: OutlierPolicy = field(default_factory=OutlierPolicy)
+    max_ejection_fraction: float = 0.5
+    replicas: dict[tuple[str, str], Breaker] = field(default_factory=dict)
+    regions: dict[str, Breaker] = field(default_factory=dict)
+
+    def record(self, region: str, replica: str, ok: bool, *, now: float, replica_count: int) -> list[str]:
+        """Returns what was ejected by this outcome ("replica", "region")."""
+        out = []
+        b = self.replicas.setdefault((region, replica), Breaker())
+        ejected_now = sum(
+            1 for (reg, _), br in self.replicas.items() if reg == region and br.ejected(now, self.policy)
+        )
+        may = (ejected_now + 1) <= self.max_ejection_fraction * replica_count
+        if b.record(ok, now=now, policy=self.policy, may_eject=may):
+            out.append("replica")
+        if self.regions.setdefault(region, Breaker()).record(ok, now=now, policy=self.policy):
+            out.append("region")
+        return out
+
+    def region_admits(self, region: str, now: float) -> bool:
+        b = self.regions.get(region)
+        return b is None or b.admits(now, self.policy)
+
+    def region_ejected(self, region: str, now: float) -> bool:
+        b = self.regions.get(region)
+        return b is not None and b.ejected(now, self.policy)
+
+    def replica_admits(self, region: str, replica: str, now: float) -> bool:
+        b = self.replicas.get((region, replica))
+        return b is None or b.admits(now, self.policy)
+
+    def ejected_regions(self, now: float) -> frozenset[str]:
+        return frozenset(r for r, b in self.regions.items() if b.ejected(now, self.policy))
