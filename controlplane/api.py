@@ -34,7 +34,7 @@ from litestar.params import Parameter
 from litestar.plugins.pydantic import PydanticPlugin
 from pydantic import BaseModel, ConfigDict, Field
 
-from controlplane.intake import Intake
+from controlplane.intake import Intake, PassiveBook
 from controlplane.prober import Prober
 from controlplane.redisconn import connect
 from controlplane.settings import AdminToken, ControlPlaneSettings
@@ -282,8 +282,9 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         app.state.store = store
         app.state.seeded = asyncio.Event()
         tasks = [asyncio.create_task(_seed_until_done(settings, app.state), name="seed")]
-        prober = Prober(settings=settings, topology=topo, store=store)
-        intake = Intake(settings=settings, store=store)
+        book = PassiveBook(rise=settings.probe_rise, fall=settings.probe_fall)
+        prober = Prober(settings=settings, topology=topo, store=store, book=book)
+        intake = Intake(settings=settings, store=store, book=book)
         app.state.prober = prober
         app.state.intake = intake
 

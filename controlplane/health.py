@@ -51,6 +51,25 @@ def observe(track: Track, signal: Signal, *, rise: int, fall: int) -> Track:
     return Track(health=track.health, pending=target, streak=streak)
 
 
+SEVERITY: Mapping[Health, int] = {"up": 0, "degraded": 1, "down": 2}
+
+
+def worse(a: Health, b: Health | None) -> Health:
+    return a if b is None or SEVERITY[a] >= SEVERITY[b] else b
+
+
+def passive_signal(*, requests: float, errors: float, min_requests: float = 3) -> Signal | None:
+    """An edge's batch for one region as a health signal: None when too few requests to judge."""
+    if requests < min_requests:
+        return None
+    rate = errors / requests
+    if rate >= 0.5:
+        return "fail"
+    if rate >= 0.1:
+        return "slow"
+    return "ok"
+
+
 def fold_region(replicas: Mapping[str, Health]) -> Health:
     """A region is down with no serving replica, degraded with fewer than half up, else up."""
     if not replicas:

@@ -5,21 +5,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from dataclasses import dataclass, field
 
+from controlplane.health import Track, observe, passive_signal
 from controlplane.settings import ControlPlaneSettings
-from controlplane.state import RegionState
+from controlplane.state import Health, RegionState
 from controlplane.store import StateStore, StoreError
 
 log = logging.getLogger("meridian.intake")
 
 EWMA_ALPHA = 0.3
+STALE_S = 5.0  # no observation for this long: the region's latency drifts back toward the fleet mean
+DECAY_PER_S = 0.07  # about a 10 s half-life
+
+
+@dataclass
+class PassiveBook:
+    """Edge-reported (passive) health per region, with hysteresis; read by the prober when it writes."""
+
+    rise: int
+    fall: int
+    stale_s: float = 10.0
+    tracks: dict[str, Track] = field(default_factory=dict)
+    seen_at: dict[str, float] = field(default_factory=dict)
+
+    def feed(self, region: str, *, requests: float, errors: float, now: float) -> None:
+        signal = passive_signal(requests=requests, errors=errors)
+        if signal is None:
+            return
+        self.tracks[region] = observe(
+            self.tracks.get(region, Track()), signal, rise=self.rise, fall=self.fall
+        )
+        self.seen_at[region] = now
+
+    def health(self, region: str, now: float) -> Health | None:
+        if now - self.seen_at.get(region, -1e18) > self.stale_s:
+            self.tracks.pop(region, None)
+            return None
+        t = self.tracks.get(region)
+        return None if t is None else t.health
 
 
 class Intake:
-    def __init__(self, *, settings: ControlPlaneSettings, store: StateStore) -> None:
+    def __init__(self, *, settings: ControlPlaneSettings, store: StateStore, book: PassiveBook) -> None:
         self.settings = settings
         self.store = store
+        self.book = book
         self.ttft: dict[str, float] = {}
+        self.updated: dict[str, float] = {}
         self.batches = 0
         self._stop = asyncio.Event()
 
@@ -39,17 +73,34 @@ class Intake:
                 log.debug("intake: %s", exc)
                 await _sleep_or_stop(self._stop, 1.0)
                 continue
+            now = time.monotonic()
             for row in rows:
                 self.batches += 1
                 try:
                     region = row["region"]
+                    self.book.feed(
+                        region, requests=float(row["requests"]), errors=float(row["errors"]), now=now
+                    )
                     ttfb = float(row["ttfb_ms"])
                 except (KeyError, ValueError):
                     continue
                 prev = self.ttft.get(region)
                 self.ttft[region] = ttfb if prev is None else prev + EWMA_ALPHA * (ttfb - prev)
+                self.updated[region] = now
+            self._decay(now)
             for region, value in list(self.ttft.items()):
                 await self._maybe_write(region, value)
+
+    def _decay(self, now: float) -> None:
+        """A region nobody sends to keeps its last (bad) latency forever unless it drifts back: move stale
+        values toward the fleet mean so a recovered region is tried again, gradually."""
+        if len(self.ttft) < 2:
+            return
+        mean = sum(self.ttft.values()) / len(self.ttft)
+        for region, value in self.ttft.items():
+            idle = now - self.updated.get(region, now)
+            if idle > STALE_S:
+                self.ttft[region] = value + min(1.0, DECAY_PER_S * 0.5) * (mean - value)
 
     async def _maybe_write(self, region: str, value: float) -> None:
         change = self.settings.latency_change

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from controlplane.health import Signal, Track, fold_region, observe
+from controlplane.health import Signal, Track, fold_region, observe, worse
+from controlplane.intake import PassiveBook
 from controlplane.settings import ControlPlaneSettings
 from controlplane.state import Health, RegionState, Topology
 from controlplane.store import StateStore, StoreError, StoreUnavailable
@@ -28,7 +29,10 @@ def parse_load(text: str) -> float:
 
 
 class Prober:
-    def __init__(self, *, settings: ControlPlaneSettings, topology: Topology, store: StateStore) -> None:
+    def __init__(
+        self, *, settings: ControlPlaneSettings, topology: Topology, store: StateStore, book: PassiveBook
+    ) -> None:
+        self.book = book
         self.settings = settings
         self.topology = topology
         self.store = store
@@ -98,8 +102,11 @@ class Prober:
     async def _write(self, name: str, replicas: Mapping[str, Health], utilization: float) -> None:
         threshold = self.settings.utilization_change
 
+        passive = self.book.health(name, time.monotonic())
+
         def mutate(s: RegionState) -> RegionState | None:
-            health = fold_region(replicas)
+            # unified health: active probes per replica, folded, and the edges' passive view; the worse wins
+            health = worse(fold_region(replicas), passive)
             util_moved = abs(s.utilization - utilization) >= threshold or (
                 utilization == 0.0 and s.utilization != 0.0
             )

@@ -268,8 +268,9 @@ def _decide(app: web.Application, place: ClientPlace, snap: Snapshot) -> routing
     excluded = frozenset(r for r in ejected if not outliers.region_admits(r, now))
     share = {}
     for name, st in snap.regions.items():
-        # health recoveries ramp; operator dials and drains apply at once
-        failback.observe(name, st.health != "down" and name not in ejected, now)
+        # store-health recoveries ramp and flaps are held down; operator dials and drains apply at once;
+        # passive ejections have their own doubling backoff in the breakers
+        failback.observe(name, st.health != "down", now)
         share[name] = failback.share(name, now)
     return routing.route(
         topology=app[TOPOLOGY],

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class RegionRecovery:
-    routable: bool = True
+    raw: bool = True  # what the store and passive view say right now
+    routable: bool = True  # raw, minus any hold-down
     recovered_at: float | None = None
     lost_at: float | None = None
     flaps: int = 0
     hold_until: float = 0.0
-    pending_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -29,24 +29,23 @@ class Failback:
     hold_max_s: float = 300.0
     regions: dict[str, RegionRecovery] = field(default_factory=dict)
 
-    def observe(self, region: str, routable: bool, now: float) -> None:
-        """Feed the region's raw routability (store health, drain, dial, passive ejection)."""
+    def observe(self, region: str, raw: bool, now: float) -> None:
+        """Feed the region's raw routability (store health and this edge's passive ejections)."""
         st = self.regions.get(region)
         if st is None:  # first sight: no ramp for regions that were simply there at start-up
-            self.regions[region] = RegionRecovery(routable=routable, lost_at=None if routable else now)
+            self.regions[region] = RegionRecovery(raw=raw, routable=raw, lost_at=None if raw else now)
             return
-        if st.routable and not routable:
-            st.routable = False
-            st.lost_at = now
-            st.pending_since = None
-            if st.recovered_at is not None and now - st.recovered_at < self.flap_window_s:
-                st.flaps += 1
+        if st.raw and not raw:
+            if st.lost_at is not None and now - st.lost_at < self.flap_window_s:
+                st.flaps += 1  # lost again soon after the last loss: flapping, hold its next return
                 st.hold_until = now + min(self.hold_max_s, self.hold_base_s * 2 ** (st.flaps - 1))
-            elif st.recovered_at is None or now - st.recovered_at >= self.flap_window_s:
+            else:
                 st.flaps = 0
-        elif not st.routable and routable:
-            if now < st.hold_until:
-                return  # held down: a flapping region must stay up past its hold to come back
+            st.lost_at = now
+            st.raw = st.routable = False
+        elif not st.raw and raw:
+            st.raw = True
+        if st.raw and not st.routable and now >= st.hold_until:
             st.routable = True
             st.recovered_at = now
 

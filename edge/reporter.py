@@ -43,6 +43,9 @@ class Reporter:
                 await pipe.execute()
             self.sent += len(batch)
         except (RedisError, OSError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError() from exc  # redis-py may turn a cancel into an error
             self.failed += len(batch)
             log.debug("observation batch dropped: %s", exc)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,13 +37,18 @@ async def serve() -> AsyncIterator[ServerFactory]:
 
     async def start(app: web.Application, **kwargs: Any) -> TestServer:
         server = TestServer(app, host="127.0.0.1", **kwargs)
-        await server.start_server()
+        await server.start_server(shutdown_timeout=2.0)
         servers.append(server)
         return server
 
     yield start
     for server in reversed(servers):
-        await server.close()
+        try:
+            await asyncio.wait_for(server.close(), timeout=15)
+        except TimeoutError:
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+            raise
 
 
 @pytest.fixture

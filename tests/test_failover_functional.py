@@ -1,0 +1,163 @@
+"""Lose a region under load and nobody notices: failover, retry budget, slow start, flap hold-down, Redis
+primary loss. Real redis-server, simulators and edges over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+
+from regionsim.model import Faults
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
+from tests.geodb import CLIENT_IP
+from tests.load import Load, percentile
+
+PLACES = {
+    "london": "eu-west-1",
+    "new_york": "us-east-1",
+    "california": "us-west-2",
+    "singapore": "ap-southeast-1",
+}
+
+
+def clients(fleet: Fleet) -> dict[str, tuple[str, str]]:
+    return {place: (fleet.edge_url(edge), CLIENT_IP[place]) for place, edge in PLACES.items()}
+
+
+def set_region_faults(fleet: Fleet, region: str, faults: Faults) -> None:
+    for rep in fleet.sims[region]:
+        fleet.sim(region, rep).faults = faults
+
+
+async def metric(fleet: Fleet, edge: str, name: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(fleet.edge_url(edge) + "metrics") as r:
+        text = await r.text()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+
+
+async def test_whole_region_down_under_load_no_client_error(fleet: Fleet) -> None:
+    async with Load(clients(fleet), per_place=3) as load:
+        await wait_for(lambda: _true(len(load.samples) > 200), timeout=10, what="steady load")
+        fault_at = time.monotonic()
+        set_region_faults(fleet, "eu-west-1", Faults(down=True))
+        await asyncio.sleep(3.0)  # the load runs for a fixed window after the fault: that is the experiment
+    errors = load.errors()
+    london_eu_after = [
+        s for s in load.samples if s.place == "london" and s.region == "eu-west-1" and s.finished > fault_at
+    ]
+    last_eu = max((s.finished - fault_at for s in london_eu_after), default=0.0)
+    after = load.served("london", since=fault_at + 1.0)
+    print(
+        f"\nregion down: {len(load.samples)} requests, {len(errors)} errors; last London response from "
+        f"eu-west-1 {last_eu * 1000:.0f} ms after the fault; London after 1 s: {after}"
+    )
+    assert errors == []
+    assert set(after) == {"us-east-1"}
+    assert last_eu < 1.0
+    ejections = await metric(fleet, "eu-west-1", "meridian_edge_ejections_total")
+    assert ejections >= 1  # the London edge ejected the region passively
+
+
+async def test_thirty_percent_503_retries_stay_within_budget(fleet: Fleet) -> None:
+    async with Load(clients(fleet), per_place=3) as load:
+        await wait_for(lambda: _true(len(load.samples) > 200), timeout=10, what="steady load")
+        start = time.monotonic()
+        set_region_faults(fleet, "eu-west-1", Faults(error_rate=0.3))
+        await asyncio.sleep(3.0)
+    during = [s for s in load.samples if s.started >= start]
+    before = [s for s in load.samples if s.started < start]
+    retries = await metric(fleet, "eu-west-1", "meridian_edge_retries_total")
+    original = await metric(fleet, "eu-west-1", "meridian_edge_requests_total")
+    london_requests = sum(1 for s in load.samples if s.place == "london")
+    budget = 0.2 * london_requests + 3.0 * 10
+    ny_before = [s.finished - s.started for s in before if s.place == "new_york"]
+    ny_during = [s.finished - s.started for s in during if s.place == "new_york"]
+    p99_b, p99_d = percentile(ny_before, 99), percentile(ny_during, 99)
+    errs = [s for s in during if s.status != 200]
+    print(
+        f"\n30% 503 on eu-west-1: London edge retries {retries:.0f} for {london_requests} London requests "
+        f"(budget {budget:.0f}); client errors {len(errs)}/{len(during)}; New York p99 {p99_b * 1000:.1f} ms "
+        f"before, {p99_d * 1000:.1f} ms during"
+    )
+    assert retries <= budget
+    assert original >= london_requests * 0.9
+    assert p99_d < 3 * p99_b + 0.05
+
+
+async def test_recovered_region_ramps_back_and_flapping_is_held_down(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        regions=("eu-west-1", "us-east-1"),
+        probe_interval_s=0.5,
+        edge_overrides={"failback_ramp_s": 3.0, "failback_hold_base_s": 4.0},
+    )
+    try:
+        london = {"london": (f.edge_url("eu-west-1"), CLIENT_IP["london"])}
+        async with Load(london, per_place=4) as load:
+            await wait_for(lambda: _true(len(load.samples) > 50), timeout=10, what="load")
+            set_region_faults(f, "eu-west-1", Faults(down=True))
+
+            async def health(want: str) -> bool:
+                _, body = await f.admin("GET", "/v1/regions/eu-west-1")
+                return bool(body["health"] == want)
+
+            await wait_for(lambda: health("down"), timeout=5, what="eu-west-1 down")
+            set_region_faults(f, "eu-west-1", Faults())
+            await wait_for(lambda: health("up"), timeout=5, what="eu-west-1 up")
+            up_at = time.monotonic()
+            await asyncio.sleep(4.0)  # observe the ramp window
+            first = load.served("london", since=up_at, until=up_at + 1.0)
+            last = load.served("london", since=up_at + 3.2, until=up_at + 4.0)
+            share_first = first.get("eu-west-1", 0) / max(1, sum(first.values()))
+            share_last = last.get("eu-west-1", 0) / max(1, sum(last.values()))
+            print(
+                f"\nslow start: eu-west-1 share of London {share_first:.2f} in the first second after "
+                f"recovery, {share_last:.2f} after the 3 s ramp"
+            )
+            assert share_first < 0.6 and share_last > 0.9
+
+            # flapping: down, then up-blips of ~1 s every 2 s; after the first relapse no blip gets traffic
+            flap_start = time.monotonic()
+            blips: list[tuple[float, float]] = []
+            for _ in range(4):
+                set_region_faults(f, "eu-west-1", Faults(down=True))
+                await wait_for(lambda: health("down"), timeout=5, what="down")
+                set_region_faults(f, "eu-west-1", Faults())
+                await wait_for(lambda: health("up"), timeout=5, what="up")
+                t = time.monotonic()
+                await asyncio.sleep(1.0)
+                blips.append((t, time.monotonic()))
+            on_blips = sum(load.served("london", since=a, until=b).get("eu-west-1", 0) for a, b in blips[1:])
+            total = sum(sum(load.served("london", since=a, until=b).values()) for a, b in blips[1:])
+            print(
+                f"flapping for {time.monotonic() - flap_start:.1f} s: London requests served by eu-west-1 "
+                f"during up-blips 2-4: {on_blips} of {total}"
+            )
+            assert on_blips == 0
+        assert load.errors() == []
+    finally:
+        await f.close()
+
+
+async def test_redis_primary_loss_admin_503_data_plane_unharmed(fleet: Fleet) -> None:
+    async with Load(clients(fleet), per_place=2) as load:
+        await wait_for(lambda: _true(len(load.samples) > 100), timeout=10, what="steady load")
+        fleet.primary.kill()
+        status, body = await fleet.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 10, "reason": "x"})
+        assert status == 503 and "primary unavailable" in body["detail"]
+        status, _ = await fleet.admin("GET", "/v1/regions")
+        assert status == 503
+        n = len(load.samples)
+        await wait_for(lambda: _true(len(load.samples) > n + 100), timeout=10, what="load after kill")
+    assert load.errors() == []
+
+
+async def _true(value: bool) -> bool:
+    return value
