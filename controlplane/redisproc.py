@@ -156,3 +156,39 @@ class RedisServer:
                 last = exc
             time.sleep(0.02)
         raise TimeoutError(f"redis-server on {self.port} not ready after {timeout}s: {last}")
+
+
+@dataclass
+class SentinelServer:
+    """A real redis-sentinel watching ``primary_port`` as service ``service``."""
+
+    port: int
+    workdir: Path
+    primary_port: int
+    service: str = "mymaster"
+    quorum: int = 2
+    down_after_ms: int = 1000
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> SentinelServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\nprotected-mode no\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.service} 3000\n"
+            f"sentinel parallel-syncs {self.service} 1\n"
+        )
+        self.proc = spawn([redis_binary(), str(conf), "--sentinel"], log=self.workdir / "sentinel.log")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

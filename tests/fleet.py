@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from controlplane.api import create_app as create_admin
 from controlplane.demo import local_topology
-from controlplane.redisproc import RedisServer, free_port
+from controlplane.redisproc import RedisServer, SentinelServer, free_port
 from controlplane.settings import AdminToken, ControlPlaneSettings
 from controlplane.state import Topology
 from controlplane.topology import load_topology
@@ -59,6 +59,7 @@ class Fleet:
     operator_token: str = ""
     viewer_token: str = ""
     exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
+    sentinels: list[SentinelServer] = field(default_factory=list)
     uvicorn_server: uvicorn.Server | None = None
     uvicorn_task: asyncio.Task[None] | None = None
     admin_app: Any = None
@@ -121,6 +122,8 @@ class Fleet:
             self.uvicorn_task = None
         for rs in [*self.replicas.values(), self.primary]:
             rs.stop()
+        for sentinel in self.sentinels:
+            sentinel.stop()
 
 
 async def start_fleet(
@@ -135,6 +138,7 @@ async def start_fleet(
     control_plane: bool = True,
     sim_kwargs: dict[str, Any] | None = None,
     edge_overrides: dict[str, Any] | None = None,
+    sentinels: int = 0,
 ) -> Fleet:
     base = load_topology(ROOT / "regions.yaml")
     if regions is not None:
@@ -153,6 +157,12 @@ async def start_fleet(
     }
     fleet = Fleet(topology=base, primary=primary, replicas=replicas, sims={})
     try:
+        for i in range(sentinels):
+            fleet.sentinels.append(
+                SentinelServer(
+                    port=free_port(), workdir=tmp_path / f"sentinel-{i}", primary_port=primary.port
+                ).start()
+            )
         await _build(
             fleet,
             aiohttp_server,
@@ -200,8 +210,12 @@ async def _build(
     if control_plane:
         fleet.operator_token = secrets.token_urlsafe(24)
         fleet.viewer_token = secrets.token_urlsafe(24)
+        redis_url = primary.url
+        if fleet.sentinels:
+            hosts = ",".join(f"127.0.0.1:{s.port}" for s in fleet.sentinels)
+            redis_url = f"redis+sentinel://{hosts}/mymaster"
         cp_settings = ControlPlaneSettings(
-            redis_url=primary.url,
+            redis_url=redis_url,
             admin_tokens=[
                 AdminToken(name="olivia", role="operator", token=fleet.operator_token),
                 AdminToken(name="victor", role="viewer", token=fleet.viewer_token),

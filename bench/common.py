@@ -1,0 +1,73 @@
+"""Benchmark helpers: start `meridian demo` as a subprocess on free ports, and drive load through edges."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PLACES = {  # client IPs located by the GeoLite2 City database the demo uses
+    "london": ("eu-west-1", "81.2.69.142"),
+    "new_york_area": ("us-east-1", "24.48.0.1"),
+    "california": ("us-west-2", "151.101.0.1"),
+    "singapore": ("ap-southeast-1", "202.166.0.1"),
+}
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_block(size: int = 40) -> int:
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 30000, 100)
+        if all(_free(p) for p in range(base, base + size)):
+            return base
+    raise SystemExit("no free block of ports")
+
+
+@contextmanager
+def demo_fleet(extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    env.update(extra_env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controlplane", "demo", "--base-port", str(free_block())],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        sel = selectors.DefaultSelector()
+        assert proc.stdout is not None
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout=60):
+            raise SystemExit("demo not ready within 60 s")
+        yield json.loads(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
