@@ -1,0 +1,197 @@
+# The home region: the Redis primary (head of an ElastiCache Global Datastore that every region's replica
+# joins) and the control plane (admin API + health prober) as a Fargate service on an internal NLB.
+# Admin tokens come from Secrets Manager by ARN: ECS injects the value, Terraform never sees it.
+
+data "aws_secretsmanager_secret" "admin_tokens" {
+  region = var.region
+  name   = var.admin_tokens_secret_name
+}
+
+data "aws_availability_zones" "this" {
+  region = var.region
+  state  = "available"
+}
+
+locals {
+  azs = slice(data.aws_availability_zones.this.names, 0, 2)
+}
+
+resource "aws_vpc" "this" {
+  region               = var.region
+  cidr_block           = var.vpc_cidr
+  enable_dns_hostnames = true
+  tags                 = merge(var.tags, { Name = "meridian-control-plane" })
+}
+
+resource "aws_subnet" "private" {
+  count             = length(local.azs)
+  region            = var.region
+  vpc_id            = aws_vpc.this.id
+  availability_zone = local.azs[count.index]
+  cidr_block        = cidrsubnet(var.vpc_cidr, 4, count.index)
+  tags              = var.tags
+}
+
+resource "aws_security_group" "control_plane" {
+  region      = var.region
+  name        = "meridian-control-plane"
+  description = "Admin API (internal) and Redis primary"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description = "admin API and Redis from inside the VPC"
+    from_port   = 0
+    to_port     = 65535
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
+  }
+
+  egress {
+    description = "probes to regional clusters"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  tags = var.tags
+}
+
+resource "aws_elasticache_subnet_group" "primary" {
+  region     = var.region
+  name       = "meridian-primary"
+  subnet_ids = aws_subnet.private[*].id
+}
+
+resource "aws_elasticache_replication_group" "primary" {
+  region                     = var.region
+  replication_group_id       = "meridian-primary"
+  description                = "Meridian state store primary"
+  engine                     = "redis"
+  node_type                  = var.redis_node_type
+  num_cache_clusters         = 2
+  automatic_failover_enabled = true
+  multi_az_enabled           = true
+  transit_encryption_enabled = true
+  at_rest_encryption_enabled = true
+  subnet_group_name          = aws_elasticache_subnet_group.primary.name
+  security_group_ids         = [aws_security_group.control_plane.id]
+  tags                       = var.tags
+}
+
+resource "aws_elasticache_global_replication_group" "state" {
+  region                             = var.region
+  global_replication_group_id_suffix = "meridian"
+  primary_replication_group_id       = aws_elasticache_replication_group.primary.id
+}
+
+resource "aws_ecs_cluster" "this" {
+  region = var.region
+  name   = "meridian-control-plane"
+  tags   = var.tags
+}
+
+resource "aws_iam_role" "task_execution" {
+  name = "meridian-control-plane-exec"
+  assume_role_policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Action = "sts:AssumeRole", Principal = { Service = "ecs-tasks.amazonaws.com" } }]
+  })
+  managed_policy_arns = ["arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
+  tags                = var.tags
+}
+
+resource "aws_iam_role_policy" "read_admin_tokens" {
+  name = "read-admin-tokens"
+  role = aws_iam_role.task_execution.id
+  policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [data.aws_secretsmanager_secret.admin_tokens.arn] }]
+  })
+}
+
+resource "aws_ecs_task_definition" "control_plane" {
+  region                   = var.region
+  family                   = "meridian-control-plane"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = 512
+  memory                   = 1024
+  execution_role_arn       = aws_iam_role.task_execution.arn
+  container_definitions = jsonencode([{
+    name         = "controlplane"
+    image        = var.image
+    command      = ["meridian", "controlplane"]
+    essential    = true
+    portMappings = [{ containerPort = 8700, protocol = "tcp" }]
+    environment = [
+      { name = "MERIDIAN_REDIS_URL", value = "rediss://${aws_elasticache_replication_group.primary.primary_endpoint_address}:6379/0" },
+      { name = "MERIDIAN_HOST", value = "0.0.0.0" },
+      { name = "MERIDIAN_PORT", value = "8700" },
+      { name = "MERIDIAN_REGIONS_FILE", value = "/etc/meridian/regions.yaml" },
+      { name = "MERIDIAN_REGIONS_YAML_CHECKSUM", value = sha256(var.regions_file_content) },
+    ]
+    secrets = [{ name = "MERIDIAN_ADMIN_TOKENS", valueFrom = data.aws_secretsmanager_secret.admin_tokens.arn }]
+  }])
+  tags = var.tags
+}
+
+resource "aws_lb" "admin" {
+  region             = var.region
+  name               = "meridian-admin"
+  internal           = true
+  load_balancer_type = "network"
+  subnets            = aws_subnet.private[*].id
+  tags               = var.tags
+}
+
+resource "aws_lb_target_group" "admin" {
+  region      = var.region
+  name        = "meridian-admin"
+  port        = 8700
+  protocol    = "TCP"
+  target_type = "ip"
+  vpc_id      = aws_vpc.this.id
+
+  health_check {
+    protocol = "HTTP"
+    path     = "/readyz"
+    port     = "8700"
+  }
+
+  tags = var.tags
+}
+
+resource "aws_lb_listener" "admin" {
+  region            = var.region
+  load_balancer_arn = aws_lb.admin.arn
+  port              = 8700
+  protocol          = "TCP"
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.admin.arn
+  }
+}
+
+resource "aws_ecs_service" "control_plane" {
+  region          = var.region
+  name            = "meridian-control-plane"
+  cluster         = aws_ecs_cluster.this.id
+  task_definition = aws_ecs_task_definition.control_plane.arn
+  desired_count   = 1 # one prober writer; ECS replaces it on failure
+  launch_type     = "FARGATE"
+
+  network_configuration {
+    subnets         = aws_subnet.private[*].id
+    security_groups = [aws_security_group.control_plane.id]
+  }
+
+  load_balancer {
+    target_group_arn = aws_lb_target_group.admin.arn
+    container_name   = "controlplane"
+    container_port   = 8700
+  }
+
+  tags = var.tags
+}

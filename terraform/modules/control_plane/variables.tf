@@ -1,0 +1,39 @@
+variable "region" {
+  type        = string
+  description = "Home region: the control plane and the Redis primary."
+}
+
+variable "regions_file_content" {
+  type        = string
+  description = "regions.yaml content (baked into the image); its checksum rolls the control plane on change."
+}
+
+variable "image" {
+  type        = string
+  description = "Meridian container image."
+}
+
+variable "redis_node_type" {
+  type        = string
+  description = "ElastiCache node type of the primary group."
+}
+
+variable "admin_tokens_secret_name" {
+  type        = string
+  description = "Secrets Manager secret with MERIDIAN_ADMIN_TOKENS; injected by ECS from its ARN, never read into state."
+}
+
+variable "vpc_cidr" {
+  type        = string
+  description = "CIDR of the control plane VPC."
+
+  validation {
+    condition     = can(cidrhost(var.vpc_cidr, 0))
+    error_message = "vpc_cidr must be a CIDR block."
+  }
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags for every resource."
+}

@@ -1,0 +1,268 @@
+# One Meridian region: a small VPC, the edge as an ECS Fargate service behind a network load balancer with
+# CPU autoscaling, and a Redis replica of the global datastore that the edge reads and subscribes to.
+# Fargate was chosen over an autoscaling group: no AMI to patch, per-task IAM, and scaling in seconds.
+
+data "aws_availability_zones" "this" {
+  region = var.region
+  state  = "available"
+}
+
+locals {
+  azs   = slice(data.aws_availability_zones.this.names, 0, 2)
+  redis = var.is_home ? var.primary_reader_endpoint : aws_elasticache_replication_group.replica[0].primary_endpoint_address
+  edge_environment = {
+    MERIDIAN_REGION                = var.region
+    MERIDIAN_REGIONS_FILE          = "/etc/meridian/regions.yaml"
+    MERIDIAN_REDIS_URL             = "rediss://${local.redis}:6379/0"
+    MERIDIAN_REDIS_PRIMARY_URL     = "rediss://${var.primary_redis_endpoint}:6379/0"
+    MERIDIAN_PORT                  = tostring(var.edge_port)
+    MERIDIAN_HOST                  = "0.0.0.0"
+    MERIDIAN_GEOIP_DB              = "/usr/share/GeoIP/GeoLite2-City.mmdb"
+    MERIDIAN_TRUSTED_PROXIES       = var.vpc_cidr
+    MERIDIAN_WORKERS               = "2"
+    MERIDIAN_TRACING_EXPORTER      = "otlp"
+    MERIDIAN_TRACING_SAMPLE_RATIO  = "0.05"
+    MERIDIAN_REGIONS_YAML_CHECKSUM = sha256(var.regions_file_content)
+  }
+}
+
+resource "aws_vpc" "this" {
+  region               = var.region
+  cidr_block           = var.vpc_cidr
+  enable_dns_hostnames = true
+  tags                 = merge(var.tags, { Name = "meridian-${var.region}" })
+}
+
+resource "aws_internet_gateway" "this" {
+  region = var.region
+  vpc_id = aws_vpc.this.id
+  tags   = var.tags
+}
+
+resource "aws_subnet" "public" {
+  count                   = length(local.azs)
+  region                  = var.region
+  vpc_id                  = aws_vpc.this.id
+  availability_zone       = local.azs[count.index]
+  cidr_block              = cidrsubnet(var.vpc_cidr, 4, count.index)
+  map_public_ip_on_launch = true
+  tags                    = merge(var.tags, { Name = "meridian-${var.region}-public-${count.index}" })
+}
+
+resource "aws_route_table" "public" {
+  region = var.region
+  vpc_id = aws_vpc.this.id
+
+  route {
+    cidr_block = "0.0.0.0/0"
+    gateway_id = aws_internet_gateway.this.id
+  }
+
+  tags = var.tags
+}
+
+resource "aws_route_table_association" "public" {
+  count          = length(local.azs)
+  region         = var.region
+  subnet_id      = aws_subnet.public[count.index].id
+  route_table_id = aws_route_table.public.id
+}
+
+resource "aws_security_group" "edge" {
+  region      = var.region
+  name        = "meridian-edge-${var.region}"
+  description = "Meridian edge tasks: client traffic and health checks through the NLB"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description = "clients and health checks via the NLB (client IPs preserved)"
+    from_port   = var.edge_port
+    to_port     = var.edge_port
+    protocol    = "tcp"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  egress {
+    description = "regional clusters, Redis, telemetry"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  tags = var.tags
+}
+
+resource "aws_security_group" "redis" {
+  count       = var.is_home ? 0 : 1
+  region      = var.region
+  name        = "meridian-redis-${var.region}"
+  description = "Redis replica: reachable from the edges only"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description     = "edges"
+    from_port       = 6379
+    to_port         = 6379
+    protocol        = "tcp"
+    security_groups = [aws_security_group.edge.id]
+  }
+
+  tags = var.tags
+}
+
+resource "aws_elasticache_subnet_group" "this" {
+  count      = var.is_home ? 0 : 1
+  region     = var.region
+  name       = "meridian-${var.region}"
+  subnet_ids = aws_subnet.public[*].id
+}
+
+# The regional replica of the global datastore (cross-region replication, typically < 1 s lag).
+resource "aws_elasticache_replication_group" "replica" {
+  count                       = var.is_home ? 0 : 1
+  region                      = var.region
+  replication_group_id        = "meridian-${var.region}"
+  description                 = "Meridian state replica in ${var.region}"
+  global_replication_group_id = var.global_replication_group_id
+  num_cache_clusters          = 2
+  automatic_failover_enabled  = true
+  subnet_group_name           = aws_elasticache_subnet_group.this[0].name
+  security_group_ids          = [aws_security_group.redis[0].id]
+  tags                        = var.tags
+}
+
+resource "aws_ecs_cluster" "this" {
+  region = var.region
+  name   = "meridian-${var.region}"
+  tags   = var.tags
+}
+
+resource "aws_iam_role" "task_execution" {
+  name = "meridian-edge-exec-${var.region}"
+  assume_role_policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Action = "sts:AssumeRole", Principal = { Service = "ecs-tasks.amazonaws.com" } }]
+  })
+  managed_policy_arns = ["arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
+  tags                = var.tags
+}
+
+resource "aws_ecs_task_definition" "edge" {
+  region                   = var.region
+  family                   = "meridian-edge-${var.region}"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = 1024
+  memory                   = 2048
+  execution_role_arn       = aws_iam_role.task_execution.arn
+  container_definitions = jsonencode([{
+    name         = "edge"
+    image        = var.image
+    command      = ["meridian", "edge"]
+    essential    = true
+    portMappings = [{ containerPort = var.edge_port, protocol = "tcp" }]
+    environment  = [for k, v in local.edge_environment : { name = k, value = v }]
+    healthCheck = {
+      command  = ["CMD", "python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:${var.edge_port}/healthz', timeout=2)"]
+      interval = 10
+      retries  = 3
+      timeout  = 3
+    }
+  }])
+  tags = var.tags
+}
+
+resource "aws_lb" "edge" {
+  region                           = var.region
+  name                             = "meridian-${var.region}"
+  load_balancer_type               = "network"
+  subnets                          = aws_subnet.public[*].id
+  enable_cross_zone_load_balancing = true
+  tags                             = var.tags
+}
+
+resource "aws_lb_target_group" "edge" {
+  region             = var.region
+  name               = "meridian-edge-${var.region}"
+  port               = var.edge_port
+  protocol           = "TCP"
+  target_type        = "ip"
+  vpc_id             = aws_vpc.this.id
+  preserve_client_ip = "true"
+
+  health_check {
+    protocol            = "HTTP"
+    path                = var.readiness_path
+    port                = tostring(var.edge_port)
+    interval            = 10
+    healthy_threshold   = 2
+    unhealthy_threshold = 2
+  }
+
+  tags = var.tags
+}
+
+resource "aws_lb_listener" "edge" {
+  region            = var.region
+  load_balancer_arn = aws_lb.edge.arn
+  port              = var.edge_port
+  protocol          = "TCP"
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.edge.arn
+  }
+}
+
+resource "aws_ecs_service" "edge" {
+  region          = var.region
+  name            = "meridian-edge"
+  cluster         = aws_ecs_cluster.this.id
+  task_definition = aws_ecs_task_definition.edge.arn
+  desired_count   = var.desired_count
+  launch_type     = "FARGATE"
+
+  network_configuration {
+    subnets          = aws_subnet.public[*].id
+    security_groups  = [aws_security_group.edge.id]
+    assign_public_ip = true
+  }
+
+  load_balancer {
+    target_group_arn = aws_lb_target_group.edge.arn
+    container_name   = "edge"
+    container_port   = var.edge_port
+  }
+
+  lifecycle {
+    ignore_changes = [desired_count] # autoscaling owns it after creation
+  }
+
+  tags = var.tags
+}
+
+resource "aws_appautoscaling_target" "edge" {
+  region             = var.region
+  service_namespace  = "ecs"
+  resource_id        = "service/${aws_ecs_cluster.this.name}/${aws_ecs_service.edge.name}"
+  scalable_dimension = "ecs:service:DesiredCount"
+  min_capacity       = var.min_count
+  max_capacity       = var.max_count
+}
+
+resource "aws_appautoscaling_policy" "edge_cpu" {
+  region             = var.region
+  name               = "meridian-edge-cpu-${var.region}"
+  policy_type        = "TargetTrackingScaling"
+  service_namespace  = aws_appautoscaling_target.edge.service_namespace
+  resource_id        = aws_appautoscaling_target.edge.resource_id
+  scalable_dimension = aws_appautoscaling_target.edge.scalable_dimension
+
+  target_tracking_scaling_policy_configuration {
+    target_value = var.cpu_target
+    predefined_metric_specification {
+      predefined_metric_type = "ECSServiceAverageCPUUtilization"
+    }
+  }
+}

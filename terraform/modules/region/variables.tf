@@ -1,0 +1,84 @@
+variable "region" {
+  type        = string
+  description = "AWS region of this Meridian region (its name in regions.yaml)."
+}
+
+variable "is_home" {
+  type        = bool
+  description = "True in the home region, where the global datastore's primary lives (its reader endpoint serves the edge)."
+}
+
+variable "regions_file_content" {
+  type        = string
+  description = "regions.yaml content (baked into the image); its checksum in the task definition rolls the edges when it changes."
+}
+
+variable "image" {
+  type        = string
+  description = "Meridian container image."
+}
+
+variable "edge_port" {
+  type        = number
+  description = "Container and health-check port of the edge."
+}
+
+variable "readiness_path" {
+  type        = string
+  description = "Edge readiness path used by the NLB target group health check."
+}
+
+variable "desired_count" {
+  type        = number
+  description = "Initial edge task count."
+}
+
+variable "min_count" {
+  type        = number
+  description = "Autoscaling minimum."
+}
+
+variable "max_count" {
+  type        = number
+  description = "Autoscaling maximum."
+}
+
+variable "cpu_target" {
+  type        = number
+  description = "Autoscaling target CPU percent."
+}
+
+variable "redis_node_type" {
+  type        = string
+  description = "ElastiCache node type of this region's replica."
+}
+
+variable "global_replication_group_id" {
+  type        = string
+  description = "Global datastore this region's replica joins."
+}
+
+variable "primary_redis_endpoint" {
+  type        = string
+  description = "Primary endpoint (observations are written there, best effort)."
+}
+
+variable "primary_reader_endpoint" {
+  type        = string
+  description = "Reader endpoint of the primary group, used by the home region's edge."
+}
+
+variable "vpc_cidr" {
+  type        = string
+  description = "CIDR of this region's VPC."
+
+  validation {
+    condition     = can(cidrhost(var.vpc_cidr, 0))
+    error_message = "vpc_cidr must be a CIDR block."
+  }
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags for every resource."
+}

@@ -1,0 +1,116 @@
+variable "regions_file" {
+  type        = string
+  description = "Path to regions.yaml, the topology shared with the edges and the control plane."
+  default     = "../regions.yaml"
+}
+
+variable "home_region" {
+  type        = string
+  description = "Region that hosts the control plane and the Redis primary (must be a region in regions.yaml)."
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}-[a-z]+-[0-9]$", var.home_region))
+    error_message = "home_region must be an AWS region name such as us-east-1."
+  }
+}
+
+variable "domain_name" {
+  type        = string
+  description = "Public API name that clients resolve (latency-routed), e.g. api.example.com."
+
+  validation {
+    condition     = can(regex("^[a-z0-9.-]+\\.[a-z]{2,}$", var.domain_name))
+    error_message = "domain_name must be a DNS name such as api.example.com."
+  }
+}
+
+variable "hosted_zone_id" {
+  type        = string
+  description = "Route 53 hosted zone that holds domain_name."
+}
+
+variable "image" {
+  type        = string
+  description = "Container image built from terraform/Dockerfile (edge and control plane share it)."
+}
+
+variable "edge_port" {
+  type        = number
+  description = "Port the edge listens on; equals MERIDIAN_PORT's default in edge/settings.py."
+  default     = 8080
+
+  validation {
+    condition     = var.edge_port > 0 && var.edge_port < 65536
+    error_message = "edge_port must be a TCP port."
+  }
+}
+
+variable "readiness_path" {
+  type        = string
+  description = "Edge readiness endpoint probed by load balancers and Route 53; equals the edge's /readyz."
+  default     = "/readyz"
+
+  validation {
+    condition     = startswith(var.readiness_path, "/")
+    error_message = "readiness_path must start with /."
+  }
+}
+
+variable "edge_desired_count" {
+  type        = number
+  description = "Edge tasks per region at start; autoscaling moves between edge_min_count and edge_max_count."
+  default     = 2
+}
+
+variable "edge_min_count" {
+  type        = number
+  description = "Minimum edge tasks per region."
+  default     = 2
+
+  validation {
+    condition     = var.edge_min_count >= 1
+    error_message = "Keep at least one edge per region."
+  }
+}
+
+variable "edge_max_count" {
+  type        = number
+  description = "Maximum edge tasks per region."
+  default     = 20
+}
+
+variable "edge_cpu_target" {
+  type        = number
+  description = "Target average CPU utilization (percent) for edge autoscaling."
+  default     = 60
+
+  validation {
+    condition     = var.edge_cpu_target > 10 && var.edge_cpu_target < 95
+    error_message = "edge_cpu_target must be between 10 and 95."
+  }
+}
+
+variable "admin_tokens_secret_name" {
+  type        = string
+  description = "Name of the Secrets Manager secret holding MERIDIAN_ADMIN_TOKENS (JSON). Only its ARN reaches the task definition; the value never enters Terraform state."
+  default     = "meridian/admin-tokens"
+}
+
+variable "redis_node_type" {
+  type        = string
+  description = "ElastiCache node type for the global datastore's primary and regional replicas."
+  default     = "cache.r7g.large"
+}
+
+variable "vpc_cidr_prefix" {
+  type        = string
+  description = "First octet pair of each region's VPC; region i gets <prefix>.<i*16>.0.0/20 style ranges."
+  default     = "10.40"
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags applied to every resource."
+  default     = {}
+}

@@ -1,0 +1,204 @@
+"""Terraform structure, checked by parsing every .tf with python-hcl2 (providers cannot be downloaded here,
+so no `terraform validate`): for_each over regions.yaml, health checks on the edge's readiness endpoint,
+no secrets in variables, typed and documented variables."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+import yaml
+
+from edge.settings import DEFAULT_PORT, READINESS_PATH, EdgeSettings
+from tests.fleet import ROOT
+
+TF = ROOT / "terraform"
+
+
+def load(path: Path) -> dict[str, Any]:
+    with path.open() as f:
+        return dict(hcl2.load(f))
+
+
+def uq(key: str) -> str:
+    return key.strip('"')
+
+
+def blocks(doc: dict[str, Any], kind: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in doc.get(kind, []):
+        out.update({uq(k): v for k, v in item.items()})
+    return out
+
+
+def resources(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in doc.get("resource", []):
+        for rtype, named in item.items():
+            for name, body in named.items():
+                out[f"{uq(rtype)}.{uq(name)}"] = body
+    return out
+
+
+def module_doc(name: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for f in sorted((TF / "modules" / name).glob("*.tf")):
+        for k, v in load(f).items():
+            merged.setdefault(k, []).extend(v)
+    return merged
+
+
+def strip(v: object) -> str:
+    return str(v).strip().strip('"').removeprefix("${").removesuffix("}")
+
+
+def test_every_tf_file_parses_and_layout_is_standard() -> None:
+    files = sorted(TF.rglob("*.tf"))
+    assert len(files) >= 12
+    for f in files:
+        load(f)
+    for name in ("versions.tf", "variables.tf", "main.tf", "outputs.tf"):
+        assert (TF / name).exists()
+    for mod in ("region", "global", "control_plane"):
+        for name in ("versions.tf", "variables.tf", "main.tf", "outputs.tf"):
+            assert (TF / "modules" / mod / name).exists()
+    assert list((TF / "examples").rglob("main.tf"))
+    versions = load(TF / "versions.tf")
+    aws = versions["terraform"][0]["required_providers"][0]["aws"]
+    assert ">= 6" in strip(aws["version"])
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform binary not installed")
+def test_terraform_fmt_check() -> None:
+    res = subprocess.run(["terraform", "fmt", "-check", "-recursive"], cwd=TF, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_root_reads_regions_yaml_and_loops_the_region_module() -> None:
+    main = load(TF / "main.tf")
+    local = blocks(main, "locals")
+    assert "yamldecode(file(var.regions_file))" in strip(local["topology"])
+    assert strip(local["regions"]).replace(" ", "") == "{forrinlocal.topology.regions:r.name=>r}"
+    modules = blocks(main, "module")
+    assert strip(modules["region"]["for_each"]) == "local.regions"
+    assert strip(modules["region"]["source"]) == "./modules/region"
+    variables = blocks(load(TF / "variables.tf"), "variable")
+    assert strip(variables["regions_file"]["default"]) == "../regions.yaml"
+    assert (TF / strip(variables["regions_file"]["default"])).resolve() == (ROOT / "regions.yaml").resolve()
+    endpoints = strip(modules["global"]["endpoints"])
+    assert "module.region" in endpoints  # DNS records follow the same for_each
+
+
+def region_keys(regions_yaml: Path) -> set[str]:
+    """What `{ for r in local.topology.regions : r.name => r }` yields for this file."""
+    topology = yaml.safe_load(regions_yaml.read_text())
+    return {r["name"] for r in topology["regions"]}
+
+
+def test_adding_a_region_to_regions_yaml_is_picked_up_without_touching_terraform(tmp_path: Path) -> None:
+    before = {p: p.read_bytes() for p in TF.rglob("*.tf")}
+    data = yaml.safe_load((ROOT / "regions.yaml").read_text())
+    data["regions"].append(
+        {
+            "name": "sa-east-1",
+            "location": {"lat": -23.5, "lon": -46.6},
+            "failure_domain": "sa-east",
+            "capacity": 32,
+            "weight": 100,
+            "replicas": [
+                {"name": "sae1-a", "url": "http://a:8000"},
+                {"name": "sae1-b", "url": "http://b:8000"},
+            ],
+        }
+    )
+    copy = tmp_path / "regions.yaml"
+    copy.write_text(yaml.safe_dump(data))
+    assert region_keys(copy) == region_keys(ROOT / "regions.yaml") | {"sa-east-1"}
+    assert {p: p.read_bytes() for p in TF.rglob("*.tf")} == before
+    from controlplane.topology import load_topology
+
+    assert "sa-east-1" in load_topology(copy).names  # and the same file is valid for edges/control plane
+
+
+def test_region_module_has_edge_replica_autoscaling_and_health_check_on_readyz() -> None:
+    res = resources(module_doc("region"))
+    for needed in (
+        "aws_ecs_service.edge",
+        "aws_lb.edge",
+        "aws_lb_target_group.edge",
+        "aws_lb_listener.edge",
+        "aws_appautoscaling_target.edge",
+        "aws_appautoscaling_policy.edge_cpu",
+        "aws_security_group.edge",
+        "aws_elasticache_replication_group.replica",
+    ):
+        assert needed in res, needed
+    replica = res["aws_elasticache_replication_group.replica"]
+    assert strip(replica["global_replication_group_id"]) == "var.global_replication_group_id"
+    hc = res["aws_lb_target_group.edge"]["health_check"][0]
+    assert strip(hc["path"]) == "var.readiness_path"
+    root_vars = blocks(load(TF / "variables.tf"), "variable")
+    assert strip(root_vars["readiness_path"]["default"]) == READINESS_PATH == "/readyz"
+    assert root_vars["edge_port"]["default"] == DEFAULT_PORT == EdgeSettings(region="x").port
+
+
+def test_global_module_has_health_checked_latency_records_per_region() -> None:
+    res = resources(module_doc("global"))
+    hc = res["aws_route53_health_check.edge"]
+    assert strip(hc["for_each"]) == "var.endpoints"
+    assert strip(hc["resource_path"]) == "var.readiness_path" and strip(hc["port"]) == "var.edge_port"
+    latency = res["aws_route53_record.latency"]
+    assert strip(latency["for_each"]) == "var.endpoints"
+    assert "latency_routing_policy" in latency and "health_check_id" in latency
+    assert latency["alias"][0]["evaluate_target_health"] is True
+    assert (
+        strip(res["aws_route53_record.origin_secondary"]["failover_routing_policy"][0]["type"]) == "SECONDARY"
+    )
+    main = blocks(load(TF / "main.tf"), "module")["global"]
+    assert (
+        strip(main["readiness_path"]) == "var.readiness_path" and strip(main["edge_port"]) == "var.edge_port"
+    )
+
+
+def all_variables() -> list[tuple[Path, str, dict[str, Any]]]:
+    out = []
+    for f in TF.rglob("variables.tf"):
+        for name, body in blocks(load(f), "variable").items():
+            out.append((f, name, body))
+    return out
+
+
+def test_every_variable_is_typed_and_documented() -> None:
+    variables = all_variables()
+    assert len(variables) > 20
+    for f, name, body in variables:
+        assert "type" in body, f"{f}: variable {name} has no type"
+        assert body.get("description"), f"{f}: variable {name} has no description"
+    validated = [name for _, name, body in variables if "validation" in body]
+    assert len(validated) >= 5
+
+
+def test_no_secret_is_a_plain_variable() -> None:
+    for f, name, _body in all_variables():
+        lowered = name.lower()
+        assert not any(w in lowered for w in ("password", "token_value")), f"{f}: {name}"
+        if "token" in lowered or "secret" in lowered:
+            assert lowered.endswith(("_secret_name", "_secret_arn")), f"{f}: {name} looks like a secret value"
+    cp = resources(module_doc("control_plane"))
+    task = strip(cp["aws_ecs_task_definition.control_plane"]["container_definitions"])
+    assert "MERIDIAN_ADMIN_TOKENS" in task and "valueFrom" in task  # injected by ECS from Secrets Manager
+    assert "data.aws_secretsmanager_secret.admin_tokens.arn" in task
+    for f in TF.rglob("*.tf"):
+        assert "aws_secretsmanager_secret_version" not in f.read_text(), (
+            f"{f} would read the secret into state"
+        )
+
+
+def test_dockerfile_is_multistage_and_non_root() -> None:
+    text = (TF / "Dockerfile").read_text()
+    assert text.count("FROM ") >= 2 and "AS build" in text
+    assert "USER 10001" in text and "HEALTHCHECK" in text
