@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -25,8 +25,9 @@ from controlplane.topology import load_topology
 from edge import routing, tracing
 from edge.budget import RetryBudget
 from edge.failback import Failback
-from edge.forwarder import Attempt, Forwarder, Resilience, upstream_headers
+from edge.forwarder import Attempt, Forwarder, HedgePlan, Resilience, upstream_headers
 from edge.geo import ClientPlace, GeoLocator, client_ip
+from edge.hedging import HedgeBudget, QuantileWindow, hedge_delay, may_hedge
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
 from edge.outlier import OutlierDetector, OutlierPolicy
@@ -52,6 +53,7 @@ REPORTER = web.AppKey("reporter", Reporter)
 RESILIENCE = web.AppKey("resilience", Resilience)
 FAILBACK = web.AppKey("failback", Failback)
 FALLBACK_SNAPSHOT = web.AppKey("fallback_snapshot", Snapshot)
+HEDGE_BUDGET = web.AppKey("hedge_budget", HedgeBudget)
 
 
 class ConfigError(RuntimeError):
@@ -121,6 +123,12 @@ def create_app(
         backoff_cap_s=settings.retry_backoff_cap_s,
         replica_counts={r.name: len(r.replicas) for r in topo.regions},
     )
+    app[HEDGE_BUDGET] = HedgeBudget(
+        ratio=settings.hedge_budget_ratio,
+        burst=settings.hedge_budget_burst,
+        tokens=settings.hedge_budget_burst,
+    )
+    metrics.hedge_extra_load.set_function(lambda: app[HEDGE_BUDGET].extra_load)
     app[FAILBACK] = Failback(ramp_s=settings.failback_ramp_s, hold_base_s=settings.failback_hold_base_s)
     app[FALLBACK_SNAPSHOT] = Snapshot(
         version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
@@ -259,6 +267,48 @@ async def explain(request: web.Request) -> web.Response:
     )
 
 
+def _hedge_plan(
+    app: web.Application,
+    request: web.Request,
+    priority: str,
+    decision: routing.Decision,
+    snap: Snapshot,
+    replicas: Callable[[str], list[str]],
+) -> HedgePlan | None:
+    """Critical requests on hedgeable routes may be hedged to the backup region (budget permitting)."""
+    settings = app[SETTINGS]
+    if not settings.hedge_enabled or request.path not in app[TOPOLOGY].policy.hedgeable_routes:
+        return None
+    primary, backup = decision.primary, decision.backup
+    if primary is None:
+        return None
+    budget = app[HEDGE_BUDGET]
+    budget.earn()
+    windows = app[RESILIENCE].ttfb
+    window = windows.setdefault(primary, QuantileWindow(q=settings.hedge_quantile))
+    delay = hedge_delay(
+        window.estimate(),
+        fixed_s=settings.hedge_fixed_delay_s,
+        floor_s=settings.hedge_delay_floor_s,
+        ceiling_s=settings.hedge_delay_ceiling_s,
+    )
+    app[METRICS].hedge_delay.labels(region=primary).set(delay)
+    target = None
+    util = snap.regions[backup].utilization if backup and backup in snap.regions else 1.0
+    if backup and may_hedge(
+        backup=backup,
+        primary=primary,
+        backup_utilization=util,
+        max_backup_utilization=settings.hedge_max_backup_utilization,
+    ):
+        replica = routing.pick_replica(
+            replicas(backup), outstanding=app[OBSERVED].outstanding_in(backup), rng=app[RNG]
+        )
+        if replica is not None:
+            target = Attempt(backup, replica, app[REPLICAS][backup][replica], "hedge")
+    return HedgePlan(delay_s=delay, target=target, allow=budget.try_spend)
+
+
 def _decide(app: web.Application, place: ClientPlace, snap: Snapshot) -> routing.Decision:
     """Route one request: the store's view, this edge's passive ejections and failback ramps."""
     now = time.monotonic()
@@ -371,10 +421,16 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
         )
         return None if t is None else Attempt(t.region, t.replica, urls[t.region][t.replica], t.kind)
 
+    hedge = _hedge_plan(app, request, priority, decision, snap, replicas) if priority == "critical" else None
     headers = upstream_headers(request.headers, client_ip=str(ip) if ip else None)
     started = time.monotonic()
     resp = await app[FORWARDER].forward(
-        request, body=body, headers=headers, next_attempt=next_attempt, timeouts=settings.timeouts[priority]
+        request,
+        body=body,
+        headers=headers,
+        next_attempt=next_attempt,
+        timeouts=settings.timeouts[priority],
+        hedge=hedge,
     )
     span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
     return resp

@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge import tracing
 from edge.budget import RetryBudget, backoff_s
+from edge.hedging import QuantileWindow
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
 from edge.outlier import OutlierDetector
@@ -37,6 +38,8 @@ HOP_BY_HOP = frozenset(
 PRIORITY_HEADER = "x-meridian-priority"
 BUFFER_LIMIT = 1 << 20  # non-streaming upstream bodies up to this size are sent with Content-Length
 RETRYABLE_STATUS = frozenset({502, 503, 504})
+ATTR_WINNER = "meridian.attempt.winner"
+ATTR_CANCELLED = "meridian.attempt.cancelled"
 
 CONNECT_ERRORS = (
     aiohttp.ClientConnectorError,
@@ -68,6 +71,34 @@ class Resilience:
     backoff_base_s: float
     backoff_cap_s: float
     replica_counts: dict[str, int]
+    ttfb: dict[str, QuantileWindow] = field(default_factory=dict)
+
+    def observe_ttfb(self, region: str, seconds: float) -> None:
+        self.ttfb.setdefault(region, QuantileWindow()).add(seconds)
+
+
+@dataclass(slots=True)
+class HedgePlan:
+    """Send ``target`` if the primary has no first byte within ``delay_s`` and ``allow()`` says so."""
+
+    delay_s: float
+    target: Attempt | None
+    allow: Callable[[], bool]
+
+
+class _Failed(Exception):
+    def __init__(self, failure: str, reason: str, status: int = 502) -> None:
+        super().__init__(reason)
+        self.failure = failure
+        self.status = status
+
+
+@dataclass(slots=True)
+class _Won:
+    attempt: Attempt
+    upstream: aiohttp.ClientResponse
+    first: bytes | None
+    span: trace.Span
 
 
 def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None) -> CIMultiDict[str]:
@@ -138,6 +169,7 @@ class Forwarder:
         headers: CIMultiDict[str],
         next_attempt: NextAttempt,
         timeouts: TimeoutSet,
+        hedge: HedgePlan | None = None,
     ) -> web.StreamResponse:
         """Run attempts until one commits; retry/fail over only before any byte reached the client."""
         started = time.monotonic()
@@ -145,9 +177,25 @@ class Forwarder:
         self.res.budget.deposit(started)
         tried: list[Tried] = []
         path_qs = request.rel_url.raw_path_qs
-        attempt = next_attempt(tried)
         last_error = "no routable region"
         last_status = 502
+        if hedge is not None:
+            won = await self._hedged(
+                request,
+                body=body,
+                headers=headers,
+                next_attempt=next_attempt,
+                timeouts=timeouts,
+                hedge=hedge,
+                tried=tried,
+                deadline=deadline,
+                path_qs=path_qs,
+            )
+            if isinstance(won, web.StreamResponse):
+                return won
+            if tried:
+                last_error = "hedged attempts failed"
+        attempt = next_attempt(tried)
         while attempt is not None:
             current = attempt
             span = self.tracer.start_span(
@@ -189,6 +237,8 @@ class Forwarder:
                 if upstream is not None:
                     span.set_attribute("http.response.status_code", upstream.status)
                     self.metrics.ttfb.labels(region=attempt.region).observe(ttfb)
+                    if upstream.status < 500:
+                        self.res.observe_ttfb(attempt.region, ttfb)
                     if upstream.status in RETRYABLE_STATUS:
                         failure, last_error = "status", f"upstream status {upstream.status}"
                 ok = failure is None and upstream is not None and upstream.status < 500
@@ -247,6 +297,172 @@ class Forwarder:
             headers=self._meridian_headers(None, len(tried)),
         )
 
+    async def _first_byte(
+        self,
+        request: web.Request,
+        attempt: Attempt,
+        span: trace.Span,
+        *,
+        body: bytes,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutSet,
+        deadline: float,
+        path_qs: str,
+    ) -> _Won:
+        """One hedged attempt up to its first byte: response headers, and for a stream its first event."""
+        out_headers = CIMultiDict(headers)
+        tracing.PROPAGATOR.inject(out_headers, context=trace.set_span_in_context(span))
+        t0 = time.monotonic()
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(max(0.001, min(timeouts.ttfb_s, deadline - t0))):
+                upstream = await self.session.request(
+                    request.method,
+                    attempt.url + path_qs,
+                    data=body if body else None,
+                    headers=out_headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s
+                    ),
+                )
+                span.set_attribute("http.response.status_code", upstream.status)
+                if upstream.status in RETRYABLE_STATUS:
+                    raise _Failed("status", f"upstream status {upstream.status}")
+                first = None
+                if upstream.content_type == "text/event-stream":
+                    first = await upstream.content.readany()
+            ttfb = time.monotonic() - t0
+            self.metrics.ttfb.labels(region=attempt.region).observe(ttfb)
+            self.res.observe_ttfb(attempt.region, ttfb)
+            self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0, error=False)
+            return _Won(attempt, upstream, first, span)
+        except BaseException as exc:
+            if upstream is not None:
+                upstream.close()  # a loser or a failure: drop the connection so the region stops generating
+            if isinstance(exc, TimeoutError):
+                raise _Failed("timeout", "time to first byte exceeded", 504) from None
+            if isinstance(exc, CONNECT_ERRORS):
+                raise _Failed("connect", type(exc).__name__) from None
+            raise
+
+    async def _hedged(
+        self,
+        request: web.Request,
+        *,
+        body: bytes,
+        headers: CIMultiDict[str],
+        next_attempt: NextAttempt,
+        timeouts: TimeoutSet,
+        hedge: HedgePlan,
+        tried: list[Tried],
+        deadline: float,
+        path_qs: str,
+    ) -> web.StreamResponse | None:
+        """Primary, plus a hedge to the backup region if no first byte within the delay; the first to produce
+        a first byte wins and the other is cancelled at once. None: both failed (``tried`` says how)."""
+        primary = next_attempt(tried)
+        if primary is None:
+            return None
+        running: dict[asyncio.Task[_Won], tuple[Attempt, trace.Span]] = {}
+
+        def launch(att: Attempt, kind: str) -> None:
+            span = self.tracer.start_span(
+                tracing.SPAN_ATTEMPT,
+                kind=SpanKind.CLIENT,
+                attributes={
+                    tracing.ATTR_REGION: att.region,
+                    tracing.ATTR_REPLICA: att.replica,
+                    tracing.ATTR_ATTEMPT: len(running) + 1,
+                    tracing.ATTR_ATTEMPT_KIND: kind,
+                    "http.request.method": request.method,
+                    "url.full": att.url + path_qs,
+                },
+            )
+            self.observed.start(att.region, att.replica)
+            task = asyncio.create_task(
+                self._first_byte(
+                    request,
+                    att,
+                    span,
+                    body=body,
+                    headers=headers,
+                    timeouts=timeouts,
+                    deadline=deadline,
+                    path_qs=path_qs,
+                )
+            )
+            running[task] = (att, span)
+
+        launch(primary, "primary")
+        hedged = False
+        done, _ = await asyncio.wait(set(running), timeout=hedge.delay_s)
+        if not done and hedge.target is not None and hedge.allow():
+            hedged = True
+            self.metrics.hedges.labels(outcome="sent", region=hedge.target.region).inc()
+            launch(hedge.target, "hedge")
+        pending = set(running)
+        winner: tuple[asyncio.Task[_Won], _Won] | None = None
+        try:
+            while pending and winner is None:
+                done, pending = await asyncio.wait(
+                    pending,
+                    return_when=asyncio.FIRST_COMPLETED,
+                    timeout=max(0.001, deadline - time.monotonic()),
+                )
+                if not done:
+                    break
+                for task in done:
+                    att, span = running[task]
+                    exc = task.exception()
+                    if exc is None and winner is None:
+                        winner = (task, task.result())
+                        continue
+                    failure = exc.failure if isinstance(exc, _Failed) else "connect"
+                    self._record(att, False)
+                    self.observed.record(att.region, ttfb_ms=None, error=True)
+                    self.observed.finish(att.region, att.replica)
+                    tried.append(Tried(att.region, att.replica, failure))
+                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    span.set_attribute(tracing.ATTR_OUTCOME, failure)
+                    span.end()
+        finally:
+            for task in pending:  # the losers: cancel now, so their connections close and regions stop
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            for task in pending:
+                att, span = running[task]
+                self.observed.finish(att.region, att.replica)
+                span.set_attribute(ATTR_CANCELLED, True)
+                span.set_attribute(ATTR_WINNER, False)
+                span.end()
+                self.metrics.hedges.labels(outcome="cancelled", region=att.region).inc()
+        if winner is None:
+            return None
+        task, won = winner
+        att = won.attempt
+        self._record(att, True)
+        won.span.set_attribute(ATTR_WINNER, True)
+        if hedged and running[task][0] is not primary:
+            self.metrics.hedges.labels(outcome="won", region=att.region).inc()
+        self.metrics.requests.labels(region=att.region, code=str(won.upstream.status)).inc()
+        try:
+            return await self._relay(
+                request,
+                won.upstream,
+                att,
+                len(running),
+                won.span,
+                deadline=deadline,
+                first=won.first,
+                hedged=hedged,
+            )
+        finally:
+            won.upstream.release()
+            self.observed.finish(att.region, att.replica)
+            won.span.end()
+
     async def _relay(
         self,
         request: web.Request,
@@ -256,12 +472,16 @@ class Forwarder:
         span: trace.Span,
         *,
         deadline: float,
+        first: bytes | None = None,
+        hedged: bool = False,
     ) -> web.StreamResponse:
         """Committed: copy status and headers, then the body (buffered when small, else chunk by chunk)."""
         meridian = self._meridian_headers(attempt.region, attempts)
+        if hedged:
+            meridian["X-Meridian-Hedged"] = "1"
         length = upstream.content_length
         streaming = upstream.content_type == "text/event-stream" or length is None or length > BUFFER_LIMIT
-        if not streaming:
+        if not streaming and first is None:
             try:
                 async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
                     data = await upstream.read()
@@ -286,6 +506,8 @@ class Forwarder:
         resp.headers.update(meridian)
         await resp.prepare(request)
         try:
+            if first:
+                await resp.write(first)
             async for chunk in upstream.content.iter_any():
                 await resp.write(chunk)
                 if time.monotonic() > deadline:

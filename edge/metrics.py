@@ -80,6 +80,23 @@ class EdgeMetrics:
             "Requests routed on regions.yaml alone (no snapshot yet)",
             registry=r,
         )
+        self.hedges = Counter(
+            "meridian_edge_hedges",
+            "Hedged attempts by outcome (sent, won, cancelled)",
+            ["outcome", "region"],
+            registry=r,
+        )
+        self.hedge_delay = Gauge(
+            "meridian_edge_hedge_delay_seconds",
+            "Current hedge delay per primary region",
+            ["region"],
+            registry=r,
+        )
+        self.hedge_extra_load = Gauge(
+            "meridian_edge_hedge_extra_load_ratio",
+            "Hedges sent per hedge-eligible critical request",
+            registry=r,
+        )
         self.observations_dropped = Counter(
             "meridian_edge_observations_dropped", "Observation rows that could not be sent", registry=r
         )

@@ -72,6 +72,16 @@ class EdgeSettings(BaseSettings):
         default=0.5, ge=0, le=1, description="of a region's replicas"
     )
     outlier_probe_interval_s: float = Field(default=0.5, gt=0, description="half-open probation trickle")
+    hedge_enabled: bool = True
+    hedge_quantile: float = Field(default=0.95, gt=0, lt=1, description="adaptive delay: this TTFB quantile")
+    hedge_fixed_delay_s: float | None = Field(
+        default=None, gt=0, description="fixed delay instead of adaptive"
+    )
+    hedge_delay_floor_s: float = Field(default=0.02, ge=0)
+    hedge_delay_ceiling_s: float = Field(default=2.0, gt=0)
+    hedge_budget_ratio: float = Field(default=0.05, ge=0, le=1, description="hedges per critical request")
+    hedge_budget_burst: float = Field(default=5.0, ge=1)
+    hedge_max_backup_utilization: float = Field(default=0.8, gt=0, le=1)
     failback_ramp_s: float = Field(default=30.0, ge=0, description="slow start for a recovered region")
     failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")
     pool_size: int = Field(default=256, ge=1, description="keep-alive connections to regions, total")

@@ -47,7 +47,8 @@ async def serve(args: argparse.Namespace) -> None:
             max_queue=args.max_queue,
             seed=args.seed,
         )
-        runner = web.AppRunner(app, access_log=None)
+        # handler_cancellation: a client that goes away (a cancelled hedge) stops the generation at once
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
         runners.append(runner)

@@ -1,0 +1,78 @@
+"""Hedging decisions (pure, no I/O): when to send a hedge and whether the budget allows it.
+
+- ``QuantileWindow``: a streaming estimate of a region's time-to-first-byte quantile (default p95) over
+  its most recent samples; the hedge delay is that estimate clamped to [floor, ceiling] (or a fixed delay).
+- ``HedgeBudget``: a token bucket; every critical request earns ``ratio`` tokens (default 0.05, i.e. at
+  most 5 % extra load), a hedge spends one; no tokens, no hedge.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class QuantileWindow:
+    q: float = 0.95
+    size: int = 512
+    min_samples: int = 20
+    _values: deque[float] = field(default_factory=deque)
+    _cached: float | None = None
+    _dirty: int = 0
+
+    def add(self, value: float) -> None:
+        self._values.append(value)
+        if len(self._values) > self.size:
+            self._values.popleft()
+        self._dirty += 1
+
+    def estimate(self) -> float | None:
+        if len(self._values) < self.min_samples:
+            return None
+        if self._cached is None or self._dirty >= 16:  # re-sort at most every 16 samples
+            ordered = sorted(self._values)
+            self._cached = ordered[min(len(ordered) - 1, int(self.q * len(ordered)))]
+            self._dirty = 0
+        return self._cached
+
+
+def hedge_delay(estimate: float | None, *, fixed_s: float | None, floor_s: float, ceiling_s: float) -> float:
+    """Seconds to wait for the primary's first byte before hedging."""
+    if fixed_s is not None:
+        return fixed_s
+    if estimate is None:
+        return ceiling_s  # no history yet: hedge only when clearly slow
+    return min(ceiling_s, max(floor_s, estimate))
+
+
+@dataclass(slots=True)
+class HedgeBudget:
+    ratio: float = 0.05
+    burst: float = 5.0
+    tokens: float = 0.0
+    requests: int = 0
+    hedges: int = 0
+
+    def earn(self) -> None:
+        """One hedge-eligible request arrived."""
+        self.requests += 1
+        self.tokens = min(self.burst, self.tokens + self.ratio)
+
+    def try_spend(self) -> bool:
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        self.hedges += 1
+        return True
+
+    @property
+    def extra_load(self) -> float:
+        return self.hedges / self.requests if self.requests else 0.0
+
+
+def may_hedge(
+    *, backup: str | None, primary: str, backup_utilization: float, max_backup_utilization: float
+) -> bool:
+    """A hedge goes to a different, unsaturated region, never the primary's own."""
+    return backup is not None and backup != primary and backup_utilization < max_backup_utilization
