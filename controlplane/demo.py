@@ -76,7 +76,9 @@ class Fleet:
         self.viewer_token = secrets.token_urlsafe(24)
 
     def _child(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        full = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+        # MERIDIAN_* tuning from the caller's environment passes through (e.g. MERIDIAN_HEDGE_QUANTILE);
+        # the wiring below (ports, URLs, files, tokens) always wins
+        full = {k: v for k, v in os.environ.items() if k != "MERIDIAN_DEMO_TOKEN"}
         full.update(env)
         self.procs.append((name, spawn(argv, env=full, stdout=sys.stderr.fileno())))
 

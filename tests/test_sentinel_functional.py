@@ -42,6 +42,18 @@ async def test_sentinel_failover_restores_admin_writes(
 
             await wait_for(writable, timeout=30, interval=0.2, what="admin writes after Sentinel promotion")
             took = time.monotonic() - killed
+
+            async def replicas_follow_the_new_primary() -> bool:
+                return all(_linked(rs.port) for rs in f.replicas.values())
+
+            # Sentinel re-points the other replicas one at a time (parallel-syncs 1), each with a full sync
+            await wait_for(
+                replicas_follow_the_new_primary,
+                timeout=30,
+                interval=0.2,
+                what="every replica to follow the promoted primary",
+            )
+            resynced = time.monotonic() - killed
             async with aiohttp.ClientSession() as s:
 
                 async def moved() -> bool:
@@ -54,10 +66,27 @@ async def test_sentinel_failover_restores_admin_writes(
                     return True
 
                 await wait_for(moved, timeout=10, what="every edge to see the write made after failover")
-            print(f"\nsentinel failover: admin writes back {took:.1f} s after the primary was killed")
+            print(
+                f"\nsentinel failover: admin writes back {took:.1f} s after the primary was killed; every "
+                f"replica in sync with the new primary after {resynced:.1f} s"
+            )
         assert load.errors() == []
     finally:
         await f.close()
+
+
+def _linked(port: int) -> bool:
+    """A replica linked to a live primary, or the promoted primary itself."""
+    import redis
+
+    r = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+    try:
+        info = r.info("replication")
+    except redis.RedisError:
+        return False
+    finally:
+        r.close()
+    return info.get("role") == "master" or info.get("master_link_status") == "up"
 
 
 def _info(port: int) -> dict[str, str]:
