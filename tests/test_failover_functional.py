@@ -39,11 +39,20 @@ async def metric(fleet: Fleet, edge: str, name: str) -> float:
 
 
 async def test_whole_region_down_under_load_no_client_error(fleet: Fleet) -> None:
-    async with Load(clients(fleet), per_place=3) as load:
+    streaming = {"london": (fleet.edge_url("eu-west-1"), CLIENT_IP["london"])}
+    stream_body = {"model": "sim-llm", "messages": [], "max_tokens": 3, "stream": True}
+    async with (
+        Load(clients(fleet), per_place=3) as load,
+        Load(streaming, per_place=2, body=stream_body) as sse,
+    ):
         await wait_for(lambda: _true(len(load.samples) > 200), timeout=10, what="steady load")
         fault_at = time.monotonic()
         set_region_faults(fleet, "eu-west-1", Faults(down=True))
         await asyncio.sleep(3.0)  # the load runs for a fixed window after the fault: that is the experiment
+    # streams that had not started when the region went down fail over like any request
+    sse_after = [s for s in sse.samples if s.started >= fault_at]
+    assert sse_after and sse.errors(since=fault_at) == []
+    assert {s.region for s in sse_after if s.started >= fault_at + 1.0} == {"us-east-1"}
     errors = load.errors()
     london_eu_after = [
         s for s in load.samples if s.place == "london" and s.region == "eu-west-1" and s.finished > fault_at
