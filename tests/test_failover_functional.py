@@ -52,7 +52,7 @@ async def test_whole_region_down_under_load_no_client_error(fleet: Fleet) -> Non
     # streams that had not started when the region went down fail over like any request
     sse_after = [s for s in sse.samples if s.started >= fault_at]
     assert sse_after and sse.errors(since=fault_at) == []
-    assert {s.region for s in sse_after if s.started >= fault_at + 1.0} == {"us-east-1"}
+    assert "eu-west-1" not in {s.region for s in sse_after if s.started >= fault_at + 1.0}
     errors = load.errors()
     london_eu_after = [
         s for s in load.samples if s.place == "london" and s.region == "eu-west-1" and s.finished > fault_at
@@ -64,7 +64,10 @@ async def test_whole_region_down_under_load_no_client_error(fleet: Fleet) -> Non
         f"eu-west-1 {last_eu * 1000:.0f} ms after the fault; London after 1 s: {after}"
     )
     assert errors == []
-    assert set(after) == {"us-east-1"}
+    # off the failed region within 1 s, onto the backup (a near-equal third region may take a share when
+    # the backup's measured latency rises under the extra load: that is the anti-herding draw at work)
+    assert "eu-west-1" not in after
+    assert after.get("us-east-1", 0) >= 0.8 * sum(after.values())
     assert last_eu < 1.0
     ejections = await metric(fleet, "eu-west-1", "meridian_edge_ejections_total")
     assert ejections >= 1  # the London edge ejected the region passively

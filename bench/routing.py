@@ -1,0 +1,67 @@
+"""bench/routing.py: the routing decision microbenchmark (10 regions x 50 replicas), pytest-benchmark.
+
+Run: python -m pytest bench/routing.py --benchmark-only -p no:cacheprovider
+One decision = score every region for a client, order with the anti-herding draw, apply dials, choose the
+backup, then pick a replica by power of two choices.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from controlplane.state import Location, RegionState, Snapshot, Topology
+from edge import routing
+
+
+def big_topology(regions: int = 10, replicas: int = 50) -> tuple[Topology, Snapshot]:
+    rng = random.Random(1)
+    data: dict[str, Any] = {"regions": []}
+    for i in range(regions):
+        data["regions"].append(
+            {
+                "name": f"region-{i}",
+                "location": {"lat": rng.uniform(-60, 60), "lon": rng.uniform(-180, 180)},
+                "capacity": 512,
+                "weight": 100,
+                "replicas": [
+                    {"name": f"r{i}-{j}", "url": f"http://10.{i}.{j}.1:8000"} for j in range(replicas)
+                ],
+            }
+        )
+    topo = Topology.model_validate(data)
+    states = {
+        r.name: RegionState(
+            name=r.name,
+            weight=rng.choice([100, 100, 50]),
+            utilization=rng.uniform(0, 0.8),
+            latency_ms=rng.uniform(80, 400),
+            replicas={x.name: "up" for x in r.replicas},
+        )
+        for r in topo.regions
+    }
+    return topo, Snapshot(version=1, regions=states)
+
+
+TOPO, SNAP = big_topology()
+REPLICAS = {r.name: [x.name for x in r.replicas] for r in TOPO.regions}
+OUTSTANDING = {r: {x: i % 7 for i, x in enumerate(names)} for r, names in REPLICAS.items()}
+CLIENTS = [
+    Location(lat=random.Random(i).uniform(-60, 60), lon=random.Random(i + 1).uniform(-180, 180))
+    for i in range(64)
+]
+
+
+def decide(rng: random.Random, i: int) -> str | None:
+    d = routing.route(
+        topology=TOPO, snapshot=SNAP, client=CLIENTS[i % 64], country=None, continent=None, rng=rng
+    )
+    assert d.primary is not None
+    return routing.pick_replica(REPLICAS[d.primary], outstanding=OUTSTANDING[d.primary], rng=rng)
+
+
+def test_routing_decision(benchmark: Any) -> None:
+    rng = random.Random(7)
+    counter = iter(range(10**9))
+    result = benchmark(lambda: decide(rng, next(counter)))
+    assert result is not None
