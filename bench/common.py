@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from controlplane.redisproc import free_block
 
 ROOT = Path(__file__).resolve().parent.parent
 PLACES = {  # client IPs located by the GeoLite2 City database the demo uses
@@ -22,24 +23,6 @@ PLACES = {  # client IPs located by the GeoLite2 City database the demo uses
     "california": ("us-west-2", "151.101.0.1"),
     "singapore": ("ap-southeast-1", "202.166.0.1"),
 }
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_block(size: int = 40) -> int:
-    rng = random.Random()
-    for _ in range(100):
-        base = rng.randrange(20000, 30000, 100)
-        if all(_free(p) for p in range(base, base + size)):
-            return base
-    raise SystemExit("no free block of ports")
 
 
 @contextmanager

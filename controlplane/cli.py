@@ -18,15 +18,6 @@ from typing import Any
 from pydantic import ValidationError
 
 
-def _settings_error(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        env = "MERIDIAN_" + str(err["loc"][0]).upper() if err["loc"] else ""
-        lines.append(f"  {field} ({env}): {err['msg']}")
-    return f"invalid {source} settings (environment / .env):\n" + "\n".join(lines)
-
-
 def run_controlplane(_: argparse.Namespace) -> int:
     import logging
 
@@ -34,12 +25,12 @@ def run_controlplane(_: argparse.Namespace) -> int:
 
     from controlplane.api import create_app
     from controlplane.settings import ControlPlaneSettings
-    from controlplane.topology import TopologyError
+    from controlplane.topology import TopologyError, format_settings_error
 
     try:
         settings = ControlPlaneSettings()
     except ValidationError as exc:
-        print(_settings_error(exc, "control-plane"), file=sys.stderr)
+        print(format_settings_error(exc, source="control-plane"), file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),

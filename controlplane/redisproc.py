@@ -39,6 +39,39 @@ def free_port() -> int:
         return port
 
 
+def free_block(size: int = 40) -> int:
+    """A base port below the ephemeral range with ``size`` free loopback ports after it."""
+    import random
+
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 30000, 100)
+        if all(port_free(p) for p in range(base, base + size)):
+            return base
+    raise RuntimeError("no free block of ports")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    """Signal a child and wait for it; kill it if it lingers past 5 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
     try:
         import ctypes
@@ -111,13 +144,7 @@ class RedisServer:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
 
     def kill(self) -> None:
@@ -184,11 +211,5 @@ class SentinelServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None

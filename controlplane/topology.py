@@ -62,6 +62,16 @@ def parse_topology(text: str, *, source: str = "regions.yaml") -> Topology:
         raise TopologyError("invalid topology\n  " + "\n  ".join(lines)) from exc
 
 
+def format_settings_error(exc: ValidationError, *, source: str) -> str:
+    """A pydantic-settings error as lines naming each field and its MERIDIAN_* variable."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        env = "MERIDIAN_" + str(err["loc"][0]).upper() if err["loc"] else ""
+        lines.append(f"  {field} ({env}): {err['msg']}")
+    return f"invalid {source} settings (environment / .env):\n" + "\n".join(lines)
+
+
 def load_topology(path: Path | str) -> Topology:
     p = Path(path)
     try:

@@ -210,8 +210,6 @@ class Forwarder:
                     "url.full": attempt.url + path_qs,
                 },
             )
-            out_headers = CIMultiDict(headers)
-            tracing.PROPAGATOR.inject(out_headers, context=trace.set_span_in_context(span))
             self.observed.start(attempt.region, attempt.replica)
             t0 = time.monotonic()
             upstream: aiohttp.ClientResponse | None = None
@@ -219,15 +217,14 @@ class Forwarder:
             try:
                 try:
                     async with asyncio.timeout(max(0.001, min(timeouts.ttfb_s, deadline - t0))):
-                        upstream = await self.session.request(
-                            request.method,
-                            attempt.url + path_qs,
-                            data=body if body else None,
-                            headers=out_headers,
-                            allow_redirects=False,
-                            timeout=aiohttp.ClientTimeout(
-                                total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s
-                            ),
+                        upstream = await self._send(
+                            request,
+                            attempt,
+                            span,
+                            body=body,
+                            headers=headers,
+                            timeouts=timeouts,
+                            path_qs=path_qs,
                         )
                 except TimeoutError:
                     failure, last_error, last_status = "timeout", "time to first byte exceeded", 504
@@ -297,6 +294,31 @@ class Forwarder:
             headers=self._meridian_headers(None, len(tried)),
         )
 
+    async def _send(
+        self,
+        request: web.Request,
+        attempt: Attempt,
+        span: trace.Span,
+        *,
+        body: bytes,
+        headers: CIMultiDict[str],
+        timeouts: TimeoutSet,
+        path_qs: str,
+    ) -> aiohttp.ClientResponse:
+        """Send one attempt upstream with the attempt span's traceparent; returns at response headers."""
+        out_headers = CIMultiDict(headers)
+        tracing.PROPAGATOR.inject(out_headers, context=trace.set_span_in_context(span))
+        return await self.session.request(
+            request.method,
+            attempt.url + path_qs,
+            data=body if body else None,
+            headers=out_headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s
+            ),
+        )
+
     async def _first_byte(
         self,
         request: web.Request,
@@ -310,21 +332,12 @@ class Forwarder:
         path_qs: str,
     ) -> _Won:
         """One hedged attempt up to its first byte: response headers, and for a stream its first event."""
-        out_headers = CIMultiDict(headers)
-        tracing.PROPAGATOR.inject(out_headers, context=trace.set_span_in_context(span))
         t0 = time.monotonic()
         upstream: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(max(0.001, min(timeouts.ttfb_s, deadline - t0))):
-                upstream = await self.session.request(
-                    request.method,
-                    attempt.url + path_qs,
-                    data=body if body else None,
-                    headers=out_headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s
-                    ),
+                upstream = await self._send(
+                    request, attempt, span, body=body, headers=headers, timeouts=timeouts, path_qs=path_qs
                 )
                 span.set_attribute("http.response.status_code", upstream.status)
                 if upstream.status in RETRYABLE_STATUS:

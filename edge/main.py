@@ -14,20 +14,11 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from controlplane.topology import TopologyError
+from controlplane.topology import TopologyError, format_settings_error
 from edge.app import ConfigError, create_app
 from edge.geo import GeoDatabaseError
 from edge.settings import EdgeSettings
 from edge.tracing import TracingConfigError
-
-
-def settings_error(exc: ValidationError, *, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        env = "MERIDIAN_" + str(err["loc"][0]).upper() if err["loc"] else ""
-        lines.append(f"  {field} ({env}): {err['msg']}")
-    return f"invalid {source} settings (environment / .env):\n" + "\n".join(lines)
 
 
 def _serve(settings: EdgeSettings, app: web.Application, *, reuse_port: bool) -> None:
@@ -52,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = EdgeSettings()
     except ValidationError as exc:
-        print(settings_error(exc, source="edge"), file=sys.stderr)
+        print(format_settings_error(exc, source="edge"), file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(),

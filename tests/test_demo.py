@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,28 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from controlplane.redisproc import free_block, port_free
 from tests.fleet import ROOT
 
 pytestmark = pytest.mark.slow
-
-
-def free_block(size: int = 40) -> int:
-    """A base port below the ephemeral range with ``size`` free ports after it."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20000, 30000, 100)
-        if all(_free(p) for p in range(base, base + size)):
-            return base
-    raise AssertionError("no free block of ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def tour_commands() -> list[str]:
@@ -82,7 +62,7 @@ def stop_and_check_no_orphans(proc: subprocess.Popen[str]) -> None:
 
 
 def test_demo_ready_line_tour_and_clean_stop() -> None:
-    busy = [p for p in range(7100, 7130) if not _free(p)]  # the tour is written for the default base port
+    busy = [p for p in range(7100, 7130) if not port_free(p)]  # the tour is written for the default base port
     assert not busy, f"ports {busy} are busy; the guided tour needs the default ports 7100-7130"
     proc, ready, took = start_demo(7100)
     try:
