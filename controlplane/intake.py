@@ -16,6 +16,7 @@ from controlplane.store import StateStore, StoreError
 log = logging.getLogger("meridian.intake")
 
 EWMA_ALPHA = 0.3
+BASELINE_ALPHA = 0.002  # per observation row: a lasting change moves the baseline over minutes
 STALE_S = 5.0  # no observation for this long: the region's latency drifts back toward the fleet mean
 DECAY_PER_S = 0.07  # about a 10 s half-life
 
@@ -53,6 +54,7 @@ class Intake:
         self.store = store
         self.book = book
         self.ttft: dict[str, float] = {}
+        self.baseline: dict[str, float] = {}
         self.updated: dict[str, float] = {}
         self.batches = 0
         self._stop = asyncio.Event()
@@ -86,6 +88,11 @@ class Intake:
                     continue
                 prev = self.ttft.get(region)
                 self.ttft[region] = ttfb if prev is None else prev + EWMA_ALPHA * (ttfb - prev)
+                base = self.baseline.get(region)
+                # the baseline drops at once to a better value and rises only slowly
+                self.baseline[region] = (
+                    ttfb if base is None or ttfb < base else base + BASELINE_ALPHA * (ttfb - base)
+                )
                 self.updated[region] = now
             self._decay(now)
             for region, value in list(self.ttft.items()):
@@ -105,10 +112,23 @@ class Intake:
     async def _maybe_write(self, region: str, value: float) -> None:
         change = self.settings.latency_change
 
+        baseline = self.baseline.get(region)
+
         def mutate(s: RegionState) -> RegionState | None:
-            if s.latency_ms is not None and abs(value - s.latency_ms) <= change * s.latency_ms:
+            moved = s.latency_ms is None or abs(value - s.latency_ms) > change * s.latency_ms
+            base_moved = baseline is not None and (
+                s.baseline_ms is None or abs(baseline - s.baseline_ms) > change * s.baseline_ms
+            )
+            if not moved and not base_moved:
                 return None
-            return s.model_copy(update={"latency_ms": round(value, 2)})
+            return s.model_copy(
+                update={
+                    "latency_ms": round(value, 2) if moved else s.latency_ms,
+                    "baseline_ms": round(baseline, 2)
+                    if baseline is not None and base_moved
+                    else s.baseline_ms,
+                }
+            )
 
         try:
             await self.store.update(region, mutate)

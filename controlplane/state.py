@@ -80,6 +80,10 @@ class Policy(_Strict):
     degraded_penalty_ms: float = Field(default=300.0, ge=0)
     max_utilization: float = Field(default=0.97, gt=0, le=1.0)
     tie_margin: float = Field(default=0.05, ge=0, le=1.0)
+    brownout_min_share: float = Field(default=0.05, ge=0, le=1.0)
+    brownout_tolerance: float = Field(
+        default=0.5, ge=0, description="TTFT up to baseline x (1 + this) is normal"
+    )
     panic_threshold: float = Field(default=0.5, ge=0, le=1.0)
     pins: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     hedgeable_routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
@@ -130,6 +134,7 @@ class RegionState(BaseModel):
     replicas: dict[str, Health] = Field(default_factory=dict)
     utilization: float = Field(default=0.0, ge=0.0)
     latency_ms: float | None = None
+    baseline_ms: float | None = None  # slow-moving normal TTFT: brown-outs are measured against it
     updated_at: float = 0.0
     version: int = 0
 

@@ -5,7 +5,10 @@ Functions of (topology, snapshot, request facts, now, rng). Expected latency of 
     network(c, r) + service(r) / (1 - utilization(r)) + penalty(health(r))
 
 network is the great-circle distance at fibre speed times a path-inflation factor (a round trip);
-service is the region's observed time-to-first-token (or the policy default). Near-equal regions (within
+service is the region's observed time-to-first-token (or the policy default). A brown-out — observed TTFT
+above the region's own slow-moving baseline x (1 + tolerance) — does not reorder regions (which would move
+all traffic at once and flap); the region keeps normal/observed of its dial instead (a 10x brown-out keeps
+about 15 %), so traffic leaves in proportion and returns as the region recovers. Near-equal regions (within
 ``tie_margin``) are ordered by a softmin draw so that edges sharing the same stale numbers do not herd;
 then the operator dials are applied as probabilities along that order, which honours them exactly in
 aggregate: a dial of 50 keeps half of a region's traffic and passes the rest to the next choice.
@@ -32,6 +35,7 @@ class RegionScore:
     penalty_ms: float
     weight: float
     score_ms: float
+    brownout_share: float = 1.0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -44,6 +48,7 @@ class RegionScore:
             "penalty_ms": self.penalty_ms,
             "weight": round(self.weight, 2),
             "score_ms": round(self.score_ms, 2) if math.isfinite(self.score_ms) else None,
+            "brownout_share": round(self.brownout_share, 3),
         }
 
 
@@ -103,11 +108,16 @@ def score_regions(
             continue
         util = max(0.0, st.utilization)
         base = st.latency_ms if st.latency_ms is not None else unknown_ms
+        brownout = 1.0
+        normal = (st.baseline_ms or 0.0) * (1.0 + policy.brownout_tolerance)
+        if st.latency_ms is not None and normal > 0 and st.latency_ms > normal:
+            brownout = max(policy.brownout_min_share, normal / st.latency_ms)
+            base = st.baseline_ms or base  # ranked on its normal service time: no reordering, no flapping
         service = base / max(1.0 - min(util, 0.99), 0.01)
         penalty = policy.degraded_penalty_ms if st.health == "degraded" else 0.0
         weight: float = st.weight
-        if share is not None and not panic:
-            weight = st.weight * share.get(region.name, 1.0)
+        if not panic:
+            weight = st.weight * brownout * (share.get(region.name, 1.0) if share is not None else 1.0)
         why = None
         if st.drained:
             why = "drained"
@@ -125,7 +135,9 @@ def score_regions(
             why = "held down"
         score = net + service + penalty
         out.append(
-            RegionScore(region.name, why is None, why, net, service, util, penalty, float(weight), score)
+            RegionScore(
+                region.name, why is None, why, net, service, util, penalty, float(weight), score, brownout
+            )
         )
     return tuple(out)
 

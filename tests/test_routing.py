@@ -252,3 +252,23 @@ def test_unknown_latency_is_assumed_average_not_best() -> None:
     d = route(s, client=NEW_YORK)
     use1 = next(x for x in d.scores if x.region == "us-east-1")
     assert use1.service_ms == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize(
+    ("latency", "expected_share"),
+    [(100.0, 1.0), (140.0, 1.0), (300.0, 0.5), (1000.0, 0.15), (10_000.0, 0.05)],
+)
+def test_brownout_keeps_a_share_in_proportion_without_reordering(
+    latency: float, expected_share: float
+) -> None:
+    s = snap(eu_west_1={"latency_ms": latency, "baseline_ms": 100.0})
+    d = route(s)
+    eu = next(x for x in d.scores if x.region == "eu-west-1")
+    assert eu.brownout_share == pytest.approx(expected_share)
+    assert d.order[0] == "eu-west-1" or d.primary != "eu-west-1"  # still ranked by its normal service time
+    rng = random.Random(3)
+    counts = Counter(
+        routing.route(topology=TOPO, snapshot=s, client=LONDON, country=None, continent=None, rng=rng).primary
+        for _ in range(6000)
+    )
+    assert counts["eu-west-1"] / 6000 == pytest.approx(expected_share, abs=0.03)
