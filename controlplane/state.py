@@ -84,6 +84,7 @@ class Policy(_Strict):
     brownout_tolerance: float = Field(
         default=0.5, ge=0, description="TTFT up to baseline x (1 + this) is normal"
     )
+    brownout_min_excess_ms: float = Field(default=50.0, ge=0, description="... and up to baseline + this")
     panic_threshold: float = Field(default=0.5, ge=0, le=1.0)
     pins: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     hedgeable_routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")

@@ -109,8 +109,9 @@ def score_regions(
         util = max(0.0, st.utilization)
         base = st.latency_ms if st.latency_ms is not None else unknown_ms
         brownout = 1.0
-        normal = (st.baseline_ms or 0.0) * (1.0 + policy.brownout_tolerance)
-        if st.latency_ms is not None and normal > 0 and st.latency_ms > normal:
+        baseline = st.baseline_ms or 0.0
+        normal = max(baseline * (1.0 + policy.brownout_tolerance), baseline + policy.brownout_min_excess_ms)
+        if st.latency_ms is not None and baseline > 0 and st.latency_ms > normal:
             brownout = max(policy.brownout_min_share, normal / st.latency_ms)
             base = st.baseline_ms or base  # ranked on its normal service time: no reordering, no flapping
         service = base / max(1.0 - min(util, 0.99), 0.01)

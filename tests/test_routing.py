@@ -272,3 +272,10 @@ def test_brownout_keeps_a_share_in_proportion_without_reordering(
         for _ in range(6000)
     )
     assert counts["eu-west-1"] / 6000 == pytest.approx(expected_share, abs=0.03)
+
+
+def test_small_absolute_jitter_is_not_a_brownout() -> None:
+    # 6 ms -> 15 ms is 2.5x but only 9 ms: a fast region under a little load, not a brown-out
+    s = snap(eu_west_1={"latency_ms": 15.0, "baseline_ms": 6.0})
+    eu = next(x for x in route(s).scores if x.region == "eu-west-1")
+    assert eu.brownout_share == 1.0
