@@ -54,3 +54,55 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+@contextmanager
+def single_edge(
+    upstream_url: str, work: Path, *, port: int, redis_port: int, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Redis seeded with regions.yaml (every replica URL -> ``upstream_url``) and one edge in eu-west-1."""
+    import asyncio
+    import time
+
+    import yaml
+    from _maxminddb_geolite2 import geolite2_database
+
+    from controlplane.redisconn import connect
+    from controlplane.redisproc import RedisServer, spawn, stop_process
+    from controlplane.store import StateStore
+    from controlplane.topology import load_topology
+
+    topo = yaml.safe_load((ROOT / "regions.yaml").read_text())
+    for region in topo["regions"]:
+        for rep in region["replicas"]:
+            rep["url"] = upstream_url
+    regions_file = work / "regions.bench.yaml"
+    regions_file.write_text(yaml.safe_dump(topo))
+    redis = RedisServer(port=redis_port, workdir=work / "redis").start()
+    redis.wait_ready()
+    edge = None
+    try:
+
+        async def seed() -> None:
+            client = connect(redis.url)
+            await StateStore(client).seed(load_topology(regions_file), now=time.time())
+            await client.aclose()
+
+        asyncio.run(seed())
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")},
+            "MERIDIAN_REGION": "eu-west-1",
+            "MERIDIAN_REGIONS_FILE": str(regions_file),
+            "MERIDIAN_REDIS_URL": redis.url,
+            "MERIDIAN_HOST": "127.0.0.1",
+            "MERIDIAN_PORT": str(port),
+            "MERIDIAN_GEOIP_DB": geolite2_database(),
+            "MERIDIAN_TRUSTED_PROXIES": "127.0.0.0/8",
+            "MERIDIAN_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
+        edge = spawn([sys.executable, "-m", "edge"], env=env)
+        yield edge
+    finally:
+        stop_process(edge)
+        redis.stop()

@@ -84,7 +84,9 @@ class EdgeSettings(BaseSettings):
     hedge_max_backup_utilization: float = Field(default=0.8, gt=0, le=1)
     failback_ramp_s: float = Field(default=30.0, ge=0, description="slow start for a recovered region")
     failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")
-    pool_size: int = Field(default=256, ge=1, description="keep-alive connections to regions, total")
+    pool_size: int = Field(
+        default=16384, ge=1, description="connections to regions, total (streams hold one each)"
+    )
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     service_name: str = "meridian-edge"
