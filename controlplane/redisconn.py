@@ -3,12 +3,20 @@ Redis Sentinel, where the client follows the primary across failovers."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qs, urlparse
 
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 
 SOCKET_TIMEOUT_S = 2.0
+
+
+def raise_if_cancelling(exc: BaseException) -> None:
+    """redis-py can turn a task's cancellation into a ConnectionError; give the cancellation back."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_S, replica: bool = False) -> aioredis.Redis:

@@ -224,10 +224,6 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _locate(request: web.Request, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> ClientPlace:
-    return request.app[GEO].locate(ip)
-
-
 async def explain(request: web.Request) -> web.Response:
     app = request.app
     raw = request.query.get("ip")
@@ -242,7 +238,7 @@ async def explain(request: web.Request) -> web.Response:
             return _error(
                 400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input"
             )
-    place = _locate(request, ip)
+    place = app[GEO].locate(ip)
     snap = app[FEED].current or app[FALLBACK_SNAPSHOT]
     d = _decide(app, place, snap)
     return web.json_response(
@@ -372,7 +368,7 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
         )
     span.set_attribute(tracing.ATTR_PRIORITY, priority)
     ip = client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), settings.trusted_proxies)
-    place = _locate(request, ip)
+    place = app[GEO].locate(ip)
     if place.country:
         span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
     snap = app[FEED].current

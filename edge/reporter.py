@@ -10,6 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from controlplane.redisconn import raise_if_cancelling
 from controlplane.state import KEY_OBSERVATIONS
 from edge.observed import Observed
 
@@ -43,9 +44,7 @@ class Reporter:
                 await pipe.execute()
             self.sent += len(batch)
         except (RedisError, OSError) as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError() from exc  # redis-py may turn a cancel into an error
+            raise_if_cancelling(exc)
             self.failed += len(batch)
             log.debug("observation batch dropped: %s", exc)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from controlplane.redisconn import raise_if_cancelling
 from controlplane.state import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, Snapshot, decode_snapshot
 
 log = logging.getLogger("meridian.snapshot")
@@ -86,9 +87,7 @@ class SnapshotFeed:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, ValueError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError() from exc  # redis-py may turn a cancel into an error
+                raise_if_cancelling(exc)
                 self.errors += 1
                 if self.connected:
                     log.warning("lost the state store at %s: %s; routing on the last snapshot", self.url, exc)

@@ -62,9 +62,6 @@ class Load:
         await asyncio.gather(*self._tasks)
         await self._session.close()
 
-    def count(self, pred: object = None) -> int:
-        return len(self.samples)
-
     def errors(self, since: float = 0.0) -> list[Sample]:
         return [s for s in self.samples if s.started >= since and s.status != 200]
 
