@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,6 +33,7 @@ from edge.outlier import OutlierDetector, OutlierPolicy
 from edge.reporter import Reporter
 from edge.settings import EdgeSettings, Priority
 from edge.snapshot import SnapshotFeed
+from edge.upstream import UpstreamPool
 
 log = logging.getLogger("meridian.edge")
 
@@ -135,12 +135,9 @@ def create_app(
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=settings.pool_size, limit_per_host=0, keepalive_timeout=30)
-        session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
-        )
+        pool = UpstreamPool(limit=settings.pool_size, keepalive_s=settings.upstream_keepalive_s)
         app[FORWARDER] = Forwarder(
-            session=session,
+            pool=pool,
             tracer=app[TRACER],
             observed=observed,
             metrics=metrics,
@@ -165,7 +162,7 @@ def create_app(
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await session.close()
+            await pool.close()
             if primary is not None:
                 with contextlib.suppress(Exception):
                     await primary.aclose()

@@ -25,6 +25,7 @@ from edge.observed import Observed
 from edge.outlier import OutlierDetector
 from edge.routing import Tried
 from edge.settings import TimeoutSet
+from edge.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("meridian.forwarder")
 
@@ -32,7 +33,7 @@ HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "traceparent", "tracestate",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "traceparent", "tracestate", "Expect",
     )
 )  # fmt: skip
 PRIORITY_HEADER = "x-meridian-priority"
@@ -41,13 +42,8 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 ATTR_WINNER = "meridian.attempt.winner"
 ATTR_CANCELLED = "meridian.attempt.cancelled"
 
-CONNECT_ERRORS = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientOSError,
-    aiohttp.ClientPayloadError,
-    ConnectionResetError,
-)
+# refused, reset, unreachable, cut off mid-response (catch TimeoutError, also an OSError, before these)
+CONNECT_ERRORS = (UpstreamError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +92,7 @@ class _Failed(Exception):
 @dataclass(slots=True)
 class _Won:
     attempt: Attempt
-    upstream: aiohttp.ClientResponse
+    upstream: UpstreamResponse
     first: bytes | None
     span: trace.Span
 
@@ -132,14 +128,14 @@ class Forwarder:
     def __init__(
         self,
         *,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         tracer: trace.Tracer,
         observed: Observed,
         metrics: EdgeMetrics,
         resilience: Resilience,
         edge_region: str,
     ) -> None:
-        self.session = session
+        self.pool = pool
         self.tracer = tracer
         self.observed = observed
         self.metrics = metrics
@@ -212,7 +208,7 @@ class Forwarder:
             )
             self.observed.start(attempt.region, attempt.replica)
             t0 = time.monotonic()
-            upstream: aiohttp.ClientResponse | None = None
+            upstream: UpstreamResponse | None = None
             failure: str | None = None
             try:
                 try:
@@ -304,19 +300,18 @@ class Forwarder:
         headers: CIMultiDict[str],
         timeouts: TimeoutSet,
         path_qs: str,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """Send one attempt upstream with the attempt span's traceparent; returns at response headers."""
-        out_headers = CIMultiDict(headers)
-        tracing.PROPAGATOR.inject(out_headers, context=trace.set_span_in_context(span))
-        return await self.session.request(
+        carrier: dict[str, str] = {}
+        tracing.PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+        return await self.pool.request(
+            attempt.url,
             request.method,
-            attempt.url + path_qs,
-            data=body if body else None,
-            headers=out_headers,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s
-            ),
+            path_qs,
+            [*headers.items(), *carrier.items()],
+            body,
+            connect_s=timeouts.connect_s,
+            idle_s=timeouts.idle_s,
         )
 
     async def _first_byte(
@@ -333,7 +328,7 @@ class Forwarder:
     ) -> _Won:
         """One hedged attempt up to its first byte: response headers, and for a stream its first event."""
         t0 = time.monotonic()
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(max(0.001, min(timeouts.ttfb_s, deadline - t0))):
                 upstream = await self._send(
@@ -344,7 +339,7 @@ class Forwarder:
                     raise _Failed("status", f"upstream status {upstream.status}")
                 first = None
                 if upstream.content_type == "text/event-stream":
-                    first = await upstream.content.readany()
+                    first = await upstream.readany()
             ttfb = time.monotonic() - t0
             self.metrics.ttfb.labels(region=attempt.region).observe(ttfb)
             self.res.observe_ttfb(attempt.region, ttfb)
@@ -479,7 +474,7 @@ class Forwarder:
     async def _relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         attempt: Attempt,
         attempts: int,
         span: trace.Span,
@@ -514,14 +509,14 @@ class Forwarder:
             hdrs = response_headers(upstream.headers, keep_length=False)
             hdrs.update(meridian)
             return web.Response(body=data, status=upstream.status, headers=hdrs)
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        resp = web.StreamResponse(status=upstream.status)
         resp.headers.update(response_headers(upstream.headers, keep_length=False))
         resp.headers.update(meridian)
         await resp.prepare(request)
         try:
             if first:
                 await resp.write(first)
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream:
                 await resp.write(chunk)
                 if time.monotonic() > deadline:
                     raise TimeoutError("total timeout")
@@ -540,7 +535,7 @@ class Forwarder:
     def _cut(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         attempt: Attempt,
         span: trace.Span,
         exc: BaseException,

@@ -87,6 +87,9 @@ class EdgeSettings(BaseSettings):
     pool_size: int = Field(
         default=16384, ge=1, description="connections to regions, total (streams hold one each)"
     )
+    upstream_keepalive_s: float = Field(
+        default=30.0, gt=0, description="idle connections to regions are closed after this long"
+    )
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     service_name: str = "meridian-edge"

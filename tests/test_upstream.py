@@ -1,0 +1,218 @@
+"""The upstream connection pool against real servers on loopback: reuse, body framings, cut-offs, timeouts,
+cancellation, the connection limit and read-side flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from edge.upstream import HIGH_WATER, UpstreamError, UpstreamPool
+from tests.fleet import ServerFactory
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def poll(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """A bare TCP server speaking whatever the handler writes; returns its base URL."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> str:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[UpstreamPool]:
+    p = UpstreamPool(limit=64)
+    yield p
+    await p.close()
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_method_path_headers_body(
+    serve: ServerFactory, pool: UpstreamPool
+) -> None:
+    peers: set[object] = set()
+    seen: list[tuple[str, str, str, bytes]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        body = await request.read()
+        seen.append((request.method, request.path_qs, request.headers.get("X-Test", ""), body))
+        return web.Response(body=b"ok:" + body)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    server = await serve(app)
+    base = str(server.make_url("")).rstrip("/")
+    for i in range(20):
+        resp = await pool.request(
+            base, "POST", f"/v1/x?i={i}", [("X-Test", "yes")], b"%d" % i, connect_s=1, idle_s=1
+        )
+        assert resp.status == 200
+        assert await resp.read() == b"ok:%d" % i
+        resp.release()
+    assert len(peers) == 1
+    assert pool.open_connections == 1
+    assert seen[3] == ("POST", "/v1/x?i=3", "yes", b"3")
+
+
+async def test_chunked_and_close_delimited_bodies_arrive_whole(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+        )
+        for part in (b"data: 1\n\n", b"data: 2\n\n"):
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+        writer.close()
+
+    resp = await pool.request(await raw_server(chunked), "GET", "/", [], b"", connect_s=1, idle_s=1)
+    assert resp.content_type == "text/event-stream"
+    assert await resp.read() == b"data: 1\n\ndata: 2\n\n"
+    resp = await pool.request(await raw_server(until_close), "GET", "/", [], b"", connect_s=1, idle_s=1)
+    assert await resp.read() == b"all of it"
+    resp.release()
+    await poll(lambda: pool.open_connections == 1)  # the chunked one stays, the closed one is gone
+
+
+async def test_a_body_cut_short_raises_and_a_silent_region_times_out(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..")
+        await writer.drain()
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    resp = await pool.request(await raw_server(short), "GET", "/", [], b"", connect_s=1, idle_s=1)
+    with pytest.raises(UpstreamError):
+        await resp.read()
+    resp = await pool.request(await raw_server(silent), "GET", "/", [], b"", connect_s=1, idle_s=0.2)
+    assert await resp.readany() == b"ab"
+    with pytest.raises(TimeoutError):
+        await resp.readany()
+    resp.close()
+
+
+async def test_connect_refused_is_an_upstream_connection_error(pool: UpstreamPool) -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(OSError):
+        await pool.request(f"http://127.0.0.1:{port}", "GET", "/", [], b"", connect_s=1, idle_s=1)
+    assert pool.open_connections == 0
+
+
+async def test_cancelling_before_headers_closes_the_connection(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    asked, gone = asyncio.Event(), asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        asked.set()
+        if await reader.read(1) == b"":  # the edge hung up
+            gone.set()
+
+    base = await raw_server(slow)
+    task = asyncio.create_task(pool.request(base, "GET", "/", [], b"", connect_s=1, idle_s=1))
+    await asyncio.wait_for(asked.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(gone.wait(), 5)
+    await poll(lambda: pool.open_connections == 0)
+
+
+async def test_connection_limit_queues_requests(serve: ServerFactory) -> None:
+    active = 0
+    most = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/", slow)
+    server = await serve(app)
+    base = str(server.make_url("")).rstrip("/")
+    limited = UpstreamPool(limit=2)
+
+    async def one() -> bytes:
+        resp = await limited.request(base, "GET", "/", [], b"", connect_s=1, idle_s=1)
+        try:
+            return await resp.read()
+        finally:
+            resp.release()
+
+    try:
+        assert await asyncio.gather(*(one() for _ in range(6))) == [b"done"] * 6
+        assert most == 2
+        assert limited.open_connections == 2
+    finally:
+        await limited.close()
+
+
+async def test_slow_reader_pauses_the_region_and_loses_nothing(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    total = 8 * 1024 * 1024
+    piece = b"z" * 65536
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        for _ in range(total // len(piece)):
+            writer.write(piece)
+            await writer.drain()
+
+    resp = await pool.request(await raw_server(big), "GET", "/", [], b"", connect_s=1, idle_s=5)
+    await poll(lambda: resp._paused)
+    buffered_when_paused = resp._buffered
+    assert buffered_when_paused < HIGH_WATER + 2 * len(piece) + 65536
+    assert len(await resp.read()) == total
+    resp.release()
+    assert pool.open_connections == 1
