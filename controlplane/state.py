@@ -7,6 +7,7 @@ from the control plane except :mod:`controlplane.topology`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -113,14 +114,20 @@ class Topology(_Strict):
         return self
 
     def region(self, name: str) -> Region | None:
-        for r in self.regions:
-            if r.name == name:
-                return r
-        return None
+        return self.by_name.get(name)
 
-    @property
+    @functools.cached_property
+    def by_name(self) -> dict[str, Region]:
+        return {r.name: r for r in self.regions}
+
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.regions)
+
+    @functools.cached_property
+    def domains(self) -> dict[str, str]:
+        """Region name -> failure domain."""
+        return {r.name: r.domain for r in self.regions}
 
 
 class RegionState(BaseModel):

@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +36,7 @@ from edge.snapshot import SnapshotFeed
 from edge.upstream import UpstreamPool
 
 log = logging.getLogger("meridian.edge")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
 
@@ -54,6 +55,28 @@ RESILIENCE = web.AppKey("resilience", Resilience)
 FAILBACK = web.AppKey("failback", Failback)
 FALLBACK_SNAPSHOT = web.AppKey("fallback_snapshot", Snapshot)
 HEDGE_BUDGET = web.AppKey("hedge_budget", HedgeBudget)
+PLANS = web.AppKey("plans", routing.PlanCache)
+
+
+class ServingReplicas:
+    """Replicas not down per region, for the current snapshot (recomputed when the snapshot changes)."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.snapshot: Snapshot | None = None
+        self.by_region: dict[str, list[str]] = {}
+
+    def get(self, snapshot: Snapshot, region: str) -> list[str]:
+        if snapshot is not self.snapshot:
+            self.snapshot, self.by_region = snapshot, {}
+        hit = self.by_region.get(region)
+        if hit is None:
+            hit = self.by_region[region] = routing.serving_replicas(self.topology, snapshot, region)
+        return hit
+
+
+SERVING = web.AppKey("serving", ServingReplicas)
+STEADY = web.AppKey("steady", list)  # [the snapshot under which no region is ramping or held down]
 
 
 class ConfigError(RuntimeError):
@@ -84,7 +107,7 @@ def create_app(
         exporter=settings.tracing_exporter,
         sample_ratio=settings.tracing_sample_ratio,
     )
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_no_tracebacks])
+    app = web.Application(client_max_size=settings.max_body_bytes)
     feed = SnapshotFeed(
         url=settings.redis_url,
         resync_interval_s=settings.resync_interval_s,
@@ -105,6 +128,9 @@ def create_app(
     app[METRICS] = metrics
     app[TRACER] = provider.get_tracer("meridian.edge")
     app[RNG] = rng or random.Random()
+    app[PLANS] = routing.PlanCache()
+    app[SERVING] = ServingReplicas(topo)
+    app[STEADY] = [None]
     app[REPLICAS] = {r.name: {rep.name: rep.base_url for rep in r.replicas} for r in topo.regions}
     app[RESILIENCE] = Resilience(
         outliers=OutlierDetector(
@@ -171,12 +197,12 @@ def create_app(
                 provider.shutdown()
 
     app.cleanup_ctx.append(resources)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
-    app.router.add_get("/_meridian/route", explain)
+    app.router.add_get("/healthz", _guarded(healthz))
+    app.router.add_get("/readyz", _guarded(readyz))
+    app.router.add_get("/metrics", _guarded(metrics_view))
+    app.router.add_get("/_meridian/route", _guarded(explain))
     app.router.add_route("*", "/_meridian/{tail:.*}", _not_found)
-    app.router.add_route("*", "/{tail:.*}", proxy)
+    app.router.add_route("*", "/{tail:.*}", proxy)  # guards itself (and records the error on its span)
     return app
 
 
@@ -184,16 +210,24 @@ async def _not_found(request: web.Request) -> web.Response:
     return _error(404, f"no such Meridian endpoint: {request.path}", kind="meridian_not_found")
 
 
-@web.middleware
-async def _no_tracebacks(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        resp: web.StreamResponse = await handler(request)
-        return resp
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, "internal error in the edge", kind="meridian_internal")
+def _internal_error(request: web.Request) -> web.Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _error(500, "internal error in the edge", kind="meridian_internal")
+
+
+def _guarded(handler: Handler) -> Handler:
+    """A bug answers 500 with a JSON error, never a traceback (a handler, not a middleware: middlewares
+    cost every proxied request a wrapper layer)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            return _internal_error(request)
+
+    return guarded
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -285,7 +319,7 @@ def _hedge_plan(
         floor_s=settings.hedge_delay_floor_s,
         ceiling_s=settings.hedge_delay_ceiling_s,
     )
-    app[METRICS].hedge_delay.labels(region=primary).set(delay)
+    app[METRICS].child(app[METRICS].hedge_delay, primary).set(delay)
     target = None
     util = snap.regions[backup].utilization if backup and backup in snap.regions else 1.0
     if backup and may_hedge(
@@ -308,14 +342,20 @@ def _decide(app: web.Application, place: ClientPlace, snap: Snapshot) -> routing
     outliers = app[RESILIENCE].outliers
     failback = app[FAILBACK]
     ejected = outliers.ejected_regions(now)
-    excluded = frozenset(r for r in ejected if not outliers.region_admits(r, now))
-    share = {}
-    for name, st in snap.regions.items():
-        # store-health recoveries ramp and flaps are held down; operator dials and drains apply at once;
-        # passive ejections have their own doubling backoff in the breakers
-        failback.observe(name, st.health != "down", now)
-        share[name] = failback.share(name, now)
-    return routing.route(
+    excluded = frozenset(r for r in ejected if not outliers.region_admits(r, now)) if ejected else ejected
+    share: dict[str, float] | None = None  # only regions below full share: a steady fleet hits the plan cache
+    steady = app[STEADY]
+    if steady[0] is not snap:  # every region at full share for this snapshot already: nothing can change
+        for name, st in snap.regions.items():
+            # store-health recoveries ramp and flaps are held down; operator dials and drains apply at once;
+            # passive ejections have their own doubling backoff in the breakers
+            failback.observe(name, st.health != "down", now)
+            f = failback.share(name, now)
+            if f != 1.0:
+                share = share or {}
+                share[name] = f
+        steady[0] = snap if share is None else None
+    return app[PLANS].route(
         topology=app[TOPOLOGY],
         snapshot=snap,
         client=place.location,
@@ -329,24 +369,34 @@ def _decide(app: web.Application, place: ClientPlace, snap: Snapshot) -> routing
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     app = request.app
-    settings = app[SETTINGS]
-    tracer = app[TRACER]
-    parent = tracing.PROPAGATOR.extract(request.headers)
-    with tracer.start_as_current_span(
+    headers = request.headers
+    parent = tracing.PROPAGATOR.extract(headers) if "traceparent" in headers else None
+    span = app[TRACER].start_span(
         tracing.SPAN_SERVER,
         context=parent,
         kind=SpanKind.SERVER,
         attributes={
             "http.request.method": request.method,
             "url.path": request.path,
-            tracing.ATTR_EDGE: settings.region,
+            tracing.ATTR_EDGE: app[SETTINGS].region,
         },
-    ) as span:
+    )
+    try:
         resp = await _proxy(request, span)
+    except web.HTTPException:
+        span.end()
+        raise
+    except Exception as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        span.end()
+        return _internal_error(request)
+    if span.is_recording():
         span.set_attribute("http.response.status_code", resp.status)
         if resp.status >= 500:
             span.set_status(Status(StatusCode.ERROR))
-        return resp
+    span.end()
+    return resp
 
 
 async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
@@ -391,14 +441,15 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
     span.set_attribute(tracing.ATTR_REGION, decision.primary)
     if decision.backup:
         span.set_attribute(tracing.ATTR_BACKUP, decision.backup)
-    topo = app[TOPOLOGY]
     rng = app[RNG]
     urls = app[REPLICAS]
     observed = app[OBSERVED]
     outliers = app[RESILIENCE].outliers
 
+    serving_cache = app[SERVING]
+
     def replicas(region: str) -> list[str]:
-        serving = routing.serving_replicas(topo, snap, region)
+        serving = serving_cache.get(snap, region)
         now = time.monotonic()
         admitted = [r for r in serving if outliers.replica_admits(region, r, now)]
         return admitted or serving
@@ -424,6 +475,7 @@ async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:
         next_attempt=next_attempt,
         timeouts=settings.timeouts[priority],
         hedge=hedge,
+        parent=span,
     )
     span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
     return resp

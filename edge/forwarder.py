@@ -148,6 +148,27 @@ class Forwarder:
             h["X-Meridian-Region"] = region
         return h
 
+    def _attempt_span(
+        self, parent: trace.Span, attempt: Attempt, number: int, kind: str, method: str, path_qs: str
+    ) -> trace.Span:
+        """One client span per attempt, child of the request's span. An unsampled request records nothing:
+        its own (non-recording) span stands in, so the region still gets the request's trace id."""
+        if not parent.is_recording():
+            return parent
+        return self.tracer.start_span(
+            tracing.SPAN_ATTEMPT,
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT,
+            attributes={
+                tracing.ATTR_REGION: attempt.region,
+                tracing.ATTR_REPLICA: attempt.replica,
+                tracing.ATTR_ATTEMPT: number,
+                tracing.ATTR_ATTEMPT_KIND: kind,
+                "http.request.method": method,
+                "url.full": attempt.url + path_qs,
+            },
+        )
+
     def _record(self, attempt: Attempt, ok: bool) -> None:
         count = self.res.replica_counts.get(attempt.region, 1)
         ejected = self.res.outliers.record(
@@ -166,6 +187,7 @@ class Forwarder:
         next_attempt: NextAttempt,
         timeouts: TimeoutSet,
         hedge: HedgePlan | None = None,
+        parent: trace.Span = trace.INVALID_SPAN,
     ) -> web.StreamResponse:
         """Run attempts until one commits; retry/fail over only before any byte reached the client."""
         started = time.monotonic()
@@ -186,6 +208,7 @@ class Forwarder:
                 tried=tried,
                 deadline=deadline,
                 path_qs=path_qs,
+                parent=parent,
             )
             if isinstance(won, web.StreamResponse):
                 return won
@@ -194,18 +217,7 @@ class Forwarder:
         attempt = next_attempt(tried)
         while attempt is not None:
             current = attempt
-            span = self.tracer.start_span(
-                tracing.SPAN_ATTEMPT,
-                kind=SpanKind.CLIENT,
-                attributes={
-                    tracing.ATTR_REGION: attempt.region,
-                    tracing.ATTR_REPLICA: attempt.replica,
-                    tracing.ATTR_ATTEMPT: len(tried) + 1,
-                    tracing.ATTR_ATTEMPT_KIND: attempt.kind,
-                    "http.request.method": request.method,
-                    "url.full": attempt.url + path_qs,
-                },
-            )
+            span = self._attempt_span(parent, attempt, len(tried) + 1, attempt.kind, request.method, path_qs)
             self.observed.start(attempt.region, attempt.replica)
             t0 = time.monotonic()
             upstream: UpstreamResponse | None = None
@@ -229,7 +241,7 @@ class Forwarder:
                 ttfb = time.monotonic() - t0
                 if upstream is not None:
                     span.set_attribute("http.response.status_code", upstream.status)
-                    self.metrics.ttfb.labels(region=attempt.region).observe(ttfb)
+                    self.metrics.child(self.metrics.ttfb, attempt.region).observe(ttfb)
                     if upstream.status < 500:
                         self.res.observe_ttfb(attempt.region, ttfb)
                     if upstream.status in RETRYABLE_STATUS:
@@ -238,7 +250,7 @@ class Forwarder:
                 self._record(attempt, ok)
                 self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0 if ok else None, error=not ok)
                 outcome = str(upstream.status) if upstream is not None else failure or "error"
-                self.metrics.attempts.labels(region=attempt.region, kind=attempt.kind, outcome=outcome).inc()
+                self.metrics.child(self.metrics.attempts, attempt.region, attempt.kind, outcome).inc()
                 span.set_attribute(tracing.ATTR_OUTCOME, outcome)
                 if failure is not None:
                     span.set_status(Status(StatusCode.ERROR, last_error))
@@ -269,7 +281,7 @@ class Forwarder:
                 if upstream is None:
                     break
                 # committed: this response goes to the client (a 503 too, when no retry was possible)
-                self.metrics.requests.labels(region=attempt.region, code=str(upstream.status)).inc()
+                self.metrics.child(self.metrics.requests, attempt.region, str(upstream.status)).inc()
                 span.set_attribute("meridian.committed", True)
                 attempts = len(tried) + (1 if failure is None else 0)
                 return await self._relay(request, upstream, attempt, attempts, span, deadline=deadline)
@@ -341,7 +353,7 @@ class Forwarder:
                 if upstream.content_type == "text/event-stream":
                     first = await upstream.readany()
             ttfb = time.monotonic() - t0
-            self.metrics.ttfb.labels(region=attempt.region).observe(ttfb)
+            self.metrics.child(self.metrics.ttfb, attempt.region).observe(ttfb)
             self.res.observe_ttfb(attempt.region, ttfb)
             self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0, error=False)
             return _Won(attempt, upstream, first, span)
@@ -366,6 +378,7 @@ class Forwarder:
         tried: list[Tried],
         deadline: float,
         path_qs: str,
+        parent: trace.Span,
     ) -> web.StreamResponse | None:
         """Primary, plus a hedge to the backup region if no first byte within the delay; the first to produce
         a first byte wins and the other is cancelled at once. None: both failed (``tried`` says how)."""
@@ -375,18 +388,7 @@ class Forwarder:
         running: dict[asyncio.Task[_Won], tuple[Attempt, trace.Span]] = {}
 
         def launch(att: Attempt, kind: str) -> None:
-            span = self.tracer.start_span(
-                tracing.SPAN_ATTEMPT,
-                kind=SpanKind.CLIENT,
-                attributes={
-                    tracing.ATTR_REGION: att.region,
-                    tracing.ATTR_REPLICA: att.replica,
-                    tracing.ATTR_ATTEMPT: len(running) + 1,
-                    tracing.ATTR_ATTEMPT_KIND: kind,
-                    "http.request.method": request.method,
-                    "url.full": att.url + path_qs,
-                },
-            )
+            span = self._attempt_span(parent, att, len(running) + 1, kind, request.method, path_qs)
             self.observed.start(att.region, att.replica)
             task = asyncio.create_task(
                 self._first_byte(
@@ -454,7 +456,7 @@ class Forwarder:
         won.span.set_attribute(ATTR_WINNER, True)
         if hedged and running[task][0] is not primary:
             self.metrics.hedges.labels(outcome="won", region=att.region).inc()
-        self.metrics.requests.labels(region=att.region, code=str(won.upstream.status)).inc()
+        self.metrics.child(self.metrics.requests, att.region, str(won.upstream.status)).inc()
         try:
             return await self._relay(
                 request,
@@ -491,8 +493,11 @@ class Forwarder:
         streaming = upstream.content_type == "text/event-stream" or length is None or length > BUFFER_LIMIT
         if not streaming and first is None:
             try:
-                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                if upstream.complete:  # the whole body came with the headers: nothing to wait for
                     data = await upstream.read()
+                else:
+                    async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                        data = await upstream.read()
             except (*CONNECT_ERRORS, TimeoutError) as exc:
                 self.metrics.stream_aborts.labels(region=attempt.region, side="upstream").inc()
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -18,6 +22,7 @@ class EdgeMetrics:
         store_connected: Callable[[], float],
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "meridian_edge_requests",
@@ -100,3 +105,11 @@ class EdgeMetrics:
         self.observations_dropped = Counter(
             "meridian_edge_observations_dropped", "Observation rows that could not be sent", registry=r
         )
+
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, memoised: the label lookup is most of a counter's cost per request."""
+        key = (id(metric), values)
+        hit = self._children.get(key)
+        if hit is None:
+            hit = self._children[key] = metric.labels(*values)
+        return hit

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controlplane.state import Location, Policy, RegionState, Snapshot, Topology, great_circle_km
 
@@ -163,16 +163,29 @@ def _softmin_order(tier: list[RegionScore], *, temperature: float, rng: random.R
 
 def order_regions(scores: Sequence[RegionScore], *, policy: Policy, rng: random.Random) -> list[RegionScore]:
     """Routable regions best first; near-equal leaders shuffled by softmin (no herding)."""
-    routable = sorted((s for s in scores if s.routable), key=lambda s: (s.score_ms, s.region))
-    if len(routable) < 2 or policy.tie_margin <= 0:
-        return routable
-    best = routable[0].score_ms
+    ranked, tier, temperature = _rank(scores, policy)
+    return _draw_order(ranked, tier, temperature, rng)
+
+
+def _rank(scores: Sequence[RegionScore], policy: Policy) -> tuple[tuple[RegionScore, ...], int, float]:
+    """Routable regions best first, how many lead within ``tie_margin`` of the best, softmin temperature."""
+    ranked = tuple(sorted((s for s in scores if s.routable), key=lambda s: (s.score_ms, s.region)))
+    if len(ranked) < 2 or policy.tie_margin <= 0:
+        return ranked, 0, 0.0
+    best = ranked[0].score_ms
     limit = best * (1.0 + policy.tie_margin)
-    tier = [s for s in routable if s.score_ms <= limit]
-    if len(tier) < 2:
-        return routable
-    temperature = max(best * policy.tie_margin / 2.0, 1e-6)
-    return _softmin_order(tier, temperature=temperature, rng=rng) + routable[len(tier) :]
+    tier = sum(1 for s in ranked if s.score_ms <= limit)
+    if tier < 2:
+        return ranked, 0, 0.0
+    return ranked, tier, max(best * policy.tie_margin / 2.0, 1e-6)
+
+
+def _draw_order(
+    ranked: Sequence[RegionScore], tier: int, temperature: float, rng: random.Random
+) -> list[RegionScore]:
+    if tier < 2:
+        return list(ranked)
+    return _softmin_order(list(ranked[:tier]), temperature=temperature, rng=rng) + list(ranked[tier:])
 
 
 def apply_dials(order: Sequence[RegionScore], *, rng: random.Random) -> RegionScore | None:
@@ -203,26 +216,38 @@ def choose_backup(order: Sequence[RegionScore], primary: str, *, domains: Mappin
     return others[0].region if others else None
 
 
-def route(
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything about a decision that does not depend on the per-request draw: the same for every client
+    in a location cell while the snapshot, ejections and failback shares stay the same."""
+
+    scores: tuple[RegionScore, ...]
+    ranked: tuple[RegionScore, ...]  # routable candidates (pins applied), best first
+    tier: int  # how many leaders are near-equal and shuffled by the softmin draw (0: none)
+    temperature: float
+    pinned: tuple[str, ...] | None
+    panic: bool
+    domains: Mapping[str, str]
+
+
+def plan_route(
     *,
     topology: Topology,
     snapshot: Snapshot,
     client: Location,
     country: str | None,
     continent: str | None,
-    rng: random.Random,
     excluded: frozenset[str] = frozenset(),
     share: Mapping[str, float] | None = None,
-) -> Decision:
-    """Score every region and choose primary + backup for one request.
+) -> Plan:
+    """Score every region for a client and rank the candidates.
 
     Panic (fail open): when fewer than ``policy.panic_threshold`` of the regions operators left on are
     routable, health and ejections are ignored and traffic spreads over all of them, rather than piling
     onto one survivor or going nowhere.
     """
     policy = topology.policy
-    pins = policy.pins
-    pinned = pins.get(country or "") or pins.get(continent or "")
+    pinned = _pins(policy, country, continent)
     scores = score_regions(
         topology=topology, snapshot=snapshot, client=client, excluded=excluded, share=share
     )
@@ -238,15 +263,109 @@ def route(
     candidates = scores
     if pinned is not None:
         candidates = tuple(s for s in scores if s.region in pinned)
-    order = order_regions(candidates, policy=topology.policy, rng=rng)
+    ranked, tier, temperature = _rank(candidates, policy)
+    return Plan(scores, ranked, tier, temperature, pinned, panic, topology.domains)
+
+
+def _pins(policy: Policy, country: str | None, continent: str | None) -> tuple[str, ...] | None:
+    pins = policy.pins
+    if not pins:
+        return None
+    return pins.get(country or "") or pins.get(continent or "")
+
+
+def draw(plan: Plan, rng: random.Random) -> Decision:
+    """The per-request part: anti-herding order among near-equal leaders, dials, backup."""
+    order = _draw_order(plan.ranked, plan.tier, plan.temperature, rng)
     chosen = apply_dials(order, rng=rng)
     if chosen is None:
-        return Decision(None, None, tuple(s.region for s in order), scores, pinned, panic)
-    domains = {r.name: r.domain for r in topology.regions}
-    backup = choose_backup(order, chosen.region, domains=domains)
+        return Decision(None, None, tuple(s.region for s in order), plan.scores, plan.pinned, plan.panic)
+    backup = choose_backup(order, chosen.region, domains=plan.domains)
     rest = [s.region for s in order if s.region not in (chosen.region, backup)]
     ordered = (chosen.region, *((backup,) if backup else ()), *rest)
-    return Decision(chosen.region, backup, ordered, scores, pinned, panic)
+    return Decision(chosen.region, backup, ordered, plan.scores, plan.pinned, plan.panic)
+
+
+def route(
+    *,
+    topology: Topology,
+    snapshot: Snapshot,
+    client: Location,
+    country: str | None,
+    continent: str | None,
+    rng: random.Random,
+    excluded: frozenset[str] = frozenset(),
+    share: Mapping[str, float] | None = None,
+) -> Decision:
+    """Score every region and choose primary + backup for one request (no caching)."""
+    plan = plan_route(
+        topology=topology,
+        snapshot=snapshot,
+        client=client,
+        country=country,
+        continent=continent,
+        excluded=excluded,
+        share=share,
+    )
+    return draw(plan, rng)
+
+
+@dataclass(slots=True)
+class PlanCache:
+    """Plans by (location cell, pins, ejected regions, failback shares) for one snapshot and topology; a new
+    snapshot (any store change, or a resync) starts it afresh. Plans are pure functions of the key, so a hit
+    decides exactly as ``route`` would; only the per-request draw runs."""
+
+    max_entries: int = 100_000
+    hits: int = 0
+    misses: int = 0
+    _snapshot: Snapshot | None = None
+    _topology: Topology | None = None
+    _plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
+
+    def route(
+        self,
+        *,
+        topology: Topology,
+        snapshot: Snapshot,
+        client: Location,
+        country: str | None,
+        continent: str | None,
+        rng: random.Random,
+        excluded: frozenset[str] = frozenset(),
+        share: Mapping[str, float] | None = None,
+    ) -> Decision:
+        if snapshot is not self._snapshot or topology is not self._topology:
+            self._plans.clear()
+            self._snapshot, self._topology = snapshot, topology
+        key = (
+            round(client.lat * CELLS_PER_DEGREE),
+            round(client.lon * CELLS_PER_DEGREE),
+            _pins(topology.policy, country, continent),
+            excluded,
+            None if share is None else tuple(sorted(share.items())),
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            self.misses += 1
+            cell = Location(
+                lat=key[0] / CELLS_PER_DEGREE, lon=max(-180.0, min(180.0, key[1] / CELLS_PER_DEGREE))
+            )
+            plan = plan_route(
+                topology=topology,
+                snapshot=snapshot,
+                client=cell,
+                country=country,
+                continent=continent,
+                excluded=excluded,
+                share=share,
+            )
+            if len(self._plans) >= self.max_entries:
+                self._plans.clear()
+            self._plans[key] = plan
+        else:
+            self.hits += 1
+        return draw(plan, rng)
 
 
 def pick_replica(
@@ -262,7 +381,10 @@ def pick_replica(
         return None
     if len(pool) == 1:
         return pool[0]
-    a, b = rng.sample(pool, 2)
+    n = len(pool)
+    i = int(rng.random() * n)  # two distinct draws; cheaper than rng.sample on the hot path
+    j = int(rng.random() * (n - 1))
+    a, b = pool[i], pool[j + 1 if j >= i else j]
     return b if outstanding.get(b, 0) < outstanding.get(a, 0) else a
 
 

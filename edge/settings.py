@@ -49,8 +49,8 @@ class EdgeSettings(BaseSettings):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="processes sharing the port via SO_REUSEPORT")
     geoip_db: Path | None = Field(default=None, description="a GeoIP2/GeoLite2 City .mmdb file")
-    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(
-        default_factory=list, description="CIDRs whose X-Forwarded-For is believed (comma-separated)"
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
+        default_factory=tuple, description="CIDRs whose X-Forwarded-For is believed (comma-separated)"
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request bodies above this get 413")
     resync_interval_s: float = Field(default=5.0, gt=0, le=300)

@@ -211,6 +211,23 @@ async def test_one_trace_spans_client_edge_attempt_and_simulator(fleet: Fleet) -
     assert attempts[0].attributes[tracing.ATTR_ATTEMPT_KIND] == "primary"
 
 
+async def test_an_unsampled_request_records_no_spans_but_its_trace_id_reaches_the_region(
+    fleet: Fleet,
+) -> None:
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    fleet.exporter.clear()
+    async with aiohttp.ClientSession() as s:
+        status, headers, _ = await ask(
+            s,
+            fleet.edge_url("us-east-1"),
+            CLIENT_IP["singapore"],
+            headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-00"},  # sampled flag off upstream of us
+        )
+    assert status == 200
+    assert headers["X-Sim-Trace-Id"] == trace_id
+    assert not [sp for sp in fleet.exporter.get_finished_spans() if f"{sp.context.trace_id:032x}" == trace_id]
+
+
 async def test_client_sent_internal_headers_are_stripped(fleet: Fleet) -> None:
     seen: dict[str, str] = {}
     sim_app = fleet.sims["eu-west-1"]["euw1-a"].app

@@ -279,3 +279,30 @@ def test_small_absolute_jitter_is_not_a_brownout() -> None:
     s = snap(eu_west_1={"latency_ms": 15.0, "baseline_ms": 6.0})
     eu = next(x for x in route(s).scores if x.region == "eu-west-1")
     assert eu.brownout_share == 1.0
+
+
+def test_plan_cache_decides_exactly_as_route_and_hits_within_a_cell() -> None:
+    cache = routing.PlanCache()
+    s = snap(us_east_1={"latency_ms": 104.0})  # near-tie leaders for New York: the draw matters
+    clients = [LONDON, NEW_YORK, Location(lat=51.5101, lon=-0.0901)]  # the last shares London's cell
+    cached_rng, plain_rng = random.Random(3), random.Random(3)
+    for i in range(300):
+        c = clients[i % 3]
+        cell = Location(lat=round(c.lat * 4) / 4, lon=round(c.lon * 4) / 4)
+        kw = {"topology": TOPO, "snapshot": s, "country": None, "continent": None}
+        got = cache.route(client=c, rng=cached_rng, **kw)  # type: ignore[arg-type]
+        want = routing.route(client=cell, rng=plain_rng, **kw)  # type: ignore[arg-type]
+        assert (got.primary, got.backup, got.order) == (want.primary, want.backup, want.order)
+    assert cache.misses == 2 and cache.hits == 298
+
+
+def test_plan_cache_starts_afresh_on_a_new_snapshot_and_keys_on_ejections_and_shares() -> None:
+    cache = routing.PlanCache()
+    rng = random.Random(0)
+    kw = {"topology": TOPO, "client": LONDON, "country": None, "continent": None, "rng": rng}
+    assert cache.route(snapshot=snap(), **kw).primary == "eu-west-1"  # type: ignore[arg-type]
+    assert cache.route(snapshot=snap(eu_west_1={"weight": 0}), **kw).primary == "us-east-1"  # type: ignore[arg-type]
+    s = snap()
+    assert cache.route(snapshot=s, excluded=frozenset({"eu-west-1"}), **kw).primary == "us-east-1"  # type: ignore[arg-type]
+    assert cache.route(snapshot=s, share={"eu-west-1": 0.0}, **kw).primary == "us-east-1"  # type: ignore[arg-type]
+    assert cache.route(snapshot=s, **kw).primary == "eu-west-1"  # type: ignore[arg-type]
