@@ -2,7 +2,9 @@
 
 Run: python -m pytest bench/routing.py --benchmark-only -p no:cacheprovider
 One decision = score every region for a client, order with the anti-herding draw, apply dials, choose the
-backup, then pick a replica by power of two choices.
+backup, then pick a replica by power of two choices. Two cases: the edge's steady state (the client's
+location cell already planned for this snapshot: only the per-request draw runs) and a cold decision (new
+snapshot or new cell: full scoring).
 """
 
 from __future__ import annotations
@@ -52,16 +54,28 @@ CLIENTS = [
 ]
 
 
-def decide(rng: random.Random, i: int) -> str | None:
-    d = routing.route(
-        topology=TOPO, snapshot=SNAP, client=CLIENTS[i % 64], country=None, continent=None, rng=rng
+def decide(rng: random.Random, i: int, cache: routing.PlanCache | None) -> str | None:
+    kw: dict[str, Any] = {"topology": TOPO, "snapshot": SNAP, "country": None, "continent": None, "rng": rng}
+    d = (
+        routing.route(client=CLIENTS[i % 64], **kw)
+        if cache is None
+        else cache.route(client=CLIENTS[i % 64], **kw)
     )
     assert d.primary is not None
     return routing.pick_replica(REPLICAS[d.primary], outstanding=OUTSTANDING[d.primary], rng=rng)
 
 
-def test_routing_decision(benchmark: Any) -> None:
+def test_routing_decision_planned_cell(benchmark: Any) -> None:
+    rng = random.Random(7)
+    cache = routing.PlanCache()
+    counter = iter(range(10**9))
+    result = benchmark(lambda: decide(rng, next(counter), cache))
+    assert result is not None
+    assert cache.misses == 64  # one plan per client cell, then only hits
+
+
+def test_routing_decision_cold(benchmark: Any) -> None:
     rng = random.Random(7)
     counter = iter(range(10**9))
-    result = benchmark(lambda: decide(rng, next(counter)))
+    result = benchmark(lambda: decide(rng, next(counter), None))
     assert result is not None

@@ -387,6 +387,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         span.end()
         raise
     except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and (
+            request.transport is None or request.transport.is_closing()
+        ):
+            # the client left while we answered: nothing to answer, nothing broke
+            app[METRICS].child(app[METRICS].stream_aborts, "none", "client").inc()
+            span.set_attribute(tracing.ATTR_OUTCOME, "client went away")
+            span.end()
+            return web.Response(status=499)
         span.record_exception(exc)
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         span.end()

@@ -122,10 +122,12 @@ class OutlierDetector:
         """Returns what was ejected by this outcome ("replica", "region")."""
         out = []
         b = self.replicas.setdefault((region, replica), Breaker())
-        ejected_now = sum(
-            1 for (reg, _), br in self.replicas.items() if reg == region and br.ejected(now, self.policy)
-        )
-        may = (ejected_now + 1) <= self.max_ejection_fraction * replica_count
+        may = True
+        if not ok:  # only a failure can eject; counting the region's ejected replicas is O(replicas)
+            ejected_now = sum(
+                1 for (reg, _), br in self.replicas.items() if reg == region and br.ejected(now, self.policy)
+            )
+            may = (ejected_now + 1) <= self.max_ejection_fraction * replica_count
         if b.record(ok, now=now, policy=self.policy, may_eject=may):
             out.append("replica")
         if self.regions.setdefault(region, Breaker()).record(ok, now=now, policy=self.policy):
@@ -145,4 +147,6 @@ class OutlierDetector:
         return b is None or b.admits(now, self.policy)
 
     def ejected_regions(self, now: float) -> frozenset[str]:
-        return frozenset(r for r, b in self.regions.items() if b.ejected(now, self.policy))
+        return frozenset(
+            r for r, b in self.regions.items() if b.phase != "closed" and b.ejected(now, self.policy)
+        )
