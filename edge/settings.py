@@ -91,7 +91,12 @@ class EdgeSettings(BaseSettings):
         default=30.0, gt=0, description="idle connections to regions are closed after this long"
     )
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
-    tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    tracing_sample_ratio: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="share of new traces recorded; a sampled parent is always followed",
+    )
     service_name: str = "meridian-edge"
     log_level: str = "INFO"
 

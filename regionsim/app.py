@@ -204,10 +204,14 @@ async def _generate(
             st.stats.streams_open -= 1
         st.stats.completed += 1
         return resp
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         st.stats.cancelled += 1
         st.cancelled_event.set()
         raise
+    except ConnectionResetError:  # the caller hung up mid-stream: counted, not an error of ours
+        st.stats.cancelled += 1
+        st.cancelled_event.set()
+        return web.Response(status=499)
 
 
 async def models(request: web.Request) -> web.Response:
