@@ -88,7 +88,10 @@ class EdgeSettings(BaseSettings):
         default=16384, ge=1, description="connections to regions, total (streams hold one each)"
     )
     upstream_keepalive_s: float = Field(
-        default=30.0, gt=0, description="idle connections to regions are closed after this long"
+        default=4.0,
+        gt=0,
+        description="idle connections to regions are closed after this long: below the servers' own idle "
+        "timeout (uvicorn, which vLLM and SGLang use, closes after 5 s), so a request never races a close",
     )
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
     tracing_sample_ratio: float = Field(

@@ -268,7 +268,7 @@ class UpstreamResponse:
 class UpstreamPool:
     """Keep-alive connections per (host, port), most recently used first, at most ``limit`` open."""
 
-    def __init__(self, *, limit: int, keepalive_s: float = 30.0) -> None:
+    def __init__(self, *, limit: int, keepalive_s: float = 4.0) -> None:
         self.limit = limit
         self.keepalive_s = keepalive_s
         self._idle: dict[tuple[str, int], list[_Conn]] = {}

@@ -216,3 +216,29 @@ async def test_slow_reader_pauses_the_region_and_loses_nothing(
     assert len(await resp.read()) == total
     resp.release()
     assert pool.open_connections == 1
+
+
+async def test_a_connection_idle_longer_than_keepalive_is_not_reused(serve: ServerFactory) -> None:
+    peers: list[object] = []
+
+    async def hello(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.Response(text="hi")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    server = await serve(app)
+    base = str(server.make_url("")).rstrip("/")
+    short = UpstreamPool(limit=8, keepalive_s=0.05)
+    try:
+        for _ in range(2):
+            resp = await short.request(base, "GET", "/", [], b"", connect_s=1, idle_s=1)
+            assert await resp.read() == b"hi"
+            resp.release()
+        await asyncio.sleep(0.1)  # the idle time itself is what is under test
+        resp = await short.request(base, "GET", "/", [], b"", connect_s=1, idle_s=1)
+        assert await resp.read() == b"hi"
+        resp.release()
+    finally:
+        await short.close()
+    assert peers[0] == peers[1] != peers[2]
