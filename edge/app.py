@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -76,6 +77,7 @@ class ServingReplicas:
 
 
 SERVING = web.AppKey("serving", ServingReplicas)
+SAMPLER = web.AppKey("sampler", tracing.HeadSampler)
 STEADY = web.AppKey("steady", list)  # [the snapshot under which no region is ramping or held down]
 
 
@@ -105,7 +107,6 @@ def create_app(
         service_name=settings.service_name,
         region=settings.region,
         exporter=settings.tracing_exporter,
-        sample_ratio=settings.tracing_sample_ratio,
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
     feed = SnapshotFeed(
@@ -129,6 +130,7 @@ def create_app(
     app[TRACER] = provider.get_tracer("meridian.edge")
     app[RNG] = rng or random.Random()
     app[PLANS] = routing.PlanCache()
+    app[SAMPLER] = tracing.HeadSampler(settings.tracing_sample_ratio, app[RNG])
     app[SERVING] = ServingReplicas(topo)
     app[STEADY] = [None]
     app[REPLICAS] = {r.name: {rep.name: rep.base_url for rep in r.replicas} for r in topo.regions}
@@ -370,17 +372,10 @@ def _decide(app: web.Application, place: ClientPlace, snap: Snapshot) -> routing
 async def proxy(request: web.Request) -> web.StreamResponse:
     app = request.app
     headers = request.headers
-    parent = tracing.PROPAGATOR.extract(headers) if "traceparent" in headers else None
-    span = app[TRACER].start_span(
-        tracing.SPAN_SERVER,
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes={
-            "http.request.method": request.method,
-            "url.path": request.path,
-            tracing.ATTR_EDGE: app[SETTINGS].region,
-        },
-    )
+    if "traceparent" in headers:
+        span = _server_span(app, request, tracing.PROPAGATOR.extract(headers))
+    else:
+        span = app[SAMPLER].left_out() or _server_span(app, request, None)
     try:
         resp = await _proxy(request, span)
     except web.HTTPException:
@@ -405,6 +400,19 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             span.set_status(Status(StatusCode.ERROR))
     span.end()
     return resp
+
+
+def _server_span(app: web.Application, request: web.Request, parent: Context | None) -> trace.Span:
+    return app[TRACER].start_span(
+        tracing.SPAN_SERVER,
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={
+            "http.request.method": request.method,
+            "url.path": request.path,
+            tracing.ATTR_EDGE: app[SETTINGS].region,
+        },
+    )
 
 
 async def _proxy(request: web.Request, span: trace.Span) -> web.StreamResponse:

@@ -112,16 +112,14 @@ def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None) 
     return out
 
 
-def response_headers(upstream: Mapping[str, str], *, keep_length: bool) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
+def copy_response_headers(upstream: Mapping[str, str], out: CIMultiDict[str]) -> None:
+    """End-to-end response headers into ``out`` (the client response's own); the region's X-Meridian-* are
+    dropped, ours are set after."""
     for k, v in upstream.items():
         lk = k.lower()
-        if lk in HOP_BY_HOP and not (keep_length and lk == "content-length"):
-            continue
-        if lk.startswith("x-meridian-"):
+        if lk in HOP_BY_HOP or lk.startswith("x-meridian-"):
             continue
         out.add(k, v)
-    return out
 
 
 class Forwarder:
@@ -224,16 +222,16 @@ class Forwarder:
             failure: str | None = None
             try:
                 try:
-                    async with asyncio.timeout(max(0.001, min(timeouts.ttfb_s, deadline - t0))):
-                        upstream = await self._send(
-                            request,
-                            attempt,
-                            span,
-                            body=body,
-                            headers=headers,
-                            timeouts=timeouts,
-                            path_qs=path_qs,
-                        )
+                    upstream = await self._send(
+                        request,
+                        attempt,
+                        span,
+                        body=body,
+                        headers=headers,
+                        timeouts=timeouts,
+                        path_qs=path_qs,
+                        ttfb_s=max(0.001, min(timeouts.ttfb_s, deadline - t0)),
+                    )
                 except TimeoutError:
                     failure, last_error, last_status = "timeout", "time to first byte exceeded", 504
                 except CONNECT_ERRORS as exc:
@@ -312,6 +310,7 @@ class Forwarder:
         headers: CIMultiDict[str],
         timeouts: TimeoutSet,
         path_qs: str,
+        ttfb_s: float | None = None,
     ) -> UpstreamResponse:
         """Send one attempt upstream with the attempt span's traceparent; returns at response headers."""
         carrier: dict[str, str] = {}
@@ -324,6 +323,7 @@ class Forwarder:
             body,
             connect_s=timeouts.connect_s,
             idle_s=timeouts.idle_s,
+            ttfb_s=ttfb_s,
         )
 
     async def _first_byte(
@@ -511,11 +511,12 @@ class Forwarder:
                     status=502,
                     headers=meridian,
                 )
-            hdrs = response_headers(upstream.headers, keep_length=False)
-            hdrs.update(meridian)
-            return web.Response(body=data, status=upstream.status, headers=hdrs)
+            small = web.Response(body=data, status=upstream.status)
+            copy_response_headers(upstream.headers, small.headers)
+            small.headers.update(meridian)
+            return small
         resp = web.StreamResponse(status=upstream.status)
-        resp.headers.update(response_headers(upstream.headers, keep_length=False))
+        copy_response_headers(upstream.headers, resp.headers)
         resp.headers.update(meridian)
         await resp.prepare(request)
         try:

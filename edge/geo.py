@@ -32,8 +32,17 @@ class ClientPlace:
     source: str  # "geoip" | "edge-default"
 
 
-@lru_cache(maxsize=65536)  # the stdlib parser costs ~10 µs; client and proxy addresses repeat
+MAX_ADDRESS_TEXT = 64  # "[v6 with zone]:port" fits
+
+
 def _parse(value: str) -> IPAddress | None:
+    if len(value) > MAX_ADDRESS_TEXT:  # not an address; and keeps the cache's keys small
+        return None
+    return _parse_short(value)
+
+
+@lru_cache(maxsize=65536)  # the stdlib parser costs ~10 µs; client and proxy addresses repeat
+def _parse_short(value: str) -> IPAddress | None:
     v = value.strip()
     if v.startswith("[") and "]" in v:  # [v6]:port
         v = v[1 : v.index("]")]

@@ -4,12 +4,14 @@ propagator, and the span and attribute names every edge uses."""
 from __future__ import annotations
 
 import importlib
+import random
 import sys
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = TraceContextTextMapPropagator()
@@ -32,12 +34,33 @@ class TracingConfigError(RuntimeError):
     pass
 
 
-def make_tracer_provider(
-    *, service_name: str, region: str, exporter: str, sample_ratio: float
-) -> TracerProvider:
+class HeadSampler:
+    """Head sampling for requests that arrive without a trace context, decided before the SDK is involved:
+    a request left out gets a non-recording span with fresh ids (its context still goes upstream, flagged
+    not sampled) for one random draw, instead of the SDK's start_span (~8 µs of a ~200 µs request). The
+    provider's sampler is ParentBased(ALWAYS_ON): requests chosen here, and requests whose traceparent says
+    sampled, are recorded; a traceparent that says not sampled is followed too."""
+
+    def __init__(self, ratio: float, rng: random.Random) -> None:
+        self.ratio = ratio
+        self.rng = rng
+
+    def left_out(self) -> Span | None:
+        """A stand-in span for a request not sampled, or None: start a real one."""
+        if self.ratio >= 1.0 or self.rng.random() < self.ratio:
+            return None
+        bits = self.rng.getrandbits
+        ctx = SpanContext(
+            trace_id=bits(128) or 1, span_id=bits(64) or 1, is_remote=False, trace_flags=TraceFlags(0)
+        )
+        return NonRecordingSpan(ctx)
+
+
+def make_tracer_provider(*, service_name: str, region: str, exporter: str) -> TracerProvider:
+    """Roots reaching the SDK were chosen by HeadSampler; children follow their parent's flag."""
     provider = TracerProvider(
         resource=Resource.create({"service.name": service_name, "cloud.region": region}),
-        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+        sampler=ParentBased(ALWAYS_ON),
     )
     span_exporter: SpanExporter | None = None
     if exporter == "console":

@@ -14,7 +14,7 @@ import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -40,6 +40,7 @@ class _Conn(asyncio.Protocol):
         "_header_list",
         "closed",
         "idle_since",
+        "loop",
         "origin",
         "parser",
         "pool",
@@ -50,6 +51,8 @@ class _Conn(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, origin: tuple[str, int]) -> None:
         self.pool = pool
         self.origin = origin
+        # asyncio.get_running_loop() costs a getpid() system call on Python 3.11: look it up once
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -128,7 +131,7 @@ class _Conn(asyncio.Protocol):
     # ours
     def send(self, head: bytes, body: bytes) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self.loop.create_future()
         self.response = None
         if body:
             self.transport.writelines((head, body))
@@ -219,15 +222,15 @@ class UpstreamResponse:
                 return b""
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = self._conn.loop
+            waiter = self._waiter = loop.create_future()
+            timer = None if self._idle_s is None else loop.call_later(self._idle_s, _expire, waiter)
             try:
-                if self._idle_s is None:
-                    await self._waiter
-                else:
-                    async with asyncio.timeout(self._idle_s):
-                        await self._waiter
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         data = self._chunks.popleft()
         self._buffered -= len(data)
         if self._paused and self._buffered < LOW_WATER and self._conn.transport is not None:
@@ -265,6 +268,11 @@ class UpstreamResponse:
         self._conn.pool._put(self._conn)
 
 
+def _expire(waiting: asyncio.Future[Any]) -> None:
+    if not waiting.done():
+        waiting.set_exception(TimeoutError("the region did not answer in time"))
+
+
 class UpstreamPool:
     """Keep-alive connections per (host, port), most recently used first, at most ``limit`` open."""
 
@@ -292,7 +300,7 @@ class UpstreamPool:
             self._origins[base_url] = hit
         return hit
 
-    async def _acquire(self, host: str, port: int, connect_s: float) -> _Conn:
+    async def _acquire(self, host: str, port: int, connect_s: float, wait_s: float | None) -> _Conn:
         while True:
             idle = self._idle.get((host, port))
             now = time.monotonic()
@@ -307,11 +315,12 @@ class UpstreamPool:
             self._close_one_idle()  # another region's idle connection makes room once it is gone
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            await waiter  # a connection came back to the pool or closed
+            async with asyncio.timeout(wait_s):
+                await waiter  # a connection came back to the pool or closed
         self._open += 1  # counted from here; connection_lost (or a failed connect) gives it back
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(connect_s):
+            async with asyncio.timeout(connect_s if wait_s is None else min(connect_s, wait_s)):
                 _, conn = await loop.create_connection(lambda: _Conn(self, (host, port)), host, port)
         except BaseException:
             self._lost()
@@ -356,21 +365,34 @@ class UpstreamPool:
         *,
         connect_s: float,
         idle_s: float | None,
+        ttfb_s: float | None = None,
     ) -> UpstreamResponse:
-        """Send one request; returns at the response's headers. Cancelling closes the connection."""
+        """Send one request; returns at the response's headers. Cancelling closes the connection.
+
+        ``ttfb_s`` bounds the whole wait for the headers (a free connection, connecting, the region's first
+        byte): TimeoutError after it, and the connection is closed. A timer on the response future, not
+        asyncio.timeout, because this runs for every request."""
+        started = time.monotonic()
         host, port, netloc = self._origin(base_url)
-        conn = await self._acquire(host, port, connect_s)
+        conn = await self._acquire(host, port, connect_s, ttfb_s)
         lines = [f"{method} {path_qs} HTTP/1.1\r\nHost: ".encode("latin-1"), netloc]
         for k, v in headers:
             lines.append(f"\r\n{k}: {v}".encode("latin-1"))
         if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             lines.append(b"\r\nContent-Length: %d" % len(body))
         lines.append(b"\r\n\r\n")
+        head = conn.send(b"".join(lines), body)
+        timer = None
+        if ttfb_s is not None:
+            timer = conn.loop.call_later(ttfb_s - (time.monotonic() - started), _expire, head)
         try:
-            resp = await conn.send(b"".join(lines), body)
-        except BaseException:  # cancelled (a hedge loser, a timeout) or broken: the region must see us leave
+            resp = await head
+        except BaseException:  # cancelled (a hedge loser), timed out or broken: the region must see us leave
             conn.close()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if method == "HEAD":  # no body follows, whatever the headers say; not reusable by the parser
             resp.complete = True
             resp.keep_alive = False

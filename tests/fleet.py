@@ -245,6 +245,7 @@ async def _build(
             "trusted_proxies": ["127.0.0.0/8", "::1/128"],
             "resync_interval_s": 0.5,
             "observation_interval_s": 0.5,
+            "tracing_sample_ratio": 1.0,
             **(edge_overrides or {}),
         }
         settings = EdgeSettings(**options)

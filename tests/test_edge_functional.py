@@ -228,6 +228,38 @@ async def test_an_unsampled_request_records_no_spans_but_its_trace_id_reaches_th
     assert not [sp for sp in fleet.exporter.get_finished_spans() if f"{sp.context.trace_id:032x}" == trace_id]
 
 
+async def test_an_edge_sampling_nothing_records_no_spans_yet_follows_a_sampled_client(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        regions=("eu-west-1",),
+        edges=("eu-west-1",),
+        control_plane=False,
+        edge_overrides={"tracing_sample_ratio": 0.0},
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            status, headers, _ = await ask(s, f.edge_url("eu-west-1"), CLIENT_IP["london"])
+            assert status == 200
+            assert len(headers["X-Sim-Trace-Id"]) == 32  # the region still gets a trace context
+            assert f.exporter.get_finished_spans() == ()
+            trace_id = "5bf92f3577b34da6a3ce929d0e0e4736"
+            status, headers, _ = await ask(
+                s,
+                f.edge_url("eu-west-1"),
+                CLIENT_IP["london"],
+                headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            )
+        assert status == 200
+        kinds = sorted(sp.kind.name for sp in f.exporter.get_finished_spans())
+        assert kinds == ["CLIENT", "SERVER"]
+    finally:
+        await f.close()
+
+
 async def test_client_sent_internal_headers_are_stripped(fleet: Fleet) -> None:
     seen: dict[str, str] = {}
     sim_app = fleet.sims["eu-west-1"]["euw1-a"].app

@@ -242,3 +242,22 @@ async def test_a_connection_idle_longer_than_keepalive_is_not_reused(serve: Serv
     finally:
         await short.close()
     assert peers[0] == peers[1] != peers[2]
+
+
+async def test_no_headers_within_ttfb_raises_timeout_and_hangs_up(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    gone = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        if await reader.read(1) == b"":
+            gone.set()
+
+    base = await raw_server(mute)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await pool.request(base, "GET", "/", [], b"", connect_s=1, idle_s=1, ttfb_s=0.2)
+    assert time.monotonic() - started >= 0.2
+    await asyncio.wait_for(gone.wait(), 5)
+    await poll(lambda: pool.open_connections == 0)

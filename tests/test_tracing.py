@@ -1,0 +1,24 @@
+"""Head sampling: which requests without a trace context get recorded spans."""
+
+from __future__ import annotations
+
+import random
+
+from edge.tracing import HeadSampler
+
+
+def test_head_sampler_keeps_its_ratio_and_left_out_requests_still_carry_a_context() -> None:
+    sampler = HeadSampler(0.25, random.Random(5))
+    outcomes = [sampler.left_out() for _ in range(8000)]
+    kept = sum(1 for o in outcomes if o is None)
+    assert 1800 <= kept <= 2200  # 25 % of 8000, within ~5 sigma
+    stand_ins = [o for o in outcomes if o is not None]
+    assert not any(s.is_recording() for s in stand_ins)
+    ctx = stand_ins[0].get_span_context()
+    assert ctx.is_valid and not ctx.trace_flags.sampled
+    assert len({s.get_span_context().trace_id for s in stand_ins}) == len(stand_ins)
+
+
+def test_head_sampler_at_one_records_everything_and_at_zero_nothing() -> None:
+    assert all(HeadSampler(1.0, random.Random(1)).left_out() is None for _ in range(1000))
+    assert all(HeadSampler(0.0, random.Random(1)).left_out() is not None for _ in range(1000))
