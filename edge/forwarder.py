@@ -313,13 +313,11 @@ class Forwarder:
         ttfb_s: float | None = None,
     ) -> UpstreamResponse:
         """Send one attempt upstream with the attempt span's traceparent; returns at response headers."""
-        carrier: dict[str, str] = {}
-        tracing.PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
         return await self.pool.request(
             attempt.url,
             request.method,
             path_qs,
-            [*headers.items(), *carrier.items()],
+            [*headers.items(), *tracing.trace_headers(span)],
             body,
             connect_s=timeouts.connect_s,
             idle_s=timeouts.idle_s,

@@ -26,6 +26,9 @@ TRANSITIONS: dict[tuple[Phase, Event], Phase] = {
 }
 
 
+NONE: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class OutlierPolicy:
     consecutive_failures: int = 5
@@ -117,6 +120,9 @@ class OutlierDetector:
     max_ejection_fraction: float = 0.5
     replicas: dict[tuple[str, str], Breaker] = field(default_factory=dict)
     regions: dict[str, Breaker] = field(default_factory=dict)
+    # regions whose breaker is not closed: a breaker leaves "closed" only in record(), so a fleet with
+    # none of these answers ejected_regions() without looking at any breaker (it runs per request)
+    _not_closed: set[str] = field(default_factory=set)
 
     def record(self, region: str, replica: str, ok: bool, *, now: float, replica_count: int) -> list[str]:
         """Returns what was ejected by this outcome ("replica", "region")."""
@@ -130,8 +136,11 @@ class OutlierDetector:
             may = (ejected_now + 1) <= self.max_ejection_fraction * replica_count
         if b.record(ok, now=now, policy=self.policy, may_eject=may):
             out.append("replica")
-        if self.regions.setdefault(region, Breaker()).record(ok, now=now, policy=self.policy):
+        rb = self.regions.setdefault(region, Breaker())
+        if rb.record(ok, now=now, policy=self.policy):
             out.append("region")
+        if rb.phase != "closed":
+            self._not_closed.add(region)
         return out
 
     def region_admits(self, region: str, now: float) -> bool:
@@ -147,6 +156,8 @@ class OutlierDetector:
         return b is None or b.admits(now, self.policy)
 
     def ejected_regions(self, now: float) -> frozenset[str]:
-        return frozenset(
-            r for r, b in self.regions.items() if b.phase != "closed" and b.ejected(now, self.policy)
-        )
+        if not self._not_closed:
+            return NONE
+        for r in [r for r in self._not_closed if self.regions[r].phase == "closed"]:
+            self._not_closed.discard(r)  # closed again by a probe
+        return frozenset(r for r in self._not_closed if self.regions[r].ejected(now, self.policy))

@@ -11,7 +11,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = TraceContextTextMapPropagator()
@@ -76,3 +76,16 @@ def make_tracer_provider(*, service_name: str, region: str, exporter: str) -> Tr
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     return provider
+
+
+def trace_headers(span: Span) -> list[tuple[str, str]]:
+    """W3C headers carrying ``span``'s context upstream; formatted directly when there is no tracestate
+    (what the propagator would write, for a fraction of its cost on every request)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return []
+    if ctx.trace_state:
+        carrier: dict[str, str] = {}
+        PROPAGATOR.inject(carrier, context=set_span_in_context(span))
+        return list(carrier.items())
+    return [("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}")]
