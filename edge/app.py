@@ -320,6 +320,7 @@ def _hedge_plan(
         fixed_s=settings.hedge_fixed_delay_s,
         floor_s=settings.hedge_delay_floor_s,
         ceiling_s=settings.hedge_delay_ceiling_s,
+        slack=settings.hedge_delay_slack,
     )
     app[METRICS].child(app[METRICS].hedge_delay, primary).set(delay)
     target = None

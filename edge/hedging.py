@@ -1,7 +1,8 @@
 """Hedging decisions (pure, no I/O): when to send a hedge and whether the budget allows it.
 
 - ``QuantileWindow``: a streaming estimate of a region's time-to-first-byte quantile (default p95) over
-  its most recent samples; the hedge delay is that estimate clamped to [floor, ceiling] (or a fixed delay).
+  its most recent samples; the hedge delay is that estimate plus a slack share of it, clamped to
+  [floor, ceiling] (or a fixed delay).
 - ``HedgeBudget``: a token bucket; every critical request earns ``ratio`` tokens (default 0.05, i.e. at
   most 5 % extra load), a hedge spends one; no tokens, no hedge.
 """
@@ -37,13 +38,16 @@ class QuantileWindow:
         return self._cached
 
 
-def hedge_delay(estimate: float | None, *, fixed_s: float | None, floor_s: float, ceiling_s: float) -> float:
-    """Seconds to wait for the primary's first byte before hedging."""
+def hedge_delay(
+    estimate: float | None, *, fixed_s: float | None, floor_s: float, ceiling_s: float, slack: float = 0.0
+) -> float:
+    """Seconds to wait for the primary's first byte before hedging: the quantile estimate plus ``slack``
+    of it (a primary just past the quantile is jitter, not a straggler)."""
     if fixed_s is not None:
         return fixed_s
     if estimate is None:
         return ceiling_s  # no history yet: hedge only when clearly slow
-    return min(ceiling_s, max(floor_s, estimate))
+    return min(ceiling_s, max(floor_s, estimate * (1.0 + slack)))
 
 
 @dataclass(slots=True)

@@ -74,6 +74,12 @@ class EdgeSettings(BaseSettings):
     outlier_probe_interval_s: float = Field(default=0.5, gt=0, description="half-open probation trickle")
     hedge_enabled: bool = True
     hedge_quantile: float = Field(default=0.95, gt=0, lt=1, description="adaptive delay: this TTFB quantile")
+    hedge_delay_slack: float = Field(
+        default=0.05,
+        ge=0,
+        description="adaptive delay = quantile x (1 + slack): a primary just past the quantile is jitter, "
+        "not a straggler; without slack normal requests near the quantile spend the budget before the tail",
+    )
     hedge_fixed_delay_s: float | None = Field(
         default=None, gt=0, description="fixed delay instead of adaptive"
     )
