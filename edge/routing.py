@@ -16,10 +16,11 @@ aggregate: a dial of 50 keeps half of a region's traffic and passes the rest to 
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controlplane.state import Location, Policy, RegionState, Snapshot, Topology, great_circle_km
 
@@ -228,6 +229,30 @@ class Plan:
     pinned: tuple[str, ...] | None
     panic: bool
     domains: Mapping[str, str]
+    # with no near-equal leaders the order is fixed, so the dial walk is too: its cumulative probabilities
+    # and the decision for each possible pick are made once (the per-request draw is one random number)
+    walk: tuple[float, ...] | None = None
+    outcomes: list[Decision | None] = field(default_factory=list)  # filled on first use
+
+
+def _decision(order: Sequence[RegionScore], chosen: RegionScore | None, plan: Plan) -> Decision:
+    if chosen is None:
+        return Decision(None, None, tuple(s.region for s in order), plan.scores, plan.pinned, plan.panic)
+    backup = choose_backup(order, chosen.region, domains=plan.domains)
+    rest = [s.region for s in order if s.region not in (chosen.region, backup)]
+    ordered = (chosen.region, *((backup,) if backup else ()), *rest)
+    return Decision(chosen.region, backup, ordered, plan.scores, plan.pinned, plan.panic)
+
+
+def _fixed_walk(plan: Plan) -> Plan:
+    """``plan`` with the dial walk over its fixed order precomputed (see apply_dials)."""
+    cum, keep, total = [], 1.0, 0.0
+    for s in plan.ranked:
+        d = s.weight / 100.0
+        total += keep * d
+        keep *= 1.0 - d
+        cum.append(total)
+    return replace(plan, walk=tuple(cum), outcomes=[None] * len(cum))
 
 
 def plan_route(
@@ -264,7 +289,8 @@ def plan_route(
     if pinned is not None:
         candidates = tuple(s for s in scores if s.region in pinned)
     ranked, tier, temperature = _rank(candidates, policy)
-    return Plan(scores, ranked, tier, temperature, pinned, panic, topology.domains)
+    plan = Plan(scores, ranked, tier, temperature, pinned, panic, topology.domains)
+    return _fixed_walk(plan) if tier < 2 else plan
 
 
 def _pins(policy: Policy, country: str | None, continent: str | None) -> tuple[str, ...] | None:
@@ -276,14 +302,20 @@ def _pins(policy: Policy, country: str | None, continent: str | None) -> tuple[s
 
 def draw(plan: Plan, rng: random.Random) -> Decision:
     """The per-request part: anti-herding order among near-equal leaders, dials, backup."""
+    walk = plan.walk
+    if walk is not None:  # fixed order: one draw against the precomputed walk
+        total = walk[-1] if walk else 0.0
+        if total <= 0:
+            return _decision(plan.ranked, None, plan)
+        i = bisect.bisect_right(walk, rng.random() * total)
+        if i >= len(walk):  # rounding at the very top: the last region with any probability
+            i = max(j for j in range(len(walk)) if walk[j] > (walk[j - 1] if j else 0.0))
+        hit = plan.outcomes[i]
+        if hit is None:
+            hit = plan.outcomes[i] = _decision(plan.ranked, plan.ranked[i], plan)
+        return hit
     order = _draw_order(plan.ranked, plan.tier, plan.temperature, rng)
-    chosen = apply_dials(order, rng=rng)
-    if chosen is None:
-        return Decision(None, None, tuple(s.region for s in order), plan.scores, plan.pinned, plan.panic)
-    backup = choose_backup(order, chosen.region, domains=plan.domains)
-    rest = [s.region for s in order if s.region not in (chosen.region, backup)]
-    ordered = (chosen.region, *((backup,) if backup else ()), *rest)
-    return Decision(chosen.region, backup, ordered, plan.scores, plan.pinned, plan.panic)
+    return _decision(order, apply_dials(order, rng=rng), plan)
 
 
 def route(
