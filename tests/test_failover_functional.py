@@ -64,10 +64,12 @@ async def test_whole_region_down_under_load_no_client_error(fleet: Fleet) -> Non
         f"eu-west-1 {last_eu * 1000:.0f} ms after the fault; London after 1 s: {after}"
     )
     assert errors == []
-    # off the failed region within 1 s, onto the backup (a near-equal third region may take a share when
-    # the backup's measured latency rises under the extra load: that is the anti-herding draw at work)
+    # off the failed region within 1 s, onto the backup. A third region may take a share when the backup's
+    # measured latency rises under the extra load to within tie_margin (5 %) of it: the anti-herding
+    # softmin then gives the better of the two between 1/2 and 1/(1 + e^-2) ≈ 88 % of the traffic.
     assert "eu-west-1" not in after
-    assert after.get("us-east-1", 0) >= 0.8 * sum(after.values())
+    assert set(after) <= {"us-east-1", "us-west-2"}
+    assert after.get("us-east-1", 0) > 0.5 * sum(after.values())
     assert last_eu < 1.0
     ejections = await metric(fleet, "eu-west-1", "meridian_edge_ejections_total")
     assert ejections >= 1  # the London edge ejected the region passively
