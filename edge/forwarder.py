@@ -122,6 +122,14 @@ def copy_response_headers(upstream: Mapping[str, str], out: CIMultiDict[str]) ->
         out.add(k, v)
 
 
+class _CoalescingStreamResponse(web.StreamResponse):
+    """Headers leave with the first body chunk: one write, so a stream's first event reaches the client in
+    the same packet as the status line (aiohttp's switch for this; web.Response sets it too). Used only when
+    that chunk is already in hand."""
+
+    _send_headers_immediately = False
+
+
 class Forwarder:
     def __init__(
         self,
@@ -513,7 +521,10 @@ class Forwarder:
             copy_response_headers(upstream.headers, small.headers)
             small.headers.update(meridian)
             return small
-        resp = web.StreamResponse(status=upstream.status)
+        # headers wait for the first chunk only when it is already here: a region slow to its first token
+        # still gets the status line to the client at once
+        kind = _CoalescingStreamResponse if first or upstream.buffered else web.StreamResponse
+        resp = kind(status=upstream.status)
         copy_response_headers(upstream.headers, resp.headers)
         resp.headers.update(meridian)
         await resp.prepare(request)

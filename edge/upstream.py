@@ -188,6 +188,11 @@ class UpstreamResponse:
         return int(raw) if raw is not None and raw.isdigit() else None
 
     @property
+    def buffered(self) -> int:
+        """Body bytes received and not yet read."""
+        return self._buffered
+
+    @property
     def close_delimited(self) -> bool:
         te = self.headers.get("Transfer-Encoding", "")
         return "Content-Length" not in self.headers and "chunked" not in te.lower()

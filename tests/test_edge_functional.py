@@ -260,6 +260,37 @@ async def test_an_edge_sampling_nothing_records_no_spans_yet_follows_a_sampled_c
         await f.close()
 
 
+async def test_stream_headers_reach_the_client_before_a_slow_first_token(fleet: Fleet) -> None:
+    release = asyncio.Event()
+
+    async def slow_stream(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)  # headers now, first token later
+        await release.wait()
+        await resp.write(b"data: first\n\n")
+        await resp.write_eof()
+        return resp
+
+    for rep in fleet.sims["eu-west-1"]:
+        for route in fleet.sims["eu-west-1"][rep].app.router.routes():
+            if route.resource is not None and route.resource.canonical == "/v1/chat/completions":
+                route._handler = slow_stream  # type: ignore[attr-defined]
+    async with aiohttp.ClientSession() as s:
+        pending = s.post(
+            fleet.edge_url("eu-west-1") + "v1/chat/completions",
+            json={**CHAT, "stream": True},
+            headers={"X-Forwarded-For": CLIENT_IP["london"]},
+        )
+        r = await asyncio.wait_for(pending, 5)  # returns at the response headers
+        try:
+            assert r.status == 200 and r.headers["X-Meridian-Region"] == "eu-west-1"
+            assert not release.is_set()
+            release.set()
+            assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5) == b"data: first\n\n"
+        finally:
+            r.release()
+
+
 async def test_client_sent_internal_headers_are_stripped(fleet: Fleet) -> None:
     seen: dict[str, str] = {}
     sim_app = fleet.sims["eu-west-1"]["euw1-a"].app
