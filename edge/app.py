@@ -38,6 +38,7 @@ from edge.upstream import UpstreamPool
 
 log = logging.getLogger("meridian.edge")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SHUTDOWN_TASKS_S = 5.0
 
 PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
 
@@ -189,7 +190,9 @@ def create_app(
         finally:
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_TASKS_S)
+            for t in stuck:  # shutting down must finish even if a Redis client swallowed its cancel
+                log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
             await pool.close()
             if primary is not None:
                 with contextlib.suppress(Exception):

@@ -17,6 +17,9 @@ from controlplane.state import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, Snapsh
 log = logging.getLogger("meridian.snapshot")
 
 
+CLOSE_TIMEOUT_S = 1.0
+
+
 class SnapshotFeed:
     """Keeps ``current`` fresh; never replaces a good snapshot with an empty one."""
 
@@ -95,8 +98,9 @@ class SnapshotFeed:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:
-                try:
-                    await pubsub.aclose()
-                    await client.aclose()
-                except Exception:  # closing a dead connection may fail; nothing to do
+                try:  # bounded: a close that waits on a connection the cancel interrupted must not hang us
+                    async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                        await pubsub.aclose()
+                        await client.aclose()
+                except Exception:  # closing a dead connection may fail or time out; nothing to do
                     pass
