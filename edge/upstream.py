@@ -96,12 +96,6 @@ class _Conn(asyncio.Protocol):
             self.response._fail(err)
         self.close()
 
-    def pause_writing(self) -> None:  # request bodies are small and sent whole
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_list.append((name.decode("latin-1"), value.decode("latin-1")))
