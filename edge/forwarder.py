@@ -186,7 +186,7 @@ class Forwarder:
 
     async def forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         *,
         body: bytes,
         headers: CIMultiDict[str],
@@ -310,7 +310,7 @@ class Forwarder:
 
     async def _send(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         attempt: Attempt,
         span: trace.Span,
         *,
@@ -334,7 +334,7 @@ class Forwarder:
 
     async def _first_byte(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         attempt: Attempt,
         span: trace.Span,
         *,
@@ -374,7 +374,7 @@ class Forwarder:
 
     async def _hedged(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         *,
         body: bytes,
         headers: CIMultiDict[str],
@@ -481,7 +481,7 @@ class Forwarder:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: UpstreamResponse,
         attempt: Attempt,
         attempts: int,
@@ -549,7 +549,7 @@ class Forwarder:
 
     def _cut(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: UpstreamResponse,
         attempt: Attempt,
         span: trace.Span,

@@ -1,10 +1,11 @@
-"""Run an edge process (I/O): read settings, fail fast with a clear message, serve with uvloop, optionally
-fork N workers sharing the port through SO_REUSEPORT."""
+"""Run an edge process (I/O): read settings, fail fast with a clear message, serve the edge on aiohttp's
+low-level server with uvloop, optionally fork N workers sharing the port through SO_REUSEPORT."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -15,28 +16,67 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from controlplane.topology import TopologyError, format_settings_error
-from edge.app import ConfigError, create_app
+from edge.app import ConfigError, Edge
 from edge.geo import GeoDatabaseError
 from edge.settings import EdgeSettings
 from edge.tracing import TracingConfigError
 
+SHUTDOWN_S = 60.0  # in-flight streams get this long to finish after SIGTERM
+GC_THRESHOLDS = (10_000, 50, 100)  # young collections every 10k allocations, not 700
 
-def _serve(settings: EdgeSettings, app: web.Application, *, reuse_port: bool) -> None:
+
+def settle_gc() -> None:
+    """Start-up objects live as long as the process: take them out of the collector's sight (gc.freeze)
+    and run young collections less often. Measured: ~10 µs less CPU per proxied request (bench/proxy)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+async def serve(
+    edge: Edge, host: str, port: int, *, reuse_port: bool = False, shutdown_timeout: float = SHUTDOWN_S
+) -> web.ServerRunner:
+    """Start the edge's background work and listen; the caller stops with ``runner.cleanup()`` then
+    ``edge.stop()``."""
+    await edge.start()
+    runner = web.ServerRunner(edge.server(), shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+    except BaseException:
+        await runner.cleanup()
+        await edge.stop()
+        raise
+    return runner
+
+
+async def _run(settings: EdgeSettings, edge: Edge, *, reuse_port: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        runner = await serve(edge, settings.host, settings.port, reuse_port=reuse_port)
+    except OSError as exc:
+        print(
+            f"meridian edge: cannot start: cannot listen on {settings.host}:{settings.port} "
+            f"(MERIDIAN_HOST / MERIDIAN_PORT): {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
+    settle_gc()
+    await stopping.wait()
+    await runner.cleanup()  # stop accepting; in-flight requests get SHUTDOWN_S
+    await edge.stop()
+    return 0
+
+
+def _serve(settings: EdgeSettings, edge: Edge, *, reuse_port: bool) -> int:
     try:
         import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        pass
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
-    )
+        return asyncio.run(_run(settings, edge, reuse_port=reuse_port))
+    return uvloop.run(_run(settings, edge, reuse_port=reuse_port))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,19 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s edge[{settings.region}] %(levelname)s %(name)s: %(message)s",
     )
     try:
-        app = create_app(settings)
+        edge = Edge(settings)
     except (TopologyError, GeoDatabaseError, ConfigError, TracingConfigError) as exc:
         print(f"meridian edge: cannot start: {exc}", file=sys.stderr)
         return 2
     if settings.workers == 1:
-        _serve(settings, app, reuse_port=False)
-        return 0
+        return _serve(settings, edge, reuse_port=False)
+    edge.geo.close()  # each worker opens its own
     children: list[int] = []
     for _ in range(settings.workers):
         pid = os.fork()
         if pid == 0:
-            _serve(settings, create_app(settings), reuse_port=True)
-            os._exit(0)
+            os._exit(_serve(settings, Edge(settings), reuse_port=True))
         children.append(pid)
 
     def stop(signum: int, _frame: object) -> None:

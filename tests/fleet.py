@@ -26,7 +26,8 @@ from controlplane.redisproc import RedisServer, SentinelServer, free_port
 from controlplane.settings import AdminToken, ControlPlaneSettings
 from controlplane.state import Topology
 from controlplane.topology import load_topology
-from edge.app import create_app as create_edge
+from edge.app import Edge
+from edge.main import serve as serve_edge
 from edge.settings import EdgeSettings
 from regionsim.app import STATE, SimState
 from regionsim.app import create_app as create_sim
@@ -49,12 +50,28 @@ async def wait_for(
 
 
 @dataclass
+class ServedEdge:
+    """An edge served the way `python -m edge` serves it (aiohttp's low-level server), on a loopback port."""
+
+    edge: Edge
+    runner: web.ServerRunner
+    port: int
+
+    def make_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        await self.edge.stop()
+
+
+@dataclass
 class Fleet:
     topology: Topology
     primary: RedisServer
     replicas: dict[str, RedisServer]
     sims: dict[str, dict[str, TestServer]]
-    edges: dict[str, TestServer] = field(default_factory=dict)
+    edges: dict[str, ServedEdge] = field(default_factory=dict)
     admin_url: str = ""
     operator_token: str = ""
     viewer_token: str = ""
@@ -116,6 +133,8 @@ class Fleet:
                 await wait_for(ready, timeout=10, what=f"edge {region} ready")
 
     async def close(self) -> None:
+        edges, self.edges = list(self.edges.values()), {}
+        await asyncio.gather(*(e.close() for e in edges))
         if self.uvicorn_server is not None and self.uvicorn_task is not None:
             self.uvicorn_server.should_exit = True
             await self.uvicorn_task
@@ -249,8 +268,11 @@ async def _build(
             **(edge_overrides or {}),
         }
         settings = EdgeSettings(**options)
-        app: web.Application = create_edge(settings, topology=topo, tracer_provider=provider)
-        fleet.edges[name] = await aiohttp_server(app)
+        edge = Edge(settings, topology=topo, tracer_provider=provider)
+        port = free_port()
+        fleet.edges[name] = ServedEdge(
+            edge, await serve_edge(edge, "127.0.0.1", port, shutdown_timeout=2.0), port
+        )
     if control_plane:
         await fleet.wait_edges_ready()
 

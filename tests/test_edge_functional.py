@@ -354,6 +354,45 @@ async def test_request_body_over_the_limit_gets_413(fleet: Fleet) -> None:
     )
 
 
+async def test_the_edge_server_does_what_a_router_did(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """The edge answers on aiohttp's low-level server: the body limit comes from the settings, clients that
+    ask for 100-continue get it, other Expect values and non-GET calls to Meridian's endpoints are refused."""
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        regions=("eu-west-1",),
+        edges=("eu-west-1",),
+        control_plane=False,
+        edge_overrides={"max_body_bytes": 4096},
+    )
+    url = f.edge_url("eu-west-1")
+    try:
+        async with aiohttp.ClientSession() as s:
+            big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+            status, _, body = await ask(s, url, CLIENT_IP["london"], body=big)
+            assert status == 413 and b"4096 bytes" in body
+            async with s.post(
+                url + "v1/chat/completions",
+                json=CHAT,
+                expect100=True,
+                headers={"X-Forwarded-For": CLIENT_IP["london"]},
+            ) as r:
+                assert r.status == 200 and r.headers["X-Meridian-Region"] == "eu-west-1"
+            status, _, body = await ask(s, url, CLIENT_IP["london"], headers={"Expect": "something-else"})
+            assert status == 417 and b"Expect" in body
+            async with s.post(url + "healthz") as r:
+                assert r.status == 405 and r.headers["Allow"] == "GET"
+            async with s.get(url + "_meridian/nothing-here") as r:
+                assert r.status == 404 and (await r.json())["error"]["type"] == "meridian_not_found"
+        served = sum(f.sim("eu-west-1", rep).stats.requests for rep in f.sims["eu-west-1"])
+        assert served == 1  # the 100-continue call only: refused requests never reach a region
+    finally:
+        await f.close()
+
+
 async def test_bad_priority_and_route_query_get_400_naming_the_field(fleet: Fleet) -> None:
     async with aiohttp.ClientSession() as s:
         status, _, body = await ask(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,17 @@ def test_invalid_settings_name_the_variable(args: list[str], env: dict[str, str]
     res = run(args, env)
     assert res.returncode == 2, res.stderr
     assert field in res.stderr and "Traceback" not in res.stderr
+
+
+def test_an_edge_that_cannot_listen_names_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run(
+            ["-m", "edge"],
+            {"MERIDIAN_REGION": "us-east-1", "MERIDIAN_HOST": "127.0.0.1", "MERIDIAN_PORT": str(port)},
+        )
+    assert res.returncode == 2, res.stderr
+    assert f"127.0.0.1:{port}" in res.stderr and "MERIDIAN_PORT" in res.stderr
+    assert "Traceback" not in res.stderr
