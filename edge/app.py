@@ -33,7 +33,7 @@ from edge import routing, tracing
 from edge.budget import RetryBudget
 from edge.failback import Failback
 from edge.forwarder import Attempt, Forwarder, HedgePlan, Resilience, upstream_headers
-from edge.geo import ClientPlace, GeoLocator, client_ip
+from edge.geo import ClientLocator, ClientPlace, GeoLocator
 from edge.hedging import HedgeBudget, QuantileWindow, hedge_delay, may_hedge
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
@@ -117,6 +117,7 @@ class Edge:
             store_connected=lambda: 1.0 if feed.connected else 0.0,
         )
         self.geo = GeoLocator(settings.geoip_db, fallback=home.location)
+        self.clients = ClientLocator(self.geo, settings.trusted_proxies)
         self.tracer = self.provider.get_tracer("meridian.edge")
         self.rng = rng or random.Random()
         self.plans = routing.PlanCache()
@@ -268,9 +269,7 @@ class Edge:
     async def explain(self, request: web.BaseRequest) -> web.Response:
         raw = request.query.get("ip")
         if raw is None:
-            ip = client_ip(
-                request.remote, request.headers.getall("X-Forwarded-For", []), self.settings.trusted_proxies
-            )
+            ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         else:
             try:
                 ip = ipaddress.ip_address(raw.strip())
@@ -278,7 +277,7 @@ class Edge:
                 return _error(
                     400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input"
                 )
-        place = self.geo.locate(ip)
+            place = self.geo.locate(ip)
         snap = self.feed.current or self.fallback_snapshot
         d = self._decide(place, snap)
         return web.json_response(
@@ -429,10 +428,7 @@ class Edge:
                 headers=edge_hdr,
             )
         span.set_attribute(tracing.ATTR_PRIORITY, priority)
-        ip = client_ip(
-            request.remote, request.headers.getall("X-Forwarded-For", []), settings.trusted_proxies
-        )
-        place = self.geo.locate(ip)
+        ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
             span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
         snap = self.feed.current
@@ -481,9 +477,7 @@ class Edge:
 
         def replicas(region: str) -> list[str]:
             serving = serving_cache.get(snap, region)
-            now = time.monotonic()
-            admitted = [r for r in serving if outliers.replica_admits(region, r, now)]
-            return admitted or serving
+            return outliers.admitted(region, serving, time.monotonic()) or serving
 
         def next_attempt(tried: list[routing.Tried]) -> Attempt | None:
             t = routing.next_target(

@@ -25,7 +25,7 @@ from edge.observed import Observed
 from edge.outlier import OutlierDetector
 from edge.routing import Tried
 from edge.settings import TimeoutSet
-from edge.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from edge.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode_header_text
 
 log = logging.getLogger("meridian.forwarder")
 
@@ -97,19 +97,21 @@ class _Won:
     span: trace.Span
 
 
-def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None) -> CIMultiDict[str]:
-    """End-to-end headers only; client-sent X-Meridian-* (but priority) and trace headers are dropped."""
-    out: CIMultiDict[str] = CIMultiDict()
+def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None) -> bytes:
+    """End-to-end headers only, encoded once per request as the upstream request's header lines
+    (``\r\nName: value`` each, in the client's own bytes); client-sent X-Meridian-* (but priority) and trace
+    headers are dropped, X-Forwarded-For becomes the client address we resolved."""
+    lines = []
     for k, v in incoming.items():
         lk = k.lower()
         if lk in HOP_BY_HOP or lk == "x-forwarded-for":
             continue
         if lk.startswith("x-meridian-") and lk != PRIORITY_HEADER:
             continue
-        out.add(k, v)
+        lines.append(f"\r\n{k}: {v}")
     if client_ip:
-        out["X-Forwarded-For"] = client_ip
-    return out
+        lines.append(f"\r\nX-Forwarded-For: {client_ip}")
+    return encode_header_text("".join(lines))
 
 
 def copy_response_headers(upstream: Mapping[str, str], out: CIMultiDict[str]) -> None:
@@ -128,6 +130,21 @@ class _CoalescingStreamResponse(web.StreamResponse):
     that chunk is already in hand."""
 
     _send_headers_immediately = False
+
+
+class _Once:
+    """A call that runs at most once, whoever asks first (the loop's callback or the relay's end)."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., None], *args: object) -> None:
+        self.fn: Callable[..., None] | None = fn
+        self.args = args
+
+    def __call__(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn(*self.args)
 
 
 class Forwarder:
@@ -184,12 +201,33 @@ class Forwarder:
             self.metrics.ejections.labels(level=level, region=attempt.region).inc()
             log.warning("ejected %s %s/%s after passive failures", level, attempt.region, attempt.replica)
 
+    def _account(
+        self, attempt: Attempt, span: trace.Span, status: int | None, ttfb: float, failure: str | None
+    ) -> None:
+        """One attempt's outcome into the metrics, the TTFB windows, the breakers and the observations."""
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+            self.metrics.child(self.metrics.ttfb, attempt.region).observe(ttfb)
+            if status < 500:
+                self.res.observe_ttfb(attempt.region, ttfb)
+        ok = failure is None and status is not None and status < 500
+        self._record(attempt, ok)
+        self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0 if ok else None, error=not ok)
+        outcome = str(status) if status is not None else failure or "error"
+        self.metrics.child(self.metrics.attempts, attempt.region, attempt.kind, outcome).inc()
+        span.set_attribute(tracing.ATTR_OUTCOME, outcome)
+
+    def _committed(self, attempt: Attempt, span: trace.Span, status: int, ttfb: float) -> None:
+        self._account(attempt, span, status, ttfb, None)
+        self.metrics.child(self.metrics.requests, attempt.region, str(status)).inc()
+        span.set_attribute("meridian.committed", True)
+
     async def forward(
         self,
         request: web.BaseRequest,
         *,
         body: bytes,
-        headers: CIMultiDict[str],
+        headers: bytes,
         next_attempt: NextAttempt,
         timeouts: TimeoutSet,
         hedge: HedgePlan | None = None,
@@ -245,19 +283,20 @@ class Forwarder:
                 except CONNECT_ERRORS as exc:
                     failure, last_error, last_status = "connect", type(exc).__name__, 502
                 ttfb = time.monotonic() - t0
-                if upstream is not None:
-                    span.set_attribute("http.response.status_code", upstream.status)
-                    self.metrics.child(self.metrics.ttfb, attempt.region).observe(ttfb)
-                    if upstream.status < 500:
-                        self.res.observe_ttfb(attempt.region, ttfb)
-                    if upstream.status in RETRYABLE_STATUS:
-                        failure, last_error = "status", f"upstream status {upstream.status}"
-                ok = failure is None and upstream is not None and upstream.status < 500
-                self._record(attempt, ok)
-                self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0 if ok else None, error=not ok)
-                outcome = str(upstream.status) if upstream is not None else failure or "error"
-                self.metrics.child(self.metrics.attempts, attempt.region, attempt.kind, outcome).inc()
-                span.set_attribute(tracing.ATTR_OUTCOME, outcome)
+                if upstream is not None and upstream.status in RETRYABLE_STATUS:
+                    failure, last_error = "status", f"upstream status {upstream.status}"
+                if failure is None and upstream is not None:
+                    # committed: the client's first byte goes first, this attempt's bookkeeping right after
+                    # it (next loop turn, or when the relay ends, whichever is sooner)
+                    book = _Once(self._committed, attempt, span, upstream.status, ttfb)
+                    request.task.get_loop().call_soon(book)
+                    try:
+                        return await self._relay(
+                            request, upstream, attempt, len(tried) + 1, span, deadline=deadline
+                        )
+                    finally:
+                        book()
+                self._account(attempt, span, upstream.status if upstream is not None else None, ttfb, failure)
                 if failure is not None:
                     span.set_status(Status(StatusCode.ERROR, last_error))
                     tried.append(Tried(attempt.region, attempt.replica, failure))
@@ -286,11 +325,10 @@ class Forwarder:
                         span.set_attribute("meridian.retry_denied", why)
                 if upstream is None:
                     break
-                # committed: this response goes to the client (a 503 too, when no retry was possible)
+                # a failed attempt's answer goes to the client (a 503) when no retry was possible
                 self.metrics.child(self.metrics.requests, attempt.region, str(upstream.status)).inc()
                 span.set_attribute("meridian.committed", True)
-                attempts = len(tried) + (1 if failure is None else 0)
-                return await self._relay(request, upstream, attempt, attempts, span, deadline=deadline)
+                return await self._relay(request, upstream, attempt, len(tried), span, deadline=deadline)
             finally:
                 if upstream is not None:
                     upstream.release()
@@ -315,7 +353,7 @@ class Forwarder:
         span: trace.Span,
         *,
         body: bytes,
-        headers: CIMultiDict[str],
+        headers: bytes,
         timeouts: TimeoutSet,
         path_qs: str,
         ttfb_s: float | None = None,
@@ -325,8 +363,9 @@ class Forwarder:
             attempt.url,
             request.method,
             path_qs,
-            [*headers.items(), *tracing.trace_headers(span)],
+            tracing.trace_headers(span),
             body,
+            header_block=headers,
             connect_s=timeouts.connect_s,
             idle_s=timeouts.idle_s,
             ttfb_s=ttfb_s,
@@ -339,7 +378,7 @@ class Forwarder:
         span: trace.Span,
         *,
         body: bytes,
-        headers: CIMultiDict[str],
+        headers: bytes,
         timeouts: TimeoutSet,
         deadline: float,
         path_qs: str,
@@ -377,7 +416,7 @@ class Forwarder:
         request: web.BaseRequest,
         *,
         body: bytes,
-        headers: CIMultiDict[str],
+        headers: bytes,
         next_attempt: NextAttempt,
         timeouts: TimeoutSet,
         hedge: HedgePlan,

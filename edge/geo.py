@@ -129,6 +129,33 @@ class GeoLocator:
         )
 
 
+class ClientLocator:
+    """Who and where a request's client is: ``client_ip`` then ``GeoLocator.locate``, cached by what the
+    request carried (peer address and X-Forwarded-For text; hashing strings is cheaper than parsing and
+    hashing addresses and networks on every request)."""
+
+    MAX_KEY_TEXT = 256  # longer X-Forwarded-For chains are resolved uncached
+
+    def __init__(self, geo: GeoLocator, trusted: Sequence[IPNetwork], *, cache_size: int = 65536) -> None:
+        self.geo = geo
+        self.trusted = tuple(trusted)
+        self._cached = lru_cache(maxsize=cache_size)(self._resolve)
+
+    def resolve(self, peer: str | None, forwarded_for: Sequence[str]) -> tuple[IPAddress | None, ClientPlace]:
+        if not forwarded_for:
+            return self._cached(peer, ())
+        hops = tuple(forwarded_for)
+        if sum(map(len, hops)) > self.MAX_KEY_TEXT:
+            return self._resolve(peer, hops)
+        return self._cached(peer, hops)
+
+    def _resolve(
+        self, peer: str | None, forwarded_for: tuple[str, ...]
+    ) -> tuple[IPAddress | None, ClientPlace]:
+        ip = client_ip(peer, forwarded_for, self.trusted)
+        return ip, self.geo.locate(ip)
+
+
 def open_reader(path: Path) -> geoip2.database.Reader:
     """Open and sanity-check a City database; raise GeoDatabaseError naming the file."""
     try:

@@ -4,7 +4,12 @@ time-to-first-byte (peak-sensitive EWMA), plus counters drained into observation
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+
+def _per_replica() -> defaultdict[str, int]:
+    return defaultdict(int)
 
 
 @dataclass(slots=True)
@@ -17,21 +22,22 @@ class RegionCounters:
 @dataclass(slots=True)
 class Observed:
     alpha: float = 0.2
-    outstanding: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # key: "region/replica"
+    # region -> replica -> requests in flight (looked up per request: no scan over every replica)
+    outstanding: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(_per_replica))
     region_inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     counters: dict[str, RegionCounters] = field(default_factory=dict)
 
     def start(self, region: str, replica: str) -> None:
-        self.outstanding[f"{region}/{replica}"] += 1
+        self.outstanding[region][replica] += 1
         self.region_inflight[region] += 1
 
     def finish(self, region: str, replica: str) -> None:
-        self.outstanding[f"{region}/{replica}"] -= 1
+        self.outstanding[region][replica] -= 1
         self.region_inflight[region] -= 1
 
-    def outstanding_in(self, region: str) -> dict[str, int]:
-        prefix = region + "/"
-        return {k[len(prefix) :]: v for k, v in self.outstanding.items() if k.startswith(prefix)}
+    def outstanding_in(self, region: str) -> Mapping[str, int]:
+        """Requests in flight per replica of ``region`` (a live view: read it, do not keep it)."""
+        return self.outstanding[region]
 
     def record(self, region: str, *, ttfb_ms: float | None, error: bool) -> None:
         c = self.counters.setdefault(region, RegionCounters())

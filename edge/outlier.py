@@ -123,6 +123,8 @@ class OutlierDetector:
     # regions whose breaker is not closed: a breaker leaves "closed" only in record(), so a fleet with
     # none of these answers ejected_regions() without looking at any breaker (it runs per request)
     _not_closed: set[str] = field(default_factory=set)
+    # regions with a replica breaker that is not closed: elsewhere every serving replica is admitted as is
+    _replica_trouble: set[str] = field(default_factory=set)
 
     def record(self, region: str, replica: str, ok: bool, *, now: float, replica_count: int) -> list[str]:
         """Returns what was ejected by this outcome ("replica", "region")."""
@@ -134,8 +136,15 @@ class OutlierDetector:
                 1 for (reg, _), br in self.replicas.items() if reg == region and br.ejected(now, self.policy)
             )
             may = (ejected_now + 1) <= self.max_ejection_fraction * replica_count
+        was = b.phase
         if b.record(ok, now=now, policy=self.policy, may_eject=may):
             out.append("replica")
+        if b.phase != "closed":
+            self._replica_trouble.add(region)
+        elif was != "closed" and all(
+            br.phase == "closed" for (reg, _), br in self.replicas.items() if reg == region
+        ):
+            self._replica_trouble.discard(region)  # the region's last replica breaker closed again
         rb = self.regions.setdefault(region, Breaker())
         if rb.record(ok, now=now, policy=self.policy):
             out.append("region")
@@ -154,6 +163,12 @@ class OutlierDetector:
     def replica_admits(self, region: str, replica: str, now: float) -> bool:
         b = self.replicas.get((region, replica))
         return b is None or b.admits(now, self.policy)
+
+    def admitted(self, region: str, replicas: list[str], now: float) -> list[str]:
+        """The replicas of ``region`` a request may go to now (half-open ones use up their probe slot)."""
+        if region not in self._replica_trouble:
+            return replicas
+        return [r for r in replicas if self.replica_admits(region, r, now)]
 
     def ejected_regions(self, now: float) -> frozenset[str]:
         if not self._not_closed:

@@ -408,7 +408,7 @@ def pick_replica(
     exclude: frozenset[str] = frozenset(),
 ) -> str | None:
     """Power of two choices, least outstanding requests wins (ties go to the first draw)."""
-    pool = [c for c in candidates if c not in exclude]
+    pool = [c for c in candidates if c not in exclude] if exclude else candidates
     if not pool:
         return None
     if len(pool) == 1:

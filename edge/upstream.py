@@ -24,6 +24,12 @@ HIGH_WATER = 256 * 1024  # stop reading from the region when this much body is w
 LOW_WATER = 64 * 1024
 
 
+def encode_header_text(text: str) -> bytes:
+    """Header text back to the bytes a client sent (aiohttp decodes them as UTF-8 with surrogateescape):
+    no header value can fail to encode, and none is re-encoded into different bytes."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 class UpstreamError(ConnectionError):
     """The region's connection failed or broke off (before or during the response)."""
 
@@ -365,8 +371,11 @@ class UpstreamPool:
         connect_s: float,
         idle_s: float | None,
         ttfb_s: float | None = None,
+        header_block: bytes = b"",
     ) -> UpstreamResponse:
         """Send one request; returns at the response's headers. Cancelling closes the connection.
+        ``header_block``: more header lines already encoded (``\r\nName: value`` each), sent before
+        ``headers``.
 
         ``ttfb_s`` bounds the whole wait for the headers (a free connection, connecting, the region's first
         byte): TimeoutError after it, and the connection is closed. A timer on the response future, not
@@ -374,9 +383,9 @@ class UpstreamPool:
         started = time.monotonic()
         host, port, netloc = self._origin(base_url)
         conn = await self._acquire(host, port, connect_s, ttfb_s)
-        lines = [f"{method} {path_qs} HTTP/1.1\r\nHost: ".encode("latin-1"), netloc]
+        lines = [f"{method} {path_qs} HTTP/1.1\r\nHost: ".encode("latin-1"), netloc, header_block]
         for k, v in headers:
-            lines.append(f"\r\n{k}: {v}".encode("latin-1"))
+            lines.append(encode_header_text(f"\r\n{k}: {v}"))
         if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             lines.append(b"\r\nContent-Length: %d" % len(body))
         lines.append(b"\r\n\r\n")

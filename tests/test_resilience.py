@@ -120,3 +120,18 @@ def test_flapping_region_is_held_down_with_growing_backoff() -> None:
         assert f.share("eu", t) > 0
         t += 2
     assert holds == [5.0, 10.0, 20.0, 40.0]
+
+
+def test_admitted_replicas_skip_the_breakers_until_one_opens_and_again_once_all_closed() -> None:
+    d = OutlierDetector(policy=POLICY, max_ejection_fraction=0.5)
+    serving = ["a", "b"]
+    d.record("eu", "a", True, now=0.0, replica_count=2)
+    assert d.admitted("eu", serving, 0.0) is serving  # nothing ejected: no per-replica checks
+    for i in range(3):
+        d.record("eu", "a", False, now=0.1 + i * 0.01, replica_count=2)
+    assert d.admitted("eu", serving, 0.2) == ["b"]
+    assert d.admitted("us", ["x"], 0.2) == ["x"]  # other regions unaffected
+    assert d.admitted("eu", serving, 2.5) == ["a", "b"]  # half-open: a's one probation request
+    assert d.admitted("eu", serving, 2.6) == ["b"]  # its probe slot is taken
+    d.record("eu", "a", True, now=2.7, replica_count=2)  # probe succeeded: closed again
+    assert d.admitted("eu", serving, 2.8) is serving

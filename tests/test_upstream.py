@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from edge.forwarder import upstream_headers
 from edge.upstream import HIGH_WATER, UpstreamError, UpstreamPool
 from tests.fleet import ServerFactory
 
@@ -261,3 +263,49 @@ async def test_no_headers_within_ttfb_raises_timeout_and_hangs_up(
     assert time.monotonic() - started >= 0.2
     await asyncio.wait_for(gone.wait(), 5)
     await poll(lambda: pool.open_connections == 0)
+
+
+async def test_headers_reach_the_region_as_the_client_sent_them(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    """Header values are passed on byte for byte (UTF-8 included: no 500 on a value outside Latin-1),
+    hop-by-hop and client-sent internal headers are not, and X-Forwarded-For is the address we resolved."""
+    heads: list[bytes] = []
+
+    async def capture(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await _read_head(reader))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+
+    raw_note = "日本 café".encode()
+    incoming = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                ("X-Note", raw_note.decode("utf-8", "surrogateescape")),  # how aiohttp's parser hands it over
+                ("Connection", "keep-alive"),
+                ("X-Meridian-Region", "us-east-1"),
+                ("X-Meridian-Priority", "critical"),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01"),
+            ]
+        )
+    )
+    block = upstream_headers(incoming, client_ip="81.2.69.142")
+    assert (
+        block
+        == b"\r\nX-Note: " + raw_note + b"\r\nX-Meridian-Priority: critical\r\nX-Forwarded-For: 81.2.69.142"
+    )
+    resp = await pool.request(
+        await raw_server(capture),
+        "POST",
+        "/v1/x",
+        [("traceparent", "00-ab")],
+        b"{}",
+        connect_s=1,
+        idle_s=1,
+        header_block=block,
+    )
+    assert resp.status == 204
+    resp.release()
+    assert len(heads) == 1 and heads[0].startswith(b"POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert block + b"\r\ntraceparent: 00-ab\r\nContent-Length: 2\r\n\r\n" in heads[0]
