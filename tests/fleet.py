@@ -269,10 +269,8 @@ async def _build(
         }
         settings = EdgeSettings(**options)
         edge = Edge(settings, topology=topo, tracer_provider=provider)
-        port = free_port()
-        fleet.edges[name] = ServedEdge(
-            edge, await serve_edge(edge, "127.0.0.1", port, shutdown_timeout=2.0), port
-        )
+        runner = await serve_edge(edge, "127.0.0.1", 0, shutdown_timeout=2.0)  # the kernel picks the port
+        fleet.edges[name] = ServedEdge(edge, runner, runner.addresses[0][1])
     if control_plane:
         await fleet.wait_edges_ready()
 

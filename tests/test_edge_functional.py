@@ -91,15 +91,23 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
 async def test_dial_to_zero_propagates_to_every_edge_within_a_second(fleet: Fleet) -> None:
     london = CLIENT_IP["london"]
     async with aiohttp.ClientSession() as s:
+        last: dict[str, str] = {}  # edge -> region that served its latest London request (for a failure)
 
         async def all_edges(region_pred: str, *, avoid: bool) -> bool:
             for edge in fleet.edges:
                 for _ in range(3):
                     _, headers, _ = await ask(s, fleet.edge_url(edge), london)
-                    served = headers["X-Meridian-Region"]
+                    served = last[edge] = headers["X-Meridian-Region"]
                     if (served == region_pred) == avoid:
                         return False
             return True
+
+        async def explain() -> str:
+            out = []
+            for edge in fleet.edges:
+                async with s.get(fleet.edge_url(edge) + "_meridian/route", params={"ip": london}) as r:
+                    out.append(f"{edge}: last served by {last.get(edge)}, route {await r.text()}")
+            return "\n".join(out)
 
         started = time.monotonic()
         status, body = await fleet.admin(
@@ -124,12 +132,15 @@ async def test_dial_to_zero_propagates_to_every_edge_within_a_second(fleet: Flee
             "PATCH", "/v1/regions/eu-west-1", body={"weight": 100, "reason": "restore"}
         )
         assert status == 200
-        took = await wait_for(
-            lambda: all_edges("eu-west-1", avoid=False),
-            timeout=1.0,
-            interval=0.005,
-            what="every edge to send London to eu-west-1 again",
-        )
+        try:
+            took = await wait_for(
+                lambda: all_edges("eu-west-1", avoid=False),
+                timeout=1.0,
+                interval=0.005,
+                what="every edge to send London to eu-west-1 again",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{await explain()}") from None
         print(f"dial 100 restored on every edge in {took * 1000:.0f} ms")
 
 
