@@ -1,13 +1,15 @@
 """Reference proxies for bench/proxy, no routing, no tracing, no bookkeeping (uvloop, keep-alive upstream):
 
   naive  the proxy the issue names: aiohttp web.Application + aiohttp ClientSession
-  floor  aiohttp web.Application + the edge's own upstream pool (edge.upstream): what the edge's feature
-         set is measured against
+  floor  aiohttp's low-level web.Server (what the edge serves on) + the edge's own upstream pool
+         (edge.upstream), status line and first event in one write when both are in hand: what the
+         edge's feature set is measured against
 
 Usage: python bench/naive_proxy.py naive|floor PORT UPSTREAM_URL"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 
@@ -19,7 +21,6 @@ from edge.upstream import UpstreamPool
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-POOL = web.AppKey("pool", UpstreamPool)
 
 
 def main() -> None:
@@ -27,10 +28,8 @@ def main() -> None:
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
-        app[POOL] = UpstreamPool(limit=4096)
         yield
         await app[SESSION].close()
-        await app[POOL].close()
 
     async def naive(request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
@@ -50,12 +49,15 @@ def main() -> None:
                 pass
             return resp
 
-    async def floor(request: web.Request) -> web.StreamResponse:
+    pool = UpstreamPool(limit=4096)
+
+    async def floor(request: web.BaseRequest) -> web.StreamResponse:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP]
-        r = await request.app[POOL].request(
+        r = await pool.request(
             upstream, request.method, request.raw_path, headers, await request.read(), connect_s=1, idle_s=60
         )
         resp = web.StreamResponse(status=r.status)
+        resp._send_headers_immediately = not r.buffered  # as the edge does
         for k, v in r.headers.items():
             if k.lower() not in HOP:
                 resp.headers.add(k, v)
@@ -70,9 +72,18 @@ def main() -> None:
         r.release()
         return resp
 
+    async def serve_floor() -> None:
+        runner = web.ServerRunner(web.Server(floor, access_log=None))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    if mode == "floor":
+        uvloop.run(serve_floor())
+        return
     app = web.Application()
     app.cleanup_ctx.append(clients)
-    app.router.add_route("*", "/{tail:.*}", naive if mode == "naive" else floor)
+    app.router.add_route("*", "/{tail:.*}", naive)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
