@@ -265,6 +265,36 @@ async def test_no_headers_within_ttfb_raises_timeout_and_hangs_up(
     await poll(lambda: pool.open_connections == 0)
 
 
+async def test_the_idle_timeout_counts_from_the_regions_last_bytes(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    """A stream whose events keep coming faster than the idle timeout lives on well past it (one watchdog,
+    re-armed); once the region goes quiet the waiting read fails about one timeout after its last bytes."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+        )
+        for _ in range(12):  # 0.6 s of events every 50 ms, three times the idle timeout
+            writer.write(b"9\r\ndata: x\n\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(30)  # then silence
+
+    resp = await pool.request(await raw_server(trickle), "GET", "/", [], b"", connect_s=1, idle_s=0.2)
+    events = 0
+    with pytest.raises(TimeoutError):
+        while True:
+            chunk = await resp.readany()
+            events += chunk.count(b"data:")
+            last = time.monotonic()
+    quiet = time.monotonic() - last
+    resp.close()
+    assert events == 12
+    assert 0.15 <= quiet < 1.0
+
+
 async def test_headers_reach_the_region_as_the_client_sent_them(
     raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
 ) -> None:
