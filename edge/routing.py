@@ -162,12 +162,6 @@ def _softmin_order(tier: list[RegionScore], *, temperature: float, rng: random.R
     return ordered
 
 
-def order_regions(scores: Sequence[RegionScore], *, policy: Policy, rng: random.Random) -> list[RegionScore]:
-    """Routable regions best first; near-equal leaders shuffled by softmin (no herding)."""
-    ranked, tier, temperature = _rank(scores, policy)
-    return _draw_order(ranked, tier, temperature, rng)
-
-
 def _rank(scores: Sequence[RegionScore], policy: Policy) -> tuple[tuple[RegionScore, ...], int, float]:
     """Routable regions best first, how many lead within ``tie_margin`` of the best, softmin temperature."""
     ranked = tuple(sorted((s for s in scores if s.routable), key=lambda s: (s.score_ms, s.region)))
