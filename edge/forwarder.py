@@ -204,7 +204,8 @@ class Forwarder:
     def _account(
         self, attempt: Attempt, span: trace.Span, status: int | None, ttfb: float, failure: str | None
     ) -> None:
-        """One attempt's outcome into the metrics, the TTFB windows, the breakers and the observations."""
+        """One attempt's outcome into the metrics, the TTFB windows, the breakers and the observations (the
+        same for plain and hedged attempts)."""
         if status is not None:
             span.set_attribute("http.response.status_code", status)
             self.metrics.child(self.metrics.ttfb, attempt.region).observe(ttfb)
@@ -391,25 +392,27 @@ class Forwarder:
                 upstream = await self._send(
                     request, attempt, span, body=body, headers=headers, timeouts=timeouts, path_qs=path_qs
                 )
-                span.set_attribute("http.response.status_code", upstream.status)
                 if upstream.status in RETRYABLE_STATUS:
                     raise _Failed("status", f"upstream status {upstream.status}")
                 first = None
                 if upstream.content_type == "text/event-stream":
                     first = await upstream.readany()
-            ttfb = time.monotonic() - t0
-            self.metrics.child(self.metrics.ttfb, attempt.region).observe(ttfb)
-            self.res.observe_ttfb(attempt.region, ttfb)
-            self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0, error=False)
+            self._account(attempt, span, upstream.status, time.monotonic() - t0, None)
             return _Won(attempt, upstream, first, span)
         except BaseException as exc:
             if upstream is not None:
                 upstream.close()  # a loser or a failure: drop the connection so the region stops generating
-            if isinstance(exc, TimeoutError):
-                raise _Failed("timeout", "time to first byte exceeded", 504) from None
-            if isinstance(exc, CONNECT_ERRORS):
-                raise _Failed("connect", type(exc).__name__) from None
-            raise
+            if isinstance(exc, _Failed):
+                failed = exc
+            elif isinstance(exc, TimeoutError):
+                failed = _Failed("timeout", "time to first byte exceeded", 504)
+            elif isinstance(exc, CONNECT_ERRORS):
+                failed = _Failed("connect", type(exc).__name__)
+            else:
+                raise  # cancelled (the loser of a race): the winner is accounted, this one never answered
+            status = upstream.status if upstream is not None and failed.failure == "status" else None
+            self._account(attempt, span, status, time.monotonic() - t0, failed.failure)
+            raise failed from None
 
     async def _hedged(
         self,
@@ -473,13 +476,14 @@ class Forwarder:
                     if exc is None and winner is None:
                         winner = (task, task.result())
                         continue
-                    failure = exc.failure if isinstance(exc, _Failed) else "connect"
-                    self._record(att, False)
-                    self.observed.record(att.region, ttfb_ms=None, error=True)
+                    if isinstance(exc, _Failed):  # accounted by _first_byte
+                        failure = exc.failure
+                    else:  # a bug, not the region: still a failed attempt
+                        failure = "error"
+                        self._account(att, span, None, 0.0, failure)
                     self.observed.finish(att.region, att.replica)
                     tried.append(Tried(att.region, att.replica, failure))
                     span.set_status(Status(StatusCode.ERROR, str(exc)))
-                    span.set_attribute(tracing.ATTR_OUTCOME, failure)
                     span.end()
         finally:
             for task in pending:  # the losers: cancel now, so their connections close and regions stop
@@ -497,7 +501,6 @@ class Forwarder:
             return None
         task, won = winner
         att = won.attempt
-        self._record(att, True)
         won.span.set_attribute(ATTR_WINNER, True)
         if hedged and running[task][0] is not primary:
             self.metrics.hedges.labels(outcome="won", region=att.region).inc()

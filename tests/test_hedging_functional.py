@@ -70,6 +70,11 @@ async def test_slow_primary_the_hedge_wins_and_the_loser_is_cancelled(hfleet: Fl
 
     await wait_for(cancelled, timeout=2, what="the primary region to see its request cancelled")
     assert stat(hfleet, "eu-west-1", "completed") == 0
+    async with aiohttp.ClientSession() as s, s.get(hfleet.edge_url("eu-west-1") + "metrics") as r:
+        text = await r.text()
+    # hedged attempts are accounted like any other: the winner once, the cancelled loser not at all
+    assert 'meridian_edge_upstream_attempts_total{kind="hedge",outcome="200",region="us-east-1"} 1.0' in text
+    assert 'kind="primary"' not in text
 
 
 async def test_fast_primary_is_not_hedged(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> None:
