@@ -33,6 +33,19 @@ async def ask(
         return r.status, r.headers, await r.read()
 
 
+async def one_edge(tmp_path: Path, serve: ServerFactory, geo_db: Path, edge: dict[str, object]) -> Fleet:
+    """eu-west-1 alone: its simulators, its Redis replica and one edge with ``edge`` settings."""
+    return await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        regions=("eu-west-1",),
+        edges=("eu-west-1",),
+        control_plane=False,
+        edge_overrides=edge,
+    )
+
+
 @pytest.mark.parametrize(
     ("place", "region"),
     [
@@ -242,15 +255,7 @@ async def test_an_unsampled_request_records_no_spans_but_its_trace_id_reaches_th
 async def test_an_edge_sampling_nothing_records_no_spans_yet_follows_a_sampled_client(
     tmp_path: Path, serve: ServerFactory, geo_db: Path
 ) -> None:
-    f = await start_fleet(
-        tmp_path,
-        serve,
-        geo_db=geo_db,
-        regions=("eu-west-1",),
-        edges=("eu-west-1",),
-        control_plane=False,
-        edge_overrides={"tracing_sample_ratio": 0.0},
-    )
+    f = await one_edge(tmp_path, serve, geo_db, {"tracing_sample_ratio": 0.0})
     try:
         async with aiohttp.ClientSession() as s:
             status, headers, _ = await ask(s, f.edge_url("eu-west-1"), CLIENT_IP["london"])
@@ -370,15 +375,7 @@ async def test_the_edge_server_does_what_a_router_did(
 ) -> None:
     """The edge answers on aiohttp's low-level server: the body limit comes from the settings, clients that
     ask for 100-continue get it, other Expect values and non-GET calls to Meridian's endpoints are refused."""
-    f = await start_fleet(
-        tmp_path,
-        serve,
-        geo_db=geo_db,
-        regions=("eu-west-1",),
-        edges=("eu-west-1",),
-        control_plane=False,
-        edge_overrides={"max_body_bytes": 4096},
-    )
+    f = await one_edge(tmp_path, serve, geo_db, {"max_body_bytes": 4096})
     url = f.edge_url("eu-west-1")
     try:
         async with aiohttp.ClientSession() as s:
