@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from controlplane.redisproc import free_block
+from meridian.redisproc import free_block
 
 ROOT = Path(__file__).resolve().parent.parent
 PLACES = {  # client IPs located by the GeoLite2 City database the demo uses
@@ -30,7 +30,7 @@ def demo_fleet(extra_env: dict[str, str] | None = None) -> Iterator[dict[str, An
     env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
     env.update(extra_env or {})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane", "demo", "--base-port", str(free_block())],
+        [sys.executable, "-m", "meridian", "demo", "--base-port", str(free_block())],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -67,10 +67,10 @@ def single_edge(
     import yaml
     from _maxminddb_geolite2 import geolite2_database
 
-    from controlplane.redisconn import connect
-    from controlplane.redisproc import RedisServer, spawn, stop_process
     from controlplane.store import StateStore
-    from controlplane.topology import load_topology
+    from fleet.redisconn import connect
+    from fleet.topology import load_topology
+    from meridian.redisproc import RedisServer, spawn, stop_process
 
     topo = yaml.safe_load((ROOT / "regions.yaml").read_text())
     for region in topo["regions"]:

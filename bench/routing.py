@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from controlplane.state import Location, RegionState, Snapshot, Topology
 from edge import routing
+from fleet.state import Location, RegionState, Snapshot, Topology
 
 
 def big_topology(regions: int = 10, replicas: int = 50) -> tuple[Topology, Snapshot]:
@@ -54,20 +54,33 @@ CLIENTS = [
 ]
 
 
-def decide(rng: random.Random, i: int, cache: routing.PlanCache | None) -> str | None:
-    kw: dict[str, Any] = {"topology": TOPO, "snapshot": SNAP, "country": None, "continent": None, "rng": rng}
+URLS = {r: {x: f"http://{x}" for x in names} for r, names in REPLICAS.items()}
+
+
+def decide(rng: random.Random, i: int, cache: routing.RouteCache | None) -> str | None:
+    """One request's decision and its first attempt (the replica choice), as the edge makes them."""
+    kw: dict[str, Any] = {"country": None, "continent": None, "rng": rng}
     d = (
-        routing.route(client=CLIENTS[i % 64], **kw)
+        routing.route(topology=TOPO, snapshot=SNAP, client=CLIENTS[i % 64], **kw)
         if cache is None
         else cache.route(client=CLIENTS[i % 64], **kw)
     )
-    assert d.primary is not None
-    return routing.pick_replica(REPLICAS[d.primary], outstanding=OUTSTANDING[d.primary], rng=rng)
+    plan = routing.AttemptPlan(
+        d,
+        replicas=REPLICAS.__getitem__,
+        outstanding=OUTSTANDING.__getitem__,
+        urls=URLS,
+        rng=rng,
+        max_attempts=3,
+    )
+    first = plan.next()
+    assert first is not None
+    return first.replica
 
 
 def test_routing_decision_planned_cell(benchmark: Any) -> None:
     rng = random.Random(7)
-    cache = routing.PlanCache()
+    cache = routing.RouteCache(TOPO, SNAP)
     counter = iter(range(10**9))
     result = benchmark(lambda: decide(rng, next(counter), cache))
     assert result is not None

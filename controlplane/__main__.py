@@ -1,5 +1,5 @@
-"""`python -m controlplane`: the `meridian` command."""
+"""`python -m controlplane`: run the control plane (see controlplane.main)."""
 
-from controlplane.cli import main
+from controlplane.main import main
 
 raise SystemExit(main())

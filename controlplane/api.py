@@ -36,9 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.intake import Intake, PassiveBook
 from controlplane.prober import Prober
-from controlplane.redisconn import connect
 from controlplane.settings import AdminToken, ControlPlaneSettings
-from controlplane.state import RegionState, Topology
 from controlplane.store import (
     AuditEntry,
     RegionNotFound,
@@ -47,7 +45,9 @@ from controlplane.store import (
     VersionConflict,
     is_unavailable,
 )
-from controlplane.topology import load_topology
+from fleet.redisconn import connect
+from fleet.state import RegionState, Topology
+from fleet.topology import load_topology
 
 log = logging.getLogger("meridian.api")
 

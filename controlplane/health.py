@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from controlplane.state import Health
+from fleet.state import Health
 
 Signal = Literal["ok", "slow", "fail"]
 

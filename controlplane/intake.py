@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from controlplane.health import Track, observe, passive_signal
 from controlplane.settings import ControlPlaneSettings
-from controlplane.state import Health, RegionState
 from controlplane.store import StateStore, StoreError
+from fleet.state import Health, RegionState
 
 log = logging.getLogger("meridian.intake")
 

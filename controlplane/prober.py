@@ -15,8 +15,8 @@ import aiohttp
 from controlplane.health import Signal, Track, fold_region, observe, worse
 from controlplane.intake import PassiveBook
 from controlplane.settings import ControlPlaneSettings
-from controlplane.state import Health, RegionState, Topology
 from controlplane.store import StateStore, StoreError, StoreUnavailable
+from fleet.state import Health, RegionState, Topology
 
 log = logging.getLogger("meridian.prober")
 

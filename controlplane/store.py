@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from controlplane.state import (
+from fleet.state import (
     CHANNEL_CHANGES,
     KEY_AUDIT,
     KEY_OBSERVATIONS,

@@ -1,6 +1,7 @@
-"""How we send (I/O): run a request's attempt plan against regional replicas — retry on another replica,
-fail over to the next region, with backoff, a retry budget and one deadline — only before the first byte
-reached the client; then stream the winner back chunk by chunk. One client span per attempt."""
+"""How we send (I/O): run a request's attempt plan against regional replicas, wave by wave — a wave is one
+attempt, or a primary plus its hedge — with the same gate before every wave after the first (deadline,
+retry budget, backoff with jitter, metrics); only before the first byte reached the client. Then stream the
+winner back chunk by chunk. One client span per attempt; every outcome classified by ``edge.outcome``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -19,13 +20,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge import tracing
 from edge.budget import RetryBudget, backoff_s
-from edge.hedging import QuantileWindow
+from edge.hedging import HedgePolicy
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
+from edge.outcome import NO_REPLICA, TIMEOUT, Outcome, answered, raised
 from edge.outlier import OutlierDetector
-from edge.routing import Tried
+from edge.routing import Attempt, AttemptPlan
 from edge.settings import TimeoutSet
-from edge.upstream import UpstreamError, UpstreamPool, UpstreamResponse, encode_header_text
+from edge.upstream import UpstreamPool, UpstreamResponse, encode_header_text
 
 log = logging.getLogger("meridian.forwarder")
 
@@ -38,23 +40,7 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 PRIORITY_HEADER = "x-meridian-priority"
 BUFFER_LIMIT = 1 << 20  # non-streaming upstream bodies up to this size are sent with Content-Length
-RETRYABLE_STATUS = frozenset({502, 503, 504})
-ATTR_WINNER = "meridian.attempt.winner"
-ATTR_CANCELLED = "meridian.attempt.cancelled"
-
-# refused, reset, unreachable, cut off mid-response (catch TimeoutError, also an OSError, before these)
-CONNECT_ERRORS = (UpstreamError, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    region: str
-    replica: str
-    url: str  # replica base URL
-    kind: str  # primary | retry | failover
-
-
-NextAttempt = Callable[[list[Tried]], Attempt | None]
+STREAM_ERRORS = (OSError, TimeoutError)  # a body read that broke off (the pool raises ConnectionErrors)
 
 
 @dataclass(slots=True)
@@ -67,34 +53,33 @@ class Resilience:
     backoff_base_s: float
     backoff_cap_s: float
     replica_counts: dict[str, int]
-    ttfb: dict[str, QuantileWindow] = field(default_factory=dict)
-
-    def observe_ttfb(self, region: str, seconds: float) -> None:
-        self.ttfb.setdefault(region, QuantileWindow()).add(seconds)
 
 
 @dataclass(slots=True)
-class HedgePlan:
-    """Send ``target`` if the primary has no first byte within ``delay_s`` and ``allow()`` says so."""
+class Call:
+    """One client request as the attempts see it: what to send, where the deadline is, the request span."""
 
-    delay_s: float
-    target: Attempt | None
-    allow: Callable[[], bool]
-
-
-class _Failed(Exception):
-    def __init__(self, failure: str, reason: str, status: int = 502) -> None:
-        super().__init__(reason)
-        self.failure = failure
-        self.status = status
+    request: web.BaseRequest
+    body: bytes
+    headers: bytes
+    timeouts: TimeoutSet
+    deadline: float
+    path_qs: str
+    parent: trace.Span
+    sent: int = 0  # attempts made so far (X-Meridian-Attempts)
+    hedged: bool = False
 
 
 @dataclass(slots=True)
-class _Won:
+class Result:
+    """One attempt up to its first byte: its outcome, and the region's response when it answered."""
+
     attempt: Attempt
-    upstream: UpstreamResponse
-    first: bytes | None
     span: trace.Span
+    outcome: Outcome
+    ttfb: float
+    upstream: UpstreamResponse | None
+    first: bytes | None = None  # a raced stream's first event, read to decide the race
 
 
 def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None) -> bytes:
@@ -124,7 +109,7 @@ def copy_response_headers(upstream: Mapping[str, str], out: CIMultiDict[str]) ->
         out.add(k, v)
 
 
-class _CoalescingStreamResponse(web.StreamResponse):
+class CoalescingStreamResponse(web.StreamResponse):
     """Headers leave with the first body chunk: one write, so a stream's first event reaches the client in
     the same packet as the status line (aiohttp's switch for this; web.Response sets it too). Used only when
     that chunk is already in hand."""
@@ -156,6 +141,7 @@ class Forwarder:
         observed: Observed,
         metrics: EdgeMetrics,
         resilience: Resilience,
+        hedging: HedgePolicy,
         edge_region: str,
     ) -> None:
         self.pool = pool
@@ -163,34 +149,189 @@ class Forwarder:
         self.observed = observed
         self.metrics = metrics
         self.res = resilience
+        self.hedging = hedging
         self.edge_region = edge_region
 
-    def _meridian_headers(self, region: str | None, attempts: int) -> dict[str, str]:
-        h = {"X-Meridian-Edge": self.edge_region, "X-Meridian-Attempts": str(attempts)}
-        if region:
-            h["X-Meridian-Region"] = region
-        return h
-
-    def _attempt_span(
-        self, parent: trace.Span, attempt: Attempt, number: int, kind: str, method: str, path_qs: str
-    ) -> trace.Span:
-        """One client span per attempt, child of the request's span. An unsampled request records nothing:
-        its own (non-recording) span stands in, so the region still gets the request's trace id."""
-        if not parent.is_recording():
-            return parent
-        return self.tracer.start_span(
-            tracing.SPAN_ATTEMPT,
-            context=trace.set_span_in_context(parent),
-            kind=SpanKind.CLIENT,
-            attributes={
-                tracing.ATTR_REGION: attempt.region,
-                tracing.ATTR_REPLICA: attempt.replica,
-                tracing.ATTR_ATTEMPT: number,
-                tracing.ATTR_ATTEMPT_KIND: kind,
-                "http.request.method": method,
-                "url.full": attempt.url + path_qs,
-            },
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        *,
+        plan: AttemptPlan,
+        body: bytes,
+        headers: bytes,
+        timeouts: TimeoutSet,
+        hedge_delay_s: float | None = None,
+        parent: trace.Span = trace.INVALID_SPAN,
+    ) -> web.StreamResponse:
+        """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
+        hedge after that long without a first byte."""
+        started = time.monotonic()
+        self.res.budget.deposit(started)
+        call = Call(
+            request, body, headers, timeouts, started + timeouts.total_s, request.rel_url.raw_path_qs, parent
         )
+        last: Result | None = None
+        attempt = plan.next()
+        while attempt is not None:
+            if call.sent:  # every wave after the first passes the same gate
+                wait = self._gate(call, last, attempt)
+                if wait is None:
+                    break
+                if last is not None:
+                    self._drop(last)
+                    last = None
+                await asyncio.sleep(wait)
+            if hedge_delay_s is not None and not call.sent:
+                won, failed = await self._race(call, plan, attempt, hedge_delay_s)
+            else:
+                won, failed = await self._single(call, attempt)
+            if won is not None:
+                return await self._commit(call, won)
+            for r in failed[:-1]:
+                self._drop(r)
+            for r in failed:
+                plan.failed(r.attempt, r.outcome.kind)
+            if failed:
+                last = failed[-1]
+            attempt = plan.next()
+        return await self._give_up(call, last)
+
+    def _gate(self, call: Call, last: Result | None, nxt: Attempt) -> float | None:
+        """Before every wave after the first: the deadline and the retry budget decide; returns the backoff
+        to wait, or None when no more attempts may be made."""
+        now = time.monotonic()
+        denied = "deadline" if now >= call.deadline or last is None else None
+        if denied is None and not self.res.budget.try_withdraw(now):
+            denied = "budget"
+        if denied is not None or last is None:
+            self.metrics.retry_denied.labels(reason=denied or "deadline").inc()
+            call.parent.set_attribute(tracing.ATTR_RETRY_DENIED, denied or "deadline")
+            return None
+        src, dst = last.attempt.region, nxt.region
+        where = "same-region" if src == dst else "failover"
+        self.metrics.retries.labels(reason=f"{last.outcome.kind}:{where}").inc()
+        if src != dst:
+            self.metrics.failovers.labels(src=src, dst=dst).inc()
+        call.parent.set_attribute(tracing.ATTR_RETRIES, call.sent)
+        res = self.res
+        delay = backoff_s(call.sent, base_s=res.backoff_base_s, cap_s=res.backoff_cap_s, rng=res.rng)
+        return min(delay, max(0.0, call.deadline - now))
+
+    async def _single(self, call: Call, attempt: Attempt) -> tuple[Result | None, list[Result]]:
+        """A wave of one attempt."""
+        r = await self._attempt(call, attempt, race=False)
+        if r.outcome.committable:
+            return r, []
+        self._account(r)
+        return None, [r]
+
+    async def _race(
+        self, call: Call, plan: AttemptPlan, primary: Attempt, delay_s: float
+    ) -> tuple[Result | None, list[Result]]:
+        """The primary, plus a hedge to the backup region if no first byte within ``delay_s`` (budget
+        permitting). The first attempt with a first byte wins; the other is cancelled at once."""
+        running = {asyncio.create_task(self._attempt(call, primary, race=True)): primary}
+        done, _ = await asyncio.wait(set(running), timeout=delay_s)
+        if not done:
+            target = plan.hedge()
+            if target is not None and self.hedging.budget.try_spend():
+                call.hedged = True
+                self.metrics.hedges.labels(outcome="sent", region=target.region).inc()
+                task = asyncio.create_task(self._attempt(call, target, race=True))
+                running[task] = target
+        won, failed, pending = None, [], set(running)
+        try:
+            while pending and won is None:
+                left = max(0.001, call.deadline - time.monotonic())
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED, timeout=left)
+                if not done:
+                    break
+                for task in done:
+                    r = task.result()
+                    if won is None and r.outcome.committable:
+                        won = r
+                    else:
+                        self._account(r)
+                        failed.append(r)
+        finally:
+            await self._cancel_losers(pending)
+        if won is not None:
+            won.span.set_attribute(tracing.ATTR_WINNER, True)
+            if won.attempt.kind == "hedge":
+                self.metrics.hedges.labels(outcome="won", region=won.attempt.region).inc()
+        return won, failed
+
+    async def _cancel_losers(self, pending: set[asyncio.Task[Result]]) -> None:
+        """Cancel the race's losers now: their connections close, so their regions stop generating."""
+        for task in pending:
+            task.cancel()
+        for r in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(r, Result):  # finished while being cancelled: it lost all the same
+                self._account(r)
+                self._drop(r)
+
+    def _begin(self, call: Call, attempt: Attempt) -> trace.Span:
+        """An attempt leaves: its span, its place in the outstanding counts, a half-open breaker's probe."""
+        call.sent += 1
+        self.observed.start(attempt.region, attempt.replica)
+        self.res.outliers.sent(attempt.region, attempt.replica, time.monotonic())
+        return self._attempt_span(call, attempt)
+
+    async def _attempt(self, call: Call, attempt: Attempt, *, race: bool) -> Result:
+        """Send one attempt with its span's traceparent; returns at the response headers (in a race, for a
+        stream, at its first event) with the outcome classified. Cancelled: the connection is closed."""
+        span = self._begin(call, attempt)
+        t0 = time.monotonic()
+        upstream: UpstreamResponse | None = None
+        first = None
+        try:
+            upstream = await self.pool.request(
+                attempt.url,
+                call.request.method,
+                call.path_qs,
+                tracing.trace_headers(span),
+                call.body,
+                header_block=call.headers,
+                connect_s=call.timeouts.connect_s,
+                idle_s=call.timeouts.idle_s,
+                ttfb_s=max(0.001, min(call.timeouts.ttfb_s, call.deadline - t0)),
+            )
+            outcome = answered(upstream.status)
+            if race and outcome.kind == "ok" and upstream.content_type == "text/event-stream":
+                left = max(0.001, min(call.timeouts.ttfb_s, call.deadline - t0) - (time.monotonic() - t0))
+                async with asyncio.timeout(left):
+                    first = await upstream.readany()
+        except asyncio.CancelledError:
+            if upstream is not None:
+                upstream.close()
+            self._end(attempt, span, None, cancelled=True)
+            raise
+        except Exception as exc:
+            outcome = raised(exc)
+            if outcome.kind == "error":
+                log.exception("attempt to %s/%s failed in the edge", attempt.region, attempt.replica)
+            if upstream is not None:
+                upstream.close()
+                upstream = None
+        return Result(attempt, span, outcome, time.monotonic() - t0, upstream, first)
+
+    def _account(self, r: Result) -> None:
+        """One attempt's outcome into the metrics, the hedge windows, the breakers and the observations: the
+        same for every kind of attempt."""
+        attempt, span, outcome = r.attempt, r.span, r.outcome
+        if outcome.status is not None:
+            span.set_attribute("http.response.status_code", outcome.status)
+            self.metrics.child(self.metrics.ttfb, attempt.region).observe(r.ttfb)
+            if outcome.kind == "ok":
+                self.hedging.observe(attempt.region, r.ttfb)
+        if outcome.kind != "error":  # a bug of ours says nothing about the region
+            self._record(attempt, not outcome.breaker_failure)
+        ok = not outcome.breaker_failure
+        self.observed.record(attempt.region, ttfb_ms=r.ttfb * 1000.0 if ok else None, error=not ok)
+        self.metrics.child(self.metrics.attempts, attempt.region, attempt.kind, outcome.label).inc()
+        span.set_attribute(tracing.ATTR_OUTCOME, outcome.label)
+        if outcome.breaker_failure or outcome.kind == "error":
+            span.set_status(Status(StatusCode.ERROR, outcome.detail))
 
     def _record(self, attempt: Attempt, ok: bool) -> None:
         count = self.res.replica_counts.get(attempt.region, 1)
@@ -201,408 +342,175 @@ class Forwarder:
             self.metrics.ejections.labels(level=level, region=attempt.region).inc()
             log.warning("ejected %s %s/%s after passive failures", level, attempt.region, attempt.replica)
 
-    def _account(
-        self, attempt: Attempt, span: trace.Span, status: int | None, ttfb: float, failure: str | None
-    ) -> None:
-        """One attempt's outcome into the metrics, the TTFB windows, the breakers and the observations (the
-        same for plain and hedged attempts)."""
-        if status is not None:
-            span.set_attribute("http.response.status_code", status)
-            self.metrics.child(self.metrics.ttfb, attempt.region).observe(ttfb)
-            if status < 500:
-                self.res.observe_ttfb(attempt.region, ttfb)
-        ok = failure is None and status is not None and status < 500
-        self._record(attempt, ok)
-        self.observed.record(attempt.region, ttfb_ms=ttfb * 1000.0 if ok else None, error=not ok)
-        outcome = str(status) if status is not None else failure or "error"
-        self.metrics.child(self.metrics.attempts, attempt.region, attempt.kind, outcome).inc()
-        span.set_attribute(tracing.ATTR_OUTCOME, outcome)
-
-    def _committed(self, attempt: Attempt, span: trace.Span, status: int, ttfb: float) -> None:
-        self._account(attempt, span, status, ttfb, None)
-        self.metrics.child(self.metrics.requests, attempt.region, str(status)).inc()
-        span.set_attribute("meridian.committed", True)
-
-    async def forward(
+    def _end(
         self,
-        request: web.BaseRequest,
+        attempt: Attempt,
+        span: trace.Span,
+        upstream: UpstreamResponse | None,
         *,
-        body: bytes,
-        headers: bytes,
-        next_attempt: NextAttempt,
-        timeouts: TimeoutSet,
-        hedge: HedgePlan | None = None,
-        parent: trace.Span = trace.INVALID_SPAN,
-    ) -> web.StreamResponse:
-        """Run attempts until one commits; retry/fail over only before any byte reached the client."""
-        started = time.monotonic()
-        deadline = started + timeouts.total_s
-        self.res.budget.deposit(started)
-        tried: list[Tried] = []
-        path_qs = request.rel_url.raw_path_qs
-        last_error = "no routable region"
-        last_status = 502
-        if hedge is not None:
-            won = await self._hedged(
-                request,
-                body=body,
-                headers=headers,
-                next_attempt=next_attempt,
-                timeouts=timeouts,
-                hedge=hedge,
-                tried=tried,
-                deadline=deadline,
-                path_qs=path_qs,
-                parent=parent,
-            )
-            if isinstance(won, web.StreamResponse):
-                return won
-            if tried:
-                last_error = "hedged attempts failed"
-        attempt = next_attempt(tried)
-        while attempt is not None:
-            current = attempt
-            span = self._attempt_span(parent, attempt, len(tried) + 1, attempt.kind, request.method, path_qs)
-            self.observed.start(attempt.region, attempt.replica)
-            t0 = time.monotonic()
-            upstream: UpstreamResponse | None = None
-            failure: str | None = None
+        cancelled: bool = False,
+    ) -> None:
+        if upstream is not None:
+            upstream.release()
+        self.observed.finish(attempt.region, attempt.replica)
+        if cancelled:
+            span.set_attribute(tracing.ATTR_CANCELLED, True)
+            span.set_attribute(tracing.ATTR_WINNER, False)
+            self.metrics.hedges.labels(outcome="cancelled", region=attempt.region).inc()
+        span.end()
+
+    def _drop(self, r: Result) -> None:
+        """A failed attempt that will not answer the client: close its response, end its span."""
+        if r.upstream is not None:
+            r.upstream.close()
+            r.upstream = None
+        self._end(r.attempt, r.span, None)
+
+    async def _commit(self, call: Call, r: Result) -> web.StreamResponse:
+        """Committed: the client's first byte goes first, this attempt's bookkeeping right after it (next loop
+        turn, or when the relay ends, whichever is sooner)."""
+        book = _Once(self._committed, r)
+        call.request.task.get_loop().call_soon(book)
+        try:
+            return await self._relay(call, r)
+        finally:
+            book()
+            self._end(r.attempt, r.span, r.upstream)
+
+    def _committed(self, r: Result) -> None:
+        self._account(r)
+        self.metrics.child(self.metrics.requests, r.attempt.region, r.outcome.label).inc()
+        r.span.set_attribute("meridian.committed", True)
+
+    async def _give_up(self, call: Call, last: Result | None) -> web.StreamResponse:
+        """No attempt committed: the last region's own answer when it gave one (a 503 that could not be
+        retried), else an error in OpenAI's shape with the status the last outcome calls for."""
+        if last is not None and last.upstream is not None:
+            self.metrics.child(self.metrics.requests, last.attempt.region, last.outcome.label).inc()
+            last.span.set_attribute("meridian.committed", True)
             try:
-                try:
-                    upstream = await self._send(
-                        request,
-                        attempt,
-                        span,
-                        body=body,
-                        headers=headers,
-                        timeouts=timeouts,
-                        path_qs=path_qs,
-                        ttfb_s=max(0.001, min(timeouts.ttfb_s, deadline - t0)),
-                    )
-                except TimeoutError:
-                    failure, last_error, last_status = "timeout", "time to first byte exceeded", 504
-                except CONNECT_ERRORS as exc:
-                    failure, last_error, last_status = "connect", type(exc).__name__, 502
-                ttfb = time.monotonic() - t0
-                if upstream is not None and upstream.status in RETRYABLE_STATUS:
-                    failure, last_error = "status", f"upstream status {upstream.status}"
-                if failure is None and upstream is not None:
-                    # committed: the client's first byte goes first, this attempt's bookkeeping right after
-                    # it (next loop turn, or when the relay ends, whichever is sooner)
-                    book = _Once(self._committed, attempt, span, upstream.status, ttfb)
-                    request.task.get_loop().call_soon(book)
-                    try:
-                        return await self._relay(
-                            request, upstream, attempt, len(tried) + 1, span, deadline=deadline
-                        )
-                    finally:
-                        book()
-                self._account(attempt, span, upstream.status if upstream is not None else None, ttfb, failure)
-                if failure is not None:
-                    span.set_status(Status(StatusCode.ERROR, last_error))
-                    tried.append(Tried(attempt.region, attempt.replica, failure))
-                    nxt = next_attempt(tried)
-                    now = time.monotonic()
-                    if nxt is not None and now < deadline and self.res.budget.try_withdraw(now):
-                        where = "same-region" if nxt.region == attempt.region else "failover"
-                        self.metrics.retries.labels(reason=f"{failure}:{where}").inc()
-                        if nxt.region != attempt.region:
-                            self.metrics.failovers.labels(src=attempt.region, dst=nxt.region).inc()
-                        if upstream is not None:
-                            upstream.close()
-                            upstream = None
-                        delay = backoff_s(
-                            len(tried),
-                            base_s=self.res.backoff_base_s,
-                            cap_s=self.res.backoff_cap_s,
-                            rng=self.res.rng,
-                        )
-                        await asyncio.sleep(min(delay, max(0.0, deadline - now)))
-                        attempt = nxt
-                        continue
-                    if nxt is not None:
-                        why = "deadline" if now >= deadline else "budget"
-                        self.metrics.retry_denied.labels(reason=why).inc()
-                        span.set_attribute("meridian.retry_denied", why)
-                if upstream is None:
-                    break
-                # a failed attempt's answer goes to the client (a 503) when no retry was possible
-                self.metrics.child(self.metrics.requests, attempt.region, str(upstream.status)).inc()
-                span.set_attribute("meridian.committed", True)
-                return await self._relay(request, upstream, attempt, len(tried), span, deadline=deadline)
+                return await self._relay(call, last)
             finally:
-                if upstream is not None:
-                    upstream.release()
-                self.observed.finish(current.region, current.replica)
-                span.end()
-        self.metrics.requests.labels(region="none", code=str(last_status)).inc()
+                self._end(last.attempt, last.span, last.upstream)
+        if last is not None:
+            self._drop(last)
+            outcome = last.outcome
+        else:  # nothing answered: the deadline ran out in a race, or no region had a replica to try
+            outcome = TIMEOUT if call.sent else NO_REPLICA
+        status, detail = outcome.client_status, outcome.detail
+        self.metrics.requests.labels(region="none", code=str(status)).inc()
         return web.json_response(
             {
                 "error": {
-                    "message": f"no upstream could take the request: {last_error}",
+                    "message": f"no upstream could take the request: {detail}",
                     "type": "meridian_upstream",
                 }
             },
-            status=last_status,
-            headers=self._meridian_headers(None, len(tried)),
+            status=status,
+            headers=self._meridian_headers(None, call.sent),
         )
 
-    async def _send(
-        self,
-        request: web.BaseRequest,
-        attempt: Attempt,
-        span: trace.Span,
-        *,
-        body: bytes,
-        headers: bytes,
-        timeouts: TimeoutSet,
-        path_qs: str,
-        ttfb_s: float | None = None,
-    ) -> UpstreamResponse:
-        """Send one attempt upstream with the attempt span's traceparent; returns at response headers."""
-        return await self.pool.request(
-            attempt.url,
-            request.method,
-            path_qs,
-            tracing.trace_headers(span),
-            body,
-            header_block=headers,
-            connect_s=timeouts.connect_s,
-            idle_s=timeouts.idle_s,
-            ttfb_s=ttfb_s,
+    def _meridian_headers(self, region: str | None, attempts: int) -> dict[str, str]:
+        h = {"X-Meridian-Edge": self.edge_region, "X-Meridian-Attempts": str(attempts)}
+        if region:
+            h["X-Meridian-Region"] = region
+        return h
+
+    def _attempt_span(self, call: Call, attempt: Attempt) -> trace.Span:
+        """One client span per attempt, child of the request's span. An unsampled request records nothing:
+        its own (non-recording) span stands in, so the region still gets the request's trace id."""
+        parent = call.parent
+        if not parent.is_recording():
+            return parent
+        return self.tracer.start_span(
+            tracing.SPAN_ATTEMPT,
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT,
+            attributes={
+                tracing.ATTR_REGION: attempt.region,
+                tracing.ATTR_REPLICA: attempt.replica,
+                tracing.ATTR_ATTEMPT: call.sent,
+                tracing.ATTR_ATTEMPT_KIND: attempt.kind,
+                tracing.ATTR_WHY: attempt.why,
+                "http.request.method": call.request.method,
+                "url.full": attempt.url + call.path_qs,
+            },
         )
 
-    async def _first_byte(
-        self,
-        request: web.BaseRequest,
-        attempt: Attempt,
-        span: trace.Span,
-        *,
-        body: bytes,
-        headers: bytes,
-        timeouts: TimeoutSet,
-        deadline: float,
-        path_qs: str,
-    ) -> _Won:
-        """One hedged attempt up to its first byte: response headers, and for a stream its first event."""
-        t0 = time.monotonic()
-        upstream: UpstreamResponse | None = None
-        try:
-            async with asyncio.timeout(max(0.001, min(timeouts.ttfb_s, deadline - t0))):
-                upstream = await self._send(
-                    request, attempt, span, body=body, headers=headers, timeouts=timeouts, path_qs=path_qs
-                )
-                if upstream.status in RETRYABLE_STATUS:
-                    raise _Failed("status", f"upstream status {upstream.status}")
-                first = None
-                if upstream.content_type == "text/event-stream":
-                    first = await upstream.readany()
-            self._account(attempt, span, upstream.status, time.monotonic() - t0, None)
-            return _Won(attempt, upstream, first, span)
-        except BaseException as exc:
-            if upstream is not None:
-                upstream.close()  # a loser or a failure: drop the connection so the region stops generating
-            if isinstance(exc, _Failed):
-                failed = exc
-            elif isinstance(exc, TimeoutError):
-                failed = _Failed("timeout", "time to first byte exceeded", 504)
-            elif isinstance(exc, CONNECT_ERRORS):
-                failed = _Failed("connect", type(exc).__name__)
-            else:
-                raise  # cancelled (the loser of a race): the winner is accounted, this one never answered
-            status = upstream.status if upstream is not None and failed.failure == "status" else None
-            self._account(attempt, span, status, time.monotonic() - t0, failed.failure)
-            raise failed from None
-
-    async def _hedged(
-        self,
-        request: web.BaseRequest,
-        *,
-        body: bytes,
-        headers: bytes,
-        next_attempt: NextAttempt,
-        timeouts: TimeoutSet,
-        hedge: HedgePlan,
-        tried: list[Tried],
-        deadline: float,
-        path_qs: str,
-        parent: trace.Span,
-    ) -> web.StreamResponse | None:
-        """Primary, plus a hedge to the backup region if no first byte within the delay; the first to produce
-        a first byte wins and the other is cancelled at once. None: both failed (``tried`` says how)."""
-        primary = next_attempt(tried)
-        if primary is None:
-            return None
-        running: dict[asyncio.Task[_Won], tuple[Attempt, trace.Span]] = {}
-
-        def launch(att: Attempt, kind: str) -> None:
-            span = self._attempt_span(parent, att, len(running) + 1, kind, request.method, path_qs)
-            self.observed.start(att.region, att.replica)
-            task = asyncio.create_task(
-                self._first_byte(
-                    request,
-                    att,
-                    span,
-                    body=body,
-                    headers=headers,
-                    timeouts=timeouts,
-                    deadline=deadline,
-                    path_qs=path_qs,
-                )
-            )
-            running[task] = (att, span)
-
-        launch(primary, "primary")
-        hedged = False
-        done, _ = await asyncio.wait(set(running), timeout=hedge.delay_s)
-        if not done and hedge.target is not None and hedge.allow():
-            hedged = True
-            self.metrics.hedges.labels(outcome="sent", region=hedge.target.region).inc()
-            launch(hedge.target, "hedge")
-        pending = set(running)
-        winner: tuple[asyncio.Task[_Won], _Won] | None = None
-        try:
-            while pending and winner is None:
-                done, pending = await asyncio.wait(
-                    pending,
-                    return_when=asyncio.FIRST_COMPLETED,
-                    timeout=max(0.001, deadline - time.monotonic()),
-                )
-                if not done:
-                    break
-                for task in done:
-                    att, span = running[task]
-                    exc = task.exception()
-                    if exc is None and winner is None:
-                        winner = (task, task.result())
-                        continue
-                    if isinstance(exc, _Failed):  # accounted by _first_byte
-                        failure = exc.failure
-                    else:  # a bug, not the region: still a failed attempt
-                        failure = "error"
-                        self._account(att, span, None, 0.0, failure)
-                    self.observed.finish(att.region, att.replica)
-                    tried.append(Tried(att.region, att.replica, failure))
-                    span.set_status(Status(StatusCode.ERROR, str(exc)))
-                    span.end()
-        finally:
-            for task in pending:  # the losers: cancel now, so their connections close and regions stop
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            for task in pending:
-                att, span = running[task]
-                self.observed.finish(att.region, att.replica)
-                span.set_attribute(ATTR_CANCELLED, True)
-                span.set_attribute(ATTR_WINNER, False)
-                span.end()
-                self.metrics.hedges.labels(outcome="cancelled", region=att.region).inc()
-        if winner is None:
-            return None
-        task, won = winner
-        att = won.attempt
-        won.span.set_attribute(ATTR_WINNER, True)
-        if hedged and running[task][0] is not primary:
-            self.metrics.hedges.labels(outcome="won", region=att.region).inc()
-        self.metrics.child(self.metrics.requests, att.region, str(won.upstream.status)).inc()
-        try:
-            return await self._relay(
-                request,
-                won.upstream,
-                att,
-                len(running),
-                won.span,
-                deadline=deadline,
-                first=won.first,
-                hedged=hedged,
-            )
-        finally:
-            won.upstream.release()
-            self.observed.finish(att.region, att.replica)
-            won.span.end()
-
-    async def _relay(
-        self,
-        request: web.BaseRequest,
-        upstream: UpstreamResponse,
-        attempt: Attempt,
-        attempts: int,
-        span: trace.Span,
-        *,
-        deadline: float,
-        first: bytes | None = None,
-        hedged: bool = False,
-    ) -> web.StreamResponse:
+    async def _relay(self, call: Call, r: Result) -> web.StreamResponse:
         """Committed: copy status and headers, then the body (buffered when small, else chunk by chunk)."""
-        meridian = self._meridian_headers(attempt.region, attempts)
-        if hedged:
+        upstream, attempt = r.upstream, r.attempt
+        assert upstream is not None
+        meridian = self._meridian_headers(attempt.region, call.sent)
+        if call.hedged:
             meridian["X-Meridian-Hedged"] = "1"
         length = upstream.content_length
         streaming = upstream.content_type == "text/event-stream" or length is None or length > BUFFER_LIMIT
-        if not streaming and first is None:
-            try:
-                if upstream.complete:  # the whole body came with the headers: nothing to wait for
-                    data = await upstream.read()
-                else:
-                    async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-                        data = await upstream.read()
-            except (*CONNECT_ERRORS, TimeoutError) as exc:
-                self.metrics.stream_aborts.labels(region=attempt.region, side="upstream").inc()
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                return web.json_response(
-                    {
-                        "error": {
-                            "message": f"upstream {attempt.region} broke off its response",
-                            "type": "meridian_upstream",
-                        }
-                    },
-                    status=502,
-                    headers=meridian,
-                )
-            small = web.Response(body=data, status=upstream.status)
-            copy_response_headers(upstream.headers, small.headers)
-            small.headers.update(meridian)
-            return small
+        if not streaming and r.first is None:
+            return await self._small(call, r, meridian)
         # headers wait for the first chunk only when it is already here: a region slow to its first token
         # still gets the status line to the client at once
-        kind = _CoalescingStreamResponse if first or upstream.buffered else web.StreamResponse
+        kind = CoalescingStreamResponse if r.first or upstream.buffered else web.StreamResponse
         resp = kind(status=upstream.status)
         copy_response_headers(upstream.headers, resp.headers)
         resp.headers.update(meridian)
+        request = call.request
         await resp.prepare(request)
         try:
-            if first:
-                await resp.write(first)
+            if r.first:
+                await resp.write(r.first)
             async for chunk in upstream:
                 await resp.write(chunk)
-                if time.monotonic() > deadline:
+                if time.monotonic() > call.deadline:
                     raise TimeoutError("total timeout")
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             if request.transport is None or request.transport.is_closing():
                 self.metrics.stream_aborts.labels(region=attempt.region, side="client").inc()
-                span.set_attribute(tracing.ATTR_OUTCOME, "client went away")
+                r.span.set_attribute(tracing.ATTR_OUTCOME, "client went away")
                 upstream.close()  # stop the region generating tokens nobody reads
                 return resp
-            return self._cut(request, upstream, attempt, span, exc, resp)
-        except (*CONNECT_ERRORS, TimeoutError) as exc:
-            return self._cut(request, upstream, attempt, span, exc, resp)
+            return self._cut(call, r, exc, resp)
+        except STREAM_ERRORS as exc:
+            return self._cut(call, r, exc, resp)
         await resp.write_eof()
         return resp
 
-    def _cut(
-        self,
-        request: web.BaseRequest,
-        upstream: UpstreamResponse,
-        attempt: Attempt,
-        span: trace.Span,
-        exc: BaseException,
-        resp: web.StreamResponse,
-    ) -> web.StreamResponse:
+    async def _small(self, call: Call, r: Result, meridian: dict[str, str]) -> web.StreamResponse:
+        """A small, sized body: read whole, sent with Content-Length."""
+        upstream = r.upstream
+        assert upstream is not None
+        try:
+            if upstream.complete:  # the whole body came with the headers: nothing to wait for
+                data = await upstream.read()
+            else:
+                async with asyncio.timeout(max(0.001, call.deadline - time.monotonic())):
+                    data = await upstream.read()
+        except STREAM_ERRORS as exc:
+            self.metrics.stream_aborts.labels(region=r.attempt.region, side="upstream").inc()
+            r.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"upstream {r.attempt.region} broke off its response",
+                        "type": "meridian_upstream",
+                    }
+                },
+                status=502,
+                headers=meridian,
+            )
+        small = web.Response(body=data, status=upstream.status)
+        copy_response_headers(upstream.headers, small.headers)
+        small.headers.update(meridian)
+        return small
+
+    def _cut(self, call: Call, r: Result, exc: BaseException, resp: web.StreamResponse) -> web.StreamResponse:
         """The upstream failed after the client got bytes: no retry; drop the client connection so the
         truncation is visible (a clean end-of-stream would pass it off as complete)."""
-        self.metrics.stream_aborts.labels(region=attempt.region, side="upstream").inc()
-        span.set_status(Status(StatusCode.ERROR, f"stream cut: {type(exc).__name__}"))
-        upstream.close()
-        if request.transport is not None:
-            request.transport.abort()
+        self.metrics.stream_aborts.labels(region=r.attempt.region, side="upstream").inc()
+        r.span.set_status(Status(StatusCode.ERROR, f"stream cut: {type(exc).__name__}"))
+        if r.upstream is not None:
+            r.upstream.close()
+        transport = call.request.transport
+        if transport is not None:
+            transport.abort()
         return resp

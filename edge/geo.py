@@ -12,8 +12,8 @@ import geoip2.database
 import geoip2.errors
 import maxminddb
 
-from controlplane.state import Location
 from edge.settings import IPNetwork
+from fleet.state import Location
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -1,5 +1,8 @@
 """Hedging decisions (pure, no I/O): when to send a hedge and whether the budget allows it.
 
+- ``HedgePolicy``: the one owner of the per-region windows (one per region, at the configured quantile),
+  the budget and the delay; the forwarder asks it and feeds it.
+
 - ``QuantileWindow``: a streaming estimate of a region's time-to-first-byte quantile (default p95) over
   its most recent samples; the hedge delay is that estimate plus a slack share of it, clamped to
   [floor, ceiling] (or a fixed delay).
@@ -80,3 +83,47 @@ def may_hedge(
 ) -> bool:
     """A hedge goes to a different, unsaturated region, never the primary's own."""
     return backup is not None and backup != primary and backup_utilization < max_backup_utilization
+
+
+@dataclass(slots=True)
+class HedgePolicy:
+    """Per-region time-to-first-byte windows, the hedge budget and the delay, in one place."""
+
+    quantile: float = 0.95
+    fixed_delay_s: float | None = None
+    floor_s: float = 0.02
+    ceiling_s: float = 2.0
+    slack: float = 0.05
+    max_backup_utilization: float = 0.8
+    budget: HedgeBudget = field(default_factory=HedgeBudget)
+    windows: dict[str, QuantileWindow] = field(default_factory=dict)
+
+    def window(self, region: str) -> QuantileWindow:
+        w = self.windows.get(region)
+        if w is None:
+            w = self.windows[region] = QuantileWindow(q=self.quantile)
+        return w
+
+    def observe(self, region: str, seconds: float) -> None:
+        """A successful attempt's time to first byte in ``region``."""
+        self.window(region).add(seconds)
+
+    def delay(self, region: str) -> float:
+        """Seconds to wait for ``region``'s first byte before hedging."""
+        return hedge_delay(
+            self.window(region).estimate(),
+            fixed_s=self.fixed_delay_s,
+            floor_s=self.floor_s,
+            ceiling_s=self.ceiling_s,
+            slack=self.slack,
+        )
+
+    def eligible(self, *, primary: str, backup: str | None, backup_utilization: float) -> bool:
+        """A hedge-eligible request arrived (it earns the budget); may it be hedged to ``backup``?"""
+        self.budget.earn()
+        return may_hedge(
+            backup=backup,
+            primary=primary,
+            backup_utilization=backup_utilization,
+            max_backup_utilization=self.max_backup_utilization,
+        )

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from aiohttp import web
 from pydantic import ValidationError
 
-from controlplane.topology import TopologyError, format_settings_error
 from edge.app import ConfigError, Edge
 from edge.geo import GeoDatabaseError
 from edge.settings import EdgeSettings
 from edge.tracing import TracingConfigError
+from fleet.topology import TopologyError, format_settings_error
 
 SHUTDOWN_S = 60.0  # in-flight streams get this long to finish after SIGTERM
 GC_THRESHOLDS = (10_000, 50, 100)  # young collections every 10k allocations, not 700

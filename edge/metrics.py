@@ -52,6 +52,16 @@ class EdgeMetrics:
         self.bad_input = Counter(
             "meridian_edge_bad_input", "Client input rejected or ignored", ["what"], registry=r
         )
+        self._store_gauges(snapshot_age, snapshot_version, store_connected)
+        self._resilience_metrics()
+
+    def _store_gauges(
+        self,
+        snapshot_age: Callable[[], float],
+        snapshot_version: Callable[[], float],
+        store_connected: Callable[[], float],
+    ) -> None:
+        r = self.registry
         age = Gauge(
             "meridian_edge_snapshot_age_seconds",
             "Seconds since the routing snapshot was last confirmed against Redis (-1: none)",
@@ -62,6 +72,9 @@ class EdgeMetrics:
         ver.set_function(snapshot_version)
         up = Gauge("meridian_edge_store_connected", "1 while the edge follows its Redis replica", registry=r)
         up.set_function(store_connected)
+
+    def _resilience_metrics(self) -> None:
+        r = self.registry
         self.failovers = Counter(
             "meridian_edge_failovers",
             "Attempts moved to another region before the first byte",

@@ -5,7 +5,8 @@ open --(ejection time over)--> half_open: probation admits a trickle (one reques
 half_open --success--> closed;  half_open --failure--> open again, for twice as long
 
 Failures: connect errors, resets, 5xx and timeouts before the first byte. The table below is the whole
-state machine; ``record`` and ``admits`` only apply it.
+state machine; ``record`` and ``sent`` only apply it. ``admits`` and ``ejected`` are read-only: planning a
+request never spends a half-open breaker's probe slot, sending one does.
 """
 
 from __future__ import annotations
@@ -93,23 +94,24 @@ class Breaker:
         if self.phase == "open" and now >= self.open_until:
             self._move("timer", now, policy)
 
-    def admits(self, now: float, policy: OutlierPolicy) -> bool:
-        """May a request go here now? Half-open admits one probation request per probe interval."""
-        self.tick(now, policy)
-        if self.phase == "closed":
-            return True
-        if self.phase == "half_open" and now - self.last_probe_at >= policy.probe_interval_s:
-            self.last_probe_at = now
-            return True
-        return False
-
     def ejected(self, now: float, policy: OutlierPolicy) -> bool:
-        """Read-only view: is it out of rotation (open, or half-open between probes)?"""
+        """Read-only: out of rotation now (open, or half-open with its probe slot taken this interval)?"""
         if self.phase == "closed":
             return False
         if self.phase == "open" and now < self.open_until:
             return True
         return now - self.last_probe_at < policy.probe_interval_s
+
+    def admits(self, now: float, policy: OutlierPolicy) -> bool:
+        """Read-only: may a request be planned here now? Asking never spends the probation slot."""
+        return not self.ejected(now, policy)
+
+    def sent(self, now: float, policy: OutlierPolicy) -> None:
+        """An attempt was actually sent here: in half-open, that attempt is the probe and holds the slot
+        for the probe interval (linkerd's failure accrual: the permit is taken on send)."""
+        self.tick(now, policy)
+        if self.phase == "half_open" and now - self.last_probe_at >= policy.probe_interval_s:
+            self.last_probe_at = now
 
 
 @dataclass(slots=True)
@@ -152,23 +154,24 @@ class OutlierDetector:
             self._not_closed.add(region)
         return out
 
-    def region_admits(self, region: str, now: float) -> bool:
-        b = self.regions.get(region)
-        return b is None or b.admits(now, self.policy)
-
-    def region_ejected(self, region: str, now: float) -> bool:
-        b = self.regions.get(region)
-        return b is not None and b.ejected(now, self.policy)
-
     def replica_admits(self, region: str, replica: str, now: float) -> bool:
         b = self.replicas.get((region, replica))
         return b is None or b.admits(now, self.policy)
 
     def admitted(self, region: str, replicas: list[str], now: float) -> list[str]:
-        """The replicas of ``region`` a request may go to now (half-open ones use up their probe slot)."""
+        """The replicas of ``region`` a request may be planned to now (read-only)."""
         if region not in self._replica_trouble:
             return replicas
         return [r for r in replicas if self.replica_admits(region, r, now)]
+
+    def sent(self, region: str, replica: str, now: float) -> None:
+        """An attempt left for ``region``/``replica``: a half-open breaker's probe slot is now taken."""
+        if region in self._replica_trouble:
+            b = self.replicas.get((region, replica))
+            if b is not None:
+                b.sent(now, self.policy)
+        if region in self._not_closed:
+            self.regions[region].sent(now, self.policy)
 
     def ejected_regions(self, now: float) -> frozenset[str]:
         if not self._not_closed:

@@ -8,11 +8,12 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from controlplane.redisconn import raise_if_cancelling
-from controlplane.state import KEY_OBSERVATIONS
 from edge.observed import Observed
+from fleet.redisconn import raise_if_cancelling
+from fleet.state import KEY_OBSERVATIONS
 
 log = logging.getLogger("meridian.reporter")
 
@@ -20,8 +21,11 @@ STREAM_MAXLEN = 100_000
 
 
 class Reporter:
-    def __init__(self, *, client: aioredis.Redis, edge: str, observed: Observed, interval_s: float) -> None:
+    def __init__(
+        self, *, client: aioredis.Redis, edge: str, observed: Observed, interval_s: float, dropped: Counter
+    ) -> None:
         self.client = client
+        self.dropped = dropped  # rows that could not be sent (meridian_edge_observations_dropped_total)
         self.edge = edge
         self.observed = observed
         self.interval_s = interval_s
@@ -46,6 +50,7 @@ class Reporter:
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             self.failed += len(batch)
+            self.dropped.inc(len(batch))
             log.debug("observation batch dropped: %s", exc)
 
     async def run(self) -> None:

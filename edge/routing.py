@@ -21,8 +21,9 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
-from controlplane.state import Location, Policy, RegionState, Snapshot, Topology, great_circle_km
+from fleet.state import Location, Policy, RegionState, Snapshot, Topology, great_circle_km
 
 
 @dataclass(slots=True)  # not frozen: built ten times per request, and frozen init costs
@@ -68,23 +69,13 @@ def network_ms(a: Location, b: Location, policy: Policy) -> float:
     return 2.0 * great_circle_km(a, b) * policy.path_inflation / policy.fibre_km_per_ms
 
 
-CELLS_PER_DEGREE = 4  # network estimates are memoised per 0.25° cell (about 28 km, under 0.5 ms of RTT)
-_ROWS: dict[tuple[int, int, int], tuple[Topology, tuple[float, ...]]] = {}
-_ROWS_MAX = 200_000
+CELLS_PER_DEGREE = 4  # plans are cached per 0.25° cell (about 28 km, under 0.5 ms of RTT)
 
 
 def network_row(topology: Topology, client: Location) -> tuple[float, ...]:
-    """Network estimate to every region (topology order) for the client's cell; memoised, same result."""
-    key = (id(topology), round(client.lat * CELLS_PER_DEGREE), round(client.lon * CELLS_PER_DEGREE))
-    hit = _ROWS.get(key)
-    if hit is not None and hit[0] is topology:
-        return hit[1]
-    cell = Location(lat=key[1] / CELLS_PER_DEGREE, lon=max(-180.0, min(180.0, key[2] / CELLS_PER_DEGREE)))
-    row = tuple(network_ms(cell, r.location, topology.policy) for r in topology.regions)
-    if len(_ROWS) >= _ROWS_MAX:
-        _ROWS.clear()
-    _ROWS[key] = (topology, row)
-    return row
+    """Network estimate to every region, in topology order."""
+    policy = topology.policy
+    return tuple(network_ms(client, r.location, policy) for r in topology.regions)
 
 
 def score_regions(
@@ -336,24 +327,30 @@ def route(
     return draw(plan, rng)
 
 
-@dataclass(slots=True)
-class PlanCache:
-    """Plans by (location cell, pins, ejected regions, failback shares) for one snapshot and topology; a new
-    snapshot (any store change, or a resync) starts it afresh. Plans are pure functions of the key, so a hit
-    decides exactly as ``route`` would; only the per-request draw runs."""
+def _cell(client: Location) -> tuple[int, int]:
+    return round(client.lat * CELLS_PER_DEGREE), round(client.lon * CELLS_PER_DEGREE)
 
-    max_entries: int = 100_000
-    hits: int = 0
-    misses: int = 0
-    _snapshot: Snapshot | None = None
-    _topology: Topology | None = None
-    _plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
+
+class RouteCache:
+    """Everything routing derives from one snapshot: plans by (location cell, pins, ejected regions,
+    failback shares) and the serving replicas of each region. Built for one snapshot and dropped with it
+    (the edge makes a new one when the snapshot changes), so nothing here is ever invalidated. Plans are
+    pure functions of their key: a hit decides exactly as ``route`` would; only the per-request draw runs."""
+
+    __slots__ = ("_plans", "_serving", "hits", "max_entries", "misses", "snapshot", "topology")
+
+    def __init__(self, topology: Topology, snapshot: Snapshot, *, max_entries: int = 100_000) -> None:
+        self.topology = topology
+        self.snapshot = snapshot
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._plans: dict[tuple[object, ...], Plan] = {}
+        self._serving: dict[str, list[str]] = {}
 
     def route(
         self,
         *,
-        topology: Topology,
-        snapshot: Snapshot,
         client: Location,
         country: str | None,
         continent: str | None,
@@ -361,25 +358,16 @@ class PlanCache:
         excluded: frozenset[str] = frozenset(),
         share: Mapping[str, float] | None = None,
     ) -> Decision:
-        if snapshot is not self._snapshot or topology is not self._topology:
-            self._plans.clear()
-            self._snapshot, self._topology = snapshot, topology
-        key = (
-            round(client.lat * CELLS_PER_DEGREE),
-            round(client.lon * CELLS_PER_DEGREE),
-            _pins(topology.policy, country, continent),
-            excluded,
-            None if share is None else tuple(sorted(share.items())),
-        )
+        lat, lon = _cell(client)
+        pins = _pins(self.topology.policy, country, continent)
+        key = (lat, lon, pins, excluded, None if share is None else tuple(sorted(share.items())))
         plan = self._plans.get(key)
         if plan is None:
             self.misses += 1
-            cell = Location(
-                lat=key[0] / CELLS_PER_DEGREE, lon=max(-180.0, min(180.0, key[1] / CELLS_PER_DEGREE))
-            )
+            cell = Location(lat=lat / CELLS_PER_DEGREE, lon=max(-180.0, min(180.0, lon / CELLS_PER_DEGREE)))
             plan = plan_route(
-                topology=topology,
-                snapshot=snapshot,
+                topology=self.topology,
+                snapshot=self.snapshot,
                 client=cell,
                 country=country,
                 continent=continent,
@@ -392,6 +380,13 @@ class PlanCache:
         else:
             self.hits += 1
         return draw(plan, rng)
+
+    def serving(self, region: str) -> list[str]:
+        """Replica names of ``region`` that the store does not hold down, in declaration order."""
+        hit = self._serving.get(region)
+        if hit is None:
+            hit = self._serving[region] = serving_replicas(self.topology, self.snapshot, region)
+        return hit
 
 
 def pick_replica(
@@ -424,61 +419,96 @@ def serving_replicas(topology: Topology, snapshot: Snapshot, region: str) -> lis
     return [r.name for r in reg.replicas if health.get(r.name, "up") != "down"]
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    region: str
-    replica: str
-    kind: str  # primary | retry (same region) | failover (next region)
+AttemptKind = Literal["primary", "retry", "failover", "hedge"]
 
 
 @dataclass(frozen=True, slots=True)
-class Tried:
+class Attempt:
+    """One upstream attempt: where it goes, what kind it is, and why it goes there."""
+
     region: str
     replica: str
-    failure: str  # connect | timeout | status
+    url: str  # the replica's base URL
+    kind: AttemptKind
+    why: str
 
 
-def next_target(
-    decision: Decision,
-    tried: Sequence[Tried],
-    *,
-    replicas: Callable[[str], Sequence[str]],
-    outstanding: Callable[[str], Mapping[str, int]],
-    rng: random.Random,
-    max_attempts: int = 3,
-) -> Target | None:
-    """The attempt plan, asked again after each failure that happened before any byte reached the client.
+class AttemptPlan:
+    """One request's plan: the decision (primary, backup, regions in order), the replica choice inside each
+    region, and the answer to "what next, given what was tried".
 
-    First the primary region's best replica (P2C). After a connection failure, once more on another replica
-    of the same region; otherwise (or after that) the next region in order: the backup first.
-    """
-    if decision.primary is None or len(tried) >= max_attempts:
-        return None
-    if not tried:
-        return _in_region(decision.primary, "primary", tried, replicas, outstanding, rng)
-    last = tried[-1]
-    same_region_retries = sum(1 for t in tried[1:] if t.region == tried[0].region)
-    if last.failure == "connect" and last.region == decision.primary and same_region_retries == 0:
-        t = _in_region(last.region, "retry", tried, replicas, outstanding, rng)
-        if t is not None:
-            return t
-    used = {t.region for t in tried}
-    for region in decision.order:
-        if region not in used:
-            t = _in_region(region, "failover", tried, replicas, outstanding, rng)
+    First the primary region's best replica (P2C by outstanding requests). After a connection failure there,
+    once more on another replica of the same region; otherwise (or after that) the next region in order,
+    the backup first. The hedge goes to the backup region. At most ``max_attempts`` attempts in all."""
+
+    __slots__ = ("_outstanding", "_replicas", "_rng", "_urls", "decision", "max_attempts", "tried")
+
+    def __init__(
+        self,
+        decision: Decision,
+        *,
+        replicas: Callable[[str], Sequence[str]],
+        outstanding: Callable[[str], Mapping[str, int]],
+        urls: Mapping[str, Mapping[str, str]],
+        rng: random.Random,
+        max_attempts: int,
+    ) -> None:
+        self.decision = decision
+        self._replicas = replicas  # region -> replicas a request may go to now
+        self._outstanding = outstanding
+        self._urls = urls
+        self._rng = rng
+        self.max_attempts = max_attempts
+        self.tried: list[tuple[Attempt, str]] = []  # (attempt, outcome kind), in the order they ended
+
+    def failed(self, attempt: Attempt, kind: str) -> None:
+        """``attempt`` ended without a response for the client (``kind``: its outcome's kind)."""
+        self.tried.append((attempt, kind))
+
+    def next(self) -> Attempt | None:
+        """The next attempt, or None when the plan is spent."""
+        d, tried = self.decision, self.tried
+        if d.primary is None or len(tried) >= self.max_attempts:
+            return None
+        if not tried:
+            return self._in(d.primary, "primary", "best-scored region (after dials)")
+        last, kind = tried[-1]
+        first_region = tried[0][0].region
+        same_region_retries = sum(1 for a, _ in tried[1:] if a.region == first_region)
+        if kind == "connect" and last.region == d.primary and same_region_retries == 0:
+            t = self._in(last.region, "retry", f"connect failure on {last.replica}: another replica")
             if t is not None:
                 return t
-    return None
+        used = {a.region for a, _ in tried}
+        for region in d.order:
+            if region not in used:
+                why = "backup region" if region == d.backup else "next region by score"
+                t = self._in(region, "failover", f"{kind} in {last.region}: {why}")
+                if t is not None:
+                    return t
+        return None
 
+    def hedge(self) -> Attempt | None:
+        """The hedge: a replica of the backup region (a different region, by construction)."""
+        backup = self.decision.backup
+        if backup is None or len(self.tried) >= self.max_attempts:
+            return None
+        return self._in(backup, "hedge", "primary slow to its first byte: backup region")
 
-def _in_region(
-    region: str,
-    kind: str,
-    tried: Sequence[Tried],
-    replicas: Callable[[str], Sequence[str]],
-    outstanding: Callable[[str], Mapping[str, int]],
-    rng: random.Random,
-) -> Target | None:
-    used = frozenset(t.replica for t in tried if t.region == region)
-    replica = pick_replica(replicas(region), outstanding=outstanding(region), rng=rng, exclude=used)
-    return None if replica is None else Target(region, replica, kind)
+    def candidates(self) -> list[dict[str, object]]:
+        """Every region in order with the replicas a request may go to there (for the route explainer)."""
+        d = self.decision
+        out: list[dict[str, object]] = []
+        for region in d.order:
+            role = "primary" if region == d.primary else "backup" if region == d.backup else "failover"
+            out.append({"region": region, "role": role, "replicas": list(self._replicas(region))})
+        return out
+
+    def _in(self, region: str, kind: AttemptKind, why: str) -> Attempt | None:
+        used = frozenset(a.replica for a, _ in self.tried if a.region == region)
+        replica = pick_replica(
+            self._replicas(region), outstanding=self._outstanding(region), rng=self._rng, exclude=used
+        )
+        if replica is None:
+            return None
+        return Attempt(region, replica, self._urls[region][replica], kind, why)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from controlplane.redisconn import raise_if_cancelling
-from controlplane.state import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, Snapshot, decode_snapshot
+from fleet.redisconn import raise_if_cancelling
+from fleet.state import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, Snapshot, decode_snapshot
 
 log = logging.getLogger("meridian.snapshot")
 
@@ -30,19 +30,14 @@ class SnapshotFeed:
         resync_interval_s: float,
         known_regions: frozenset[str],
         connect: Callable[[str], aioredis.Redis],
-        on_change: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self.url = url
         self.resync_interval_s = resync_interval_s
         self.known_regions = known_regions
         self._connect = connect
-        self._on_change = on_change
         self.current: Snapshot | None = None
         self.confirmed_at: float | None = None  # monotonic time of the last successful read
         self.connected = False
-        self.loads = 0
-        self.errors = 0
-        self.first_load = asyncio.Event()
 
     def age(self, now: float | None = None) -> float | None:
         """Seconds since the snapshot was last confirmed against Redis (None before the first load)."""
@@ -57,7 +52,6 @@ class SnapshotFeed:
             version_raw, raw = await pipe.execute()
         now = time.monotonic()
         snap = decode_snapshot(int(version_raw or 0), raw, taken_at=now)
-        self.loads += 1
         if not (set(snap.regions) & self.known_regions):
             (log.info if self.current is None else log.warning)(
                 "store holds no known region (version %s); keeping the last good snapshot", snap.version
@@ -67,9 +61,6 @@ class SnapshotFeed:
         cur = self.current
         if cur is None or cur.version != snap.version or cur.regions != snap.regions:
             self.current = snap
-            if self._on_change is not None:
-                self._on_change(snap)
-        self.first_load.set()
 
     async def run(self) -> None:
         backoff = 0.05
@@ -91,7 +82,6 @@ class SnapshotFeed:
                 raise
             except (RedisError, OSError, ValueError) as exc:
                 raise_if_cancelling(exc)
-                self.errors += 1
                 if self.connected:
                     log.warning("lost the state store at %s: %s; routing on the last snapshot", self.url, exc)
                 self.connected = False

@@ -28,6 +28,11 @@ ATTR_BACKUP = "meridian.backup_region"
 ATTR_CLIENT_COUNTRY = "meridian.client.country"
 ATTR_OUTCOME = "meridian.attempt.outcome"
 ATTR_PRIORITY = "meridian.priority"
+ATTR_WHY = "meridian.attempt.why"
+ATTR_WINNER = "meridian.attempt.winner"
+ATTR_CANCELLED = "meridian.attempt.cancelled"
+ATTR_RETRIES = "meridian.retries"
+ATTR_RETRY_DENIED = "meridian.retry_denied"
 
 
 class TracingConfigError(RuntimeError):

@@ -21,14 +21,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from controlplane.api import create_app as create_admin
-from controlplane.demo import local_topology
-from controlplane.redisproc import RedisServer, SentinelServer, free_port
 from controlplane.settings import AdminToken, ControlPlaneSettings
-from controlplane.state import Topology
-from controlplane.topology import load_topology
 from edge.app import Edge
 from edge.main import serve as serve_edge
 from edge.settings import EdgeSettings
+from fleet.state import Topology
+from fleet.topology import load_topology
+from meridian.demo import local_topology
+from meridian.redisproc import RedisServer, SentinelServer, free_port
 from regionsim.app import STATE, SimState
 from regionsim.app import create_app as create_sim
 

@@ -8,15 +8,17 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
-from controlplane.redisproc import free_block, port_free
+from meridian.redisproc import free_block, port_free
 from tests.fleet import ROOT
 
 pytestmark = pytest.mark.slow
@@ -32,7 +34,7 @@ def tour_commands() -> list[str]:
 def start_demo(base_port: int) -> tuple[subprocess.Popen[str], dict[str, object], float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane", "demo", "--base-port", str(base_port)],
+        [sys.executable, "-m", "meridian", "demo", "--base-port", str(base_port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -45,7 +47,8 @@ def start_demo(base_port: int) -> tuple[subprocess.Popen[str], dict[str, object]
     assert proc.stdout is not None
     sel.register(proc.stdout, selectors.EVENT_READ)
     if not sel.select(timeout=30):
-        proc.kill()
+        proc.terminate()  # the demo stops its children on SIGTERM; a kill would leave them behind
+        proc.wait(timeout=20)
         raise AssertionError("demo printed no ready line within 30 s")
     line = proc.stdout.readline()
     took = time.monotonic() - started
@@ -90,10 +93,46 @@ def test_demo_ready_line_tour_and_clean_stop() -> None:
             stop_and_check_no_orphans(proc)
 
 
+def run_demo_expecting_refusal(base: int) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "meridian", "demo", "--base-port", str(base)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_demo_on_another_base_port_stops_cleanly_on_sigterm() -> None:
+    """A second demo on the same base port is refused before it starts anything; the first is untouched."""
     base = free_block()
     proc, ready, _ = start_demo(base)
     try:
         assert ready["admin"]["url"] == f"http://127.0.0.1:{base}"  # type: ignore[index]
+        before = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        second = run_demo_expecting_refusal(base)
+        assert second.returncode == 2, second.stderr
+        assert f"another demo is running on --base-port {base}" in second.stderr
+        assert "Traceback" not in second.stderr
+        after = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        assert after == before  # nothing of the first demo was stopped or replaced
+        for url in [ready["admin"]["url"], *ready["edges"].values()]:  # type: ignore[index, attr-defined]
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
+                assert resp.status == 200
     finally:
         stop_and_check_no_orphans(proc)
+
+
+def test_demo_refuses_a_base_port_whose_ports_are_taken() -> None:
+    base = free_block()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 10))
+        taken.listen()
+        res = run_demo_expecting_refusal(base)
+    assert res.returncode == 2, res.stderr
+    assert f"port {base + 10} (Redis primary) is in use" in res.stderr
+    assert "--base-port" in res.stderr and "Traceback" not in res.stderr
+    assert all(port_free(p) for p in range(base, base + 40) if p != base + 10)  # nothing was started

@@ -13,6 +13,11 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from edge import tracing
+from edge.metrics import EdgeMetrics
+from edge.observed import Observed
+from edge.reporter import Reporter
+from fleet.redisconn import connect
+from meridian.redisproc import free_port
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
@@ -438,3 +443,24 @@ async def test_metrics_and_health_endpoints(fleet: Fleet) -> None:
     assert 'meridian_edge_requests_total{code="200",region="us-east-1"} 1.0' in text
     assert "meridian_edge_snapshot_age_seconds" in text
     assert json  # keep import used in helper-free runs
+
+
+async def test_observation_rows_that_cannot_be_sent_are_counted() -> None:
+    """The primary is unreachable: the batch is dropped (routing never waits on it) and counted."""
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)
+    metrics = EdgeMetrics(snapshot_age=lambda: 0.0, snapshot_version=lambda: 1.0, store_connected=lambda: 1.0)
+    observed = Observed()
+    observed.record("eu-west-1", ttfb_ms=5.0, error=False)
+    observed.record("us-east-1", ttfb_ms=None, error=True)
+    reporter = Reporter(
+        client=client,
+        edge="us-east-1",
+        observed=observed,
+        interval_s=1.0,
+        dropped=metrics.observations_dropped,
+    )
+    try:
+        await reporter.flush()
+    finally:
+        await client.aclose()
+    assert metrics.registry.get_sample_value("meridian_edge_observations_dropped_total") == 2.0

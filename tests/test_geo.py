@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.state import Location
 from edge.geo import ClientLocator, GeoDatabaseError, GeoLocator, client_ip, open_reader
+from fleet.state import Location
 
 TRUSTED = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8")]
 

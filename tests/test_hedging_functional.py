@@ -12,7 +12,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from edge import tracing
-from edge.forwarder import ATTR_CANCELLED, ATTR_WINNER
+from edge.tracing import ATTR_CANCELLED, ATTR_WINNER
 from regionsim.model import Faults
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP

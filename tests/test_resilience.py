@@ -27,11 +27,17 @@ def test_breaker_opens_after_consecutive_failures_and_probes_in_half_open() -> N
     assert not b.record(False, now=0.1, policy=POLICY)
     assert b.record(False, now=0.2, policy=POLICY) and b.phase == "open"
     assert not b.admits(1.0, POLICY) and b.ejected(1.0, POLICY)
-    assert b.admits(2.3, POLICY) and b.phase == "half_open"  # ejection over: one probation request
+    assert b.admits(2.3, POLICY)  # ejection over: one probation request may be planned
+    assert b.admits(2.3, POLICY)  # asking again spends nothing
+    b.sent(2.3, POLICY)  # the probe leaves: it holds the slot
+    assert b.phase == "half_open"
     assert not b.admits(2.4, POLICY)  # the trickle: one per probe interval
+    assert b.admits(2.8, POLICY)
     assert b.record(False, now=2.5, policy=POLICY) and b.phase == "open"  # probe failed: open, twice as long
     assert b.open_until == pytest.approx(2.5 + 4.0)
-    assert b.admits(6.6, POLICY) and b.record(True, now=6.7, policy=POLICY) is False
+    assert b.admits(6.6, POLICY)
+    b.sent(6.6, POLICY)
+    assert b.record(True, now=6.7, policy=POLICY) is False
     assert b.phase == "closed" and not b.ejected(6.8, POLICY)
 
 
@@ -50,7 +56,7 @@ def test_ejection_backoff_is_capped_and_forgotten_after_a_quiet_period() -> None
         assert b.phase == "open"
         assert b.open_until - now <= POLICY.max_ejection_s
         now = b.open_until
-        b.admits(now, POLICY)
+        b.sent(now, POLICY)
     b.record(True, now=now, policy=POLICY)
     now += POLICY.forget_after_s + 1
     for _ in range(3):
@@ -66,7 +72,7 @@ def test_max_ejection_fraction_keeps_half_of_a_regions_replicas() -> None:
         d.record("eu", "b", False, now=0.1 + i * 0.01, replica_count=2)
     assert d.replicas[("eu", "a")].phase == "open"
     assert d.replicas[("eu", "b")].phase == "closed"  # capped: 1 of 2 already out
-    assert d.region_ejected("eu", 0.2)  # but the region itself is out (all its traffic fails)
+    assert "eu" in d.ejected_regions(0.2)  # but the region itself is out (all its traffic fails)
 
 
 def test_retry_budget_is_a_ratio_plus_a_floor() -> None:
@@ -132,6 +138,8 @@ def test_admitted_replicas_skip_the_breakers_until_one_opens_and_again_once_all_
     assert d.admitted("eu", serving, 0.2) == ["b"]
     assert d.admitted("us", ["x"], 0.2) == ["x"]  # other regions unaffected
     assert d.admitted("eu", serving, 2.5) == ["a", "b"]  # half-open: a's one probation request
-    assert d.admitted("eu", serving, 2.6) == ["b"]  # its probe slot is taken
-    d.record("eu", "a", True, now=2.7, replica_count=2)  # probe succeeded: closed again
-    assert d.admitted("eu", serving, 2.8) is serving
+    assert d.admitted("eu", serving, 2.6) == ["a", "b"]  # listing a as a candidate spends nothing
+    d.sent("eu", "a", 2.6)  # the probe is sent: it takes the slot
+    assert d.admitted("eu", serving, 2.7) == ["b"]
+    d.record("eu", "a", True, now=2.8, replica_count=2)  # probe succeeded: closed again
+    assert d.admitted("eu", serving, 2.9) is serving

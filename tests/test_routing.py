@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from controlplane.state import Location, RegionState, Snapshot, Topology
-from controlplane.topology import load_topology
 from edge import routing
+from fleet.state import Location, RegionState, Snapshot, Topology
+from fleet.topology import load_topology
 from tests.fleet import ROOT
 
 TOPO = load_topology(ROOT / "regions.yaml")
@@ -161,56 +161,60 @@ def test_p2c_picks_the_least_outstanding_of_two(
 REPLICAS = {r.name: [rep.name for rep in r.replicas] for r in TOPO.regions}
 
 
-def plan(d: routing.Decision, tried: list[routing.Tried]) -> routing.Target | None:
-    return routing.next_target(
+URLS = {r.name: {rep.name: rep.base_url for rep in r.replicas} for r in TOPO.regions}
+
+
+def attempt_plan(d: routing.Decision, max_attempts: int = 4) -> routing.AttemptPlan:
+    return routing.AttemptPlan(
         d,
-        tried,
         replicas=lambda r: REPLICAS[r],
         outstanding=lambda _: {},
+        urls=URLS,
         rng=random.Random(0),
-        max_attempts=4,
+        max_attempts=max_attempts,
     )
 
 
 def test_attempt_plan_connect_failure_retries_same_region_then_fails_over() -> None:
-    d = route(snap())
-    first = plan(d, [])
+    p = attempt_plan(route(snap()))
+    first = p.next()
     assert first is not None and (first.region, first.kind) == ("eu-west-1", "primary")
-    t1 = routing.Tried(first.region, first.replica, "connect")
-    second = plan(d, [t1])
+    assert first.url == URLS["eu-west-1"][first.replica]
+    p.failed(first, "connect")
+    second = p.next()
     assert second is not None and second.region == "eu-west-1" and second.replica != first.replica
-    assert second.kind == "retry"
-    third = plan(d, [t1, routing.Tried(second.region, second.replica, "connect")])
-    assert third is not None and (third.region, third.kind) == (d.backup, "failover")
+    assert second.kind == "retry" and "connect" in second.why
+    p.failed(second, "connect")
+    third = p.next()
+    assert third is not None and (third.region, third.kind) == (p.decision.backup, "failover")
+    assert third.why == "connect in eu-west-1: backup region"
 
 
 @pytest.mark.parametrize("failure", ["status", "timeout"])
 def test_attempt_plan_status_or_timeout_goes_straight_to_the_backup(failure: str) -> None:
-    d = route(snap())
-    first = plan(d, [])
+    p = attempt_plan(route(snap()))
+    first = p.next()
     assert first is not None
-    nxt = plan(d, [routing.Tried(first.region, first.replica, failure)])
+    p.failed(first, failure)
+    nxt = p.next()
     assert nxt is not None and (nxt.region, nxt.kind) == ("us-east-1", "failover")
 
 
 def test_attempt_plan_stops_at_max_attempts() -> None:
-    d = route(snap())
-    tried = [
-        routing.Tried("eu-west-1", "euw1-a", "status"),
-        routing.Tried("us-east-1", "use1-a", "status"),
-        routing.Tried("us-west-2", "usw2-a", "status"),
-    ]
-    assert (
-        routing.next_target(
-            d,
-            tried,
-            replicas=lambda r: REPLICAS[r],
-            outstanding=lambda _: {},
-            rng=random.Random(0),
-            max_attempts=3,
-        )
-        is None
-    )
+    p = attempt_plan(route(snap()), max_attempts=3)
+    for _ in range(3):
+        a = p.next()
+        assert a is not None
+        p.failed(a, "status")
+    assert p.next() is None and p.hedge() is None
+
+
+def test_attempt_plan_hedges_to_the_backup_region_and_lists_candidates() -> None:
+    p = attempt_plan(route(snap()))
+    hedge = p.hedge()
+    assert hedge is not None and (hedge.region, hedge.kind) == (p.decision.backup, "hedge")
+    roles = [(c["region"], c["role"]) for c in p.candidates()]
+    assert roles[:2] == [("eu-west-1", "primary"), (p.decision.backup, "backup")]
 
 
 def test_ejected_regions_are_skipped_and_panic_fails_open() -> None:
@@ -281,28 +285,28 @@ def test_small_absolute_jitter_is_not_a_brownout() -> None:
     assert eu.brownout_share == 1.0
 
 
-def test_plan_cache_decides_exactly_as_route_and_hits_within_a_cell() -> None:
-    cache = routing.PlanCache()
+def test_route_cache_decides_exactly_as_route_and_hits_within_a_cell() -> None:
     s = snap(us_east_1={"latency_ms": 104.0})  # near-tie leaders for New York: the draw matters
+    cache = routing.RouteCache(TOPO, s)
     clients = [LONDON, NEW_YORK, Location(lat=51.5101, lon=-0.0901)]  # the last shares London's cell
     cached_rng, plain_rng = random.Random(3), random.Random(3)
     for i in range(300):
         c = clients[i % 3]
         cell = Location(lat=round(c.lat * 4) / 4, lon=round(c.lon * 4) / 4)
-        kw = {"topology": TOPO, "snapshot": s, "country": None, "continent": None}
-        got = cache.route(client=c, rng=cached_rng, **kw)  # type: ignore[arg-type]
-        want = routing.route(client=cell, rng=plain_rng, **kw)  # type: ignore[arg-type]
+        got = cache.route(client=c, rng=cached_rng, country=None, continent=None)
+        want = routing.route(
+            topology=TOPO, snapshot=s, client=cell, rng=plain_rng, country=None, continent=None
+        )
         assert (got.primary, got.backup, got.order) == (want.primary, want.backup, want.order)
     assert cache.misses == 2 and cache.hits == 298
 
 
-def test_plan_cache_starts_afresh_on_a_new_snapshot_and_keys_on_ejections_and_shares() -> None:
-    cache = routing.PlanCache()
+def test_route_cache_keys_on_ejections_and_shares() -> None:
     rng = random.Random(0)
-    kw = {"topology": TOPO, "client": LONDON, "country": None, "continent": None, "rng": rng}
-    assert cache.route(snapshot=snap(), **kw).primary == "eu-west-1"  # type: ignore[arg-type]
-    assert cache.route(snapshot=snap(eu_west_1={"weight": 0}), **kw).primary == "us-east-1"  # type: ignore[arg-type]
-    s = snap()
-    assert cache.route(snapshot=s, excluded=frozenset({"eu-west-1"}), **kw).primary == "us-east-1"  # type: ignore[arg-type]
-    assert cache.route(snapshot=s, share={"eu-west-1": 0.0}, **kw).primary == "us-east-1"  # type: ignore[arg-type]
-    assert cache.route(snapshot=s, **kw).primary == "eu-west-1"  # type: ignore[arg-type]
+    kw: dict[str, object] = {"client": LONDON, "country": None, "continent": None, "rng": rng}
+    cache = routing.RouteCache(TOPO, snap())
+    assert cache.route(**kw).primary == "eu-west-1"  # type: ignore[arg-type]
+    assert cache.route(excluded=frozenset({"eu-west-1"}), **kw).primary == "us-east-1"  # type: ignore[arg-type]
+    assert cache.route(share={"eu-west-1": 0.0}, **kw).primary == "us-east-1"  # type: ignore[arg-type]
+    assert cache.route(**kw).primary == "eu-west-1"  # type: ignore[arg-type]
+    assert routing.RouteCache(TOPO, snap(eu_west_1={"weight": 0})).route(**kw).primary == "us-east-1"  # type: ignore[arg-type]

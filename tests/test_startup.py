@@ -39,11 +39,11 @@ def bad_regions(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("component", ["controlplane", "edge", "demo"])
 def test_invalid_regions_yaml_stops_every_component(component: str, bad_regions: Path) -> None:
     if component == "controlplane":
-        res = run(["-m", "controlplane", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(bad_regions)})
+        res = run(["-m", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(bad_regions)})
     elif component == "edge":
         res = run(["-m", "edge"], {"MERIDIAN_REGIONS_FILE": str(bad_regions), "MERIDIAN_REGION": "us-east-1"})
     else:
-        res = run(["-m", "controlplane", "demo", "--config", str(bad_regions)], {})
+        res = run(["-m", "meridian", "demo", "--config", str(bad_regions)], {})
     assert res.returncode == 2, res.stderr
     assert f"{bad_regions}:" in res.stderr and "regions[0].capacity" in res.stderr
     assert "greater than 0" in res.stderr
@@ -53,7 +53,7 @@ def test_invalid_regions_yaml_stops_every_component(component: str, bad_regions:
 def test_unparsable_regions_yaml(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text("regions: [unclosed\n")
-    res = run(["-m", "controlplane", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(p)})
+    res = run(["-m", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(p)})
     assert res.returncode == 2 and "not valid YAML" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -77,12 +77,12 @@ def test_corrupt_mmdb_stops_the_edge(tmp_path: Path) -> None:
         (["-m", "edge"], {}, "MERIDIAN_REGION"),
         (["-m", "edge"], {"MERIDIAN_REGION": "mars-1"}, "MERIDIAN_REGION"),
         (
-            ["-m", "controlplane", "controlplane"],
+            ["-m", "controlplane"],
             {"MERIDIAN_PROBE_INTERVAL_S": "0.1"},
             "MERIDIAN_PROBE_INTERVAL_S",
         ),
         (
-            ["-m", "controlplane", "controlplane"],
+            ["-m", "controlplane"],
             {"MERIDIAN_ADMIN_TOKENS": '[{"name": "a", "role": "god", "token": "0123456789abcdef"}]'},
             "MERIDIAN_ADMIN_TOKENS",
         ),

@@ -119,7 +119,7 @@ def test_adding_a_region_to_regions_yaml_is_picked_up_without_touching_terraform
     copy.write_text(yaml.safe_dump(data))
     assert region_keys(copy) == region_keys(ROOT / "regions.yaml") | {"sa-east-1"}
     assert {p: p.read_bytes() for p in TF.rglob("*.tf")} == before
-    from controlplane.topology import load_topology
+    from fleet.topology import load_topology
 
     assert "sa-east-1" in load_topology(copy).names  # and the same file is valid for edges/control plane
 

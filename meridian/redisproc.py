@@ -96,7 +96,12 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
 
 
 def spawn(
-    argv: list[str], *, env: dict[str, str] | None = None, stdout: int | None = None, log: Path | None = None
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    stdout: int | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a child that dies with us (PR_SET_PDEATHSIG) and logs to ``log`` or stderr."""
     out = open(log, "ab") if log is not None else None  # noqa: SIM115 - handed to the child
@@ -104,6 +109,7 @@ def spawn(
         return subprocess.Popen(
             argv,
             env=env,
+            cwd=cwd,
             stdout=stdout if stdout is not None else (out or subprocess.DEVNULL),
             stderr=out,
             stdin=subprocess.DEVNULL,

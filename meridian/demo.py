@@ -7,10 +7,12 @@ B+10 and one replica per region on B+11.., simulated replicas from B+20 on.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from controlplane.redisproc import RedisNotFound, RedisServer, spawn
-from controlplane.state import Topology
-from controlplane.topology import TopologyError, load_topology
+from fleet.state import Topology
+from fleet.topology import TopologyError, load_topology
+from meridian.redisproc import RedisNotFound, RedisServer, port_free, spawn
 
 log = logging.getLogger("meridian.demo")
 
@@ -63,6 +65,49 @@ def _get(url: str, timeout: float = 1.0) -> int:
             return int(resp.status)
     except Exception:
         return 0
+
+
+def fleet_ports(topo: Topology, base: int) -> dict[int, str]:
+    """Every port a demo at ``base`` listens on, and what listens there (see the module docstring)."""
+    ports = {base: "admin API"}
+    for i, region in enumerate(topo.regions):
+        ports[base + 1 + i] = f"edge {region.name}"
+    ports[base + 10] = "Redis primary"
+    for i, region in enumerate(topo.regions):
+        ports[base + 11 + i] = f"Redis replica {region.name}"
+    port = base + 20
+    for region in topo.regions:
+        for rep in region.replicas:
+            ports[port] = f"simulated replica {rep.name}"
+            port += 1
+    return ports
+
+
+class PortsTaken(RuntimeError):
+    """The demo cannot start at this base port; the message names the port and what to do."""
+
+
+def claim_ports(topo: Topology, base: int) -> int:
+    """Before anything starts: hold this base port's lock (a second demo on it stops here, even when both
+    start at once) and check every port the fleet needs is free. Returns the lock's file descriptor."""
+    lock = Path(tempfile.gettempdir()) / f"meridian-demo-port-{base}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PortsTaken(
+            f"another demo is running on --base-port {base} (lock {lock}); stop it with Ctrl-C, "
+            f"or start this one with another --base-port (e.g. {base + 100})"
+        ) from None
+    for port, what in fleet_ports(topo, base).items():
+        if not port_free(port):
+            os.close(fd)
+            raise PortsTaken(
+                f"port {port} ({what}) is in use; stop whatever listens there, "
+                f"or start the demo with another --base-port (e.g. {base + 100})"
+            )
+    return fd
 
 
 class Fleet:
@@ -114,7 +159,7 @@ class Fleet:
         ]
         self._child(
             "controlplane",
-            [py, "-m", "controlplane.cli", "controlplane"],
+            [py, "-m", "controlplane"],
             {
                 "MERIDIAN_REGIONS_FILE": str(regions_file),
                 "MERIDIAN_REDIS_URL": primary.url,
@@ -198,6 +243,11 @@ def run(*, config: str, base_port: int) -> int:
     except TopologyError as exc:
         print(f"meridian demo: {exc}", file=sys.stderr)
         return 2
+    try:
+        lock = claim_ports(topo, base_port)
+    except PortsTaken as exc:
+        print(f"meridian demo: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -231,7 +281,6 @@ def run(*, config: str, base_port: int) -> int:
         log.info("stopping the fleet")
         fleet.stop()
         sf.unlink(missing_ok=True)
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
+        os.close(lock)
     return code

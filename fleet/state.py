@@ -1,8 +1,7 @@
 """The shared contract between control plane and edges (pure, no I/O).
 
 Topology (what regions.yaml declares), RegionState (what the store holds per region), Snapshot (what an
-edge routes on), the Redis key names, and their JSON encoding. Edges import this module and nothing else
-from the control plane except :mod:`controlplane.topology`.
+edge routes on), the Redis key names, and their JSON encoding. Both sides import it; it imports neither.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 Health = Literal["up", "degraded", "down"]
-HEALTH_VALUES: tuple[Health, ...] = ("up", "degraded", "down")
 
 # Redis key names (one namespace, so a shared Redis can hold several Meridians under other prefixes).
 KEY_PREFIX = "meridian"

@@ -1,7 +1,7 @@
 """The `meridian` command: demo, controlplane, edge, sim, ctl.
 
-`edge` and `sim` replace this process with `python -m edge` / `python -m regionsim`, so the control plane
-package never imports the data plane.
+The one package that imports both sides (control plane and edge): `edge` and `sim` replace this process
+with `python -m edge` / `python -m regionsim`; `controlplane` runs `controlplane.main` in this process.
 """
 
 from __future__ import annotations
@@ -15,48 +15,11 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
-
 
 def run_controlplane(_: argparse.Namespace) -> int:
-    import logging
+    from controlplane.main import main as controlplane_main
 
-    import uvicorn
-
-    from controlplane.api import create_app
-    from controlplane.settings import ControlPlaneSettings
-    from controlplane.topology import TopologyError, format_settings_error
-
-    try:
-        settings = ControlPlaneSettings()
-    except ValidationError as exc:
-        print(format_settings_error(exc, source="control-plane"), file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s controlplane %(levelname)s %(name)s: %(message)s",
-    )
-    if not settings.admin_tokens:
-        print(
-            "meridian controlplane: warning: MERIDIAN_ADMIN_TOKENS is empty; every admin call gets 401",
-            file=sys.stderr,
-        )
-    try:
-        app = create_app(settings)
-    except TopologyError as exc:
-        print(f"meridian controlplane: cannot start: {exc}", file=sys.stderr)
-        return 2
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        loop="uvloop",
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
-    return 0
+    return controlplane_main()
 
 
 def _exec_module(module: str, argv: Sequence[str]) -> int:
@@ -98,7 +61,7 @@ def _admin_call(
 
 def _demo_credentials() -> dict[str, str]:
     """The running demo's admin URL and token, if a demo on this machine left its ready line."""
-    from controlplane.demo import state_file
+    from meridian.demo import state_file
 
     try:
         admin: dict[str, str] = json.loads(state_file().read_text())["admin"]
@@ -147,7 +110,7 @@ def run_ctl(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from controlplane.demo import run
+    from meridian.demo import run
 
     return run(config=args.config, base_port=args.base_port)
 

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from controlplane.state import Topology
+from fleet.state import Topology
 
 
 class TopologyError(ValueError):

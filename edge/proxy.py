@@ -1,0 +1,208 @@
+"""A proxied request (I/O): check the client's input, open the request span, locate the client, get the
+request's attempt plan and hedge delay, and hand them to the forwarder."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from edge import tracing
+from edge.forwarder import Forwarder, upstream_headers
+from edge.geo import ClientLocator
+from edge.hedging import HedgePolicy
+from edge.metrics import EdgeMetrics
+from edge.planner import Planner
+from edge.routing import AttemptPlan
+from edge.settings import EdgeSettings, Priority
+from edge.snapshot import SnapshotFeed
+from fleet.state import Snapshot
+
+log = logging.getLogger("meridian.edge")
+
+PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
+
+
+def error(status: int, message: str, *, kind: str, headers: dict[str, str] | None = None) -> web.Response:
+    """An error for the client, in OpenAI's shape."""
+    return web.json_response({"error": {"message": message, "type": kind}}, status=status, headers=headers)
+
+
+def internal_error(request: web.BaseRequest) -> web.Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error(500, "internal error in the edge", kind="meridian_internal")
+
+
+class BadInput(Exception):
+    """The client's request is refused before any region sees it (status, message, metric label)."""
+
+    def __init__(self, status: int, message: str, what: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.what = what
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        settings: EdgeSettings,
+        feed: SnapshotFeed,
+        fallback: Snapshot,
+        clients: ClientLocator,
+        planner: Planner,
+        hedging: HedgePolicy,
+        forwarder: Forwarder,
+        metrics: EdgeMetrics,
+        tracer: trace.Tracer,
+        sampler: tracing.HeadSampler,
+        hedgeable_routes: tuple[str, ...],
+    ) -> None:
+        self.settings = settings
+        self.feed = feed
+        self.fallback = fallback
+        self.clients = clients
+        self.planner = planner
+        self.hedging = hedging
+        self.forwarder = forwarder
+        self.metrics = metrics
+        self.tracer = tracer
+        self.sampler = sampler
+        self.hedgeable = frozenset(hedgeable_routes) if settings.hedge_enabled else frozenset()
+        self.edge_headers = {"X-Meridian-Edge": settings.region}
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The request span around the proxying; a bug answers 500 in OpenAI's shape, never a traceback."""
+        headers = request.headers
+        if "traceparent" in headers:
+            span = self._server_span(request, tracing.PROPAGATOR.extract(headers))
+        else:
+            span = self.sampler.left_out() or self._server_span(request, None)
+        try:
+            resp = await self._proxy(request, span)
+        except web.HTTPException:
+            span.end()
+            raise
+        except Exception as exc:
+            if isinstance(exc, ConnectionResetError) and (
+                request.transport is None or request.transport.is_closing()
+            ):  # the client left while we answered: nothing to answer, nothing broke
+                self.metrics.child(self.metrics.stream_aborts, "none", "client").inc()
+                span.set_attribute(tracing.ATTR_OUTCOME, "client went away")
+                span.end()
+                return web.Response(status=499)
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.end()
+            return internal_error(request)
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", resp.status)
+            if resp.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+        return resp
+
+    def _server_span(self, request: web.BaseRequest, parent: Context | None) -> trace.Span:
+        return self.tracer.start_span(
+            tracing.SPAN_SERVER,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "url.path": request.path,
+                tracing.ATTR_EDGE: self.settings.region,
+            },
+        )
+
+    async def _proxy(self, request: web.BaseRequest, span: trace.Span) -> web.StreamResponse:
+        try:
+            priority = self._priority(request)
+            body = await self._body(request)
+        except BadInput as exc:
+            self.metrics.bad_input.labels(what=exc.what).inc()
+            return error(exc.status, str(exc), kind="meridian_bad_input", headers=self.edge_headers)
+        span.set_attribute(tracing.ATTR_PRIORITY, priority)
+        ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
+        if place.country:
+            span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
+        snap = self.feed.current
+        if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
+            self.metrics.fallback.inc()
+            snap = self.fallback
+        plan = self.planner.plan(place, snap)
+        decision = plan.decision
+        if decision.panic:
+            self.metrics.panic.inc()
+        if decision.primary is None:
+            return error(
+                503,
+                "no routable region for this client",
+                kind="meridian_no_region",
+                headers=self.edge_headers,
+            )
+        span.set_attribute(tracing.ATTR_REGION, decision.primary)
+        if decision.backup:
+            span.set_attribute(tracing.ATTR_BACKUP, decision.backup)
+        started = time.monotonic()
+        resp = await self.forwarder.forward(
+            request,
+            plan=plan,
+            body=body,
+            headers=upstream_headers(request.headers, client_ip=str(ip) if ip else None),
+            timeouts=self.settings.timeouts[priority],
+            hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
+            parent=span,
+        )
+        span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
+        return resp
+
+    def _priority(self, request: web.BaseRequest) -> Priority:
+        priority = PRIORITIES.get(request.headers.get("X-Meridian-Priority", "normal").strip().lower())
+        if priority is None:
+            raise BadInput(
+                400, f"header X-Meridian-Priority must be one of {', '.join(PRIORITIES)}", "priority"
+            )
+        return priority
+
+    async def _body(self, request: web.BaseRequest) -> bytes:
+        """The request body, within the limit; ``Expect: 100-continue`` answered first (a router's job, had
+        we one)."""
+        expect = request.headers.get("Expect")
+        if expect is not None and request.version >= HttpVersion11:
+            if expect.lower() != "100-continue":
+                raise BadInput(
+                    417, f"header Expect: {expect[:64]!r} is not supported (only 100-continue)", "expect"
+                )
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # aiohttp's count: the interim response is not the response
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise BadInput(
+                413,
+                f"request body exceeds the limit of {self.settings.max_body_bytes} bytes "
+                "(setting MERIDIAN_MAX_BODY_BYTES)",
+                "body_too_large",
+            ) from None
+
+    def _hedge_delay(
+        self, request: web.BaseRequest, priority: Priority, plan: AttemptPlan, snap: Snapshot
+    ) -> float | None:
+        """Critical requests on hedgeable routes may be hedged to the backup region: after this delay."""
+        if priority != "critical" or request.path not in self.hedgeable:
+            return None
+        d = plan.decision
+        assert d.primary is not None
+        backup = snap.regions.get(d.backup) if d.backup else None
+        hedging = self.hedging
+        eligible = hedging.eligible(
+            primary=d.primary, backup=d.backup, backup_utilization=backup.utilization if backup else 1.0
+        )
+        delay = hedging.delay(d.primary)
+        self.metrics.child(self.metrics.hedge_delay, d.primary).set(delay)
+        return delay if eligible else None

@@ -1,0 +1,1 @@
+"""The contract both sides import: topology, state schema and Redis keys, Redis connections."""

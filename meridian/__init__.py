@@ -1,0 +1,1 @@
+"""The `meridian` command: CLI, demo launcher, local redis-server supervision (imports both sides)."""
