@@ -1,1 +1,1 @@
-"""Meridian control plane: admin API, health prober, and the shared state schema (kept import-light)."""
+"""Meridian control plane: admin API, health prober, observation intake, store writes (imports only fleet)."""
