@@ -1,18 +1,23 @@
 """bench/routing.py: the routing decision microbenchmark (10 regions x 50 replicas), pytest-benchmark.
 
 Run: python -m pytest bench/routing.py --benchmark-only -p no:cacheprovider
-One decision = score every region for a client, order with the anti-herding draw, apply dials, choose the
-backup, then pick a replica by power of two choices. Two cases: the edge's steady state (the client's
-location cell already planned for this snapshot: only the per-request draw runs) and a cold decision (new
-snapshot or new cell: full scoring).
+One decision = score every region from this edge, hold the primary, apply dials, choose the backup, then
+pick a replica by power of two choices. Two cases: the edge's steady state (the planner's route cache
+already holds the plan for this snapshot and network: the hold check and the per-request draw run) and a
+cold decision (a new snapshot or network view: full scoring).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 from edge import routing
+from edge.failback import Failback
+from edge.observed import Observed
+from edge.outlier import OutlierDetector
+from edge.planner import Planner
 from fleet.state import Location, RegionState, Snapshot, Topology
 
 
@@ -57,14 +62,18 @@ CLIENTS = [
 URLS = {r: {x: f"http://{x}" for x in names} for r, names in REPLICAS.items()}
 
 
-def decide(rng: random.Random, i: int, cache: routing.RouteCache | None) -> str | None:
-    """One request's decision and its first attempt (the replica choice), as the edge makes them."""
-    kw: dict[str, Any] = {"country": None, "continent": None, "rng": rng}
-    d = (
-        routing.route(topology=TOPO, snapshot=SNAP, client=CLIENTS[i % 64], **kw)
-        if cache is None
-        else cache.route(client=CLIENTS[i % 64], **kw)
-    )
+EDGE_NETWORK = routing.distance_network(TOPO, TOPO.regions[0].location)
+
+
+class Place:
+    def __init__(self, location: Location) -> None:
+        self.location, self.country, self.continent = location, None, None
+
+
+PLACES = [Place(c) for c in CLIENTS]
+
+
+def first_replica(d: routing.Decision, rng: random.Random) -> str:
     plan = routing.AttemptPlan(
         d,
         replicas=REPLICAS.__getitem__,
@@ -78,17 +87,28 @@ def decide(rng: random.Random, i: int, cache: routing.RouteCache | None) -> str 
     return first.replica
 
 
-def test_routing_decision_planned_cell(benchmark: Any) -> None:
+def test_routing_decision_planned(benchmark: Any) -> None:
     rng = random.Random(7)
-    cache = routing.RouteCache(TOPO, SNAP)
+    planner = Planner(
+        topology=TOPO,
+        edge=TOPO.regions[0].name,
+        outliers=OutlierDetector(),
+        failback=Failback(),
+        observed=Observed(),
+        rng=rng,
+        clock=time.monotonic,
+        max_attempts=3,
+    )
     counter = iter(range(10**9))
-    result = benchmark(lambda: decide(rng, next(counter), cache))
+    result = benchmark(lambda: first_replica(planner.decide(PLACES[next(counter) % 64], SNAP), rng))
     assert result is not None
-    assert cache.misses == 64  # one plan per client cell, then only hits
+    assert planner.routes is not None and planner.routes.misses == 1  # one plan, then only hits
 
 
 def test_routing_decision_cold(benchmark: Any) -> None:
     rng = random.Random(7)
-    counter = iter(range(10**9))
-    result = benchmark(lambda: decide(rng, next(counter), None))
+    kw: dict[str, Any] = {"country": None, "continent": None, "rng": rng}
+    result = benchmark(
+        lambda: first_replica(routing.route(topology=TOPO, snapshot=SNAP, network=EDGE_NETWORK, **kw), rng)
+    )
     assert result is not None

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.intake import Intake, PassiveBook
 from controlplane.prober import Prober
+from controlplane.service import ServiceTracker
 from controlplane.settings import AdminToken, ControlPlaneSettings
 from controlplane.store import (
     AuditEntry,
@@ -283,8 +284,9 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         app.state.seeded = asyncio.Event()
         tasks = [asyncio.create_task(_seed_until_done(settings, app.state), name="seed")]
         book = PassiveBook(rise=settings.probe_rise, fall=settings.probe_fall)
-        prober = Prober(settings=settings, topology=topo, store=store, book=book)
-        intake = Intake(settings=settings, store=store, book=book)
+        service = ServiceTracker()
+        prober = Prober(settings=settings, topology=topo, store=store, book=book, service=service)
+        intake = Intake(settings=settings, store=store, book=book, service=service)
         app.state.prober = prober
         app.state.intake = intake
 

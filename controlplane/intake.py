@@ -1,4 +1,5 @@
-"""Observation intake (I/O): fold the edges' batched observations into each region's latency in the store."""
+"""Observation intake (I/O): fold the edges' batched observations — errors into passive health, service
+times into the shared ``ServiceTracker`` — and write each region's service time and baseline to the store."""
 
 from __future__ import annotations
 
@@ -9,16 +10,12 @@ import time
 from dataclasses import dataclass, field
 
 from controlplane.health import Track, observe, passive_signal
+from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StateStore, StoreError
 from fleet.state import Health, RegionState
 
 log = logging.getLogger("meridian.intake")
-
-EWMA_ALPHA = 0.3
-BASELINE_ALPHA = 0.002  # per observation row: a lasting change moves the baseline over minutes
-STALE_S = 5.0  # no observation for this long: the region's latency drifts back toward the fleet mean
-DECAY_PER_S = 0.07  # about a 10 s half-life
 
 
 @dataclass
@@ -49,14 +46,15 @@ class PassiveBook:
 
 
 class Intake:
-    def __init__(self, *, settings: ControlPlaneSettings, store: StateStore, book: PassiveBook) -> None:
+    def __init__(
+        self, *, settings: ControlPlaneSettings, store: StateStore, book: PassiveBook, service: ServiceTracker
+    ) -> None:
         self.settings = settings
         self.store = store
         self.book = book
-        self.ttft: dict[str, float] = {}
-        self.baseline: dict[str, float] = {}
-        self.updated: dict[str, float] = {}
+        self.service = service
         self.batches = 0
+        self._decayed_at = time.monotonic()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -78,52 +76,38 @@ class Intake:
             now = time.monotonic()
             for row in rows:
                 self.batches += 1
-                try:
-                    region = row["region"]
-                    self.book.feed(
-                        region, requests=float(row["requests"]), errors=float(row["errors"]), now=now
-                    )
-                    ttfb = float(row["ttfb_ms"])
-                except (KeyError, ValueError):
-                    continue
-                prev = self.ttft.get(region)
-                self.ttft[region] = ttfb if prev is None else prev + EWMA_ALPHA * (ttfb - prev)
-                base = self.baseline.get(region)
-                # the baseline drops at once to a better value and rises only slowly
-                self.baseline[region] = (
-                    ttfb if base is None or ttfb < base else base + BASELINE_ALPHA * (ttfb - base)
-                )
-                self.updated[region] = now
-            self._decay(now)
-            for region, value in list(self.ttft.items()):
+                self._fold(row, now)
+            self.service.decay(now, now - self._decayed_at)
+            self._decayed_at = now
+            for region, value in list(self.service.value.items()):
                 await self._maybe_write(region, value)
 
-    def _decay(self, now: float) -> None:
-        """A region nobody sends to keeps its last (bad) latency forever unless it drifts back: move stale
-        values toward the fleet mean so a recovered region is tried again, gradually."""
-        if len(self.ttft) < 2:
-            return
-        mean = sum(self.ttft.values()) / len(self.ttft)
-        for region, value in self.ttft.items():
-            idle = now - self.updated.get(region, now)
-            if idle > STALE_S:
-                self.ttft[region] = value + min(1.0, DECAY_PER_S * 0.5) * (mean - value)
+    def _fold(self, row: dict[str, str], now: float) -> None:
+        """One edge's row for one region: errors into passive health, service time into the tracker."""
+        try:
+            region = row["region"]
+            self.book.feed(region, requests=float(row["requests"]), errors=float(row["errors"]), now=now)
+            if "service_ms" in row:
+                self.service.edges(region, float(row["service_ms"]), now=now)
+        except (KeyError, ValueError):
+            log.debug("intake: malformed observation row %s", row)
 
     async def _maybe_write(self, region: str, value: float) -> None:
         change = self.settings.latency_change
-
-        baseline = self.baseline.get(region)
+        baseline = self.service.baseline.get(region)
+        source = self.service.source.get(region)
 
         def mutate(s: RegionState) -> RegionState | None:
             moved = s.latency_ms is None or abs(value - s.latency_ms) > change * s.latency_ms
             base_moved = baseline is not None and (
                 s.baseline_ms is None or abs(baseline - s.baseline_ms) > change * s.baseline_ms
             )
-            if not moved and not base_moved:
+            if not moved and not base_moved and s.latency_source == source:
                 return None
             return s.model_copy(
                 update={
                     "latency_ms": round(value, 2) if moved else s.latency_ms,
+                    "latency_source": source,
                     "baseline_ms": round(baseline, 2)
                     if baseline is not None and base_moved
                     else s.baseline_ms,

@@ -26,7 +26,7 @@ from edge import tracing
 from edge.budget import RetryBudget
 from edge.failback import Failback
 from edge.forwarder import Forwarder, Resilience
-from edge.geo import ClientLocator, GeoLocator
+from edge.geo import ClientLocator, ClientPlace, GeoLocator
 from edge.hedging import HedgeBudget, HedgePolicy
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
@@ -34,6 +34,8 @@ from edge.outlier import OutlierDetector, OutlierPolicy
 from edge.planner import Planner
 from edge.proxy import Proxy, error, internal_error
 from edge.reporter import Reporter
+from edge.routing import AttemptPlan
+from edge.rtt import RttProber
 from edge.settings import EdgeSettings
 from edge.snapshot import SnapshotFeed
 from edge.upstream import UpstreamPool
@@ -100,6 +102,7 @@ class Edge:
         self.metrics.hedge_extra_load.set_function(lambda: self.hedging.budget.extra_load)
         self.planner = Planner(
             topology=topo,
+            edge=settings.region,
             outliers=self.resilience.outliers,
             failback=Failback(ramp_s=settings.failback_ramp_s, hold_base_s=settings.failback_hold_base_s),
             observed=self.observed,
@@ -112,6 +115,14 @@ class Edge:
         )
         self.pool = UpstreamPool(limit=settings.pool_size, keepalive_s=settings.upstream_keepalive_s)
         self.proxy = self._request_path(rng)
+        self.rtt = RttProber(
+            pool=self.pool,
+            topology=topo,
+            edge=settings.region,
+            observed=self.observed,
+            interval_s=settings.rtt_probe_interval_s,
+            timeout_s=settings.rtt_probe_timeout_s,
+        )
         self.reporter: Reporter | None = None
         self._primary: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,6 +163,7 @@ class Edge:
         """Follow the regional store replica; report observations to the primary when one is configured."""
         settings = self.settings
         self._tasks.append(asyncio.create_task(self.feed.run(), name="snapshot-feed"))
+        self._tasks.append(asyncio.create_task(self.rtt.run(), name="rtt-prober"))
         if settings.redis_primary_url:
             self._primary = connect(settings.redis_primary_url, socket_timeout=1.0)
             self.reporter = Reporter(
@@ -258,28 +270,45 @@ class Edge:
             place = self.geo.locate(ip)
         snap = self.feed.current or self.fallback_snapshot
         plan = self.planner.plan(place, snap)
+        return web.json_response(self._explained(ip, place, snap, plan))
+
+    def _explained(
+        self, ip: object, place: ClientPlace, snap: Snapshot, plan: AttemptPlan
+    ) -> dict[str, object]:
+        """The route explainer's answer: where the client is, the end-to-end estimate per region (client to
+        this edge + this edge to the region + service), the choice, and whether DNS sent it here wrongly."""
         d = plan.decision
-        return web.json_response(
-            {
-                "ip": str(ip) if ip else None,
-                "location": {
-                    "lat": place.location.lat,
-                    "lon": place.location.lon,
-                    "country": place.country,
-                    "continent": place.continent,
-                    "source": place.source,
-                },
-                "edge": self.settings.region,
-                "snapshot_version": snap.version if snap.version >= 0 else None,
-                "panic": d.panic,
-                "choice": d.primary,
-                "backup": d.backup,
-                "order": list(d.order),
-                "pinned": list(d.pinned) if d.pinned is not None else None,
-                "scores": [s.as_dict() for s in d.scores],
-                "candidates": plan.candidates(),
-            }
-        )
+        view = self.planner.client_view(place)
+        located = place.source == "geoip"
+        scores = []
+        for s in d.scores:
+            row = s.as_dict()
+            if located and row["score_ms"] is not None:
+                row["end_to_end_ms"] = round(view.client_edge_ms + s.score_ms, 2)
+            scores.append(row)
+        return {
+            "ip": str(ip) if ip else None,
+            "location": {
+                "lat": place.location.lat,
+                "lon": place.location.lon,
+                "country": place.country,
+                "continent": place.continent,
+                "source": place.source,
+            },
+            "edge": self.settings.region,
+            "client_edge_ms": round(view.client_edge_ms, 2) if located else None,
+            "misrouted": {"nearer_edge": view.misrouted, "nearer_edge_ms": round(view.nearest_edge_ms, 2)}
+            if located and view.misrouted
+            else None,
+            "snapshot_version": snap.version if snap.version >= 0 else None,
+            "panic": d.panic,
+            "choice": d.primary,
+            "backup": d.backup,
+            "order": list(d.order),
+            "pinned": list(d.pinned) if d.pinned is not None else None,
+            "scores": scores,
+            "candidates": plan.candidates(),
+        }
 
 
 def _resilience(settings: EdgeSettings, topo: Topology, rng: random.Random) -> Resilience:

@@ -79,13 +79,15 @@ class Result:
     outcome: Outcome
     ttfb: float
     upstream: UpstreamResponse | None
+    started: float  # monotonic time the attempt left
     first: bytes | None = None  # a raced stream's first event, read to decide the race
 
 
-def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None) -> bytes:
+def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None, edge: str) -> bytes:
     """End-to-end headers only, encoded once per request as the upstream request's header lines
     (``\r\nName: value`` each, in the client's own bytes); client-sent X-Meridian-* (but priority) and trace
-    headers are dropped, X-Forwarded-For becomes the client address we resolved."""
+    headers are dropped, X-Forwarded-For becomes the client address we resolved, and X-Meridian-Edge names
+    this edge to the region."""
     lines = []
     for k, v in incoming.items():
         lk = k.lower()
@@ -96,6 +98,7 @@ def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None) 
         lines.append(f"\r\n{k}: {v}")
     if client_ip:
         lines.append(f"\r\nX-Forwarded-For: {client_ip}")
+    lines.append(f"\r\nX-Meridian-Edge: {edge}")
     return encode_header_text("".join(lines))
 
 
@@ -313,7 +316,7 @@ class Forwarder:
             if upstream is not None:
                 upstream.close()
                 upstream = None
-        return Result(attempt, span, outcome, time.monotonic() - t0, upstream, first)
+        return Result(attempt, span, outcome, time.monotonic() - t0, upstream, t0, first)
 
     def _account(self, r: Result) -> None:
         """One attempt's outcome into the metrics, the hedge windows, the breakers and the observations: the
@@ -327,7 +330,7 @@ class Forwarder:
         if outcome.kind != "error":  # a bug of ours says nothing about the region
             self._record(attempt, not outcome.breaker_failure)
         ok = not outcome.breaker_failure
-        self.observed.record(attempt.region, ttfb_ms=r.ttfb * 1000.0 if ok else None, error=not ok)
+        self.observed.record(attempt.region, error=not ok)
         self.metrics.child(self.metrics.attempts, attempt.region, attempt.kind, outcome.label).inc()
         span.set_attribute(tracing.ATTR_OUTCOME, outcome.label)
         if outcome.breaker_failure or outcome.kind == "error":
@@ -456,10 +459,17 @@ class Forwarder:
         resp.headers.update(meridian)
         request = call.request
         await resp.prepare(request)
+        timed = upstream.content_type == "text/event-stream" and r.outcome.kind == "ok"
         try:
-            if r.first:
+            if r.first:  # a raced stream: its time to first byte ran to this first event
+                if timed:
+                    self.observed.first_token(attempt.region, r.ttfb * 1000.0)
+                    timed = False
                 await resp.write(r.first)
             async for chunk in upstream:
+                if timed:  # the stream's first event: the region's time to first token, as seen from here
+                    self.observed.first_token(attempt.region, (time.monotonic() - r.started) * 1000.0)
+                    timed = False
                 await resp.write(chunk)
                 if time.monotonic() > call.deadline:
                     raise TimeoutError("total timeout")

@@ -49,6 +49,12 @@ class EdgeMetrics:
         self.stream_aborts = Counter(
             "meridian_edge_stream_aborts", "Streams cut after the first byte", ["region", "side"], registry=r
         )
+        self.misrouted = Counter(
+            "meridian_edge_misrouted_requests",
+            "Requests from clients that another edge is nearer to (geo-DNS to tune), by that edge",
+            ["nearer_edge"],
+            registry=r,
+        )
         self.bad_input = Counter(
             "meridian_edge_bad_input", "Client input rejected or ignored", ["what"], registry=r
         )

@@ -1,5 +1,6 @@
-"""What this edge has seen itself (in-memory, no I/O): per-replica outstanding requests and per-region
-time-to-first-byte (peak-sensitive EWMA), plus counters drained into observation batches."""
+"""What this edge has seen itself (in-memory, no I/O): per-replica outstanding requests, its own round trip
+to each region (an EWMA of its probes), and per-region counters and service-time samples (time to first
+token minus this edge's round trip) drained into observation batches."""
 
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ def _per_replica() -> defaultdict[str, int]:
 class RegionCounters:
     requests: int = 0
     errors: int = 0
-    ttfb_ewma_ms: float | None = None
+    service_sum_ms: float = 0.0  # time to first token minus this edge's round trip, summed since the drain
+    service_n: int = 0
 
 
 @dataclass(slots=True)
 class Observed:
-    alpha: float = 0.2
+    alpha: float = 0.3  # RTT EWMA weight of a new probe
     # region -> replica -> requests in flight (looked up per request: no scan over every replica)
     outstanding: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(_per_replica))
     region_inflight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     counters: dict[str, RegionCounters] = field(default_factory=dict)
+    rtt: dict[str, float] = field(default_factory=dict)  # region -> this edge's round trip (EWMA, ms)
+    rtt_default: dict[str, float] = field(default_factory=dict)  # region -> estimate from distance
+    rtt_version: int = 0  # bumped by every probe round
 
     def start(self, region: str, replica: str) -> None:
         self.outstanding[region][replica] += 1
@@ -39,32 +44,52 @@ class Observed:
         """Requests in flight per replica of ``region`` (a live view: read it, do not keep it)."""
         return self.outstanding[region]
 
-    def record(self, region: str, *, ttfb_ms: float | None, error: bool) -> None:
-        c = self.counters.setdefault(region, RegionCounters())
+    def record(self, region: str, *, error: bool) -> None:
+        """One attempt's outcome in ``region``."""
+        c = self.counters.get(region)
+        if c is None:
+            c = self.counters[region] = RegionCounters()
         c.requests += 1
         if error:
             c.errors += 1
-        if ttfb_ms is not None:
-            prev = c.ttfb_ewma_ms
-            # peak-sensitive: jump to worse values at once, decay slowly toward better ones
-            c.ttfb_ewma_ms = (
-                ttfb_ms if prev is None or ttfb_ms > prev else prev + self.alpha * (ttfb_ms - prev)
-            )
+
+    def first_token(self, region: str, ttft_ms: float) -> None:
+        """A stream's first event arrived ``ttft_ms`` after the attempt left: the region's service time is
+        that minus this edge's own round trip to it (what every edge reports alike)."""
+        c = self.counters.get(region)
+        if c is None:
+            c = self.counters[region] = RegionCounters()
+        c.service_sum_ms += max(0.0, ttft_ms - self.rtt_ms(region))
+        c.service_n += 1
+
+    def rtt_ms(self, region: str) -> float:
+        hit = self.rtt.get(region)
+        return hit if hit is not None else self.rtt_default.get(region, 0.0)
+
+    def probed(self, samples: Mapping[str, float]) -> None:
+        """One probe round: region -> round trip (ms) for the regions that answered."""
+        for region, ms in samples.items():
+            prev = self.rtt.get(region)
+            self.rtt[region] = ms if prev is None else prev + self.alpha * (ms - prev)
+        self.rtt_version += 1
 
     def drain(self) -> dict[str, dict[str, float]]:
-        """Counters since the last drain, for one observation batch (EWMA carries over)."""
+        """Counters since the last drain, for one observation batch."""
         out: dict[str, dict[str, float]] = {}
         for region, c in self.counters.items():
-            if c.requests == 0:
+            if c.requests == 0 and c.service_n == 0:
                 continue
             row = {
                 "requests": float(c.requests),
                 "errors": float(c.errors),
                 "inflight": float(self.region_inflight.get(region, 0)),
             }
-            if c.ttfb_ewma_ms is not None:
-                row["ttfb_ms"] = c.ttfb_ewma_ms
+            if c.service_n:
+                row["service_ms"] = c.service_sum_ms / c.service_n
+                row["service_samples"] = float(c.service_n)
+            if region in self.rtt:
+                row["rtt_ms"] = self.rtt[region]
             out[region] = row
-            c.requests = 0
-            c.errors = 0
+            c.requests = c.errors = c.service_n = 0
+            c.service_sum_ms = 0.0
         return out

@@ -130,6 +130,10 @@ class Proxy:
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
             span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
+        if place.source == "geoip":
+            nearer = self.planner.client_view(place).misrouted
+            if nearer is not None:
+                self.metrics.child(self.metrics.misrouted, nearer).inc()
         snap = self.feed.current
         if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
             self.metrics.fallback.inc()
@@ -153,7 +157,9 @@ class Proxy:
             request,
             plan=plan,
             body=body,
-            headers=upstream_headers(request.headers, client_ip=str(ip) if ip else None),
+            headers=upstream_headers(
+                request.headers, client_ip=str(ip) if ip else None, edge=self.settings.region
+            ),
             timeouts=self.settings.timeouts[priority],
             hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
             parent=span,

@@ -1,16 +1,23 @@
-"""How we choose (pure, no I/O): score regions for a client, pick primary + backup, pick a replica.
+"""How we choose (pure, no I/O): score regions from this edge, pick primary + backup, hold the primary
+against noise, plan a request's attempts, pick a replica.
 
-Functions of (topology, snapshot, request facts, now, rng). Expected latency of region r for client c:
+Functions of (topology, snapshot, this edge's network, request facts, now, rng). The data path is
+client -> edge -> region -> edge -> client; once a request is at an edge the client-to-edge leg is the same
+whichever region serves it, so regions are ranked on what differs:
 
-    network(c, r) + service(r) / (1 - utilization(r)) + penalty(health(r))
+    network(edge, r) + service(r) / (1 - utilization(r)) + penalty(health(r))
 
-network is the great-circle distance at fibre speed times a path-inflation factor (a round trip);
-service is the region's observed time-to-first-token (or the policy default). A brown-out — observed TTFT
-above the region's own slow-moving baseline x (1 + tolerance) — does not reorder regions (which would move
-all traffic at once and flap); the region keeps normal/observed of its dial instead (a 10x brown-out keeps
-about 15 %), so traffic leaves in proportion and returns as the region recovers. Near-equal regions (within
-``tie_margin``) are ordered by a softmin draw so that edges sharing the same stale numbers do not herd;
-then the operator dials are applied as probabilities along that order, which honours them exactly in
+network is this edge's own measured round trip to r (an EWMA of its probes), or before any measurement the
+great-circle distance at fibre speed times a path-inflation factor; it is never averaged with other edges'
+views. service is the region's time to first token where the region is (the engine's TTFT metric, or the
+edges' TTFT minus their own round trip), the same for every edge. A brown-out — service above the region's
+own slow-moving baseline x (1 + tolerance) — does not reorder regions; the region keeps normal/observed of
+its dial instead, so traffic leaves in proportion and returns as the region recovers. Pins (residency)
+decide before scoring. The primary is held: it changes at once when it stops being a candidate (health,
+drain, dial 0, saturation, ejection), otherwise only when another region has been better by more than
+``switch_margin_ms`` and ``switch_margin_ratio`` of its score for ``switch_hold_s``. A new primary among
+near-equal leaders (within ``tie_margin``) is chosen by a softmin draw, so edges sharing the same numbers do
+not herd. The operator dials are applied as probabilities along the order, which honours them exactly in
 aggregate: a dial of 50 keeps half of a region's traffic and passes the rest to the next choice.
 """
 
@@ -23,21 +30,28 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from fleet.state import Location, Policy, RegionState, Snapshot, Topology, great_circle_km
+from fleet.state import Location, Policy, RegionState, Snapshot, Topology, distance_rtt_ms
 
 
-@dataclass(slots=True)  # not frozen: built ten times per request, and frozen init costs
+@dataclass(slots=True)  # not frozen: built ten times per plan, and frozen init costs
 class RegionScore:
     region: str
     routable: bool
     why_not: str | None
-    network_ms: float
-    service_ms: float
+    network_ms: float  # this edge's round trip to the region
+    network_measured: bool  # measured by this edge (else estimated from distance)
+    service_ms: float  # time to first token where the region is, inflated by utilization
     utilization: float
     penalty_ms: float
     weight: float
     score_ms: float
     brownout_share: float = 1.0
+    service_measured: bool = True  # the store has a service time for it (else the fleet's average)
+
+    @property
+    def measured(self) -> bool:
+        """Both terms measured: a decision on this score can be held against noise."""
+        return self.network_measured and self.service_measured
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -45,6 +59,7 @@ class RegionScore:
             "routable": self.routable,
             "why_not": self.why_not,
             "network_ms": round(self.network_ms, 2),
+            "network_source": "measured" if self.network_measured else "distance",
             "service_ms": round(self.service_ms, 2),
             "utilization": round(self.utilization, 4),
             "penalty_ms": self.penalty_ms,
@@ -64,25 +79,25 @@ class Decision:
     panic: bool = False
 
 
-def network_ms(a: Location, b: Location, policy: Policy) -> float:
-    """Round-trip estimate from distance."""
-    return 2.0 * great_circle_km(a, b) * policy.path_inflation / policy.fibre_km_per_ms
+@dataclass(frozen=True, slots=True)
+class Network:
+    """This edge's round trip to every region, in topology order: measured where it has measured, else
+    estimated from the distance between the edge's and the region's coordinates."""
+
+    rtt_ms: tuple[float, ...]
+    measured: frozenset[str] = frozenset()
 
 
-CELLS_PER_DEGREE = 4  # plans are cached per 0.25° cell (about 28 km, under 0.5 ms of RTT)
-
-
-def network_row(topology: Topology, client: Location) -> tuple[float, ...]:
-    """Network estimate to every region, in topology order."""
-    policy = topology.policy
-    return tuple(network_ms(client, r.location, policy) for r in topology.regions)
+def distance_network(topology: Topology, edge: Location) -> Network:
+    """The estimate before any measurement: great-circle distance from the edge, at fibre speed."""
+    return Network(tuple(distance_rtt_ms(edge, r.location, topology.policy) for r in topology.regions))
 
 
 def score_regions(
     *,
     topology: Topology,
     snapshot: Snapshot,
-    client: Location,
+    network: Network,
     excluded: frozenset[str] = frozenset(),
     share: Mapping[str, float] | None = None,
     panic: bool = False,
@@ -92,11 +107,13 @@ def score_regions(
     # a region nobody has measured yet is assumed as fast as the fleet's average, not faster
     unknown_ms = sum(known) / len(known) if known else policy.default_ttft_ms
     out = []
-    row = network_row(topology, client)
-    for region, net in zip(topology.regions, row, strict=True):
+    for region, net in zip(topology.regions, network.rtt_ms, strict=True):
+        measured = region.name in network.measured
         st: RegionState | None = snapshot.regions.get(region.name)
         if st is None:
-            out.append(RegionScore(region.name, False, "not in store", net, 0.0, 0.0, 0.0, 0, math.inf))
+            out.append(
+                RegionScore(region.name, False, "not in store", net, measured, 0.0, 0.0, 0.0, 0, math.inf)
+            )
             continue
         util = max(0.0, st.utilization)
         base = st.latency_ms if st.latency_ms is not None else unknown_ms
@@ -111,28 +128,53 @@ def score_regions(
         weight: float = st.weight
         if not panic:
             weight = st.weight * brownout * (share.get(region.name, 1.0) if share is not None else 1.0)
-        why = None
-        if st.drained:
-            why = "drained"
-        elif st.weight <= 0:
-            why = "weight 0"
-        elif panic:
-            why = None  # fail open: health, ejection and saturation are ignored
-        elif st.health == "down":
-            why = "down"
-        elif region.name in excluded:
-            why = "ejected"
-        elif util >= policy.max_utilization:
-            why = "saturated"
-        elif weight <= 0:
-            why = "held down"
+        why = _why_not(st, region.name, util, weight, policy, excluded=excluded, panic=panic)
         score = net + service + penalty
         out.append(
             RegionScore(
-                region.name, why is None, why, net, service, util, penalty, float(weight), score, brownout
+                region.name,
+                why is None,
+                why,
+                net,
+                measured,
+                service,
+                util,
+                penalty,
+                float(weight),
+                score,
+                brownout,
+                st.latency_ms is not None,
             )
         )
     return tuple(out)
+
+
+def _why_not(
+    st: RegionState,
+    name: str,
+    util: float,
+    weight: float,
+    policy: Policy,
+    *,
+    excluded: frozenset[str],
+    panic: bool,
+) -> str | None:
+    """Why a region is not a candidate (None: it is)."""
+    if st.drained:
+        return "drained"
+    if st.weight <= 0:
+        return "weight 0"
+    if panic:
+        return None  # fail open: health, ejection and saturation are ignored
+    if st.health == "down":
+        return "down"
+    if name in excluded:
+        return "ejected"
+    if util >= policy.max_utilization:
+        return "saturated"
+    if weight <= 0:
+        return "held down"
+    return None
 
 
 def _softmin_order(tier: list[RegionScore], *, temperature: float, rng: random.Random) -> list[RegionScore]:
@@ -204,8 +246,8 @@ def choose_backup(order: Sequence[RegionScore], primary: str, *, domains: Mappin
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Everything about a decision that does not depend on the per-request draw: the same for every client
-    in a location cell while the snapshot, ejections and failback shares stay the same."""
+    """Everything about a decision that does not depend on the per-request draw: the same for every request
+    of a pin group while the snapshot, this edge's network, ejections and failback shares stay the same."""
 
     scores: tuple[RegionScore, ...]
     ranked: tuple[RegionScore, ...]  # routable candidates (pins applied), best first
@@ -214,10 +256,15 @@ class Plan:
     pinned: tuple[str, ...] | None
     panic: bool
     domains: Mapping[str, str]
+    policy: Policy
     # with no near-equal leaders the order is fixed, so the dial walk is too: its cumulative probabilities
     # and the decision for each possible pick are made once (the per-request draw is one random number)
     walk: tuple[float, ...] | None = None
     outcomes: list[Decision | None] = field(default_factory=list)  # filled on first use
+    led: dict[str, Plan] = field(default_factory=dict)  # this plan with another region held first
+
+    def score(self, region: str) -> RegionScore | None:
+        return next((s for s in self.ranked if s.region == region), None)
 
 
 def _decision(order: Sequence[RegionScore], chosen: RegionScore | None, plan: Plan) -> Decision:
@@ -237,20 +284,20 @@ def _fixed_walk(plan: Plan) -> Plan:
         total += keep * d
         keep *= 1.0 - d
         cum.append(total)
-    return replace(plan, walk=tuple(cum), outcomes=[None] * len(cum))
+    return replace(plan, walk=tuple(cum), outcomes=[None] * len(cum), led={})
 
 
 def plan_route(
     *,
     topology: Topology,
     snapshot: Snapshot,
-    client: Location,
+    network: Network,
     country: str | None,
     continent: str | None,
     excluded: frozenset[str] = frozenset(),
     share: Mapping[str, float] | None = None,
 ) -> Plan:
-    """Score every region for a client and rank the candidates.
+    """Score every region from this edge and rank the candidates (pins applied first).
 
     Panic (fail open): when fewer than ``policy.panic_threshold`` of the regions operators left on are
     routable, health and ejections are ignored and traffic spreads over all of them, rather than piling
@@ -259,7 +306,7 @@ def plan_route(
     policy = topology.policy
     pinned = _pins(policy, country, continent)
     scores = score_regions(
-        topology=topology, snapshot=snapshot, client=client, excluded=excluded, share=share
+        topology=topology, snapshot=snapshot, network=network, excluded=excluded, share=share
     )
     panic = False
     enabled = [s for s in scores if s.why_not not in ("drained", "weight 0", "not in store")]
@@ -269,12 +316,12 @@ def plan_route(
         healthy = sum(1 for s in enabled if s.routable)
         if healthy / len(enabled) < policy.panic_threshold:
             panic = True
-            scores = score_regions(topology=topology, snapshot=snapshot, client=client, panic=True)
+            scores = score_regions(topology=topology, snapshot=snapshot, network=network, panic=True)
     candidates = scores
     if pinned is not None:
         candidates = tuple(s for s in scores if s.region in pinned)
     ranked, tier, temperature = _rank(candidates, policy)
-    plan = Plan(scores, ranked, tier, temperature, pinned, panic, topology.domains)
+    plan = Plan(scores, ranked, tier, temperature, pinned, panic, topology.domains, policy)
     return _fixed_walk(plan) if tier < 2 else plan
 
 
@@ -285,8 +332,71 @@ def _pins(policy: Policy, country: str | None, continent: str | None) -> tuple[s
     return pins.get(country or "") or pins.get(continent or "")
 
 
-def draw(plan: Plan, rng: random.Random) -> Decision:
-    """The per-request part: anti-herding order among near-equal leaders, dials, backup."""
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """The primary this edge holds for one pin group, and the challenger timing its hold (if any). A lead
+    chosen on estimates (a term not measured yet) is not firm: it follows the ranking until measured. A lead
+    that took over because its predecessor stopped being a candidate remembers it (``displaced``): when that
+    region is a candidate again and scores better, it takes the lead back at once (failback, not a switch)."""
+
+    region: str
+    firm: bool = True
+    challenger: str | None = None
+    since: float = 0.0
+    displaced: str | None = None
+
+
+def hold(lead: Lead | None, plan: Plan, *, now: float, rng: random.Random) -> Lead | None:
+    """Which region leads ``plan`` now. The incumbent keeps the lead unless it stopped being a candidate
+    (down, drained, dial 0, saturated, ejected, not pinned: it moves at once, and moves back at once when
+    the region returns), or another region has been better by more than the switch margin for
+    ``switch_hold_s``. A new lead among near-equal leaders is a softmin draw (anti-herding)."""
+    ranked = plan.ranked
+    if not ranked:
+        return lead  # nothing routable: remember the lead for when something is
+    inc = None if lead is None else plan.score(lead.region)
+    if lead is None or inc is None:
+        first = _draw_order(ranked, plan.tier, plan.temperature, rng)[0]
+        return Lead(first.region, _firm(plan, first), displaced=None if lead is None else lead.region)
+    back = None if lead.displaced is None else plan.score(lead.displaced)
+    if back is not None and back.score_ms < inc.score_ms:  # the region it stood in for is back
+        return Lead(back.region, _firm(plan, back))
+    best, p = ranked[0], plan.policy
+    if not lead.firm:  # chosen on estimates: follow the ranking until the choice stands on measurements
+        if best.region != lead.region and best.score_ms < inc.score_ms:
+            return Lead(best.region, _firm(plan, best), displaced=lead.displaced)
+        return replace(lead, firm=True) if _firm(plan, inc) else lead
+    margin = max(p.switch_margin_ms, p.switch_margin_ratio * inc.score_ms)
+    if best.region == lead.region or inc.score_ms - best.score_ms <= margin:
+        return lead if lead.challenger is None else replace(lead, challenger=None)
+    if lead.challenger != best.region:
+        return replace(lead, challenger=best.region, since=now)
+    return Lead(best.region) if now - lead.since >= p.switch_hold_s else lead
+
+
+def _firm(plan: Plan, lead: RegionScore) -> bool:
+    """A lead may be held once its own terms are measured and no region that scores better is an
+    estimate (an unmeasured region that looks better is tried, and so measured, rather than held off)."""
+    return lead.measured and all(s.measured for s in plan.ranked if s.score_ms < lead.score_ms)
+
+
+def _led(plan: Plan, lead: str) -> Plan:
+    """``plan`` with ``lead`` first and the rest in score order (a fixed order: no per-request softmin)."""
+    hit = plan.led.get(lead)
+    if hit is None:
+        first = plan.score(lead)
+        if first is None:
+            return plan
+        ranked = (first, *(s for s in plan.ranked if s.region != lead))
+        hit = plan.led[lead] = _fixed_walk(replace(plan, ranked=ranked, tier=0))
+    return hit
+
+
+def draw(plan: Plan, rng: random.Random, lead: str | None = None) -> Decision:
+    """The per-request part: the order (the held lead first, or a softmin draw among near-equal leaders),
+    the dials, the backup."""
+    if lead is not None and (plan.tier >= 2 or (plan.ranked and plan.ranked[0].region != lead)):
+        plan = _led(plan, lead)
     walk = plan.walk
     if walk is not None:  # fixed order: one draw against the precomputed walk
         total = walk[-1] if walk else 0.0
@@ -307,18 +417,18 @@ def route(
     *,
     topology: Topology,
     snapshot: Snapshot,
-    client: Location,
+    network: Network,
     country: str | None,
     continent: str | None,
     rng: random.Random,
     excluded: frozenset[str] = frozenset(),
     share: Mapping[str, float] | None = None,
 ) -> Decision:
-    """Score every region and choose primary + backup for one request (no caching)."""
+    """Score every region and choose primary + backup for one request (no cache, no hold)."""
     plan = plan_route(
         topology=topology,
         snapshot=snapshot,
-        client=client,
+        network=network,
         country=country,
         continent=continent,
         excluded=excluded,
@@ -327,48 +437,43 @@ def route(
     return draw(plan, rng)
 
 
-def _cell(client: Location) -> tuple[int, int]:
-    return round(client.lat * CELLS_PER_DEGREE), round(client.lon * CELLS_PER_DEGREE)
-
-
 class RouteCache:
-    """Everything routing derives from one snapshot: plans by (location cell, pins, ejected regions,
-    failback shares) and the serving replicas of each region. Built for one snapshot and dropped with it
-    (the edge makes a new one when the snapshot changes), so nothing here is ever invalidated. Plans are
-    pure functions of their key: a hit decides exactly as ``route`` would; only the per-request draw runs."""
+    """Everything routing derives from one snapshot and one view of this edge's network: plans by (pins,
+    ejected regions, failback shares) and the serving replicas of each region. Built for one snapshot and
+    network and dropped with them (the planner makes a new one when either changes), so nothing here is
+    ever invalidated. Plans are pure functions of their key: a hit decides exactly as ``plan_route``."""
 
-    __slots__ = ("_plans", "_serving", "hits", "max_entries", "misses", "snapshot", "topology")
+    __slots__ = ("_plans", "_serving", "hits", "max_entries", "misses", "network", "snapshot", "topology")
 
-    def __init__(self, topology: Topology, snapshot: Snapshot, *, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, topology: Topology, snapshot: Snapshot, network: Network, *, max_entries: int = 10_000
+    ) -> None:
         self.topology = topology
         self.snapshot = snapshot
+        self.network = network
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
         self._plans: dict[tuple[object, ...], Plan] = {}
         self._serving: dict[str, list[str]] = {}
 
-    def route(
+    def plan(
         self,
         *,
-        client: Location,
         country: str | None,
         continent: str | None,
-        rng: random.Random,
         excluded: frozenset[str] = frozenset(),
         share: Mapping[str, float] | None = None,
-    ) -> Decision:
-        lat, lon = _cell(client)
+    ) -> Plan:
         pins = _pins(self.topology.policy, country, continent)
-        key = (lat, lon, pins, excluded, None if share is None else tuple(sorted(share.items())))
+        key = (pins, excluded, None if share is None else tuple(sorted(share.items())))
         plan = self._plans.get(key)
         if plan is None:
             self.misses += 1
-            cell = Location(lat=lat / CELLS_PER_DEGREE, lon=max(-180.0, min(180.0, lon / CELLS_PER_DEGREE)))
             plan = plan_route(
                 topology=self.topology,
                 snapshot=self.snapshot,
-                client=cell,
+                network=self.network,
                 country=country,
                 continent=continent,
                 excluded=excluded,
@@ -379,7 +484,7 @@ class RouteCache:
             self._plans[key] = plan
         else:
             self.hits += 1
-        return draw(plan, rng)
+        return plan
 
     def serving(self, region: str) -> list[str]:
         """Replica names of ``region`` that the store does not hold down, in declaration order."""

@@ -88,6 +88,10 @@ class EdgeSettings(BaseSettings):
     hedge_budget_ratio: float = Field(default=0.05, ge=0, le=1, description="hedges per critical request")
     hedge_budget_burst: float = Field(default=5.0, ge=1)
     hedge_max_backup_utilization: float = Field(default=0.8, gt=0, le=1)
+    rtt_probe_interval_s: float = Field(
+        default=2.0, gt=0, le=300, description="this edge's round-trip probe to each region, every this long"
+    )
+    rtt_probe_timeout_s: float = Field(default=2.0, gt=0, le=60)
     failback_ramp_s: float = Field(default=30.0, ge=0, description="slow start for a recovered region")
     failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")
     pool_size: int = Field(

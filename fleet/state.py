@@ -85,6 +85,14 @@ class Policy(_Strict):
     )
     brownout_min_excess_ms: float = Field(default=50.0, ge=0, description="... and up to baseline + this")
     panic_threshold: float = Field(default=0.5, ge=0, le=1.0)
+    switch_margin_ratio: float = Field(
+        default=0.2, ge=0, description="a challenger must beat the incumbent by this share of its score ..."
+    )
+    switch_margin_ms: float = Field(default=20.0, ge=0, description="... and by at least this many ms ...")
+    switch_hold_s: float = Field(default=5.0, ge=0, description="... for this long before the primary moves")
+    misroute_margin_ms: float = Field(
+        default=30.0, ge=0, description="a client this much nearer (RTT) to another edge was misrouted by DNS"
+    )
     pins: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     hedgeable_routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
 
@@ -139,7 +147,8 @@ class RegionState(BaseModel):
     health: Health = "up"
     replicas: dict[str, Health] = Field(default_factory=dict)
     utilization: float = Field(default=0.0, ge=0.0)
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # service time: time to first token where the region is (no network)
+    latency_source: Literal["engine", "edges"] | None = None  # the engine's TTFT metric, or edges' TTFT - RTT
     baseline_ms: float | None = None  # slow-moving normal TTFT: brown-outs are measured against it
     updated_at: float = 0.0
     version: int = 0
@@ -194,6 +203,11 @@ def great_circle_km(a: Location, b: Location) -> float:
     dl = math.radians(b.lon - a.lon)
     h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * r * math.asin(min(1.0, math.sqrt(h)))
+
+
+def distance_rtt_ms(a: Location, b: Location, policy: Policy) -> float:
+    """Round-trip estimate from distance: great circle at fibre speed, times the path inflation, twice."""
+    return 2.0 * great_circle_km(a, b) * policy.path_inflation / policy.fibre_km_per_ms
 
 
 def change_message(*, version: int, region: str) -> str:

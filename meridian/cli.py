@@ -112,7 +112,7 @@ def run_ctl(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from meridian.demo import run
 
-    return run(config=args.config, base_port=args.base_port)
+    return run(config=args.config, base_port=args.base_port, network=not args.no_network)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--config", default="regions.yaml", help="topology file (default: regions.yaml)")
     demo.add_argument("--base-port", type=int, default=7100, help="first port of the fleet (default: 7100)")
+    demo.add_argument(
+        "--no-network",
+        action="store_true",
+        help="no emulated network: simulated regions answer every edge at once (for benchmarks)",
+    )
     demo.set_defaults(func=run_demo)
 
     cp = sub.add_parser("controlplane", help="run the admin API + health prober (settings from MERIDIAN_*)")

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from fleet.state import Topology
+from fleet.state import Topology, distance_rtt_ms
 from fleet.topology import TopologyError, load_topology
 from meridian.redisproc import RedisNotFound, RedisServer, port_free, spawn
 
@@ -65,6 +65,12 @@ def _get(url: str, timeout: float = 1.0) -> int:
             return int(resp.status)
     except Exception:
         return 0
+
+
+def emulated_rtt(topo: Topology, region: str) -> dict[str, float]:
+    """The round trip from every edge's region to ``region``, from distance (what the simulator emulates)."""
+    here = topo.by_name[region].location
+    return {r.name: distance_rtt_ms(r.location, here, topo.policy) for r in topo.regions}
 
 
 def fleet_ports(topo: Topology, base: int) -> dict[int, str]:
@@ -111,8 +117,9 @@ def claim_ports(topo: Topology, base: int) -> int:
 
 
 class Fleet:
-    def __init__(self, topo: Topology, base_port: int, workdir: Path) -> None:
+    def __init__(self, topo: Topology, base_port: int, workdir: Path, *, network: bool = True) -> None:
         self.topo = topo
+        self.network = network
         self.base = base_port
         self.workdir = workdir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -152,6 +159,9 @@ class Fleet:
             args = [py, "-m", "regionsim", "--region", region.name]
             for rep in region.replicas:
                 args += ["--replica", f"{rep.name}=127.0.0.1:{ports[(region.name, rep.name)]}"]
+            if self.network:  # each region answers each edge after their round trip: the demo has physics
+                for edge, ms in emulated_rtt(topo, region.name).items():
+                    args += ["--rtt", f"{edge}={ms:.1f}"]
             self._child(f"sim-{region.name}", args, {})
         tokens = [
             {"name": "demo-operator", "role": "operator", "token": self.token},
@@ -236,7 +246,7 @@ class Fleet:
             rs.stop()
 
 
-def run(*, config: str, base_port: int) -> int:
+def run(*, config: str, base_port: int, network: bool = True) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s demo %(message)s")
     try:
         topo = load_topology(config)
@@ -256,7 +266,7 @@ def run(*, config: str, base_port: int) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="meridian-demo-"))
-    fleet = Fleet(topo, base_port, workdir)
+    fleet = Fleet(topo, base_port, workdir, network=network)
     code = 0
     sf = state_file()
     try:

@@ -66,7 +66,10 @@ def free_block(size: int = 40) -> int:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on the loopback port. SO_REUSEADDR as the servers set it: a port whose last
+    connections linger in TIME_WAIT (a demo just stopped) is free for them, and so for us."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

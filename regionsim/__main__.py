@@ -28,11 +28,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrency", type=int, default=32)
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--rtt",
+        action="append",
+        default=[],
+        metavar="EDGE=MS",
+        help="network emulation: answers to the edge of region EDGE (X-Meridian-Edge) are delayed by this "
+        "round trip, with jitter (repeatable; none: no emulation, e.g. for benchmarks)",
+    )
+    p.add_argument("--rtt-jitter", type=float, default=0.1, help="± fraction on each emulated round trip")
     return p.parse_args(argv)
+
+
+def parse_rtt(specs: list[str]) -> dict[str, float]:
+    out = {}
+    for spec in specs:
+        edge, _, ms = spec.partition("=")
+        try:
+            out[edge] = float(ms)
+        except ValueError:
+            raise SystemExit(f"--rtt {spec!r}: expected EDGE=MILLISECONDS") from None
+        if not edge or out[edge] < 0:
+            raise SystemExit(f"--rtt {spec!r}: expected EDGE=MILLISECONDS (≥ 0)")
+    return out
 
 
 async def serve(args: argparse.Namespace) -> None:
     runners = []
+    rtt = parse_rtt(args.rtt)
     for spec in args.replica:
         name, _, addr = spec.partition("=")
         host, _, port = addr.rpartition(":")
@@ -46,6 +69,8 @@ async def serve(args: argparse.Namespace) -> None:
             max_concurrency=args.max_concurrency,
             max_queue=args.max_queue,
             seed=args.seed,
+            rtt_ms=rtt,
+            rtt_jitter=args.rtt_jitter,
         )
         # handler_cancellation: a client that goes away (a cancelled hedge) stops the generation at once
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 from pydantic import ValidationError
 
 from regionsim.model import Faults, LatencyModel
@@ -32,6 +33,13 @@ class SimStats:
     trace_ids: list[str] = field(default_factory=list)
 
 
+# vLLM's own buckets for vllm:time_to_first_token_seconds
+VLLM_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+    80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+
+
 @dataclass
 class SimState:
     region: str
@@ -43,11 +51,35 @@ class SimState:
     rng: random.Random
     faults: Faults = field(default_factory=Faults)
     stats: SimStats = field(default_factory=SimStats)
+    rtt_ms: dict[str, float] = field(default_factory=dict)  # calling edge's region -> emulated round trip
+    rtt_jitter: float = 0.1
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    ttft_seconds: Histogram = field(init=False)
     slots: asyncio.Semaphore = field(init=False)
     cancelled_event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.max_concurrency)
+        labels = {"model_name": "sim-llm", "region": self.region, "replica": self.replica}
+        running = Gauge(
+            "vllm:num_requests_running", "Requests on the GPU", list(labels), registry=self.registry
+        )
+        running.labels(**labels).set_function(lambda: self.stats.running)
+        waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", list(labels), registry=self.registry)
+        waiting.labels(**labels).set_function(lambda: self.stats.waiting)
+        self.ttft_seconds = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            list(labels),
+            buckets=VLLM_TTFT_BUCKETS,
+            registry=self.registry,
+        ).labels(**labels)
+
+    async def network(self, request: web.Request) -> None:
+        """Emulated network: the round trip between the calling edge's region and this one, with jitter."""
+        rtt = self.rtt_ms.get(request.headers.get("X-Meridian-Edge", ""))
+        if rtt:
+            await asyncio.sleep(rtt * (1 + self.rng.uniform(-self.rtt_jitter, self.rtt_jitter)) / 1000.0)
 
 
 STATE = web.AppKey("sim_state", SimState)
@@ -72,6 +104,8 @@ def create_app(
     max_queue: int = 256,
     default_tokens: int = 16,
     seed: int | None = None,
+    rtt_ms: dict[str, float] | None = None,
+    rtt_jitter: float = 0.1,
 ) -> web.Application:
     app = web.Application(client_max_size=8 << 20)
     app[STATE] = SimState(
@@ -82,6 +116,8 @@ def create_app(
         max_queue=max_queue,
         default_tokens=default_tokens,
         rng=random.Random(seed),
+        rtt_ms=dict(rtt_ms or {}),
+        rtt_jitter=rtt_jitter,
     )
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
@@ -102,6 +138,8 @@ async def _reset(request: web.Request) -> web.Response:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
+    await st.network(request)
+    arrived = time.monotonic()  # the engine's clock starts here: its TTFT has no network in it
     st.stats.requests += 1
     tid = _trace_id(request)
     st.stats.trace_ids.append(tid)
@@ -138,7 +176,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     st.stats.running += 1
     try:
         return await _generate(
-            request, st, hdrs, stream=stream, tokens=tokens, model=str(payload.get("model", "sim-llm"))
+            request,
+            st,
+            hdrs,
+            stream=stream,
+            tokens=tokens,
+            model=str(payload.get("model", "sim-llm")),
+            arrived=arrived,
         )
     finally:
         st.stats.running -= 1
@@ -146,13 +190,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _generate(
-    request: web.Request, st: SimState, hdrs: dict[str, str], *, stream: bool, tokens: int, model: str
+    request: web.Request,
+    st: SimState,
+    hdrs: dict[str, str],
+    *,
+    stream: bool,
+    tokens: int,
+    model: str,
+    arrived: float,
 ) -> web.StreamResponse:
     rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
     created = int(time.time())
     words = [st.rng.choice(WORDS) for _ in range(tokens)]
     try:
         await asyncio.sleep(st.model.ttft(st.faults, st.rng))
+        st.ttft_seconds.observe(time.monotonic() - arrived)  # queue wait + prefill, as vLLM counts it
         if not stream:
             for _ in range(tokens - 1):
                 await asyncio.sleep(st.model.per_token(st.rng))
@@ -216,6 +268,7 @@ async def _generate(
 
 async def models(request: web.Request) -> web.Response:
     st = request.app[STATE]
+    await st.network(request)
     if st.faults.down:
         return await _reset(request)
     return web.json_response(
@@ -229,21 +282,19 @@ async def models(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     st = request.app[STATE]
+    await st.network(request)
     if st.faults.down:
         return web.Response(status=503, headers=_sim_headers(st, request))
     return web.json_response({"status": "ok"}, headers=_sim_headers(st, request))
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """vLLM's metric names: load gauges and the time-to-first-token histogram."""
     st = request.app[STATE]
-    labels = f'{{model_name="sim-llm",region="{st.region}",replica="{st.replica}"}}'
-    text = (
-        "# TYPE vllm:num_requests_running gauge\n"
-        f"vllm:num_requests_running{labels} {st.stats.running}\n"
-        "# TYPE vllm:num_requests_waiting gauge\n"
-        f"vllm:num_requests_waiting{labels} {st.stats.waiting}\n"
+    return web.Response(
+        body=generate_latest(st.registry),
+        headers={**_sim_headers(st, request), "Content-Type": CONTENT_TYPE_LATEST},
     )
-    return web.Response(text=text, content_type="text/plain", headers=_sim_headers(st, request))
 
 
 async def set_faults(request: web.Request) -> web.Response:

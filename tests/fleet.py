@@ -27,7 +27,7 @@ from edge.main import serve as serve_edge
 from edge.settings import EdgeSettings
 from fleet.state import Topology
 from fleet.topology import load_topology
-from meridian.demo import local_topology
+from meridian.demo import emulated_rtt, local_topology
 from meridian.redisproc import RedisServer, SentinelServer, free_port
 from regionsim.app import STATE, SimState
 from regionsim.app import create_app as create_sim
@@ -158,8 +158,22 @@ async def start_fleet(
     sim_kwargs: dict[str, Any] | None = None,
     edge_overrides: dict[str, Any] | None = None,
     sentinels: int = 0,
+    network_scale: float = 0.1,
+    policy: dict[str, Any] | None = None,
 ) -> Fleet:
+    """A fleet on loopback. The simulators emulate the network between edges and regions at
+    ``network_scale`` of the real round trips (0.1: London-Virginia is 8 ms, not 82) and the absolute
+    switch margin with them, so geography still orders the regions while tests stay fast; ``policy``
+    overrides regions.yaml's policy fields."""
     base = load_topology(ROOT / "regions.yaml")
+    # the absolute switch margin scales with the emulated network, so geography decides here as it would
+    overrides = {"switch_margin_ms": base.policy.switch_margin_ms * network_scale, **(policy or {})}
+    base = Topology.model_validate(
+        {
+            "policy": {**base.policy.model_dump(), **overrides},
+            "regions": [r.model_dump() for r in base.regions],
+        }
+    )
     if regions is not None:
         base = Topology.model_validate(
             {
@@ -192,6 +206,7 @@ async def start_fleet(
             control_plane=control_plane,
             sim_kwargs=sim_kwargs,
             edge_overrides=edge_overrides,
+            network_scale=network_scale,
         )
     except BaseException:
         await fleet.close()
@@ -210,15 +225,17 @@ async def _build(
     control_plane: bool,
     sim_kwargs: dict[str, Any] | None,
     edge_overrides: dict[str, Any] | None,
+    network_scale: float,
 ) -> None:
     base, primary, replicas = fleet.topology, fleet.primary, fleet.replicas
     sims = fleet.sims
     ports: dict[tuple[str, str], int] = {}
     kw = {"ttft_ms": 5.0, "per_token_ms": 1.0, "default_tokens": 4, **(sim_kwargs or {})}
     for i, region in enumerate(base.regions):
+        rtt = {edge: ms * network_scale for edge, ms in emulated_rtt(base, region.name).items()}
         for j, rep in enumerate(region.replicas):
             server = await aiohttp_server(
-                create_sim(region=region.name, replica=rep.name, seed=i * 10 + j, **kw)
+                create_sim(region=region.name, replica=rep.name, seed=i * 10 + j, rtt_ms=rtt, **kw)
             )
             sims.setdefault(region.name, {})[rep.name] = server
             ports[(region.name, rep.name)] = server.port
@@ -264,6 +281,7 @@ async def _build(
             "trusted_proxies": ["127.0.0.0/8", "::1/128"],
             "resync_interval_s": 0.5,
             "observation_interval_s": 0.5,
+            "rtt_probe_interval_s": 0.5,
             "tracing_sample_ratio": 1.0,
             **(edge_overrides or {}),
         }

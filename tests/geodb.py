@@ -14,6 +14,9 @@ PLACES: dict[str, tuple[list[str], str, str, float, float]] = {
     "california": (["13.56.0.0/16"], "US", "NA", 37.3388, -121.8914),
     "singapore": (["202.166.0.0/16", "2406:3003::/32"], "SG", "AS", 1.2931, 103.8558),
     "frankfurt": (["46.4.0.0/16"], "DE", "EU", 50.1109, 8.6821),
+    "sao_paulo": (["200.147.0.0/16"], "BR", "SA", -23.5505, -46.6333),
+    "sydney": (["1.128.0.0/16"], "AU", "OC", -33.8688, 151.2093),
+    "johannesburg": (["41.0.0.0/16"], "ZA", "AF", -26.2041, 28.0473),
 }
 
 CLIENT_IP = {
@@ -24,6 +27,9 @@ CLIENT_IP = {
     "singapore": "202.166.0.1",
     "singapore_v6": "2406:3003::1",
     "frankfurt": "46.4.0.1",
+    "sao_paulo": "200.147.0.1",
+    "sydney": "1.128.0.1",
+    "johannesburg": "41.0.0.1",
     "unknown_public": "8.8.8.8",
 }
 

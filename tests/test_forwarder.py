@@ -191,6 +191,7 @@ class Rig:
         )
         self.planner = Planner(
             topology=TOPO,
+            edge="a",
             outliers=self.outliers,
             failback=Failback(),
             observed=self.observed,

@@ -7,7 +7,13 @@ from collections import Counter
 
 import pytest
 
+from controlplane.service import ServiceTracker
 from edge import routing
+from edge.failback import Failback
+from edge.geo import ClientPlace
+from edge.observed import Observed
+from edge.outlier import OutlierDetector
+from edge.planner import Planner
 from fleet.state import Location, RegionState, Snapshot, Topology
 from fleet.topology import load_topology
 from tests.fleet import ROOT
@@ -25,11 +31,17 @@ def snap(**overrides: dict[str, object]) -> Snapshot:
     return Snapshot(version=1, regions=regions)
 
 
+def net(edge: Location, topo: Topology = TOPO) -> routing.Network:
+    """The network seen from an edge at ``edge`` before it has measured anything (distance)."""
+    return routing.distance_network(topo, edge)
+
+
 def route(s: Snapshot, client: Location = LONDON, seed: int = 0, **kw: object) -> routing.Decision:
+    """A client at its nearest edge (an edge standing where the client is)."""
     return routing.route(
         topology=TOPO,
         snapshot=s,
-        client=client,
+        network=net(client),
         country=kw.get("country"),  # type: ignore[arg-type]
         continent=kw.get("continent"),
         rng=random.Random(seed),
@@ -81,7 +93,9 @@ def test_dials_are_honoured_exactly_in_aggregate() -> None:
     s = snap(eu_west_1={"weight": 30})
     rng = random.Random(7)
     counts = Counter(
-        routing.route(topology=TOPO, snapshot=s, client=LONDON, country=None, continent=None, rng=rng).primary
+        routing.route(
+            topology=TOPO, snapshot=s, network=net(LONDON), country=None, continent=None, rng=rng
+        ).primary
         for _ in range(20_000)
     )
     assert counts["eu-west-1"] / 20_000 == pytest.approx(0.30, abs=0.015)
@@ -112,7 +126,12 @@ def test_near_equal_regions_are_shared_not_herded() -> None:
     rng = random.Random(1)
     counts = Counter(
         routing.route(
-            topology=topo, snapshot=s, client=Location(lat=0, lon=0), country=None, continent=None, rng=rng
+            topology=topo,
+            snapshot=s,
+            network=net(Location(lat=0, lon=0), topo),
+            country=None,
+            continent=None,
+            rng=rng,
         ).primary
         for _ in range(4000)
     )
@@ -125,12 +144,12 @@ def test_pins_restrict_to_the_pinned_regions() -> None:
     )
     s = snap()
     d = routing.route(
-        topology=topo, snapshot=s, client=NEW_YORK, country="DE", continent="EU", rng=random.Random(0)
+        topology=topo, snapshot=s, network=net(NEW_YORK), country="DE", continent="EU", rng=random.Random(0)
     )
     assert d.primary == "eu-west-1" and d.backup is None and d.pinned == ("eu-west-1",)
     s = snap(eu_west_1={"drained": True})
     d = routing.route(
-        topology=topo, snapshot=s, client=NEW_YORK, country="DE", continent="EU", rng=random.Random(0)
+        topology=topo, snapshot=s, network=net(NEW_YORK), country="DE", continent="EU", rng=random.Random(0)
     )
     assert d.primary is None  # residency is never traded for availability
 
@@ -221,7 +240,7 @@ def test_ejected_regions_are_skipped_and_panic_fails_open() -> None:
     d = routing.route(
         topology=TOPO,
         snapshot=snap(),
-        client=LONDON,
+        network=net(LONDON),
         country=None,
         continent=None,
         rng=random.Random(0),
@@ -244,7 +263,7 @@ def test_slow_start_share_scales_the_dial() -> None:
     rng = random.Random(5)
     counts = Counter(
         routing.route(
-            topology=TOPO, snapshot=s, client=LONDON, country=None, continent=None, rng=rng, share=share
+            topology=TOPO, snapshot=s, network=net(LONDON), country=None, continent=None, rng=rng, share=share
         ).primary
         for _ in range(8000)
     )
@@ -272,7 +291,9 @@ def test_brownout_keeps_a_share_in_proportion_without_reordering(
     assert d.order[0] == "eu-west-1" or d.primary != "eu-west-1"  # still ranked by its normal service time
     rng = random.Random(3)
     counts = Counter(
-        routing.route(topology=TOPO, snapshot=s, client=LONDON, country=None, continent=None, rng=rng).primary
+        routing.route(
+            topology=TOPO, snapshot=s, network=net(LONDON), country=None, continent=None, rng=rng
+        ).primary
         for _ in range(6000)
     )
     assert counts["eu-west-1"] / 6000 == pytest.approx(expected_share, abs=0.03)
@@ -285,28 +306,199 @@ def test_small_absolute_jitter_is_not_a_brownout() -> None:
     assert eu.brownout_share == 1.0
 
 
-def test_route_cache_decides_exactly_as_route_and_hits_within_a_cell() -> None:
-    s = snap(us_east_1={"latency_ms": 104.0})  # near-tie leaders for New York: the draw matters
-    cache = routing.RouteCache(TOPO, s)
-    clients = [LONDON, NEW_YORK, Location(lat=51.5101, lon=-0.0901)]  # the last shares London's cell
+def test_route_cache_plans_exactly_as_route_and_hits_per_pin_group() -> None:
+    s = snap(us_east_1={"latency_ms": 104.0})
+    cache = routing.RouteCache(TOPO, s, net(NEW_YORK))
     cached_rng, plain_rng = random.Random(3), random.Random(3)
     for i in range(300):
-        c = clients[i % 3]
-        cell = Location(lat=round(c.lat * 4) / 4, lon=round(c.lon * 4) / 4)
-        got = cache.route(client=c, rng=cached_rng, country=None, continent=None)
+        country = ("US", "GB", None)[i % 3]
+        got = routing.draw(cache.plan(country=country, continent=None), cached_rng)
         want = routing.route(
-            topology=TOPO, snapshot=s, client=cell, rng=plain_rng, country=None, continent=None
+            topology=TOPO, snapshot=s, network=net(NEW_YORK), rng=plain_rng, country=country, continent=None
         )
         assert (got.primary, got.backup, got.order) == (want.primary, want.backup, want.order)
-    assert cache.misses == 2 and cache.hits == 298
+    assert cache.misses == 1 and cache.hits == 299  # none of these clients is pinned: one plan for all
 
 
 def test_route_cache_keys_on_ejections_and_shares() -> None:
     rng = random.Random(0)
-    kw: dict[str, object] = {"client": LONDON, "country": None, "continent": None, "rng": rng}
-    cache = routing.RouteCache(TOPO, snap())
-    assert cache.route(**kw).primary == "eu-west-1"  # type: ignore[arg-type]
-    assert cache.route(excluded=frozenset({"eu-west-1"}), **kw).primary == "us-east-1"  # type: ignore[arg-type]
-    assert cache.route(share={"eu-west-1": 0.0}, **kw).primary == "us-east-1"  # type: ignore[arg-type]
-    assert cache.route(**kw).primary == "eu-west-1"  # type: ignore[arg-type]
-    assert routing.RouteCache(TOPO, snap(eu_west_1={"weight": 0})).route(**kw).primary == "us-east-1"  # type: ignore[arg-type]
+
+    def primary(cache: routing.RouteCache, **kw: object) -> str | None:
+        return routing.draw(cache.plan(country=None, continent=None, **kw), rng).primary  # type: ignore[arg-type]
+
+    cache = routing.RouteCache(TOPO, snap(), net(LONDON))
+    assert primary(cache) == "eu-west-1"
+    assert primary(cache, excluded=frozenset({"eu-west-1"})) == "us-east-1"
+    assert primary(cache, share={"eu-west-1": 0.0}) == "us-east-1"
+    assert primary(cache) == "eu-west-1"
+    assert primary(routing.RouteCache(TOPO, snap(eu_west_1={"weight": 0}), net(LONDON))) == "us-east-1"
+
+
+# --- the latency model: this edge's network, the region's service, a primary held against noise ---------
+
+TWIN = Topology.model_validate(
+    {
+        "policy": {"tie_margin": 0.05},
+        "regions": [
+            {
+                "name": name,
+                "location": {"lat": 50, "lon": 0},  # the same place: only service times separate them
+                "failure_domain": name,
+                "capacity": 10,
+                "replicas": [
+                    {"name": f"{name}1", "url": f"http://{name}1"},
+                    {"name": f"{name}2", "url": f"http://{name}2"},
+                ],
+            }
+            for name in ("a", "b")
+        ],
+    }
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def planner(topo: Topology, edge: str, clock: Clock, seed: int = 0) -> Planner:
+    """A planner whose edge has measured its round trips (the distance estimates, as if probed)."""
+    p = Planner(
+        topology=topo,
+        edge=edge,
+        outliers=OutlierDetector(),
+        failback=Failback(ramp_s=0.0),
+        observed=Observed(),
+        rng=random.Random(seed),
+        clock=clock,
+        max_attempts=3,
+    )
+    p.observed.probed(dict(zip(topo.names, p.distance.rtt_ms, strict=True)))
+    return p
+
+
+def twin(a: float, b: float, **a_state: object) -> Snapshot:
+    return Snapshot(
+        version=1,
+        regions={
+            "a": RegionState(name="a", latency_ms=a).model_copy(update=a_state),
+            "b": RegionState(name="b", latency_ms=b),
+        },
+    )
+
+
+PLACE = ClientPlace(Location(lat=50, lon=0), None, None, "geoip")
+
+
+@pytest.mark.parametrize(
+    ("edge_rtt_ms", "edge_ttft_ms"),
+    [(2.0, 102.0), (80.0, 180.0), (160.0, 260.0)],
+    ids=["near edge", "far edge", "farther edge"],
+)
+def test_the_service_term_is_the_same_whichever_edge_measured_it(
+    edge_rtt_ms: float, edge_ttft_ms: float
+) -> None:
+    """Each edge reports time to first token minus its own round trip: the region's service time is 100 ms
+    whichever edge reported it, so every edge ranks on the same service term plus its own network."""
+    seen = Observed()
+    seen.probed({"eu-west-1": edge_rtt_ms})
+    seen.first_token("eu-west-1", edge_ttft_ms)
+    row = seen.drain()["eu-west-1"]
+    assert row["service_ms"] == pytest.approx(100.0)
+    tracker = ServiceTracker()
+    tracker.edges("eu-west-1", row["service_ms"], now=0.0)
+    s = snap(eu_west_1={"latency_ms": tracker.value["eu-west-1"]})
+    d = route(s, client=NEW_YORK)  # an edge in New York, ranking on its own network only
+    assert d.order == route(snap(eu_west_1={"latency_ms": 100.0}), client=NEW_YORK).order
+
+
+def test_the_engine_figure_wins_over_the_edges_while_fresh() -> None:
+    tracker = ServiceTracker()
+    tracker.engine("eu-west-1", 40.0, now=0.0)
+    tracker.edges("eu-west-1", 400.0, now=1.0)  # an edge with a stale or wrong round trip
+    assert tracker.value["eu-west-1"] == 40.0 and tracker.source["eu-west-1"] == "engine"
+    tracker.edges("eu-west-1", 60.0, now=60.0)  # the engine went quiet: the edges' figure is used
+    assert tracker.value["eu-west-1"] == 60.0 and tracker.source["eu-west-1"] == "edges"
+
+
+def test_twenty_percent_noise_never_flips_the_primary_between_regions_50_ms_apart() -> None:
+    clock, noise = Clock(), random.Random(11)
+    p = planner(TWIN, "a", clock)
+    primaries, raw_best = Counter(), Counter()
+    for _ in range(1000):
+        clock.now += 1.0
+        s = twin(200.0 * noise.uniform(0.8, 1.2), 250.0 * noise.uniform(0.8, 1.2))
+        primaries[p.decide(PLACE, s).primary] += 1
+        raw_best[min(s.regions.values(), key=lambda st: st.latency_ms or 0).name] += 1
+    assert raw_best["b"] > 0  # the noise does reorder the raw scores ...
+    assert len(primaries) == 1  # ... and the primary never moves
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"health": "down"}, {"drained": True}, {"weight": 0}, {"utilization": 0.99}],
+    ids=["health", "drain", "dial 0", "saturation"],
+)
+def test_health_drain_dial_and_saturation_move_the_primary_at_once(change: dict[str, object]) -> None:
+    clock = Clock()
+    p = planner(TWIN, "a", clock)
+    assert p.decide(PLACE, twin(100.0, 150.0)).primary == "a"
+    assert p.decide(PLACE, twin(100.0, 150.0, **change)).primary == "b"  # same instant: no hold
+
+
+def test_a_better_region_takes_over_only_after_the_hold() -> None:
+    clock = Clock()
+    p = planner(TWIN, "a", clock)
+    assert p.decide(PLACE, twin(100.0, 150.0)).primary == "a"
+    better = twin(200.0, 100.0)  # b is now better by 100 ms, more than the 20 ms and 20 % margin
+    assert p.decide(PLACE, better).primary == "a"  # the challenger's hold starts
+    clock.now += TWIN.policy.switch_hold_s - 0.1
+    assert p.decide(PLACE, better).primary == "a"
+    clock.now += 0.2
+    assert p.decide(PLACE, better).primary == "b"
+
+
+def test_a_residency_pin_beats_latency() -> None:
+    topo = Topology.model_validate(
+        {**TOPO.model_dump(), "policy": {**TOPO.policy.model_dump(), "pins": {"EU": ["eu-west-1"]}}}
+    )
+    clock = Clock()
+    p = planner(topo, "us-east-1", clock)
+    london = ClientPlace(LONDON, "GB", "EU", "geoip")
+    new_york = ClientPlace(NEW_YORK, "US", "NA", "geoip")
+    s = snap()
+    assert p.decide(new_york, s).primary == "us-east-1"
+    assert p.decide(london, s).primary == "eu-west-1"  # 82 ms away from this edge, but pinned
+    view = p.client_view(london)
+    assert view.misrouted == "eu-west-1" and view.client_edge_ms > 80  # geo-DNS sent London to Virginia
+
+
+def test_a_lead_chosen_on_estimates_follows_the_ranking_until_measured() -> None:
+    clock = Clock()
+    p = Planner(
+        topology=TWIN,
+        edge="a",
+        outliers=OutlierDetector(),
+        failback=Failback(ramp_s=0.0),
+        observed=Observed(),
+        rng=random.Random(0),
+        clock=clock,
+        max_attempts=3,
+    )  # nothing probed yet: network terms are distance estimates
+    assert p.decide(PLACE, twin(150.0, 140.0)).primary == "b"
+    assert p.decide(PLACE, twin(140.0, 150.0)).primary == "a"  # no hold on estimates
+    p.observed.probed({"a": 1.0, "b": 1.0})
+    assert p.decide(PLACE, twin(140.0, 150.0)).primary == "a"
+    assert p.leads[None].firm
+    assert p.decide(PLACE, twin(150.0, 140.0)).primary == "a"  # measured now: held
+
+
+def test_a_region_that_comes_back_takes_its_lead_back_at_once() -> None:
+    clock = Clock()
+    p = planner(TWIN, "a", clock)
+    assert p.decide(PLACE, twin(100.0, 150.0)).primary == "a"
+    assert p.decide(PLACE, twin(100.0, 150.0, health="down")).primary == "b"
+    assert p.decide(PLACE, twin(100.0, 150.0)).primary == "a"  # failback is not a switch: no hold

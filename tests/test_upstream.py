@@ -320,10 +320,10 @@ async def test_headers_reach_the_region_as_the_client_sent_them(
             ]
         )
     )
-    block = upstream_headers(incoming, client_ip="81.2.69.142")
-    assert (
-        block
-        == b"\r\nX-Note: " + raw_note + b"\r\nX-Meridian-Priority: critical\r\nX-Forwarded-For: 81.2.69.142"
+    block = upstream_headers(incoming, client_ip="81.2.69.142", edge="eu-west-1")
+    assert block == (
+        b"\r\nX-Note: " + raw_note + b"\r\nX-Meridian-Priority: critical\r\nX-Forwarded-For: 81.2.69.142"
+        b"\r\nX-Meridian-Edge: eu-west-1"  # ours, not the client's X-Meridian-Region
     )
     resp = await pool.request(
         await raw_server(capture),
