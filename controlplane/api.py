@@ -20,6 +20,7 @@ from litestar import Controller, Litestar, Request, Response, get, patch
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import (
+    ClientException,
     HTTPException,
     NotAuthorizedException,
     NotFoundException,
@@ -40,8 +41,12 @@ from controlplane.service import ServiceTracker
 from controlplane.settings import AdminToken, ControlPlaneSettings
 from controlplane.store import (
     AuditEntry,
+    InvalidRecord,
     RegionNotFound,
     StateStore,
+    StoreBehind,
+    StoreBusy,
+    StoreError,
     StoreUnavailable,
     VersionConflict,
     is_unavailable,
@@ -139,9 +144,14 @@ class RegionController(Controller):
 
     @get("/", summary="List every region's state")
     async def list_regions(self, state: State) -> dict[str, Any]:
-        version, regions = await _store(state).all()
+        version, regions, invalid = await _store(state).all()
         topo: Topology = state.topology
-        ordered = [_region_view(regions[n]) for n in topo.names if n in regions]
+        ordered = []
+        for n in topo.names:  # an invalid record is listed as such and never hides the others
+            if n in regions:
+                ordered.append(_region_view(regions[n]))
+            elif n in invalid:
+                ordered.append({"name": n, "invalid": invalid[n], "repair": f"PATCH /v1/regions/{n}"})
         return {"version": version, "regions": ordered}
 
     @get("/{name:str}", summary="One region's state")
@@ -150,6 +160,8 @@ class RegionController(Controller):
             s = await _store(state).get(name)
         except RegionNotFound:
             raise NotFoundException(f"unknown region '{name}'") from None
+        except InvalidRecord as exc:
+            raise ClientException(f"{exc}; PATCH it to write a valid record", status_code=409) from None
         return Response(_region_view(s), headers=_etag(s))
 
     @patch("/{name:str}", guards=[operator_guard], summary="Change a region's dial or drain state")
@@ -218,7 +230,8 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     try:
         await state.store.redis.ping()
     except Exception as exc:  # any failure to reach the primary means not ready
-        return Response({"ready": False, "error": f"redis primary unreachable: {exc}"}, status_code=503)
+        log.warning("readyz: redis primary unreachable: %s", exc)  # the address stays in the log
+        return Response({"ready": False, "error": "redis primary unreachable"}, status_code=503)
     return Response({"ready": True, "seeded": state.seeded.is_set()})
 
 
@@ -238,16 +251,21 @@ def _http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dic
 
 
 def _unavailable_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    return Response(
-        {
-            "status_code": 503,
-            "detail": "state store primary unavailable: writes are refused until Redis is back "
-            "(edges keep routing on their replicas)",
-            "error": str(exc),
-        },
-        status_code=503,
-        headers={"Retry-After": "1"},
-    )
+    """503 in three kinds, none showing the store's address or credentials (the log has the error)."""
+    if isinstance(exc, StoreBusy):
+        detail = "state store busy: every connection is in use; retry shortly"
+    elif isinstance(exc, StoreBehind):
+        detail = (
+            "state store is being restored from the control plane's copy (it came back empty or old); "
+            "retry shortly"
+        )
+    else:
+        detail = (
+            "state store primary unavailable: writes are refused until Redis is back "
+            "(edges keep routing on their replicas)"
+        )
+    log.warning("admin API answered 503: %s (%s)", detail, exc)
+    return Response({"status_code": 503, "detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
 def _internal_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -272,14 +290,36 @@ async def _seed_until_done(settings: ControlPlaneSettings, state: State) -> None
             delay = min(delay * 2, 5.0)
 
 
+KEEP_INTERVAL_S = 0.5
+
+
+async def _keep(store: StateStore, state: State) -> None:
+    """Hold the copy of the store's state and put it back when the store comes back empty or old."""
+    await state.seeded.wait()
+    while True:
+        try:
+            if await store.check():
+                log.warning("state store restored from the control plane's copy (restore %d)", store.restores)
+        except StoreError as exc:
+            log.debug("keeper: %s", exc)
+        except Exception:
+            log.exception("keeper round failed")
+        await asyncio.sleep(KEEP_INTERVAL_S)
+
+
 def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = None) -> Litestar:
     """Build the admin API. Topology defaults to settings.regions_file."""
     topo = topology or load_topology(settings.regions_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        client = connect(settings.redis_url)
-        store = StateStore(client)
+        password = settings.redis_password
+        client = connect(
+            settings.redis_url,
+            username=settings.redis_username,
+            password=None if password is None else password.get_secret_value(),
+        )
+        store = StateStore(client, topology=topo)
         app.state.store = store
         app.state.seeded = asyncio.Event()
         tasks = [asyncio.create_task(_seed_until_done(settings, app.state), name="seed")]
@@ -298,6 +338,7 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
             await asyncio.gather(*workers)
 
         tasks.append(asyncio.create_task(after_seed(), name="workers"))
+        tasks.append(asyncio.create_task(_keep(store, app.state), name="keeper"))
         try:
             yield
         finally:
@@ -318,6 +359,8 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
             ValidationException: _validation_handler,
             HTTPException: _http_handler,
             StoreUnavailable: _unavailable_handler,
+            StoreBusy: _unavailable_handler,
+            StoreBehind: _unavailable_handler,
             Exception: _internal_handler,
         },
         openapi_config=OpenAPIConfig(

@@ -24,6 +24,8 @@ class ControlPlaneSettings(BaseSettings):
 
     regions_file: Path = Path("regions.yaml")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="the Redis primary")
+    redis_username: str | None = Field(default=None, description="ACL user, when the URL carries none")
+    redis_password: SecretStr | None = Field(default=None, description="its password (never logged)")
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=1, le=65535)
     admin_tokens: list[AdminToken] = Field(

@@ -1,16 +1,20 @@
-"""Redis I/O for the control plane: versioned region state, change feed, audit stream, observation intake.
+"""Redis I/O for the control plane: versioned region state, change feed, audit stream, observation intake,
+and the control plane's own copy of what the store held, restored when the store comes back empty or old.
 
 Every change runs in one optimistic transaction (WATCH/MULTI): it bumps the global version, rewrites the
 region's JSON, appends to the audit stream and PUBLISHes on the change channel, so replicas (and the
-edges subscribed to them) see state and announcement together.
+edges subscribed to them) see state and announcement together. A write never lands on a store that is
+behind the copy (it answers "restoring" until ``check`` has put the copy back, audited).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fleet.state import (
     CHANNEL_CHANGES,
     KEY_AUDIT,
+    KEY_EPOCH,
     KEY_OBSERVATIONS,
     KEY_REGIONS,
     KEY_VERSION,
@@ -28,8 +33,12 @@ from fleet.state import (
     RegionState,
     Topology,
     change_message,
+    decode_records,
     initial_state,
+    why_invalid,
 )
+
+log = logging.getLogger("meridian.store")
 
 AUDIT_MAXLEN = 10_000
 
@@ -42,8 +51,25 @@ class StoreUnavailable(StoreError):
     """The Redis primary cannot take writes (down, unreachable, or a read-only replica)."""
 
 
+class StoreBusy(StoreError):
+    """Every connection to the primary is in use and none came free in time: Redis is fine, we are busy."""
+
+
+class StoreBehind(StoreError):
+    """The store holds less than the control plane last knew (it came back empty or from an old copy): the
+    copy is being put back; writes wait for it."""
+
+
 class RegionNotFound(StoreError):
     pass
+
+
+class InvalidRecord(StoreError):
+    """The stored record of a region fails validation (a PATCH through the API repairs it)."""
+
+    def __init__(self, name: str, error: str) -> None:
+        super().__init__(f"the stored record of {name} is invalid: {error}")
+        self.name = name
 
 
 class VersionConflict(StoreError):
@@ -64,11 +90,49 @@ Mutation = Callable[[RegionState], RegionState | None]
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, OSError)
 
 
+def _text(v: str | bytes) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _classify(exc: Exception) -> StoreError:
+    """A Redis client error as the store's own: a pool with no free connection is busy, not down."""
+    if "No connection available" in str(exc) or "Too many connections" in str(exc):
+        return StoreBusy("every connection to the state store is in use")
+    return StoreUnavailable(str(exc))
+
+
+@dataclass
+class StateCopy:
+    """What the control plane last knew the store held: its position, every region's record, the audit."""
+
+    epoch: int = 0
+    version: int = 0
+    regions: dict[str, str] = field(default_factory=dict)
+    audit: deque[tuple[str, dict[str, str]]] = field(default_factory=lambda: deque(maxlen=AUDIT_MAXLEN))
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.version
+
+    def add_audit(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Keep an audit entry once, in stream order (the write path and the mirror may both see it)."""
+        if not self.audit or _stream_id(entry_id) > _stream_id(self.audit[-1][0]):
+            self.audit.append((entry_id, fields))
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class StateStore:
     """The control plane's handle on the Redis primary."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, *, topology: Topology | None = None) -> None:
         self.redis = client
+        self.topology = topology
+        self.copy: StateCopy | None = None  # None until the first full read
+        self.restores = 0
 
     async def seed(self, topology: Topology, *, now: float) -> list[str]:
         """Create regions missing from the store, drop regions no longer in the topology.
@@ -78,6 +142,7 @@ class StateStore:
         """
         changed: list[str] = []
         try:
+            await self.redis.setnx(KEY_EPOCH, 1)
             existing = await self.redis.hkeys(KEY_REGIONS)
             have = {k.decode() if isinstance(k, bytes) else k for k in existing}
             for region in topology.regions:
@@ -92,31 +157,32 @@ class StateStore:
                     await self.redis.publish(CHANNEL_CHANGES, change_message(version=res[1], region=stale))
                 changed.append(stale)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            raise _classify(exc) from exc
         return changed
 
-    async def all(self) -> tuple[int, dict[str, RegionState]]:
+    async def all(self) -> tuple[int, dict[str, RegionState], dict[str, str]]:
+        """(version, valid regions, invalid regions and what is wrong with each)."""
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.get(KEY_VERSION)
                 pipe.hgetall(KEY_REGIONS)
                 version_raw, raw = await pipe.execute()
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        regions = {}
-        for k, v in raw.items():
-            name = k.decode() if isinstance(k, bytes) else k
-            regions[name] = RegionState.decode(v)
-        return int(version_raw or 0), regions
+            raise _classify(exc) from exc
+        regions, invalid = decode_records(raw)
+        return int(version_raw or 0), regions, invalid
 
     async def get(self, name: str) -> RegionState:
         try:
             raw = await self.redis.hget(KEY_REGIONS, name)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            raise _classify(exc) from exc
         if raw is None:
             raise RegionNotFound(name)
-        return RegionState.decode(raw)
+        try:
+            return RegionState.decode(raw)
+        except ValueError as exc:
+            raise InvalidRecord(name, why_invalid(exc)) from None
 
     async def update(
         self,
@@ -130,7 +196,7 @@ class StateStore:
         try:
             return await self._write(name, mutate, expected_version=expected_version, audit=audit)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            raise _classify(exc) from exc
 
     async def _write(
         self,
@@ -144,48 +210,146 @@ class StateStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    await pipe.watch(KEY_REGIONS, KEY_VERSION)
+                    copy = self.copy
+                    known = copy.position if copy is not None else None  # read first: a concurrent
+                    # commit moves the copy only after the store, so a store below this lost data
+                    await pipe.watch(KEY_REGIONS, KEY_VERSION, KEY_EPOCH)
+                    version = int(await pipe.get(KEY_VERSION) or 0)
+                    epoch = int(await pipe.get(KEY_EPOCH) or 0)
+                    if known is not None and (epoch, version) < known:
+                        raise StoreBehind(f"store at {(epoch, version)}, last known {known}")
                     raw = await pipe.hget(KEY_REGIONS, name)
                     if raw is None and not create:
                         raise RegionNotFound(name)
-                    before = RegionState.decode(raw) if raw is not None else RegionState(name=name)
+                    before = self._before(name, raw)
                     if expected_version is not None and before.version != expected_version:
                         raise VersionConflict(before.version)
                     after = mutate(before)
                     if after is None:
                         await pipe.reset()
                         return before, before
-                    version = int(await pipe.get(KEY_VERSION) or 0) + 1
+                    version += 1
                     after = after.model_copy(update={"version": version, "updated_at": time.time()})
                     pipe.multi()
                     pipe.set(KEY_VERSION, version)
                     pipe.hset(KEY_REGIONS, name, after.encode())
+                    entry = None
                     if audit is not None:
-                        pipe.xadd(
-                            KEY_AUDIT,
-                            {
-                                "at": f"{time.time():.3f}",
-                                "actor": audit.actor,
-                                "reason": audit.reason,
-                                "action": audit.action,
-                                "region": name,
-                                "before": before.encode(),
-                                "after": after.encode(),
-                            },
-                            maxlen=AUDIT_MAXLEN,
-                            approximate=True,
-                        )
+                        entry = {
+                            "at": f"{time.time():.3f}",
+                            "actor": audit.actor,
+                            "reason": audit.reason,
+                            "action": audit.action,
+                            "region": name,
+                            "before": before.encode(),
+                            "after": after.encode(),
+                        }
+                        pipe.xadd(KEY_AUDIT, dict[Any, Any](entry), maxlen=AUDIT_MAXLEN, approximate=True)
                     pipe.publish(CHANNEL_CHANGES, change_message(version=version, region=name))
-                    await pipe.execute()
+                    done = await pipe.execute()
+                    if copy is not None:  # the copy follows every write at once, audit included
+                        copy.epoch, copy.version = max(copy.position, (epoch, version))
+                        copy.regions[name] = after.encode()
+                        if entry is not None:
+                            copy.add_audit(_text(done[2]), entry)
                     return before, after
                 except WatchError:
                     continue
+
+    def _before(self, name: str, raw: str | bytes | None) -> RegionState:
+        """The region's stored state; an invalid record is repaired from the topology's defaults (a PATCH
+        through the API is how operators fix one, and the audit shows the invalid record was replaced)."""
+        if raw is None:
+            return RegionState(name=name)
+        try:
+            return RegionState.decode(raw)
+        except ValueError as exc:
+            region = None if self.topology is None else self.topology.region(name)
+            if region is None:
+                raise InvalidRecord(name, why_invalid(exc)) from None
+            log.warning("repairing the invalid stored record of %s", name)
+            return initial_state(region, now=time.time())
+
+    async def check(self) -> bool:
+        """Compare the store with the copy: put the copy back if the store is behind it (returns True),
+        else refresh the copy from the store."""
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(KEY_EPOCH)
+                pipe.get(KEY_VERSION)
+                pipe.hgetall(KEY_REGIONS)
+                epoch_raw, version_raw, raw = await pipe.execute()
+            position = (int(epoch_raw or 0), int(version_raw or 0))
+            copy = self.copy
+            have = {_text(k) for k in raw}
+            lost = [n for n in (copy.regions if copy else {}) if n not in have and self._declared(n)]
+            if copy is not None and (position < copy.position or lost):
+                await self._restore(copy, found=position)
+                return True
+            if copy is None:
+                copy = self.copy = StateCopy()
+            copy.epoch, copy.version = max(copy.position, position)
+            copy.regions = {_text(k): _text(v) for k, v in raw.items()}
+            await self._mirror_audit(copy)
+        except _UNAVAILABLE as exc:
+            raise _classify(exc) from exc
+        return False
+
+    def _declared(self, name: str) -> bool:
+        return self.topology is None or self.topology.region(name) is not None
+
+    async def _mirror_audit(self, copy: StateCopy) -> None:
+        after = copy.audit[-1][0] if copy.audit else "-"
+        rows: Any = await self.redis.xrange(KEY_AUDIT, min=f"({after}" if copy.audit else "-", count=1000)
+        for entry_id, fields in rows:
+            copy.add_audit(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+
+    async def _restore(self, copy: StateCopy, *, found: tuple[int, int]) -> None:
+        """The store came back empty or old: every region record, the position (one past the copy's, so
+        edges take it as new) and the audit go back, with an audit entry saying so."""
+        version = max(copy.version, found[1]) + 1
+        log.warning(
+            "state store is behind the control plane's copy (found epoch/version %s, knew %s, or regions "
+            "missing): restoring",
+            found,
+            copy.position,
+        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(KEY_REGIONS)
+            if copy.regions:
+                pipe.hset(KEY_REGIONS, mapping=dict[Any, Any](copy.regions))
+            pipe.set(KEY_VERSION, version)
+            pipe.set(KEY_EPOCH, copy.epoch)
+            pipe.delete(KEY_AUDIT)
+            for entry_id, fields in copy.audit:
+                pipe.xadd(KEY_AUDIT, dict[Any, Any](fields), id=entry_id)
+            pipe.xadd(
+                KEY_AUDIT,
+                {
+                    "at": f"{time.time():.3f}",
+                    "actor": "meridian-controlplane",
+                    "reason": f"state store found at epoch/version {found[0]}/{found[1]} (control plane knew "
+                    f"{copy.epoch}/{copy.version}), empty, old or missing regions: restored its copy",
+                    "action": "restore",
+                    "region": "*",
+                    "before": json.dumps({"epoch": found[0], "version": found[1]}),
+                    "after": json.dumps({"epoch": copy.epoch, "version": version}),
+                },
+                maxlen=AUDIT_MAXLEN,
+                approximate=True,
+            )
+            pipe.publish(CHANNEL_CHANGES, change_message(version=version, region="*"))
+            await pipe.execute()
+        copy.version = version
+        copy.audit.clear()
+        await self._mirror_audit(copy)
+        self.restores += 1
 
     async def audit_log(self, *, limit: int = 100, region: str | None = None) -> list[dict[str, Any]]:
         try:
             rows: Any = await self.redis.xrevrange(KEY_AUDIT, count=limit if region is None else limit * 10)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            raise _classify(exc) from exc
         out: list[dict[str, Any]] = []
         for entry_id, fields in rows:
             f = {
@@ -236,6 +400,6 @@ def _creator(region: Region, *, now: float) -> Mutation:
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, (*_UNAVAILABLE, StoreUnavailable)) or (
+    return isinstance(exc, (*_UNAVAILABLE, StoreUnavailable, StoreBehind)) or (
         isinstance(exc, RedisError) and "READONLY" in str(exc)
     )

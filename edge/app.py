@@ -85,8 +85,9 @@ class Edge:
         self.feed = feed = SnapshotFeed(
             url=settings.redis_url,
             resync_interval_s=settings.resync_interval_s,
-            known_regions=frozenset(topo.names),
-            connect=lambda url: connect(url, socket_timeout=2.0),
+            topology=topo.names,
+            connect=lambda url: _connect(settings, url, socket_timeout=2.0),
+            on_refused=lambda reason: self.metrics.child(self.metrics.snapshots_refused, reason).inc(),
         )
         self.observed = Observed()
         self.metrics = EdgeMetrics(
@@ -165,7 +166,7 @@ class Edge:
         self._tasks.append(asyncio.create_task(self.feed.run(), name="snapshot-feed"))
         self._tasks.append(asyncio.create_task(self.rtt.run(), name="rtt-prober"))
         if settings.redis_primary_url:
-            self._primary = connect(settings.redis_primary_url, socket_timeout=1.0)
+            self._primary = _connect(settings, settings.redis_primary_url, socket_timeout=1.0)
             self.reporter = Reporter(
                 client=self._primary,
                 edge=settings.region,
@@ -243,12 +244,15 @@ class Edge:
         age = feed.age()
         body: dict[str, Any] = {
             "edge": self.settings.region,
+            "snapshot_epoch": snap.epoch if snap else None,
             "snapshot_version": snap.version if snap else None,
             "snapshot_age_s": None if age is None else round(age, 3),
             "store_connected": feed.connected,
         }
         routable = snap.routable() if snap else []
         body["routable"] = routable
+        body["store_refused"] = feed.refusal  # why the store's latest state was not taken (older, partial)
+        body["quarantined"] = sorted(snap.quarantined) if snap else []
         body["ready"] = bool(routable)
         return web.json_response(body, status=200 if routable else 503)
 
@@ -309,6 +313,17 @@ class Edge:
             "scores": scores,
             "candidates": plan.candidates(),
         }
+
+
+def _connect(settings: EdgeSettings, url: str, *, socket_timeout: float) -> Redis:
+    """A client for one of this edge's Redis URLs, with the ACL user from the settings when set."""
+    password = settings.redis_password
+    return connect(
+        url,
+        socket_timeout=socket_timeout,
+        username=settings.redis_username,
+        password=None if password is None else password.get_secret_value(),
+    )
 
 
 def _resilience(settings: EdgeSettings, topo: Topology, rng: random.Random) -> Resilience:

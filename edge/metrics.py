@@ -49,6 +49,13 @@ class EdgeMetrics:
         self.stream_aborts = Counter(
             "meridian_edge_stream_aborts", "Streams cut after the first byte", ["region", "side"], registry=r
         )
+        self.snapshots_refused = Counter(
+            "meridian_edge_snapshots_refused",
+            "Store states not taken: older than the edge's (rollback), incomplete, or with an invalid record "
+            "(quarantined: the rest was taken)",
+            ["reason"],
+            registry=r,
+        )
         self.misrouted = Counter(
             "meridian_edge_misrouted_requests",
             "Requests from clients that another edge is nearer to (geo-DNS to tune), by that edge",

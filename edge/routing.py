@@ -354,6 +354,8 @@ def hold(lead: Lead | None, plan: Plan, *, now: float, rng: random.Random) -> Le
     ranked = plan.ranked
     if not ranked:
         return lead  # nothing routable: remember the lead for when something is
+    if lead is not None and lead.firm and lead.challenger is None and ranked[0].region == lead.region:
+        return lead  # the steady state: the held primary is still the best
     inc = None if lead is None else plan.score(lead.region)
     if lead is None or inc is None:
         first = _draw_order(ranked, plan.tier, plan.temperature, rng)[0]

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,6 +45,10 @@ class EdgeSettings(BaseSettings):
     redis_primary_url: str | None = Field(
         default=None, description="the Redis primary, for observations (best effort); none disables reporting"
     )
+    redis_username: str | None = Field(
+        default=None, description="ACL user for both Redis URLs, when they carry none"
+    )
+    redis_password: SecretStr | None = Field(default=None, description="its password (never logged)")
     host: str = "0.0.0.0"
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="processes sharing the port via SO_REUSEPORT")

@@ -1,5 +1,6 @@
 """What the world looks like (I/O): load region state from this region's Redis replica, follow the change
-feed, resync periodically, and hold the last good immutable Snapshot through Redis outages."""
+feed, resync periodically, and hold the last good immutable Snapshot through Redis outages. What may replace
+it is decided by ``edge.acceptance`` (never older, never partial, bad records quarantined)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from fleet.redisconn import raise_if_cancelling
-from fleet.state import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, Snapshot, decode_snapshot
+from edge.acceptance import judge
+from fleet.redisconn import raise_if_cancelling, redact
+from fleet.state import CHANNEL_CHANGES, KEY_EPOCH, KEY_REGIONS, KEY_VERSION, Snapshot, decode_records
 
 log = logging.getLogger("meridian.snapshot")
 
@@ -21,20 +23,23 @@ CLOSE_TIMEOUT_S = 1.0
 
 
 class SnapshotFeed:
-    """Keeps ``current`` fresh; never replaces a good snapshot with an empty one."""
+    """Keeps ``current`` fresh; never replaces a good snapshot with an older, partial or invalid one."""
 
     def __init__(
         self,
         *,
         url: str,
         resync_interval_s: float,
-        known_regions: frozenset[str],
+        topology: tuple[str, ...],
         connect: Callable[[str], aioredis.Redis],
+        on_refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.url = url
         self.resync_interval_s = resync_interval_s
-        self.known_regions = known_regions
+        self.topology = topology
         self._connect = connect
+        self._on_refused = on_refused
+        self.refusal: str | None = None  # why the store's latest state was not taken (None: it was)
         self.current: Snapshot | None = None
         self.confirmed_at: float | None = None  # monotonic time of the last successful read
         self.connected = False
@@ -47,20 +52,37 @@ class SnapshotFeed:
 
     async def load(self, client: aioredis.Redis) -> None:
         async with client.pipeline(transaction=True) as pipe:
+            pipe.get(KEY_EPOCH)
             pipe.get(KEY_VERSION)
             pipe.hgetall(KEY_REGIONS)
-            version_raw, raw = await pipe.execute()
+            epoch_raw, version_raw, raw = await pipe.execute()
         now = time.monotonic()
-        snap = decode_snapshot(int(version_raw or 0), raw, taken_at=now)
-        if not (set(snap.regions) & self.known_regions):
-            (log.info if self.current is None else log.warning)(
-                "store holds no known region (version %s); keeping the last good snapshot", snap.version
-            )
+        regions, invalid = decode_records(raw)
+        verdict = judge(
+            self.current,
+            epoch=int(epoch_raw or 0),
+            version=int(version_raw or 0),
+            regions=regions,
+            invalid=invalid,
+            topology=self.topology,
+            taken_at=now,
+        )
+        refusal = None if verdict.refused is None else f"{verdict.refused}: {verdict.detail}"
+        if verdict.refused is not None:
+            self._on_refused(verdict.refused)
+            if refusal != self.refusal:  # say it once per new reason, not every resync
+                (log.info if self.current is None else log.warning)(
+                    "state store %s: %s; %s",
+                    verdict.refused,
+                    verdict.detail,
+                    "routing on the last good snapshot" if self.current else "no snapshot yet",
+                )
+        self.refusal = refusal
+        if verdict.snapshot is None:
             return
-        self.confirmed_at = now
-        cur = self.current
-        if cur is None or cur.version != snap.version or cur.regions != snap.regions:
-            self.current = snap
+        if verdict.refused is None or verdict.snapshot is not self.current:
+            self.confirmed_at = now
+        self.current = verdict.snapshot
 
     async def run(self) -> None:
         backoff = 0.05
@@ -83,7 +105,9 @@ class SnapshotFeed:
             except (RedisError, OSError, ValueError) as exc:
                 raise_if_cancelling(exc)
                 if self.connected:
-                    log.warning("lost the state store at %s: %s; routing on the last snapshot", self.url, exc)
+                    log.warning(
+                        "lost the state store at %s: %s; routing on the last snapshot", redact(self.url), exc
+                    )
                 self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)

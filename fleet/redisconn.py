@@ -1,15 +1,28 @@
-"""Open Redis clients from URLs (I/O): plain redis:// URLs, or redis+sentinel://h1:p1,h2:p2/service for
-Redis Sentinel, where the client follows the primary across failovers."""
+"""Open Redis clients from URLs (I/O): plain redis:// (or rediss://) URLs, or
+redis+sentinel://[user:password@]h1:p1,h2:p2/service for Redis Sentinel, where the client follows the
+primary across failovers. Credentials travel in the URL (or a file it names) and are never shown:
+``redact`` is what any log line or error body gets instead."""
 
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import parse_qs, urlparse
+import re
+from urllib.parse import parse_qs, quote, unquote, urlparse, urlunparse
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel
 
 SOCKET_TIMEOUT_S = 2.0
+POOL_SIZE = 64  # connections per client: a burst beyond it waits for one instead of failing
+POOL_WAIT_S = 2.0  # how long a burst waits for a free connection before "busy"
+
+_USERINFO = re.compile(r"(?<=://)[^@/]*@")
+
+
+def redact(url: str) -> str:
+    """``url`` with any user and password replaced: safe for logs, error bodies and /readyz."""
+    return _USERINFO.sub("***@", url)
 
 
 def raise_if_cancelling(exc: BaseException) -> None:
@@ -19,25 +32,64 @@ def raise_if_cancelling(exc: BaseException) -> None:
         raise asyncio.CancelledError() from exc
 
 
-def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_S, replica: bool = False) -> aioredis.Redis:
-    """A client for ``url``. With a sentinel URL, ``replica=True`` reads from a replica of the service."""
+def connect(
+    url: str,
+    *,
+    socket_timeout: float = SOCKET_TIMEOUT_S,
+    replica: bool = False,
+    username: str | None = None,
+    password: str | None = None,
+) -> aioredis.Redis:
+    """A client for ``url``. With a sentinel URL, ``replica=True`` reads from a replica of the service.
+    ``username``/``password`` (from settings, e.g. injected from a secret store) apply when the URL has
+    none."""
     parsed = urlparse(url)
+    if (username or password) and "@" not in parsed.netloc:
+        user = quote(username or "", safe="")
+        url = urlunparse(parsed._replace(netloc=f"{user}:{quote(password or '', safe='')}@{parsed.netloc}"))
     if parsed.scheme in ("redis+sentinel", "sentinel"):
-        hosts = []
-        for part in parsed.netloc.split("@")[-1].split(","):
-            host, _, port = part.rpartition(":")
-            hosts.append((host or "127.0.0.1", int(port or 26379)))
-        service = parsed.path.strip("/").split("/")[0] or "mymaster"
-        db = int(parse_qs(parsed.query).get("db", ["0"])[0])
-        sentinel = Sentinel(
-            hosts, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, db=db
-        )
-        client: aioredis.Redis
-        if replica:
-            client = sentinel.slave_for(service, socket_timeout=socket_timeout)
-        else:
-            client = sentinel.master_for(service, socket_timeout=socket_timeout)
-        return client
-    return aioredis.from_url(
-        url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout, health_check_interval=5
+        return _sentinel_client(url, socket_timeout=socket_timeout, replica=replica)
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_S,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        health_check_interval=5,
     )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _sentinel_client(url: str, *, socket_timeout: float, replica: bool) -> aioredis.Redis:
+    """The user and password in the URL are the data nodes' (the primary's and replicas'); a Sentinel that
+    wants its own gives them as ``?sentinel_username=…&sentinel_password=…``."""
+    parsed = urlparse(url)
+    hosts = []
+    for part in parsed.netloc.rpartition("@")[2].split(","):
+        host, _, port = part.rpartition(":")
+        hosts.append((host or "127.0.0.1", int(port or 26379)))
+    service = parsed.path.strip("/").split("/")[0] or "mymaster"
+    query = parse_qs(parsed.query)
+    db = int(query.get("db", ["0"])[0])
+    auth = {}
+    if parsed.username:
+        auth["username"] = unquote(parsed.username)
+    if parsed.password:
+        auth["password"] = unquote(parsed.password)
+    sentinel_auth = {
+        key: query[f"sentinel_{key}"][0] for key in ("username", "password") if f"sentinel_{key}" in query
+    }
+    sentinel = Sentinel(
+        hosts,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
+        db=db,
+        sentinel_kwargs={"socket_timeout": socket_timeout, **sentinel_auth},
+        **auth,
+    )
+    client: aioredis.Redis
+    if replica:
+        client = sentinel.slave_for(service, socket_timeout=socket_timeout)
+    else:
+        client = sentinel.master_for(service, socket_timeout=socket_timeout)
+    return client

@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
 
 Health = Literal["up", "degraded", "down"]
 
 # Redis key names (one namespace, so a shared Redis can hold several Meridians under other prefixes).
 KEY_PREFIX = "meridian"
 KEY_VERSION = f"{KEY_PREFIX}:state:version"
+KEY_EPOCH = f"{KEY_PREFIX}:state:epoch"  # raised only by a deliberate, audited reset of the state
 KEY_REGIONS = f"{KEY_PREFIX}:state:regions"
 CHANNEL_CHANGES = f"{KEY_PREFIX}:state:changes"
 KEY_AUDIT = f"{KEY_PREFIX}:audit"
@@ -177,22 +178,49 @@ def initial_state(region: Region, *, now: float) -> RegionState:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """An immutable view of every region's state at one store version."""
+    """An immutable view of every region's state at one store (epoch, version)."""
 
     version: int
     regions: Mapping[str, RegionState]
     taken_at: float = field(default=0.0)  # time.monotonic() when read
+    epoch: int = 0
+    quarantined: frozenset[str] = frozenset()  # regions whose stored record was invalid (carried over)
 
     def routable(self) -> list[str]:
         return [n for n, s in self.regions.items() if s.routable]
 
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, version): snapshots are ordered by it; an edge never goes back."""
+        return self.epoch, self.version
 
-def decode_snapshot(version: int, raw: Mapping[str, str | bytes], *, taken_at: float) -> Snapshot:
-    regions = {}
+
+def why_invalid(exc: ValueError) -> str:
+    """One line naming the field that made a stored record invalid."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        err = exc.errors()[0]
+        field_name = ".".join(str(p) for p in err["loc"]) or "record"
+        return f"{field_name}: {err['msg']}"[:200]
+    return str(exc).splitlines()[0][:200]
+
+
+def decode_records(raw: Mapping[str | bytes, str | bytes]) -> tuple[dict[str, RegionState], dict[str, str]]:
+    """Region records as stored: the valid ones, and for each invalid one what is wrong with it (a bad
+    record never hides the others)."""
+    regions: dict[str, RegionState] = {}
+    invalid: dict[str, str] = {}
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else key
-        regions[name] = RegionState.decode(value)
-    return Snapshot(version=version, regions=regions, taken_at=taken_at)
+        try:
+            state = RegionState.decode(value)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            invalid[name] = why_invalid(exc)
+            continue
+        if state.name != name:
+            invalid[name] = f"record names region {state.name!r}"
+            continue
+        regions[name] = state
+    return regions, invalid
 
 
 def great_circle_km(a: Location, b: Location) -> float:

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from fleet.acl import CONTROL_PLANE, EDGE, Credentials
 from fleet.state import Topology, distance_rtt_ms
 from fleet.topology import TopologyError, load_topology
 from meridian.redisproc import RedisNotFound, RedisServer, port_free, spawn
@@ -125,6 +126,8 @@ class Fleet:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.redis: list[RedisServer] = []
         self.token = os.environ.get("MERIDIAN_DEMO_TOKEN") or secrets.token_urlsafe(24)
+        # least privilege on the store: a Redis ACL user each for the control plane, edges, replication
+        self.acl = Credentials(*(secrets.token_urlsafe(18) for _ in range(3)))
         self.viewer_token = secrets.token_urlsafe(24)
 
     def _child(self, name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -137,12 +140,16 @@ class Fleet:
     def start(self) -> dict[str, Any]:
         topo, base = self.topo, self.base
         n = len(topo.regions)
-        primary = RedisServer(port=base + 10, workdir=self.workdir / "redis-primary").start()
+        acl = self.acl
+        primary = RedisServer(port=base + 10, workdir=self.workdir / "redis-primary", acl=acl).start()
         self.redis.append(primary)
         replicas = {}
         for i, region in enumerate(topo.regions):
             rs = RedisServer(
-                port=base + 11 + i, workdir=self.workdir / f"redis-{region.name}", replicaof=primary.port
+                port=base + 11 + i,
+                workdir=self.workdir / f"redis-{region.name}",
+                replicaof=primary.port,
+                acl=acl,
             ).start()
             replicas[region.name] = rs
             self.redis.append(rs)
@@ -172,7 +179,7 @@ class Fleet:
             [py, "-m", "controlplane"],
             {
                 "MERIDIAN_REGIONS_FILE": str(regions_file),
-                "MERIDIAN_REDIS_URL": primary.url,
+                "MERIDIAN_REDIS_URL": primary.url_for(CONTROL_PLANE),
                 "MERIDIAN_PORT": str(base),
                 "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
                 "MERIDIAN_PROBE_INTERVAL_S": "1",
@@ -186,8 +193,8 @@ class Fleet:
                 {
                     "MERIDIAN_REGION": region.name,
                     "MERIDIAN_REGIONS_FILE": str(regions_file),
-                    "MERIDIAN_REDIS_URL": replicas[region.name].url,
-                    "MERIDIAN_REDIS_PRIMARY_URL": primary.url,
+                    "MERIDIAN_REDIS_URL": replicas[region.name].url_for(EDGE),
+                    "MERIDIAN_REDIS_PRIMARY_URL": primary.url_for(EDGE),
                     "MERIDIAN_HOST": "127.0.0.1",
                     "MERIDIAN_PORT": str(base + 1 + i),
                     "MERIDIAN_GEOIP_DB": db,
@@ -227,9 +234,15 @@ class Fleet:
         for name, p in self.procs:
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited with status {p.returncode}")
-        for rs in self.redis:
+        for rs in self.redis:  # the store may fail: report it and bring it back, the fleet rides it out
             if rs.proc is not None and rs.proc.poll() is not None:
-                raise RuntimeError(f"redis-server on {rs.port} exited")
+                log.warning(
+                    "redis-server on %d exited (status %s); restarting it from its data in %s",
+                    rs.port,
+                    rs.proc.returncode,
+                    rs.workdir,
+                )
+                rs.start()
 
     def stop(self) -> None:
         for _, p in reversed(self.procs):

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet.acl import CONTROL_PLANE, REPLICATION, Credentials
+
 
 class RedisNotFound(RuntimeError):
     pass
@@ -130,10 +132,19 @@ class RedisServer:
     replicaof: int | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     extra: tuple[str, ...] = ()
+    acl: Credentials | None = None  # ACL users on (fleet.acl); None: the default user, no password
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_for(self, user: str) -> str:
+        """The URL ``user`` connects with (its password in it: never log it, see fleet.redisconn.redact)."""
+        return self.url if self.acl is None else self.acl.url(user, "127.0.0.1", self.port)
+
+    def _auth(self) -> tuple[str | None, str | None]:
+        """(username, password) for our own admin connections: the control plane's user under ACLs."""
+        return (None, None) if self.acl is None else (CONTROL_PLANE, self.acl.control_plane)
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +172,15 @@ class RedisServer:
             "0",
             *self.extra,
         ]
+        if self.acl is not None:
+            aclfile = self.workdir / "users.acl"
+            aclfile.write_text(self.acl.acl_file())
+            aclfile.chmod(0o600)
+            argv += ["--aclfile", str(aclfile)]
         if self.replicaof is not None:
             argv += ["--replicaof", "127.0.0.1", str(self.replicaof)]
+            if self.acl is not None:
+                argv += ["--masteruser", REPLICATION, "--masterauth", self.acl.replication]
         self.proc = spawn(argv, log=self.workdir / "redis.log")
         return self
 
@@ -176,7 +194,15 @@ class RedisServer:
     def command(self, *args: str) -> str:
         import redis
 
-        r = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
+        user, password = self._auth()
+        r = redis.Redis(
+            port=self.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            decode_responses=True,
+            username=user,
+            password=password,
+        )
         try:
             return str(r.execute_command(*args))
         finally:
@@ -192,7 +218,14 @@ class RedisServer:
             try:
                 import redis
 
-                r = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+                user, password = self._auth()
+                r = redis.Redis(
+                    port=self.port,
+                    socket_timeout=1,
+                    socket_connect_timeout=1,
+                    username=user,
+                    password=password,
+                )
                 try:
                     r.ping()
                     if self.replicaof is None:

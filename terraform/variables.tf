@@ -114,3 +114,9 @@ variable "tags" {
   description = "Tags applied to every resource."
   default     = {}
 }
+
+variable "redis_users_secret_name" {
+  description = "Secrets Manager secret holding the state store's ACL passwords as JSON {\"meridian-controlplane\": \"...\", \"meridian-edge\": \"...\", \"meridian-replication\": \"...\"}; create it before apply, like the admin tokens"
+  type        = string
+  default     = "meridian/redis-users"
+}

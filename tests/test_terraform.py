@@ -4,6 +4,7 @@ no secrets in variables, typed and documented variables."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -192,13 +193,39 @@ def test_no_secret_is_a_plain_variable() -> None:
     task = strip(cp["aws_ecs_task_definition.control_plane"]["container_definitions"])
     assert "MERIDIAN_ADMIN_TOKENS" in task and "valueFrom" in task  # injected by ECS from Secrets Manager
     assert "data.aws_secretsmanager_secret.admin_tokens.arn" in task
-    for f in TF.rglob("*.tf"):
-        assert "aws_secretsmanager_secret_version" not in f.read_text(), (
+    for f in TF.rglob("*.tf"):  # an ephemeral read feeding write-only arguments never reaches the state
+        assert 'data "aws_secretsmanager_secret_version"' not in f.read_text(), (
             f"{f} would read the secret into state"
         )
+        assert not re.search(r"^\s*passwords\s*=", f.read_text(), re.M), f"{f}: a password in state"
 
 
 def test_dockerfile_is_multistage_and_non_root() -> None:
     text = (TF / "Dockerfile").read_text()
     assert text.count("FROM ") >= 2 and "AS build" in text
     assert "USER 10001" in text and "HEALTHCHECK" in text
+
+
+def test_the_store_runs_with_the_fleets_acl_users_tls_and_narrow_security_groups() -> None:
+    from fleet.acl import RULES
+
+    users = module_doc("redis_users")
+    rules = {uq(k): strip(v) for k, v in blocks(users, "locals")["rules"].items()}
+    assert rules == RULES  # the same users and rules as the demo and tests run with (fleet/acl.py)
+    res = resources(users)
+    assert strip(res["aws_elasticache_user.default_off"]["access_string"]).startswith("off")
+    for name in ("control_plane", "region"):
+        doc = module_doc(name)
+        groups = [r for k, r in resources(doc).items() if k.startswith("aws_elasticache_replication_group.")]
+        for g in groups:
+            assert strip(g["user_group_ids"][0]) == "module.redis_users.user_group_id"
+            assert g["transit_encryption_enabled"] is True
+        for key, sg in resources(doc).items():
+            if not key.startswith("aws_security_group."):
+                continue
+            for rule in sg.get("ingress", []):
+                assert (rule["from_port"], rule["to_port"]) != (0, 65535), f"{name}: {key} opens every port"
+                if "redis" in key:
+                    assert rule["from_port"] == rule["to_port"] == 6379
+        text = "\n".join(p.read_text() for p in (TF / "modules" / name).glob("*.tf"))
+        assert "MERIDIAN_REDIS_PASSWORD" in text and "valueFrom" in text  # injected, never a plain value

@@ -35,19 +35,19 @@ resource "aws_subnet" "private" {
 resource "aws_security_group" "control_plane" {
   region      = var.region
   name        = "meridian-control-plane"
-  description = "Admin API (internal) and Redis primary"
+  description = "Admin API: from inside the VPC (its internal NLB), on its port only"
   vpc_id      = aws_vpc.this.id
 
   ingress {
-    description = "admin API and Redis from inside the VPC"
-    from_port   = 0
-    to_port     = 65535
+    description = "admin API"
+    from_port   = 8700
+    to_port     = 8700
     protocol    = "tcp"
     cidr_blocks = [var.vpc_cidr]
   }
 
   egress {
-    description = "probes to regional clusters"
+    description = "probes to regional clusters, the Redis primary, AWS APIs"
     from_port   = 0
     to_port     = 0
     protocol    = "-1"
@@ -55,6 +55,38 @@ resource "aws_security_group" "control_plane" {
   }
 
   tags = var.tags
+}
+
+resource "aws_security_group" "redis" {
+  region      = var.region
+  name        = "meridian-redis-primary"
+  description = "Redis primary: the control plane, and the edges' observation appends, on 6379 only"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description     = "control plane"
+    from_port       = 6379
+    to_port         = 6379
+    protocol        = "tcp"
+    security_groups = [aws_security_group.control_plane.id]
+  }
+
+  ingress {
+    description = "edges (observations; their ACL user can append to that stream and nothing else)"
+    from_port   = 6379
+    to_port     = 6379
+    protocol    = "tcp"
+    cidr_blocks = var.edge_cidrs
+  }
+
+  tags = var.tags
+}
+
+module "redis_users" {
+  source            = "../redis_users"
+  region            = var.region
+  users_secret_name = var.redis_users_secret_name
+  tags              = var.tags
 }
 
 resource "aws_elasticache_subnet_group" "primary" {
@@ -74,8 +106,10 @@ resource "aws_elasticache_replication_group" "primary" {
   multi_az_enabled           = true
   transit_encryption_enabled = true
   at_rest_encryption_enabled = true
+  user_group_ids             = [module.redis_users.user_group_id]
+  snapshot_retention_limit   = 7 # backups: operator intent survives losing the primary's memory
   subnet_group_name          = aws_elasticache_subnet_group.primary.name
-  security_group_ids         = [aws_security_group.control_plane.id]
+  security_group_ids         = [aws_security_group.redis.id]
   tags                       = var.tags
 }
 
@@ -106,7 +140,7 @@ resource "aws_iam_role_policy" "read_admin_tokens" {
   role = aws_iam_role.task_execution.id
   policy = jsonencode({
     Version   = "2012-10-17"
-    Statement = [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [data.aws_secretsmanager_secret.admin_tokens.arn] }]
+    Statement = [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [data.aws_secretsmanager_secret.admin_tokens.arn, module.redis_users.secret_arn] }]
   })
 }
 
@@ -126,12 +160,16 @@ resource "aws_ecs_task_definition" "control_plane" {
     portMappings = [{ containerPort = 8700, protocol = "tcp" }]
     environment = [
       { name = "MERIDIAN_REDIS_URL", value = "rediss://${aws_elasticache_replication_group.primary.primary_endpoint_address}:6379/0" },
+      { name = "MERIDIAN_REDIS_USERNAME", value = "meridian-controlplane" },
       { name = "MERIDIAN_HOST", value = "0.0.0.0" },
       { name = "MERIDIAN_PORT", value = "8700" },
       { name = "MERIDIAN_REGIONS_FILE", value = "/etc/meridian/regions.yaml" },
       { name = "MERIDIAN_REGIONS_YAML_CHECKSUM", value = sha256(var.regions_file_content) },
     ]
-    secrets = [{ name = "MERIDIAN_ADMIN_TOKENS", valueFrom = data.aws_secretsmanager_secret.admin_tokens.arn }]
+    secrets = [
+      { name = "MERIDIAN_ADMIN_TOKENS", valueFrom = data.aws_secretsmanager_secret.admin_tokens.arn },
+      { name = "MERIDIAN_REDIS_PASSWORD", valueFrom = "${module.redis_users.secret_arn}:meridian-controlplane::" },
+    ]
   }])
   tags = var.tags
 }

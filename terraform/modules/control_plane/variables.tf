@@ -37,3 +37,13 @@ variable "tags" {
   type        = map(string)
   description = "Tags for every resource."
 }
+
+variable "redis_users_secret_name" {
+  description = "Secrets Manager secret (JSON: ACL user name -> password) for the state store's users"
+  type        = string
+}
+
+variable "edge_cidrs" {
+  description = "CIDRs of the edges' VPCs, allowed to reach the primary on 6379 (observation appends)"
+  type        = list(string)
+}

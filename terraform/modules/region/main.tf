@@ -127,6 +127,9 @@ resource "aws_elasticache_replication_group" "replica" {
   global_replication_group_id = var.global_replication_group_id
   num_cache_clusters          = 2
   automatic_failover_enabled  = true
+  transit_encryption_enabled  = true
+  at_rest_encryption_enabled  = true
+  user_group_ids              = [module.redis_users.user_group_id]
   subnet_group_name           = aws_elasticache_subnet_group.this[0].name
   security_group_ids          = [aws_security_group.redis[0].id]
   tags                        = var.tags
@@ -148,6 +151,22 @@ resource "aws_iam_role" "task_execution" {
   tags                = var.tags
 }
 
+resource "aws_iam_role_policy" "read_redis_password" {
+  name = "read-redis-password"
+  role = aws_iam_role.task_execution.id
+  policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [module.redis_users.secret_arn] }]
+  })
+}
+
+module "redis_users" {
+  source            = "../redis_users"
+  region            = var.region
+  users_secret_name = var.redis_users_secret_name
+  tags              = var.tags
+}
+
 resource "aws_ecs_task_definition" "edge" {
   region                   = var.region
   family                   = "meridian-edge-${var.region}"
@@ -162,7 +181,9 @@ resource "aws_ecs_task_definition" "edge" {
     command      = ["meridian", "edge"]
     essential    = true
     portMappings = [{ containerPort = var.edge_port, protocol = "tcp" }]
-    environment  = [for k, v in local.edge_environment : { name = k, value = v }]
+    environment  = [for k, v in merge(local.edge_environment, { MERIDIAN_REDIS_USERNAME = "meridian-edge" }) : { name = k, value = v }]
+    # the edge's ACL password, injected by ECS from Secrets Manager: never in state or task definition
+    secrets = [{ name = "MERIDIAN_REDIS_PASSWORD", valueFrom = "${module.redis_users.secret_arn}:meridian-edge::" }]
     healthCheck = {
       command  = ["CMD", "python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:${var.edge_port}/healthz', timeout=2)"]
       interval = 10

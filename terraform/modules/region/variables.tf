@@ -82,3 +82,8 @@ variable "tags" {
   type        = map(string)
   description = "Tags for every resource."
 }
+
+variable "redis_users_secret_name" {
+  description = "Secrets Manager secret (JSON: ACL user name -> password) for the state store's users"
+  type        = string
+}

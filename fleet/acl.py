@@ -1,0 +1,50 @@
+"""Who may do what on the state store (pure, no I/O): the Redis ACL users of a Meridian fleet.
+
+- the control plane reads and writes routing state, the audit stream and the change channel;
+- an edge reads routing state and follows the change channel (on its regional replica), and may append to
+  the observations stream (on the primary) — nothing else: it cannot write routing state or announce a
+  change, so a stolen edge credential cannot drain a region;
+- replication: what a replica needs to follow its primary;
+- the default user is off.
+Every redis-server of the fleet (primary and replicas; ACLs are not replicated) loads the same file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.state import CHANNEL_CHANGES, KEY_OBSERVATIONS, KEY_PREFIX
+
+CONTROL_PLANE = "meridian-controlplane"
+EDGE = "meridian-edge"
+REPLICATION = "meridian-replication"
+
+RULES: dict[str, str] = {
+    CONTROL_PLANE: f"~{KEY_PREFIX}:* &{KEY_PREFIX}:* +@all -@dangerous +info",
+    EDGE: (
+        f"resetchannels &{CHANNEL_CHANGES} %R~{KEY_PREFIX}:state:* %W~{KEY_OBSERVATIONS} -@all +@read "
+        "+@connection +subscribe +unsubscribe +multi +exec +discard +xadd"
+    ),
+    REPLICATION: "+psync +replconf +ping",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """One password per user."""
+
+    control_plane: str
+    edge: str
+    replication: str
+
+    def password(self, user: str) -> str:
+        return {CONTROL_PLANE: self.control_plane, EDGE: self.edge, REPLICATION: self.replication}[user]
+
+    def acl_file(self) -> str:
+        """The ACL file every redis-server of the fleet loads (``--aclfile``)."""
+        lines = ["user default off"]
+        lines += [f"user {user} on >{self.password(user)} {rule}" for user, rule in RULES.items()]
+        return "\n".join(lines) + "\n"
+
+    def url(self, user: str, host: str, port: int) -> str:
+        return f"redis://{user}:{self.password(user)}@{host}:{port}/0"

@@ -1,0 +1,336 @@
+"""The replicated state never goes backwards and never loses operator intent: rollbacks, a primary that comes
+back empty, partial and invalid state, a busy connection pool, and credentials kept out of logs and bodies —
+each on real redis-server processes, edges and the admin API over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.connection import BlockingConnectionPool
+
+from controlplane.store import StateStore, StoreBusy
+from edge.snapshot import SnapshotFeed
+from fleet.acl import CONTROL_PLANE, EDGE, Credentials
+from fleet.redisconn import connect, redact
+from fleet.state import CHANNEL_CHANGES, KEY_OBSERVATIONS, KEY_REGIONS, KEY_VERSION
+from meridian.redisproc import RedisServer, free_port
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
+from tests.geodb import CLIENT_IP
+
+LONDON = CLIENT_IP["london"]
+
+
+async def served_region(s: aiohttp.ClientSession, fleet: Fleet, edge: str, ip: str) -> str:
+    async with s.post(
+        fleet.edge_url(edge) + "v1/chat/completions", json={}, headers={"X-Forwarded-For": ip}
+    ) as r:
+        await r.read()
+        assert r.status == 200, r.status
+        return r.headers["X-Meridian-Region"]
+
+
+async def touch(primary: RedisServer, *commands: tuple[str, ...]) -> None:
+    """Write to the store behind the control plane's back (a fault, a bad actor) and announce it."""
+    r = aioredis.Redis(port=primary.port)
+    try:
+        for c in commands:
+            await r.execute_command(*c)
+        version = await r.incr(KEY_VERSION)
+        await r.publish(CHANNEL_CHANGES, f'{{"version": {version}, "region": "*"}}')
+    finally:
+        await r.aclose()
+
+
+def refused(fleet: Fleet, edge: str, reason: str) -> float:
+    metrics = fleet.edges[edge].edge.metrics
+    return (
+        metrics.registry.get_sample_value("meridian_edge_snapshots_refused_total", {"reason": reason}) or 0.0
+    )
+
+
+@pytest.fixture
+async def two_regions(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(
+        tmp_path, serve, geo_db=geo_db, regions=("eu-west-1", "us-east-1"), edges=("eu-west-1",)
+    )
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def test_a_replica_restarted_from_an_old_copy_never_rolls_the_edge_back(two_regions: Fleet) -> None:
+    f = two_regions
+    edge = f.edges["eu-west-1"].edge
+    replica = f.replicas["eu-west-1"]
+    replica.command("CONFIG", "SET", "appendonly", "no")  # its copy on disk stays at today's version
+    status, body = await f.admin("PATCH", "/v1/regions/eu-west-1", body={"drained": True, "reason": "test"})
+    assert status == 200, body
+
+    async def drained() -> bool:
+        cur = edge.feed.current
+        return cur is not None and cur.regions["eu-west-1"].drained
+
+    await wait_for(drained, timeout=5, what="the edge to see the drain")
+    assert edge.feed.current is not None
+    at_drain = edge.feed.current.version
+    f.primary.stop()
+    replica.kill()
+    replica.start()  # same port, same --dir: it serves the old copy (its primary is gone)
+
+    async def refused_older() -> bool:
+        return refused(f, "eu-west-1", "older") >= 1
+
+    await wait_for(refused_older, timeout=10, what="the edge to read the rolled-back replica and refuse it")
+    assert edge.feed.current is not None and edge.feed.current.version == at_drain
+    assert edge.feed.current.regions["eu-west-1"].drained
+    assert edge.feed.refusal is not None and edge.feed.refusal.startswith("older")
+    async with aiohttp.ClientSession() as s:
+        for _ in range(10):
+            assert await served_region(s, f, "eu-west-1", LONDON) == "us-east-1"
+
+
+async def test_a_primary_that_comes_back_empty_is_restored_and_edges_never_regress(fleet: Fleet) -> None:
+    assert (await fleet.admin("PATCH", "/v1/regions/eu-west-1", body={"drained": True, "reason": "a"}))[
+        0
+    ] == 200
+    assert (await fleet.admin("PATCH", "/v1/regions/us-east-1", body={"weight": 50, "reason": "b"}))[0] == 200
+    edge = fleet.edges["eu-west-1"].edge
+
+    async def edge_has_both() -> bool:
+        cur = edge.feed.current
+        return cur is not None and cur.regions["eu-west-1"].drained and cur.regions["us-east-1"].weight == 50
+
+    await wait_for(edge_has_both, timeout=5, what="the edge to take both changes")
+    seen: dict[str, list[int]] = {name: [] for name in fleet.edges}
+    served: list[str] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:  # what every edge routes on, and where London goes, all through the fault
+        async with aiohttp.ClientSession() as s:
+            while not stop.is_set():
+                for name, e in fleet.edges.items():
+                    if e.edge.feed.current is not None:
+                        seen[name].append(e.edge.feed.current.version)
+                served.append(await served_region(s, fleet, "eu-west-1", LONDON))
+                await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        fleet.primary.kill()
+        shutil.rmtree(fleet.primary.workdir / "appendonlydir", ignore_errors=True)  # it comes back empty
+        fleet.primary.start()
+        started = time.monotonic()
+
+        async def restored() -> bool:
+            status, body = await fleet.admin("GET", "/v1/regions")
+            if status != 200:
+                return False
+            by = {r["name"]: r for r in body["regions"]}
+            return len(by) == 4 and by["eu-west-1"].get("drained") is True and by["us-east-1"]["weight"] == 50
+
+        await wait_for(restored, timeout=15, interval=0.1, what="the control plane to restore the store")
+        took = time.monotonic() - started
+        await wait_for(edge_has_both, timeout=5, what="the edge to follow the restored store")
+    finally:
+        stop.set()
+        await watcher
+    print(f"\nprimary back empty: dials, drains and audit restored {took:.1f} s after it restarted")
+    _, audit = await fleet.admin("GET", "/v1/audit")
+    actions = [(e["action"], e["reason"]) for e in audit["entries"]]
+    assert actions[0][0] == "restore"
+    assert {r for _, r in actions} >= {"a", "b"}  # the operators' history is back too
+    for name, versions in seen.items():  # no edge ever went back to an older state
+        assert versions == sorted(versions), name
+    assert (
+        sum(refused(fleet, name, "older") + refused(fleet, name, "incomplete") for name in fleet.edges) >= 1
+    )
+    assert "eu-west-1" not in served  # the drain held through the whole fault
+
+
+async def test_edges_keep_a_complete_view_when_regions_vanish_and_the_control_plane_puts_them_back(
+    fleet: Fleet,
+) -> None:
+    edge = fleet.edges["eu-west-1"].edge
+    await touch(fleet.primary, ("HDEL", KEY_REGIONS, "us-east-1", "us-west-2", "ap-southeast-1"))
+
+    async def refused_incomplete() -> bool:
+        return refused(fleet, "eu-west-1", "incomplete") >= 1
+
+    await wait_for(refused_incomplete, timeout=5, what="the edge to refuse the partial state")
+    assert edge.feed.current is not None and len(edge.feed.current.regions) == 4
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(fleet.edge_url("eu-west-1") + "_meridian/route", params={"ip": LONDON}) as r,
+    ):
+        assert len((await r.json())["order"]) == 4  # failover targets are still there
+
+    async def back() -> bool:
+        status, body = await fleet.admin("GET", "/v1/regions")
+        return status == 200 and len(body["regions"]) == 4
+
+    await wait_for(back, timeout=5, what="the control plane to put the regions back")
+
+
+async def test_an_invalid_record_is_quarantined_reported_and_repaired_through_the_api(fleet: Fleet) -> None:
+    edge = fleet.edges["eu-west-1"].edge
+    await touch(fleet.primary, ("HSET", KEY_REGIONS, "eu-west-1", '{"name": "eu-west-1", "weight": 900}'))
+
+    async def quarantined() -> bool:
+        cur = edge.feed.current
+        return cur is not None and cur.quarantined == {"eu-west-1"}
+
+    await wait_for(quarantined, timeout=5, what="the edge to quarantine the bad record")
+    status, body = await fleet.admin("GET", "/v1/regions")
+    assert status == 200, body
+    bad = next(r for r in body["regions"] if r["name"] == "eu-west-1")
+    assert "weight" in bad["invalid"] and bad["repair"] == "PATCH /v1/regions/eu-west-1"
+    status, body = await fleet.admin("GET", "/v1/regions/eu-west-1")
+    assert status == 409 and "PATCH" in body["detail"]
+    # the other regions keep flowing to the edges
+    assert (await fleet.admin("PATCH", "/v1/regions/us-east-1", body={"weight": 40, "reason": "c"}))[0] == 200
+
+    async def other_update() -> bool:
+        cur = edge.feed.current
+        return cur is not None and cur.regions["us-east-1"].weight == 40
+
+    await wait_for(other_update, timeout=5, what="an update of another region to reach the edge")
+    status, body = await fleet.admin(
+        "PATCH", "/v1/regions/eu-west-1", body={"weight": 100, "reason": "repair"}
+    )
+    assert status == 200, body
+
+    async def repaired() -> bool:
+        cur = edge.feed.current
+        return cur is not None and not cur.quarantined
+
+    await wait_for(repaired, timeout=5, what="the repaired record to reach the edge")
+    async with aiohttp.ClientSession() as s, s.get(fleet.edge_url("eu-west-1") + "metrics") as r:
+        assert 'meridian_edge_snapshots_refused_total{reason="invalid"}' in await r.text()
+
+
+async def test_a_full_connection_pool_is_busy_not_an_outage(tmp_path: Path) -> None:
+    server = RedisServer(port=free_port(), workdir=tmp_path / "r").start()
+    server.wait_ready()
+    pool = BlockingConnectionPool.from_url(server.url, max_connections=1, timeout=0.2)
+    client = aioredis.Redis(connection_pool=pool)
+    store = StateStore(client)
+    try:
+        holder = asyncio.ensure_future(client.blpop(["nothing"], timeout=2))  # the only connection, held
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreBusy):
+            await store.all()
+        await holder
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_a_hundred_and_fifty_concurrent_admin_writes_all_land(fleet: Fleet) -> None:
+    async def write(i: int) -> int:
+        status, _ = await fleet.admin(
+            "PATCH", "/v1/regions/us-west-2", body={"weight": i % 100 + 1, "reason": f"burst {i}"}
+        )
+        return status
+
+    statuses = await asyncio.gather(*(write(i) for i in range(150)))
+    assert statuses.count(200) == 150, sorted(set(statuses))
+
+
+async def test_credentials_never_reach_logs_or_bodies(
+    tmp_path: Path, fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cret-pw-41"
+    server = RedisServer(port=free_port(), workdir=tmp_path / "auth", extra=("--requirepass", secret)).start()
+    url = f"redis://:{secret}@127.0.0.1:{server.port}/0"
+    assert secret not in redact(url) and "***@" in redact(url)
+    feed = SnapshotFeed(url=url, resync_interval_s=0.2, topology=("eu-west-1",), connect=connect)
+    caplog.set_level(logging.INFO)
+    task = asyncio.create_task(feed.run())
+    try:
+
+        async def connected() -> bool:
+            return feed.connected
+
+        await wait_for(connected, timeout=10, what="the feed to authenticate")
+        server.kill()
+
+        async def lost() -> bool:
+            return not feed.connected
+
+        await wait_for(lost, timeout=5, what="the feed to notice")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    text = caplog.text
+    assert "lost the state store at redis://***@127.0.0.1" in text and secret not in text
+    # the admin API's unauthenticated readiness and its 503s name no address
+    fleet.primary.stop()
+    async with aiohttp.ClientSession() as s, s.get(fleet.admin_url + "/readyz") as r:
+        body = await r.text()
+    assert r.status == 503 and "127.0.0.1" not in body and str(fleet.primary.port) not in body
+    status, patch = await fleet.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 1, "reason": "x"})
+    assert status == 503 and "127.0.0.1" not in str(patch) and str(fleet.primary.port) not in str(patch)
+
+
+def test_a_sentinel_url_keeps_its_password() -> None:
+    client = connect(
+        "redis+sentinel://:data-pw@127.0.0.1:26379,127.0.0.1:26380/mymaster?sentinel_password=s-pw"
+    )
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["password"] == "data-pw"
+    sentinel = client.connection_pool.sentinel_manager  # type: ignore[attr-defined]
+    assert [s.connection_pool.connection_kwargs.get("password") for s in sentinel.sentinels] == [
+        "s-pw",
+        "s-pw",
+    ]
+
+
+async def test_an_edges_credentials_cannot_write_routing_state(tmp_path: Path) -> None:
+    """The ACL users every redis-server of a fleet loads (fleet.acl): an edge reads and follows the state
+    and appends observations; it cannot write a region or announce a change. The default user is off."""
+    acl = Credentials("cp-pw-1", "edge-pw-2", "repl-pw-3")
+    primary = RedisServer(port=free_port(), workdir=tmp_path / "p", acl=acl).start()
+    primary.wait_ready()
+    replica = RedisServer(port=free_port(), workdir=tmp_path / "r", replicaof=primary.port, acl=acl).start()
+    replica.wait_ready()  # it replicates with the replication user
+    cp = connect(primary.url_for(CONTROL_PLANE))
+    edge_on_primary = connect(primary.url_for(EDGE))
+    edge_on_replica = connect(replica.url_for(EDGE))
+    anonymous = aioredis.Redis(port=primary.port)
+    try:
+        await cp.hset(KEY_REGIONS, "eu-west-1", '{"name": "eu-west-1"}')
+        await cp.incr(KEY_VERSION)
+        for attempt in (
+            edge_on_primary.hset(KEY_REGIONS, "eu-west-1", '{"name": "eu-west-1", "drained": true}'),
+            edge_on_primary.publish(CHANNEL_CHANGES, "{}"),
+            edge_on_primary.set(KEY_VERSION, 99),
+            edge_on_primary.xadd("meridian:audit", {"actor": "edge"}),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await attempt
+        assert await edge_on_primary.xadd(KEY_OBSERVATIONS, {"edge": "eu-west-1", "requests": "1"})
+
+        async def replicated() -> bool:
+            return await edge_on_replica.hget(KEY_REGIONS, "eu-west-1") is not None
+
+        await wait_for(replicated, timeout=5, what="the replica to follow the primary")
+        pubsub = edge_on_replica.pubsub()
+        await pubsub.subscribe(CHANNEL_CHANGES)  # the change feed is the edge's to follow
+        await pubsub.aclose()
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await anonymous.ping()
+    finally:
+        for c in (cp, edge_on_primary, edge_on_replica, anonymous):
+            await c.aclose()
+        replica.stop()
+        primary.stop()
