@@ -51,7 +51,7 @@ from controlplane.store import (
     VersionConflict,
     is_unavailable,
 )
-from fleet.redisconn import connect
+from fleet.redisconn import connect, raise_if_cancelling
 from fleet.state import RegionState, Topology
 from fleet.topology import load_topology
 
@@ -291,6 +291,7 @@ async def _seed_until_done(settings: ControlPlaneSettings, state: State) -> None
 
 
 KEEP_INTERVAL_S = 0.5
+SHUTDOWN_TASKS_S = 5.0
 
 
 async def _keep(store: StateStore, state: State) -> None:
@@ -301,8 +302,10 @@ async def _keep(store: StateStore, state: State) -> None:
             if await store.check():
                 log.warning("state store restored from the control plane's copy (restore %d)", store.restores)
         except StoreError as exc:
+            raise_if_cancelling(exc)  # redis-py may turn our cancellation into a connection error
             log.debug("keeper: %s", exc)
-        except Exception:
+        except Exception as exc:
+            raise_if_cancelling(exc)
             log.exception("keeper round failed")
         await asyncio.sleep(KEEP_INTERVAL_S)
 
@@ -346,7 +349,10 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
             intake.stop()
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # bounded: a task whose cancel a Redis client swallowed never hangs the shutdown
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_TASKS_S)
+            for t in stuck:
+                log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
             await client.aclose()
 
     return Litestar(

@@ -158,6 +158,7 @@ class Edge:
             tracer=self.tracer,
             sampler=tracing.HeadSampler(settings.tracing_sample_ratio, rng),
             hedgeable_routes=self.topology.policy.hedgeable_routes,
+            inference_routes=self.topology.policy.inference_routes,
         )
 
     async def start(self) -> None:

@@ -6,6 +6,7 @@ winner back chunk by chunk. One client span per attempt; every outcome classifie
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -39,6 +40,17 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 PRIORITY_HEADER = "x-meridian-priority"
+# what a client could claim its address is: the edge alone says it upstream (X-Forwarded-For, resolved)
+CLIENT_ADDRESS = frozenset({"x-forwarded-for", "x-real-ip", "forwarded"})
+_NONE: frozenset[str] = frozenset()
+
+
+@functools.lru_cache(maxsize=256)
+def _connection_tokens(value: str) -> frozenset[str]:
+    """Header names a Connection header lists (RFC 9110 7.6.1: they are dropped when forwarding)."""
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
 BUFFER_LIMIT = 1 << 20  # non-streaming upstream bodies up to this size are sent with Content-Length
 STREAM_ERRORS = (OSError, TimeoutError)  # a body read that broke off (the pool raises ConnectionErrors)
 
@@ -89,9 +101,11 @@ def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None, 
     headers are dropped, X-Forwarded-For becomes the client address we resolved, and X-Meridian-Edge names
     this edge to the region."""
     lines = []
+    connection = incoming.get("Connection")
+    named = _connection_tokens(connection) if connection else _NONE  # hop-by-hop by the client's say-so
     for k, v in incoming.items():
         lk = k.lower()
-        if lk in HOP_BY_HOP or lk == "x-forwarded-for":
+        if lk in HOP_BY_HOP or lk in CLIENT_ADDRESS or lk in named:
             continue
         if lk.startswith("x-meridian-") and lk != PRIORITY_HEADER:
             continue

@@ -62,6 +62,7 @@ class Proxy:
         tracer: trace.Tracer,
         sampler: tracing.HeadSampler,
         hedgeable_routes: tuple[str, ...],
+        inference_routes: dict[str, tuple[str, ...]],
     ) -> None:
         self.settings = settings
         self.feed = feed
@@ -75,9 +76,14 @@ class Proxy:
         self.sampler = sampler
         self.hedgeable = frozenset(hedgeable_routes) if settings.hedge_enabled else frozenset()
         self.edge_headers = {"X-Meridian-Edge": settings.region}
+        self.routes = {path: frozenset(methods) for path, methods in inference_routes.items()}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The request span around the proxying; a bug answers 500 in OpenAI's shape, never a traceback."""
+        """The request span around the proxying; a bug answers 500 in OpenAI's shape, never a traceback.
+        Only the inference routes are forwarded: anything else never reaches a region."""
+        methods = self.routes.get(request.path)
+        if methods is None or request.method not in methods:
+            return self._not_forwarded(request, methods)
         headers = request.headers
         if "traceparent" in headers:
             span = self._server_span(request, tracing.PROPAGATOR.extract(headers))
@@ -106,6 +112,24 @@ class Proxy:
                 span.set_status(Status(StatusCode.ERROR))
         span.end()
         return resp
+
+    def _not_forwarded(self, request: web.BaseRequest, methods: frozenset[str] | None) -> web.Response:
+        if methods is None:
+            self.metrics.bad_input.labels(what="route").inc()
+            return error(
+                404,
+                f"{request.path} is not an inference route of this API",
+                kind="invalid_request_error",
+                headers=self.edge_headers,
+            )
+        allow = ", ".join(sorted(methods))
+        self.metrics.bad_input.labels(what="method").inc()
+        return error(
+            405,
+            f"{request.path} answers {allow} only",
+            kind="invalid_request_error",
+            headers={**self.edge_headers, "Allow": allow},
+        )
 
     def _server_span(self, request: web.BaseRequest, parent: Context | None) -> trace.Span:
         return self.tracer.start_span(

@@ -71,6 +71,16 @@ class Region(_Strict):
         return self.failure_domain or self.name
 
 
+# OpenAI's inference API: what an edge forwards unless regions.yaml says otherwise
+INFERENCE_ROUTES: dict[str, tuple[str, ...]] = {
+    "/v1/chat/completions": ("POST",),
+    "/v1/completions": ("POST",),
+    "/v1/embeddings": ("POST",),
+    "/v1/responses": ("POST",),
+    "/v1/models": ("GET",),
+}
+
+
 class Policy(_Strict):
     """Routing policy knobs shared by every edge."""
 
@@ -96,6 +106,21 @@ class Policy(_Strict):
     )
     pins: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     hedgeable_routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+    inference_routes: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: dict(INFERENCE_ROUTES),
+        description="path -> methods the edge forwards; anything else is 404 at the edge (engines' admin and "
+        "debug routes never reach a region)",
+    )
+
+    @field_validator("inference_routes")
+    @classmethod
+    def _routes(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for path, methods in v.items():
+            if not path.startswith("/") or "?" in path:
+                raise ValueError(f"route {path!r} must be a path starting with / (no query)")
+            if not methods:
+                raise ValueError(f"route {path!r} names no method")
+        return {path: tuple(m.upper() for m in methods) for path, methods in v.items()}
 
     @field_validator("pins")
     @classmethod

@@ -162,12 +162,13 @@ async def start_fleet(
     policy: dict[str, Any] | None = None,
 ) -> Fleet:
     """A fleet on loopback. The simulators emulate the network between edges and regions at
-    ``network_scale`` of the real round trips (0.1: London-Virginia is 8 ms, not 82) and the absolute
-    switch margin with them, so geography still orders the regions while tests stay fast; ``policy``
-    overrides regions.yaml's policy fields."""
+    ``network_scale`` of the real round trips (0.1: London-Virginia is 8 ms, not 82) and the policy's
+    absolute times with them (switch margin, default service time), so geography still orders the
+    regions while tests stay fast; ``policy`` overrides regions.yaml's policy fields."""
     base = load_topology(ROOT / "regions.yaml")
-    # the absolute switch margin scales with the emulated network, so geography decides here as it would
-    overrides = {"switch_margin_ms": base.policy.switch_margin_ms * network_scale, **(policy or {})}
+    # absolute times in the policy scale with the emulated network, so geography decides here as it would
+    scaled = {k: getattr(base.policy, k) * network_scale for k in ("switch_margin_ms", "default_ttft_ms")}
+    overrides = {**scaled, **(policy or {})}
     base = Topology.model_validate(
         {
             "policy": {**base.policy.model_dump(), **overrides},

@@ -512,3 +512,34 @@ async def test_observation_rows_that_cannot_be_sent_are_counted() -> None:
     finally:
         await client.aclose()
     assert metrics.registry.get_sample_value("meridian_edge_observations_dropped_total") == 2.0
+
+
+async def test_only_inference_routes_reach_a_region(fleet: Fleet) -> None:
+    """Engines' admin and debug routes (the simulator's fault injection, vLLM's /sleep, LoRA loading …) are
+    404 at the edge and never reach a region; a wrong method on an inference route is 405."""
+    edge = fleet.edge_url("eu-west-1")
+    before = {(r, n): fleet.sim(r, n).stats.requests for r in fleet.sims for n in fleet.sims[r]}
+    async with aiohttp.ClientSession() as s:
+        for method, path in [
+            ("POST", "_sim/faults"),
+            ("DELETE", "_sim/faults"),
+            ("GET", "_sim/stats"),
+            ("POST", "v1/load_lora_adapter"),
+            ("POST", "sleep"),
+            ("POST", "collective_rpc"),
+            ("GET", "health"),
+            ("POST", "v1/chat/completions/../../_sim/faults"),
+        ]:
+            async with s.request(method, edge + path, json={"error_rate": 1.0}) as r:
+                body = await r.json()
+                assert r.status == 404, (method, path, r.status)
+                assert body["error"]["type"] == "invalid_request_error"
+        async with s.delete(edge + "v1/chat/completions") as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST"
+        async with s.get(edge + "v1/models") as r:
+            assert r.status == 200  # an inference route: forwarded
+        status, _, _ = await ask(s, edge, CLIENT_IP["london"])
+        assert status == 200
+    assert all(fleet.sim(r, n).faults.error_rate == 0.0 for r in fleet.sims for n in fleet.sims[r])
+    after = {(r, n): fleet.sim(r, n).stats.requests for r in fleet.sims for n in fleet.sims[r]}
+    assert sum(after.values()) - sum(before.values()) == 1  # the chat completion, nothing else

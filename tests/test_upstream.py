@@ -312,7 +312,10 @@ async def test_headers_reach_the_region_as_the_client_sent_them(
         CIMultiDict(
             [
                 ("X-Note", raw_note.decode("utf-8", "surrogateescape")),  # how aiohttp's parser hands it over
-                ("Connection", "keep-alive"),
+                ("Connection", "keep-alive, X-Secret-Hop"),
+                ("X-Secret-Hop", "only for the next hop"),
+                ("X-Real-IP", "6.6.6.6"),
+                ("Forwarded", "for=6.6.6.6"),
                 ("X-Meridian-Region", "us-east-1"),
                 ("X-Meridian-Priority", "critical"),
                 ("X-Forwarded-For", "6.6.6.6"),
