@@ -208,17 +208,18 @@ class Proxy:
                 raise BadInput(
                     417, f"header Expect: {expect[:64]!r} is not supported (only 100-continue)", "expect"
                 )
+            if (request.content_length or 0) > self.settings.max_body_bytes:  # refuse before it is sent
+                raise BadInput(413, self._too_large(), "body_too_large")
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # aiohttp's count: the interim response is not the response
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise BadInput(
-                413,
-                f"request body exceeds the limit of {self.settings.max_body_bytes} bytes "
-                "(setting MERIDIAN_MAX_BODY_BYTES)",
-                "body_too_large",
-            ) from None
+            raise BadInput(413, self._too_large(), "body_too_large") from None
+
+    def _too_large(self) -> str:
+        limit = self.settings.max_body_bytes
+        return f"request body exceeds the limit of {limit} bytes (setting MERIDIAN_MAX_BODY_BYTES)"
 
     def _hedge_delay(
         self, request: web.BaseRequest, priority: Priority, plan: AttemptPlan, snap: Snapshot

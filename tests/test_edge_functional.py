@@ -445,6 +445,17 @@ async def test_the_edge_server_does_what_a_router_did(
                 assert r.status == 405 and r.headers["Allow"] == "GET"
             async with s.get(url + "_meridian/nothing-here") as r:
                 assert r.status == 404 and (await r.json())["error"]["type"] == "meridian_not_found"
+        # a client that announces a body over the limit and waits for 100 Continue is refused at once
+        port = f.edges["eu-west-1"].port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 413"), status_line
         served = sum(f.sim("eu-west-1", rep).stats.requests for rep in f.sims["eu-west-1"])
         assert served == 1  # the 100-continue call only: refused requests never reach a region
     finally:
