@@ -202,7 +202,7 @@ class RegionController(Controller):
             raise PreconditionFailed(
                 f"If-Match {expected} is stale: region '{name}' is at version {exc.current}"
             ) from None
-        log.info("%s set %s on %s (%s)", request.user.name, action, name, data.reason)
+        log.info("%s set %s on %s (%s)", request.user.name, action, name, printable(data.reason))
         return Response({"before": _region_view(before), "after": _region_view(after)}, headers=_etag(after))
 
 
@@ -235,8 +235,24 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     return Response({"ready": True, "seeded": state.seeded.is_set()})
 
 
-def _validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+def printable(text: str) -> str:
+    """Request text fit for one log line: control characters (a newline could forge a whole line) escaped."""
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
+def _validation_handler(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]]:
     fields = [e.get("key") for e in (exc.extra or []) if isinstance(e, dict) and e.get("key")]
+    if fields == ["data"] or exc.detail == "'data'":  # litestar's word for a missing body
+        body = {
+            "status_code": 422,
+            "detail": "the request body is empty: send a JSON object, e.g. "
+            '{"weight": 50, "reason": "why"} (weight and/or drained, and reason)',
+            "fields": ["body"],
+            "errors": [{"key": "body", "source": "body", "message": "empty"}],
+        }
+        return Response(body, status_code=422)
     return Response(
         {"status_code": 422, "detail": exc.detail, "fields": fields, "errors": exc.extra or []},
         status_code=422,
@@ -271,6 +287,11 @@ def _unavailable_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[
 def _internal_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if is_unavailable(exc):
         return _unavailable_handler(request, exc)
+    if isinstance(exc, RecursionError):  # a body nested deeper than the parser goes: the client's fault
+        return Response(
+            {"status_code": 400, "detail": "the request body is nested too deeply", "fields": ["body"]},
+            status_code=400,
+        )
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response({"status_code": 500, "detail": "internal error"}, status_code=500)
 

@@ -346,32 +346,24 @@ class StateStore:
         self.restores += 1
 
     async def audit_log(self, *, limit: int = 100, region: str | None = None) -> list[dict[str, Any]]:
-        try:
-            rows: Any = await self.redis.xrevrange(KEY_AUDIT, count=limit if region is None else limit * 10)
-        except _UNAVAILABLE as exc:
-            raise _classify(exc) from exc
+        """The newest ``limit`` entries, of one region when given: the stream is read page by page until
+        enough of that region's entries are found or it ends ("who last changed R" always has its answer)."""
         out: list[dict[str, Any]] = []
-        for entry_id, fields in rows:
-            f = {
-                (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                for k, v in fields.items()
-            }
-            if region is not None and f.get("region") != region:
-                continue
-            out.append(
-                {
-                    "id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-                    "at": float(f["at"]),
-                    "actor": f["actor"],
-                    "reason": f["reason"],
-                    "action": f["action"],
-                    "region": f["region"],
-                    "before": json.loads(f["before"]),
-                    "after": json.loads(f["after"]),
-                }
-            )
-            if len(out) >= limit:
-                break
+        upper = "+"
+        while len(out) < limit:
+            try:
+                rows: Any = await self.redis.xrevrange(KEY_AUDIT, max=upper, count=max(limit, 500))
+            except _UNAVAILABLE as exc:
+                raise _classify(exc) from exc
+            for entry_id, fields in rows:
+                f = {_text(k): _text(v) for k, v in fields.items()}
+                if region is None or f.get("region") == region:
+                    out.append(_audit_entry(_text(entry_id), f))
+                    if len(out) >= limit:
+                        break
+            if len(rows) < max(limit, 500):
+                break  # the whole stream was read
+            upper = f"({_text(rows[-1][0])}"
         return out
 
     async def read_observations(self, last_id: str, *, block_ms: int) -> tuple[str, list[dict[str, str]]]:
@@ -390,6 +382,19 @@ class StateStore:
                     }
                 )
         return last_id, out
+
+
+def _audit_entry(entry_id: str, f: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": entry_id,
+        "at": float(f["at"]),
+        "actor": f["actor"],
+        "reason": f["reason"],
+        "action": f["action"],
+        "region": f["region"],
+        "before": json.loads(f["before"]),
+        "after": json.loads(f["after"]),
+    }
 
 
 def _creator(region: Region, *, now: float) -> Mutation:

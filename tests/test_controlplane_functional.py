@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 
 import aiohttp
+import pytest
 
 from regionsim.model import Faults
 from tests.fleet import Fleet, wait_for
@@ -242,3 +244,33 @@ async def _reconnected(metrics: object) -> bool:
 
 async def _age_above(metrics: object, threshold: float) -> bool:
     return _metric(await metrics(), "meridian_edge_snapshot_age_seconds") > threshold  # type: ignore[operator]
+
+
+async def test_hostile_and_empty_admin_bodies_get_clear_4xx(fleet: Fleet) -> None:
+    deep = '{"reason": ' + "[" * 1000 + "]" * 1000 + "}"
+    status, body = await fleet.admin("PATCH", "/v1/regions/eu-west-1", body=deep)
+    assert status == 400 and "nested too deeply" in body["detail"], (status, body)
+    status, body = await fleet.admin("PATCH", "/v1/regions/eu-west-1", body="")
+    assert status == 422 and "body is empty" in body["detail"], (status, body)
+
+
+async def test_the_audit_of_one_region_is_found_however_many_entries_came_after(fleet: Fleet) -> None:
+    assert (await fleet.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 90, "reason": "the one"}))[
+        0
+    ] == 200
+    for i in range(60):  # more than 10 x the limit below, all about another region
+        body = {"weight": 50 + i % 2, "reason": f"noise {i}"}
+        assert (await fleet.admin("PATCH", "/v1/regions/us-east-1", body=body))[0] == 200
+    status, body = await fleet.admin("GET", "/v1/audit?region=eu-west-1&limit=5")
+    assert status == 200 and [e["reason"] for e in body["entries"]] == ["the one"]
+
+
+async def test_a_reason_cannot_forge_log_lines(fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="meridian.api")
+    forged = "ok\n2026-01-01 00:00:00 controlplane INFO meridian.api: root set weight=0 on all"
+    status, _ = await fleet.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 80, "reason": forged})
+    assert status == 200
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "meridian.api" and "weight=80" in r.getMessage()
+    ]
+    assert len(lines) == 1 and "\n" not in lines[0] and "\\n2026-01-01" in lines[0]
