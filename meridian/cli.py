@@ -13,6 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -166,7 +167,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def settings_help(command: str) -> str:
+    """Every MERIDIAN_* variable a component reads: name, default and meaning, from its settings model."""
+    from pydantic_settings import BaseSettings
+
+    from controlplane.settings import ControlPlaneSettings
+    from edge.settings import EdgeSettings
+
+    model: type[BaseSettings] = EdgeSettings if command == "edge" else ControlPlaneSettings
+    lines = [f"usage: meridian {command}   (configured by environment variables or a .env file)", ""]
+    for name, field in model.model_fields.items():
+        value = field.get_default(call_default_factory=True)
+        default = (
+            "(required)" if field.is_required() else str(value) if isinstance(value, Path) else repr(value)
+        )
+        if len(default) > 48:
+            default = default[:45] + "..."
+        lines.append(f"  MERIDIAN_{name.upper():<34} {default}")
+        if field.description:
+            lines.append(f"      {field.description}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("edge", "controlplane") and any(a in ("-h", "--help") for a in argv[1:]):
+        print(settings_help(argv[0]))
+        return 0
+    if argv and argv[0] in ("sim", "edge"):  # everything after the word belongs to the component
+        return _exec_module("regionsim" if argv[0] == "sim" else "edge", argv[1:])
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

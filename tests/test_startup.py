@@ -6,10 +6,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from meridian.redisproc import free_port
 from tests.fleet import ROOT
 
 BAD_REGIONS = (ROOT / "regions.yaml").read_text().replace("capacity: 64", "capacity: -5", 1)
@@ -106,3 +109,56 @@ def test_an_edge_that_cannot_listen_names_the_setting() -> None:
     assert res.returncode == 2, res.stderr
     assert f"127.0.0.1:{port}" in res.stderr and "MERIDIAN_PORT" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "names"),
+    [
+        (
+            "edge",
+            ["MERIDIAN_REGION", "MERIDIAN_REDIS_URL", "MERIDIAN_RTT_PROBE_INTERVAL_S", "MERIDIAN_TIMEOUTS"],
+        ),
+        ("controlplane", ["MERIDIAN_ADMIN_TOKENS", "MERIDIAN_REDIS_URL", "MERIDIAN_PROBE_INTERVAL_S"]),
+    ],
+)
+def test_help_lists_every_setting(command: str, names: list[str]) -> None:
+    res = run(["-m", "meridian", command, "--help"], {})
+    assert res.returncode == 0, res.stderr
+    for name in names:
+        assert name in res.stdout, name
+
+
+def test_meridian_sim_takes_the_readmes_form(tmp_path: Path) -> None:
+    res = run(["-m", "meridian", "sim", "--help"], {})
+    assert res.returncode == 0 and "--replica" in res.stdout, res.stderr
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meridian",
+            "sim",
+            "--region",
+            "eu-west-1",
+            "--replica",
+            f"a=127.0.0.1:{port}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the simulator did not come up"
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
