@@ -13,8 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -48,6 +49,8 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 SHUTDOWN_TASKS_S = 5.0
 KEEPALIVE_S = 75.0  # idle client connections (aiohttp's run_app default)
 ADMIN_METHODS = frozenset({"GET", "HEAD"})
+HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
+SERVER_NAME = "meridian-edge"
 
 
 class ConfigError(RuntimeError):
@@ -213,7 +216,9 @@ class Edge:
         )
 
     def server(self) -> web.Server:
-        """aiohttp's low-level server answering with this edge (inside the running loop)."""
+        """aiohttp's low-level server answering with this edge (inside the running loop). Responses name the
+        edge as their Server, not the Python and aiohttp versions behind it (aiohttp's default)."""
+        web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
         return web.Server(
             self.handle, request_factory=self.make_request, access_log=None, keepalive_timeout=KEEPALIVE_S
         )
@@ -221,6 +226,10 @@ class Edge:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The low-level server's one handler: Meridian's own endpoints, else the proxy. No router and no
         middleware layer: the proxy is what every request pays for."""
+        if request.version not in HTTP_VERSIONS:  # HTTP/0.9, or a text "HTTP/2.0" request line
+            resp = error(505, "HTTP/1.0 and HTTP/1.1 only", kind="invalid_request_error")
+            resp.force_close()
+            return resp
         path = request.path
         admin = self._admin.get(path)
         if admin is not None:

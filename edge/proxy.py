@@ -3,6 +3,7 @@ request's attempt plan and hedge delay, and hand them to the forwarder."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -149,7 +150,10 @@ class Proxy:
             body = await self._body(request)
         except BadInput as exc:
             self.metrics.bad_input.labels(what=exc.what).inc()
-            return error(exc.status, str(exc), kind="meridian_bad_input", headers=self.edge_headers)
+            refused = error(exc.status, str(exc), kind="meridian_bad_input", headers=self.edge_headers)
+            if exc.status in (408, 413):  # the client may still be sending: do not read on
+                refused.force_close()
+            return refused
         span.set_attribute(tracing.ATTR_PRIORITY, priority)
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
@@ -213,7 +217,17 @@ class Proxy:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # aiohttp's count: the interim response is not the response
         try:
-            return await request.read()
+            if request.content.is_eof():  # the whole body came with the headers: no timer needed
+                return await request.read()
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise BadInput(
+                408,
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s "
+                "(setting MERIDIAN_BODY_TIMEOUT_S)",
+                "body_timeout",
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             raise BadInput(413, self._too_large(), "body_too_large") from None
 

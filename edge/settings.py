@@ -57,6 +57,9 @@ class EdgeSettings(BaseSettings):
         default_factory=tuple, description="CIDRs whose X-Forwarded-For is believed (comma-separated)"
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request bodies above this get 413")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="a request body must arrive within this long, else 408"
+    )
     resync_interval_s: float = Field(default=5.0, gt=0, le=300)
     observation_interval_s: float = Field(default=1.0, gt=0, le=300)
     timeouts: dict[Priority, TimeoutSet] = Field(

@@ -425,7 +425,7 @@ async def test_the_edge_server_does_what_a_router_did(
 ) -> None:
     """The edge answers on aiohttp's low-level server: the body limit comes from the settings, clients that
     ask for 100-continue get it, other Expect values and non-GET calls to Meridian's endpoints are refused."""
-    f = await one_edge(tmp_path, serve, geo_db, {"max_body_bytes": 4096})
+    f = await one_edge(tmp_path, serve, geo_db, {"max_body_bytes": 4096, "body_timeout_s": 0.5})
     url = f.edge_url("eu-west-1")
     try:
         async with aiohttp.ClientSession() as s:
@@ -456,6 +456,23 @@ async def test_the_edge_server_does_what_a_router_did(
         status_line = await asyncio.wait_for(reader.readline(), timeout=5)
         writer.close()
         assert status_line.startswith(b"HTTP/1.1 413"), status_line
+        # a body that trickles in is cut off after MERIDIAN_BODY_TIMEOUT_S with 408
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n{")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        # HTTP/0.9 and a text HTTP/2.0 request line are refused; responses do not advertise aiohttp
+        for raw in (b"GET /v1/models\r\n\r\n", b"GET /v1/models HTTP/2.0\r\nHost: edge\r\n\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(4096), timeout=5)
+            writer.close()
+            assert b" 505 " in answer.split(b"\r\n", 1)[0], answer[:80]
+        async with aiohttp.ClientSession() as s, s.get(url + "healthz") as r:
+            assert r.headers["Server"] == "meridian-edge"
         served = sum(f.sim("eu-west-1", rep).stats.requests for rep in f.sims["eu-west-1"])
         assert served == 1  # the 100-continue call only: refused requests never reach a region
     finally:
