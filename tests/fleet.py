@@ -158,11 +158,11 @@ async def start_fleet(
     sim_kwargs: dict[str, Any] | None = None,
     edge_overrides: dict[str, Any] | None = None,
     sentinels: int = 0,
-    network_scale: float = 0.1,
+    network_scale: float = 0.25,
     policy: dict[str, Any] | None = None,
 ) -> Fleet:
     """A fleet on loopback. The simulators emulate the network between edges and regions at
-    ``network_scale`` of the real round trips (0.1: London-Virginia is 8 ms, not 82) and the policy's
+    ``network_scale`` of the real round trips (0.25: London-Virginia is 21 ms, not 82) and the policy's
     absolute times with them (switch margin, default service time), so geography still orders the
     regions while tests stay fast; ``policy`` overrides regions.yaml's policy fields."""
     base = load_topology(ROOT / "regions.yaml")
