@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from controlplane.api import create_app
 from controlplane.settings import ControlPlaneSettings
@@ -17,7 +18,7 @@ def main() -> int:
     """Run the admin API and the health prober under uvicorn (settings from MERIDIAN_*)."""
     try:
         settings = ControlPlaneSettings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         print(format_settings_error(exc, source="control-plane"), file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet.redisconn import check_url
+
 Role = Literal["viewer", "operator"]
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class AdminToken(BaseModel):
@@ -44,4 +49,14 @@ class ControlPlaneSettings(BaseSettings):
     latency_change: float = Field(
         default=0.10, ge=0, le=10, description="write latency when the fleet EWMA moves by this fraction"
     )
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_url(v)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v

@@ -14,12 +14,16 @@ from collections.abc import Sequence
 
 from aiohttp import web
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from edge.app import ConfigError, Edge
 from edge.geo import GeoDatabaseError
 from edge.settings import EdgeSettings
 from edge.tracing import TracingConfigError
+from fleet.redisconn import redact
 from fleet.topology import TopologyError, format_settings_error
+
+log = logging.getLogger("meridian.edge")
 
 SHUTDOWN_S = 60.0  # in-flight streams get this long to finish after SIGTERM
 GC_THRESHOLDS = (10_000, 50, 100)  # young collections every 10k allocations, not 700
@@ -66,6 +70,17 @@ async def _run(settings: EdgeSettings, edge: Edge, *, reuse_port: bool) -> int:
             file=sys.stderr,
         )
         return 2
+    log.info(
+        "edge %s (pid %d) listening on %s:%d; state from %s%s",
+        settings.region,
+        os.getpid(),
+        settings.host,
+        settings.port,
+        redact(settings.redis_url),
+        ""
+        if settings.redis_primary_url is None
+        else f", observations to {redact(settings.redis_primary_url)}",
+    )
     settle_gc()
     await stopping.wait()
     await runner.cleanup()  # stop accepting; in-flight requests get SHUTDOWN_S
@@ -84,7 +99,7 @@ def _serve(settings: EdgeSettings, edge: Edge, *, reuse_port: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = EdgeSettings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         print(format_settings_error(exc, source="edge"), file=sys.stderr)
         return 2
     logging.basicConfig(

@@ -9,8 +9,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fleet.redisconn import check_url
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Priority = Literal["critical", "normal", "batch"]
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class TimeoutSet(BaseModel):
@@ -118,7 +123,17 @@ class EdgeSettings(BaseSettings):
         description="share of new traces recorded; a sampled parent is always followed",
     )
     service_name: str = "meridian-edge"
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+
+    @field_validator("redis_url", "redis_primary_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_url(v)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("timeouts", mode="after")
     @classmethod

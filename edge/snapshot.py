@@ -40,6 +40,7 @@ class SnapshotFeed:
         self._connect = connect
         self._on_refused = on_refused
         self.refusal: str | None = None  # why the store's latest state was not taken (None: it was)
+        self._unreachable: str | None = None  # the last connection error logged
         self.current: Snapshot | None = None
         self.confirmed_at: float | None = None  # monotonic time of the last successful read
         self.connected = False
@@ -92,7 +93,10 @@ class SnapshotFeed:
             try:
                 await pubsub.subscribe(CHANNEL_CHANGES)
                 await self.load(client)
+                if not self.connected:
+                    log.info("following the state store at %s", redact(self.url))
                 self.connected = True
+                self._unreachable = None
                 backoff = 0.05
                 while True:
                     msg = await pubsub.get_message(timeout=self.resync_interval_s)
@@ -108,6 +112,14 @@ class SnapshotFeed:
                     log.warning(
                         "lost the state store at %s: %s; routing on the last snapshot", redact(self.url), exc
                     )
+                elif self._unreachable != str(exc):  # never reached, or a new reason: say it once
+                    log.warning(
+                        "cannot reach the state store at %s: %s; %s",
+                        redact(self.url),
+                        exc,
+                        "routing on the last snapshot" if self.current else "routing on regions.yaml alone",
+                    )
+                self._unreachable = str(exc)
                 self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)

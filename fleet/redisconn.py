@@ -20,6 +20,20 @@ POOL_WAIT_S = 2.0  # how long a burst waits for a free connection before "busy"
 _USERINFO = re.compile(r"(?<=://)[^@/]*@")
 
 
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "sentinel")
+
+
+def check_url(url: str) -> str:
+    """``url`` if it names a Redis (or Sentinel) server, else ValueError saying what is expected."""
+    parsed = urlparse(url)
+    if parsed.scheme not in SCHEMES or (parsed.scheme != "unix" and not parsed.hostname):
+        raise ValueError(
+            f"{redact(url)!r} is not a Redis URL: expected redis://[user:password@]host:port/db, rediss://…, "
+            "unix://… or redis+sentinel://host:port,…/service"
+        )
+    return url
+
+
 def redact(url: str) -> str:
     """``url`` with any user and password replaced: safe for logs, error bodies and /readyz."""
     return _USERINFO.sub("***@", url)

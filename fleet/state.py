@@ -137,8 +137,9 @@ class Topology(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
         names = [r.name for r in self.regions]
-        if len(set(names)) != len(names):
-            raise ValueError("region names must be unique")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"region names must be unique: {', '.join(twice)} appear more than once")
         for key, pinned in self.policy.pins.items():
             unknown = [p for p in pinned if p not in names]
             if unknown:

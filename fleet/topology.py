@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from fleet.state import Topology
 
@@ -47,7 +49,10 @@ def parse_topology(text: str, *, source: str = "regions.yaml") -> Topology:
         data: Any = yaml.safe_load(text)
         node = yaml.compose(text)
     except yaml.YAMLError as exc:
-        raise TopologyError(f"{source}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TopologyError(f"{where}: not valid YAML: {problem}") from exc
     if not isinstance(data, dict):
         raise TopologyError(f"{source}: expected a mapping with 'regions' (and optional 'policy')")
     try:
@@ -62,12 +67,24 @@ def parse_topology(text: str, *, source: str = "regions.yaml") -> Topology:
         raise TopologyError("invalid topology\n  " + "\n  ".join(lines)) from exc
 
 
-def format_settings_error(exc: ValidationError, *, source: str) -> str:
-    """A pydantic-settings error as lines naming each field and its MERIDIAN_* variable."""
+def format_settings_error(exc: ValidationError | SettingsError, *, source: str) -> str:
+    """A settings error as lines naming each field and its MERIDIAN_* variable (no pydantic internals)."""
+    if isinstance(exc, SettingsError):  # a value that could not even be parsed (e.g. bad JSON)
+        m = re.search(r'field "([^"]+)"', str(exc))
+        name = m.group(1) if m else "settings"
+        cause = exc.__cause__
+        why = f": {str(cause).splitlines()[0]}" if cause else ""
+        return f"invalid {source} settings: MERIDIAN_{name.upper()}: not a valid value (JSON expected){why}"
     lines = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "settings"
-        env = "MERIDIAN_" + str(err["loc"][0]).upper() if err["loc"] else ""
+        loc = err["loc"]
+        field = str(loc[0]) if loc else "settings"
+        for part in loc[1:]:  # indexes and plain keys; not pydantic's validator names
+            if isinstance(part, int):
+                field += f"[{part}]"
+            elif isinstance(part, str) and part.isidentifier():
+                field += f".{part}"
+        env = "MERIDIAN_" + str(loc[0]).upper() if loc else ""
         lines.append(f"  {field} ({env}): {err['msg']}")
     return f"invalid {source} settings (environment / .env):\n" + "\n".join(lines)
 

@@ -58,6 +58,15 @@ def test_unparsable_regions_yaml(tmp_path: Path) -> None:
     p.write_text("regions: [unclosed\n")
     res = run(["-m", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(p)})
     assert res.returncode == 2 and "not valid YAML" in res.stderr and "Traceback" not in res.stderr
+    assert f"{p}:" in res.stderr and "<unicode string>" not in res.stderr  # the file, not the parser's name
+
+
+def test_a_duplicated_region_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    text = (ROOT / "regions.yaml").read_text()
+    p.write_text(text.replace("  - name: us-west-2\n", "  - name: us-east-1\n", 1))
+    res = run(["-m", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(p)})
+    assert res.returncode == 2 and "us-east-1 appear more than once" in res.stderr, res.stderr
 
 
 def test_corrupt_mmdb_stops_the_edge(tmp_path: Path) -> None:
@@ -162,3 +171,59 @@ def test_meridian_sim_takes_the_readmes_form(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("module", "env", "names"),
+    [
+        ("edge", {"MERIDIAN_TIMEOUTS": "{bad"}, "MERIDIAN_TIMEOUTS"),
+        ("edge", {"MERIDIAN_LOG_LEVEL": "bogus"}, "MERIDIAN_LOG_LEVEL"),
+        ("edge", {"MERIDIAN_TRUSTED_PROXIES": "not-a-cidr"}, "trusted_proxies[0] (MERIDIAN_TRUSTED_PROXIES)"),
+        ("controlplane", {"MERIDIAN_REDIS_URL": "http://x"}, "MERIDIAN_REDIS_URL"),
+        ("controlplane", {"MERIDIAN_ADMIN_TOKENS": "[{bad"}, "MERIDIAN_ADMIN_TOKENS"),
+    ],
+    ids=["timeouts-json", "log-level", "trusted-proxies", "redis-url", "admin-tokens-json"],
+)
+def test_bad_settings_stop_start_up_with_a_short_message(
+    module: str, env: dict[str, str], names: str
+) -> None:
+    env = {"MERIDIAN_REGION": "us-east-1", **env} if module == "edge" else env
+    res = run(["-m", module], env)
+    assert res.returncode == 2, res.stderr
+    assert names in res.stderr and "Traceback" not in res.stderr and "lax-or-strict" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 3, res.stderr
+
+
+def test_an_edge_says_where_it_listens_and_that_its_store_is_unreachable() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    env.update(
+        MERIDIAN_REGION="us-east-1",
+        MERIDIAN_HOST="127.0.0.1",
+        MERIDIAN_PORT=str(port),
+        MERIDIAN_REDIS_URL=f"redis://edge:s3cret@127.0.0.1:{free_port()}/0",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            seen.append(line)
+            text = "".join(seen)
+            if f"listening on 127.0.0.1:{port}" in text and "cannot reach the state store" in text:
+                break
+        text = "".join(seen)
+        assert f"edge us-east-1 (pid {proc.pid}) listening on 127.0.0.1:{port}" in text, text
+        assert "cannot reach the state store at redis://***@127.0.0.1" in text and "s3cret" not in text, text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
