@@ -4,6 +4,7 @@ request's attempt plan and hedge delay, and hand them to the forwarder."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 
@@ -86,10 +87,14 @@ class Proxy:
         if methods is None or request.method not in methods:
             return self._not_forwarded(request, methods)
         headers = request.headers
-        if "traceparent" in headers:
-            span = self._server_span(request, tracing.PROPAGATOR.extract(headers))
-        else:
+        if "traceparent" not in headers:
             span = self.sampler.left_out() or self._server_span(request, None)
+        elif self._trusts_trace_of(request):  # a peer of ours: its sampling decision is followed
+            span = self._server_span(request, tracing.PROPAGATOR.extract(headers))
+        else:  # a client's trace context: linked, but our own sampler decides (and pays)
+            client = trace.get_current_span(tracing.PROPAGATOR.extract(headers)).get_span_context()
+            links = [trace.Link(client)] if client.is_valid else None
+            span = self.sampler.left_out() or self._server_span(request, None, links=links)
         try:
             resp = await self._proxy(request, span)
         except web.HTTPException:
@@ -132,10 +137,23 @@ class Proxy:
             headers={**self.edge_headers, "Allow": allow},
         )
 
-    def _server_span(self, request: web.BaseRequest, parent: Context | None) -> trace.Span:
+    def _trusts_trace_of(self, request: web.BaseRequest) -> bool:
+        networks = self.settings.tracing_trusted_peers
+        if not networks or request.remote is None:
+            return False
+        try:
+            peer = ipaddress.ip_address(request.remote)
+        except ValueError:
+            return False
+        return any(peer in net for net in networks)
+
+    def _server_span(
+        self, request: web.BaseRequest, parent: Context | None, *, links: list[trace.Link] | None = None
+    ) -> trace.Span:
         return self.tracer.start_span(
             tracing.SPAN_SERVER,
             context=parent,
+            links=links,
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": request.method,

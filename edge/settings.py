@@ -61,6 +61,11 @@ class EdgeSettings(BaseSettings):
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
         default_factory=tuple, description="CIDRs whose X-Forwarded-For is believed (comma-separated)"
     )
+    tracing_trusted_peers: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
+        default_factory=tuple,
+        description="CIDRs whose traceparent sampling decision is followed (comma-separated); other "
+        "clients' trace contexts are linked, and the edge's own sampler decides",
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request bodies above this get 413")
     body_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="a request body must arrive within this long, else 408"
@@ -140,7 +145,7 @@ class EdgeSettings(BaseSettings):
     def _fill(cls, v: dict[Priority, TimeoutSet]) -> dict[Priority, TimeoutSet]:
         return {**DEFAULT_TIMEOUTS, **v}
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "tracing_trusted_peers", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
         if isinstance(v, str):

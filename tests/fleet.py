@@ -280,6 +280,7 @@ async def _build(
             "redis_primary_url": primary.url,
             "geoip_db": geo_db,
             "trusted_proxies": ["127.0.0.0/8", "::1/128"],
+            "tracing_trusted_peers": ["127.0.0.0/8", "::1/128"],
             "resync_interval_s": 0.5,
             "observation_interval_s": 0.5,
             "rtt_probe_interval_s": 0.5,

@@ -571,3 +571,31 @@ async def test_only_inference_routes_reach_a_region(fleet: Fleet) -> None:
     assert all(fleet.sim(r, n).faults.error_rate == 0.0 for r in fleet.sims for n in fleet.sims[r])
     after = {(r, n): fleet.sim(r, n).stats.requests for r in fleet.sims for n in fleet.sims[r]}
     assert sum(after.values()) - sum(before.values()) == 1  # the chat completion, nothing else
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+async def test_a_clients_trace_context_is_linked_not_obeyed_unless_the_peer_is_trusted(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path, ratio: float
+) -> None:
+    """A client cannot switch tracing on (its cost is the edge's): an untrusted peer's sampled traceparent
+    is linked to a trace the edge's own sampler decides on."""
+    f = await one_edge(tmp_path, serve, geo_db, {"tracing_sample_ratio": ratio, "tracing_trusted_peers": []})
+    client_trace = "6bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        async with aiohttp.ClientSession() as s:
+            status, headers, _ = await ask(
+                s,
+                f.edge_url("eu-west-1"),
+                CLIENT_IP["london"],
+                headers={"traceparent": f"00-{client_trace}-00f067aa0ba902b7-01"},
+            )
+        assert status == 200 and headers["X-Sim-Trace-Id"] != client_trace
+        spans = f.exporter.get_finished_spans()
+        if ratio == 0.0:
+            assert spans == ()  # nothing recorded: the client's sampled flag did not force it
+        else:
+            server = next(sp for sp in spans if sp.kind == SpanKind.SERVER)
+            assert f"{server.context.trace_id:032x}" != client_trace
+            assert [f"{link.context.trace_id:032x}" for link in server.links] == [client_trace]
+    finally:
+        await f.close()
