@@ -98,7 +98,12 @@ class Edge:
             snapshot_version=lambda: float(feed.current.version) if feed.current else -1.0,
             store_connected=lambda: 1.0 if feed.connected else 0.0,
         )
-        self.geo = GeoLocator(settings.geoip_db, fallback=home.location)
+        metrics = self.metrics
+        self.geo = GeoLocator(
+            settings.geoip_db,
+            fallback=home.location,
+            on_result=lambda result: metrics.child(metrics.geoip_lookups, result).inc(),
+        )
         self.clients = ClientLocator(self.geo, settings.trusted_proxies)
         self.tracer = self.provider.get_tracer("meridian.edge")
         self.resilience = _resilience(settings, topo, rng)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class GeoDatabaseError(RuntimeError):
     """The configured .mmdb is missing, corrupt or not a City database."""
+
+
+log = logging.getLogger("meridian.geo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +82,35 @@ def is_public(addr: IPAddress) -> bool:
     return addr.is_global
 
 
+CITY_LIKE = ("City", "Enterprise")  # databases whose records carry a location
+WARN_AFTER = 100  # lookups before the share of unreadable records is judged
+WARN_SHARE = 0.1
+
+
 class GeoLocator:
     """Looks clients up in a City .mmdb; private, unknown or unlocatable clients get the fallback place."""
 
-    def __init__(self, db_path: Path | None, *, fallback: Location, cache_size: int = 65536) -> None:
+    def __init__(
+        self,
+        db_path: Path | None,
+        *,
+        fallback: Location,
+        cache_size: int = 65536,
+        on_result: Callable[[str], None] = lambda result: None,
+    ) -> None:
         self.fallback = ClientPlace(location=fallback, country=None, continent=None, source="edge-default")
         self._reader: geoip2.database.Reader | None = None
         if db_path is not None:
             self._reader = open_reader(db_path)
+            self._method = (
+                self._reader.enterprise
+                if "Enterprise" in self._reader.metadata().database_type
+                else (self._reader.city)
+            )
         self.lookup = lru_cache(maxsize=cache_size)(self._lookup)
+        self._on_result = on_result
+        self.results: dict[str, int] = {}
+        self._warned = False
 
     def close(self) -> None:
         if self._reader is not None:
@@ -98,20 +122,48 @@ class GeoLocator:
         return self.lookup(addr)
 
     def _lookup(self, addr: IPAddress) -> ClientPlace:
+        """One database lookup (memoised). A record the database cannot give a usable location for is an
+        unknown place (the edge's own), counted by result, never an error for the client."""
         assert self._reader is not None
         try:
-            rec = self._reader.city(addr)
-        except (geoip2.errors.AddressNotFoundError, ValueError, maxminddb.InvalidDatabaseError):
-            return self.fallback
+            rec = self._method(addr)
+        except geoip2.errors.AddressNotFoundError:
+            return self._counted("not_found")
+        except (ValueError, TypeError, KeyError, AttributeError, maxminddb.InvalidDatabaseError) as exc:
+            return self._counted("error", addr, exc)
         lat, lon = rec.location.latitude, rec.location.longitude
         if lat is None or lon is None:
-            return self.fallback
-        return ClientPlace(
-            location=Location(lat=lat, lon=lon),
-            country=rec.country.iso_code,
-            continent=rec.continent.code,
-            source="geoip",
-        )
+            return self._counted("no_location")
+        try:
+            place = ClientPlace(
+                location=Location(lat=lat, lon=lon),
+                country=rec.country.iso_code,
+                continent=rec.continent.code,
+                source="geoip",
+            )
+        except (ValueError, TypeError) as exc:  # out of range, NaN, not a number
+            return self._counted("bad_record", addr, exc)
+        self._count("hit")
+        return place
+
+    def _counted(
+        self, result: str, addr: IPAddress | None = None, exc: BaseException | None = None
+    ) -> ClientPlace:
+        self._count(result)
+        if exc is not None:  # once per address: the lookup is memoised
+            log.warning(
+                "GeoIP record for %s is unusable (%s): %s", addr, result, str(exc).splitlines()[0][:160]
+            )
+        return self.fallback
+
+    def _count(self, result: str) -> None:
+        self.results[result] = self.results.get(result, 0) + 1
+        self._on_result(result)
+        total = sum(self.results.values())
+        bad = self.results.get("error", 0) + self.results.get("bad_record", 0)
+        if not self._warned and total >= WARN_AFTER and bad / total > WARN_SHARE:
+            self._warned = True
+            log.warning("%d of %d GeoIP lookups failed: is the database corrupt?", bad, total)
 
 
 class ClientLocator:
@@ -150,7 +202,10 @@ def open_reader(path: Path) -> geoip2.database.Reader:
     except (maxminddb.InvalidDatabaseError, ValueError, OSError) as exc:
         raise GeoDatabaseError(f"GeoIP database {path} is not a valid .mmdb file: {exc}") from None
     db_type = reader.metadata().database_type
-    if "City" not in db_type:
+    if not any(kind in db_type for kind in CITY_LIKE):
         reader.close()
-        raise GeoDatabaseError(f"GeoIP database {path} is a {db_type!r} database; a City database is needed")
+        raise GeoDatabaseError(
+            f"GeoIP database {path} is a {db_type!r} database; a City database (or Enterprise, a superset "
+            "of City) is needed"
+        )
     return reader

@@ -49,6 +49,13 @@ class EdgeMetrics:
         self.stream_aborts = Counter(
             "meridian_edge_stream_aborts", "Streams cut after the first byte", ["region", "side"], registry=r
         )
+        self.geoip_lookups = Counter(
+            "meridian_edge_geoip_lookups",
+            "GeoIP database lookups (each address once: they are memoised) by result: hit, not_found, "
+            "no_location, bad_record, error",
+            ["result"],
+            registry=r,
+        )
         self.snapshots_refused = Counter(
             "meridian_edge_snapshots_refused",
             "Store states not taken: older than the edge's (rollback), incomplete, or with an invalid record "

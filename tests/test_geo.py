@@ -74,3 +74,61 @@ def test_corrupt_or_wrong_database_is_a_clear_error(tmp_path: Path) -> None:
         open_reader(bad)
     with pytest.raises(GeoDatabaseError, match="does not exist"):
         open_reader(tmp_path / "missing.mmdb")
+
+
+def _db(path: Path, records: dict[str, dict[str, object]], *, database_type: str = "GeoIP2-City") -> Path:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=database_type, languages=["en"])
+    for net, record in records.items():
+        w.insert_network(IPSet([net]), record)
+    w.to_db_file(str(path))
+    return path
+
+
+def test_unusable_records_are_an_unknown_place_counted_by_result(tmp_path: Path) -> None:
+    from mmdb_writer import MmdbF64
+
+    good = {"country": {"iso_code": "GB"}, "continent": {"code": "EU"}}
+    db = _db(
+        tmp_path / "bad.mmdb",
+        {
+            "81.2.69.0/24": {**good, "location": {"latitude": MmdbF64(51.5), "longitude": MmdbF64(-0.1)}},
+            "1.1.1.0/24": {**good, "location": {"latitude": MmdbF64(200.0), "longitude": MmdbF64(0.0)}},
+            "1.1.2.0/24": {
+                **good,
+                "location": {"latitude": MmdbF64(float("nan")), "longitude": MmdbF64(0.0)},
+            },
+            "1.1.3.0/24": {**good, "location": {"latitude": "north", "longitude": MmdbF64(0.0)}},
+            "1.1.4.0/24": {**good, "location": "nowhere"},
+        },
+    )
+    home = Location(lat=1.0, lon=2.0)
+    seen: list[str] = []
+    geo = GeoLocator(db, fallback=home, on_result=seen.append)
+    try:
+        assert geo.locate(ipaddress.ip_address("81.2.69.1")).source == "geoip"
+        for ip in ("1.1.1.1", "1.1.2.1", "1.1.3.1", "1.1.4.1"):
+            assert geo.locate(ipaddress.ip_address(ip)) == geo.fallback, ip  # no exception, the edge's place
+        assert seen[0] == "hit" and len(seen) == 5
+        assert set(seen[1:]) <= {"bad_record", "error"}
+    finally:
+        geo.close()
+
+
+def test_an_enterprise_database_is_a_city_superset_and_accepted(tmp_path: Path) -> None:
+    from mmdb_writer import MmdbF64
+
+    record = {
+        "country": {"iso_code": "SG"},
+        "continent": {"code": "AS"},
+        "location": {"latitude": MmdbF64(1.29), "longitude": MmdbF64(103.85)},
+    }
+    db = _db(tmp_path / "ent.mmdb", {"202.166.0.0/16": record}, database_type="GeoIP2-Enterprise")
+    geo = GeoLocator(db, fallback=Location(lat=0.0, lon=0.0))
+    try:
+        place = geo.locate(ipaddress.ip_address("202.166.0.1"))
+        assert place.country == "SG" and place.source == "geoip"
+    finally:
+        geo.close()
