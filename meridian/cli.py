@@ -37,7 +37,7 @@ def _admin_call(
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    token = os.environ.get("MERIDIAN_TOKEN", "") or _demo_credentials().get("token", "")
+    token: str = args.token
     if not token:
         raise SystemExit("meridian ctl: set MERIDIAN_TOKEN to an admin bearer token")
     data = json.dumps(body).encode() if body is not None else None
@@ -60,15 +60,26 @@ def _admin_call(
         raise SystemExit(f"meridian ctl: cannot reach {args.url}: {exc.reason}") from None
 
 
-def _demo_credentials() -> dict[str, str]:
-    """The running demo's admin URL and token, if a demo on this machine left its ready line."""
-    from meridian.demo import state_file
+def _demo_credentials(base_port: int | None) -> dict[str, str]:
+    """The admin URL and token of the running demo ``ctl`` talks to: the one on ``--base-port``, else the
+    only one running (with several, it asks which). Says which fleet it picked on stderr."""
+    from meridian.demo import running_demos, state_file
 
-    try:
-        admin: dict[str, str] = json.loads(state_file().read_text())["admin"]
-        return admin
-    except (OSError, ValueError, KeyError):
+    demos = running_demos()
+    if base_port is None and len(demos) > 1:
+        raise SystemExit(
+            "meridian ctl: demos are running on base ports "
+            f"{', '.join(map(str, sorted(demos)))}; choose one with --base-port"
+        )
+    if base_port is None and not demos:
         return {}
+    path = state_file(base_port) if base_port is not None else next(iter(demos.values()))
+    try:
+        admin: dict[str, str] = json.loads(path.read_text())["admin"]
+    except (OSError, ValueError, KeyError):
+        raise SystemExit(f"meridian ctl: no running demo on --base-port {base_port}") from None
+    print(f"meridian ctl: the demo at {admin.get('url')}", file=sys.stderr)
+    return admin
 
 
 def _print_result(status: int, payload: Any) -> int:
@@ -77,10 +88,11 @@ def _print_result(status: int, payload: Any) -> int:
 
 
 def run_ctl(args: argparse.Namespace) -> int:
-    if args.url is None:
-        args.url = os.environ.get("MERIDIAN_ADMIN_URL") or _demo_credentials().get(
-            "url", "http://127.0.0.1:7100"
-        )
+    env_url, env_token = os.environ.get("MERIDIAN_ADMIN_URL"), os.environ.get("MERIDIAN_TOKEN", "")
+    explicit = (args.url or env_url) and env_token and args.base_port is None
+    demo = {} if explicit else _demo_credentials(args.base_port)
+    args.url = args.url or env_url or demo.get("url", "http://127.0.0.1:7100")
+    args.token = env_token or demo.get("token", "")
     if args.ctl == "regions":
         status, payload = _admin_call(args, "GET", "/v1/regions")
         if status != 200 or args.json:
@@ -89,6 +101,9 @@ def run_ctl(args: argparse.Namespace) -> int:
             f"{'region':<16}{'weight':>7}  {'drained':<8}{'health':<10}{'util':>6}  {'latency':>9}  version"
         )
         for r in payload["regions"]:
+            if "invalid" in r:  # a stored record that fails validation: say so, and how to repair it
+                print(f"{r['name']:<16}invalid record ({r['invalid']}); repair: {r['repair']}")
+                continue
             lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}ms"
             print(
                 f"{r['name']:<16}{r['weight']:>7}  {r['drained']!s:<8}{r['health']:<10}"
@@ -148,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl = sub.add_parser("ctl", help="operate the admin API (token from MERIDIAN_TOKEN)")
     ctl.add_argument(
         "--url", default=None, help="admin API base URL (default: $MERIDIAN_ADMIN_URL, else a running demo's)"
+    )
+    ctl.add_argument(
+        "--base-port", type=int, default=None, help="the running demo to talk to, when several are running"
     )
     ctl_sub = ctl.add_subparsers(dest="ctl", required=True)
     regions = ctl_sub.add_parser("regions", help="list regions")

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,20 @@ def geoip_db() -> str:
     return path
 
 
-def state_file() -> Path:
-    """Where a running demo leaves its ready line (0600) so `meridian ctl` finds the admin URL and token."""
-    return Path(tempfile.gettempdir()) / f"meridian-demo-{os.getuid()}.json"
+def state_file(base_port: int) -> Path:
+    """Where the demo at ``base_port`` leaves its ready line (0600) so `meridian ctl` finds its admin URL
+    and token: one file per running demo, removed by that demo only."""
+    return Path(tempfile.gettempdir()) / f"meridian-demo-{os.getuid()}-{base_port}.json"
+
+
+def running_demos() -> dict[int, Path]:
+    """Base port -> state file of every demo of this user that is running now."""
+    out = {}
+    for path in Path(tempfile.gettempdir()).glob(f"meridian-demo-{os.getuid()}-*.json"):
+        base = path.stem.rsplit("-", 1)[-1]
+        if base.isdigit():
+            out[int(base)] = path
+    return out
 
 
 def local_topology(topo: Topology, ports: dict[tuple[str, str], int]) -> dict[str, Any]:
@@ -74,20 +86,44 @@ def emulated_rtt(topo: Topology, region: str) -> dict[str, float]:
     return {r.name: distance_rtt_ms(r.location, here, topo.policy) for r in topo.regions}
 
 
+@dataclass(frozen=True, slots=True)
+class PortPlan:
+    """Where each part of a demo listens. Up to 9 regions the documented plan (edges from B+1, Redis
+    primary B+10, replicas from B+11, simulated replicas from B+20); from 10 regions on, the same order
+    packed so nothing overlaps (edges, primary, replicas, then simulated replicas)."""
+
+    admin: int
+    edges: dict[str, int]
+    primary: int
+    replicas: dict[str, int]
+    sims: dict[tuple[str, str], int]
+
+    @classmethod
+    def of(cls, topo: Topology, base: int) -> PortPlan:
+        n = len(topo.regions)
+        primary, sims_from = (base + 10, base + 20) if n <= 9 else (base + n + 1, base + 2 * n + 2)
+        edges = {r.name: base + 1 + i for i, r in enumerate(topo.regions)}
+        replicas = {r.name: primary + 1 + i for i, r in enumerate(topo.regions)}
+        sims = {}
+        port = sims_from
+        for region in topo.regions:
+            for rep in region.replicas:
+                sims[(region.name, rep.name)] = port
+                port += 1
+        return cls(base, edges, primary, replicas, sims)
+
+    def described(self) -> dict[int, str]:
+        """Every port, and what listens there."""
+        ports = {self.admin: "admin API", self.primary: "Redis primary"}
+        ports.update({p: f"edge {name}" for name, p in self.edges.items()})
+        ports.update({p: f"Redis replica {name}" for name, p in self.replicas.items()})
+        ports.update({p: f"simulated replica {rep}" for (_, rep), p in self.sims.items()})
+        return ports
+
+
 def fleet_ports(topo: Topology, base: int) -> dict[int, str]:
-    """Every port a demo at ``base`` listens on, and what listens there (see the module docstring)."""
-    ports = {base: "admin API"}
-    for i, region in enumerate(topo.regions):
-        ports[base + 1 + i] = f"edge {region.name}"
-    ports[base + 10] = "Redis primary"
-    for i, region in enumerate(topo.regions):
-        ports[base + 11 + i] = f"Redis replica {region.name}"
-    port = base + 20
-    for region in topo.regions:
-        for rep in region.replicas:
-            ports[port] = f"simulated replica {rep.name}"
-            port += 1
-    return ports
+    """Every port a demo at ``base`` listens on, and what listens there (see PortPlan)."""
+    return PortPlan.of(topo, base).described()
 
 
 class PortsTaken(RuntimeError):
@@ -141,24 +177,20 @@ class Fleet:
         topo, base = self.topo, self.base
         n = len(topo.regions)
         acl = self.acl
-        primary = RedisServer(port=base + 10, workdir=self.workdir / "redis-primary", acl=acl).start()
+        plan = PortPlan.of(topo, base)
+        primary = RedisServer(port=plan.primary, workdir=self.workdir / "redis-primary", acl=acl).start()
         self.redis.append(primary)
         replicas = {}
-        for i, region in enumerate(topo.regions):
+        for region in topo.regions:
             rs = RedisServer(
-                port=base + 11 + i,
+                port=plan.replicas[region.name],
                 workdir=self.workdir / f"redis-{region.name}",
                 replicaof=primary.port,
                 acl=acl,
             ).start()
             replicas[region.name] = rs
             self.redis.append(rs)
-        ports: dict[tuple[str, str], int] = {}
-        port = base + 20
-        for region in topo.regions:
-            for rep in region.replicas:
-                ports[(region.name, rep.name)] = port
-                port += 1
+        ports = plan.sims
         regions_file = self.workdir / "regions.local.yaml"
         regions_file.write_text(yaml.safe_dump(local_topology(topo, ports), sort_keys=False))
         py = sys.executable
@@ -186,7 +218,7 @@ class Fleet:
             },
         )
         db = geoip_db()
-        for i, region in enumerate(topo.regions):
+        for region in topo.regions:
             self._child(
                 f"edge-{region.name}",
                 [py, "-m", "edge"],
@@ -196,7 +228,7 @@ class Fleet:
                     "MERIDIAN_REDIS_URL": replicas[region.name].url_for(EDGE),
                     "MERIDIAN_REDIS_PRIMARY_URL": primary.url_for(EDGE),
                     "MERIDIAN_HOST": "127.0.0.1",
-                    "MERIDIAN_PORT": str(base + 1 + i),
+                    "MERIDIAN_PORT": str(plan.edges[region.name]),
                     "MERIDIAN_GEOIP_DB": db,
                     "MERIDIAN_TRUSTED_PROXIES": "127.0.0.0/8,::1/128",
                 },
@@ -204,7 +236,7 @@ class Fleet:
         return {
             "ready": True,
             "admin": {"url": f"http://127.0.0.1:{base}", "token": self.token},
-            "edges": {r.name: f"http://127.0.0.1:{base + 1 + i}" for i, r in enumerate(topo.regions)},
+            "edges": {name: f"http://127.0.0.1:{p}" for name, p in plan.edges.items()},
             "regions": {
                 r.name: {"replicas": [f"http://127.0.0.1:{ports[(r.name, rep.name)]}" for rep in r.replicas]}
                 for r in topo.regions
@@ -281,7 +313,7 @@ def run(*, config: str, base_port: int, network: bool = True) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="meridian-demo-"))
     fleet = Fleet(topo, base_port, workdir, network=network)
     code = 0
-    sf = state_file()
+    sf = state_file(base_port)
     try:
         started = time.monotonic()
         ready = fleet.start()

@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fleet.state import Topology
+from meridian.demo import PortPlan, state_file
 from meridian.redisproc import free_block, port_free
 from tests.fleet import ROOT
 
@@ -122,6 +124,18 @@ def test_demo_on_another_base_port_stops_cleanly_on_sigterm() -> None:
         for url in [ready["admin"]["url"], *ready["edges"].values()]:  # type: ignore[index, attr-defined]
             with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
                 assert resp.status == 200
+        assert state_file(base).exists()  # the refused demo removed nothing of the running one's
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+        ctl = subprocess.run(
+            [sys.executable, "-m", "meridian", "ctl", "--base-port", str(base), "regions", "--json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ctl.returncode == 0, ctl.stderr
+        assert f"the demo at http://127.0.0.1:{base}" in ctl.stderr and '"regions"' in ctl.stdout
     finally:
         stop_and_check_no_orphans(proc)
 
@@ -136,3 +150,32 @@ def test_demo_refuses_a_base_port_whose_ports_are_taken() -> None:
     assert f"port {base + 10} (Redis primary) is in use" in res.stderr
     assert "--base-port" in res.stderr and "Traceback" not in res.stderr
     assert all(port_free(p) for p in range(base, base + 40) if p != base + 10)  # nothing was started
+
+
+def test_the_port_plan_never_overlaps_itself() -> None:
+    for n in (1, 4, 9, 10, 12):
+        topo = Topology.model_validate(
+            {
+                "regions": [
+                    {
+                        "name": f"r{i}",
+                        "location": {"lat": 0, "lon": i},
+                        "capacity": 1,
+                        "replicas": [
+                            {"name": f"r{i}a", "url": "http://a"},
+                            {"name": f"r{i}b", "url": "http://b"},
+                        ],
+                    }
+                    for i in range(n)
+                ]
+            }
+        )
+        plan = PortPlan.of(topo, 7100)
+        assert len(plan.described()) == 1 + n + 1 + n + 2 * n, n  # admin, edges, primary, replicas, sims
+        if n == 4:  # the documented plan the guided tour uses
+            assert (plan.edges["r0"], plan.primary, plan.replicas["r0"], plan.sims[("r0", "r0a")]) == (
+                7101,
+                7110,
+                7111,
+                7120,
+            )
