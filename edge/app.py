@@ -135,12 +135,16 @@ class Edge:
         self.reporter: Reporter | None = None
         self._primary: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
         self._admin: dict[str, Handler] = {
             "/healthz": _guarded(self.healthz),
             "/readyz": _guarded(self.readyz),
             "/metrics": _guarded(self.metrics_view),
             "/_meridian/route": _guarded(self.explain),
         }
+        # with an internal listener, clients reach only the probes geo-DNS and load balancers need
+        self._public_admin = settings.internal_port is None
+        self._probes = {p: self._admin[p] for p in ("/healthz", "/readyz")}
 
     def _request_path(self, rng: random.Random) -> Proxy:
         """The forwarder and the proxy in front of it, over the parts built above."""
@@ -185,7 +189,14 @@ class Edge:
             )
             self._tasks.append(asyncio.create_task(self.reporter.run(), name="reporter"))
 
+    def on_stop(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Run ``cleanup`` first when the edge stops (e.g. the internal listener)."""
+        self._cleanups.append(cleanup)
+
     async def stop(self) -> None:
+        cleanups, self._cleanups = self._cleanups, []
+        for cleanup in cleanups:
+            await cleanup()
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
@@ -228,6 +239,10 @@ class Edge:
             self.handle, request_factory=self.make_request, access_log=None, keepalive_timeout=KEEPALIVE_S
         )
 
+    def internal_server(self) -> web.Server:
+        """aiohttp's low-level server for the internal listener (metrics, route explainer)."""
+        return web.Server(self.handle_internal, access_log=None, keepalive_timeout=KEEPALIVE_S)
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The low-level server's one handler: Meridian's own endpoints, else the proxy. No router and no
         middleware layer: the proxy is what every request pays for."""
@@ -236,7 +251,7 @@ class Edge:
             resp.force_close()
             return resp
         path = request.path
-        admin = self._admin.get(path)
+        admin = self._admin.get(path) if self._public_admin else self._probes.get(path)
         if admin is not None:
             if request.method not in ADMIN_METHODS:
                 return error(
@@ -246,9 +261,18 @@ class Edge:
                     headers={"Allow": "GET"},
                 )
             return await admin(request)
-        if path.startswith("/_meridian/"):
+        if path.startswith("/_meridian/") or path in self._admin:
             return error(404, f"no such Meridian endpoint: {path}", kind="meridian_not_found")
         return await self.proxy.handle(request)
+
+    async def handle_internal(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The internal listener: Meridian's own endpoints, nothing proxied."""
+        admin = self._admin.get(request.path)
+        if admin is None:
+            return error(404, f"no such Meridian endpoint: {request.path}", kind="meridian_not_found")
+        if request.method not in ADMIN_METHODS:
+            return error(405, f"{request.path} answers GET only", kind="meridian_method_not_allowed")
+        return await admin(request)
 
     async def healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "edge": self.settings.region})

@@ -47,8 +47,17 @@ async def serve(
     await edge.start()
     runner = web.ServerRunner(edge.server(), shutdown_timeout=shutdown_timeout)
     await runner.setup()
+    settings = edge.settings
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        if settings.internal_port is not None:
+            internal = web.ServerRunner(edge.internal_server(), shutdown_timeout=2.0)
+            await internal.setup()
+            edge.on_stop(internal.cleanup)
+            site = web.TCPSite(
+                internal, settings.internal_host, settings.internal_port, reuse_port=reuse_port
+            )
+            await site.start()
     except BaseException:
         await runner.cleanup()
         await edge.stop()

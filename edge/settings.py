@@ -55,6 +55,14 @@ class EdgeSettings(BaseSettings):
     )
     redis_password: SecretStr | None = Field(default=None, description="its password (never logged)")
     host: str = "0.0.0.0"
+    internal_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="when set, /metrics and /_meridian/route are served only on this internal listener "
+        "(MERIDIAN_INTERNAL_HOST), not to clients",
+    )
+    internal_host: str = Field(default="127.0.0.1", description="the internal listener's address")
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="processes sharing the port via SO_REUSEPORT")
     geoip_db: Path | None = Field(default=None, description="a GeoIP2/GeoLite2 City .mmdb file")

@@ -1,8 +1,9 @@
 """`meridian demo` (I/O): start a whole local fleet as child processes, print one ready line of JSON, and
 stop every child on Ctrl-C / SIGTERM.
 
-Fleet for N regions at base port B: admin API on B, edges on B+1..B+N (topology order), Redis primary on
-B+10 and one replica per region on B+11.., simulated replicas from B+20 on.
+Fleet for N ≤ 9 regions at base port B: admin API on B, edges on B+1..B+N (topology order), Redis primary on
+B+10 and one replica per region on B+11.., simulated replicas from B+20 on, the edges' internal listeners
+(metrics, route explainer) from B+50; from 10 regions on the same order, packed (see PortPlan).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class PortPlan:
     primary: int
     replicas: dict[str, int]
     sims: dict[tuple[str, str], int]
+    internal: dict[str, int]  # each edge's internal listener (metrics, route explainer)
 
     @classmethod
     def of(cls, topo: Topology, base: int) -> PortPlan:
@@ -110,12 +112,15 @@ class PortPlan:
             for rep in region.replicas:
                 sims[(region.name, rep.name)] = port
                 port += 1
-        return cls(base, edges, primary, replicas, sims)
+        internal_from = max(port, base + 50) if n <= 9 else port
+        internal = {r.name: internal_from + i for i, r in enumerate(topo.regions)}
+        return cls(base, edges, primary, replicas, sims, internal)
 
     def described(self) -> dict[int, str]:
         """Every port, and what listens there."""
         ports = {self.admin: "admin API", self.primary: "Redis primary"}
         ports.update({p: f"edge {name}" for name, p in self.edges.items()})
+        ports.update({p: f"edge {name} (internal)" for name, p in self.internal.items()})
         ports.update({p: f"Redis replica {name}" for name, p in self.replicas.items()})
         ports.update({p: f"simulated replica {rep}" for (_, rep), p in self.sims.items()})
         return ports
@@ -229,6 +234,7 @@ class Fleet:
                     "MERIDIAN_REDIS_PRIMARY_URL": primary.url_for(EDGE),
                     "MERIDIAN_HOST": "127.0.0.1",
                     "MERIDIAN_PORT": str(plan.edges[region.name]),
+                    "MERIDIAN_INTERNAL_PORT": str(plan.internal[region.name]),
                     "MERIDIAN_GEOIP_DB": db,
                     "MERIDIAN_TRUSTED_PROXIES": "127.0.0.0/8,::1/128",
                 },
@@ -237,6 +243,7 @@ class Fleet:
             "ready": True,
             "admin": {"url": f"http://127.0.0.1:{base}", "token": self.token},
             "edges": {name: f"http://127.0.0.1:{p}" for name, p in plan.edges.items()},
+            "edges_internal": {name: f"http://127.0.0.1:{p}" for name, p in plan.internal.items()},
             "regions": {
                 r.name: {"replicas": [f"http://127.0.0.1:{ports[(r.name, rep.name)]}" for rep in r.replicas]}
                 for r in topo.regions

@@ -67,8 +67,8 @@ def stop_and_check_no_orphans(proc: subprocess.Popen[str]) -> None:
 
 
 def test_demo_ready_line_tour_and_clean_stop() -> None:
-    busy = [p for p in range(7100, 7130) if not port_free(p)]  # the tour is written for the default base port
-    assert not busy, f"ports {busy} are busy; the guided tour needs the default ports 7100-7130"
+    busy = [p for p in range(7100, 7160) if not port_free(p)]  # the tour is written for the default base port
+    assert not busy, f"ports {busy} are busy; the guided tour needs the default ports 7100-7160"
     proc, ready, took = start_demo(7100)
     try:
         print(f"\ndemo ready in {took:.1f} s")
@@ -171,7 +171,7 @@ def test_the_port_plan_never_overlaps_itself() -> None:
             }
         )
         plan = PortPlan.of(topo, 7100)
-        assert len(plan.described()) == 1 + n + 1 + n + 2 * n, n  # admin, edges, primary, replicas, sims
+        assert len(plan.described()) == 1 + n + 1 + n + 2 * n + n, n  # admin, edges, Redis, sims, internal
         if n == 4:  # the documented plan the guided tour uses
             assert (plan.edges["r0"], plan.primary, plan.replicas["r0"], plan.sims[("r0", "r0a")]) == (
                 7101,

@@ -599,3 +599,25 @@ async def test_a_clients_trace_context_is_linked_not_obeyed_unless_the_peer_is_t
             assert [f"{link.context.trace_id:032x}" for link in server.links] == [client_trace]
     finally:
         await f.close()
+
+
+async def test_metrics_and_the_route_explainer_can_live_on_an_internal_listener(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    internal = free_port()
+    f = await one_edge(tmp_path, serve, geo_db, {"internal_port": internal})
+    try:
+        public = f.edge_url("eu-west-1")
+        async with aiohttp.ClientSession() as s:
+            for path in ("metrics", "_meridian/route"):
+                async with s.get(public + path) as r:
+                    assert r.status == 404, path  # not for clients
+                async with s.get(f"http://127.0.0.1:{internal}/{path}") as r:
+                    assert r.status == 200, path
+            for path in ("healthz", "readyz"):  # health checks still reach the public listener
+                async with s.get(public + path) as r:
+                    assert r.status != 404 and "edge" in await r.json(), path
+            async with s.post(f"http://127.0.0.1:{internal}/v1/chat/completions", json=CHAT) as r:
+                assert r.status == 404  # the internal listener proxies nothing
+    finally:
+        await f.close()
