@@ -116,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format=f"%(asctime)s edge[{settings.region}] %(levelname)s %(name)s: %(message)s",
     )
+    for net in settings.trusted_proxies:
+        if net.prefixlen == 0:
+            log.warning(
+                "MERIDIAN_TRUSTED_PROXIES includes %s: every peer's X-Forwarded-For is believed, so any "
+                "client can claim any address (and location); list only your load balancers' networks",
+                net,
+            )
     try:
         edge = Edge(settings)
     except (TopologyError, GeoDatabaseError, ConfigError, TracingConfigError) as exc:

@@ -202,6 +202,7 @@ def test_an_edge_says_where_it_listens_and_that_its_store_is_unreachable() -> No
         MERIDIAN_HOST="127.0.0.1",
         MERIDIAN_PORT=str(port),
         MERIDIAN_REDIS_URL=f"redis://edge:s3cret@127.0.0.1:{free_port()}/0",
+        MERIDIAN_TRUSTED_PROXIES="0.0.0.0/0",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge"],
@@ -224,6 +225,7 @@ def test_an_edge_says_where_it_listens_and_that_its_store_is_unreachable() -> No
         text = "".join(seen)
         assert f"edge us-east-1 (pid {proc.pid}) listening on 127.0.0.1:{port}" in text, text
         assert "cannot reach the state store at redis://***@127.0.0.1" in text and "s3cret" not in text, text
+        assert "MERIDIAN_TRUSTED_PROXIES includes 0.0.0.0/0" in text, text
     finally:
         proc.terminate()
         proc.wait(timeout=15)
