@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleet.redisconn import check_url
+from fleet.redisconn import RedisURL
+from fleet.topology import LogLevel
 
 Role = Literal["viewer", "operator"]
-
-
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class AdminToken(BaseModel):
@@ -28,7 +26,7 @@ class ControlPlaneSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MERIDIAN_", env_file=".env", extra="ignore")
 
     regions_file: Path = Path("regions.yaml")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="the Redis primary")
+    redis_url: RedisURL = Field(default="redis://127.0.0.1:6379/0", description="the Redis primary")
     redis_username: str | None = Field(default=None, description="ACL user, when the URL carries none")
     redis_password: SecretStr | None = Field(default=None, description="its password (never logged)")
     host: str = "127.0.0.1"
@@ -50,13 +48,3 @@ class ControlPlaneSettings(BaseSettings):
         default=0.10, ge=0, le=10, description="write latency when the fleet EWMA moves by this fraction"
     )
     log_level: LogLevel = "INFO"
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, v: str | None) -> str | None:
-        return None if v is None else check_url(v)
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _level(cls, v: object) -> object:
-        return v.strip().upper() if isinstance(v, str) else v

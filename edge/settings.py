@@ -9,13 +9,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from fleet.redisconn import check_url
+from fleet.redisconn import RedisURL
+from fleet.topology import LogLevel
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Priority = Literal["critical", "normal", "batch"]
-
-
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class TimeoutSet(BaseModel):
@@ -44,10 +42,10 @@ class EdgeSettings(BaseSettings):
 
     region: str = Field(description="the region this edge runs in (a name from regions.yaml)")
     regions_file: Path = Path("regions.yaml")
-    redis_url: str = Field(
+    redis_url: RedisURL = Field(
         default="redis://127.0.0.1:6379/0", description="this region's Redis replica (read)"
     )
-    redis_primary_url: str | None = Field(
+    redis_primary_url: RedisURL | None = Field(
         default=None, description="the Redis primary, for observations (best effort); none disables reporting"
     )
     redis_username: str | None = Field(
@@ -137,16 +135,6 @@ class EdgeSettings(BaseSettings):
     )
     service_name: str = "meridian-edge"
     log_level: LogLevel = "INFO"
-
-    @field_validator("redis_url", "redis_primary_url")
-    @classmethod
-    def _redis_url(cls, v: str | None) -> str | None:
-        return None if v is None else check_url(v)
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _level(cls, v: object) -> object:
-        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("timeouts", mode="after")
     @classmethod

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Annotated
 from urllib.parse import parse_qs, quote, unquote, urlparse, urlunparse
 
 import redis.asyncio as aioredis
+from pydantic import AfterValidator
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel
 
@@ -32,6 +34,9 @@ def check_url(url: str) -> str:
             "unix://… or redis+sentinel://host:port,…/service"
         )
     return url
+
+
+RedisURL = Annotated[str, AfterValidator(check_url)]  # a settings field holding a Redis URL
 
 
 def redact(url: str) -> str:

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from fleet.acl import CONTROL_PLANE, REPLICATION, Credentials
 
 
@@ -191,18 +193,20 @@ class RedisServer:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def command(self, *args: str) -> str:
-        import redis
-
+    def client(self, *, decode: bool = False) -> redis.Redis:
+        """A short-lived synchronous admin client (the control plane's user under ACLs)."""
         user, password = self._auth()
-        r = redis.Redis(
+        return redis.Redis(
             port=self.port,
             socket_timeout=1,
             socket_connect_timeout=1,
-            decode_responses=True,
+            decode_responses=decode,
             username=user,
             password=password,
         )
+
+    def command(self, *args: str) -> str:
+        r = self.client(decode=True)
         try:
             return str(r.execute_command(*args))
         finally:
@@ -216,16 +220,7 @@ class RedisServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server on {self.port} exited: see {self.workdir / 'redis.log'}")
             try:
-                import redis
-
-                user, password = self._auth()
-                r = redis.Redis(
-                    port=self.port,
-                    socket_timeout=1,
-                    socket_connect_timeout=1,
-                    username=user,
-                    password=password,
-                )
+                r = self.client()
                 try:
                     r.ping()
                     if self.replicaof is None:
