@@ -109,16 +109,7 @@ class Edge:
         self.resilience = _resilience(settings, topo, rng)
         self.hedging = _hedging(settings)
         self.metrics.hedge_extra_load.set_function(lambda: self.hedging.budget.extra_load)
-        self.planner = Planner(
-            topology=topo,
-            edge=settings.region,
-            outliers=self.resilience.outliers,
-            failback=Failback(ramp_s=settings.failback_ramp_s, hold_base_s=settings.failback_hold_base_s),
-            observed=self.observed,
-            rng=rng,
-            clock=time.monotonic,
-            max_attempts=settings.retry_max_attempts,
-        )
+        self.planner = _planner(settings, topo, self.resilience, self.observed, rng)
         self.fallback_snapshot = Snapshot(
             version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
         )
@@ -136,14 +127,18 @@ class Edge:
         self._primary: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._endpoints()
+
+    def _endpoints(self) -> None:
+        """Meridian's own endpoints; with an internal listener, clients reach only the probes geo-DNS and
+        load balancers need."""
         self._admin: dict[str, Handler] = {
             "/healthz": _guarded(self.healthz),
             "/readyz": _guarded(self.readyz),
             "/metrics": _guarded(self.metrics_view),
             "/_meridian/route": _guarded(self.explain),
         }
-        # with an internal listener, clients reach only the probes geo-DNS and load balancers need
-        self._public_admin = settings.internal_port is None
+        self._public_admin = self.settings.internal_port is None
         self._probes = {p: self._admin[p] for p in ("/healthz", "/readyz")}
 
     def _request_path(self, rng: random.Random) -> Proxy:
@@ -362,6 +357,21 @@ def _connect(settings: EdgeSettings, url: str, *, socket_timeout: float) -> Redi
         socket_timeout=socket_timeout,
         username=settings.redis_username,
         password=None if password is None else password.get_secret_value(),
+    )
+
+
+def _planner(
+    settings: EdgeSettings, topo: Topology, resilience: Resilience, observed: Observed, rng: random.Random
+) -> Planner:
+    return Planner(
+        topology=topo,
+        edge=settings.region,
+        outliers=resilience.outliers,
+        failback=Failback(ramp_s=settings.failback_ramp_s, hold_base_s=settings.failback_hold_base_s),
+        observed=observed,
+        rng=rng,
+        clock=time.monotonic,
+        max_attempts=settings.retry_max_attempts,
     )
 
 
