@@ -22,7 +22,7 @@ def main() -> int:
         print(format_settings_error(exc, source="control-plane"), file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=settings.log_level,  # already one of logging's names
         stream=sys.stderr,
         format="%(asctime)s controlplane %(levelname)s %(name)s: %(message)s",
     )

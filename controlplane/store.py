@@ -144,7 +144,7 @@ class StateStore:
         try:
             await self.redis.setnx(KEY_EPOCH, 1)
             existing = await self.redis.hkeys(KEY_REGIONS)
-            have = {k.decode() if isinstance(k, bytes) else k for k in existing}
+            have = {_text(k) for k in existing}
             for region in topology.regions:
                 if region.name not in have:
                     await self._write(region.name, _creator(region, now=now), create=True)
@@ -372,15 +372,8 @@ class StateStore:
         out: list[dict[str, str]] = []
         for _stream, entries in resp or []:
             for entry_id, fields in entries:
-                last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                out.append(
-                    {
-                        (k.decode() if isinstance(k, bytes) else k): (
-                            v.decode() if isinstance(v, bytes) else v
-                        )
-                        for k, v in fields.items()
-                    }
-                )
+                last_id = _text(entry_id)
+                out.append({_text(k): _text(v) for k, v in fields.items()})
         return last_id, out
 
 

@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_settings_error(exc, source="edge"), file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=settings.log_level,  # already one of logging's names
         stream=sys.stderr,
         format=f"%(asctime)s edge[{settings.region}] %(levelname)s %(name)s: %(message)s",
     )
