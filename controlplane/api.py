@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,10 +34,21 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.plugins.pydantic import PydanticPlugin
-from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.intake import Intake, PassiveBook
 from controlplane.prober import Prober
+from controlplane.schemas import (
+    AUTHENTICATED,
+    QUERY,
+    READ_REGION,
+    WRITE_REGION,
+    AuditPage,
+    InvalidRegion,
+    RegionChange,
+    RegionList,
+    RegionPatch,
+    document_patch_rule,
+)
 from controlplane.service import ServiceTracker
 from controlplane.settings import AdminToken, ControlPlaneSettings
 from controlplane.store import (
@@ -51,7 +63,7 @@ from controlplane.store import (
     VersionConflict,
     is_unavailable,
 )
-from fleet.redisconn import connect, raise_if_cancelling
+from fleet.redisconn import connect, raise_if_cancelling, redact
 from fleet.state import RegionState, Topology
 from fleet.topology import load_topology
 
@@ -92,16 +104,6 @@ def operator_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteH
         )
 
 
-class RegionPatch(BaseModel):
-    """A change to one region: set its dial and/or drain it. `reason` is recorded in the audit log."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    reason: str = Field(min_length=1, max_length=500, description="why; recorded in the audit log")
-    weight: int | None = Field(default=None, ge=0, le=100, description="traffic dial, 0-100")
-    drained: bool | None = Field(default=None, description="true: no new traffic")
-
-
 class PreconditionFailed(HTTPException):
     status_code = 412
 
@@ -115,16 +117,12 @@ def _store(state: State) -> StateStore:
     return store
 
 
-def _region_view(s: RegionState) -> dict[str, Any]:
-    return s.model_dump()
-
-
 def _etag(s: RegionState) -> dict[str, str]:
     return {"ETag": f'"{s.version}"'}
 
 
-def _parse_if_match(value: str | None) -> int | None:
-    if value is None or value.strip() == "*":
+def _parse_if_match(value: str) -> int | None:
+    if value.strip() == "*":
         return None
     raw = value.strip()
     if raw.startswith("W/"):
@@ -138,41 +136,57 @@ def _parse_if_match(value: str | None) -> int | None:
         ) from None
 
 
+IF_MATCH = r'^\s*(\*|(W/)?"?[0-9]{1,18}"?)\s*$'
+
+
 class RegionController(Controller):
     path = "/v1/regions"
     tags = ["regions"]
 
-    @get("/", summary="List every region's state")
-    async def list_regions(self, state: State) -> dict[str, Any]:
+    @get("/", summary="List every region's state", responses=AUTHENTICATED)
+    async def list_regions(self, state: State) -> RegionList:
         version, regions, invalid = await _store(state).all()
         topo: Topology = state.topology
-        ordered = []
+        ordered: list[RegionState | InvalidRegion] = []
         for n in topo.names:  # an invalid record is listed as such and never hides the others
             if n in regions:
-                ordered.append(_region_view(regions[n]))
+                ordered.append(regions[n])
             elif n in invalid:
-                ordered.append({"name": n, "invalid": invalid[n], "repair": f"PATCH /v1/regions/{n}"})
-        return {"version": version, "regions": ordered}
+                ordered.append(InvalidRegion(name=n, invalid=invalid[n], repair=f"PATCH /v1/regions/{n}"))
+        return RegionList(version=version, regions=ordered)
 
-    @get("/{name:str}", summary="One region's state")
-    async def get_region(self, name: str, state: State) -> Response[dict[str, Any]]:
+    @get("/{name:str}", summary="One region's state", responses=READ_REGION)
+    async def get_region(self, name: str, state: State) -> Response[RegionState]:
         try:
             s = await _store(state).get(name)
         except RegionNotFound:
             raise NotFoundException(f"unknown region '{name}'") from None
         except InvalidRecord as exc:
             raise ClientException(f"{exc}; PATCH it to write a valid record", status_code=409) from None
-        return Response(_region_view(s), headers=_etag(s))
+        return Response(s, headers=_etag(s))
 
-    @patch("/{name:str}", guards=[operator_guard], summary="Change a region's dial or drain state")
+    @patch(
+        "/{name:str}",
+        guards=[operator_guard],
+        summary="Change a region's dial or drain state",
+        responses=WRITE_REGION,
+    )
     async def patch_region(
         self,
         name: str,
         data: RegionPatch,
         request: Request[User, str, State],
         state: State,
-        if_match: Annotated[str | None, Parameter(header="If-Match", required=False)] = None,
-    ) -> Response[dict[str, Any]]:
+        if_match: Annotated[
+            str,
+            Parameter(
+                header="If-Match",
+                required=False,
+                schema_extra={"pattern": IF_MATCH},  # documented; _parse_if_match says what is wrong
+                description='a region version, e.g. "7"; * or none: any',
+            ),
+        ] = "*",
+    ) -> Response[RegionChange]:
         if data.weight is None and data.drained is None:
             raise ValidationException(
                 "nothing to change: give weight and/or drained",
@@ -203,21 +217,23 @@ class RegionController(Controller):
                 f"If-Match {expected} is stale: region '{name}' is at version {exc.current}"
             ) from None
         log.info("%s set %s on %s (%s)", request.user.name, action, name, printable(data.reason))
-        return Response({"before": _region_view(before), "after": _region_view(after)}, headers=_etag(after))
+        return Response(RegionChange(before=before, after=after), headers=_etag(after))
 
 
 class AuditController(Controller):
     path = "/v1/audit"
     tags = ["audit"]
 
-    @get("/", summary="Who changed what, when, why; newest first")
+    @get("/", summary="Who changed what, when, why; newest first", responses=QUERY)
     async def audit(
         self,
         state: State,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
         region: str | None = None,
-    ) -> dict[str, Any]:
-        return {"entries": await _store(state).audit_log(limit=limit, region=region)}
+    ) -> AuditPage:
+        return AuditPage.model_validate(
+            {"entries": await _store(state).audit_log(limit=limit, region=region)}
+        )
 
 
 @get("/healthz", exclude_from_auth=True, include_in_schema=False)
@@ -233,6 +249,17 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
         log.warning("readyz: redis primary unreachable: %s", exc)  # the address stays in the log
         return Response({"ready": False, "error": "redis primary unreachable"}, status_code=503)
     return Response({"ready": True, "seeded": state.seeded.is_set()})
+
+
+async def _answer_options(request: Request[Any, Any, Any]) -> Response[None] | None:
+    """OPTIONS lists every method of the route from the app's route map: Litestar's own answer is built
+    before all of a path's handlers have joined it (a region's listed GET without PATCH)."""
+    if request.method != "OPTIONS":
+        return None
+    methods: set[str] = set()
+    for path in request.route_handler.paths:
+        methods.update(request.app.route_handler_method_map.get(path, {}))
+    return Response(None, status_code=204, headers={"Allow": ", ".join(sorted(methods))})
 
 
 def printable(text: str) -> str:
@@ -297,16 +324,26 @@ def _internal_handler(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 
 async def _seed_until_done(settings: ControlPlaneSettings, state: State) -> None:
-    delay = 0.2
+    delay, said = 0.2, ""
     while True:
         try:
             changed = await _store(state).seed(state.topology, now=time.time())
             if changed:
                 log.info("seeded regions into the store: %s", changed)
+            if said:
+                log.info("state store reachable again; regions seeded")
             state.seeded.set()
             return
         except Exception as exc:
-            log.warning("cannot seed regions (%s); retrying in %.1fs", exc, delay)
+            raise_if_cancelling(exc)
+            if str(exc) != said:  # once, then on change: a store down for an hour is not 700 lines
+                log.warning(
+                    "cannot reach the state store at %s to seed regions (%s); retrying every %.0f s at most",
+                    redact(settings.redis_url),
+                    exc,
+                    5.0,
+                )
+                said = str(exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -346,6 +383,15 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         store = StateStore(client, topology=topo)
         app.state.store = store
         app.state.seeded = asyncio.Event()
+        log.info(
+            "control plane (pid %d) admin API on http://%s:%d; %d regions from %s; state store %s",
+            os.getpid(),
+            settings.host,
+            settings.port,
+            len(topo.regions),
+            settings.regions_file,
+            redact(settings.redis_url),
+        )
         tasks = [asyncio.create_task(_seed_until_done(settings, app.state), name="seed")]
         book = PassiveBook(rise=settings.probe_rise, fall=settings.probe_fall)
         service = ServiceTracker()
@@ -376,11 +422,12 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
                 log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
             await client.aclose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[RegionController, AuditController, healthz, readyz],
         state=State({"settings": settings, "topology": topo, "tokens": list(settings.admin_tokens)}),
         middleware=[DefineMiddleware(TokenAuth, exclude=["^/schema"])],
         lifespan=[lifespan],
+        before_request=_answer_options,
         plugins=[PydanticPlugin(validate_strict=True)],
         exception_handlers={
             ValidationException: _validation_handler,
@@ -399,3 +446,5 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         debug=False,
         logging_config=None,
     )
+    document_patch_rule(app)
+    return app

@@ -229,3 +229,35 @@ def test_an_edge_says_where_it_listens_and_that_its_store_is_unreachable() -> No
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_the_control_plane_says_where_it_listens_and_that_its_store_is_unreachable() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    env.update(
+        MERIDIAN_HOST="127.0.0.1",
+        MERIDIAN_PORT=str(port),
+        MERIDIAN_REDIS_URL=f"redis://controlplane:s3cret@127.0.0.1:{free_port()}/0",
+        MERIDIAN_PROBE_ENABLED="false",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controlplane"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "cannot reach the state store" not in "".join(seen):
+            seen.append(proc.stderr.readline())
+        text = "".join(seen)
+        assert f"control plane (pid {proc.pid}) admin API on http://127.0.0.1:{port}" in text, text
+        assert "4 regions from regions.yaml" in text, text
+        assert "cannot reach the state store at redis://***@127.0.0.1" in text and "s3cret" not in text, text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -1,0 +1,63 @@
+"""The admin API against its own OpenAPI schema: schemathesis (`--checks all`) on a live control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.fleet import Fleet
+
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+
+
+async def test_schemathesis_finds_nothing_against_the_live_admin_api(fleet: Fleet, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(CONFIG),
+        "run",
+        fleet.admin_url + "/schema/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        "40",
+        "--seed",
+        "20261130",
+        "--header",
+        f"Authorization: Bearer {fleet.operator_token}",
+        "--no-color",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    report = out.decode(errors="replace")
+    assert proc.returncode == 0, report[-6000:]
+    assert "4/4" in report  # every operation was tested: list, get and patch regions, audit
+
+
+async def test_options_on_a_region_lists_patch(fleet: Fleet) -> None:
+    headers = {"Authorization": f"Bearer {fleet.viewer_token}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.options(fleet.admin_url + "/v1/regions/eu-west-1", headers=headers) as r:
+            assert r.status == 204 and r.headers["Allow"] == "GET, OPTIONS, PATCH"
+        async with s.options(fleet.admin_url + "/v1/regions", headers=headers) as r:
+            assert r.status == 204 and r.headers["Allow"] == "GET, OPTIONS"
+
+
+async def test_the_schema_documents_every_answer_and_the_patch_rule(fleet: Fleet) -> None:
+    async with aiohttp.ClientSession() as s, s.get(fleet.admin_url + "/schema/openapi.json") as r:
+        schema = await r.json()
+    patch = schema["paths"]["/v1/regions/{name}"]["patch"]
+    assert set(patch["responses"]) == {"200", "400", "401", "403", "404", "412", "422", "503"}
+    body = schema["components"]["schemas"]["RegionPatch"]
+    assert body["anyOf"] == [{"required": ["weight"]}, {"required": ["drained"]}]
+    assert body["additionalProperties"] is False and body["required"] == ["reason"]
+    get_one = schema["paths"]["/v1/regions/{name}"]["get"]["responses"]
+    assert {"200", "401", "404", "409", "503"} <= set(get_one)
+    assert "$ref" in str(get_one["200"]) and "ErrorBody" in str(get_one["404"])
