@@ -1,7 +1,8 @@
-"""Active health probing (I/O): probe every replica on an interval, fold results through health.py, write
-replica/region health and utilization into the store when they change; read each engine's load gauges and
-its time-to-first-token histogram from its Prometheus metrics (the region's service time, measured where the
-region is)."""
+"""Active health probing and engine scraping (I/O). Every ``probe_interval_s``: probe every replica, fold
+results through health.py, write replica/region health and utilization into the store when they change.
+Every ``signals_interval_s``: scrape every replica's Prometheus metrics once for the whole fleet (edges never
+scrape), publish each replica's engine signals (queue, KV cache, adapters) through the replicated store, and
+keep its time-to-first-token histogram (the region's service time, measured where the region is)."""
 
 from __future__ import annotations
 
@@ -9,48 +10,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.health import Signal, Track, fold_region, observe, worse
 from controlplane.intake import PassiveBook
 from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StateStore, StoreError, StoreUnavailable
+from fleet.signals import EngineSignals, parse_metrics, signal_key
 from fleet.state import Health, RegionState, Topology
 
 log = logging.getLogger("meridian.prober")
-
-LOAD_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-TTFT_HISTOGRAM = "vllm:time_to_first_token_seconds"
-
-
-@dataclass(frozen=True, slots=True)
-class EngineMetrics:
-    """What the prober reads from one engine's /metrics: requests running + waiting, and its TTFT
-    histogram's running sum (seconds) and count."""
-
-    load: float
-    ttft_sum_s: float
-    ttft_count: float
-
-
-def parse_engine_metrics(text: str) -> EngineMetrics:
-    """vLLM's load gauges and TTFT histogram from Prometheus text (prometheus_client's parser)."""
-    load = ttft_sum = ttft_count = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name in LOAD_GAUGES:
-            load += sum(s.value for s in family.samples)
-        elif family.name == TTFT_HISTOGRAM:
-            for s in family.samples:
-                if s.name == TTFT_HISTOGRAM + "_sum":
-                    ttft_sum += s.value
-                elif s.name == TTFT_HISTOGRAM + "_count":
-                    ttft_count += s.value
-    return EngineMetrics(load, ttft_sum, ttft_count)
 
 
 class Prober:
@@ -71,6 +43,8 @@ class Prober:
         self.store = store
         self.tracks: dict[tuple[str, str], Track] = {}
         self.rounds = 0
+        self.scrapes = 0
+        self.latest: dict[tuple[str, str], EngineSignals] = {}  # replica -> its last good scrape
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -79,42 +53,63 @@ class Prober:
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.settings.probe_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    await self.round(session)
-                except StoreUnavailable as exc:
-                    log.warning("prober: store unavailable: %s", exc)
-                except Exception:  # a bug in one round must not stop probing
-                    log.exception("prober round failed")
-                self.rounds += 1
-                delay = max(0.0, self.settings.probe_interval_s - (time.monotonic() - started))
-                with contextlib.suppress(TimeoutError):  # interruptible sleep
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            await asyncio.gather(
+                self._every(self.settings.probe_interval_s, lambda: self.round(session), "prober"),
+                self._every(self.settings.signals_interval_s, lambda: self.scrape(session), "scraper"),
+            )
 
-    async def _probe(self, session: aiohttp.ClientSession, url: str) -> tuple[Signal, EngineMetrics | None]:
+    async def _every(self, interval: float, work: Callable[[], Awaitable[None]], what: str) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                await work()
+            except StoreUnavailable as exc:
+                log.warning("%s: store unavailable: %s", what, exc)
+            except Exception:  # a bug in one round must not stop probing
+                log.exception("%s round failed", what)
+            delay = max(0.0, interval - (time.monotonic() - started))
+            with contextlib.suppress(TimeoutError):  # interruptible sleep
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+
+    async def _probe(self, session: aiohttp.ClientSession, url: str) -> Signal:
         try:
             async with session.get(url + self.settings.probe_path) as resp:
                 await resp.read()
-                if resp.status != 200:
-                    return "fail", None
-            async with session.get(url + "/metrics") as resp:
-                metrics = parse_engine_metrics(await resp.text()) if resp.status == 200 else None
-            return "ok", metrics
+                return "ok" if resp.status == 200 else "fail"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-            return "fail", None
+            return "fail"
+
+    async def _metrics(self, session: aiohttp.ClientSession, url: str) -> EngineSignals | None:
+        try:
+            async with session.get(url + "/metrics") as resp:
+                if resp.status != 200:
+                    return None
+                return parse_metrics(await resp.text(), at=time.time())
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return None
+
+    async def scrape(self, session: aiohttp.ClientSession) -> None:
+        """One scrape of every replica's engine; the signals go to the store in one write."""
+        replicas = [(r.name, rep) for r in self.topology.regions for rep in r.replicas]
+        results = await asyncio.gather(*(self._metrics(session, rep.base_url) for _, rep in replicas))
+        fresh: dict[str, str] = {}
+        for (region, rep), signals in zip(replicas, results, strict=True):
+            if signals is not None:
+                self.latest[(region, rep.name)] = signals
+                fresh[signal_key(region, rep.name)] = signals.model_dump_json()
+        self.scrapes += 1
+        if fresh:
+            await self.store.publish_signals(fresh)
 
     async def round(self, session: aiohttp.ClientSession) -> None:
-        jobs = [
-            (region, replica, self._probe(session, replica.base_url))
-            for region in self.topology.regions
-            for replica in region.replicas
-        ]
-        results = await asyncio.gather(*(j[2] for j in jobs))
+        jobs = [(region, replica) for region in self.topology.regions for replica in region.replicas]
+        results = await asyncio.gather(*(self._probe(session, rep.base_url) for _, rep in jobs))
         per_region: dict[str, dict[str, Health]] = {}
         load: dict[str, float] = {}
+        kv: dict[str, list[float]] = {}
         ttft: dict[str, tuple[float, float]] = {}  # region -> (seconds, first tokens) since the last round
-        for (region, replica, _), (signal, metrics) in zip(jobs, results, strict=True):
+        stale_before = time.time() - 3 * self.settings.signals_interval_s
+        for (region, replica), signal in zip(jobs, results, strict=True):
             key = (region.name, replica.name)
             track = observe(
                 self.tracks.get(key, Track()),
@@ -124,8 +119,11 @@ class Prober:
             )
             self.tracks[key] = track
             per_region.setdefault(region.name, {})[replica.name] = track.health
-            if metrics is not None:
-                load[region.name] = load.get(region.name, 0.0) + metrics.load
+            metrics = self.latest.get(key)
+            if signal == "ok" and metrics is not None and metrics.at >= stale_before:
+                load[region.name] = load.get(region.name, 0.0) + metrics.running + metrics.waiting
+                if metrics.kv_usage is not None:
+                    kv.setdefault(region.name, []).append(metrics.kv_usage)
                 d_sum, d_count = self._ttft_delta(key, metrics)
                 t = ttft.get(region.name, (0.0, 0.0))
                 ttft[region.name] = (t[0] + d_sum, t[1] + d_count)
@@ -137,10 +135,12 @@ class Prober:
             replicas = per_region.get(region.name, {})
             serving = sum(1 for h in replicas.values() if h != "down") or 1
             capacity = region.capacity * serving / max(1, len(region.replicas))
-            utilization = min(load.get(region.name, 0.0) / capacity, 10.0)
-            await self._write(region.name, replicas, utilization)
+            queueing = load.get(region.name, 0.0) / capacity
+            caches = kv.get(region.name)
+            kv_mean = sum(caches) / len(caches) if caches else 0.0  # a full KV cache queues as surely
+            await self._write(region.name, replicas, min(max(queueing, kv_mean), 10.0))
 
-    def _ttft_delta(self, key: tuple[str, str], m: EngineMetrics) -> tuple[float, float]:
+    def _ttft_delta(self, key: tuple[str, str], m: EngineSignals) -> tuple[float, float]:
         """The replica's TTFT seconds and first tokens since its last scrape (nothing on the first scrape or
         after the engine restarted and its counters went back)."""
         prev = self.ttft_seen.get(key)

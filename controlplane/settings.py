@@ -41,6 +41,9 @@ class ControlPlaneSettings(BaseSettings):
     probe_rise: int = Field(default=2, ge=1, le=20)
     probe_fall: int = Field(default=2, ge=1, le=20)
     probe_enabled: bool = True
+    signals_interval_s: float = Field(
+        default=1.0, ge=0.2, le=60, description="scrape every engine's metrics and publish its signals"
+    )
     utilization_change: float = Field(
         default=0.05, ge=0, le=1, description="write utilization to the store only when it moves this much"
     )

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from fleet.signals import KEY_SIGNALS
 from fleet.state import (
     CHANNEL_CHANGES,
     KEY_AUDIT,
@@ -365,6 +366,13 @@ class StateStore:
                 break  # the whole stream was read
             upper = f"({_text(rows[-1][0])}"
         return out
+
+    async def publish_signals(self, records: Mapping[str, str]) -> None:
+        """Engine signals by "region/replica" (replicated to the edges' Redis like the routing state)."""
+        try:
+            await self.redis.hset(KEY_SIGNALS, mapping=dict[Any, Any](records))
+        except _UNAVAILABLE as exc:
+            raise _classify(exc) from exc
 
     async def read_observations(self, last_id: str, *, block_ms: int) -> tuple[str, list[dict[str, str]]]:
         """Read edge observations after ``last_id`` (blocking up to block_ms)."""

@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
 
+from fleet.models import Catalog, Engine, ModelSpec, check_catalog
+
 Health = Literal["up", "degraded", "down"]
 
 # Redis key names (one namespace, so a shared Redis can hold several Meridians under other prefixes).
@@ -43,6 +45,8 @@ class Replica(_Strict):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     url: HttpUrl
+    serves: tuple[str, ...] | None = Field(default=None, description="models served (default: the region's)")
+    engine: Engine | None = Field(default=None, description="inference engine (default: the region's)")
 
     @property
     def base_url(self) -> str:
@@ -58,6 +62,10 @@ class Region(_Strict):
     capacity: int = Field(gt=0, description="max concurrent requests the region serves")
     weight: int = Field(default=100, ge=0, le=100, description="default traffic dial")
     replicas: tuple[Replica, ...] = Field(min_length=2)
+    serves: tuple[str, ...] | None = Field(
+        default=None, description="models its replicas serve (default: all)"
+    )
+    engine: Engine = "vllm"
 
     @model_validator(mode="after")
     def _unique_replicas(self) -> Region:
@@ -132,6 +140,7 @@ class Topology(_Strict):
     """The whole of regions.yaml."""
 
     policy: Policy = Field(default_factory=Policy)
+    models: dict[str, ModelSpec] = Field(default_factory=dict, description="the model catalog (none: open)")
     regions: tuple[Region, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -144,7 +153,27 @@ class Topology(_Strict):
             unknown = [p for p in pinned if p not in names]
             if unknown:
                 raise ValueError(f"policy.pins.{key} names unknown region(s) {unknown}")
+        if self.models:
+            check_catalog(self.models, self._served())
         return self
+
+    def _served(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        every = tuple(self.models)
+        return {
+            (r.name, rep.name): rep.serves if rep.serves is not None else r.serves or every
+            for r in self.regions
+            for rep in r.replicas
+        }
+
+    @functools.cached_property
+    def catalog(self) -> Catalog:
+        """Which replica serves which model (empty: the open world, every replica serves every model)."""
+        return Catalog(self.models, {k: frozenset(v) for k, v in self._served().items()})
+
+    def engine(self, region: str, replica: str) -> Engine:
+        reg = self.by_name[region]
+        rep = next(r for r in reg.replicas if r.name == replica)
+        return rep.engine or reg.engine
 
     def region(self, name: str) -> Region | None:
         return self.by_name.get(name)

@@ -73,6 +73,18 @@ def local_topology(topo: Topology, ports: dict[tuple[str, str], int]) -> dict[st
     return data
 
 
+def sim_model_args(topo: Topology, region: str) -> list[str]:
+    """The simulator's flags for what each replica of ``region`` serves, from the model catalog."""
+    catalog = topo.catalog
+    if catalog.open:
+        return []
+    args = [f"--adapter={name}={spec.base}" for name, spec in catalog.models.items() if spec.base]
+    for (reg, rep), models in sorted(catalog.served.items()):
+        if reg == region:
+            args.append(f"--serves={rep}={','.join(sorted(models))}")
+    return args
+
+
 def _get(url: str, timeout: float = 1.0) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -203,6 +215,7 @@ class Fleet:
             args = [py, "-m", "regionsim", "--region", region.name]
             for rep in region.replicas:
                 args += ["--replica", f"{rep.name}=127.0.0.1:{ports[(region.name, rep.name)]}"]
+            args += sim_model_args(topo, region.name)
             if self.network:  # each region answers each edge after their round trip: the demo has physics
                 for edge, ms in emulated_rtt(topo, region.name).items():
                     args += ["--rtt", f"{edge}={ms:.1f}"]

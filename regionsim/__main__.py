@@ -37,7 +37,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "round trip, with jitter (repeatable; none: no emulation, e.g. for benchmarks)",
     )
     p.add_argument("--rtt-jitter", type=float, default=0.1, help="± fraction on each emulated round trip")
+    p.add_argument(
+        "--model", action="append", default=[], help="a base model every replica serves (repeatable)"
+    )
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=BASE", help="a LoRA adapter")
+    p.add_argument(
+        "--serves",
+        action="append",
+        default=[],
+        metavar="REPLICA=M1,M2",
+        help="what one replica serves instead (models and adapters; default: every --model and --adapter)",
+    )
+    p.add_argument("--kv-tokens", type=int, default=65_536, help="each replica's KV cache, in tokens")
+    p.add_argument("--max-lora", type=int, default=4, help="adapter slots per replica")
+    p.add_argument(
+        "--prefill-ms-per-1k", type=float, default=40.0, help="prefill time per 1k uncached tokens"
+    )
     return p.parse_args(argv)
+
+
+def served_models(args: argparse.Namespace) -> dict[str, dict[str, str | None]]:
+    """Replica -> {model or adapter: its base (None for a base model)}; {} means the simulator's default."""
+    adapters: dict[str, str | None] = {}
+    for spec in args.adapter:
+        name, _, base = spec.partition("=")
+        if not name or not base:
+            raise SystemExit(f"--adapter {spec!r}: expected NAME=BASE")
+        adapters[name] = base
+    every: dict[str, str | None] = {m: None for m in args.model}
+    every.update({a: b for a, b in adapters.items()})
+    out: dict[str, dict[str, str | None]] = {}
+    for spec in args.serves:
+        replica, _, names = spec.partition("=")
+        if not replica or not names:
+            raise SystemExit(f"--serves {spec!r}: expected REPLICA=MODEL,MODEL")
+        out[replica] = {n: adapters.get(n) for n in names.split(",") if n}
+    for spec in args.replica:
+        out.setdefault(spec.partition("=")[0], every)
+    return out
 
 
 def parse_rtt(specs: list[str]) -> dict[str, float]:
@@ -56,6 +93,7 @@ def parse_rtt(specs: list[str]) -> dict[str, float]:
 async def serve(args: argparse.Namespace) -> None:
     runners = []
     rtt = parse_rtt(args.rtt)
+    served = served_models(args)
     for spec in args.replica:
         name, _, addr = spec.partition("=")
         host, _, port = addr.rpartition(":")
@@ -71,6 +109,10 @@ async def serve(args: argparse.Namespace) -> None:
             seed=args.seed,
             rtt_ms=rtt,
             rtt_jitter=args.rtt_jitter,
+            models=served.get(name) or None,
+            kv_tokens=args.kv_tokens,
+            max_lora=args.max_lora,
+            prefill_ms_per_1k=args.prefill_ms_per_1k,
         )
         # handler_cancellation: a client that goes away (a cancelled hedge) stops the generation at once
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)

@@ -1,5 +1,6 @@
-"""The simulated cluster's aiohttp app (I/O): chat completions (stream or not), models, health, vLLM-style
-metrics, fault injection, bounded concurrency with a queue, and per-request trace echo headers."""
+"""The simulated replica's aiohttp app (I/O): chat and text completions (stream or not, with usage), the
+models and adapters it serves, health, vLLM's metrics, fault injection and trace echo headers; the engine
+(batching, KV cache, prefix cache, adapter slots) is ``regionsim.engine``."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
+from regionsim.engine import Engine, Job, block_hashes, tokens_of
 from regionsim.model import Faults, LatencyModel
 
 WORDS = ("the", "model", "routes", "tokens", "across", "regions", "with", "low", "latency", "and", "care")
@@ -26,8 +31,6 @@ class SimStats:
     completed: int = 0
     errors: int = 0
     cancelled: int = 0
-    running: int = 0
-    waiting: int = 0
     streams_open: int = 0
     rejected: int = 0
     trace_ids: list[str] = field(default_factory=list)
@@ -45,41 +48,86 @@ class SimState:
     region: str
     replica: str
     model: LatencyModel
-    max_concurrency: int
+    max_concurrency: int  # the engine's maximum batch
     max_queue: int
     default_tokens: int
     rng: random.Random
+    models: dict[str, str | None] = field(default_factory=lambda: {"sim-llm": None})  # name -> adapter's base
+    kv_tokens: int = 65_536
+    max_lora: int = 4
+    adapter_load_ms: float = 200.0
     faults: Faults = field(default_factory=Faults)
     stats: SimStats = field(default_factory=SimStats)
     rtt_ms: dict[str, float] = field(default_factory=dict)  # calling edge's region -> emulated round trip
     rtt_jitter: float = 0.1
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     ttft_seconds: Histogram = field(init=False)
-    slots: asyncio.Semaphore = field(init=False)
+    engine: Engine = field(init=False)
+    started: dict[Job, asyncio.Future[None]] = field(default_factory=dict)
     cancelled_event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.slots = asyncio.Semaphore(self.max_concurrency)
-        labels = {"model_name": "sim-llm", "region": self.region, "replica": self.replica}
-        running = Gauge(
-            "vllm:num_requests_running", "Requests on the GPU", list(labels), registry=self.registry
-        )
-        running.labels(**labels).set_function(lambda: self.stats.running)
-        waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", list(labels), registry=self.registry)
-        waiting.labels(**labels).set_function(lambda: self.stats.waiting)
+        self.engine = Engine(max_batch=self.max_concurrency, kv_tokens=self.kv_tokens, max_lora=self.max_lora)
+        self.registry.register(EngineCollector(self))
         self.ttft_seconds = Histogram(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
-            list(labels),
+            ["model_name"],
             buckets=VLLM_TTFT_BUCKETS,
             registry=self.registry,
-        ).labels(**labels)
+        ).labels(model_name=self.base_model)
+
+    @property
+    def base_model(self) -> str:
+        return next((m for m, base in self.models.items() if base is None), "sim-llm")
+
+    def pump(self) -> None:
+        """Start whatever the engine admits now."""
+        for job in self.engine.admit():
+            fut = self.started.pop(job, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     async def network(self, request: web.Request) -> None:
         """Emulated network: the round trip between the calling edge's region and this one, with jitter."""
         rtt = self.rtt_ms.get(request.headers.get("X-Meridian-Edge", ""))
         if rtt:
             await asyncio.sleep(rtt * (1 + self.rng.uniform(-self.rtt_jitter, self.rtt_jitter)) / 1000.0)
+
+
+class EngineCollector(Collector):
+    """vLLM's engine gauges at scrape time: load, KV cache, LoRA adapters, prefix cache."""
+
+    def __init__(self, st: SimState) -> None:
+        self.st = st
+
+    def collect(self) -> Iterator[Metric]:
+        eng, name = self.st.engine, self.st.base_model
+        for metric, doc, value in (
+            ("vllm:num_requests_running", "Number of requests in model execution batches.", len(eng.running)),
+            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", len(eng.waiting)),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", eng.kv_usage),
+        ):
+            g = GaugeMetricFamily(metric, doc, labels=["model_name"])
+            g.add_metric([name], value)
+            yield g
+        lora = GaugeMetricFamily(
+            "vllm:lora_requests_info",
+            "Running stats on lora requests.",
+            labels=["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+        )
+        lora.add_metric(
+            [str(eng.max_lora), ",".join(eng.waiting_adapters()), ",".join(eng.running_adapters())],
+            time.time(),
+        )
+        yield lora
+        for metric, doc, value in (
+            ("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", 0),
+            ("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", 1),
+        ):
+            c = CounterMetricFamily(metric, doc, labels=["model_name"])
+            c.add_metric([name], eng.prefix_queries if value == 0 else eng.prefix_hits)
+            yield c
 
 
 STATE = web.AppKey("sim_state", SimState)
@@ -100,27 +148,39 @@ def create_app(
     replica: str,
     ttft_ms: float = 50.0,
     per_token_ms: float = 5.0,
+    prefill_ms_per_1k: float = 40.0,
     max_concurrency: int = 32,
     max_queue: int = 256,
     default_tokens: int = 16,
     seed: int | None = None,
     rtt_ms: dict[str, float] | None = None,
     rtt_jitter: float = 0.1,
+    models: dict[str, str | None] | None = None,
+    kv_tokens: int = 65_536,
+    max_lora: int = 4,
+    adapter_load_ms: float = 200.0,
 ) -> web.Application:
+    """One simulated replica. ``models``: the names it serves, each mapped to its base model if it is a LoRA
+    adapter (default: one base model, ``sim-llm``)."""
     app = web.Application(client_max_size=8 << 20)
     app[STATE] = SimState(
         region=region,
         replica=replica,
-        model=LatencyModel(ttft_ms=ttft_ms, per_token_ms=per_token_ms),
+        model=LatencyModel(ttft_ms=ttft_ms, per_token_ms=per_token_ms, prefill_ms_per_1k=prefill_ms_per_1k),
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         default_tokens=default_tokens,
         rng=random.Random(seed),
+        models=dict(models) if models else {"sim-llm": None},
+        kv_tokens=kv_tokens,
+        max_lora=max_lora,
+        adapter_load_ms=adapter_load_ms,
         rtt_ms=dict(rtt_ms or {}),
         rtt_jitter=rtt_jitter,
     )
     app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", chat)
+    app.router.add_get("/v1/models", models_list)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/_sim/faults", set_faults)
@@ -134,6 +194,49 @@ async def _reset(request: web.Request) -> web.Response:
     if request.transport is not None:
         request.transport.abort()
     return web.Response(status=503)
+
+
+def vllm_error(
+    status: int, message: str, kind: str, hdrs: dict[str, str], param: str | None = None
+) -> web.Response:
+    """An error as vLLM's OpenAI server answers it."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return web.json_response(body, status=status, headers=hdrs)
+
+
+def prompt_text(payload: dict[str, Any]) -> str:
+    """The prompt as the engine sees it: chat messages in order (role, then text), or a completion's."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for m in messages:
+            if isinstance(m, dict):
+                content = m.get("content")
+                if isinstance(content, list):  # content parts: the text ones
+                    content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+                parts.append(f"<|{m.get('role', '')}|>{content if isinstance(content, str) else ''}")
+        return "".join(parts)
+    prompt = payload.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def _job(st: SimState, payload: dict[str, Any], hdrs: dict[str, str]) -> Job | web.Response:
+    """The engine job for a request, or vLLM's error for it."""
+    name = payload.get("model", st.base_model)
+    if not isinstance(name, str) or name not in st.models:
+        return vllm_error(404, f"The model `{name}` does not exist.", "NotFoundError", hdrs, "model")
+    tokens = payload.get("max_tokens", st.default_tokens)
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+        return vllm_error(400, "max_tokens must be a positive integer", "BadRequestError", hdrs, "max_tokens")
+    text = prompt_text(payload)
+    base = st.models[name]
+    return Job(
+        model=base or name,
+        adapter=name if base is not None else None,
+        blocks=block_hashes(text),
+        prompt_tokens=tokens_of(text),
+        max_tokens=min(tokens, 4096),
+    )
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -152,41 +255,38 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if not isinstance(payload, dict):
             raise ValueError("body must be a JSON object")
     except (ValueError, json.JSONDecodeError) as exc:
-        return web.json_response(
-            {"error": {"message": f"invalid JSON body: {exc}"}}, status=400, headers=hdrs
-        )
-    stream = bool(payload.get("stream", False))
-    tokens = payload.get("max_tokens", st.default_tokens)
-    if not isinstance(tokens, int) or tokens < 1:
-        return web.json_response(
-            {"error": {"message": "max_tokens must be a positive integer"}}, status=400, headers=hdrs
-        )
-    tokens = min(tokens, 4096)
+        return vllm_error(400, f"invalid JSON body: {exc}", "BadRequestError", hdrs)
+    job = _job(st, payload, hdrs)
+    if isinstance(job, web.Response):
+        return job
     if st.rng.random() < st.faults.error_rate:
         st.stats.errors += 1
-        return web.json_response({"error": {"message": "simulated overload"}}, status=503, headers=hdrs)
-    if st.stats.waiting >= st.max_queue:
+        return vllm_error(503, "simulated overload", "ServiceUnavailableError", hdrs)
+    if len(st.engine.waiting) >= st.max_queue:
         st.stats.rejected += 1
-        return web.json_response({"error": {"message": "queue full"}}, status=429, headers=hdrs)
-    st.stats.waiting += 1
+        return vllm_error(429, "queue full", "TooManyRequestsError", hdrs)
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    st.started[job] = fut
+    st.engine.submit(job)
     try:
-        await st.slots.acquire()
+        st.pump()
+        await fut
+        return await _generate(request, st, hdrs, payload=payload, job=job, arrived=arrived)
     finally:
-        st.stats.waiting -= 1
-    st.stats.running += 1
-    try:
-        return await _generate(
-            request,
-            st,
-            hdrs,
-            stream=stream,
-            tokens=tokens,
-            model=str(payload.get("model", "sim-llm")),
-            arrived=arrived,
-        )
-    finally:
-        st.stats.running -= 1
-        st.slots.release()
+        st.started.pop(job, None)
+        st.engine.finish(job)
+        st.pump()
+
+
+def _chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
+    chunk = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
 
 async def _generate(
@@ -194,38 +294,42 @@ async def _generate(
     st: SimState,
     hdrs: dict[str, str],
     *,
-    stream: bool,
-    tokens: int,
-    model: str,
+    payload: dict[str, Any],
+    job: Job,
     arrived: float,
 ) -> web.StreamResponse:
     rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
     created = int(time.time())
+    model = str(payload.get("model", st.base_model))
+    tokens = job.max_tokens
     words = [st.rng.choice(WORDS) for _ in range(tokens)]
+    usage = {
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": tokens,
+        "total_tokens": job.prompt_tokens + tokens,
+        "prompt_tokens_details": {"cached_tokens": job.cached_tokens},
+    }
+    hdrs = {**hdrs, "X-Sim-Cached-Tokens": str(job.cached_tokens)}
     try:
-        await asyncio.sleep(st.model.ttft(st.faults, st.rng))
+        prefill = st.model.prefill(job.prompt_tokens - job.cached_tokens)
+        load = st.adapter_load_ms / 1000.0 if job.loads_adapter else 0.0
+        await asyncio.sleep(st.model.ttft(st.faults, st.rng) + prefill + load)
         st.ttft_seconds.observe(time.monotonic() - arrived)  # queue wait + prefill, as vLLM counts it
-        if not stream:
+        batch = len(st.engine.running)
+        if not payload.get("stream", False):
             for _ in range(tokens - 1):
-                await asyncio.sleep(st.model.per_token(st.rng))
+                await asyncio.sleep(st.model.per_token(st.rng, batch=batch, max_batch=st.max_concurrency))
             st.stats.completed += 1
-            return web.json_response(
-                {
-                    "id": rid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": " ".join(words)},
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": 8 + tokens},
-                },
-                headers=hdrs,
-            )
+            message = {"role": "assistant", "content": " ".join(words)}
+            body = {
+                "id": rid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                "usage": usage,
+            }
+            return web.json_response(body, headers=hdrs)
         resp = web.StreamResponse(
             headers={**hdrs, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -234,23 +338,15 @@ async def _generate(
         try:
             for i, word in enumerate(words):
                 if i:
-                    await asyncio.sleep(st.model.per_token(st.rng))
-                chunk = {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
-                }
-                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            done = {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            }
-            await resp.write(b"data: " + json.dumps(done).encode() + b"\n\ndata: [DONE]\n\n")
+                    await asyncio.sleep(st.model.per_token(st.rng, batch=batch, max_batch=st.max_concurrency))
+                await resp.write(_chunk(rid, created, model, {"content": word + " "}, None))
+            await resp.write(_chunk(rid, created, model, {}, "stop"))
+            options = payload.get("stream_options")
+            if isinstance(options, dict) and options.get("include_usage"):
+                final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+                final.update(choices=[], usage=usage)
+                await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         finally:
             st.stats.streams_open -= 1
@@ -266,18 +362,24 @@ async def _generate(
         return web.Response(status=499)
 
 
-async def models(request: web.Request) -> web.Response:
+async def models_list(request: web.Request) -> web.Response:
     st = request.app[STATE]
     await st.network(request)
     if st.faults.down:
         return await _reset(request)
-    return web.json_response(
+    data = [
         {
-            "object": "list",
-            "data": [{"id": "sim-llm", "object": "model", "owned_by": f"meridian-sim/{st.region}"}],
-        },
-        headers=_sim_headers(st, request),
-    )
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "vllm",
+            "root": name,
+            "parent": base,
+            "max_model_len": 8192,
+        }
+        for name, base in st.models.items()
+    ]
+    return web.json_response({"object": "list", "data": data}, headers=_sim_headers(st, request))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -330,8 +432,12 @@ async def stats(request: web.Request) -> web.Response:
             "completed": s.completed,
             "errors": s.errors,
             "cancelled": s.cancelled,
-            "running": s.running,
-            "waiting": s.waiting,
+            "running": len(st.engine.running),
+            "waiting": len(st.engine.waiting),
+            "kv_cache_usage": round(st.engine.kv_usage, 4),
+            "prefix_cache_queries": st.engine.prefix_queries,
+            "prefix_cache_hits": st.engine.prefix_hits,
+            "models": sorted(st.models),
             "streams_open": s.streams_open,
             "rejected": s.rejected,
             "faults": st.faults.model_dump(),

@@ -24,7 +24,9 @@ class Faults(BaseModel):
 class LatencyModel:
     ttft_ms: float = 50.0
     per_token_ms: float = 5.0
+    prefill_ms_per_1k: float = 40.0  # prompt tokens not found in the prefix cache cost this per thousand
     jitter: float = 0.1  # ± fraction on each delay
+    batch_slowdown: float = 0.5  # a full batch decodes each token this much slower
 
     def ttft(self, faults: Faults, rng: random.Random) -> float:
         """Seconds until the first token for one request."""
@@ -34,5 +36,11 @@ class LatencyModel:
         base += faults.extra_latency_ms
         return max(0.0, base * (1 + rng.uniform(-self.jitter, self.jitter))) / 1000.0
 
-    def per_token(self, rng: random.Random) -> float:
-        return max(0.0, self.per_token_ms * (1 + rng.uniform(-self.jitter, self.jitter))) / 1000.0
+    def prefill(self, uncached_tokens: int) -> float:
+        """Seconds of prefill for the prompt tokens the prefix cache did not have."""
+        return max(0, uncached_tokens) * self.prefill_ms_per_1k / 1_000_000.0
+
+    def per_token(self, rng: random.Random, *, batch: int = 1, max_batch: int = 1) -> float:
+        """Seconds between two tokens, slower as the batch fills (decode shares the GPU)."""
+        crowd = 1.0 + self.batch_slowdown * max(0, batch - 1) / max(1, max_batch)
+        return max(0.0, self.per_token_ms * crowd * (1 + rng.uniform(-self.jitter, self.jitter))) / 1000.0

@@ -1,0 +1,83 @@
+"""What an inference request asks for (pure, no I/O): its model, and its affinity key — the OpenAI
+``prompt_cache_key`` when present, else the ``X-Session-Id`` header, else a hash of the prompt's leading
+turns (the messages up to and including the first user turn, each cut to ``PREFIX_CHARS``; a completion's
+prompt cut the same way). Every turn of one conversation shares those leading turns, so every edge derives
+the same key for all of them without sharing any state.
+
+The body is decoded with msgspec into only the fields routing reads (the rest is skipped, not built)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+PREFIX_CHARS = 2048  # of each leading message: long enough to tell sessions apart, bounded in cost
+KeySource = Literal["prompt_cache_key", "session", "prefix"]
+
+
+class _Message(msgspec.Struct):
+    role: str = ""
+    content: str | list[dict[str, object]] | None = None
+
+
+class _Body(msgspec.Struct):
+    model: str | None = None
+    prompt_cache_key: str | None = None
+    messages: list[_Message] | None = None
+    prompt: str | list[object] | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Body)
+
+
+class BodyError(ValueError):
+    """The body is not the JSON object an inference route takes (the message names the field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inference:
+    model: str | None
+    key: int | None  # the affinity key, 64 bits (None: nothing to be sticky on)
+    key_source: KeySource | None
+
+
+def read(body: bytes, session: str | None) -> Inference:
+    """The routing facts of an inference body; ``BodyError`` when it is not a JSON object of that shape."""
+    if not body:
+        return Inference(None, _hash("session", session) if session else None, "session" if session else None)
+    try:
+        parsed = _DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BodyError(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BodyError(f"the request body is not JSON: {exc}") from None
+    if parsed.prompt_cache_key:
+        return Inference(parsed.model, _hash("pck", parsed.prompt_cache_key), "prompt_cache_key")
+    if session:
+        return Inference(parsed.model, _hash("session", session), "session")
+    prefix = _leading(parsed)
+    return Inference(parsed.model, _hash("prefix", prefix) if prefix else None, "prefix" if prefix else None)
+
+
+def _leading(body: _Body) -> str:
+    if body.messages:
+        parts = []
+        for m in body.messages:
+            content = m.content
+            if isinstance(content, list):
+                content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            parts.append(f"<{m.role}>{(content or '')[:PREFIX_CHARS]}")
+            if m.role == "user":
+                break
+        return "".join(parts)
+    if isinstance(body.prompt, str):
+        return body.prompt[:PREFIX_CHARS]
+    return ""
+
+
+def _hash(kind: str, text: str) -> int:
+    digest = hashlib.blake2b(f"{kind}\0{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")

@@ -1,0 +1,78 @@
+"""The model catalog (pure, no I/O): the models and LoRA adapters regions.yaml declares, and which replicas
+serve which. An empty catalog is the open world: every replica serves whatever model a client names."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Engine = Literal["vllm", "sglang", "tgi", "openai"]  # openai: any other OpenAI-compatible server
+
+
+class ModelSpec(BaseModel):
+    """One servable model: a base model, or a LoRA adapter of one (``base``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str | None = Field(default=None, description="a LoRA adapter's base model")
+    context_length: int = Field(default=8192, gt=0)
+    fallbacks: tuple[str, ...] = Field(
+        default=(), description="served instead, in order, only when no region serving this one is routable"
+    )
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.base is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Which (region, replica) serves which model (adapters included); built once from the topology."""
+
+    models: Mapping[str, ModelSpec]
+    served: Mapping[tuple[str, str], frozenset[str]]  # (region, replica) -> models it serves
+
+    @property
+    def open(self) -> bool:
+        """No catalog declared: every replica serves every model, nothing is filtered."""
+        return not self.models
+
+    def known(self, model: str) -> bool:
+        return self.open or model in self.models
+
+    def regions_for(self, model: str) -> frozenset[str]:
+        return frozenset(region for (region, _), models in self.served.items() if model in models)
+
+    def replicas_for(self, region: str, model: str) -> tuple[str, ...]:
+        return tuple(rep for (reg, rep), models in self.served.items() if reg == region and model in models)
+
+    def serves(self, region: str, replica: str, model: str) -> bool:
+        return self.open or model in self.served.get((region, replica), frozenset())
+
+    def fallbacks(self, model: str) -> tuple[str, ...]:
+        spec = self.models.get(model)
+        return spec.fallbacks if spec is not None else ()
+
+    def adapter_base(self, model: str) -> str | None:
+        spec = self.models.get(model)
+        return spec.base if spec is not None else None
+
+
+def check_catalog(models: Mapping[str, ModelSpec], served: Mapping[tuple[str, str], tuple[str, ...]]) -> None:
+    """Every name served is declared; an adapter's base is declared and served beside it; fallbacks exist."""
+    for name, spec in models.items():
+        if spec.base is not None and (spec.base not in models or models[spec.base].is_adapter):
+            raise ValueError(f"models.{name}.base: {spec.base!r} is not a declared base model")
+        for fb in spec.fallbacks:
+            if fb not in models or fb == name:
+                raise ValueError(f"models.{name}.fallbacks: {fb!r} is not another declared model")
+    for (region, replica), names in served.items():
+        for name in names:
+            if name not in models:
+                raise ValueError(f"{region}/{replica} serves {name!r}, which models: does not declare")
+            base = models[name].base
+            if base is not None and base not in names:
+                raise ValueError(f"{region}/{replica} serves adapter {name!r} but not its base {base!r}")
