@@ -76,10 +76,8 @@ PLACES = [Place(c) for c in CLIENTS]
 def first_replica(d: routing.Decision, rng: random.Random) -> str:
     plan = routing.AttemptPlan(
         d,
-        replicas=REPLICAS.__getitem__,
-        outstanding=OUTSTANDING.__getitem__,
+        chooser=routing.LeastOutstanding(REPLICAS.__getitem__, OUTSTANDING.__getitem__, rng),
         urls=URLS,
-        rng=rng,
         max_attempts=3,
     )
     first = plan.next()

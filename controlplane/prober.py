@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 
+from controlplane.engines import parse_metrics
 from controlplane.health import Signal, Track, fold_region, observe, worse
 from controlplane.intake import PassiveBook
 from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StateStore, StoreError, StoreUnavailable
-from fleet.signals import EngineSignals, parse_metrics, signal_key
+from fleet.signals import EngineSignals, signal_key
 from fleet.state import Health, RegionState, Topology
 
 log = logging.getLogger("meridian.prober")

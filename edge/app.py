@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import random
 import time
@@ -32,12 +33,15 @@ from edge.hedging import HedgeBudget, HedgePolicy
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
 from edge.outlier import OutlierDetector, OutlierPolicy
-from edge.planner import Planner
+from edge.planner import Planner, ReplicaTuning, Wanted
 from edge.proxy import Proxy, error, internal_error
+from edge.replicas import PickPolicy
 from edge.reporter import Reporter
+from edge.request import Inference, read
 from edge.routing import AttemptPlan
 from edge.rtt import RttProber
 from edge.settings import EdgeSettings
+from edge.signals import SignalsFeed
 from edge.snapshot import SnapshotFeed
 from edge.upstream import UpstreamPool
 from fleet.redisconn import connect
@@ -109,7 +113,13 @@ class Edge:
         self.resilience = _resilience(settings, topo, rng)
         self.hedging = _hedging(settings)
         self.metrics.hedge_extra_load.set_function(lambda: self.hedging.budget.extra_load)
-        self.planner = _planner(settings, topo, self.resilience, self.observed, rng)
+        self.signals = SignalsFeed(
+            url=settings.redis_url,
+            poll_s=settings.signals_poll_s,
+            connect=lambda url: _connect(settings, url, socket_timeout=2.0),
+        )
+        self.planner = _planner(settings, topo, self.resilience, self.observed, self.signals, rng)
+        metrics.watch_replicas(topo.names, self.planner.affinity, self.signals.oldest_age)
         self.fallback_snapshot = Snapshot(
             version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
         )
@@ -152,6 +162,7 @@ class Edge:
             resilience=self.resilience,
             hedging=self.hedging,
             edge_region=settings.region,
+            replica_header=settings.replica_header,
         )
         return Proxy(
             settings=settings,
@@ -166,6 +177,7 @@ class Edge:
             sampler=tracing.HeadSampler(settings.tracing_sample_ratio, rng),
             hedgeable_routes=self.topology.policy.hedgeable_routes,
             inference_routes=self.topology.policy.inference_routes,
+            catalog=self.topology.catalog,
         )
 
     async def start(self) -> None:
@@ -173,6 +185,7 @@ class Edge:
         settings = self.settings
         self._tasks.append(asyncio.create_task(self.feed.run(), name="snapshot-feed"))
         self._tasks.append(asyncio.create_task(self.rtt.run(), name="rtt-prober"))
+        self._tasks.append(asyncio.create_task(self.signals.run(), name="signals-feed"))
         if settings.redis_primary_url:
             self._primary = _connect(settings, settings.redis_primary_url, socket_timeout=1.0)
             self.reporter = Reporter(
@@ -295,6 +308,8 @@ class Edge:
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def explain(self, request: web.BaseRequest) -> web.Response:
+        """Where a request would go: ``ip`` (default: the caller), ``model``, and an affinity key
+        (``key``: a prompt_cache_key, or ``session``: an X-Session-Id)."""
         raw = request.query.get("ip")
         if raw is None:
             ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
@@ -306,9 +321,39 @@ class Edge:
                     400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input"
                 )
             place = self.geo.locate(ip)
+        q = request.query
+        asked = {"model": q.get("model"), "prompt_cache_key": q.get("key")}
+        facts = read(json.dumps({k: v for k, v in asked.items() if v}).encode(), q.get("session"))
+        catalog = self.topology.catalog
+        if facts.model is not None and not catalog.known(facts.model):
+            message = f"unknown model {facts.model[:200]!r}"
+            return error(404, message, kind="invalid_request_error", code="model_not_found")
+        model = None if catalog.open else facts.model
+        wanted = Wanted(model, facts.key, model if model and catalog.adapter_base(model) else None)
         snap = self.feed.current or self.fallback_snapshot
-        plan = self.planner.plan(place, snap)
-        return web.json_response(self._explained(ip, place, snap, plan))
+        plan = self.planner.plan(place, snap, wanted)
+        return web.json_response(
+            {**self._explained(ip, place, snap, plan), **self._choice(facts, plan, snap)}
+        )
+
+    def _choice(self, facts: Inference, plan: AttemptPlan, snap: Snapshot) -> dict[str, object]:
+        """The explainer's model filter, affinity key, replica chosen and why, and every candidate replica
+        with its engine signals and their age."""
+        model = None if self.topology.catalog.open else facts.model
+        first = plan.next()
+        serving = None if model is None else sorted(self.planner.cache(snap).regions_serving(model))
+        key = None if facts.key is None else {"source": facts.key_source, "key": f"{facts.key:016x}"}
+        chosen = (
+            None if first is None else {"region": first.region, "replica": first.replica, "why": first.why}
+        )
+        return {
+            "model": None if model is None else {"requested": model, "regions_serving": serving},
+            "affinity": key,
+            "replica": chosen,
+            "candidates": [
+                {**c, "replicas": self.planner.describe(str(c["region"]), model)} for c in plan.candidates()
+            ],
+        }
 
     def _explained(
         self, ip: object, place: ClientPlace, snap: Snapshot, plan: AttemptPlan
@@ -361,7 +406,12 @@ def _connect(settings: EdgeSettings, url: str, *, socket_timeout: float) -> Redi
 
 
 def _planner(
-    settings: EdgeSettings, topo: Topology, resilience: Resilience, observed: Observed, rng: random.Random
+    settings: EdgeSettings,
+    topo: Topology,
+    resilience: Resilience,
+    observed: Observed,
+    signals: SignalsFeed,
+    rng: random.Random,
 ) -> Planner:
     return Planner(
         topology=topo,
@@ -372,6 +422,16 @@ def _planner(
         rng=rng,
         clock=time.monotonic,
         max_attempts=settings.retry_max_attempts,
+        signals=signals.get,
+        tuning=ReplicaTuning(
+            pick=PickPolicy(
+                max_waiting=settings.saturation_waiting,
+                max_kv=settings.saturation_kv_cache,
+                load_factor=settings.affinity_load_factor,
+            ),
+            signal_max_age_s=settings.signal_max_age_s,
+            slow_start_s=settings.slow_start_s,
+        ),
     )
 
 

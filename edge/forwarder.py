@@ -78,6 +78,7 @@ class Call:
     deadline: float
     path_qs: str
     parent: trace.Span
+    model: str | None = None  # the model served (X-Meridian-Model)
     sent: int = 0  # attempts made so far (X-Meridian-Attempts)
     hedged: bool = False
 
@@ -160,7 +161,9 @@ class Forwarder:
         resilience: Resilience,
         hedging: HedgePolicy,
         edge_region: str,
+        replica_header: bool = True,
     ) -> None:
+        self.replica_header = replica_header
         self.pool = pool
         self.tracer = tracer
         self.observed = observed
@@ -179,13 +182,21 @@ class Forwarder:
         timeouts: TimeoutSet,
         hedge_delay_s: float | None = None,
         parent: trace.Span = trace.INVALID_SPAN,
+        model: str | None = None,
     ) -> web.StreamResponse:
         """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
         hedge after that long without a first byte."""
         started = time.monotonic()
         self.res.budget.deposit(started)
         call = Call(
-            request, body, headers, timeouts, started + timeouts.total_s, request.rel_url.raw_path_qs, parent
+            request,
+            body,
+            headers,
+            timeouts,
+            started + timeouts.total_s,
+            request.rel_url.raw_path_qs,
+            parent,
+            model,
         )
         last: Result | None = None
         attempt = plan.next()
@@ -424,13 +435,17 @@ class Forwarder:
                 }
             },
             status=status,
-            headers=self._meridian_headers(None, call.sent),
+            headers=self._meridian_headers(call, None),
         )
 
-    def _meridian_headers(self, region: str | None, attempts: int) -> dict[str, str]:
-        h = {"X-Meridian-Edge": self.edge_region, "X-Meridian-Attempts": str(attempts)}
-        if region:
-            h["X-Meridian-Region"] = region
+    def _meridian_headers(self, call: Call, attempt: Attempt | None) -> dict[str, str]:
+        h = {"X-Meridian-Edge": self.edge_region, "X-Meridian-Attempts": str(call.sent)}
+        if attempt is not None:
+            h["X-Meridian-Region"] = attempt.region
+            if self.replica_header:
+                h["X-Meridian-Replica"] = attempt.replica
+        if call.model is not None:
+            h["X-Meridian-Model"] = call.model
         return h
 
     def _attempt_span(self, call: Call, attempt: Attempt) -> trace.Span:
@@ -458,7 +473,7 @@ class Forwarder:
         """Committed: copy status and headers, then the body (buffered when small, else chunk by chunk)."""
         upstream, attempt = r.upstream, r.attempt
         assert upstream is not None
-        meridian = self._meridian_headers(attempt.region, call.sent)
+        meridian = self._meridian_headers(call, attempt)
         if call.hedged:
             meridian["X-Meridian-Hedged"] = "1"
         length = upstream.content_length

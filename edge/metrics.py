@@ -74,6 +74,47 @@ class EdgeMetrics:
         )
         self._store_gauges(snapshot_age, snapshot_version, store_connected)
         self._resilience_metrics()
+        self._model_metrics()
+
+    def _model_metrics(self) -> None:
+        r = self.registry
+        self.model_not_found = Counter(
+            "meridian_edge_model_not_found", "Requests naming a model the catalog does not have", registry=r
+        )
+        self.model_fallbacks = Counter(
+            "meridian_edge_model_fallbacks",
+            "Requests served by a fallback model (no region serving the requested one was routable)",
+            ["requested", "served"],
+            registry=r,
+        )
+        self.affinity = Gauge(
+            "meridian_edge_affinity_picks",
+            "Replica picks by affinity key: on the key's own replica (hit) or overflowed past a full one",
+            ["result"],
+            registry=r,
+        )
+        self.signal_age = Gauge(
+            "meridian_edge_engine_signal_age_seconds",
+            "Age of the oldest engine signal of a region's replicas (-1: none published)",
+            ["region"],
+            registry=r,
+        )
+
+    def watch_replicas(
+        self, regions: tuple[str, ...], affinity: dict[str, int], age: Callable[[str], float | None]
+    ) -> None:
+        """Gauges read at scrape time: affinity picks so far, and each region's oldest engine signal."""
+
+        def picks(result: str) -> Callable[[], float]:
+            return lambda: float(affinity[result])
+
+        def oldest(region: str) -> Callable[[], float]:
+            return lambda: -1.0 if (a := age(region)) is None else a
+
+        for result in affinity:
+            self.affinity.labels(result).set_function(picks(result))
+        for region in regions:
+            self.signal_age.labels(region).set_function(oldest(region))
 
     def _store_gauges(
         self,

@@ -7,15 +7,19 @@ client-to-edge leg of the end-to-end estimate, and "misrouted by DNS")."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge.failback import Failback
 from edge.observed import Observed
 from edge.outlier import OutlierDetector
+from edge.replicas import Pick, PickPolicy, Replica, Ring, pick, slow_start_share
 from edge.routing import AttemptPlan, Decision, Lead, Network, RouteCache, distance_network, draw, hold
+from fleet.signals import EngineSignals
 from fleet.state import Location, Snapshot, Topology, distance_rtt_ms
+
+Signals = Callable[[], Mapping[tuple[str, str], tuple[EngineSignals, float]]]  # -> (signals, scraped at)
 
 CELLS_PER_DEGREE = 4  # client places are memoised per 0.25° cell (about 28 km, under 0.5 ms of RTT)
 
@@ -29,6 +33,43 @@ class Place(Protocol):
     def country(self) -> str | None: ...
     @property
     def continent(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What one request asks of the replica choice: its (served) model, affinity key and LoRA adapter."""
+
+    model: str | None = None
+    key: int | None = None
+    adapter: str | None = None
+
+
+NOTHING = Wanted()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaTuning:
+    """The replica choice's settings."""
+
+    pick: PickPolicy = field(default_factory=PickPolicy)
+    signal_max_age_s: float = 5.0
+    slow_start_s: float = 30.0
+    slow_start_floor: float = 0.1
+
+
+class ReplicaChoice:
+    """The chooser of one request's attempt plan: the planner's replica choice for what it wants."""
+
+    __slots__ = ("planner", "wanted")
+
+    def __init__(self, planner: Planner, wanted: Wanted) -> None:
+        self.planner, self.wanted = planner, wanted
+
+    def replicas(self, region: str) -> list[str]:
+        return self.planner.replicas(region, self.wanted.model)
+
+    def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
+        return self.planner.choose(region, exclude, self.wanted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +95,15 @@ class Planner:
         rng: random.Random,
         clock: Callable[[], float],
         max_attempts: int,
+        signals: Signals = dict,
+        tuning: ReplicaTuning | None = None,
     ) -> None:
         self.topology = topology
+        self.signals = signals
+        self.tuning = tuning or ReplicaTuning()
+        self.rings = {r.name: Ring([rep.name for rep in r.replicas]) for r in topology.regions}
+        self.joined: dict[tuple[str, str], float] = {}  # replicas ramping up (slow start) since when
+        self.affinity = {"hit": 0, "overflow": 0}
         self.edge = edge
         self.edge_location = topology.by_name[edge].location
         self.outliers = outliers
@@ -70,7 +118,8 @@ class Planner:
         self.distance = distance_network(topology, self.edge_location)
         observed.rtt_default = dict(zip(topology.names, self.distance.rtt_ms, strict=True))
         self._network, self._network_version = self.distance, -1
-        self.leads: dict[tuple[str, ...] | None, Lead] = {}  # pin group -> held primary
+        # (pin group, the model's regions) -> held primary
+        self.leads: dict[tuple[tuple[str, ...] | None, frozenset[str] | None], Lead] = {}
         self._places: dict[tuple[int, int], ClientView] = {}
 
     def network(self) -> Network:
@@ -91,10 +140,24 @@ class Planner:
         """The route cache of ``snapshot`` and the current network: a change of either makes a new one."""
         routes, network = self.routes, self.network()
         if routes is None or routes.snapshot is not snapshot or routes.network is not network:
-            routes = self.routes = RouteCache(self.topology, snapshot, network)
+            old, routes = routes, RouteCache(self.topology, snapshot, network)
+            self.routes = routes
+            if old is not None and old.snapshot is not snapshot:
+                self._joins(old, routes)
         return routes
 
-    def decide(self, place: Place, snapshot: Snapshot) -> Decision:
+    def _joins(self, old: RouteCache, new: RouteCache) -> None:
+        """Replicas serving in the new snapshot but not in the old one start their slow start now."""
+        now = self.clock()
+        window = self.tuning.slow_start_s
+        self.joined = {k: t for k, t in self.joined.items() if now - t < window}
+        for name in self.topology.names:
+            before = set(old.serving(name))
+            for replica in new.serving(name):
+                if replica not in before:
+                    self.joined[(name, replica)] = now
+
+    def decide(self, place: Place, snapshot: Snapshot, model: str | None = None) -> Decision:
         """Primary, backup and order of regions for a client at ``place`` (the primary held per pin group)."""
         now = self.clock()
         plan = self.cache(snapshot).plan(
@@ -102,11 +165,13 @@ class Planner:
             continent=place.continent,
             excluded=self.outliers.ejected_regions(now),
             share=self._shares(snapshot, now),
+            model=None if self.topology.catalog.open else model,
         )
-        old = self.leads.get(plan.pinned)
+        group = (plan.pinned, plan.serving)
+        old = self.leads.get(group)
         lead = hold(old, plan, now=now, rng=self.rng)
         if lead is not old and lead is not None:
-            self.leads[plan.pinned] = lead
+            self.leads[group] = lead
         return draw(plan, self.rng, None if lead is None else lead.region)
 
     def client_view(self, place: Place) -> ClientView:
@@ -126,25 +191,88 @@ class Planner:
             self._places[key] = hit
         return hit
 
-    def plan(self, place: Place, snapshot: Snapshot) -> AttemptPlan:
+    def plan(self, place: Place, snapshot: Snapshot, wanted: Wanted = NOTHING) -> AttemptPlan:
         """The request's whole attempt plan (its replica choices are made as it asks for them)."""
         return AttemptPlan(
-            self.decide(place, snapshot),
-            replicas=self.replicas,
-            outstanding=self.observed.outstanding_in,
+            self.decide(place, snapshot, wanted.model),
+            chooser=ReplicaChoice(self, wanted),
             urls=self.urls,
-            rng=self.rng,
             max_attempts=self.max_attempts,
         )
 
-    def replicas(self, region: str) -> list[str]:
-        """Replicas of ``region`` a request may go to now: serving in the store, admitted by the breakers
-        (all serving ones if the breakers admit none: the store's view is the fallback)."""
+    def replicas(self, region: str, model: str | None = None) -> list[str]:
+        """Replicas of ``region`` a request may go to now: serving in the store (and serving ``model``),
+        admitted by the breakers (all serving ones if the breakers admit none: the store's view is the
+        fallback)."""
         routes = self.routes
         if routes is None:
             return []
-        serving = routes.serving(region)
+        if model is None or self.topology.catalog.open:
+            serving = routes.serving(region)
+        else:
+            serving = routes.serving_model(region, model)
         return self.outliers.admitted(region, serving, self.clock()) or serving
+
+    def choose(self, region: str, exclude: frozenset[str], wanted: Wanted) -> Pick | None:
+        """The replica of ``region`` for a request wanting ``wanted``, none of ``exclude``."""
+        names = self.replicas(region, wanted.model)
+        if exclude:
+            names = [n for n in names if n not in exclude]
+        if not names:
+            return None
+        candidates = self.candidates(region, names)
+        chosen = pick(
+            candidates,
+            key=wanted.key,
+            adapter=wanted.adapter,
+            ring=self.rings[region],
+            policy=self.tuning.pick,
+            rng=self.rng,
+        )
+        if chosen is not None and wanted.key is not None:
+            self.affinity["hit" if chosen.affinity else "overflow"] += 1
+        return chosen
+
+    def describe(self, region: str, model: str | None) -> list[dict[str, object]]:
+        """Each replica a request for ``model`` may go to in ``region``, as the picker sees it."""
+        now, signals, policy = self.clock(), self.signals(), self.tuning.pick
+        rows: list[dict[str, object]] = []
+        for r in self.candidates(region, self.replicas(region, model)):
+            got = signals.get((region, r.name))
+            sig = r.signals
+            rows.append(
+                {
+                    "replica": r.name,
+                    "outstanding": r.outstanding,
+                    "share": round(r.share, 3),
+                    "signal_age_s": None if got is None else round(now - got[1], 2),
+                    "signals": None if sig is None else sig.model_dump(exclude={"at"}),
+                    "stale": got is not None and sig is None,
+                    "saturated": sig is not None
+                    and sig.saturated(max_waiting=policy.max_waiting, max_kv=policy.max_kv),
+                }
+            )
+        return rows
+
+    def candidates(self, region: str, names: list[str]) -> list[Replica]:
+        """What the picker knows of each replica: outstanding requests, fresh signals, slow-start share."""
+        now = self.clock()
+        outstanding = self.observed.outstanding_in(region)
+        signals = self.signals()
+        tuning, joined = self.tuning, self.joined
+        out = []
+        for name in names:
+            key = (region, name)
+            got = signals.get(key)
+            fresh = got[0] if got is not None and now - got[1] <= tuning.signal_max_age_s else None
+            since = joined.get(key)
+            share = (
+                1.0
+                if since is None
+                else slow_start_share(since, now, window_s=tuning.slow_start_s, floor=tuning.slow_start_floor)
+            )
+            out.append(Replica(name, outstanding.get(name, 0), fresh, share))
+        return out
 
     def _shares(self, snapshot: Snapshot, now: float) -> dict[str, float] | None:
         """Regions below full share (recovering or held down), or None when every region is at full share:

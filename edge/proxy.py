@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import time
 
@@ -16,13 +17,15 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge import tracing
 from edge.forwarder import Forwarder, upstream_headers
-from edge.geo import ClientLocator
+from edge.geo import ClientLocator, ClientPlace
 from edge.hedging import HedgePolicy
 from edge.metrics import EdgeMetrics
-from edge.planner import Planner
+from edge.planner import NOTHING, Planner, Wanted
+from edge.request import BodyError, read
 from edge.routing import AttemptPlan
 from edge.settings import EdgeSettings, Priority
 from edge.snapshot import SnapshotFeed
+from fleet.models import Catalog
 from fleet.state import Snapshot
 
 log = logging.getLogger("meridian.edge")
@@ -30,9 +33,18 @@ log = logging.getLogger("meridian.edge")
 PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
 
 
-def error(status: int, message: str, *, kind: str, headers: dict[str, str] | None = None) -> web.Response:
+def error(
+    status: int,
+    message: str,
+    *,
+    kind: str,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
+    param: str | None = None,
+) -> web.Response:
     """An error for the client, in OpenAI's shape."""
-    return web.json_response({"error": {"message": message, "type": kind}}, status=status, headers=headers)
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
 
 
 def internal_error(request: web.BaseRequest) -> web.Response:
@@ -40,13 +52,25 @@ def internal_error(request: web.BaseRequest) -> web.Response:
     return error(500, "internal error in the edge", kind="meridian_internal")
 
 
-class BadInput(Exception):
-    """The client's request is refused before any region sees it (status, message, metric label)."""
+def with_model(body: bytes, model: str) -> bytes:
+    """The body with its ``model`` replaced (a fallback's: the region serves that name)."""
+    parsed = json.loads(body)
+    parsed["model"] = model
+    return json.dumps(parsed).encode()
 
-    def __init__(self, status: int, message: str, what: str) -> None:
+
+class BadInput(Exception):
+    """The client's request is refused before any region sees it (status, message, metric label, and
+    OpenAI's code and param when there is one)."""
+
+    def __init__(
+        self, status: int, message: str, what: str, *, code: str | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.what = what
+        self.code = code
+        self.param = param
 
 
 class Proxy:
@@ -65,6 +89,7 @@ class Proxy:
         sampler: tracing.HeadSampler,
         hedgeable_routes: tuple[str, ...],
         inference_routes: dict[str, tuple[str, ...]],
+        catalog: Catalog,
     ) -> None:
         self.settings = settings
         self.feed = feed
@@ -79,6 +104,7 @@ class Proxy:
         self.hedgeable = frozenset(hedgeable_routes) if settings.hedge_enabled else frozenset()
         self.edge_headers = {"X-Meridian-Edge": settings.region}
         self.routes = {path: frozenset(methods) for path, methods in inference_routes.items()}
+        self.catalog = catalog
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The request span around the proxying; a bug answers 500 in OpenAI's shape, never a traceback.
@@ -86,6 +112,8 @@ class Proxy:
         methods = self.routes.get(request.path)
         if methods is None or request.method not in methods:
             return self._not_forwarded(request, methods)
+        if request.path == "/v1/models" and not self.catalog.open:
+            return self.models_view()
         headers = request.headers
         if "traceparent" not in headers:
             span = self.sampler.left_out() or self._server_span(request, None)
@@ -166,9 +194,13 @@ class Proxy:
         try:
             priority = self._priority(request)
             body = await self._body(request)
+            wanted = self._wanted(request, body)
         except BadInput as exc:
             self.metrics.bad_input.labels(what=exc.what).inc()
-            refused = error(exc.status, str(exc), kind="meridian_bad_input", headers=self.edge_headers)
+            kind = "invalid_request_error" if exc.code else "meridian_bad_input"
+            refused = error(
+                exc.status, str(exc), kind=kind, headers=self.edge_headers, code=exc.code, param=exc.param
+            )
             if exc.status in (408, 413):  # the client may still be sending: do not read on
                 refused.force_close()
             return refused
@@ -184,7 +216,9 @@ class Proxy:
         if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
             self.metrics.fallback.inc()
             snap = self.fallback
-        plan = self.planner.plan(place, snap)
+        plan = self.planner.plan(place, snap, wanted)
+        if plan.decision.primary is None and wanted.model is not None:
+            plan, wanted, body = self._fallback(place, snap, plan, wanted, body)
         decision = plan.decision
         if decision.panic:
             self.metrics.panic.inc()
@@ -209,9 +243,75 @@ class Proxy:
             timeouts=self.settings.timeouts[priority],
             hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
             parent=span,
+            model=wanted.model,
         )
         span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
         return resp
+
+    def _wanted(self, request: web.BaseRequest, body: bytes) -> Wanted:
+        """The model, affinity key and adapter of an inference body; the model checked against the catalog
+        (unknown: 404 ``model_not_found``, as OpenAI answers it)."""
+        if request.method != "POST":
+            return NOTHING
+        try:
+            facts = read(body, request.headers.get("X-Session-Id"))
+        except BodyError as exc:
+            raise BadInput(400, str(exc), "body", code="invalid_body") from None
+        catalog, model = self.catalog, facts.model
+        if catalog.open:
+            return Wanted(None, facts.key, None) if facts.key is not None else NOTHING
+        if model is None:
+            raise BadInput(400, "the request names no model", "model", code="missing_model", param="model")
+        if not catalog.known(model):
+            self.metrics.model_not_found.inc()
+            raise BadInput(
+                404,
+                f"The model `{model[:200]}` does not exist or you do not have access to it.",
+                "model",
+                code="model_not_found",
+                param="model",
+            )
+        return Wanted(model, facts.key, model if catalog.adapter_base(model) else None)
+
+    def _fallback(
+        self, place: ClientPlace, snap: Snapshot, plan: AttemptPlan, wanted: Wanted, body: bytes
+    ) -> tuple[AttemptPlan, Wanted, bytes]:
+        """No region serving the model is routable: the catalog's fallbacks, in order, if one is routable
+        (the body then names the model served; X-Meridian-Model shows it)."""
+        assert wanted.model is not None
+        for other in self.catalog.fallbacks(wanted.model):
+            alt = Wanted(other, wanted.key, other if self.catalog.adapter_base(other) else None)
+            alt_plan = self.planner.plan(place, snap, alt)
+            if alt_plan.decision.primary is not None:
+                self.metrics.child(self.metrics.model_fallbacks, wanted.model, other).inc()
+                return alt_plan, alt, with_model(body, other)
+        return plan, wanted, body
+
+    def models_view(self) -> web.Response:
+        """The models routable now, in OpenAI's list format, each with the regions that serve it."""
+        snap = self.feed.current or self.fallback
+        routes = self.planner.cache(snap)
+        data = []
+        for name, spec in self.catalog.models.items():
+            regions = sorted(
+                r for r in routes.regions_serving(name) if (st := snap.regions.get(r)) and st.routable
+            )
+            if regions:
+                data.append(
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "meridian",
+                        "meridian": {
+                            "regions": regions,
+                            "base": spec.base,
+                            "context_length": spec.context_length,
+                            "fallbacks": list(spec.fallbacks),
+                        },
+                    }
+                )
+        return web.json_response({"object": "list", "data": data}, headers=self.edge_headers)
 
     def _priority(self, request: web.BaseRequest) -> Priority:
         priority = PRIORITIES.get(request.headers.get("X-Meridian-Priority", "normal").strip().lower())

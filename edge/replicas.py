@@ -98,7 +98,9 @@ def pick(
     pool, why = _filtered(candidates, adapter, policy)
     if key is not None:
         chosen, on_key = _bounded(pool, key, ring, policy.load_factor)
-        return Pick(chosen.name, f"{why}affinity key{'' if on_key else ' (overflow: its replica is full)'}", on_key)
+        return Pick(
+            chosen.name, f"{why}affinity key{'' if on_key else ' (overflow: its replica is full)'}", on_key
+        )
     return Pick(_p2c(pool, policy, rng).name, f"{why}least loaded of two")
 
 
@@ -107,9 +109,11 @@ def _filtered(
 ) -> tuple[Sequence[Replica], str]:
     pool: Sequence[Replica] = candidates
     why = ""
-    room = [r for r in pool if r.signals is None or not r.signals.saturated(
-        max_waiting=policy.max_waiting, max_kv=policy.max_kv
-    )]
+    room = [
+        r
+        for r in pool
+        if r.signals is None or not r.signals.saturated(max_waiting=policy.max_waiting, max_kv=policy.max_kv)
+    ]
     if len(room) < len(pool):
         pool, why = (room, "saturated left out; ") if room else (pool, "all saturated; ")
     if adapter is not None:

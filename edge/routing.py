@@ -28,8 +28,9 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Protocol
 
+from edge.replicas import Pick
 from fleet.state import Location, Policy, RegionState, Snapshot, Topology, distance_rtt_ms
 
 
@@ -257,6 +258,7 @@ class Plan:
     panic: bool
     domains: Mapping[str, str]
     policy: Policy
+    serving: frozenset[str] | None = None  # the regions serving the request's model (None: no catalog)
     # with no near-equal leaders the order is fixed, so the dial walk is too: its cumulative probabilities
     # and the decision for each possible pick are made once (the per-request draw is one random number)
     walk: tuple[float, ...] | None = None
@@ -296,8 +298,10 @@ def plan_route(
     continent: str | None,
     excluded: frozenset[str] = frozenset(),
     share: Mapping[str, float] | None = None,
+    serving: frozenset[str] | None = None,
 ) -> Plan:
-    """Score every region from this edge and rank the candidates (pins applied first).
+    """Score every region from this edge and rank the candidates (pins and the model's regions, ``serving``,
+    applied first: a region that does not serve the model is no candidate, not a failed one).
 
     Panic (fail open): when fewer than ``policy.panic_threshold`` of the regions operators left on are
     routable, health and ejections are ignored and traffic spreads over all of them, rather than piling
@@ -312,6 +316,8 @@ def plan_route(
     enabled = [s for s in scores if s.why_not not in ("drained", "weight 0", "not in store")]
     if pinned is not None:
         enabled = [s for s in enabled if s.region in pinned]
+    if serving is not None:
+        enabled = [s for s in enabled if s.region in serving]
     if enabled:
         healthy = sum(1 for s in enabled if s.routable)
         if healthy / len(enabled) < policy.panic_threshold:
@@ -320,8 +326,10 @@ def plan_route(
     candidates = scores
     if pinned is not None:
         candidates = tuple(s for s in scores if s.region in pinned)
+    if serving is not None:
+        candidates = tuple(s for s in candidates if s.region in serving)
     ranked, tier, temperature = _rank(candidates, policy)
-    plan = Plan(scores, ranked, tier, temperature, pinned, panic, topology.domains, policy)
+    plan = Plan(scores, ranked, tier, temperature, pinned, panic, topology.domains, policy, serving)
     return _fixed_walk(plan) if tier < 2 else plan
 
 
@@ -445,7 +453,18 @@ class RouteCache:
     network and dropped with them (the planner makes a new one when either changes), so nothing here is
     ever invalidated. Plans are pure functions of their key: a hit decides exactly as ``plan_route``."""
 
-    __slots__ = ("_plans", "_serving", "hits", "max_entries", "misses", "network", "snapshot", "topology")
+    __slots__ = (
+        "_by_model",
+        "_plans",
+        "_regions",
+        "_serving",
+        "hits",
+        "max_entries",
+        "misses",
+        "network",
+        "snapshot",
+        "topology",
+    )
 
     def __init__(
         self, topology: Topology, snapshot: Snapshot, network: Network, *, max_entries: int = 10_000
@@ -458,6 +477,8 @@ class RouteCache:
         self.misses = 0
         self._plans: dict[tuple[object, ...], Plan] = {}
         self._serving: dict[str, list[str]] = {}
+        self._by_model: dict[tuple[str, str], list[str]] = {}
+        self._regions: dict[str, frozenset[str]] = {}
 
     def plan(
         self,
@@ -466,9 +487,11 @@ class RouteCache:
         continent: str | None,
         excluded: frozenset[str] = frozenset(),
         share: Mapping[str, float] | None = None,
+        model: str | None = None,
     ) -> Plan:
         pins = _pins(self.topology.policy, country, continent)
-        key = (pins, excluded, None if share is None else tuple(sorted(share.items())))
+        serving = None if model is None else self.regions_serving(model)
+        key = (pins, excluded, None if share is None else tuple(sorted(share.items())), serving)
         plan = self._plans.get(key)
         if plan is None:
             self.misses += 1
@@ -480,6 +503,7 @@ class RouteCache:
                 continent=continent,
                 excluded=excluded,
                 share=share,
+                serving=serving,
             )
             if len(self._plans) >= self.max_entries:
                 self._plans.clear()
@@ -493,6 +517,26 @@ class RouteCache:
         hit = self._serving.get(region)
         if hit is None:
             hit = self._serving[region] = serving_replicas(self.topology, self.snapshot, region)
+        return hit
+
+    def serving_model(self, region: str, model: str) -> list[str]:
+        """The serving replicas of ``region`` that serve ``model``."""
+        key = (region, model)
+        hit = self._by_model.get(key)
+        if hit is None:
+            catalog = self.topology.catalog
+            hit = [r for r in self.serving(region) if catalog.serves(region, r, model)]
+            self._by_model[key] = hit
+        return hit
+
+    def regions_serving(self, model: str) -> frozenset[str]:
+        """Regions with a serving replica of ``model`` (none of them down in the store)."""
+        hit = self._regions.get(model)
+        if hit is None:
+            hit = frozenset(
+                r for r in self.topology.catalog.regions_for(model) if self.serving_model(r, model)
+            )
+            self._regions[model] = hit
         return hit
 
 
@@ -540,31 +584,58 @@ class Attempt:
     why: str
 
 
+class Chooser(Protocol):
+    """The replica choice inside a region for one request (the planner's knows its model and key)."""
+
+    def replicas(self, region: str) -> Sequence[str]: ...
+
+    def choose(self, region: str, exclude: frozenset[str]) -> Pick | None: ...
+
+
+class LeastOutstanding:
+    """The plain chooser: power of two choices on outstanding requests (no model, no affinity)."""
+
+    __slots__ = ("_outstanding", "_replicas", "_rng")
+
+    def __init__(
+        self,
+        replicas: Callable[[str], Sequence[str]],
+        outstanding: Callable[[str], Mapping[str, int]],
+        rng: random.Random,
+    ) -> None:
+        self._replicas, self._outstanding, self._rng = replicas, outstanding, rng
+
+    def replicas(self, region: str) -> Sequence[str]:
+        return self._replicas(region)
+
+    def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
+        name = pick_replica(
+            self._replicas(region), outstanding=self._outstanding(region), rng=self._rng, exclude=exclude
+        )
+        return None if name is None else Pick(name, "least outstanding of two")
+
+
 class AttemptPlan:
     """One request's plan: the decision (primary, backup, regions in order), the replica choice inside each
     region, and the answer to "what next, given what was tried".
 
-    First the primary region's best replica (P2C by outstanding requests). After a connection failure there,
-    once more on another replica of the same region; otherwise (or after that) the next region in order,
-    the backup first. The hedge goes to the backup region. At most ``max_attempts`` attempts in all."""
+    First the primary region's best replica (the chooser's pick). After a connection failure there, once
+    more on another replica of the same region; otherwise (or after that) the next region in order, the
+    backup first. The hedge goes to the backup region. At most ``max_attempts`` attempts in all."""
 
-    __slots__ = ("_outstanding", "_replicas", "_rng", "_urls", "decision", "max_attempts", "tried")
+    __slots__ = ("_chooser", "_urls", "decision", "max_attempts", "tried")
 
     def __init__(
         self,
         decision: Decision,
         *,
-        replicas: Callable[[str], Sequence[str]],
-        outstanding: Callable[[str], Mapping[str, int]],
+        chooser: Chooser,
         urls: Mapping[str, Mapping[str, str]],
-        rng: random.Random,
         max_attempts: int,
     ) -> None:
         self.decision = decision
-        self._replicas = replicas  # region -> replicas a request may go to now
-        self._outstanding = outstanding
+        self._chooser = chooser
         self._urls = urls
-        self._rng = rng
         self.max_attempts = max_attempts
         self.tried: list[tuple[Attempt, str]] = []  # (attempt, outcome kind), in the order they ended
 
@@ -608,14 +679,14 @@ class AttemptPlan:
         out: list[dict[str, object]] = []
         for region in d.order:
             role = "primary" if region == d.primary else "backup" if region == d.backup else "failover"
-            out.append({"region": region, "role": role, "replicas": list(self._replicas(region))})
+            out.append({"region": region, "role": role, "replicas": list(self._chooser.replicas(region))})
         return out
 
     def _in(self, region: str, kind: AttemptKind, why: str) -> Attempt | None:
         used = frozenset(a.replica for a, _ in self.tried if a.region == region)
-        replica = pick_replica(
-            self._replicas(region), outstanding=self._outstanding(region), rng=self._rng, exclude=used
-        )
-        if replica is None:
+        chosen = self._chooser.choose(region, used)
+        if chosen is None:
             return None
-        return Attempt(region, replica, self._urls[region][replica], kind, why)
+        return Attempt(
+            region, chosen.replica, self._urls[region][chosen.replica], kind, f"{why}; {chosen.why}"
+        )

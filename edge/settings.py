@@ -116,6 +116,24 @@ class EdgeSettings(BaseSettings):
     )
     rtt_probe_timeout_s: float = Field(default=2.0, gt=0, le=60)
     failback_ramp_s: float = Field(default=30.0, ge=0, description="slow start for a recovered region")
+    slow_start_s: float = Field(
+        default=30.0, ge=0, description="a replica that joins or comes back ramps to its full share over this"
+    )
+    signals_poll_s: float = Field(default=0.5, gt=0, le=60, description="read the engine signals this often")
+    signal_max_age_s: float = Field(
+        default=5.0, gt=0, description="older engine signals are ignored (outstanding requests decide)"
+    )
+    saturation_waiting: float = Field(default=5.0, gt=0, description="a replica with this many waiting ...")
+    saturation_kv_cache: float = Field(
+        default=0.8, gt=0, le=1, description="... or this KV-cache use is full"
+    )
+    affinity_load_factor: float = Field(
+        default=1.25,
+        gt=1,
+        le=10,
+        description="c: a key overflows past a replica above c x mean",
+    )
+    replica_header: bool = Field(default=True, description="name the serving replica in X-Meridian-Replica")
     failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")
     pool_size: int = Field(
         default=16384, ge=1, description="connections to regions, total (streams hold one each)"

@@ -160,28 +160,26 @@ async def start_fleet(
     sentinels: int = 0,
     network_scale: float = 0.25,
     policy: dict[str, Any] | None = None,
+    catalog: bool = False,
 ) -> Fleet:
     """A fleet on loopback. The simulators emulate the network between edges and regions at
     ``network_scale`` of the real round trips (0.25: London-Virginia is 21 ms, not 82) and the policy's
     absolute times with them (switch margin, default service time), so geography still orders the
-    regions while tests stay fast; ``policy`` overrides regions.yaml's policy fields."""
+    regions while tests stay fast; ``policy`` overrides regions.yaml's policy fields. ``catalog``: keep
+    regions.yaml's model catalog (the simulators serve what it says); without it the fleet is the open world
+    (every replica serves ``sim-llm`` and any model name is forwarded)."""
     base = load_topology(ROOT / "regions.yaml")
     # absolute times in the policy scale with the emulated network, so geography decides here as it would
     scaled = {k: getattr(base.policy, k) * network_scale for k in ("switch_margin_ms", "default_ttft_ms")}
     overrides = {**scaled, **(policy or {})}
+    models = {k: v.model_dump() for k, v in base.models.items()} if catalog else {}
     base = Topology.model_validate(
         {
             "policy": {**base.policy.model_dump(), **overrides},
-            "regions": [r.model_dump() for r in base.regions],
+            "models": models,
+            "regions": [r.model_dump() for r in base.regions if regions is None or r.name in regions],
         }
     )
-    if regions is not None:
-        base = Topology.model_validate(
-            {
-                "policy": base.policy.model_dump(),
-                "regions": [r.model_dump() for r in base.regions if r.name in regions],
-            }
-        )
     primary = RedisServer(port=free_port(), workdir=tmp_path / "redis-primary").start()
     replicas = {
         r.name: RedisServer(
@@ -235,8 +233,14 @@ async def _build(
     for i, region in enumerate(base.regions):
         rtt = {edge: ms * network_scale for edge, ms in emulated_rtt(base, region.name).items()}
         for j, rep in enumerate(region.replicas):
+            served = base.catalog.served.get((region.name, rep.name), frozenset())
+            models = (
+                {m: base.catalog.adapter_base(m) for m in sorted(served)} if not base.catalog.open else None
+            )
             server = await aiohttp_server(
-                create_sim(region=region.name, replica=rep.name, seed=i * 10 + j, rtt_ms=rtt, **kw)
+                create_sim(
+                    region=region.name, replica=rep.name, seed=i * 10 + j, rtt_ms=rtt, models=models, **kw
+                )
             )
             sims.setdefault(region.name, {})[rep.name] = server
             ports[(region.name, rep.name)] = server.port

@@ -186,10 +186,8 @@ URLS = {r.name: {rep.name: rep.base_url for rep in r.replicas} for r in TOPO.reg
 def attempt_plan(d: routing.Decision, max_attempts: int = 4) -> routing.AttemptPlan:
     return routing.AttemptPlan(
         d,
-        replicas=lambda r: REPLICAS[r],
-        outstanding=lambda _: {},
+        chooser=routing.LeastOutstanding(lambda r: REPLICAS[r], lambda _: {}, random.Random(0)),
         urls=URLS,
-        rng=random.Random(0),
         max_attempts=max_attempts,
     )
 
@@ -206,7 +204,7 @@ def test_attempt_plan_connect_failure_retries_same_region_then_fails_over() -> N
     p.failed(second, "connect")
     third = p.next()
     assert third is not None and (third.region, third.kind) == (p.decision.backup, "failover")
-    assert third.why == "connect in eu-west-1: backup region"
+    assert third.why == "connect in eu-west-1: backup region; least outstanding of two"
 
 
 @pytest.mark.parametrize("failure", ["status", "timeout"])
@@ -492,7 +490,7 @@ def test_a_lead_chosen_on_estimates_follows_the_ranking_until_measured() -> None
     assert p.decide(PLACE, twin(140.0, 150.0)).primary == "a"  # no hold on estimates
     p.observed.probed({"a": 1.0, "b": 1.0})
     assert p.decide(PLACE, twin(140.0, 150.0)).primary == "a"
-    assert p.leads[None].firm
+    assert p.leads[(None, None)].firm
     assert p.decide(PLACE, twin(150.0, 140.0)).primary == "a"  # measured now: held
 
 

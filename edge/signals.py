@@ -1,0 +1,64 @@
+"""Engine load signals at the edge (I/O): poll the replicated signals hash the control plane publishes
+(one read of this region's Redis replica every ``poll_s``), keep each replica's record with the monotonic
+time of its scrape, and keep the last good set through Redis trouble (their age tells the picker when to
+stop trusting them)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from fleet.redisconn import raise_if_cancelling, redact
+from fleet.signals import KEY_SIGNALS, EngineSignals, decode_signals
+
+log = logging.getLogger("meridian.signals")
+
+
+class SignalsFeed:
+    def __init__(self, *, url: str, poll_s: float, connect: Callable[[str], aioredis.Redis]) -> None:
+        self.url = url
+        self.poll_s = poll_s
+        self._connect = connect
+        self.current: Mapping[tuple[str, str], tuple[EngineSignals, float]] = {}
+        self.reads = 0
+        self._trouble: str | None = None
+
+    def get(self) -> Mapping[tuple[str, str], tuple[EngineSignals, float]]:
+        return self.current
+
+    def oldest_age(self, region: str) -> float | None:
+        """Seconds since the oldest of ``region``'s replicas was scraped (None: none published)."""
+        now = time.monotonic()
+        ages = [now - at for (reg, _), (_, at) in self.current.items() if reg == region]
+        return max(ages) if ages else None
+
+    def take(self, raw: Mapping[str | bytes, str | bytes]) -> None:
+        """Records as read; each scrape's wall-clock time becomes the monotonic time it stands for."""
+        wall, mono = time.time(), time.monotonic()
+        self.current = {k: (s, mono - max(0.0, wall - s.at)) for k, s in decode_signals(raw).items()}
+        self.reads += 1
+
+    async def run(self) -> None:
+        client = self._connect(self.url)
+        try:
+            while True:
+                try:
+                    self.take(await client.hgetall(KEY_SIGNALS))
+                    self._trouble = None
+                except (RedisError, OSError) as exc:
+                    raise_if_cancelling(exc)
+                    if str(exc) != self._trouble:  # once per new reason
+                        log.warning("cannot read engine signals at %s: %s", redact(self.url), exc)
+                        self._trouble = str(exc)
+                await asyncio.sleep(self.poll_s)
+        finally:
+            try:
+                async with asyncio.timeout(1.0):
+                    await client.aclose()
+            except Exception:  # closing a dead connection may fail; nothing to do
+                pass
