@@ -262,6 +262,7 @@ async def _build(
                 AdminToken(name="victor", role="viewer", token=fleet.viewer_token),
             ],
             probe_interval_s=probe_interval_s,
+            signals_interval_s=max(0.2, probe_interval_s),
             probe_enabled=probe,
             probe_timeout_s=0.5,
         )
