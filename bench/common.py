@@ -60,7 +60,8 @@ def percentile(values: list[float], q: float) -> float:
 def single_edge(
     upstream_url: str, work: Path, *, port: int, redis_port: int, extra_env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Redis seeded with regions.yaml (every replica URL -> ``upstream_url``) and one edge in eu-west-1."""
+    """Redis seeded with regions.yaml (every replica URL -> ``upstream_url``, no model catalog) and one edge
+    in eu-west-1."""
     import asyncio
     import time
 
@@ -73,7 +74,9 @@ def single_edge(
     from meridian.redisproc import RedisServer, spawn, stop_process
 
     topo = yaml.safe_load((ROOT / "regions.yaml").read_text())
+    topo.pop("models", None)  # the open world: whatever the upstream serves is forwarded
     for region in topo["regions"]:
+        region.pop("serves", None)
         for rep in region["replicas"]:
             rep["url"] = upstream_url
     regions_file = work / "regions.bench.yaml"

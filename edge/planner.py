@@ -14,12 +14,23 @@ from typing import Protocol
 from edge.failback import Failback
 from edge.observed import Observed
 from edge.outlier import OutlierDetector
-from edge.replicas import Pick, PickPolicy, Replica, Ring, pick, slow_start_share
-from edge.routing import AttemptPlan, Decision, Lead, Network, RouteCache, distance_network, draw, hold
+from edge.replicas import PLAIN, Pick, PickPolicy, Replica, Ring, pick, slow_start_share
+from edge.routing import (
+    AttemptPlan,
+    Decision,
+    Lead,
+    Network,
+    RouteCache,
+    distance_network,
+    draw,
+    hold,
+    pick_replica,
+)
 from fleet.signals import EngineSignals
 from fleet.state import Location, Snapshot, Topology, distance_rtt_ms
 
-Signals = Callable[[], Mapping[tuple[str, str], tuple[EngineSignals, float]]]  # -> (signals, scraped at)
+# region -> replica -> (its engine signals, monotonic time of their scrape)
+Signals = Callable[[], Mapping[str, Mapping[str, tuple[EngineSignals, float]]]]
 
 CELLS_PER_DEGREE = 4  # client places are memoised per 0.25° cell (about 28 km, under 0.5 ms of RTT)
 
@@ -220,6 +231,10 @@ class Planner:
             names = [n for n in names if n not in exclude]
         if not names:
             return None
+        if wanted.key is None and wanted.adapter is None and not self.joined and region not in self.signals():
+            # nothing to weigh but outstanding requests: the plain draw, at its old cost
+            name = pick_replica(names, outstanding=self.observed.outstanding_in(region), rng=self.rng)
+            return None if name is None else Pick(name, PLAIN)
         candidates = self.candidates(region, names)
         chosen = pick(
             candidates,
@@ -235,10 +250,10 @@ class Planner:
 
     def describe(self, region: str, model: str | None) -> list[dict[str, object]]:
         """Each replica a request for ``model`` may go to in ``region``, as the picker sees it."""
-        now, signals, policy = self.clock(), self.signals(), self.tuning.pick
+        now, signals, policy = self.clock(), self.signals().get(region, {}), self.tuning.pick
         rows: list[dict[str, object]] = []
         for r in self.candidates(region, self.replicas(region, model)):
-            got = signals.get((region, r.name))
+            got = signals.get(r.name)
             sig = r.signals
             rows.append(
                 {
@@ -258,14 +273,13 @@ class Planner:
         """What the picker knows of each replica: outstanding requests, fresh signals, slow-start share."""
         now = self.clock()
         outstanding = self.observed.outstanding_in(region)
-        signals = self.signals()
+        signals = self.signals().get(region, {})
         tuning, joined = self.tuning, self.joined
         out = []
         for name in names:
-            key = (region, name)
-            got = signals.get(key)
+            got = signals.get(name)
             fresh = got[0] if got is not None and now - got[1] <= tuning.signal_max_age_s else None
-            since = joined.get(key)
+            since = joined.get((region, name))
             share = (
                 1.0
                 if since is None

@@ -35,7 +35,7 @@ class PickPolicy:
     load_factor: float = 1.25  # c: no replica above c x the mean load
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per candidate per request, and frozen init costs
 class Replica:
     """What the picker knows about one candidate replica."""
 
@@ -45,7 +45,10 @@ class Replica:
     share: float = 1.0  # slow start: below 1 while ramping
 
 
-@dataclass(frozen=True, slots=True)
+PLAIN = "least loaded of two"
+
+
+@dataclass(slots=True)
 class Pick:
     replica: str
     why: str
@@ -101,7 +104,7 @@ def pick(
         return Pick(
             chosen.name, f"{why}affinity key{'' if on_key else ' (overflow: its replica is full)'}", on_key
         )
-    return Pick(_p2c(pool, policy, rng).name, f"{why}least loaded of two")
+    return Pick(_p2c(pool, policy, rng).name, why + PLAIN)
 
 
 def _filtered(

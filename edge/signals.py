@@ -24,23 +24,27 @@ class SignalsFeed:
         self.url = url
         self.poll_s = poll_s
         self._connect = connect
-        self.current: Mapping[tuple[str, str], tuple[EngineSignals, float]] = {}
+        self.current: Mapping[str, Mapping[str, tuple[EngineSignals, float]]] = {}  # region -> replica ->
         self.reads = 0
         self._trouble: str | None = None
 
-    def get(self) -> Mapping[tuple[str, str], tuple[EngineSignals, float]]:
+    def get(self) -> Mapping[str, Mapping[str, tuple[EngineSignals, float]]]:
+        """region -> replica -> (signals, monotonic time of their scrape)."""
         return self.current
 
     def oldest_age(self, region: str) -> float | None:
         """Seconds since the oldest of ``region``'s replicas was scraped (None: none published)."""
         now = time.monotonic()
-        ages = [now - at for (reg, _), (_, at) in self.current.items() if reg == region]
+        ages = [now - at for _, at in self.current.get(region, {}).values()]
         return max(ages) if ages else None
 
     def take(self, raw: Mapping[str | bytes, str | bytes]) -> None:
         """Records as read; each scrape's wall-clock time becomes the monotonic time it stands for."""
         wall, mono = time.time(), time.monotonic()
-        self.current = {k: (s, mono - max(0.0, wall - s.at)) for k, s in decode_signals(raw).items()}
+        current: dict[str, dict[str, tuple[EngineSignals, float]]] = {}
+        for (region, replica), s in decode_signals(raw).items():
+            current.setdefault(region, {})[replica] = (s, mono - max(0.0, wall - s.at))
+        self.current = current
         self.reads += 1
 
     async def run(self) -> None:

@@ -186,6 +186,8 @@ def create_app(
     app.router.add_post("/_sim/faults", set_faults)
     app.router.add_delete("/_sim/faults", clear_faults)
     app.router.add_get("/_sim/stats", stats)
+    app.router.add_post("/_sim/match", match)
+    app.router.add_delete("/_sim/cache", clear_cache)
     return app
 
 
@@ -413,6 +415,23 @@ async def set_faults(request: web.Request) -> web.Response:
             status=422,
         )
     return web.json_response(st.faults.model_dump())
+
+
+async def match(request: web.Request) -> web.Response:
+    """How many of a request body's prompt tokens this replica's prefix cache holds now (for an oracle)."""
+    st = request.app[STATE]
+    payload = await request.json()
+    text = prompt_text(payload if isinstance(payload, dict) else {})
+    blocks = st.engine.match(block_hashes(text))
+    return web.json_response({"cached_tokens": min(blocks * st.engine.block_tokens, tokens_of(text))})
+
+
+async def clear_cache(request: web.Request) -> web.Response:
+    """Empty the prefix cache and its counters (a benchmark's fresh start)."""
+    eng = request.app[STATE].engine
+    eng.cache.clear()
+    eng.prefix_queries = eng.prefix_hits = 0
+    return web.json_response({"cleared": True})
 
 
 async def clear_faults(request: web.Request) -> web.Response:

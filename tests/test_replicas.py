@@ -206,7 +206,7 @@ def test_the_planner_ignores_stale_signals() -> None:
     topo = load_topology(ROOT / "regions.yaml")
     now = [1000.0]
     full = EngineSignals(waiting=50, kv_usage=0.99, at=0.0)
-    published = {("eu-west-1", "euw1-a"): (full, 999.0), ("eu-west-1", "euw1-b"): (full, 980.0)}
+    published = {"eu-west-1": {"euw1-a": (full, 999.0), "euw1-b": (full, 980.0)}}
     planner = Planner(
         topology=topo,
         edge="eu-west-1",
