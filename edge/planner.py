@@ -7,6 +7,7 @@ client-to-edge leg of the end-to-end estimate, and "misrouted by DNS")."""
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,6 +31,8 @@ from fleet.signals import EngineSignals
 from fleet.state import Location, Snapshot, Topology, distance_rtt_ms
 
 # region -> replica -> (its engine signals, monotonic time of their scrape)
+OVERFLOW_MEMORY = 100_000  # overflowed affinity keys remembered (about 10 MB at most)
+
 Signals = Callable[[], Mapping[str, Mapping[str, tuple[EngineSignals, float]]]]
 
 CELLS_PER_DEGREE = 4  # client places are memoised per 0.25° cell (about 28 km, under 0.5 ms of RTT)
@@ -115,6 +118,7 @@ class Planner:
         self.rings = {r.name: Ring([rep.name for rep in r.replicas]) for r in topology.regions}
         self.joined: dict[tuple[str, str], float] = {}  # replicas ramping up (slow start) since when
         self.affinity = {"hit": 0, "overflow": 0}
+        self.overflowed: OrderedDict[tuple[str, int], str] = OrderedDict()  # (region, key) -> replica
         self.edge = edge
         self.edge_location = topology.by_name[edge].location
         self.outliers = outliers
@@ -236,17 +240,31 @@ class Planner:
             name = pick_replica(names, outstanding=self.observed.outstanding_in(region), rng=self.rng)
             return None if name is None else Pick(name, PLAIN)
         candidates = self.candidates(region, names)
+        key = wanted.key
         chosen = pick(
             candidates,
-            key=wanted.key,
+            key=key,
             adapter=wanted.adapter,
             ring=self.rings[region],
             policy=self.tuning.pick,
             rng=self.rng,
+            last=None if key is None else self.overflowed.get((region, key)),
         )
-        if chosen is not None and wanted.key is not None:
+        if chosen is not None and key is not None:
             self.affinity["hit" if chosen.affinity else "overflow"] += 1
+            self._remember(region, key, None if chosen.affinity else chosen.replica)
         return chosen
+
+    def _remember(self, region: str, key: int, replica: str | None) -> None:
+        """Where an overflowed key went (its conversation's newest prefix is cached there); bounded LRU."""
+        memory = self.overflowed
+        if replica is None:
+            memory.pop((region, key), None)
+            return
+        memory[(region, key)] = replica
+        memory.move_to_end((region, key))
+        if len(memory) > OVERFLOW_MEMORY:
+            memory.popitem(last=False)
 
     def describe(self, region: str, model: str | None) -> list[dict[str, object]]:
         """Each replica a request for ``model`` may go to in ``region``, as the picker sees it."""

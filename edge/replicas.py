@@ -94,16 +94,21 @@ def pick(
     ring: Ring,
     policy: PickPolicy,
     rng: random.Random,
+    last: str | None = None,
 ) -> Pick | None:
-    """The replica for one request among ``candidates`` (health, breakers, model already applied)."""
+    """The replica for one request among ``candidates`` (health, breakers, model already applied).
+    ``last``: where this edge sent the key's previous request when it overflowed its ring replica (that
+    replica holds the conversation's newest prefix; it is tried first while it has room, and the key goes
+    home to its ring replica when it has not)."""
     if not candidates:
         return None
     pool, why = _filtered(candidates, adapter, policy)
     if key is not None:
-        chosen, on_key = _bounded(pool, key, ring, policy.load_factor)
-        return Pick(
-            chosen.name, f"{why}affinity key{'' if on_key else ' (overflow: its replica is full)'}", on_key
-        )
+        chosen, on_key = _bounded(pool, key, ring, policy.load_factor, last)
+        if on_key:
+            return Pick(chosen.name, f"{why}affinity key", True)
+        kept = chosen.name == last
+        return Pick(chosen.name, f"{why}affinity key {'kept where it overflowed' if kept else 'overflowed'}")
     return Pick(_p2c(pool, policy, rng).name, why + PLAIN)
 
 
@@ -129,20 +134,28 @@ def _filtered(
     return pool, why
 
 
-def _bounded(pool: Sequence[Replica], key: int, ring: Ring, c: float) -> tuple[Replica, bool]:
-    """The first replica from the key's place on the ring with room under the bound (its own share of it
-    while slow-starting); the key's own replica when it has room."""
+def _bounded(
+    pool: Sequence[Replica], key: int, ring: Ring, c: float, last: str | None
+) -> tuple[Replica, bool]:
+    """A replica with room under the bound (its own share of it while slow-starting): where the key last
+    overflowed to (its newest prefix is there), else the key's own replica, else the next along the ring.
+    True when it is the key's own replica."""
     by_name = {r.name: r for r in pool}
     total = sum(r.outstanding for r in pool)
     mean_next = c * (total + 1) / len(pool)
-    first = True
-    for name in ring.walk(key):
-        r = by_name.get(name)
-        if r is None:
-            continue  # not a candidate now: the walk goes on, as if it had left the ring
-        if r.outstanding < max(1, math.ceil(mean_next * r.share)):
-            return r, first
-        first = False
+
+    def room(r: Replica) -> bool:
+        return r.outstanding < max(1, math.ceil(mean_next * r.share))
+
+    walk = [by_name[n] for n in ring.walk(key) if n in by_name]  # a non-candidate is skipped, as if gone
+    kept = by_name.get(last) if last is not None else None
+    if kept is not None and room(kept):  # the conversation's newest prefix is there
+        return kept, False
+    if room(walk[0]):
+        return walk[0], True
+    for r in walk[1:]:
+        if room(r):
+            return r, False
     return min(pool, key=lambda r: (r.outstanding + 1) / r.share), False
 
 
