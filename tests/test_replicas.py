@@ -252,3 +252,15 @@ def test_a_replica_that_comes_back_in_the_store_slow_starts() -> None:
     now[0] = 75.0
     shares = {r.name: r.share for r in planner.candidates("eu-west-1", ["euw1-a", "euw1-b"])}
     assert shares == {"euw1-a": pytest.approx(0.5), "euw1-b": 1.0}
+
+
+def test_an_overflowed_key_stays_where_its_newest_prefix_is_while_that_replica_has_room() -> None:
+    key = keys(1)[0]
+    home = assign(NAMES, key)
+    other = next(n for n in NAMES if n != home)
+    idle = [Replica(n, 0) for n in NAMES]
+    kept = pick(idle, key=key, adapter=None, ring=RING, policy=POLICY, rng=random.Random(), last=other)
+    assert kept is not None and kept.replica == other and not kept.affinity and "kept" in kept.why
+    full = [Replica(n, 10 if n == other else 0) for n in NAMES]
+    back = pick(full, key=key, adapter=None, ring=RING, policy=POLICY, rng=random.Random(), last=other)
+    assert back is not None and back.replica == home and back.affinity
