@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-CHAT = {"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from regionsim.model import Faults
 from tests.fleet import Fleet, wait_for
 from tests.geodb import CLIENT_IP
 
-CHAT = {"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 async def test_admin_api_status_codes(fleet: Fleet) -> None:

@@ -21,7 +21,7 @@ from meridian.redisproc import free_port
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
-CHAT = {"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "hi"}]}
+CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def ask(

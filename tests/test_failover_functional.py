@@ -40,7 +40,7 @@ async def metric(fleet: Fleet, edge: str, name: str) -> float:
 
 async def test_whole_region_down_under_load_no_client_error(fleet: Fleet) -> None:
     streaming = {"london": (fleet.edge_url("eu-west-1"), CLIENT_IP["london"])}
-    stream_body = {"model": "llama-3.1-8b-instruct", "messages": [], "max_tokens": 3, "stream": True}
+    stream_body = {"model": "sim-llm", "messages": [], "max_tokens": 3, "stream": True}
     async with (
         Load(clients(fleet), per_place=3) as load,
         Load(streaming, per_place=2, body=stream_body) as sse,

@@ -17,7 +17,7 @@ from regionsim.model import Faults
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
-CHAT = {"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 CRITICAL = {"X-Meridian-Priority": "critical", "X-Forwarded-For": CLIENT_IP["london"]}
 
 
