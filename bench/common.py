@@ -49,6 +49,11 @@ def demo_fleet(extra_env: dict[str, str] | None = None) -> Iterator[dict[str, An
         proc.wait(timeout=30)
 
 
+def key(ready: dict[str, Any]) -> dict[str, str]:
+    """The demo's client API key as a request header."""
+    return {"Authorization": f"Bearer {ready['api_key']}"}
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -102,6 +107,7 @@ def single_edge(
             "MERIDIAN_GEOIP_DB": geolite2_database(),
             "MERIDIAN_TRUSTED_PROXIES": "127.0.0.0/8",
             "MERIDIAN_LOG_LEVEL": "WARNING",
+            "MERIDIAN_AUTH": "false",  # measured without API keys unless a bench says otherwise
             **(extra_env or {}),
         }
         edge = spawn([sys.executable, "-m", "edge"], env=env)

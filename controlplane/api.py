@@ -9,32 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Controller, Litestar, Request, Response, get, patch
-from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import (
     ClientException,
     HTTPException,
-    NotAuthorizedException,
     NotFoundException,
-    PermissionDeniedException,
     ValidationException,
 )
-from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult, DefineMiddleware
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.plugins.pydantic import PydanticPlugin
 
+from controlplane.auth import TokenAuth, User, operator_guard
 from controlplane.intake import Intake, PassiveBook
 from controlplane.prober import Prober
 from controlplane.schemas import (
@@ -47,10 +42,10 @@ from controlplane.schemas import (
     RegionChange,
     RegionList,
     RegionPatch,
-    document_patch_rule,
+    document_rules,
 )
 from controlplane.service import ServiceTracker
-from controlplane.settings import AdminToken, ControlPlaneSettings
+from controlplane.settings import ControlPlaneSettings
 from controlplane.store import (
     AuditEntry,
     InvalidRecord,
@@ -63,45 +58,13 @@ from controlplane.store import (
     VersionConflict,
     is_unavailable,
 )
+from controlplane.tenant_api import TenantController
+from controlplane.tenants import TenantStore
 from fleet.redisconn import connect, raise_if_cancelling, redact
 from fleet.state import RegionState, Topology
 from fleet.topology import load_topology
 
 log = logging.getLogger("meridian.api")
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    name: str
-    role: str
-
-
-class TokenAuth(AbstractAuthenticationMiddleware):
-    """Resolve `Authorization: Bearer <token>` to a User; tokens are compared in constant time."""
-
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise NotAuthorizedException("missing bearer token (Authorization: Bearer <token>)")
-        tokens: list[AdminToken] = connection.app.state.tokens
-        given = presented.strip().encode()
-        match: AdminToken | None = None
-        for t in tokens:  # no early exit: time does not depend on which token matched
-            if hmac.compare_digest(given, t.token.get_secret_value().encode()):
-                match = t
-        if match is None:
-            raise NotAuthorizedException("invalid bearer token")
-        return AuthenticationResult(user=User(name=match.name, role=match.role), auth=match.role)
-
-
-def operator_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    if connection.user.role != "operator":
-        raise PermissionDeniedException(
-            f"role '{connection.user.role}' may not change regions; needs 'operator'"
-        )
 
 
 class PreconditionFailed(HTTPException):
@@ -382,6 +345,10 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         )
         store = StateStore(client, topology=topo)
         app.state.store = store
+        secret = settings.key_secret
+        app.state.tenants = TenantStore(
+            client, secret=None if secret is None else secret.get_secret_value().encode()
+        )
         app.state.seeded = asyncio.Event()
         log.info(
             "control plane (pid %d) admin API on http://%s:%d; %d regions from %s; state store %s",
@@ -423,7 +390,7 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
             await client.aclose()
 
     app = Litestar(
-        route_handlers=[RegionController, AuditController, healthz, readyz],
+        route_handlers=[RegionController, AuditController, TenantController, healthz, readyz],
         state=State({"settings": settings, "topology": topo, "tokens": list(settings.admin_tokens)}),
         middleware=[DefineMiddleware(TokenAuth, exclude=["^/schema"])],
         lifespan=[lifespan],
@@ -446,5 +413,5 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         debug=False,
         logging_config=None,
     )
-    document_patch_rule(app)
+    document_rules(app, None if topo.catalog.open else list(topo.catalog.models))
     return app

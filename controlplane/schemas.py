@@ -6,10 +6,11 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.openapi.spec import OpenAPIType, Reference, Schema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.state import RegionState
+from fleet.tenants import ApiKey, Limits, Priority, Tenant
 
 
 class RegionPatch(BaseModel):
@@ -94,15 +95,95 @@ WRITE_REGION = {
 QUERY = {**AUTHENTICATED, 422: _error("a query parameter is invalid; `fields` names it")}
 
 
-def document_patch_rule(app: Litestar) -> None:
-    """State in the schema what the model checks in code: weight or drained (or both), neither null."""
-    components = app.openapi_schema.components
-    schema = (components.schemas or {}).get("RegionPatch")
-    if schema is None or schema.properties is None:
-        raise RuntimeError("RegionPatch is missing from the admin API's OpenAPI schema")
-    schema.properties["weight"] = Schema(
+def document_rules(app: Litestar, models: list[str] | None) -> None:
+    """State in the schema what the models check in code (Litestar's generator does not carry it): no
+    unknown fields anywhere; a PATCH changes at least one field and sends none of them as null (but a
+    tenant's ``models``, where null means every model); model names come from the catalog (``models``;
+    None: the open world, any name)."""
+    schemas = app.openapi_schema.components.schemas or {}
+    for name in ("RegionPatch", "TenantCreate", "TenantPatch", "Limits"):
+        schemas[name].additional_properties = False  # extra="forbid"
+    region = _properties(schemas["RegionPatch"])
+    region["weight"] = Schema(
         type=OpenAPIType.INTEGER, minimum=0, maximum=100, description="traffic dial, 0-100"
     )
-    schema.properties["drained"] = Schema(type=OpenAPIType.BOOLEAN, description="true: no new traffic")
-    schema.any_of = [Schema(required=["weight"]), Schema(required=["drained"])]
-    schema.additional_properties = False  # extra="forbid"
+    region["drained"] = Schema(type=OpenAPIType.BOOLEAN, description="true: no new traffic")
+    schemas["RegionPatch"].any_of = [Schema(required=["weight"]), Schema(required=["drained"])]
+    tenant = _properties(schemas["TenantPatch"])
+    tenant["name"] = Schema(type=OpenAPIType.STRING, min_length=1, max_length=200)
+    tenant["limits"] = Reference(ref="#/components/schemas/Limits")
+    tenant["priority"] = Schema(type=OpenAPIType.STRING, enum=["critical", "normal", "batch"])
+    changes = ("name", "limits", "priority", "models")
+    schemas["TenantPatch"].any_of = [Schema(required=[k]) for k in changes]
+    if models is not None:
+        names = Schema(type=OpenAPIType.STRING, enum=list(models))
+        listed = Schema(one_of=[Schema(type=OpenAPIType.ARRAY, items=names), Schema(type=OpenAPIType.NULL)])
+        for body in ("TenantCreate", "TenantPatch"):
+            _properties(schemas[body])["models"] = listed
+
+
+def _properties(schema: Schema) -> dict[str, Schema | Reference]:
+    if schema.properties is None:
+        raise RuntimeError(f"{schema.title} has no properties in the admin API's OpenAPI schema")
+    return schema.properties
+
+
+class TenantCreate(BaseModel):
+    """A new tenant: its limits across every edge, default (and highest) priority, and models it may use."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    limits: Limits = Field(default_factory=Limits)
+    priority: Priority = "normal"
+    models: list[str] | None = Field(default=None, description="null: every model")
+    reason: str = Field(default="", max_length=500, description="recorded in the audit log")
+
+
+class TenantPatch(BaseModel):
+    """A change to a tenant: any of its fields (limits are replaced whole)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    limits: Limits | None = None
+    priority: Priority | None = None
+    models: list[str] | None = Field(default=None, description="null: every model")
+    reason: str = Field(default="", max_length=500)
+
+    @field_validator("name", "limits", "priority", mode="before")
+    @classmethod
+    def _given_means_a_value(cls, v: object) -> object:
+        if v is None:  # only an explicit null gets here: leaving the field out is how to keep it
+            raise ValueError("must not be null: leave the field out to keep its value")
+        return v
+
+    def changes(self) -> dict[str, Any]:
+        """The fields sent (an explicit ``models: null`` is a change: every model)."""
+        return {k: getattr(self, k) for k in self.model_fields_set - {"reason"}}
+
+
+class TenantList(BaseModel):
+    tenants: list[Tenant]
+
+
+class IssuedKey(BaseModel):
+    id: str
+    tenant: str
+    prefix: str
+    key: str = Field(description="the secret: shown this once, stored only as an HMAC digest")
+    created_at: float
+
+
+class KeyList(BaseModel):
+    keys: list[ApiKey] = Field(description="ids and prefixes only")
+
+
+ONE_TENANT = {**AUTHENTICATED, 404: _error("unknown tenant (or key)")}
+WRITE_TENANT = {
+    **ONE_TENANT,
+    400: _error("the body is not JSON, or nested too deeply"),
+    403: _error("the token's role may not change tenants (needs operator)"),
+    422: _error("a field is invalid, unknown or missing; `fields` names it"),
+}
+NEW_TENANT = {k: v for k, v in WRITE_TENANT.items() if k != 404}

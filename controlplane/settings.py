@@ -35,6 +35,11 @@ class ControlPlaneSettings(BaseSettings):
         default_factory=list,
         description='JSON list: [{"name": "alice", "role": "operator", "token": "..."}]',
     )
+    key_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="HMAC secret for API-key digests; the same on every edge (unset: no key can be issued)",
+    )
     probe_interval_s: float = Field(default=2.0, ge=0.5, le=300)
     probe_timeout_s: float = Field(default=1.0, gt=0, le=60)
     probe_path: str = "/health"

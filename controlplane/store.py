@@ -9,11 +9,12 @@ behind the copy (it answers "restoring" until ``check`` has put the copy back, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,15 @@ class AuditEntry:
 Mutation = Callable[[RegionState], RegionState | None]
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, OSError)
+
+
+@contextlib.asynccontextmanager
+async def raise_unavailable() -> AsyncIterator[None]:
+    """Redis client errors inside as the store's own (busy, or unavailable)."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise _classify(exc) from exc
 
 
 def _text(v: str | bytes) -> str:

@@ -43,6 +43,7 @@ from edge.rtt import RttProber
 from edge.settings import EdgeSettings
 from edge.signals import SignalsFeed
 from edge.snapshot import SnapshotFeed
+from edge.tenants import TenantsFeed
 from edge.upstream import UpstreamPool
 from fleet.redisconn import connect
 from fleet.state import Snapshot, Topology, initial_state
@@ -119,6 +120,15 @@ class Edge:
             connect=lambda url: _connect(settings, url, socket_timeout=2.0),
         )
         self.planner = _planner(settings, topo, self.resilience, self.observed, self.signals, rng)
+        secret = settings.key_secret
+        self.tenants = None
+        if settings.auth and secret is not None:
+            self.tenants = TenantsFeed(
+                url=settings.redis_url,
+                poll_s=settings.tenants_poll_s,
+                secret=secret.get_secret_value().encode(),
+                connect=lambda url: _connect(settings, url, socket_timeout=2.0),
+            )
         metrics.watch_replicas(topo.names, self.planner.affinity, self.signals.oldest_age)
         self.fallback_snapshot = Snapshot(
             version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
@@ -178,6 +188,7 @@ class Edge:
             hedgeable_routes=self.topology.policy.hedgeable_routes,
             inference_routes=self.topology.policy.inference_routes,
             catalog=self.topology.catalog,
+            tenants=self.tenants,
         )
 
     async def start(self) -> None:
@@ -186,6 +197,8 @@ class Edge:
         self._tasks.append(asyncio.create_task(self.feed.run(), name="snapshot-feed"))
         self._tasks.append(asyncio.create_task(self.rtt.run(), name="rtt-prober"))
         self._tasks.append(asyncio.create_task(self.signals.run(), name="signals-feed"))
+        if self.tenants is not None:
+            self._tasks.append(asyncio.create_task(self.tenants.run(), name="tenants-feed"))
         if settings.redis_primary_url:
             self._primary = _connect(settings, settings.redis_primary_url, socket_timeout=1.0)
             self.reporter = Reporter(
@@ -300,8 +313,11 @@ class Edge:
         body["routable"] = routable
         body["store_refused"] = feed.refusal  # why the store's latest state was not taken (older, partial)
         body["quarantined"] = sorted(snap.quarantined) if snap else []
-        body["ready"] = bool(routable)
-        return web.json_response(body, status=200 if routable else 503)
+        keys = self.tenants is None or self.tenants.loaded.is_set()  # else every client would get 401
+        body["api_keys_loaded"] = keys if self.tenants is not None else None
+        ready = bool(routable) and keys
+        body["ready"] = ready
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_view(self, request: web.BaseRequest) -> web.Response:
         data = generate_latest(self.metrics.registry)

@@ -96,11 +96,19 @@ class Result:
     first: bytes | None = None  # a raced stream's first event, read to decide the race
 
 
-def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None, edge: str) -> bytes:
+def upstream_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    client_ip: str | None,
+    edge: str,
+    credential: str | None = None,
+    keep_authorization: bool = True,
+) -> bytes:
     """End-to-end headers only, encoded once per request as the upstream request's header lines
     (``\r\nName: value`` each, in the client's own bytes); client-sent X-Meridian-* (but priority) and trace
     headers are dropped, X-Forwarded-For becomes the client address we resolved, and X-Meridian-Edge names
-    this edge to the region."""
+    this edge to the region. With authentication on (``keep_authorization`` false) the client's key never
+    leaves the edge: the region gets its own ``credential`` instead, when one is set."""
     lines = []
     connection = incoming.get("Connection")
     named = _connection_tokens(connection) if connection else _NONE  # hop-by-hop by the client's say-so
@@ -110,7 +118,11 @@ def upstream_headers(incoming: CIMultiDictProxy[str], *, client_ip: str | None, 
             continue
         if lk.startswith("x-meridian-") and lk != PRIORITY_HEADER:
             continue
+        if lk == "authorization" and not keep_authorization:
+            continue
         lines.append(f"\r\n{k}: {v}")
+    if credential is not None:
+        lines.append(f"\r\nAuthorization: Bearer {credential}")
     if client_ip:
         lines.append(f"\r\nX-Forwarded-For: {client_ip}")
     lines.append(f"\r\nX-Meridian-Edge: {edge}")

@@ -25,6 +25,7 @@ from edge.request import BodyError, read
 from edge.routing import AttemptPlan
 from edge.settings import EdgeSettings, Priority
 from edge.snapshot import SnapshotFeed
+from edge.tenants import Principal, TenantsFeed
 from fleet.models import Catalog
 from fleet.state import Snapshot
 
@@ -90,6 +91,7 @@ class Proxy:
         hedgeable_routes: tuple[str, ...],
         inference_routes: dict[str, tuple[str, ...]],
         catalog: Catalog,
+        tenants: TenantsFeed | None,
     ) -> None:
         self.settings = settings
         self.feed = feed
@@ -105,6 +107,9 @@ class Proxy:
         self.edge_headers = {"X-Meridian-Edge": settings.region}
         self.routes = {path: frozenset(methods) for path, methods in inference_routes.items()}
         self.catalog = catalog
+        self.tenants = tenants  # None: authentication off
+        key = settings.region_api_key
+        self.region_credential = None if key is None else key.get_secret_value()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The request span around the proxying; a bug answers 500 in OpenAI's shape, never a traceback.
@@ -112,6 +117,11 @@ class Proxy:
         methods = self.routes.get(request.path)
         if methods is None or request.method not in methods:
             return self._not_forwarded(request, methods)
+        principal = None
+        if self.tenants is not None:
+            principal = self._authenticate(request)
+            if principal is None:
+                return self._unauthorized()
         if request.path == "/v1/models" and not self.catalog.open:
             return self.models_view()
         headers = request.headers
@@ -124,7 +134,7 @@ class Proxy:
             links = [trace.Link(client)] if client.is_valid else None
             span = self.sampler.left_out() or self._server_span(request, None, links=links)
         try:
-            resp = await self._proxy(request, span)
+            resp = await self._proxy(request, span, principal)
         except web.HTTPException:
             span.end()
             raise
@@ -190,11 +200,13 @@ class Proxy:
             },
         )
 
-    async def _proxy(self, request: web.BaseRequest, span: trace.Span) -> web.StreamResponse:
+    async def _proxy(
+        self, request: web.BaseRequest, span: trace.Span, principal: Principal | None
+    ) -> web.StreamResponse:
         try:
-            priority = self._priority(request)
+            priority = self._priority(request, principal)
             body = await self._body(request)
-            wanted = self._wanted(request, body)
+            wanted = self._wanted(request, body, principal)
         except BadInput as exc:
             self.metrics.bad_input.labels(what=exc.what).inc()
             kind = "invalid_request_error" if exc.code else "meridian_bad_input"
@@ -205,6 +217,8 @@ class Proxy:
                 refused.force_close()
             return refused
         span.set_attribute(tracing.ATTR_PRIORITY, priority)
+        if principal is not None:
+            span.set_attribute(tracing.ATTR_TENANT, principal.tenant.id)  # its id: never the key
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
             span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
@@ -238,7 +252,11 @@ class Proxy:
             plan=plan,
             body=body,
             headers=upstream_headers(
-                request.headers, client_ip=str(ip) if ip else None, edge=self.settings.region
+                request.headers,
+                client_ip=str(ip) if ip else None,
+                edge=self.settings.region,
+                credential=self.region_credential,
+                keep_authorization=self.tenants is None,
             ),
             timeouts=self.settings.timeouts[priority],
             hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
@@ -248,7 +266,7 @@ class Proxy:
         span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
         return resp
 
-    def _wanted(self, request: web.BaseRequest, body: bytes) -> Wanted:
+    def _wanted(self, request: web.BaseRequest, body: bytes, principal: Principal | None) -> Wanted:
         """The model, affinity key and adapter of an inference body; the model checked against the catalog
         (unknown: 404 ``model_not_found``, as OpenAI answers it)."""
         if request.method != "POST":
@@ -258,11 +276,9 @@ class Proxy:
         except BodyError as exc:
             raise BadInput(400, str(exc), "body", code="invalid_body") from None
         catalog, model = self.catalog, facts.model
-        if catalog.open:
-            return Wanted(None, facts.key, None) if facts.key is not None else NOTHING
-        if model is None:
-            raise BadInput(400, "the request names no model", "model", code="missing_model", param="model")
-        if not catalog.known(model):
+        if model is not None and (
+            (principal is not None and not principal.tenant.may_use(model)) or not catalog.known(model)
+        ):
             self.metrics.model_not_found.inc()
             raise BadInput(
                 404,
@@ -271,6 +287,10 @@ class Proxy:
                 code="model_not_found",
                 param="model",
             )
+        if catalog.open:
+            return Wanted(None, facts.key, None) if facts.key is not None else NOTHING
+        if model is None:
+            raise BadInput(400, "the request names no model", "model", code="missing_model", param="model")
         return Wanted(model, facts.key, model if catalog.adapter_base(model) else None)
 
     def _fallback(
@@ -313,13 +333,36 @@ class Proxy:
                 )
         return web.json_response({"object": "list", "data": data}, headers=self.edge_headers)
 
-    def _priority(self, request: web.BaseRequest) -> Priority:
-        priority = PRIORITIES.get(request.headers.get("X-Meridian-Priority", "normal").strip().lower())
-        if priority is None:
+    def _priority(self, request: web.BaseRequest, principal: Principal | None) -> Priority:
+        """The request's priority: the header's, capped by what its tenant may use (default: the tenant's)."""
+        raw = request.headers.get("X-Meridian-Priority")
+        asked = None if raw is None else PRIORITIES.get(raw.strip().lower())
+        if raw is not None and asked is None:
             raise BadInput(
                 400, f"header X-Meridian-Priority must be one of {', '.join(PRIORITIES)}", "priority"
             )
-        return priority
+        if principal is not None:
+            return principal.tenant.priority_for(asked)
+        return asked or "normal"
+
+    def _authenticate(self, request: web.BaseRequest) -> Principal | None:
+        """The caller's tenant from ``Authorization: Bearer <key>`` (None: missing, unknown or revoked)."""
+        assert self.tenants is not None
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return None
+        return self.tenants.resolve(presented.strip())
+
+    def _unauthorized(self) -> web.Response:
+        self.metrics.bad_input.labels(what="api_key").inc()
+        return error(
+            401,
+            "Incorrect or missing API key: send Authorization: Bearer <key> (keys are issued per tenant by "
+            "the operators)",
+            kind="invalid_request_error",
+            code="invalid_api_key",
+            headers={**self.edge_headers, "WWW-Authenticate": 'Bearer realm="meridian"'},
+        )
 
     async def _body(self, request: web.BaseRequest) -> bytes:
         """The request body, within the limit; ``Expect: 100-continue`` answered first (a router's job, had

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fleet.redisconn import RedisURL
@@ -133,6 +133,14 @@ class EdgeSettings(BaseSettings):
         le=10,
         description="c: a key overflows past a replica above c x mean",
     )
+    auth: bool = Field(default=True, description="require an API key (Authorization: Bearer) to be served")
+    key_secret: SecretStr | None = Field(
+        default=None, min_length=16, description="HMAC secret of API-key digests (the control plane's)"
+    )
+    region_api_key: SecretStr | None = Field(
+        default=None, description="what regions get as Authorization: Bearer (never the client's key)"
+    )
+    tenants_poll_s: float = Field(default=0.5, gt=0, le=60, description="read tenants and keys this often")
     replica_header: bool = Field(default=True, description="name the serving replica in X-Meridian-Replica")
     failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")
     pool_size: int = Field(
@@ -153,6 +161,15 @@ class EdgeSettings(BaseSettings):
     )
     service_name: str = "meridian-edge"
     log_level: LogLevel = "INFO"
+
+    @model_validator(mode="after")
+    def _auth_needs_the_secret(self) -> EdgeSettings:
+        if self.auth and self.key_secret is None:
+            raise ValueError(
+                "MERIDIAN_KEY_SECRET is required while MERIDIAN_AUTH is on (the control plane's key secret); "
+                "or set MERIDIAN_AUTH=false to serve without API keys"
+            )
+        return self
 
     @field_validator("timeouts", mode="after")
     @classmethod

@@ -28,6 +28,7 @@ ATTR_BACKUP = "meridian.backup_region"
 ATTR_CLIENT_COUNTRY = "meridian.client.country"
 ATTR_OUTCOME = "meridian.attempt.outcome"
 ATTR_PRIORITY = "meridian.priority"
+ATTR_TENANT = "meridian.tenant"  # the tenant's id; its key never goes into a span
 ATTR_WHY = "meridian.attempt.why"
 ATTR_WINNER = "meridian.attempt.winner"
 ATTR_CANCELLED = "meridian.attempt.cancelled"

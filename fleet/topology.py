@@ -89,8 +89,11 @@ def format_settings_error(exc: ValidationError | SettingsError, *, source: str) 
                 field += f"[{part}]"
             elif isinstance(part, str) and part.isidentifier():
                 field += f".{part}"
-        env = "MERIDIAN_" + str(loc[0]).upper() if loc else ""
-        lines.append(f"  {field} ({env}): {err['msg']}")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not loc:  # a rule across settings: its message names the variables
+            lines.append(f"  {msg}")
+            continue
+        lines.append(f"  {field} (MERIDIAN_{str(loc[0]).upper()}): {msg}")
     return f"invalid {source} settings (environment / .env):\n" + "\n".join(lines)
 
 

@@ -75,7 +75,8 @@ def _demo_credentials(base_port: int | None) -> dict[str, str]:
         return {}
     path = state_file(base_port) if base_port is not None else next(iter(demos.values()))
     try:
-        admin: dict[str, str] = json.loads(path.read_text())["admin"]
+        ready = json.loads(path.read_text())
+        admin: dict[str, str] = {**ready["admin"], "api_key": ready.get("api_key", "")}
     except (OSError, ValueError, KeyError):
         raise SystemExit(f"meridian ctl: no running demo on --base-port {base_port}") from None
     print(f"meridian ctl: the demo at {admin.get('url')}", file=sys.stderr)
@@ -93,6 +94,13 @@ def run_ctl(args: argparse.Namespace) -> int:
     demo = {} if explicit else _demo_credentials(args.base_port)
     args.url = args.url or env_url or demo.get("url", "http://127.0.0.1:7100")
     args.token = env_token or demo.get("token", "")
+    if args.ctl == "api-key":  # the running demo's client key, for curl -H "Authorization: Bearer ..."
+        if not demo.get("api_key"):
+            raise SystemExit("meridian ctl: no running demo with an API key (keys: meridian ctl key-issue)")
+        print(demo["api_key"])
+        return 0
+    if args.ctl in TENANT_VERBS:
+        return _tenant_ctl(args)
     if args.ctl == "regions":
         status, payload = _admin_call(args, "GET", "/v1/regions")
         if status != 200 or args.json:
@@ -123,6 +131,66 @@ def run_ctl(args: argparse.Namespace) -> int:
     headers = {"If-Match": str(args.if_match)} if args.if_match is not None else None
     status, payload = _admin_call(args, "PATCH", f"/v1/regions/{args.region}", body, headers)
     return _print_result(status, payload)
+
+
+TENANT_VERBS = ("tenants", "tenant-create", "tenant-set", "tenant-delete", "keys", "key-issue", "key-revoke")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int]:
+    return {k: v for k in ("rpm", "tpm", "max_concurrent") if (v := getattr(args, k)) is not None}
+
+
+def _tenant_ctl(args: argparse.Namespace) -> int:
+    """Tenants and their API keys through the admin API (a key's secret is printed once, when issued)."""
+    verb = args.ctl
+    if verb == "tenants":
+        return _print_result(*_admin_call(args, "GET", "/v1/tenants"))
+    if verb == "keys":
+        return _print_result(*_admin_call(args, "GET", f"/v1/tenants/{args.tenant}/keys"))
+    if verb == "key-issue":
+        return _print_result(*_admin_call(args, "POST", f"/v1/tenants/{args.tenant}/keys"))
+    if verb == "key-revoke":
+        return _print_result(*_admin_call(args, "DELETE", f"/v1/tenants/{args.tenant}/keys/{args.key}"))
+    if verb == "tenant-delete":
+        return _print_result(*_admin_call(args, "DELETE", f"/v1/tenants/{args.tenant}"))
+    body: dict[str, Any] = {"reason": args.reason or ""}
+    if _limits(args):
+        body["limits"] = _limits(args)
+    if args.priority:
+        body["priority"] = args.priority
+    if args.models is not None:
+        body["models"] = [m for m in args.models.split(",") if m] or None
+    if verb == "tenant-create":
+        return _print_result(*_admin_call(args, "POST", "/v1/tenants", {"name": args.name, **body}))
+    if args.name:
+        body["name"] = args.name
+    return _print_result(*_admin_call(args, "PATCH", f"/v1/tenants/{args.tenant}", body))
+
+
+def _tenant_parsers(ctl_sub: Any) -> None:
+    ctl_sub.add_parser("api-key", help="print the running demo's client API key")
+    ctl_sub.add_parser("tenants", help="list tenants")
+    create = ctl_sub.add_parser("tenant-create", help="create a tenant")
+    create.add_argument("name")
+    change = ctl_sub.add_parser("tenant-set", help="change a tenant (limits are replaced whole)")
+    change.add_argument("tenant")
+    change.add_argument("--name", default=None)
+    for c in (create, change):
+        c.add_argument("--rpm", type=int, default=None, help="requests per minute, across every edge")
+        c.add_argument("--tpm", type=int, default=None, help="tokens per minute")
+        c.add_argument("--max-concurrent", type=int, default=None, help="requests in flight")
+        c.add_argument("--priority", choices=("critical", "normal", "batch"), default=None)
+        c.add_argument("--models", default=None, help="comma-separated models it may use (empty: all)")
+        c.add_argument("--reason", default="", help="recorded in the audit log")
+    for name, what in (
+        ("tenant-delete", "delete a tenant and its keys"),
+        ("keys", "list a tenant's keys"),
+        ("key-issue", "issue a key (printed once)"),
+    ):
+        ctl_sub.add_parser(name, help=what).add_argument("tenant")
+    revoke = ctl_sub.add_parser("key-revoke", help="revoke a key (every edge refuses it within a second)")
+    revoke.add_argument("tenant")
+    revoke.add_argument("key")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -181,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     for c in (sw, ctl_sub.choices["drain"], ctl_sub.choices["undrain"]):
         c.add_argument("--reason", required=True, help="why (recorded in the audit log)")
         c.add_argument("--if-match", type=int, default=None, help="only if the region is at this version")
+    _tenant_parsers(ctl_sub)
     ctl.set_defaults(func=run_ctl)
     return p
 

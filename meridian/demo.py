@@ -85,12 +85,25 @@ def sim_model_args(topo: Topology, region: str) -> list[str]:
     return args
 
 
-def _get(url: str, timeout: float = 1.0) -> int:
+def _get(url: str, timeout: float = 1.0, headers: dict[str, str] | None = None) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=timeout
+        ) as resp:
             return int(resp.status)
     except Exception:
         return 0
+
+
+def _post(url: str, token: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    """An admin API call that must succeed (the demo's own set-up)."""
+    data = json.dumps(body).encode() if body is not None else b""
+    req = urllib.request.Request(url, data=data, method="POST")
+    req.add_header("Authorization", f"Bearer {token}")
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
 
 
 def emulated_rtt(topo: Topology, region: str) -> dict[str, float]:
@@ -182,6 +195,8 @@ class Fleet:
         # least privilege on the store: a Redis ACL user each for the control plane, edges, replication
         self.acl = Credentials(*(secrets.token_urlsafe(18) for _ in range(3)))
         self.viewer_token = secrets.token_urlsafe(24)
+        self.key_secret = secrets.token_urlsafe(32)  # API-key digests: the control plane's and the edges'
+        self.api_key = ""
 
     def _child(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         # MERIDIAN_* tuning from the caller's environment passes through (e.g. MERIDIAN_HEDGE_QUANTILE);
@@ -233,6 +248,7 @@ class Fleet:
                 "MERIDIAN_PORT": str(base),
                 "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
                 "MERIDIAN_PROBE_INTERVAL_S": "1",
+                "MERIDIAN_KEY_SECRET": self.key_secret,
             },
         )
         db = geoip_db()
@@ -250,6 +266,7 @@ class Fleet:
                     "MERIDIAN_INTERNAL_PORT": str(plan.internal[region.name]),
                     "MERIDIAN_GEOIP_DB": db,
                     "MERIDIAN_TRUSTED_PROXIES": "127.0.0.0/8,::1/128",
+                    "MERIDIAN_KEY_SECRET": self.key_secret,
                 },
             )
         return {
@@ -279,6 +296,38 @@ class Fleet:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fleet not ready after {READY_TIMEOUT_S}s; waiting for {pending}")
             pending = [u for u in pending if _get(u) != 200]
+            if pending:
+                stop.wait(0.1)
+
+    def issue_demo_key(self, ready: dict[str, Any], stop: threading.Event) -> None:
+        """A tenant that may use every model and priority, with limits far above the tour and the benchmarks,
+        and its key; the ready line carries it (``api_key``) once every edge accepts it."""
+        admin = ready["admin"]["url"]
+        tenant = _post(
+            admin + "/v1/tenants",
+            self.token,
+            {
+                "name": "demo",
+                "priority": "critical",
+                "limits": {"rpm": 1_000_000, "tpm": 1_000_000_000},
+                "reason": "the demo's tenant",
+            },
+        )
+        key = _post(f"{admin}/v1/tenants/{tenant['id']}/keys", self.token, None)
+        self.api_key = ready["api_key"] = key["key"]
+        ready["tenant"] = tenant["id"]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        pending = [u + "/v1/models" for u in ready["edges"].values()]
+        while pending:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"edges did not take the demo's API key within {READY_TIMEOUT_S}s: {pending}"
+                )
+            pending = [
+                u for u in pending if _get(u, headers={"Authorization": f"Bearer {self.api_key}"}) != 200
+            ]
             if pending:
                 stop.wait(0.1)
 
@@ -339,6 +388,7 @@ def run(*, config: str, base_port: int, network: bool = True) -> int:
         ready = fleet.start()
         ready.pop("_n")
         fleet.wait_ready(ready, stop)
+        fleet.issue_demo_key(ready, stop)
         line = json.dumps(ready)
         fd = os.open(sf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="REPLICA=M1,M2",
         help="what one replica serves instead (models and adapters; default: every --model and --adapter)",
     )
+    p.add_argument("--api-key", default=None, help="as vLLM's: the OpenAI routes need this bearer key")
     p.add_argument("--kv-tokens", type=int, default=65_536, help="each replica's KV cache, in tokens")
     p.add_argument("--max-lora", type=int, default=4, help="adapter slots per replica")
     p.add_argument(
@@ -113,6 +114,7 @@ async def serve(args: argparse.Namespace) -> None:
             kv_tokens=args.kv_tokens,
             max_lora=args.max_lora,
             prefill_ms_per_1k=args.prefill_ms_per_1k,
+            api_key=args.api_key,
         )
         # handler_cancellation: a client that goes away (a cancelled hedge) stops the generation at once
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)

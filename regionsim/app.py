@@ -56,6 +56,7 @@ class SimState:
     kv_tokens: int = 65_536
     max_lora: int = 4
     adapter_load_ms: float = 200.0
+    api_key: str | None = None  # as vLLM's --api-key: /v1/* needs Authorization: Bearer <it>
     faults: Faults = field(default_factory=Faults)
     stats: SimStats = field(default_factory=SimStats)
     rtt_ms: dict[str, float] = field(default_factory=dict)  # calling edge's region -> emulated round trip
@@ -159,10 +160,11 @@ def create_app(
     kv_tokens: int = 65_536,
     max_lora: int = 4,
     adapter_load_ms: float = 200.0,
+    api_key: str | None = None,
 ) -> web.Application:
     """One simulated replica. ``models``: the names it serves, each mapped to its base model if it is a LoRA
     adapter (default: one base model, ``sim-llm``)."""
-    app = web.Application(client_max_size=8 << 20)
+    app = web.Application(client_max_size=8 << 20, middlewares=[_api_key])
     app[STATE] = SimState(
         region=region,
         replica=replica,
@@ -175,6 +177,7 @@ def create_app(
         kv_tokens=kv_tokens,
         max_lora=max_lora,
         adapter_load_ms=adapter_load_ms,
+        api_key=api_key,
         rtt_ms=dict(rtt_ms or {}),
         rtt_jitter=rtt_jitter,
     )
@@ -189,6 +192,17 @@ def create_app(
     app.router.add_post("/_sim/match", match)
     app.router.add_delete("/_sim/cache", clear_cache)
     return app
+
+
+@web.middleware
+async def _api_key(request: web.Request, handler: Any) -> web.StreamResponse:
+    """vLLM's --api-key: the OpenAI routes answer 401 without the server's own key."""
+    key = request.app[STATE].api_key
+    given = request.headers.get("Authorization", "")
+    if key is not None and request.path.startswith("/v1/") and given != f"Bearer {key}":
+        return web.json_response({"error": "Unauthorized"}, status=401)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 async def _reset(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ module "store" {
   image                    = var.image
   redis_node_type          = var.redis_node_type
   admin_tokens_secret_name = var.admin_tokens_secret_name
+  api_key_secret_name      = var.api_key_secret_name
   redis_users_secret_name  = var.redis_users_secret_name
   edge_cidrs               = [for name in keys(local.regions) : "${var.vpc_cidr_prefix}.${local.index[name] * 16}.0/20"]
   vpc_cidr                 = "${var.vpc_cidr_prefix}.240.0/20"
@@ -42,6 +43,7 @@ module "region" {
   primary_redis_endpoint      = module.store.primary_endpoint
   primary_reader_endpoint     = module.store.reader_endpoint
   redis_users_secret_name     = var.redis_users_secret_name
+  api_key_secret_name         = var.api_key_secret_name
   vpc_cidr                    = "${var.vpc_cidr_prefix}.${local.index[each.key] * 16}.0/20"
   tags                        = local.tags
 }

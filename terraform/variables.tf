@@ -97,6 +97,12 @@ variable "admin_tokens_secret_name" {
   default     = "meridian/admin-tokens"
 }
 
+variable "api_key_secret_name" {
+  type        = string
+  description = "Name of the Secrets Manager secret holding MERIDIAN_KEY_SECRET: the HMAC secret of API-key digests, the same for the control plane and every edge. Only its ARN reaches the task definitions."
+  default     = "meridian/api-key-secret"
+}
+
 variable "redis_node_type" {
   type        = string
   description = "ElastiCache node type for the global datastore's primary and regional replicas."

@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
+KEY_SECRET = "test-key-secret-0123456789"  # API-key digests: the control plane's and the edges'
+
+
 async def wait_for(
     pred: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.02, what: str = "condition"
 ) -> float:
@@ -161,6 +164,7 @@ async def start_fleet(
     network_scale: float = 0.25,
     policy: dict[str, Any] | None = None,
     catalog: bool = False,
+    auth: bool = False,
 ) -> Fleet:
     """A fleet on loopback. The simulators emulate the network between edges and regions at
     ``network_scale`` of the real round trips (0.25: London-Virginia is 21 ms, not 82) and the policy's
@@ -204,7 +208,11 @@ async def start_fleet(
             probe=probe,
             control_plane=control_plane,
             sim_kwargs=sim_kwargs,
-            edge_overrides=edge_overrides,
+            edge_overrides={
+                "auth": auth,
+                "key_secret": KEY_SECRET if auth else None,
+                **(edge_overrides or {}),
+            },
             network_scale=network_scale,
         )
     except BaseException:
@@ -265,6 +273,7 @@ async def _build(
             signals_interval_s=max(0.2, probe_interval_s),
             probe_enabled=probe,
             probe_timeout_s=0.5,
+            key_secret=KEY_SECRET,
         )
         fleet.admin_app = create_admin(cp_settings, topology=topo)
         port = free_port()

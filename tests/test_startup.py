@@ -20,6 +20,7 @@ BAD_REGIONS = (ROOT / "regions.yaml").read_text().replace("capacity: 64", "capac
 
 def run(args: list[str], env: dict[str, str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    full["MERIDIAN_AUTH"] = "false"  # API keys have their own tests
     full.update(env)
     return subprocess.run(
         [sys.executable, *args],
@@ -203,6 +204,7 @@ def test_an_edge_says_where_it_listens_and_that_its_store_is_unreachable() -> No
         MERIDIAN_PORT=str(port),
         MERIDIAN_REDIS_URL=f"redis://edge:s3cret@127.0.0.1:{free_port()}/0",
         MERIDIAN_TRUSTED_PROXIES="0.0.0.0/0",
+        MERIDIAN_AUTH="false",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge"],

@@ -144,7 +144,7 @@ def test_region_module_has_edge_replica_autoscaling_and_health_check_on_readyz()
     assert strip(hc["path"]) == "var.readiness_path"
     root_vars = blocks(load(TF / "variables.tf"), "variable")
     assert strip(root_vars["readiness_path"]["default"]) == READINESS_PATH == "/readyz"
-    assert root_vars["edge_port"]["default"] == DEFAULT_PORT == EdgeSettings(region="x").port
+    assert root_vars["edge_port"]["default"] == DEFAULT_PORT == EdgeSettings.model_fields["port"].default
 
 
 def test_global_module_has_health_checked_latency_records_per_region() -> None:
@@ -229,3 +229,14 @@ def test_the_store_runs_with_the_fleets_acl_users_tls_and_narrow_security_groups
                     assert rule["from_port"] == rule["to_port"] == 6379
         text = "\n".join(p.read_text() for p in (TF / "modules" / name).glob("*.tf"))
         assert "MERIDIAN_REDIS_PASSWORD" in text and "valueFrom" in text  # injected, never a plain value
+
+
+def test_the_api_key_secret_reaches_the_control_plane_and_every_edge_from_secrets_manager() -> None:
+    for module, task_name in (("control_plane", "control_plane"), ("region", "edge")):
+        res = resources(module_doc(module))
+        task = strip(res[f"aws_ecs_task_definition.{task_name}"]["container_definitions"])
+        assert "MERIDIAN_KEY_SECRET" in task and "data.aws_secretsmanager_secret.api_key_secret.arn" in task
+        policies = " ".join(
+            strip(r.get("policy", "")) for k, r in res.items() if k.startswith("aws_iam_role_policy")
+        )
+        assert "data.aws_secretsmanager_secret.api_key_secret.arn" in policies, module  # the role may read it

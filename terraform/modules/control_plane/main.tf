@@ -7,6 +7,11 @@ data "aws_secretsmanager_secret" "admin_tokens" {
   name   = var.admin_tokens_secret_name
 }
 
+data "aws_secretsmanager_secret" "api_key_secret" {
+  region = var.region
+  name   = var.api_key_secret_name
+}
+
 data "aws_availability_zones" "this" {
   region = var.region
   state  = "available"
@@ -140,7 +145,7 @@ resource "aws_iam_role_policy" "read_admin_tokens" {
   role = aws_iam_role.task_execution.id
   policy = jsonencode({
     Version   = "2012-10-17"
-    Statement = [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [data.aws_secretsmanager_secret.admin_tokens.arn, module.redis_users.secret_arn] }]
+    Statement = [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [data.aws_secretsmanager_secret.admin_tokens.arn, data.aws_secretsmanager_secret.api_key_secret.arn, module.redis_users.secret_arn] }]
   })
 }
 
@@ -168,6 +173,7 @@ resource "aws_ecs_task_definition" "control_plane" {
     ]
     secrets = [
       { name = "MERIDIAN_ADMIN_TOKENS", valueFrom = data.aws_secretsmanager_secret.admin_tokens.arn },
+      { name = "MERIDIAN_KEY_SECRET", valueFrom = data.aws_secretsmanager_secret.api_key_secret.arn },
       { name = "MERIDIAN_REDIS_PASSWORD", valueFrom = "${module.redis_users.secret_arn}:meridian-controlplane::" },
     ]
   }])

@@ -151,12 +151,17 @@ resource "aws_iam_role" "task_execution" {
   tags                = var.tags
 }
 
+data "aws_secretsmanager_secret" "api_key_secret" {
+  region = var.region
+  name   = var.api_key_secret_name
+}
+
 resource "aws_iam_role_policy" "read_redis_password" {
   name = "read-redis-password"
   role = aws_iam_role.task_execution.id
   policy = jsonencode({
     Version   = "2012-10-17"
-    Statement = [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [module.redis_users.secret_arn] }]
+    Statement = [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [module.redis_users.secret_arn, data.aws_secretsmanager_secret.api_key_secret.arn] }]
   })
 }
 
@@ -183,7 +188,10 @@ resource "aws_ecs_task_definition" "edge" {
     portMappings = [{ containerPort = var.edge_port, protocol = "tcp" }]
     environment  = [for k, v in merge(local.edge_environment, { MERIDIAN_REDIS_USERNAME = "meridian-edge" }) : { name = k, value = v }]
     # the edge's ACL password, injected by ECS from Secrets Manager: never in state or task definition
-    secrets = [{ name = "MERIDIAN_REDIS_PASSWORD", valueFrom = "${module.redis_users.secret_arn}:meridian-edge::" }]
+    secrets = [
+      { name = "MERIDIAN_REDIS_PASSWORD", valueFrom = "${module.redis_users.secret_arn}:meridian-edge::" },
+      { name = "MERIDIAN_KEY_SECRET", valueFrom = data.aws_secretsmanager_secret.api_key_secret.arn },
+    ]
     healthCheck = {
       command  = ["CMD", "python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:${var.edge_port}/healthz', timeout=2)"]
       interval = 10

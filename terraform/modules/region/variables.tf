@@ -83,6 +83,11 @@ variable "tags" {
   description = "Tags for every resource."
 }
 
+variable "api_key_secret_name" {
+  type        = string
+  description = "Secrets Manager secret with MERIDIAN_KEY_SECRET (API-key digests); injected by ECS from its ARN."
+}
+
 variable "redis_users_secret_name" {
   description = "Secrets Manager secret (JSON: ACL user name -> password) for the state store's users"
   type        = string

@@ -1,0 +1,49 @@
+"""Who is calling the admin API (I/O-free request checks): bearer tokens resolved to a user with a role,
+compared in constant time; the guard that lets only operators write."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from controlplane.settings import AdminToken
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: str
+
+
+class TokenAuth(AbstractAuthenticationMiddleware):
+    """Resolve `Authorization: Bearer <token>` to a User; tokens are compared in constant time."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        header = connection.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise NotAuthorizedException("missing bearer token (Authorization: Bearer <token>)")
+        tokens: list[AdminToken] = connection.app.state.tokens
+        given = presented.strip().encode()
+        match: AdminToken | None = None
+        for t in tokens:  # no early exit: time does not depend on which token matched
+            if hmac.compare_digest(given, t.token.get_secret_value().encode()):
+                match = t
+        if match is None:
+            raise NotAuthorizedException("invalid bearer token")
+        return AuthenticationResult(user=User(name=match.name, role=match.role), auth=match.role)
+
+
+def operator_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if connection.user.role != "operator":
+        raise PermissionDeniedException(
+            f"role '{connection.user.role}' may not change this; needs 'operator'"
+        )

@@ -1,0 +1,203 @@
+"""Tenants and API keys in the store (I/O): create, change and delete tenants, issue and revoke keys. Each
+write is one Redis transaction that changes the record, raises the tenants' version (edges reload on it)
+and appends to the audit stream (``region`` is ``tenant:<id>``). A key's secret is returned once, when
+issued; the store keeps only its HMAC digest."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from controlplane.store import AUDIT_MAXLEN, AuditEntry, raise_unavailable
+from fleet.state import KEY_AUDIT
+from fleet.tenants import (
+    KEY_API_KEYS,
+    KEY_PREFIX_LEN,
+    KEY_TENANTS,
+    KEY_TENANTS_VERSION,
+    ApiKey,
+    Tenant,
+    decode_keys,
+    decode_tenants,
+    key_digest,
+)
+
+
+class TenantNotFound(Exception):
+    pass
+
+
+class KeyNotFound(Exception):
+    pass
+
+
+class TenantStore:
+    def __init__(self, redis: aioredis.Redis, *, secret: bytes | None) -> None:
+        self.redis = redis
+        self.secret = secret  # None: keys cannot be issued (MERIDIAN_KEY_SECRET unset)
+
+    async def tenants(self) -> list[Tenant]:
+        async with raise_unavailable():
+            raw: Any = await self.redis.hgetall(KEY_TENANTS)
+        return sorted(decode_tenants(raw).values(), key=lambda t: t.created_at)
+
+    async def tenant(self, tenant_id: str) -> Tenant:
+        async with raise_unavailable():
+            raw = await self.redis.hget(KEY_TENANTS, tenant_id)
+        if raw is None:
+            raise TenantNotFound(tenant_id)
+        return Tenant.model_validate_json(raw)
+
+    async def create(self, fields: dict[str, Any], audit: AuditEntry) -> Tenant:
+        tenant = Tenant.model_validate(
+            {**fields, "id": f"t-{secrets.token_hex(6)}", "created_at": time.time()}
+        )
+        await self._change(tenant.id, lambda _: tenant, audit)
+        return tenant
+
+    async def update(
+        self, tenant_id: str, changes: dict[str, Any], audit: AuditEntry
+    ) -> tuple[Tenant, Tenant]:
+        found: list[Tenant] = []
+
+        def change(before: Tenant | None) -> Tenant:
+            if before is None:
+                raise TenantNotFound(tenant_id)
+            found.append(before)
+            return Tenant.model_validate({**before.model_dump(), **changes})
+
+        after = await self._change(tenant_id, change, audit)
+        assert after is not None
+        return found[-1], after
+
+    async def delete(self, tenant_id: str, audit: AuditEntry) -> None:
+        """The tenant and every key it holds (revoked at once on every edge)."""
+
+        def gone(before: Tenant | None) -> None:
+            if before is None:
+                raise TenantNotFound(tenant_id)
+
+        await self._change(tenant_id, gone, audit, drop_keys=True)
+
+    async def issue_key(self, tenant_id: str, audit: AuditEntry) -> tuple[ApiKey, str]:
+        if self.secret is None:
+            raise KeySecretMissing()
+        await self.tenant(tenant_id)
+        secret_key = f"mk-{secrets.token_urlsafe(32)}"
+        key = ApiKey(
+            id=f"k-{secrets.token_hex(6)}",
+            tenant=tenant_id,
+            prefix=secret_key[:KEY_PREFIX_LEN],
+            created_at=time.time(),
+        )
+        async with raise_unavailable(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(KEY_API_KEYS, key_digest(self.secret, secret_key), key.model_dump_json())
+            pipe.incr(KEY_TENANTS_VERSION)
+            pipe.xadd(
+                KEY_AUDIT,
+                _entry(tenant_id, audit, None, key.model_dump()),
+                maxlen=AUDIT_MAXLEN,
+                approximate=True,
+            )
+            await pipe.execute()
+        return key, secret_key
+
+    async def keys(self, tenant_id: str) -> list[ApiKey]:
+        await self.tenant(tenant_id)
+        async with raise_unavailable():
+            raw: Any = await self.redis.hgetall(KEY_API_KEYS)
+        return sorted(
+            (k for k in decode_keys(raw).values() if k.tenant == tenant_id), key=lambda k: k.created_at
+        )
+
+    async def revoke(self, tenant_id: str, key_id: str, audit: AuditEntry) -> None:
+        async with raise_unavailable():
+            raw: Any = await self.redis.hgetall(KEY_API_KEYS)
+        match = [(d, k) for d, k in decode_keys(raw).items() if k.tenant == tenant_id and k.id == key_id]
+        if not match:
+            raise KeyNotFound(key_id)
+        digest, key = match[0]
+        async with raise_unavailable(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(KEY_API_KEYS, digest)
+            pipe.incr(KEY_TENANTS_VERSION)
+            pipe.xadd(
+                KEY_AUDIT,
+                _entry(tenant_id, audit, key.model_dump(), None),
+                maxlen=AUDIT_MAXLEN,
+                approximate=True,
+            )
+            await pipe.execute()
+
+    async def _change(
+        self,
+        tenant_id: str,
+        change: Callable[[Tenant | None], Tenant | None],
+        audit: AuditEntry,
+        *,
+        drop_keys: bool = False,
+    ) -> Tenant | None:
+        async with raise_unavailable():
+            return await self._transaction(tenant_id, change, audit, drop_keys=drop_keys)
+
+    async def _transaction(
+        self,
+        tenant_id: str,
+        change: Callable[[Tenant | None], Tenant | None],
+        audit: AuditEntry,
+        *,
+        drop_keys: bool,
+    ) -> Tenant | None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(KEY_TENANTS, KEY_API_KEYS)
+                    raw = await pipe.hget(KEY_TENANTS, tenant_id)
+                    before = None if raw is None else Tenant.model_validate_json(raw)
+                    after = change(before)
+                    keys: Any = await pipe.hgetall(KEY_API_KEYS) if drop_keys else {}
+                    pipe.multi()
+                    if after is None:
+                        pipe.hdel(KEY_TENANTS, tenant_id)
+                    else:
+                        pipe.hset(KEY_TENANTS, tenant_id, after.model_dump_json())
+                    held = [d for d, k in decode_keys(keys).items() if k.tenant == tenant_id]
+                    if held:
+                        pipe.hdel(KEY_API_KEYS, *held)
+                    pipe.incr(KEY_TENANTS_VERSION)
+                    pipe.xadd(
+                        KEY_AUDIT,
+                        _entry(
+                            tenant_id,
+                            audit,
+                            None if before is None else before.model_dump(),
+                            None if after is None else after.model_dump(),
+                        ),
+                        maxlen=AUDIT_MAXLEN,
+                        approximate=True,
+                    )
+                    await pipe.execute()
+                    return after
+                except WatchError:
+                    continue
+
+
+class KeySecretMissing(Exception):
+    """MERIDIAN_KEY_SECRET is not set: no key can be issued."""
+
+
+def _entry(tenant_id: str, audit: AuditEntry, before: object, after: object) -> dict[Any, Any]:
+    return {
+        "at": f"{time.time():.3f}",
+        "actor": audit.actor,
+        "reason": audit.reason,
+        "action": audit.action,
+        "region": f"tenant:{tenant_id}",
+        "before": json.dumps(before),
+        "after": json.dumps(after),
+    }

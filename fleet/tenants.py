@@ -1,0 +1,96 @@
+"""Tenants and their API keys as the store holds them (pure, no I/O): the control plane writes them, every
+edge reads them from its regional replica. A key's secret is never stored: only its HMAC-SHA256 digest
+under a server-side secret (``MERIDIAN_KEY_SECRET``, the same on the control plane and every edge), so a
+copy of the store does not give anyone a usable key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fleet.state import KEY_PREFIX
+
+KEY_TENANTS = f"{KEY_PREFIX}:state:tenants"  # hash: tenant id -> Tenant JSON
+KEY_API_KEYS = f"{KEY_PREFIX}:state:api_keys"  # hash: key digest -> ApiKey JSON
+KEY_TENANTS_VERSION = f"{KEY_PREFIX}:state:tenants_version"  # raised by every change: edges reload on it
+KEY_PREFIX_LEN = 8  # characters of a key shown in listings ("mk-Ab3dE…"): enough to tell keys apart
+
+Priority = Literal["critical", "normal", "batch"]
+PRIORITY_RANK: dict[str, int] = {"batch": 0, "normal": 1, "critical": 2}
+
+
+class Limits(BaseModel):
+    """Per-tenant limits across every edge (None: unlimited)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    rpm: int | None = Field(default=None, ge=1, le=100_000_000, description="requests per minute")
+    tpm: int | None = Field(default=None, ge=1, le=10_000_000_000, description="tokens per minute")
+    max_concurrent: int | None = Field(default=None, ge=1, le=1_000_000, description="requests in flight")
+
+    @field_validator("rpm", "tpm", "max_concurrent", mode="before")
+    @classmethod
+    def _integral(cls, v: object) -> object:
+        return int(v) if isinstance(v, float) and v.is_integer() else v  # JSON Schema's integer: 5.0 is 5
+
+
+class Tenant(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    name: str = Field(min_length=1, max_length=200)
+    limits: Limits = Field(default_factory=Limits)
+    priority: Priority = Field(default="normal", description="its default and the highest it may ask for")
+    models: tuple[str, ...] | None = Field(default=None, description="models it may use (None: all)")
+    created_at: float = 0.0
+
+    def may_use(self, model: str | None) -> bool:
+        return self.models is None or model is None or model in self.models
+
+    def priority_for(self, asked: Priority | None) -> Priority:
+        """The request's priority: what it asked for, capped by what the tenant may use; else its default."""
+        if asked is None or PRIORITY_RANK[asked] > PRIORITY_RANK[self.priority]:
+            return self.priority
+        return asked
+
+
+class ApiKey(BaseModel):
+    """One issued key, as listed: never its secret."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    tenant: str
+    prefix: str
+    created_at: float = 0.0
+
+
+def key_digest(secret: bytes, key: str) -> str:
+    """The stored form of a key: HMAC-SHA256 under the server-side secret."""
+    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+
+
+def decode_tenants(raw: Mapping[str | bytes, str | bytes]) -> dict[str, Tenant]:
+    out: dict[str, Tenant] = {}
+    for value in raw.values():
+        try:
+            t = Tenant.model_validate_json(value)
+        except ValueError:
+            continue  # a record that does not decode grants nothing
+        out[t.id] = t
+    return out
+
+
+def decode_keys(raw: Mapping[str | bytes, str | bytes]) -> dict[str, ApiKey]:
+    """Digest -> key record."""
+    out: dict[str, ApiKey] = {}
+    for digest, value in raw.items():
+        try:
+            out[digest.decode() if isinstance(digest, bytes) else digest] = ApiKey.model_validate_json(value)
+        except ValueError:
+            continue
+    return out
