@@ -30,6 +30,7 @@ from edge.failback import Failback
 from edge.forwarder import Forwarder, Resilience
 from edge.geo import ClientLocator, ClientPlace, GeoLocator
 from edge.hedging import HedgeBudget, HedgePolicy
+from edge.limiter import Limiter
 from edge.metrics import EdgeMetrics
 from edge.observed import Observed
 from edge.outlier import OutlierDetector, OutlierPolicy
@@ -122,6 +123,7 @@ class Edge:
         self.planner = _planner(settings, topo, self.resilience, self.observed, self.signals, rng)
         secret = settings.key_secret
         self.tenants = None
+        self.limiter: Limiter | None = None
         if settings.auth and secret is not None:
             self.tenants = TenantsFeed(
                 url=settings.redis_url,
@@ -129,6 +131,10 @@ class Edge:
                 secret=secret.get_secret_value().encode(),
                 connect=lambda url: _connect(settings, url, socket_timeout=2.0),
             )
+            # tenant limits are leased from the primary (the replica cannot take writes)
+            primary = settings.redis_primary_url or settings.redis_url
+            edges = len(topo.regions) * settings.workers
+            self.limiter = Limiter(client=_connect(settings, primary, socket_timeout=1.0), edges=edges)
         metrics.watch_replicas(topo.names, self.planner.affinity, self.signals.oldest_age)
         self.fallback_snapshot = Snapshot(
             version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
@@ -189,6 +195,7 @@ class Edge:
             inference_routes=self.topology.policy.inference_routes,
             catalog=self.topology.catalog,
             tenants=self.tenants,
+            limiter=self.limiter,
         )
 
     async def start(self) -> None:
@@ -229,6 +236,8 @@ class Edge:
         if self._primary is not None:
             with contextlib.suppress(Exception):
                 await self._primary.aclose()
+        if self.limiter is not None:
+            await self.limiter.close()
         self.geo.close()
         if self._own_provider:
             self.provider.shutdown()

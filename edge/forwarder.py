@@ -79,6 +79,7 @@ class Call:
     path_qs: str
     parent: trace.Span
     model: str | None = None  # the model served (X-Meridian-Model)
+    extra: dict[str, str] | None = None  # e.g. the tenant's rate-limit headers
     sent: int = 0  # attempts made so far (X-Meridian-Attempts)
     hedged: bool = False
 
@@ -195,6 +196,7 @@ class Forwarder:
         hedge_delay_s: float | None = None,
         parent: trace.Span = trace.INVALID_SPAN,
         model: str | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
         hedge after that long without a first byte."""
@@ -209,6 +211,7 @@ class Forwarder:
             request.rel_url.raw_path_qs,
             parent,
             model,
+            extra_headers,
         )
         last: Result | None = None
         attempt = plan.next()
@@ -458,6 +461,8 @@ class Forwarder:
                 h["X-Meridian-Replica"] = attempt.replica
         if call.model is not None:
             h["X-Meridian-Model"] = call.model
+        if call.extra:
+            h.update(call.extra)
         return h
 
     def _attempt_span(self, call: Call, attempt: Attempt) -> trace.Span:

@@ -78,6 +78,12 @@ class EdgeMetrics:
 
     def _model_metrics(self) -> None:
         r = self.registry
+        self.rate_limited = Counter(
+            "meridian_edge_rate_limited",
+            "Requests refused by a tenant limit, by which",
+            ["limit"],
+            registry=r,
+        )
         self.model_not_found = Counter(
             "meridian_edge_model_not_found", "Requests naming a model the catalog does not have", registry=r
         )

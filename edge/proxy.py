@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import time
 
 from aiohttp import web
@@ -19,9 +20,11 @@ from edge import tracing
 from edge.forwarder import Forwarder, upstream_headers
 from edge.geo import ClientLocator, ClientPlace
 from edge.hedging import HedgePolicy
+from edge.limiter import Limiter, Verdict
+from edge.limits import estimate_tokens
 from edge.metrics import EdgeMetrics
 from edge.planner import NOTHING, Planner, Wanted
-from edge.request import BodyError, read
+from edge.request import BodyError, Inference, read
 from edge.routing import AttemptPlan
 from edge.settings import EdgeSettings, Priority
 from edge.snapshot import SnapshotFeed
@@ -92,6 +95,7 @@ class Proxy:
         inference_routes: dict[str, tuple[str, ...]],
         catalog: Catalog,
         tenants: TenantsFeed | None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
         self.feed = feed
@@ -108,6 +112,7 @@ class Proxy:
         self.routes = {path: frozenset(methods) for path, methods in inference_routes.items()}
         self.catalog = catalog
         self.tenants = tenants  # None: authentication off
+        self.limiter = limiter
         key = settings.region_api_key
         self.region_credential = None if key is None else key.get_secret_value()
 
@@ -206,7 +211,7 @@ class Proxy:
         try:
             priority = self._priority(request, principal)
             body = await self._body(request)
-            wanted = self._wanted(request, body, principal)
+            wanted, max_tokens = self._wanted(request, body, principal)
         except BadInput as exc:
             self.metrics.bad_input.labels(what=exc.what).inc()
             kind = "invalid_request_error" if exc.code else "meridian_bad_input"
@@ -217,8 +222,14 @@ class Proxy:
                 refused.force_close()
             return refused
         span.set_attribute(tracing.ATTR_PRIORITY, priority)
+        rate: dict[str, str] | None = None
         if principal is not None:
             span.set_attribute(tracing.ATTR_TENANT, principal.tenant.id)  # its id: never the key
+            if (self.limiter is not None and principal.tenant.limits.rpm) or principal.tenant.limits.tpm:
+                verdict = await self._admit(principal, body, max_tokens)
+                if not verdict.admitted:
+                    return self._rate_limited(principal, verdict)
+                rate = verdict.headers
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
             span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
@@ -262,15 +273,24 @@ class Proxy:
             hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
             parent=span,
             model=wanted.model,
+            extra_headers=rate,
         )
         span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
         return resp
 
-    def _wanted(self, request: web.BaseRequest, body: bytes, principal: Principal | None) -> Wanted:
-        """The model, affinity key and adapter of an inference body; the model checked against the catalog
-        (unknown: 404 ``model_not_found``, as OpenAI answers it)."""
+    def _wanted(
+        self, request: web.BaseRequest, body: bytes, principal: Principal | None
+    ) -> tuple[Wanted, int | None]:
+        """The model, affinity key and adapter of an inference body (and its max tokens); the model checked
+        against the catalog and the tenant's models (else 404 ``model_not_found``, as OpenAI answers it)."""
+        wanted, facts = self._wanted_facts(request, body, principal)
+        return wanted, None if facts is None else facts.max_tokens
+
+    def _wanted_facts(
+        self, request: web.BaseRequest, body: bytes, principal: Principal | None
+    ) -> tuple[Wanted, Inference | None]:
         if request.method != "POST":
-            return NOTHING
+            return NOTHING, None
         try:
             facts = read(body, request.headers.get("X-Session-Id"))
         except BodyError as exc:
@@ -288,10 +308,10 @@ class Proxy:
                 param="model",
             )
         if catalog.open:
-            return Wanted(None, facts.key, None) if facts.key is not None else NOTHING
+            return (Wanted(None, facts.key, None) if facts.key is not None else NOTHING), facts
         if model is None:
             raise BadInput(400, "the request names no model", "model", code="missing_model", param="model")
-        return Wanted(model, facts.key, model if catalog.adapter_base(model) else None)
+        return Wanted(model, facts.key, model if catalog.adapter_base(model) else None), facts
 
     def _fallback(
         self, place: ClientPlace, snap: Snapshot, plan: AttemptPlan, wanted: Wanted, body: bytes
@@ -344,6 +364,28 @@ class Proxy:
         if principal is not None:
             return principal.tenant.priority_for(asked)
         return asked or "normal"
+
+    async def _admit(self, principal: Principal, body: bytes, max_tokens: int | None) -> Verdict:
+        """One request and its token reservation against the tenant's limits (prompt ~4 bytes a token)."""
+        assert self.limiter is not None
+        reserved = estimate_tokens(len(body), max_tokens, self.settings.default_max_tokens)
+        return await self.limiter.admit(principal.tenant, reserved)
+
+    def _rate_limited(self, principal: Principal, verdict: Verdict) -> web.Response:
+        self.metrics.child(self.metrics.rate_limited, verdict.refused or "requests").inc()
+        limit = "requests" if verdict.refused == "requests" else "tokens"
+        return error(
+            429,
+            f"Rate limit reached for tenant {principal.tenant.id} on {limit} per minute; "
+            f"retry after {verdict.retry_after_s:.2f} s",
+            kind="requests" if limit == "requests" else "tokens",
+            code="rate_limit_exceeded",
+            headers={
+                **self.edge_headers,
+                **verdict.headers,
+                "Retry-After": str(max(1, math.ceil(verdict.retry_after_s))),
+            },
+        )
 
     def _authenticate(self, request: web.BaseRequest) -> Principal | None:
         """The caller's tenant from ``Authorization: Bearer <key>`` (None: missing, unknown or revoked)."""

@@ -28,6 +28,8 @@ class _Body(msgspec.Struct):
     prompt_cache_key: str | None = None
     messages: list[_Message] | None = None
     prompt: str | list[object] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
 
 
 _DECODER = msgspec.json.Decoder(_Body)
@@ -42,6 +44,7 @@ class Inference:
     model: str | None
     key: int | None  # the affinity key, 64 bits (None: nothing to be sticky on)
     key_source: KeySource | None
+    max_tokens: int | None = None  # what it may generate (max_completion_tokens, else max_tokens)
 
 
 def read(body: bytes, session: str | None) -> Inference:
@@ -54,12 +57,14 @@ def read(body: bytes, session: str | None) -> Inference:
         raise BodyError(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BodyError(f"the request body is not JSON: {exc}") from None
+    most = parsed.max_completion_tokens if parsed.max_completion_tokens is not None else parsed.max_tokens
     if parsed.prompt_cache_key:
-        return Inference(parsed.model, _hash("pck", parsed.prompt_cache_key), "prompt_cache_key")
+        return Inference(parsed.model, _hash("pck", parsed.prompt_cache_key), "prompt_cache_key", most)
     if session:
-        return Inference(parsed.model, _hash("session", session), "session")
+        return Inference(parsed.model, _hash("session", session), "session", most)
     prefix = _leading(parsed)
-    return Inference(parsed.model, _hash("prefix", prefix) if prefix else None, "prefix" if prefix else None)
+    key = _hash("prefix", prefix) if prefix else None
+    return Inference(parsed.model, key, "prefix" if prefix else None, most)
 
 
 def _leading(body: _Body) -> str:

@@ -140,6 +140,9 @@ class EdgeSettings(BaseSettings):
     region_api_key: SecretStr | None = Field(
         default=None, description="what regions get as Authorization: Bearer (never the client's key)"
     )
+    default_max_tokens: int = Field(
+        default=256, ge=1, description="token reservation for a request that sets no max_tokens"
+    )
     tenants_poll_s: float = Field(default=0.5, gt=0, le=60, description="read tenants and keys this often")
     replica_header: bool = Field(default=True, description="name the serving replica in X-Meridian-Replica")
     failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")

@@ -1,9 +1,10 @@
 """Who may do what on the state store (pure, no I/O): the Redis ACL users of a Meridian fleet.
 
 - the control plane reads and writes routing state, the audit stream and the change channel;
-- an edge reads routing state and follows the change channel (on its regional replica), and may append to
-  the observations stream (on the primary) — nothing else: it cannot write routing state or announce a
-  change, so a stolen edge credential cannot drain a region;
+- an edge reads routing state and follows the change channel (on its regional replica), may append to
+  the observations stream and lease tenant limits by script (``meridian:limits:*``, on the primary) —
+  nothing else: it cannot write routing state, tenants or keys, or announce a change, so a stolen edge
+  credential cannot drain a region or mint a key;
 - replication: what a replica needs to follow its primary;
 - the default user is off.
 Every redis-server of the fleet (primary and replicas; ACLs are not replicated) loads the same file.
@@ -22,8 +23,9 @@ REPLICATION = "meridian-replication"
 RULES: dict[str, str] = {
     CONTROL_PLANE: f"~{KEY_PREFIX}:* &{KEY_PREFIX}:* +@all -@dangerous +info",
     EDGE: (
-        f"resetchannels &{CHANNEL_CHANGES} %R~{KEY_PREFIX}:state:* %W~{KEY_OBSERVATIONS} -@all +@read "
-        "+@connection +subscribe +unsubscribe +multi +exec +discard +xadd"
+        f"resetchannels &{CHANNEL_CHANGES} %R~{KEY_PREFIX}:state:* %W~{KEY_OBSERVATIONS} "
+        f"~{KEY_PREFIX}:limits:* -@all +@read +@connection +subscribe +unsubscribe +multi +exec +discard "
+        "+xadd +evalsha +eval +script|load"
     ),
     REPLICATION: "+psync +replconf +ping",
 }

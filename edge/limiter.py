@@ -1,0 +1,144 @@
+"""Tenant limits at the edge (I/O): the leases of ``edge.limits`` taken from the Redis primary, in the
+background while a lease lasts, on the request path only when this edge holds nothing for the tenant; the
+local share while the primary is unreachable; the rate-limit headers OpenAI's clients read."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from edge.limits import LEASE_SCRIPT, TOLERANCE_S, Bucket
+from fleet.redisconn import raise_if_cancelling
+from fleet.state import KEY_PREFIX
+from fleet.tenants import Tenant
+
+log = logging.getLogger("meridian.limits")
+
+OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
+DIMENSIONS = (("requests", "rpm"), ("tokens", "tpm"))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    admitted: bool
+    headers: dict[str, str]
+    retry_after_s: float = 0.0
+    refused: str | None = None  # "requests" or "tokens"
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: 1s, 6m0s, 20ms."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    m, s = divmod(math.ceil(seconds), 60)
+    return f"{m}m{s}s" if m else f"{s}s"
+
+
+class Limiter:
+    def __init__(
+        self, *, client: aioredis.Redis, edges: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.client = client
+        self.edges = max(1, edges)
+        self.clock = clock
+        self.buckets: dict[tuple[str, str], Bucket] = {}
+        self.backlog: dict[tuple[str, str], tuple[float, float]] = {}  # -> (Redis's TAT - now, when) s
+        self.outage_until = 0.0
+        self.script: Any = client.register_script(LEASE_SCRIPT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def admit(self, tenant: Tenant, tokens: int) -> Verdict:
+        """Spend one request and ``tokens`` of the tenant's limits, or say which ran out and for how long."""
+        costs = {"requests": 1, "tokens": tokens}
+        spent: list[tuple[Bucket, float]] = []
+        for name, field in DIMENSIONS:
+            limit = getattr(tenant.limits, field)
+            if limit is None:
+                continue
+            bucket = self._bucket(tenant.id, name, limit)
+            cost = costs[name]
+            if not await self._spend(tenant.id, name, bucket, cost):
+                for b, c in spent:  # what passed the other dimension is given back
+                    b.refund(c)
+                wait = bucket.retry_after(self.clock())
+                return Verdict(False, self.headers(tenant), wait, name)
+            spent.append((bucket, cost))
+        return Verdict(True, self.headers(tenant))
+
+    def headers(self, tenant: Tenant) -> dict[str, str]:
+        """x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the last word of the primary."""
+        out: dict[str, str] = {}
+        now = self.clock()
+        for name, field in DIMENSIONS:
+            limit = getattr(tenant.limits, field)
+            if limit is None:
+                continue
+            backlog_s, at = self.backlog.get((tenant.id, name), (0.0, now))
+            backlog = max(0.0, backlog_s - (now - at))  # the queue of spent permits drains at the rate
+            remaining = max(0, limit - math.ceil(backlog * limit / 60.0))
+            out[f"x-ratelimit-limit-{name}"] = str(limit)
+            out[f"x-ratelimit-remaining-{name}"] = str(remaining)
+            out[f"x-ratelimit-reset-{name}"] = _duration(backlog)
+        return out
+
+    def _bucket(self, tenant: str, name: str, limit: int) -> Bucket:
+        bucket = self.buckets.get((tenant, name))
+        if bucket is None or bucket.limit != limit:  # a new limit starts a new local view
+            bucket = self.buckets[(tenant, name)] = Bucket(limit)
+        return bucket
+
+    async def _spend(self, tenant: str, name: str, bucket: Bucket, cost: float) -> bool:
+        now = self.clock()
+        if now < self.outage_until:
+            return bucket.local_share(cost, now, self.edges)
+        if not bucket.take(cost, now):  # nothing held: this request waits for one lease
+            if now < bucket.refused_at + bucket.wait_s:
+                return False
+            await self._lease(tenant, name, bucket, cost)
+            now = self.clock()
+            if now < self.outage_until:
+                return bucket.local_share(cost, now, self.edges)
+            if not bucket.take(cost, now):
+                return False
+        if bucket.needs_lease(now):  # the next lease, before this one runs out
+            task = asyncio.create_task(self._lease(tenant, name, bucket, 0))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _lease(self, tenant: str, name: str, bucket: Bucket, need: float) -> None:
+        bucket.asking = True
+        want = max(bucket.lease_size(), math.ceil(need))
+        interval_ms = 60_000.0 / bucket.limit
+        tolerance_ms = max(TOLERANCE_S * 1000.0, bucket.lease_size() * interval_ms)
+        try:
+            granted, wait_ms, backlog_ms = await self.script(
+                keys=[f"{KEY_PREFIX}:limits:{tenant}:{name}"], args=[interval_ms, tolerance_ms, want]
+            )
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            bucket.asking = False
+            if self.clock() >= self.outage_until:
+                log.warning("limits: the primary is unreachable (%s); enforcing this edge's share", exc)
+            self.outage_until = self.clock() + OUTAGE_RETRY_S
+            return
+        now = self.clock()
+        bucket.granted(int(granted), int(wait_ms) / 1000.0, now)
+        self.backlog[(tenant, name)] = (int(backlog_ms) / 1000.0, now)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        try:
+            async with asyncio.timeout(1.0):
+                await self.client.aclose()
+        except Exception:  # closing a dead connection may fail; nothing to do
+            pass

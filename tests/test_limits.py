@@ -1,0 +1,34 @@
+"""The edge's view of a tenant limit (pure): leases spent locally, asked for ahead, dropped when stale; the
+local share while the primary is unreachable; the token reservation."""
+
+from __future__ import annotations
+
+from edge.limits import LEASE_TTL_S, Bucket, estimate_tokens
+
+
+def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:
+    b = Bucket(limit=1200)  # 20 a second: a lease is 5
+    assert b.lease_size() == 5 and b.needs_lease(0.0) and not b.take(1, 0.0)
+    b.granted(5, 0.0, now=0.0)
+    assert [b.take(1, 0.1) for _ in range(3)] == [True, True, True] and b.needs_lease(0.1)  # 2 left < 5/2
+    b.asking = True
+    assert not b.needs_lease(0.1)  # one lease request at a time
+    b.granted(0, 0.5, now=0.2)  # Redis: none left for 0.5 s
+    assert b.take(1, 0.3) and b.take(1, 0.3) and not b.take(1, 0.3)
+    assert not b.needs_lease(0.6) and b.needs_lease(0.7) and abs(b.retry_after(0.3) - 0.4) < 1e-9
+    b.granted(5, 0.0, now=1.0)
+    assert not b.take(1, 1.0 + LEASE_TTL_S + 0.1)  # a lease unused this long is dropped
+    b.granted(2, 0.0, now=5.0)
+    assert b.take(500, 5.0) and b.held == -498  # a big request may overdraw what it started on ...
+    assert not b.take(1, 5.0)  # ... and the next lease pays it back first
+
+
+def test_the_local_share_is_the_limit_over_the_edges() -> None:
+    b = Bucket(limit=2400)  # 40 a second; 4 edges: 10 a second each, 1 s of tolerance
+    passed = sum(b.local_share(1, t / 1000, edges=4) for t in range(0, 3000, 5))  # 200 a second offered
+    assert 38 <= passed <= 41  # 10 a second for 3 s, plus the tolerance
+
+
+def test_a_requests_token_reservation() -> None:
+    assert estimate_tokens(400, 50, default_max=256) == 150
+    assert estimate_tokens(0, None, default_max=256) == 257

@@ -1,0 +1,128 @@
+"""Tenant limits across four edges on real processes: one Redis primary grants leases of each tenant's
+budget, the edges spend them locally; what passes over a run is the configured rate, within the stated
+bounds (GCRA's 1 s tolerance and one lease per edge above it, at least 95 % of it below); 429s in OpenAI's
+shape; the local share while the primary is down."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edge.limits import LEASE_S, TOLERANCE_S
+from tests.conftest import ServerFactory
+from tests.fleet import Fleet, start_fleet, wait_for
+from tests.geodb import CLIENT_IP
+
+CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path, serve, geo_db=geo_db, auth=True, sim_kwargs={"ttft_ms": 1.0})
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def tenant_key(fleet: Fleet, limits: dict[str, int]) -> str:
+    status, tenant = await fleet.admin("POST", "/v1/tenants", body={"name": "metered", "limits": limits})
+    assert status == 201
+    _, issued = await fleet.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
+    key: str = issued["key"]
+
+    async def taken() -> bool:
+        for edge in fleet.edges.values():
+            if edge.edge.tenants is None or edge.edge.tenants.resolve(key) is None:
+                return False
+        return True
+
+    await wait_for(taken, timeout=3, what="every edge to take the key")
+    return key
+
+
+async def drive(fleet: Fleet, key: str, seconds: float, per_edge: int, edges: list[str]) -> Counter[int]:
+    """Clients looping on every edge for ``seconds``: the statuses they got."""
+    statuses: Counter[int] = Counter()
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    deadline = time.monotonic() + seconds
+
+    async def client(s: aiohttp.ClientSession, url: str) -> None:
+        while time.monotonic() < deadline:
+            async with s.post(url, json=CHAT, headers=headers) as r:
+                await r.read()
+                statuses[r.status] += 1
+
+    async with aiohttp.ClientSession() as s:
+        urls = [fleet.edge_url(e) + "v1/chat/completions" for e in edges]
+        await asyncio.gather(*(client(s, u) for u in urls for _ in range(per_edge)))
+    return statuses
+
+
+async def test_requests_per_minute_hold_across_four_edges_within_the_stated_bounds(fleet: Fleet) -> None:
+    rpm, seconds = 1800, 8.0  # 30 a second, offered several times that through 4 edges
+    key = await tenant_key(fleet, {"rpm": rpm})
+    started = time.monotonic()
+    statuses = await drive(fleet, key, seconds, per_edge=3, edges=list(fleet.edges))
+    elapsed = time.monotonic() - started
+    rate = rpm / 60
+    lease = math.ceil(rate * LEASE_S)
+    passed = statuses[200] / (rate * elapsed)
+    print(
+        f"\nrpm {rpm}, {elapsed:.2f} s, 4 edges: {statuses[200]} passed ({passed:.1%}), {statuses[429]} not"
+    )
+    assert statuses[429] > statuses[200], statuses  # the offered load was well above the limit
+    assert statuses[200] >= 0.95 * rate * seconds, statuses  # no early trips
+    assert statuses[200] <= rate * (elapsed + TOLERANCE_S) + len(fleet.edges) * lease, statuses
+    assert set(statuses) == {200, 429}
+
+
+async def test_a_refusal_is_openais_429_and_every_answer_carries_the_rate_headers(fleet: Fleet) -> None:
+    key = await tenant_key(fleet, {"rpm": 60, "tpm": 100_000})
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    seen: list[tuple[int, dict[str, str], Any]] = []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(12):  # 1 a second allowed, 1 s of tolerance: a dozen at once cannot all pass
+            async with s.post(
+                fleet.edge_url("eu-west-1") + "v1/chat/completions", json=CHAT, headers=headers
+            ) as r:
+                seen.append((r.status, dict(r.headers), await r.json()))
+    ok = [h for status, h, _ in seen if status == 200]
+    refused = [(h, b) for status, h, b in seen if status == 429]
+    assert ok and refused
+    assert ok[0]["x-ratelimit-limit-requests"] == "60" and ok[0]["x-ratelimit-limit-tokens"] == "100000"
+    h, body = refused[0]
+    assert body["error"]["code"] == "rate_limit_exceeded" and body["error"]["type"] == "requests"
+    assert int(h["Retry-After"]) >= 1 and int(h["x-ratelimit-remaining-requests"]) < 60
+    assert h["x-ratelimit-reset-requests"].endswith("s")
+
+
+async def test_tokens_per_minute_count_each_requests_reservation(fleet: Fleet) -> None:
+    key = await tenant_key(fleet, {"tpm": 6_000})  # 100 a second; each request reserves ~40
+    statuses = await drive(fleet, key, 4.0, per_edge=2, edges=["eu-west-1", "us-east-1"])
+    reserved = len(str(CHAT).encode()) // 4 + CHAT["max_tokens"]  # type: ignore[operator]
+    assert statuses[429] > 0
+    assert (
+        statuses[200] * reserved
+        <= 100 * (4.0 + TOLERANCE_S + 1) + 2 * math.ceil(100 * LEASE_S) + 2 * reserved
+    )
+
+
+async def test_with_the_primary_down_each_edge_enforces_its_share(fleet: Fleet) -> None:
+    key = await tenant_key(fleet, {"rpm": 2400})  # 40 a second: 10 for each of 4 edges
+    fleet.primary.stop()
+    statuses = await drive(fleet, key, 3.0, per_edge=3, edges=["eu-west-1"])
+    share = 2400 / 60 / len(fleet.edges)
+    print(
+        f"\nprimary down: {statuses[200]} passed in 3 s at one edge (share {share:.0f}/s), {statuses[429]} no"
+    )
+    assert statuses[429] > statuses[200], statuses  # not open
+    assert 0.8 * share * 3.0 <= statuses[200] <= share * (3.0 + TOLERANCE_S) + 40 * LEASE_S + 2, statuses
