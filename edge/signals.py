@@ -5,15 +5,13 @@ stop trusting them)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from fleet.redisconn import raise_if_cancelling, redact
+from edge.polling import poll
 from fleet.signals import KEY_SIGNALS, EngineSignals, decode_signals
 
 log = logging.getLogger("meridian.signals")
@@ -26,7 +24,6 @@ class SignalsFeed:
         self._connect = connect
         self.current: Mapping[str, Mapping[str, tuple[EngineSignals, float]]] = {}  # region -> replica ->
         self.reads = 0
-        self._trouble: str | None = None
 
     def get(self) -> Mapping[str, Mapping[str, tuple[EngineSignals, float]]]:
         """region -> replica -> (signals, monotonic time of their scrape)."""
@@ -47,22 +44,14 @@ class SignalsFeed:
         self.current = current
         self.reads += 1
 
+    async def _read(self, client: aioredis.Redis) -> None:
+        self.take(await client.hgetall(KEY_SIGNALS))
+
     async def run(self) -> None:
-        client = self._connect(self.url)
-        try:
-            while True:
-                try:
-                    self.take(await client.hgetall(KEY_SIGNALS))
-                    self._trouble = None
-                except (RedisError, OSError) as exc:
-                    raise_if_cancelling(exc)
-                    if str(exc) != self._trouble:  # once per new reason
-                        log.warning("cannot read engine signals at %s: %s", redact(self.url), exc)
-                        self._trouble = str(exc)
-                await asyncio.sleep(self.poll_s)
-        finally:
-            try:
-                async with asyncio.timeout(1.0):
-                    await client.aclose()
-            except Exception:  # closing a dead connection may fail; nothing to do
-                pass
+        await poll(
+            url=self.url,
+            connect=self._connect,
+            interval_s=self.poll_s,
+            step=self._read,
+            what="engine signals",
+        )

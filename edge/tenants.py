@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from fleet.redisconn import raise_if_cancelling, redact
+from edge.polling import poll
 from fleet.tenants import (
     KEY_API_KEYS,
     KEY_TENANTS,
@@ -45,7 +44,6 @@ class TenantsFeed:
         self.tenants: dict[str, Tenant] = {}
         self.version: int | None = None
         self.loaded = asyncio.Event()
-        self._trouble: str | None = None
 
     def resolve(self, presented: str) -> Principal | None:
         """The holder of a presented key (None: unknown or revoked). The lookup is by HMAC digest, so its
@@ -72,21 +70,10 @@ class TenantsFeed:
         self.loaded.set()
 
     async def run(self) -> None:
-        client = self._connect(self.url)
-        try:
-            while True:
-                try:
-                    await self.load(client)
-                    self._trouble = None
-                except (RedisError, OSError, ValueError) as exc:
-                    raise_if_cancelling(exc)
-                    if str(exc) != self._trouble:  # once per new reason
-                        log.warning("cannot read tenants and keys at %s: %s", redact(self.url), exc)
-                        self._trouble = str(exc)
-                await asyncio.sleep(self.poll_s)
-        finally:
-            try:
-                async with asyncio.timeout(1.0):
-                    await client.aclose()
-            except Exception:  # closing a dead connection may fail; nothing to do
-                pass
+        await poll(
+            url=self.url,
+            connect=self._connect,
+            interval_s=self.poll_s,
+            step=self.load,
+            what="tenants and keys",
+        )
