@@ -18,12 +18,13 @@ from redis.exceptions import RedisError
 from edge.limits import LEASE_SCRIPT, TOLERANCE_S, Bucket
 from fleet.redisconn import raise_if_cancelling
 from fleet.state import KEY_PREFIX
-from fleet.tenants import Tenant
+from fleet.tenants import Limits, Tenant
 
 log = logging.getLogger("meridian.limits")
 
 OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
 DIMENSIONS = (("requests", "rpm"), ("tokens", "tpm"))
+HEADERS_TTL_S = 0.1  # an admitted answer's rate-limit headers are at most this old
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,24 +55,39 @@ class Limiter:
         self.outage_until = 0.0
         self.script: Any = client.register_script(LEASE_SCRIPT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._verdicts: dict[str, tuple[Verdict, float, Limits]] = {}
 
     async def admit(self, tenant: Tenant, tokens: int) -> Verdict:
         """Spend one request and ``tokens`` of the tenant's limits, or say which ran out and for how long."""
-        costs = {"requests": 1, "tokens": tokens}
         spent: list[tuple[Bucket, float]] = []
         for name, field in DIMENSIONS:
             limit = getattr(tenant.limits, field)
             if limit is None:
                 continue
             bucket = self._bucket(tenant.id, name, limit)
-            cost = costs[name]
-            if not await self._spend(tenant.id, name, bucket, cost):
+            cost = 1 if name == "requests" else tokens
+            now = self.clock()
+            if now >= self.outage_until and bucket.take(cost, now):  # the common case: a lease is held
+                if bucket.needs_lease(now):
+                    self._lease_ahead(tenant.id, name, bucket)
+            elif not await self._spend(tenant.id, name, bucket, cost):
                 for b, c in spent:  # what passed the other dimension is given back
                     b.refund(c)
                 wait = bucket.retry_after(self.clock())
                 return Verdict(False, self.headers(tenant), wait, name)
             spent.append((bucket, cost))
-        return Verdict(True, self.headers(tenant))
+        return self._admitted(tenant)
+
+    def _admitted(self, tenant: Tenant) -> Verdict:
+        """The admitted verdict and its headers, rebuilt at most every ``HEADERS_TTL_S`` per tenant (their
+        numbers move with leases, not with each request)."""
+        now = self.clock()
+        hit = self._verdicts.get(tenant.id)
+        if hit is not None and now - hit[1] < HEADERS_TTL_S and hit[2] is tenant.limits:
+            return hit[0]
+        verdict = Verdict(True, self.headers(tenant))
+        self._verdicts[tenant.id] = (verdict, now, tenant.limits)
+        return verdict
 
     def headers(self, tenant: Tenant) -> dict[str, str]:
         """x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the last word of the primary."""
@@ -96,23 +112,27 @@ class Limiter:
         return bucket
 
     async def _spend(self, tenant: str, name: str, bucket: Bucket, cost: float) -> bool:
+        """Nothing held (or the primary is out): the local share, or one lease on the request path."""
         now = self.clock()
         if now < self.outage_until:
             return bucket.local_share(cost, now, self.edges)
-        if not bucket.take(cost, now):  # nothing held: this request waits for one lease
-            if now < bucket.refused_at + bucket.wait_s:
-                return False
-            await self._lease(tenant, name, bucket, cost)
-            now = self.clock()
-            if now < self.outage_until:
-                return bucket.local_share(cost, now, self.edges)
-            if not bucket.take(cost, now):
-                return False
-        if bucket.needs_lease(now):  # the next lease, before this one runs out
-            task = asyncio.create_task(self._lease(tenant, name, bucket, 0))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if now < bucket.refused_at + bucket.wait_s:
+            return False
+        await self._lease(tenant, name, bucket, cost)
+        now = self.clock()
+        if now < self.outage_until:
+            return bucket.local_share(cost, now, self.edges)
+        if not bucket.take(cost, now):
+            return False
+        if bucket.needs_lease(now):
+            self._lease_ahead(tenant, name, bucket)
         return True
+
+    def _lease_ahead(self, tenant: str, name: str, bucket: Bucket) -> None:
+        """The next lease, in the background, before this one runs out."""
+        task = asyncio.create_task(self._lease(tenant, name, bucket, 0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _lease(self, tenant: str, name: str, bucket: Bucket, need: float) -> None:
         bucket.asking = True

@@ -25,6 +25,8 @@ from fleet.tenants import (
 
 log = logging.getLogger("meridian.tenants")
 
+KNOWN_KEYS = 100_000  # resolved keys remembered between reloads
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -43,12 +45,20 @@ class TenantsFeed:
         self.by_digest: dict[str, Principal] = {}
         self.tenants: dict[str, Tenant] = {}
         self.version: int | None = None
+        self._known: dict[str, Principal] = {}
         self.loaded = asyncio.Event()
 
     def resolve(self, presented: str) -> Principal | None:
         """The holder of a presented key (None: unknown or revoked). The lookup is by HMAC digest, so its
-        timing tells nothing about any stored key."""
-        return self.by_digest.get(key_digest(self.secret, presented))
+        timing tells nothing about any stored key; keys that resolved are remembered until the set changes
+        (in memory only, bounded), so a client's key costs one HMAC per reload, not one per request."""
+        hit = self._known.get(presented)
+        if hit is not None:
+            return hit
+        found = self.by_digest.get(key_digest(self.secret, presented))
+        if found is not None and len(self._known) < KNOWN_KEYS:
+            self._known[presented] = found
+        return found
 
     async def load(self, client: aioredis.Redis) -> None:
         version = int(await client.get(KEY_TENANTS_VERSION) or 0)
@@ -66,6 +76,7 @@ class TenantsFeed:
             if key.tenant in tenants
         }
         self.tenants = tenants
+        self._known = {}  # a revoked key must not be remembered past the reload that dropped it
         self.version = int(raw_version or 0)
         self.loaded.set()
 
