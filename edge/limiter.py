@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from edge.limits import LEASE_SCRIPT, TOLERANCE_S, Bucket
+from edge.limits import LEASE_SCRIPT, SLOTS_SCRIPT, SLOTS_TTL_S, TOLERANCE_S, Bucket, Slots
 from fleet.redisconn import raise_if_cancelling
 from fleet.state import KEY_PREFIX
 from fleet.tenants import Limits, Tenant
@@ -56,6 +59,11 @@ class Limiter:
         self.script: Any = client.register_script(LEASE_SCRIPT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._verdicts: dict[str, tuple[Verdict, float, Limits]] = {}
+        self.slots: dict[str, Slots] = {}
+        self.slots_script: Any = client.register_script(SLOTS_SCRIPT)
+        self.edge_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._renewer: asyncio.Task[None] | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def admit(self, tenant: Tenant, tokens: int) -> Verdict:
         """Spend one request and ``tokens`` of the tenant's limits, or say which ran out and for how long."""
@@ -77,6 +85,78 @@ class Limiter:
                 return Verdict(False, self.headers(tenant), wait, name)
             spent.append((bucket, cost))
         return self._admitted(tenant)
+
+    async def enter(self, tenant: Tenant) -> tuple[Verdict | None, bool]:
+        """A slot of the tenant's concurrent-request limit for one request: (a refusal or None, whether the
+        slot is the local share's). Every admitted request must ``leave``."""
+        limit = tenant.limits.max_concurrent
+        if limit is None:
+            return None, False
+        slots = self.slots.get(tenant.id)
+        if slots is None or slots.limit != limit:
+            slots = self.slots[tenant.id] = Slots(limit)
+            if self._renewer is None:
+                self._renewer = asyncio.create_task(self._renew())
+        if self.clock() >= self.outage_until and not slots.take():
+            slots.waiting += 1
+            try:
+                await self._hold(tenant.id, slots, None)
+            finally:
+                slots.waiting -= 1
+            if self.clock() >= self.outage_until and not slots.take():
+                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), False
+        if self.clock() < self.outage_until:
+            if not slots.take_local(self.edges):
+                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), True
+            return None, True
+        return None, False
+
+    def leave(self, tenant: Tenant, local: bool) -> None:
+        slots = self.slots.get(tenant.id)
+        if slots is None:
+            return
+        if local:
+            slots.local -= 1
+            return
+        down_to = slots.release()
+        if down_to is not None:
+            self._background(self._hold(tenant.id, slots, down_to))
+
+    async def _hold(self, tenant: str, slots: Slots, want: int | None) -> None:
+        """Set this edge's holding (None: what it needs now). One call at a time per tenant, the amount
+        decided when it is its turn: an answer never lowers the holding below what is in use."""
+        lock = self._locks.setdefault(tenant, asyncio.Lock())
+        async with lock:
+            need = slots.in_use + slots.waiting
+            amount = max(need, slots.wanted() if want is None else want)
+            try:
+                granted = await self.slots_script(
+                    keys=[f"{KEY_PREFIX}:limits:{tenant}:concurrent"],
+                    args=[self.edge_id, amount, slots.limit, int(SLOTS_TTL_S * 1000)],
+                )
+            except (RedisError, OSError) as exc:
+                raise_if_cancelling(exc)
+                self._outage(exc)
+                return
+            slots.held = int(granted)
+
+    async def _renew(self) -> None:
+        """Holdings live SLOTS_TTL_S unless renewed: renewed at a third of it, so a crashed edge's expire."""
+        while True:
+            await asyncio.sleep(SLOTS_TTL_S / 3)
+            for tenant, slots in list(self.slots.items()):
+                if slots.held:  # renewed down to what is in use: idle spare goes back to the others
+                    await self._hold(tenant, slots, slots.in_use)
+
+    def _outage(self, exc: BaseException) -> None:
+        if self.clock() >= self.outage_until:
+            log.warning("limits: the primary is unreachable (%s); enforcing this edge's share", exc)
+        self.outage_until = self.clock() + OUTAGE_RETRY_S
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _admitted(self, tenant: Tenant) -> Verdict:
         """The admitted verdict and its headers, rebuilt at most every ``HEADERS_TTL_S`` per tenant (their
@@ -130,9 +210,7 @@ class Limiter:
 
     def _lease_ahead(self, tenant: str, name: str, bucket: Bucket) -> None:
         """The next lease, in the background, before this one runs out."""
-        task = asyncio.create_task(self._lease(tenant, name, bucket, 0))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self._lease(tenant, name, bucket, 0))
 
     async def _lease(self, tenant: str, name: str, bucket: Bucket, need: float) -> None:
         bucket.asking = True
@@ -146,16 +224,14 @@ class Limiter:
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             bucket.asking = False
-            if self.clock() >= self.outage_until:
-                log.warning("limits: the primary is unreachable (%s); enforcing this edge's share", exc)
-            self.outage_until = self.clock() + OUTAGE_RETRY_S
+            self._outage(exc)
             return
         now = self.clock()
         bucket.granted(int(granted), int(wait_ms) / 1000.0, now)
         self.backlog[(tenant, name)] = (int(backlog_ms) / 1000.0, now)
 
     async def close(self) -> None:
-        for t in list(self._tasks):
+        for t in [*self._tasks, *([self._renewer] if self._renewer else [])]:
             t.cancel()
         try:
             async with asyncio.timeout(1.0):

@@ -108,3 +108,73 @@ class Bucket:
 def estimate_tokens(prompt_chars: int, max_tokens: int | None, default_max: int) -> int:
     """A request's token reservation: its prompt at ~4 characters a token, plus what it may generate."""
     return max(1, prompt_chars // 4) + (max_tokens if max_tokens is not None else default_max)
+
+
+# KEYS[1]: hash of edge id -> "slots:expiry_ms"; ARGV: this edge's id, slots it wants to hold, the limit,
+# how long a holding lives unless renewed (ms). Returns the slots it now holds: never more than the limit
+# less what live holdings of other edges have; a crashed edge's holding expires.
+SLOTS_SCRIPT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local others = 0
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    local held, expiry = string.match(all[i + 1], '(%d+):(%d+)')
+    if tonumber(expiry) < now then
+      redis.call('HDEL', KEYS[1], all[i])
+    else
+      others = others + tonumber(held)
+    end
+  end
+end
+local grant = math.min(tonumber(ARGV[2]), math.max(0, tonumber(ARGV[3]) - others))
+if grant > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], grant .. ':' .. (now + tonumber(ARGV[4])))
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
+return grant
+"""
+SLOTS_TTL_S = 10.0  # a holding not renewed for this long is another edge's to take
+
+
+@dataclass(slots=True)
+class Slots:
+    """This edge's share of a tenant's concurrent-request limit: slots held (granted by the primary) and in
+    use. It holds what it uses plus a few spare, asks for more when it has none spare, gives spare back when
+    it holds more than twice the spare it keeps, and all of it once idle for a renewal period: a burst at one
+    edge may find up to spare x (edges - 1) slots idle elsewhere for that long."""
+
+    limit: int
+    held: int = 0
+    in_use: int = 0
+    waiting: int = 0  # requests waiting for the primary's answer to a bigger holding
+    local: int = 0  # in use under the local share (the primary unreachable)
+
+    def spare(self) -> int:
+        return max(1, self.limit // 20)
+
+    def take(self) -> bool:
+        if self.in_use < self.held:
+            self.in_use += 1
+            return True
+        return False
+
+    def wanted(self) -> int:
+        """What to hold: what is in use, what waits for a slot, and the spare."""
+        return min(self.limit, self.in_use + self.waiting + self.spare())
+
+    def release(self) -> int | None:
+        """One request done; the holding to go down to when too much is idle (None: keep it)."""
+        self.in_use -= 1
+        if self.held - self.in_use > 2 * self.spare():
+            return self.in_use + self.spare()
+        return None
+
+    def take_local(self, edges: int) -> bool:
+        if self.local < max(1, self.limit // edges):
+            self.local += 1
+            return True
+        return False

@@ -225,11 +225,32 @@ class Proxy:
         rate: dict[str, str] | None = None
         if principal is not None:
             span.set_attribute(tracing.ATTR_TENANT, principal.tenant.id)  # its id: never the key
-            if (self.limiter is not None and principal.tenant.limits.rpm) or principal.tenant.limits.tpm:
+            limits = principal.tenant.limits
+            if self.limiter is not None and (limits.rpm is not None or limits.tpm is not None):
                 verdict = await self._admit(principal, body, max_tokens)
                 if not verdict.admitted:
                     return self._rate_limited(principal, verdict)
                 rate = verdict.headers
+            if self.limiter is not None and limits.max_concurrent is not None:
+                no, local = await self.limiter.enter(principal.tenant)
+                if no is not None:
+                    return self._rate_limited(principal, no)
+                try:
+                    return await self._route(request, span, priority, body, wanted, rate)
+                finally:
+                    self.limiter.leave(principal.tenant, local)
+        return await self._route(request, span, priority, body, wanted, rate)
+
+    async def _route(
+        self,
+        request: web.BaseRequest,
+        span: trace.Span,
+        priority: Priority,
+        body: bytes,
+        wanted: Wanted,
+        rate: dict[str, str] | None,
+    ) -> web.StreamResponse:
+        """Locate the client, plan the request and forward it."""
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
             span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
@@ -373,12 +394,13 @@ class Proxy:
 
     def _rate_limited(self, principal: Principal, verdict: Verdict) -> web.Response:
         self.metrics.child(self.metrics.rate_limited, verdict.refused or "requests").inc()
-        limit = "requests" if verdict.refused == "requests" else "tokens"
+        limit = verdict.refused or "requests"
+        what = "concurrent requests" if limit == "concurrent" else f"{limit} per minute"
         return error(
             429,
-            f"Rate limit reached for tenant {principal.tenant.id} on {limit} per minute; "
+            f"Rate limit reached for tenant {principal.tenant.id} on {what}; "
             f"retry after {verdict.retry_after_s:.2f} s",
-            kind="requests" if limit == "requests" else "tokens",
+            kind=limit,
             code="rate_limit_exceeded",
             headers={
                 **self.edge_headers,

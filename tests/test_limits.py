@@ -3,7 +3,7 @@ local share while the primary is unreachable; the token reservation."""
 
 from __future__ import annotations
 
-from edge.limits import LEASE_TTL_S, Bucket, estimate_tokens
+from edge.limits import LEASE_TTL_S, Bucket, Slots, estimate_tokens
 
 
 def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:
@@ -32,3 +32,17 @@ def test_the_local_share_is_the_limit_over_the_edges() -> None:
 def test_a_requests_token_reservation() -> None:
     assert estimate_tokens(400, 50, default_max=256) == 150
     assert estimate_tokens(0, None, default_max=256) == 257
+
+
+def test_concurrent_slots_are_held_used_and_given_back() -> None:
+    s = Slots(limit=40)  # spare: 2
+    assert not s.take() and s.wanted() == 2
+    s.held = 3
+    assert s.take() and s.take() and s.take() and not s.take()
+    s.waiting = 2
+    assert s.wanted() == 3 + 2 + 2  # in use, waiting, spare
+    s.waiting, s.held = 0, 10
+    assert s.release() == 2 + 2  # 8 idle > twice the spare: down to what is in use plus the spare
+    s.held = 4
+    assert s.release() is None  # 3 idle: kept
+    assert [s.take_local(edges=20) for _ in range(3)] == [True, True, False]  # 40 / 20 edges

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edge.limits import LEASE_S, TOLERANCE_S
+from edge.limits import LEASE_S, SLOTS_TTL_S, TOLERANCE_S
 from tests.conftest import ServerFactory
 from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
@@ -126,3 +126,27 @@ async def test_with_the_primary_down_each_edge_enforces_its_share(fleet: Fleet) 
     )
     assert statuses[429] > statuses[200], statuses  # not open
     assert 0.8 * share * 3.0 <= statuses[200] <= share * (3.0 + TOLERANCE_S) + 40 * LEASE_S + 2, statuses
+
+
+async def test_concurrent_requests_hold_across_edges_and_slots_come_back(fleet: Fleet) -> None:
+    key = await tenant_key(fleet, {"max_concurrent": 4})
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    slow = {**CHAT, "max_tokens": 40}  # 40 tokens at 1 ms: the first dozen overlap
+
+    async def one(s: aiohttp.ClientSession, edge: str) -> int:
+        async with s.post(fleet.edge_url(edge) + "v1/chat/completions", json=slow, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    for sim in (fleet.sim(region, rep) for region in fleet.sims for rep in fleet.sims[region]):
+        sim.model = type(sim.model)(ttft_ms=200, per_token_ms=5)  # every request stays a while
+    async with aiohttp.ClientSession() as s:
+        statuses = Counter(
+            await asyncio.gather(*(one(s, e) for e in ("eu-west-1", "us-east-1") for _ in range(6)))
+        )
+        assert statuses[200] <= 4 and statuses[429] >= 8 and set(statuses) <= {200, 429}, statuses
+        assert statuses[200] >= 1
+        deadline = time.monotonic() + SLOTS_TTL_S  # idle slots held by the other edge come back on renewal
+        while (later := Counter(await asyncio.gather(*(one(s, "eu-west-1") for _ in range(4)))))[200] < 4:
+            assert time.monotonic() < deadline, later
+        assert later[200] == 4, later  # the whole limit, at one edge, once the first ones finished
