@@ -38,6 +38,15 @@ class Verdict:
     refused: str | None = None  # "requests" or "tokens"
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One request's concurrent slot: the holding it came from, and whether it is the local share's."""
+
+    tenant: str
+    slots: Slots
+    local: bool
+
+
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: 1s, 6m0s, 20ms."""
     if seconds < 1:
@@ -86,12 +95,12 @@ class Limiter:
             spent.append((bucket, cost))
         return self._admitted(tenant)
 
-    async def enter(self, tenant: Tenant) -> tuple[Verdict | None, bool]:
-        """A slot of the tenant's concurrent-request limit for one request: (a refusal or None, whether the
-        slot is the local share's). Every admitted request must ``leave``."""
+    async def enter(self, tenant: Tenant) -> tuple[Verdict | None, Ticket | None]:
+        """A slot of the tenant's concurrent-request limit for one request: a refusal, or the ticket to
+        ``leave`` with when the request is done."""
         limit = tenant.limits.max_concurrent
         if limit is None:
-            return None, False
+            return None, None
         slots = self.slots.get(tenant.id)
         if slots is None or slots.limit != limit:
             slots = self.slots[tenant.id] = Slots(limit)
@@ -104,23 +113,22 @@ class Limiter:
             finally:
                 slots.waiting -= 1
             if self.clock() >= self.outage_until and not slots.take():
-                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), False
+                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), None
         if self.clock() < self.outage_until:
             if not slots.take_local(self.edges):
-                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), True
-            return None, True
-        return None, False
+                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), None
+            return None, Ticket(tenant.id, slots, local=True)
+        return None, Ticket(tenant.id, slots, local=False)
 
-    def leave(self, tenant: Tenant, local: bool) -> None:
-        slots = self.slots.get(tenant.id)
-        if slots is None:
-            return
-        if local:
+    def leave(self, ticket: Ticket) -> None:
+        """The request holding ``ticket`` is done: its slot is free (and idle spare may go back)."""
+        slots = ticket.slots
+        if ticket.local:
             slots.local -= 1
             return
         down_to = slots.release()
         if down_to is not None:
-            self._background(self._hold(tenant.id, slots, down_to))
+            self._background(self._hold(ticket.tenant, slots, down_to))
 
     async def _hold(self, tenant: str, slots: Slots, want: int | None) -> None:
         """Set this edge's holding (None: what it needs now). One call at a time per tenant, the amount

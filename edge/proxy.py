@@ -232,13 +232,14 @@ class Proxy:
                     return self._rate_limited(principal, verdict)
                 rate = verdict.headers
             if self.limiter is not None and limits.max_concurrent is not None:
-                no, local = await self.limiter.enter(principal.tenant)
+                no, ticket = await self.limiter.enter(principal.tenant)
                 if no is not None:
                     return self._rate_limited(principal, no)
                 try:
                     return await self._route(request, span, priority, body, wanted, rate)
                 finally:
-                    self.limiter.leave(principal.tenant, local)
+                    if ticket is not None:
+                        self.limiter.leave(ticket)
         return await self._route(request, span, priority, body, wanted, rate)
 
     async def _route(
