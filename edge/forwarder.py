@@ -80,6 +80,7 @@ class Call:
     parent: trace.Span
     model: str | None = None  # the model served (X-Meridian-Model)
     extra: dict[str, str] | None = None  # e.g. the tenant's rate-limit headers
+    on_body: Callable[[bytes], None] | None = None  # sees a buffered answer's body (token accounting)
     sent: int = 0  # attempts made so far (X-Meridian-Attempts)
     hedged: bool = False
 
@@ -197,6 +198,7 @@ class Forwarder:
         parent: trace.Span = trace.INVALID_SPAN,
         model: str | None = None,
         extra_headers: dict[str, str] | None = None,
+        on_body: Callable[[bytes], None] | None = None,
     ) -> web.StreamResponse:
         """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
         hedge after that long without a first byte."""
@@ -212,6 +214,7 @@ class Forwarder:
             parent,
             model,
             extra_headers,
+            on_body,
         )
         last: Result | None = None
         attempt = plan.next()
@@ -554,6 +557,8 @@ class Forwarder:
                 status=502,
                 headers=meridian,
             )
+        if call.on_body is not None and upstream.status == 200:
+            call.on_body(data)
         small = web.Response(body=data, status=upstream.status)
         copy_response_headers(upstream.headers, small.headers)
         small.headers.update(meridian)

@@ -166,6 +166,13 @@ class Limiter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def settle(self, tenant: Tenant, reserved: int, used: int) -> None:
+        """A request's real token usage against its reservation: the difference back to (or from) the
+        edge's lease, so a tenant pays for what it used."""
+        bucket = self.buckets.get((tenant.id, "tokens"))
+        if bucket is not None:
+            bucket.refund(reserved - used)
+
     def _admitted(self, tenant: Tenant) -> Verdict:
         """The admitted verdict and its headers, rebuilt at most every ``HEADERS_TTL_S`` per tenant (their
         numbers move with leases, not with each request)."""

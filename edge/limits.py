@@ -92,7 +92,8 @@ class Bucket:
         return max(self.interval_s, self.refused_at + self.wait_s - now)
 
     def refund(self, permits: float) -> None:
-        """Permits taken but not used (a request refused on another of its tenant's limits)."""
+        """Permits taken but not used (a request refused on another limit, or a token reservation above the
+        real usage; negative: used more than reserved)."""
         self.held += permits
 
     def local_share(self, cost: float, now: float, edges: int) -> bool:

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
@@ -24,7 +25,7 @@ from edge.limiter import Limiter, Verdict
 from edge.limits import estimate_tokens
 from edge.metrics import EdgeMetrics
 from edge.planner import NOTHING, Planner, Wanted
-from edge.request import BodyError, Inference, read
+from edge.request import BodyError, Inference, read, used_tokens
 from edge.routing import AttemptPlan
 from edge.settings import EdgeSettings, Priority
 from edge.snapshot import SnapshotFeed
@@ -223,24 +224,28 @@ class Proxy:
             return refused
         span.set_attribute(tracing.ATTR_PRIORITY, priority)
         rate: dict[str, str] | None = None
+        settle: Callable[[bytes], None] | None = None
         if principal is not None:
             span.set_attribute(tracing.ATTR_TENANT, principal.tenant.id)  # its id: never the key
             limits = principal.tenant.limits
             if self.limiter is not None and (limits.rpm is not None or limits.tpm is not None):
-                verdict = await self._admit(principal, body, max_tokens)
+                reserved = estimate_tokens(len(body), max_tokens, self.settings.default_max_tokens)
+                verdict = await self.limiter.admit(principal.tenant, reserved)
                 if not verdict.admitted:
                     return self._rate_limited(principal, verdict)
                 rate = verdict.headers
+                if limits.tpm is not None:
+                    settle = self._settler(principal, reserved)
             if self.limiter is not None and limits.max_concurrent is not None:
                 no, ticket = await self.limiter.enter(principal.tenant)
                 if no is not None:
                     return self._rate_limited(principal, no)
                 try:
-                    return await self._route(request, span, priority, body, wanted, rate)
+                    return await self._route(request, span, priority, body, wanted, rate, settle)
                 finally:
                     if ticket is not None:
                         self.limiter.leave(ticket)
-        return await self._route(request, span, priority, body, wanted, rate)
+        return await self._route(request, span, priority, body, wanted, rate, settle)
 
     async def _route(
         self,
@@ -250,6 +255,7 @@ class Proxy:
         body: bytes,
         wanted: Wanted,
         rate: dict[str, str] | None,
+        settle: Callable[[bytes], None] | None,
     ) -> web.StreamResponse:
         """Locate the client, plan the request and forward it."""
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
@@ -296,6 +302,7 @@ class Proxy:
             parent=span,
             model=wanted.model,
             extra_headers=rate,
+            on_body=settle,
         )
         span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
         return resp
@@ -387,11 +394,18 @@ class Proxy:
             return principal.tenant.priority_for(asked)
         return asked or "normal"
 
-    async def _admit(self, principal: Principal, body: bytes, max_tokens: int | None) -> Verdict:
-        """One request and its token reservation against the tenant's limits (prompt ~4 bytes a token)."""
-        assert self.limiter is not None
-        reserved = estimate_tokens(len(body), max_tokens, self.settings.default_max_tokens)
-        return await self.limiter.admit(principal.tenant, reserved)
+    def _settler(self, principal: Principal, reserved: int) -> Callable[[bytes], None]:
+        """What a buffered answer's ``usage`` settles: the tenant pays its real tokens, not the estimate
+        (a streamed answer is charged its reservation)."""
+        limiter = self.limiter
+        assert limiter is not None
+
+        def settle(answer: bytes) -> None:
+            used = used_tokens(answer)
+            if used is not None:
+                limiter.settle(principal.tenant, reserved, used)
+
+        return settle
 
     def _rate_limited(self, principal: Principal, verdict: Verdict) -> web.Response:
         self.metrics.child(self.metrics.rate_limited, verdict.refused or "requests").inc()
