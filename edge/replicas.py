@@ -20,7 +20,7 @@ import bisect
 import hashlib
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from fleet.signals import EngineSignals
@@ -177,8 +177,3 @@ def _p2c(pool: Sequence[Replica], policy: PickPolicy, rng: random.Random) -> Rep
 
 def _h(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-
-
-def fresh(signals: Mapping[str, EngineSignals], *, now: float, max_age_s: float) -> dict[str, EngineSignals]:
-    """The signals young enough to trust (wall clock: ``at`` is the scrape's time)."""
-    return {name: s for name, s in signals.items() if now - s.at <= max_age_s}

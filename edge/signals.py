@@ -23,7 +23,6 @@ class SignalsFeed:
         self.poll_s = poll_s
         self._connect = connect
         self.current: Mapping[str, Mapping[str, tuple[EngineSignals, float]]] = {}  # region -> replica ->
-        self.reads = 0
 
     def get(self) -> Mapping[str, Mapping[str, tuple[EngineSignals, float]]]:
         """region -> replica -> (signals, monotonic time of their scrape)."""
@@ -42,7 +41,6 @@ class SignalsFeed:
         for (region, replica), s in decode_signals(raw).items():
             current.setdefault(region, {})[replica] = (s, mono - max(0.0, wall - s.at))
         self.current = current
-        self.reads += 1
 
     async def _read(self, client: aioredis.Redis) -> None:
         self.take(await client.hgetall(KEY_SIGNALS))

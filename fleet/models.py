@@ -46,9 +46,6 @@ class Catalog:
     def regions_for(self, model: str) -> frozenset[str]:
         return frozenset(region for (region, _), models in self.served.items() if model in models)
 
-    def replicas_for(self, region: str, model: str) -> tuple[str, ...]:
-        return tuple(rep for (reg, rep), models in self.served.items() if reg == region and model in models)
-
     def serves(self, region: str, replica: str, model: str) -> bool:
         return self.open or model in self.served.get((region, replica), frozenset())
 

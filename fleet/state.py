@@ -170,11 +170,6 @@ class Topology(_Strict):
         """Which replica serves which model (empty: the open world, every replica serves every model)."""
         return Catalog(self.models, {k: frozenset(v) for k, v in self._served().items()})
 
-    def engine(self, region: str, replica: str) -> Engine:
-        reg = self.by_name[region]
-        rep = next(r for r in reg.replicas if r.name == replica)
-        return rep.engine or reg.engine
-
     def region(self, name: str) -> Region | None:
         return self.by_name.get(name)
 

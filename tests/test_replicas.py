@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,7 @@ from edge.planner import Planner, ReplicaTuning, Wanted
 from edge.replicas import PickPolicy, Replica, Ring, pick, slow_start_share
 from edge.request import BodyError, read
 from fleet.signals import EngineSignals
-from fleet.state import Snapshot, initial_state
+from fleet.state import Snapshot, Topology, initial_state
 from fleet.topology import load_topology
 from tests.fleet import ROOT
 
@@ -202,22 +204,28 @@ def test_engines_metrics_map_to_the_same_signals() -> None:
     assert (t.running, t.waiting, t.kv_usage) == (7, 2, None)
 
 
-def test_the_planner_ignores_stale_signals() -> None:
-    topo = load_topology(ROOT / "regions.yaml")
-    now = [1000.0]
-    full = EngineSignals(waiting=50, kv_usage=0.99, at=0.0)
-    published = {"eu-west-1": {"euw1-a": (full, 999.0), "euw1-b": (full, 980.0)}}
-    planner = Planner(
+def eu_planner(topo: Topology, clock: Callable[[], float], **kw: Any) -> Planner:
+    """The eu-west-1 edge's planner on ``clock``, with nothing ejected or ramping at its start."""
+    return Planner(
         topology=topo,
         edge="eu-west-1",
         outliers=OutlierDetector(),
         failback=Failback(),
         observed=Observed(),
         rng=random.Random(0),
-        clock=lambda: now[0],
+        clock=clock,
         max_attempts=3,
-        signals=lambda: published,
-        tuning=ReplicaTuning(signal_max_age_s=5.0),
+        **kw,
+    )
+
+
+def test_the_planner_ignores_stale_signals() -> None:
+    topo = load_topology(ROOT / "regions.yaml")
+    now = [1000.0]
+    full = EngineSignals(waiting=50, kv_usage=0.99, at=0.0)
+    published = {"eu-west-1": {"euw1-a": (full, 999.0), "euw1-b": (full, 980.0)}}
+    planner = eu_planner(
+        topo, lambda: now[0], signals=lambda: published, tuning=ReplicaTuning(signal_max_age_s=5.0)
     )
     planner.cache(Snapshot(version=1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}))
     got = {r.name: r.signals for r in planner.candidates("eu-west-1", ["euw1-a", "euw1-b"])}
@@ -229,17 +237,7 @@ def test_the_planner_ignores_stale_signals() -> None:
 def test_a_replica_that_comes_back_in_the_store_slow_starts() -> None:
     topo = load_topology(ROOT / "regions.yaml")
     now = [50.0]
-    planner = Planner(
-        topology=topo,
-        edge="eu-west-1",
-        outliers=OutlierDetector(),
-        failback=Failback(),
-        observed=Observed(),
-        rng=random.Random(0),
-        clock=lambda: now[0],
-        max_attempts=3,
-        tuning=ReplicaTuning(slow_start_s=30.0),
-    )
+    planner = eu_planner(topo, lambda: now[0], tuning=ReplicaTuning(slow_start_s=30.0))
     states = {r.name: initial_state(r, now=0.0) for r in topo.regions}
     planner.cache(Snapshot(version=1, regions=states))
     assert {r.share for r in planner.candidates("eu-west-1", ["euw1-a", "euw1-b"])} == {

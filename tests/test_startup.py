@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,34 @@ def test_bad_settings_stop_start_up_with_a_short_message(
     assert len(res.stderr.strip().splitlines()) <= 3, res.stderr
 
 
+@contextlib.contextmanager
+def logging_process(module: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """``python -m module`` with its log on a pipe; terminated afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def read_until(proc: subprocess.Popen[str], *needles: str, timeout: float = 20) -> str:
+    """The process's log up to the line where every needle has appeared (or the deadline)."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(n in "".join(seen) for n in needles):
+        seen.append(proc.stderr.readline())
+    return "".join(seen)
+
+
 def test_an_edge_says_where_it_listens_and_that_its_store_is_unreachable() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
@@ -206,31 +236,11 @@ def test_an_edge_says_where_it_listens_and_that_its_store_is_unreachable() -> No
         MERIDIAN_TRUSTED_PROXIES="0.0.0.0/0",
         MERIDIAN_AUTH="false",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    seen: list[str] = []
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            seen.append(line)
-            text = "".join(seen)
-            if f"listening on 127.0.0.1:{port}" in text and "cannot reach the state store" in text:
-                break
-        text = "".join(seen)
+    with logging_process("edge", env) as proc:
+        text = read_until(proc, f"listening on 127.0.0.1:{port}", "cannot reach the state store")
         assert f"edge us-east-1 (pid {proc.pid}) listening on 127.0.0.1:{port}" in text, text
         assert "cannot reach the state store at redis://***@127.0.0.1" in text and "s3cret" not in text, text
         assert "MERIDIAN_TRUSTED_PROXIES includes 0.0.0.0/0" in text, text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def test_the_control_plane_says_where_it_listens_and_that_its_store_is_unreachable() -> None:
@@ -242,24 +252,8 @@ def test_the_control_plane_says_where_it_listens_and_that_its_store_is_unreachab
         MERIDIAN_REDIS_URL=f"redis://controlplane:s3cret@127.0.0.1:{free_port()}/0",
         MERIDIAN_PROBE_ENABLED="false",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    seen: list[str] = []
-    try:
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "cannot reach the state store" not in "".join(seen):
-            seen.append(proc.stderr.readline())
-        text = "".join(seen)
+    with logging_process("controlplane", env) as proc:
+        text = read_until(proc, "cannot reach the state store")
         assert f"control plane (pid {proc.pid}) admin API on http://127.0.0.1:{port}" in text, text
         assert "4 regions from regions.yaml" in text, text
         assert "cannot reach the state store at redis://***@127.0.0.1" in text and "s3cret" not in text, text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
