@@ -179,6 +179,33 @@ class KeyList(BaseModel):
     keys: list[ApiKey] = Field(description="ids and prefixes only")
 
 
+class UsageRecord(BaseModel):
+    """One tenant's use of one model in one region during one hour."""
+
+    hour: str = Field(description="the hour's start, UTC (ISO 8601)")
+    model: str
+    region: str = Field(description='the region that answered ("none": no region did)')
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int = Field(description="answers with status 400 or above")
+
+
+class UsageTotals(BaseModel):
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+
+
+class UsageReport(BaseModel):
+    tenant: str
+    start: str = Field(description="the first hour included (UTC): ``from`` rounded down to its hour")
+    end: str = Field(description="``to`` (UTC, exclusive)")
+    rows: list[UsageRecord] = Field(description="by hour, then model, then region")
+    totals: UsageTotals
+
+
 ONE_TENANT = {**AUTHENTICATED, 404: _error("unknown tenant (or key)")}
 WRITE_TENANT = {
     **ONE_TENANT,

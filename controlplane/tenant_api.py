@@ -3,9 +3,13 @@ audited; a key's secret is in the answer to its creation and nowhere else."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.params import Parameter
 
 from controlplane.auth import User, operator_guard
 from controlplane.schemas import (
@@ -18,11 +22,17 @@ from controlplane.schemas import (
     TenantCreate,
     TenantList,
     TenantPatch,
+    UsageRecord,
+    UsageReport,
+    UsageTotals,
 )
 from controlplane.store import AuditEntry
 from controlplane.tenants import KeyNotFound, KeySecretMissing, TenantNotFound, TenantStore
 from fleet.state import Topology
 from fleet.tenants import Tenant
+from fleet.usage import COUNTERS, hour_of
+
+MAX_USAGE_SPAN = timedelta(days=31)  # one query reads at most this many hours' hashes (744)
 
 
 def _tenants(state: State) -> TenantStore:
@@ -138,3 +148,77 @@ class TenantController(Controller):
             await _tenants(state).revoke(tenant_id, key_id, audit)
         except (TenantNotFound, KeyNotFound):
             raise NotFoundException(f"unknown key '{key_id}' of tenant '{tenant_id}'") from None
+
+    @get(
+        "/{tenant_id:str}/usage",
+        summary="A tenant's usage per hour, model and region (requests, tokens, errors)",
+        responses={**ONE_TENANT, 422: WRITE_TENANT[422]},
+    )
+    async def usage(
+        self,
+        tenant_id: str,
+        state: State,
+        start: Annotated[
+            str | None,
+            Parameter(
+                query="from",
+                required=False,
+                schema_extra={"format": "date-time"},
+                description="ISO 8601, e.g. 2026-11-30T00:00:00Z; default: 24 hours before `to`",
+            ),
+        ] = None,
+        end: Annotated[
+            str | None,
+            Parameter(
+                query="to",
+                required=False,
+                schema_extra={"format": "date-time"},
+                description="ISO 8601; default: now",
+            ),
+        ] = None,
+    ) -> UsageReport:
+        end_at = _when(end, "to") if end is not None else datetime.now(UTC)
+        start_at = _when(start, "from") if start is not None else end_at - timedelta(hours=24)
+        if start_at >= end_at:
+            raise ValidationException("from must be before to", extra=[{"key": "from", "source": "query"}])
+        if end_at - start_at > MAX_USAGE_SPAN:
+            raise ValidationException(
+                f"from..to spans more than {MAX_USAGE_SPAN.days} days: ask for less",
+                extra=[{"key": "from", "source": "query"}],
+            )
+        first = hour_of(start_at.timestamp())
+        last = hour_of(end_at.timestamp() - 1e-6)
+        hours = await _tenants(state).usage(tenant_id, first, last)
+        if not hours:
+            try:  # 404 for a tenant that never was (a deleted tenant's usage stays for its bills)
+                await _tenants(state).tenant(tenant_id)
+            except TenantNotFound:
+                raise NotFoundException(f"unknown tenant '{tenant_id}'") from None
+        rows = [
+            UsageRecord(hour=_iso(hour * 3600), model=model, region=region, **row.counts())
+            for hour, by in sorted(hours.items())
+            for (model, region), row in sorted(by.items())
+        ]
+        totals = UsageTotals()
+        for r in rows:
+            for k in COUNTERS:
+                setattr(totals, k, getattr(totals, k) + getattr(r, k))
+        return UsageReport(
+            tenant=tenant_id, start=_iso(first * 3600), end=_iso(end_at.timestamp()), rows=rows, totals=totals
+        )
+
+
+def _when(raw: str, name: str) -> datetime:
+    """A query's ISO 8601 time, in UTC (one without a zone is taken as UTC); else 422 naming it."""
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationException(
+            f"{name} must be an ISO 8601 date and time, e.g. 2026-11-30T00:00:00Z (got {raw[:40]!r})",
+            extra=[{"key": name, "source": "query"}],
+        ) from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _iso(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat().replace("+00:00", "Z")

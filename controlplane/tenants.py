@@ -27,6 +27,7 @@ from fleet.tenants import (
     decode_tenants,
     key_digest,
 )
+from fleet.usage import UsageRow, decode_hour, usage_key
 
 
 class TenantNotFound(Exception):
@@ -185,6 +186,18 @@ class TenantStore:
                     return after
                 except WatchError:
                     continue
+
+    async def usage(
+        self, tenant_id: str, first_hour: int, last_hour: int
+    ) -> dict[int, dict[tuple[str, str], UsageRow]]:
+        """The tenant's usage per hour, ``first_hour`` to ``last_hour`` inclusive (unix hours), as the edges
+        wrote it (one pipelined read of every hour's hash)."""
+        hours = range(first_hour, last_hour + 1)
+        async with raise_unavailable(), self.redis.pipeline(transaction=False) as pipe:
+            for hour in hours:
+                pipe.hgetall(usage_key(tenant_id, hour))
+            raw: list[Any] = await pipe.execute()
+        return {hour: rows for hour, got in zip(hours, raw, strict=True) if (rows := decode_hour(got))}
 
 
 class KeySecretMissing(Exception):

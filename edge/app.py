@@ -25,9 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from edge import tracing
+from edge.admission import Admission
 from edge.budget import RetryBudget
+from edge.errors import error, internal_error
 from edge.failback import Failback
+from edge.fairqueue import BandLimits
 from edge.forwarder import Forwarder, Resilience
+from edge.gate import Gate
 from edge.geo import ClientLocator, ClientPlace, GeoLocator
 from edge.hedging import HedgeBudget, HedgePolicy
 from edge.limiter import Limiter
@@ -35,9 +39,9 @@ from edge.metrics import EdgeMetrics
 from edge.observed import Observed
 from edge.outlier import OutlierDetector, OutlierPolicy
 from edge.planner import Planner, ReplicaTuning, Wanted
-from edge.proxy import Proxy, error, internal_error
+from edge.proxy import Proxy
 from edge.replicas import PickPolicy
-from edge.reporter import Reporter
+from edge.reporter import Reporter, UsageWriter
 from edge.request import Inference, read
 from edge.routing import AttemptPlan
 from edge.rtt import RttProber
@@ -46,6 +50,7 @@ from edge.signals import SignalsFeed
 from edge.snapshot import SnapshotFeed
 from edge.tenants import TenantsFeed
 from edge.upstream import UpstreamPool
+from edge.usage import Ledger
 from fleet.redisconn import connect
 from fleet.state import Snapshot, Topology, initial_state
 from fleet.topology import load_topology
@@ -140,6 +145,12 @@ class Edge:
             version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
         )
         self.pool = UpstreamPool(limit=settings.pool_size, keepalive_s=settings.upstream_keepalive_s)
+        self.gate = Gate(
+            saturated=self.planner.saturated,
+            metrics=metrics,
+            bands={b: BandLimits(q.size, q.wait_s) for b, q in settings.queue.items()},
+        )
+        self.ledger = Ledger() if self.tenants is not None else None  # usage is accounted per tenant
         self.proxy = self._request_path(rng)
         self.rtt = RttProber(
             pool=self.pool,
@@ -151,6 +162,7 @@ class Edge:
         )
         self.reporter: Reporter | None = None
         self._primary: Redis | None = None
+        self._usage_client: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._cleanups: list[Callable[[], Awaitable[None]]] = []
         self._endpoints()
@@ -194,8 +206,16 @@ class Edge:
             hedgeable_routes=self.topology.policy.hedgeable_routes,
             inference_routes=self.topology.policy.inference_routes,
             catalog=self.topology.catalog,
-            tenants=self.tenants,
-            limiter=self.limiter,
+            admission=Admission(
+                settings=settings,
+                catalog=self.topology.catalog,
+                tenants=self.tenants,
+                limiter=self.limiter,
+                metrics=self.metrics,
+                accounting=self.ledger is not None,
+            ),
+            gate=self.gate,
+            ledger=self.ledger,
         )
 
     async def start(self) -> None:
@@ -216,6 +236,17 @@ class Edge:
                 dropped=self.metrics.observations_dropped,
             )
             self._tasks.append(asyncio.create_task(self.reporter.run(), name="reporter"))
+        if self.ledger is not None:
+            self._usage_client = _connect(
+                settings, settings.redis_primary_url or settings.redis_url, socket_timeout=1.0
+            )
+            writer = UsageWriter(
+                client=self._usage_client,
+                ledger=self.ledger,
+                interval_s=settings.observation_interval_s,
+                dropped=self.metrics.usage_rows_dropped,
+            )
+            self._tasks.append(asyncio.create_task(writer.run(), name="usage-writer"))
 
     def on_stop(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Run ``cleanup`` first when the edge stops (e.g. the internal listener)."""
@@ -232,10 +263,12 @@ class Edge:
             _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_TASKS_S)
             for t in stuck:  # shutting down must finish even if a Redis client swallowed its cancel
                 log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
+        await self.gate.close()
         await self.pool.close()
-        if self._primary is not None:
-            with contextlib.suppress(Exception):
-                await self._primary.aclose()
+        for client in (self._primary, self._usage_client):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
         if self.limiter is not None:
             await self.limiter.close()
         self.geo.close()

@@ -29,6 +29,7 @@ from edge.outlier import OutlierDetector
 from edge.routing import Attempt, AttemptPlan
 from edge.settings import TimeoutSet
 from edge.upstream import UpstreamPool, UpstreamResponse, encode_header_text
+from edge.usage import Tally
 
 log = logging.getLogger("meridian.forwarder")
 
@@ -80,7 +81,7 @@ class Call:
     parent: trace.Span
     model: str | None = None  # the model served (X-Meridian-Model)
     extra: dict[str, str] | None = None  # e.g. the tenant's rate-limit headers
-    on_body: Callable[[bytes], None] | None = None  # sees a buffered answer's body (token accounting)
+    tally: Tally | None = None  # counts the answer's tokens (limits and usage accounting)
     sent: int = 0  # attempts made so far (X-Meridian-Attempts)
     hedged: bool = False
 
@@ -198,7 +199,7 @@ class Forwarder:
         parent: trace.Span = trace.INVALID_SPAN,
         model: str | None = None,
         extra_headers: dict[str, str] | None = None,
-        on_body: Callable[[bytes], None] | None = None,
+        tally: Tally | None = None,
     ) -> web.StreamResponse:
         """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
         hedge after that long without a first byte."""
@@ -214,7 +215,7 @@ class Forwarder:
             parent,
             model,
             extra_headers,
-            on_body,
+            tally,
         )
         last: Result | None = None
         attempt = plan.next()
@@ -508,17 +509,23 @@ class Forwarder:
         resp.headers.update(meridian)
         request = call.request
         await resp.prepare(request)
-        timed = upstream.content_type == "text/event-stream" and r.outcome.kind == "ok"
+        events = upstream.content_type == "text/event-stream"
+        timed = events and r.outcome.kind == "ok"
+        tally = call.tally if events else None
         try:
             if r.first:  # a raced stream: its time to first byte ran to this first event
                 if timed:
                     self.observed.first_token(attempt.region, r.ttfb * 1000.0)
                     timed = False
+                if tally is not None:
+                    tally.chunk(r.first)
                 await resp.write(r.first)
             async for chunk in upstream:
                 if timed:  # the stream's first event: the region's time to first token, as seen from here
                     self.observed.first_token(attempt.region, (time.monotonic() - r.started) * 1000.0)
                     timed = False
+                if tally is not None:  # tokens counted as they flow
+                    tally.chunk(chunk)
                 await resp.write(chunk)
                 if time.monotonic() > call.deadline:
                     raise TimeoutError("total timeout")
@@ -557,8 +564,8 @@ class Forwarder:
                 status=502,
                 headers=meridian,
             )
-        if call.on_body is not None and upstream.status == 200:
-            call.on_body(data)
+        if call.tally is not None:
+            call.tally.body(data)
         small = web.Response(body=data, status=upstream.status)
         copy_response_headers(upstream.headers, small.headers)
         small.headers.update(meridian)

@@ -10,6 +10,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
+MAX_TENANT_LABELS = 100  # tenants with their own label; the rest are counted under "other"
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -75,6 +77,7 @@ class EdgeMetrics:
         self._store_gauges(snapshot_age, snapshot_version, store_connected)
         self._resilience_metrics()
         self._model_metrics()
+        self._tenant_metrics()
 
     def _model_metrics(self) -> None:
         r = self.registry
@@ -105,6 +108,63 @@ class EdgeMetrics:
             ["region"],
             registry=r,
         )
+
+    def _tenant_metrics(self) -> None:
+        r = self.registry
+        self._tenant_labels: set[str] = set()
+        self.tenant_requests = Counter(
+            "meridian_edge_tenant_requests",
+            f"Requests per tenant by outcome (ok, error, rate_limited, shed); {MAX_TENANT_LABELS} tenants at "
+            "most have their own label, the rest are 'other'",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "meridian_edge_tenant_tokens",
+            "Tokens per tenant (prompt, completion), as the answers reported or the streams counted",
+            ["tenant", "kind"],
+            registry=r,
+        )
+        self.usage_rows_dropped = Counter(
+            "meridian_edge_usage_rows_dropped",
+            "Usage rows lost (the ledger was full while the store was unreachable)",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "meridian_edge_queue_depth", "Requests held while their pool is saturated", ["band"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "meridian_edge_queue_wait_seconds",
+            "How long held requests waited before they went",
+            ["band"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "meridian_edge_shed",
+            "Held requests refused with 503 overloaded: band full, or waited past the band's limit",
+            ["band", "reason"],
+            registry=r,
+        )
+        self.saturated_pools = Counter(
+            "meridian_edge_saturation_episodes",
+            "Times this edge found every replica of a pool saturated and began holding requests",
+            ["region"],
+            registry=r,
+        )
+
+    def tenant_label(self, tenant: str) -> str:
+        """The tenant's own label while fewer than ``MAX_TENANT_LABELS`` have one, else "other"."""
+        labels = self._tenant_labels
+        if tenant in labels:
+            return tenant
+        if len(labels) < MAX_TENANT_LABELS:
+            labels.add(tenant)
+            return tenant
+        return "other"
+
+    def tenant_outcome(self, tenant: str, outcome: str) -> None:
+        self.child(self.tenant_requests, self.tenant_label(tenant), outcome).inc()
 
     def watch_replicas(
         self, regions: tuple[str, ...], affinity: dict[str, int], age: Callable[[str], float | None]

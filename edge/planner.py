@@ -15,7 +15,7 @@ from typing import Protocol
 from edge.failback import Failback
 from edge.observed import Observed
 from edge.outlier import OutlierDetector
-from edge.replicas import PLAIN, Pick, PickPolicy, Replica, Ring, pick, slow_start_share
+from edge.replicas import PLAIN, Pick, PickPolicy, Replica, Ring, pick, saturated, slow_start_share
 from edge.routing import (
     AttemptPlan,
     Decision,
@@ -254,6 +254,12 @@ class Planner:
             self.affinity["hit" if chosen.affinity else "overflow"] += 1
             self._remember(region, key, None if chosen.affinity else chosen.replica)
         return chosen
+
+    def saturated(self, region: str, model: str | None) -> bool:
+        """Every replica of ``region`` a request for ``model`` may go to is saturated (fresh signals only)."""
+        if region not in self.signals():
+            return False
+        return saturated(self.candidates(region, self.replicas(region, model)), self.tuning.pick)
 
     def _remember(self, region: str, key: int, replica: str | None) -> None:
         """Where an overflowed key went (its conversation's newest prefix is cached there); bounded LRU."""

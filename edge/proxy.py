@@ -1,60 +1,34 @@
-"""A proxied request (I/O): check the client's input, open the request span, locate the client, get the
-request's attempt plan and hedge delay, and hand them to the forwarder."""
+"""A proxied request (I/O): open the request span, admit the request, locate the client, plan it, hold it
+while its pool is saturated, and hand it to the forwarder; its usage goes to the ledger when it ends."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
-import logging
 import math
 import time
-from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge import tracing
+from edge.admission import Admission, Admitted
+from edge.errors import error, internal_error
 from edge.forwarder import Forwarder, upstream_headers
+from edge.gate import Gate, Shed
 from edge.geo import ClientLocator, ClientPlace
 from edge.hedging import HedgePolicy
-from edge.limiter import Limiter, Verdict
-from edge.limits import estimate_tokens
 from edge.metrics import EdgeMetrics
-from edge.planner import NOTHING, Planner, Wanted
-from edge.request import BodyError, Inference, read, used_tokens
+from edge.planner import Planner, Wanted
 from edge.routing import AttemptPlan
 from edge.settings import EdgeSettings, Priority
 from edge.snapshot import SnapshotFeed
-from edge.tenants import Principal, TenantsFeed
+from edge.tenants import Principal
+from edge.usage import Ledger
 from fleet.models import Catalog
 from fleet.state import Snapshot
-
-log = logging.getLogger("meridian.edge")
-
-PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
-
-
-def error(
-    status: int,
-    message: str,
-    *,
-    kind: str,
-    headers: dict[str, str] | None = None,
-    code: str | None = None,
-    param: str | None = None,
-) -> web.Response:
-    """An error for the client, in OpenAI's shape."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return web.json_response(body, status=status, headers=headers)
-
-
-def internal_error(request: web.BaseRequest) -> web.Response:
-    log.exception("unhandled error on %s %s", request.method, request.path)
-    return error(500, "internal error in the edge", kind="meridian_internal")
 
 
 def with_model(body: bytes, model: str) -> bytes:
@@ -62,20 +36,6 @@ def with_model(body: bytes, model: str) -> bytes:
     parsed = json.loads(body)
     parsed["model"] = model
     return json.dumps(parsed).encode()
-
-
-class BadInput(Exception):
-    """The client's request is refused before any region sees it (status, message, metric label, and
-    OpenAI's code and param when there is one)."""
-
-    def __init__(
-        self, status: int, message: str, what: str, *, code: str | None = None, param: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.what = what
-        self.code = code
-        self.param = param
 
 
 class Proxy:
@@ -95,8 +55,9 @@ class Proxy:
         hedgeable_routes: tuple[str, ...],
         inference_routes: dict[str, tuple[str, ...]],
         catalog: Catalog,
-        tenants: TenantsFeed | None,
-        limiter: Limiter | None = None,
+        admission: Admission,
+        gate: Gate,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.feed = feed
@@ -112,8 +73,9 @@ class Proxy:
         self.edge_headers = {"X-Meridian-Edge": settings.region}
         self.routes = {path: frozenset(methods) for path, methods in inference_routes.items()}
         self.catalog = catalog
-        self.tenants = tenants  # None: authentication off
-        self.limiter = limiter
+        self.admission = admission
+        self.gate = gate
+        self.ledger = ledger  # None: no usage accounting (authentication off)
         key = settings.region_api_key
         self.region_credential = None if key is None else key.get_secret_value()
 
@@ -124,10 +86,10 @@ class Proxy:
         if methods is None or request.method not in methods:
             return self._not_forwarded(request, methods)
         principal = None
-        if self.tenants is not None:
-            principal = self._authenticate(request)
+        if self.admission.tenants is not None:
+            principal = self.admission.authenticate(request)
             if principal is None:
-                return self._unauthorized()
+                return self.admission.unauthorized()
         if request.path == "/v1/models" and not self.catalog.open:
             return self.models_view()
         headers = request.headers
@@ -209,55 +171,51 @@ class Proxy:
     async def _proxy(
         self, request: web.BaseRequest, span: trace.Span, principal: Principal | None
     ) -> web.StreamResponse:
+        admitted = await self.admission.admit(request, principal)
+        if isinstance(admitted, web.StreamResponse):
+            return admitted
+        span.set_attribute(tracing.ATTR_PRIORITY, admitted.priority)
+        if admitted.tenant is not None:
+            span.set_attribute(tracing.ATTR_TENANT, admitted.tenant.id)  # its id: never the key
+        used: int | None = None
         try:
-            priority = self._priority(request, principal)
-            body = await self._body(request)
-            wanted, max_tokens = self._wanted(request, body, principal)
-        except BadInput as exc:
-            self.metrics.bad_input.labels(what=exc.what).inc()
-            kind = "invalid_request_error" if exc.code else "meridian_bad_input"
-            refused = error(
-                exc.status, str(exc), kind=kind, headers=self.edge_headers, code=exc.code, param=exc.param
+            resp = await self._route(request, span, admitted)
+            used = self._account(admitted, resp)
+            return resp
+        finally:
+            self.admission.release(admitted, used)
+
+    def _account(self, admitted: Admitted, resp: web.StreamResponse) -> int | None:
+        """The answer's tokens into the usage ledger and the tenant's counters; the tokens it is charged
+        (what the region reported, else the prompt's estimate plus the events streamed)."""
+        tally = admitted.tally
+        if tally is None:
+            return None
+        region = resp.headers.get("X-Meridian-Region")
+        # no region answered (shed, no region, every attempt failed): no tokens (it counted against RPM)
+        prompt, completion = tally.tokens(admitted.prompt_estimate()) if region else (0, 0)
+        failed = resp.status >= 400
+        if self.ledger is not None:
+            self.ledger.add(
+                tenant=admitted.tenant_id,
+                model=admitted.model or "-",
+                region=region or "none",
+                unix_s=time.time(),
+                prompt=prompt,
+                completion=completion,
+                error=failed,
             )
-            if exc.status in (408, 413):  # the client may still be sending: do not read on
-                refused.force_close()
-            return refused
-        span.set_attribute(tracing.ATTR_PRIORITY, priority)
-        rate: dict[str, str] | None = None
-        settle: Callable[[bytes], None] | None = None
-        if principal is not None:
-            span.set_attribute(tracing.ATTR_TENANT, principal.tenant.id)  # its id: never the key
-            limits = principal.tenant.limits
-            if self.limiter is not None and (limits.rpm is not None or limits.tpm is not None):
-                reserved = estimate_tokens(len(body), max_tokens, self.settings.default_max_tokens)
-                verdict = await self.limiter.admit(principal.tenant, reserved)
-                if not verdict.admitted:
-                    return self._rate_limited(principal, verdict)
-                rate = verdict.headers
-                if limits.tpm is not None:
-                    settle = self._settler(principal, reserved)
-            if self.limiter is not None and limits.max_concurrent is not None:
-                no, ticket = await self.limiter.enter(principal.tenant)
-                if no is not None:
-                    return self._rate_limited(principal, no)
-                try:
-                    return await self._route(request, span, priority, body, wanted, rate, settle)
-                finally:
-                    if ticket is not None:
-                        self.limiter.leave(ticket)
-        return await self._route(request, span, priority, body, wanted, rate, settle)
+            m = self.metrics
+            label = m.tenant_label(admitted.tenant_id)
+            m.child(m.tenant_requests, label, "error" if failed else "ok").inc()
+            m.child(m.tenant_tokens, label, "prompt").inc(prompt)
+            m.child(m.tenant_tokens, label, "completion").inc(completion)
+        return prompt + completion
 
     async def _route(
-        self,
-        request: web.BaseRequest,
-        span: trace.Span,
-        priority: Priority,
-        body: bytes,
-        wanted: Wanted,
-        rate: dict[str, str] | None,
-        settle: Callable[[bytes], None] | None,
+        self, request: web.BaseRequest, span: trace.Span, admitted: Admitted
     ) -> web.StreamResponse:
-        """Locate the client, plan the request and forward it."""
+        """Locate the client, plan the request, hold it while its pool is saturated, and forward it."""
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
             span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
@@ -269,6 +227,7 @@ class Proxy:
         if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
             self.metrics.fallback.inc()
             snap = self.fallback
+        wanted, body = admitted.wanted, admitted.body
         plan = self.planner.plan(place, snap, wanted)
         if plan.decision.primary is None and wanted.model is not None:
             plan, wanted, body = self._fallback(place, snap, plan, wanted, body)
@@ -285,62 +244,54 @@ class Proxy:
         span.set_attribute(tracing.ATTR_REGION, decision.primary)
         if decision.backup:
             span.set_attribute(tracing.ATTR_BACKUP, decision.backup)
+        pool, gate = (decision.primary, wanted.model), self.gate
+        if not gate.try_pass(pool):
+            shed = await gate.wait(
+                pool, tenant=admitted.tenant_id, band=admitted.priority, cost=admitted.cost
+            )
+            if shed is not None:
+                return self._overloaded(admitted, decision.primary, shed)
         started = time.monotonic()
-        resp = await self.forwarder.forward(
-            request,
-            plan=plan,
-            body=body,
-            headers=upstream_headers(
-                request.headers,
-                client_ip=str(ip) if ip else None,
-                edge=self.settings.region,
-                credential=self.region_credential,
-                keep_authorization=self.tenants is None,
-            ),
-            timeouts=self.settings.timeouts[priority],
-            hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
-            parent=span,
-            model=wanted.model,
-            extra_headers=rate,
-            on_body=settle,
-        )
+        priority = admitted.priority
+        try:
+            resp = await self.forwarder.forward(
+                request,
+                plan=plan,
+                body=body,
+                headers=upstream_headers(
+                    request.headers,
+                    client_ip=str(ip) if ip else None,
+                    edge=self.settings.region,
+                    credential=self.region_credential,
+                    keep_authorization=self.admission.tenants is None,
+                ),
+                timeouts=self.settings.timeouts[priority],
+                hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
+                parent=span,
+                model=wanted.model,
+                extra_headers=admitted.headers,
+                tally=admitted.tally,
+            )
+        finally:
+            gate.leave(pool)
         span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
         return resp
 
-    def _wanted(
-        self, request: web.BaseRequest, body: bytes, principal: Principal | None
-    ) -> tuple[Wanted, int | None]:
-        """The model, affinity key and adapter of an inference body (and its max tokens); the model checked
-        against the catalog and the tenant's models (else 404 ``model_not_found``, as OpenAI answers it)."""
-        wanted, facts = self._wanted_facts(request, body, principal)
-        return wanted, None if facts is None else facts.max_tokens
-
-    def _wanted_facts(
-        self, request: web.BaseRequest, body: bytes, principal: Principal | None
-    ) -> tuple[Wanted, Inference | None]:
-        if request.method != "POST":
-            return NOTHING, None
-        try:
-            facts = read(body, request.headers.get("X-Session-Id"))
-        except BodyError as exc:
-            raise BadInput(400, str(exc), "body", code="invalid_body") from None
-        catalog, model = self.catalog, facts.model
-        if model is not None and (
-            (principal is not None and not principal.tenant.may_use(model)) or not catalog.known(model)
-        ):
-            self.metrics.model_not_found.inc()
-            raise BadInput(
-                404,
-                f"The model `{model[:200]}` does not exist or you do not have access to it.",
-                "model",
-                code="model_not_found",
-                param="model",
-            )
-        if catalog.open:
-            return (Wanted(None, facts.key, None) if facts.key is not None else NOTHING), facts
-        if model is None:
-            raise BadInput(400, "the request names no model", "model", code="missing_model", param="model")
-        return Wanted(model, facts.key, model if catalog.adapter_base(model) else None), facts
+    def _overloaded(self, admitted: Admitted, region: str, shed: Shed) -> web.Response:
+        """503 ``overloaded``: every replica of the pool is saturated and this request's band is full or it
+        waited as long as its band allows."""
+        band = admitted.priority
+        self.metrics.tenant_outcome(admitted.tenant_id, "shed")
+        wait_s = self.gate.bands[band].wait_s
+        why = "its queue is full" if shed == "full" else f"it waited {wait_s:g} s"
+        return error(
+            503,
+            f"{region} is saturated for this model and the request was shed ({band} priority: {why}); "
+            "retry later",
+            kind="overloaded_error",
+            code="overloaded",
+            headers={**self.edge_headers, "Retry-After": str(max(1, math.ceil(wait_s)))},
+        )
 
     def _fallback(
         self, place: ClientPlace, snap: Snapshot, plan: AttemptPlan, wanted: Wanted, body: bytes
@@ -381,99 +332,6 @@ class Proxy:
                     }
                 )
         return web.json_response({"object": "list", "data": data}, headers=self.edge_headers)
-
-    def _priority(self, request: web.BaseRequest, principal: Principal | None) -> Priority:
-        """The request's priority: the header's, capped by what its tenant may use (default: the tenant's)."""
-        raw = request.headers.get("X-Meridian-Priority")
-        asked = None if raw is None else PRIORITIES.get(raw.strip().lower())
-        if raw is not None and asked is None:
-            raise BadInput(
-                400, f"header X-Meridian-Priority must be one of {', '.join(PRIORITIES)}", "priority"
-            )
-        if principal is not None:
-            return principal.tenant.priority_for(asked)
-        return asked or "normal"
-
-    def _settler(self, principal: Principal, reserved: int) -> Callable[[bytes], None]:
-        """What a buffered answer's ``usage`` settles: the tenant pays its real tokens, not the estimate
-        (a streamed answer is charged its reservation)."""
-        limiter = self.limiter
-        assert limiter is not None
-
-        def settle(answer: bytes) -> None:
-            used = used_tokens(answer)
-            if used is not None:
-                limiter.settle(principal.tenant, reserved, used)
-
-        return settle
-
-    def _rate_limited(self, principal: Principal, verdict: Verdict) -> web.Response:
-        self.metrics.child(self.metrics.rate_limited, verdict.refused or "requests").inc()
-        limit = verdict.refused or "requests"
-        what = "concurrent requests" if limit == "concurrent" else f"{limit} per minute"
-        return error(
-            429,
-            f"Rate limit reached for tenant {principal.tenant.id} on {what}; "
-            f"retry after {verdict.retry_after_s:.2f} s",
-            kind=limit,
-            code="rate_limit_exceeded",
-            headers={
-                **self.edge_headers,
-                **verdict.headers,
-                "Retry-After": str(max(1, math.ceil(verdict.retry_after_s))),
-            },
-        )
-
-    def _authenticate(self, request: web.BaseRequest) -> Principal | None:
-        """The caller's tenant from ``Authorization: Bearer <key>`` (None: missing, unknown or revoked)."""
-        assert self.tenants is not None
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            return None
-        return self.tenants.resolve(presented.strip())
-
-    def _unauthorized(self) -> web.Response:
-        self.metrics.bad_input.labels(what="api_key").inc()
-        return error(
-            401,
-            "Incorrect or missing API key: send Authorization: Bearer <key> (keys are issued per tenant by "
-            "the operators)",
-            kind="invalid_request_error",
-            code="invalid_api_key",
-            headers={**self.edge_headers, "WWW-Authenticate": 'Bearer realm="meridian"'},
-        )
-
-    async def _body(self, request: web.BaseRequest) -> bytes:
-        """The request body, within the limit; ``Expect: 100-continue`` answered first (a router's job, had
-        we one)."""
-        expect = request.headers.get("Expect")
-        if expect is not None and request.version >= HttpVersion11:
-            if expect.lower() != "100-continue":
-                raise BadInput(
-                    417, f"header Expect: {expect[:64]!r} is not supported (only 100-continue)", "expect"
-                )
-            if (request.content_length or 0) > self.settings.max_body_bytes:  # refuse before it is sent
-                raise BadInput(413, self._too_large(), "body_too_large")
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # aiohttp's count: the interim response is not the response
-        try:
-            if request.content.is_eof():  # the whole body came with the headers: no timer needed
-                return await request.read()
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                return await request.read()
-        except TimeoutError:
-            raise BadInput(
-                408,
-                f"the request body did not arrive within {self.settings.body_timeout_s:g} s "
-                "(setting MERIDIAN_BODY_TIMEOUT_S)",
-                "body_timeout",
-            ) from None
-        except web.HTTPRequestEntityTooLarge:
-            raise BadInput(413, self._too_large(), "body_too_large") from None
-
-    def _too_large(self) -> str:
-        limit = self.settings.max_body_bytes
-        return f"request body exceeds the limit of {limit} bytes (setting MERIDIAN_MAX_BODY_BYTES)"
 
     def _hedge_delay(
         self, request: web.BaseRequest, priority: Priority, plan: AttemptPlan, snap: Snapshot

@@ -112,6 +112,15 @@ def pick(
     return Pick(_p2c(pool, policy, rng).name, why + PLAIN)
 
 
+def saturated(candidates: Sequence[Replica], policy: PickPolicy) -> bool:
+    """Every candidate's engine is saturated by its fresh signals (a replica without fresh signals has
+    room as far as anyone knows; no candidate at all is not saturation)."""
+    return bool(candidates) and all(
+        r.signals is not None and r.signals.saturated(max_waiting=policy.max_waiting, max_kv=policy.max_kv)
+        for r in candidates
+    )
+
+
 def _filtered(
     candidates: Sequence[Replica], adapter: str | None, policy: PickPolicy
 ) -> tuple[Sequence[Replica], str]:

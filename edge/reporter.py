@@ -1,5 +1,7 @@
-"""Best-effort observation batches (I/O): every interval, XADD this edge's per-region figures to the
-primary's observation stream; failures are counted, never raised into the data plane."""
+"""Batches to the Redis primary (I/O): every interval, this edge's per-region observations (XADD to the
+observation stream, best effort: a failed batch is counted and dropped) and its usage ledger (HINCRBY into
+each tenant's hour; a failed batch goes back into the ledger and is sent with the next). Failures are never
+raised into the data plane."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from edge.observed import Observed
+from edge.usage import Ledger
 from fleet.redisconn import raise_if_cancelling
 from fleet.state import KEY_OBSERVATIONS
+from fleet.usage import COUNTERS, RETENTION_S, usage_field, usage_key
 
 log = logging.getLogger("meridian.reporter")
 
@@ -57,3 +61,50 @@ class Reporter:
         while True:
             await asyncio.sleep(self.interval_s)
             await self.flush()
+
+
+class UsageWriter:
+    def __init__(
+        self, *, client: aioredis.Redis, ledger: Ledger, interval_s: float, dropped: Counter
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.interval_s = interval_s
+        self.dropped = dropped  # rows the ledger could not hold (meridian_edge_usage_rows_dropped_total)
+        self.written = 0
+
+    async def flush(self) -> None:
+        """One batch: every row's counters added to its tenant's hour, whose expiry is pushed out."""
+        ledger = self.ledger
+        if ledger.dropped:
+            self.dropped.inc(ledger.dropped)
+            ledger.dropped = 0
+        batch = ledger.drain()
+        if not batch:
+            return
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:  # all of the batch or none of it
+                keys = set()
+                for (tenant, model, region, hour), row in batch.items():
+                    key = usage_key(tenant, hour)
+                    keys.add(key)
+                    for counter in COUNTERS:
+                        n = getattr(row, counter)
+                        if n:
+                            pipe.hincrby(key, usage_field(region, counter, model), n)
+                for key in keys:
+                    pipe.expire(key, RETENTION_S)
+                await pipe.execute()
+            self.written += len(batch)
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            ledger.restore(batch)  # sent again with the next batch: usage is for bills, not best effort
+            log.debug("usage batch kept for the next try: %s", exc)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval_s)
+                await self.flush()
+        finally:  # stopping: one last batch, so a clean shutdown loses no usage
+            await asyncio.shield(self.flush())

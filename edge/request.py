@@ -35,26 +35,6 @@ class _Body(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_Body)
 
 
-class _Usage(msgspec.Struct):
-    total_tokens: int = 0
-
-
-class _Answer(msgspec.Struct):
-    usage: _Usage | None = None
-
-
-_ANSWER = msgspec.json.Decoder(_Answer)
-
-
-def used_tokens(answer: bytes) -> int | None:
-    """``usage.total_tokens`` of an OpenAI answer body (None: not there, or not JSON)."""
-    try:
-        usage = _ANSWER.decode(answer).usage
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    return None if usage is None else usage.total_tokens
-
-
 class BodyError(ValueError):
     """The body is not the JSON object an inference route takes (the message names the field)."""
 

@@ -33,6 +33,20 @@ DEFAULT_TIMEOUTS: dict[Priority, TimeoutSet] = {
     "batch": TimeoutSet(connect_s=2.0, ttfb_s=120.0, idle_s=120.0, total_s=3600.0),
 }
 
+
+class QueueBand(BaseModel):
+    """How a priority band holds requests while their pool is saturated."""
+
+    size: int = Field(ge=0, le=1_000_000, description="requests held at most (0: shed at once)")
+    wait_s: float = Field(gt=0, le=600, description="a held request is shed (503 overloaded) after this")
+
+
+DEFAULT_QUEUE: dict[Priority, QueueBand] = {
+    "critical": QueueBand(size=256, wait_s=10.0),
+    "normal": QueueBand(size=256, wait_s=5.0),
+    "batch": QueueBand(size=128, wait_s=2.0),
+}
+
 READINESS_PATH = "/readyz"
 DEFAULT_PORT = 8080
 
@@ -81,6 +95,11 @@ class EdgeSettings(BaseSettings):
     timeouts: dict[Priority, TimeoutSet] = Field(
         default_factory=lambda: dict(DEFAULT_TIMEOUTS),
         description='per priority, JSON: {"critical": {"connect_s": .5, "ttfb_s": 10, "total_s": 300}}',
+    )
+    queue: dict[Priority, QueueBand] = Field(
+        default_factory=lambda: dict(DEFAULT_QUEUE),
+        description="while every replica of a pool is saturated, per priority band, JSON: "
+        '{"batch": {"size": 128, "wait_s": 2}}',
     )
     retry_max_attempts: int = Field(default=3, ge=1, le=10, description="attempts per request, all regions")
     retry_budget_ratio: float = Field(default=0.2, ge=0, le=1, description="retries per original request")
@@ -178,6 +197,11 @@ class EdgeSettings(BaseSettings):
     @classmethod
     def _fill(cls, v: dict[Priority, TimeoutSet]) -> dict[Priority, TimeoutSet]:
         return {**DEFAULT_TIMEOUTS, **v}
+
+    @field_validator("queue", mode="after")
+    @classmethod
+    def _fill_queue(cls, v: dict[Priority, QueueBand]) -> dict[Priority, QueueBand]:
+        return {**DEFAULT_QUEUE, **v}
 
     @field_validator("trusted_proxies", "tracing_trusted_peers", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,7 +134,16 @@ def run_ctl(args: argparse.Namespace) -> int:
     return _print_result(status, payload)
 
 
-TENANT_VERBS = ("tenants", "tenant-create", "tenant-set", "tenant-delete", "keys", "key-issue", "key-revoke")
+TENANT_VERBS = (
+    "tenants",
+    "tenant-create",
+    "tenant-set",
+    "tenant-delete",
+    "keys",
+    "key-issue",
+    "key-revoke",
+    "usage",
+)
 
 
 def _limits(args: argparse.Namespace) -> dict[str, int]:
@@ -153,6 +163,8 @@ def _tenant_ctl(args: argparse.Namespace) -> int:
         return _print_result(*_admin_call(args, "DELETE", f"/v1/tenants/{args.tenant}/keys/{args.key}"))
     if verb == "tenant-delete":
         return _print_result(*_admin_call(args, "DELETE", f"/v1/tenants/{args.tenant}"))
+    if verb == "usage":
+        return _usage(args)
     body: dict[str, Any] = {"reason": args.reason or ""}
     if _limits(args):
         body["limits"] = _limits(args)
@@ -165,6 +177,24 @@ def _tenant_ctl(args: argparse.Namespace) -> int:
     if args.name:
         body["name"] = args.name
     return _print_result(*_admin_call(args, "PATCH", f"/v1/tenants/{args.tenant}", body))
+
+
+def _usage(args: argparse.Namespace) -> int:
+    """A tenant's usage per hour, model and region, as a table (or the JSON with --json)."""
+    query = urllib.parse.urlencode({k: v for k in ("from", "to") if (v := getattr(args, k))})
+    status, payload = _admin_call(args, "GET", f"/v1/tenants/{args.tenant}/usage?{query}")
+    if status != 200 or args.json:
+        return _print_result(status, payload)
+    print(f"usage of {payload['tenant']} from {payload['start']} to {payload['end']}")
+    print(
+        f"{'hour':<22}{'model':<28}{'region':<16}{'requests':>9}{'prompt':>10}{'completion':>11}{'errors':>7}"
+    )
+    for r in [*payload["rows"], {"hour": "total", "model": "", "region": "", **payload["totals"]}]:
+        print(
+            f"{r['hour']:<22}{r['model'][:27]:<28}{r['region']:<16}{r['requests']:>9}{r['prompt_tokens']:>10}"
+            f"{r['completion_tokens']:>11}{r['errors']:>7}"
+        )
+    return 0
 
 
 def _tenant_parsers(ctl_sub: Any) -> None:
@@ -188,6 +218,11 @@ def _tenant_parsers(ctl_sub: Any) -> None:
         ("key-issue", "issue a key (printed once)"),
     ):
         ctl_sub.add_parser(name, help=what).add_argument("tenant")
+    usage = ctl_sub.add_parser("usage", help="a tenant's usage per hour, model and region")
+    usage.add_argument("tenant")
+    usage.add_argument("--from", dest="from", default=None, help="ISO 8601 (default: 24 hours before --to)")
+    usage.add_argument("--to", default=None, help="ISO 8601 (default: now)")
+    usage.add_argument("--json", action="store_true", help="the admin API's answer as it is")
     revoke = ctl_sub.add_parser("key-revoke", help="revoke a key (every edge refuses it within a second)")
     revoke.add_argument("tenant")
     revoke.add_argument("key")

@@ -118,6 +118,25 @@ class Fleet:
             except ValueError:
                 return resp.status, text
 
+    async def tenant_key(
+        self, limits: dict[str, int] | None = None, *, name: str = "metered", priority: str = "normal"
+    ) -> tuple[str, str]:
+        """A new tenant and a key for it, taken by every edge: (tenant id, key)."""
+        body = {"name": name, "limits": limits or {}, "priority": priority}
+        status, tenant = await self.admin("POST", "/v1/tenants", body=body)
+        assert status == 201, tenant
+        _, issued = await self.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
+        key: str = issued["key"]
+
+        async def taken() -> bool:
+            for edge in self.edges.values():
+                if edge.edge.tenants is None or edge.edge.tenants.resolve(key) is None:
+                    return False
+            return True
+
+        await wait_for(taken, timeout=3, what="every edge to take the key")
+        return tenant["id"], key
+
     async def wait_seeded(self) -> None:
         async def seeded() -> bool:
             status, body = await self.admin("GET", "/v1/regions")

@@ -19,7 +19,7 @@ import pytest
 
 from edge.limits import LEASE_S, SLOTS_TTL_S, TOLERANCE_S
 from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, start_fleet
 from tests.geodb import CLIENT_IP
 
 CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -35,19 +35,7 @@ async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIter
 
 
 async def tenant_key(fleet: Fleet, limits: dict[str, int]) -> str:
-    status, tenant = await fleet.admin("POST", "/v1/tenants", body={"name": "metered", "limits": limits})
-    assert status == 201
-    _, issued = await fleet.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
-    key: str = issued["key"]
-
-    async def taken() -> bool:
-        for edge in fleet.edges.values():
-            if edge.edge.tenants is None or edge.edge.tenants.resolve(key) is None:
-                return False
-        return True
-
-    await wait_for(taken, timeout=3, what="every edge to take the key")
-    return key
+    return (await fleet.tenant_key(limits))[1]
 
 
 async def drive(fleet: Fleet, key: str, seconds: float, per_edge: int, edges: list[str]) -> Counter[int]:

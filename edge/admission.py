@@ -1,0 +1,243 @@
+"""Whether a request may go, and on what terms (I/O only through the limiter): the caller's API key, its
+priority (asked for and capped by its tenant), its body read within the limits, its model checked against
+the catalog and the tenant's models, and the tenant's rate and concurrency limits; every refusal in
+OpenAI's shape. What is admitted carries its tenant, token reservation and slot until the request ends."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+from edge.errors import BadInput, error
+from edge.limiter import Limiter, Ticket, Verdict
+from edge.limits import estimate_tokens
+from edge.metrics import EdgeMetrics
+from edge.planner import NOTHING, Wanted
+from edge.request import BodyError, Inference, read
+from edge.settings import EdgeSettings, Priority
+from edge.tenants import Principal, TenantsFeed
+from edge.usage import Tally
+from fleet.models import Catalog
+from fleet.tenants import Tenant
+
+PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
+ANONYMOUS = "-"  # the tenant of every request when authentication is off
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request let in: what it asks for, whose it is, and what it holds until it ends."""
+
+    priority: Priority
+    body: bytes
+    wanted: Wanted
+    model: str | None  # as the client named it (accounting; the open world routes on no model)
+    cost: int  # its token estimate: prompt plus what it may generate
+    tenant: Tenant | None = None
+    headers: dict[str, str] | None = None  # the tenant's x-ratelimit-* headers
+    reserved: int = 0  # tokens reserved against the tenant's TPM (settled when the answer ends)
+    ticket: Ticket | None = None  # its concurrent slot
+    tally: Tally | None = None  # counts the answer's tokens
+
+    @property
+    def tenant_id(self) -> str:
+        return ANONYMOUS if self.tenant is None else self.tenant.id
+
+    def prompt_estimate(self) -> int:
+        """The prompt's tokens at ~4 characters a token (what a stream without ``usage`` is charged)."""
+        return estimate_tokens(len(self.body), 0, 0)
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        settings: EdgeSettings,
+        catalog: Catalog,
+        tenants: TenantsFeed | None,
+        limiter: Limiter | None,
+        metrics: EdgeMetrics,
+        accounting: bool,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.tenants = tenants  # None: authentication off
+        self.limiter = limiter
+        self.metrics = metrics
+        self.accounting = accounting  # count every answer's tokens (usage ledger), not only limited ones
+        self.edge_headers = {"X-Meridian-Edge": settings.region}
+
+    def authenticate(self, request: web.BaseRequest) -> Principal | None:
+        """The caller's tenant from ``Authorization: Bearer <key>`` (None: missing, unknown or revoked)."""
+        assert self.tenants is not None
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return None
+        return self.tenants.resolve(presented.strip())
+
+    def unauthorized(self) -> web.Response:
+        self.metrics.bad_input.labels(what="api_key").inc()
+        return error(
+            401,
+            "Incorrect or missing API key: send Authorization: Bearer <key> (keys are issued per tenant by "
+            "the operators)",
+            kind="invalid_request_error",
+            code="invalid_api_key",
+            headers={**self.edge_headers, "WWW-Authenticate": 'Bearer realm="meridian"'},
+        )
+
+    async def admit(self, request: web.BaseRequest, principal: Principal | None) -> Admitted | web.Response:
+        """The request's terms, or the refusal to answer with."""
+        try:
+            priority = self._priority(request, principal)
+            body = await self._body(request)
+            wanted, facts = self._wanted(request, body, principal)
+        except BadInput as exc:
+            return self._bad_input(exc)
+        max_tokens = None if facts is None else facts.max_tokens
+        admitted = Admitted(
+            priority,
+            body,
+            wanted,
+            None if facts is None else facts.model,
+            estimate_tokens(len(body), max_tokens, self.settings.default_max_tokens),
+        )
+        if self.accounting and request.method == "POST":
+            admitted.tally = Tally()
+        if principal is None:
+            return admitted
+        tenant = admitted.tenant = principal.tenant
+        limits, limiter = tenant.limits, self.limiter
+        if limiter is None:
+            return admitted
+        if limits.rpm is not None or limits.tpm is not None:
+            verdict = await limiter.admit(tenant, admitted.cost)
+            if not verdict.admitted:
+                return self.rate_limited(tenant, verdict)
+            admitted.headers = verdict.headers
+            if limits.tpm is not None:
+                admitted.reserved = admitted.cost
+                admitted.tally = admitted.tally or Tally()
+        if limits.max_concurrent is not None:
+            refused, admitted.ticket = await limiter.enter(tenant)
+            if refused is not None:
+                self.release(admitted)
+                return self.rate_limited(tenant, refused)
+        return admitted
+
+    def release(self, admitted: Admitted, used: int | None = None) -> None:
+        """The request ended: its slot back, its token reservation settled against ``used`` (None: it
+        pays the reservation)."""
+        limiter = self.limiter
+        if limiter is None or admitted.tenant is None:
+            return
+        if admitted.ticket is not None:
+            limiter.leave(admitted.ticket)
+            admitted.ticket = None
+        if admitted.reserved and used is not None:
+            limiter.settle(admitted.tenant, admitted.reserved, used)
+        admitted.reserved = 0
+
+    def rate_limited(self, tenant: Tenant, verdict: Verdict) -> web.Response:
+        limit = verdict.refused or "requests"
+        self.metrics.child(self.metrics.rate_limited, limit).inc()
+        self.metrics.tenant_outcome(tenant.id, "rate_limited")
+        what = "concurrent requests" if limit == "concurrent" else f"{limit} per minute"
+        return error(
+            429,
+            f"Rate limit reached for tenant {tenant.id} on {what}; retry after {verdict.retry_after_s:.2f} s",
+            kind=limit,
+            code="rate_limit_exceeded",
+            headers={
+                **self.edge_headers,
+                **verdict.headers,
+                "Retry-After": str(max(1, math.ceil(verdict.retry_after_s))),
+            },
+        )
+
+    def _bad_input(self, exc: BadInput) -> web.Response:
+        self.metrics.bad_input.labels(what=exc.what).inc()
+        kind = "invalid_request_error" if exc.code else "meridian_bad_input"
+        refused = error(
+            exc.status, str(exc), kind=kind, headers=self.edge_headers, code=exc.code, param=exc.param
+        )
+        if exc.status in (408, 413):  # the client may still be sending: do not read on
+            refused.force_close()
+        return refused
+
+    def _wanted(
+        self, request: web.BaseRequest, body: bytes, principal: Principal | None
+    ) -> tuple[Wanted, Inference | None]:
+        """The model, affinity key and adapter of an inference body; the model checked against the catalog
+        and the tenant's models (else 404 ``model_not_found``, as OpenAI answers it)."""
+        if request.method != "POST":
+            return NOTHING, None
+        try:
+            facts = read(body, request.headers.get("X-Session-Id"))
+        except BodyError as exc:
+            raise BadInput(400, str(exc), "body", code="invalid_body") from None
+        catalog, model = self.catalog, facts.model
+        if model is not None and (
+            (principal is not None and not principal.tenant.may_use(model)) or not catalog.known(model)
+        ):
+            self.metrics.model_not_found.inc()
+            raise BadInput(
+                404,
+                f"The model `{model[:200]}` does not exist or you do not have access to it.",
+                "model",
+                code="model_not_found",
+                param="model",
+            )
+        if catalog.open:
+            return (Wanted(None, facts.key, None) if facts.key is not None else NOTHING), facts
+        if model is None:
+            raise BadInput(400, "the request names no model", "model", code="missing_model", param="model")
+        return Wanted(model, facts.key, model if catalog.adapter_base(model) else None), facts
+
+    def _priority(self, request: web.BaseRequest, principal: Principal | None) -> Priority:
+        """The request's priority: the header's, capped by what its tenant may use (default: the tenant's)."""
+        raw = request.headers.get("X-Meridian-Priority")
+        asked = None if raw is None else PRIORITIES.get(raw.strip().lower())
+        if raw is not None and asked is None:
+            raise BadInput(
+                400, f"header X-Meridian-Priority must be one of {', '.join(PRIORITIES)}", "priority"
+            )
+        if principal is not None:
+            return principal.tenant.priority_for(asked)
+        return asked or "normal"
+
+    async def _body(self, request: web.BaseRequest) -> bytes:
+        """The request body, within the limit; ``Expect: 100-continue`` answered first (a router's job, had
+        we one)."""
+        expect = request.headers.get("Expect")
+        if expect is not None and request.version >= HttpVersion11:
+            if expect.lower() != "100-continue":
+                raise BadInput(
+                    417, f"header Expect: {expect[:64]!r} is not supported (only 100-continue)", "expect"
+                )
+            if (request.content_length or 0) > self.settings.max_body_bytes:  # refuse before it is sent
+                raise BadInput(413, self._too_large(), "body_too_large")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # aiohttp's count: the interim response is not the response
+        try:
+            if request.content.is_eof():  # the whole body came with the headers: no timer needed
+                return await request.read()
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            raise BadInput(
+                408,
+                f"the request body did not arrive within {self.settings.body_timeout_s:g} s "
+                "(setting MERIDIAN_BODY_TIMEOUT_S)",
+                "body_timeout",
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise BadInput(413, self._too_large(), "body_too_large") from None
+
+    def _too_large(self) -> str:
+        limit = self.settings.max_body_bytes
+        return f"request body exceeds the limit of {limit} bytes (setting MERIDIAN_MAX_BODY_BYTES)"

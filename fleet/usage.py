@@ -1,0 +1,63 @@
+"""Usage records as the store holds them (pure, no I/O): per tenant, model, region and hour, the requests
+an edge admitted, their prompt and completion tokens and how many failed. Edges add their batches with
+HINCRBY into one hash per tenant and hour (``meridian:usage:<tenant>:<hour>``, field
+``<region>|<counter>|<model>``: the model last, as its name may hold anything); the control plane reads
+the hours asked for. Hours are unix hours (seconds since the epoch // 3600)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from fleet.state import KEY_PREFIX
+
+KEY_USAGE = f"{KEY_PREFIX}:usage"
+COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+RETENTION_S = 400 * 86_400  # each hour's hash expires this long after its last write (13 months of bills)
+
+
+@dataclass(slots=True)
+class UsageRow:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+
+    def merge(self, other: UsageRow) -> None:
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.errors += other.errors
+
+    def counts(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def hour_of(unix_s: float) -> int:
+    return int(unix_s // 3600)
+
+
+def usage_key(tenant: str, hour: int) -> str:
+    return f"{KEY_USAGE}:{tenant}:{hour}"
+
+
+def usage_field(region: str, counter: str, model: str) -> str:
+    return f"{region}|{counter}|{model}"
+
+
+def decode_hour(raw: Mapping[str | bytes, str | bytes]) -> dict[tuple[str, str], UsageRow]:
+    """One hour's hash -> (model, region) -> its counters (fields that do not decode are left out)."""
+    out: dict[tuple[str, str], UsageRow] = {}
+    for k, v in raw.items():
+        name = k.decode() if isinstance(k, bytes) else k
+        region, _, rest = name.partition("|")
+        counter, _, model = rest.partition("|")
+        if counter not in COUNTERS:
+            continue
+        try:
+            n = int(v)
+        except ValueError:
+            continue
+        row = out.setdefault((model, region), UsageRow())
+        setattr(row, counter, getattr(row, counter) + n)
+    return out

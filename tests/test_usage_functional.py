@@ -1,0 +1,131 @@
+"""Usage accounting on real processes: edges in every region ledger each admitted request's tokens (the
+answer's ``usage``, or a stream's events counted as they flow) per tenant, model, region and hour, write
+them in batches to the Redis primary, and the admin API, ``meridian ctl usage`` and the edges' Prometheus
+counters report them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from meridian import cli
+from tests.conftest import ServerFactory
+from tests.fleet import Fleet, start_fleet, wait_for
+from tests.geodb import CLIENT_IP
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path, serve, geo_db=geo_db, auth=True, sim_kwargs={"ttft_ms": 1.0})
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def call(fleet: Fleet, edge: str, key: str, client: str, **body: Any) -> tuple[int, int, int]:
+    """One chat request: (status, prompt tokens, completion tokens) as the client saw them (a stream
+    without a usage chunk: its content events)."""
+    payload = {"model": "sim-llm", "messages": [{"role": "user", "content": "count me"}], **body}
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP[client]}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(fleet.edge_url(edge) + "v1/chat/completions", json=payload, headers=headers) as r,
+    ):
+        if not body.get("stream"):
+            usage = (await r.json())["usage"]
+            return r.status, usage["prompt_tokens"], usage["completion_tokens"]
+        events = [line[6:] for line in (await r.text()).splitlines() if line.startswith("data: {")]
+        last = json.loads(events[-1])
+        if last.get("usage"):
+            return r.status, last["usage"]["prompt_tokens"], last["usage"]["completion_tokens"]
+        return r.status, -1, len(events)
+
+
+async def test_usage_is_ledgered_per_tenant_model_region_and_hour_and_reported(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant, key = await fleet.tenant_key({"tpm": 1_000_000})
+    seen = [
+        await call(fleet, "us-east-1", key, "new_york", max_tokens=3),
+        await call(fleet, "eu-west-1", key, "london", max_tokens=5),
+        await call(fleet, "eu-west-1", key, "london", max_tokens=7),
+        await call(
+            fleet,
+            "us-east-1",
+            key,
+            "new_york",
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        ),
+        await call(
+            fleet,
+            "eu-west-1",
+            key,
+            "london",
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        ),
+        await call(fleet, "eu-west-1", key, "london", max_tokens=9, stream=True),  # no usage: events counted
+    ]
+    assert {status for status, _, _ in seen} == {200}
+    exact = [s for s in seen if s[1] >= 0]
+    prompt = sum(p for _, p, _ in exact)
+    completion = sum(c for _, _, c in seen)
+
+    async def written() -> bool:
+        status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+        return status == 200 and body["totals"]["requests"] == 6
+
+    await wait_for(written, timeout=5, what="the edges to write their usage batches")
+    _, report = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+    by_region = {r["region"]: r for r in report["rows"]}
+    assert set(by_region) == {"us-east-1", "eu-west-1"} and {r["model"] for r in report["rows"]} == {
+        "sim-llm"
+    }
+    assert by_region["us-east-1"]["requests"] == 2 and by_region["eu-west-1"]["requests"] == 4
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0).isoformat().replace("+00:00", "Z")
+    assert {r["hour"] for r in report["rows"]} <= {hour, report["start"]}
+    assert report["totals"]["completion_tokens"] == completion  # exact, and the stream's events counted
+    estimated = report["totals"]["prompt_tokens"] - prompt  # the stream without usage: its prompt estimate
+    assert 1 <= estimated <= 100 and report["totals"]["errors"] == 0
+
+    async with aiohttp.ClientSession() as s, s.get(fleet.edge_url("eu-west-1") + "metrics") as r:
+        text = await r.text()
+    eu_completion = sum(c for c in (seen[1][2], seen[2][2], seen[4][2], seen[5][2]))
+    assert (
+        f'meridian_edge_tenant_tokens_total{{kind="completion",tenant="{tenant}"}} {eu_completion}.0' in text
+    )
+    assert f'meridian_edge_tenant_requests_total{{outcome="ok",tenant="{tenant}"}} 4.0' in text
+
+    monkeypatch.setenv("MERIDIAN_ADMIN_URL", fleet.admin_url)
+    monkeypatch.setenv("MERIDIAN_TOKEN", fleet.viewer_token)  # reading usage needs no more than a viewer
+    assert await asyncio.to_thread(cli.main, ["ctl", "usage", tenant]) == 0
+    out = capsys.readouterr().out
+    total = next(line for line in out.splitlines() if line.startswith("total"))
+    assert total.split()[1:] == ["6", str(report["totals"]["prompt_tokens"]), str(completion), "0"]
+
+
+async def test_usage_queries_are_checked(fleet: Fleet) -> None:
+    tenant, _ = await fleet.tenant_key()
+    status, body = await fleet.admin(
+        "GET", f"/v1/tenants/{tenant}/usage?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"
+    )
+    assert status == 422 and body["fields"] == ["from"] and "before" in body["detail"]
+    status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage?from=2025-01-01T00:00:00Z")
+    assert status == 422 and "31 days" in body["detail"]
+    status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage?from=yesterday")
+    assert status in (400, 422) and "from" in json.dumps(body)
+    status, _ = await fleet.admin("GET", "/v1/tenants/t-nobody/usage")
+    assert status == 404
+    status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+    assert status == 200 and body["rows"] == [] and body["totals"]["requests"] == 0
