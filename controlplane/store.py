@@ -39,6 +39,7 @@ from fleet.state import (
     initial_state,
     why_invalid,
 )
+from fleet.tenants import KEY_API_KEYS, KEY_TENANTS, KEY_TENANTS_VERSION
 
 log = logging.getLogger("meridian.store")
 
@@ -119,6 +120,9 @@ class StateCopy:
     epoch: int = 0
     version: int = 0
     regions: dict[str, str] = field(default_factory=dict)
+    tenants_version: int = 0
+    tenants: dict[str, str] = field(default_factory=dict)  # tenant id -> record
+    api_keys: dict[str, str] = field(default_factory=dict)  # key digest -> record
     audit: deque[tuple[str, dict[str, str]]] = field(default_factory=lambda: deque(maxlen=AUDIT_MAXLEN))
 
     @property
@@ -289,18 +293,25 @@ class StateStore:
                 pipe.get(KEY_EPOCH)
                 pipe.get(KEY_VERSION)
                 pipe.hgetall(KEY_REGIONS)
-                epoch_raw, version_raw, raw = await pipe.execute()
+                pipe.get(KEY_TENANTS_VERSION)
+                pipe.hgetall(KEY_TENANTS)
+                pipe.hgetall(KEY_API_KEYS)
+                epoch_raw, version_raw, raw, tenants_version, tenants, keys = await pipe.execute()
             position = (int(epoch_raw or 0), int(version_raw or 0))
             copy = self.copy
             have = {_text(k) for k in raw}
             lost = [n for n in (copy.regions if copy else {}) if n not in have and self._declared(n)]
-            if copy is not None and (position < copy.position or lost):
+            tenants_behind = copy is not None and int(tenants_version or 0) < copy.tenants_version
+            if copy is not None and (position < copy.position or lost or tenants_behind):
                 await self._restore(copy, found=position)
                 return True
             if copy is None:
                 copy = self.copy = StateCopy()
             copy.epoch, copy.version = max(copy.position, position)
             copy.regions = {_text(k): _text(v) for k, v in raw.items()}
+            copy.tenants_version = int(tenants_version or 0)
+            copy.tenants = {_text(k): _text(v) for k, v in tenants.items()}
+            copy.api_keys = {_text(k): _text(v) for k, v in keys.items()}
             await self._mirror_audit(copy)
         except _UNAVAILABLE as exc:
             raise _classify(exc) from exc
@@ -331,6 +342,12 @@ class StateStore:
                 pipe.hset(KEY_REGIONS, mapping=dict[Any, Any](copy.regions))
             pipe.set(KEY_VERSION, version)
             pipe.set(KEY_EPOCH, copy.epoch)
+            pipe.delete(KEY_TENANTS, KEY_API_KEYS)  # tenants and keys as they were, under a newer version
+            if copy.tenants:
+                pipe.hset(KEY_TENANTS, mapping=dict[Any, Any](copy.tenants))
+            if copy.api_keys:
+                pipe.hset(KEY_API_KEYS, mapping=dict[Any, Any](copy.api_keys))
+            pipe.set(KEY_TENANTS_VERSION, copy.tenants_version + 1)
             pipe.delete(KEY_AUDIT)
             for entry_id, fields in copy.audit:
                 pipe.xadd(KEY_AUDIT, dict[Any, Any](fields), id=entry_id)
@@ -352,6 +369,7 @@ class StateStore:
             pipe.publish(CHANNEL_CHANGES, change_message(version=version, region="*"))
             await pipe.execute()
         copy.version = version
+        copy.tenants_version += 1
         copy.audit.clear()
         await self._mirror_audit(copy)
         self.restores += 1

@@ -98,16 +98,13 @@ class Admission:
             wanted, facts = self._wanted(request, body, principal)
         except BadInput as exc:
             return self._bad_input(exc)
-        max_tokens = None if facts is None else facts.max_tokens
-        admitted = Admitted(
-            priority,
-            body,
-            wanted,
-            None if facts is None else facts.model,
-            estimate_tokens(len(body), max_tokens, self.settings.default_max_tokens),
-        )
-        if self.accounting and request.method == "POST":
-            admitted.tally = Tally()
+        if facts is None:  # not an inference (GET /v1/models): one token, no answer to count
+            admitted = Admitted(priority, body, wanted, None, 1)
+        else:
+            cost = estimate_tokens(len(body), facts.max_tokens, self.settings.default_max_tokens)
+            admitted = Admitted(priority, body, wanted, facts.model, cost)
+            if self.accounting:
+                admitted.tally = Tally()
         if principal is None:
             return admitted
         tenant = admitted.tenant = principal.tenant
@@ -121,7 +118,6 @@ class Admission:
             admitted.headers = verdict.headers
             if limits.tpm is not None:
                 admitted.reserved = admitted.cost
-                admitted.tally = admitted.tally or Tally()
         if limits.max_concurrent is not None:
             refused, admitted.ticket = await limiter.enter(tenant)
             if refused is not None:

@@ -146,9 +146,11 @@ class Edge:
         )
         self.pool = UpstreamPool(limit=settings.pool_size, keepalive_s=settings.upstream_keepalive_s)
         self.gate = Gate(
-            saturated=self.planner.saturated,
+            load=self.planner.pool_load,
+            signals=self.signals.get,
             metrics=metrics,
             bands={b: BandLimits(q.size, q.wait_s) for b, q in settings.queue.items()},
+            max_waiting=settings.saturation_waiting,
         )
         self.ledger = Ledger() if self.tenants is not None else None  # usage is accounted per tenant
         self.proxy = self._request_path(rng)

@@ -1,23 +1,52 @@
-"""Who goes next when a pool is saturated (pure, no I/O; takes ``now``): waiting requests in priority bands
+"""Admission while a pool is saturated (pure, no I/O; takes ``now``). How many of this edge's requests the
+pool may have in flight (``next_cap``), and who goes next (``FairQueue``): waiting requests in priority bands
 (``critical`` before ``normal`` before ``batch``), each band fair between tenants by deficit round-robin
 on the requests' token estimates (a tenant's turn is worth ``quantum`` tokens, times its weight), each band
-bounded in size and in how long a request may wait. A full band refuses the newcomer; a request past its
-band's wait leaves with a refusal. Batch waits least and is served last, so under a lasting overload it is
+bounded in size and in how long a request may wait. A full band sheds the newest request of the tenant
+holding most of it (the newcomer, when that is its own tenant); a request past its band's wait leaves with
+a refusal. Batch waits least and is served last, so under a lasting overload it is
 shed first and critical last."""
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from edge.replicas import PoolLoad
 from fleet.tenants import Priority
 
 BANDS: tuple[Priority, ...] = ("critical", "normal", "batch")  # served in this order
-MAX_TURNS = 16  # a request costs at most this many quanta: one huge prompt cannot stall its band's rotation
+QUANTUM = 64.0  # tokens a tenant's turn is worth: about one short request, so turns interleave finely
 
 T = TypeVar("T")
+
+
+def next_cap(
+    cap: int | None, inflight: int, load: PoolLoad | None, *, max_waiting: float, held: bool
+) -> int | None:
+    """This edge's in-flight ceiling for a pool on a fresh look at its engines (None: no ceiling).
+
+    The fair ceiling is this edge's share of what keeps the engines just under the threshold — what they
+    run plus ``max_waiting - 1`` waiting per replica — in proportion to this edge's part of their load (the
+    other edges take theirs the same way). Saturated: the ceiling comes down to it, never up. Room again
+    while requests are held: it rises to the fair ceiling, by one at least; with nothing held it goes.
+    Signals gone stale while requests are held: up by a quarter per look, blind but bounded."""
+    if cap is None and (load is None or not load.saturated):
+        return None
+    if load is None:
+        return None if cap is None or not held else cap + max(1, cap // 4)
+    target = load.running + load.replicas * max(0.0, max_waiting - 1)
+    share = min(1.0, inflight / max(1.0, load.running + load.waiting))
+    fair = max(1, int(target * share))
+    if load.saturated:
+        return fair if cap is None else min(cap, fair)
+    if not held:
+        return None
+    assert cap is not None
+    return max(cap + 1, fair)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +88,26 @@ class _Band(Generic[T]):
 
     def pop(self, quantum: float, weight: Mapping[str, float]) -> Waiter[T] | None:
         """Deficit round-robin: the tenant at the head of the rotation goes while its deficit covers its
-        oldest request's cost; otherwise it gets a quantum (times its weight) and moves to the back."""
-        queues = self.queues
-        while queues:
+        oldest request's cost; otherwise it gets a quantum (times its weight) and moves to the back. Whole
+        rotations in which nobody could go are added in one step, so a small quantum costs no spinning."""
+        queues, deficit = self.queues, self.deficit
+        if not queues:
+            return None
+        idle = min(
+            math.ceil((q[0].cost - deficit[t]) / (quantum * weight.get(t, 1.0))) for t, q in queues.items()
+        )
+        if idle > 1:
+            for t in queues:
+                deficit[t] += (idle - 1) * quantum * weight.get(t, 1.0)
+        while True:
             tenant, q = next(iter(queues.items()))
             head = q[0]
-            cost = min(head.cost, MAX_TURNS * quantum)
-            if self.deficit[tenant] >= cost:
-                self.deficit[tenant] -= cost
+            if deficit[tenant] >= head.cost:
+                deficit[tenant] -= head.cost
                 self._taken(tenant, q)
                 return head
-            self.deficit[tenant] += quantum * weight.get(tenant, 1.0)
+            deficit[tenant] += quantum * weight.get(tenant, 1.0)
             queues.move_to_end(tenant)
-        return None
 
     def remove(self, w: Waiter[T]) -> bool:
         q = self.queues.get(w.tenant)
@@ -109,7 +145,7 @@ class FairQueue(Generic[T]):
         self,
         bands: Mapping[Priority, BandLimits],
         *,
-        quantum: float = 1024.0,
+        quantum: float = QUANTUM,
         weights: Mapping[str, float] | None = None,
     ) -> None:
         self.limits = dict(bands)
@@ -123,14 +159,24 @@ class FairQueue(Generic[T]):
     def depth(self, band: Priority) -> int:
         return self.bands[band].size
 
-    def push(self, item: T, *, tenant: str, band: Priority, cost: int, now: float) -> Waiter[T] | None:
-        """Hold ``item``; None when its band is full (the caller refuses it)."""
+    def push(
+        self, item: T, *, tenant: str, band: Priority, cost: int, now: float
+    ) -> tuple[Waiter[T] | None, Waiter[T] | None]:
+        """Hold ``item``: (its waiter, or None when refused; a waiter pushed out to make room, or None).
+        A full band makes room by dropping the newest request of the tenant holding the most in it, unless
+        that is the newcomer's own tenant: a tenant flooding a band sheds its own requests, not others'."""
         b = self.bands[band]
+        dropped = None
         if b.size >= self.limits[band].size:
-            return None
+            hog = max(b.queues, key=lambda t: len(b.queues[t]), default=None)
+            mine = len(b.queues.get(tenant, ()))
+            if hog is None or hog == tenant or len(b.queues[hog]) <= mine + 1:
+                return None, None
+            dropped = b.queues[hog][-1]
+            b.remove(dropped)
         w = Waiter(item, tenant, band, max(1, cost), now)
         b.push(w)
-        return w
+        return w, dropped
 
     def pop(self) -> Waiter[T] | None:
         """The next request to go: the highest band holding any, fair between tenants within it."""

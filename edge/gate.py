@@ -1,9 +1,10 @@
 """Holding requests while their pool is saturated (I/O: asyncio futures and one timer task). A pool is one
-region's replicas of one model. While every one of them is saturated by its engine signals, this edge keeps
-its requests in flight to the pool at what they were when it saw the saturation (at least one), and the rest
-wait in a ``FairQueue`` (priority bands, fair between tenants, bounded in size and wait): each request that
-ends lets the next one go, and when the signals show room again everything held goes. The replica is
-chosen when a request leaves the queue. Without saturation nothing waits: a dict lookup and a counter."""
+region's replicas of one model. Once every one of them is saturated by its engine signals, this edge keeps
+its requests in flight to the pool under a ceiling (``next_cap``: its share of what keeps the engines just
+under the threshold, revised on every fresh scrape) and the rest wait in a ``FairQueue`` (priority bands,
+fair between tenants, bounded in size and wait): each request that ends lets the next one go. When the
+signals show room again the ceiling grows step by step, and goes once nothing is held. The replica is
+chosen when a request leaves the queue. Without saturation nothing waits: a lookup and a counter."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edge.fairqueue import BANDS, BandLimits, FairQueue
+from edge.fairqueue import BANDS, BandLimits, FairQueue, next_cap
 from edge.metrics import EdgeMetrics
+from edge.replicas import PoolLoad
 from fleet.tenants import Priority
 
 PoolKey = tuple[str, str | None]  # (region, model)
@@ -26,31 +28,37 @@ TICK_S = 0.05  # how often held requests are checked for their wait limit and fo
 class _Pool:
     queue: FairQueue[asyncio.Future[Shed | None]]
     inflight: int = 0  # this edge's requests in flight to the pool
-    cap: int | None = None  # while saturated: the most this edge keeps in flight there
+    cap: int | None = None  # while saturated (and until what was held has gone): this edge's ceiling there
+    seen: object = None  # the signals the ceiling was last revised on
 
 
 @dataclass
 class Gate:
-    saturated: Callable[[str, str | None], bool]  # (region, model) -> every replica is saturated
+    load: Callable[[str, str | None], PoolLoad | None]  # (region, model) -> its engines, fresh signals only
+    signals: Callable[[], object]  # the current signals (a new object on every poll)
     metrics: EdgeMetrics
     bands: Mapping[Priority, BandLimits]
+    max_waiting: float = 5.0
     clock: Callable[[], float] = time.monotonic
     pools: dict[PoolKey, _Pool] = field(default_factory=dict)
     _ticker: asyncio.Task[None] | None = None
 
     def try_pass(self, key: PoolKey) -> bool:
-        """Go now (counted in flight) unless the pool is saturated and this edge already has its share
-        there, or others are already waiting."""
+        """Go now (counted in flight) unless the pool has a ceiling this edge is at, or others wait."""
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = _Pool(FairQueue(self.bands))
         if pool.queue:
             return False
-        if not self.saturated(*key):
-            pool.cap = None
-        elif pool.cap is None:
-            pool.cap = max(1, pool.inflight)
+        if pool.cap is None:
+            load = self.load(*key)
+            if load is None or not load.saturated:
+                pool.inflight += 1
+                return True
+            pool.cap = next_cap(None, pool.inflight, load, max_waiting=self.max_waiting, held=False)
+            pool.seen = self.signals()
             self.metrics.child(self.metrics.saturated_pools, key[0]).inc()
+            self._tick_on()
         if pool.cap is not None and pool.inflight >= pool.cap:
             return False
         pool.inflight += 1
@@ -60,13 +68,15 @@ class Gate:
         """Wait for a turn in the pool (None: go, counted in flight) or be shed."""
         pool = self.pools[key]
         fut: asyncio.Future[Shed | None] = asyncio.get_running_loop().create_future()
-        waiter = pool.queue.push(fut, tenant=tenant, band=band, cost=cost, now=self.clock())
+        waiter, dropped = pool.queue.push(fut, tenant=tenant, band=band, cost=cost, now=self.clock())
+        if dropped is not None and not dropped.item.done():  # a flooding tenant's newest made room
+            dropped.item.set_result("full")
+            self._shed(band, "full")
         if waiter is None:
             self._shed(band, "full")
             return "full"
         self._depths()
-        if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.create_task(self._tick(), name="saturation-gate")
+        self._tick_on()
         try:
             verdict = await fut
         except asyncio.CancelledError:  # the client left while it waited
@@ -82,11 +92,9 @@ class Gate:
         pool = self.pools[key]
         pool.inflight -= 1
         if pool.queue:
-            self._release(key, pool)
+            self._release(pool)
 
-    def _release(self, key: PoolKey, pool: _Pool) -> None:
-        if not self.saturated(*key):
-            pool.cap = None
+    def _release(self, pool: _Pool) -> None:
         while pool.queue and (pool.cap is None or pool.inflight < pool.cap):
             waiter = pool.queue.pop()
             if waiter is None:
@@ -96,19 +104,31 @@ class Gate:
                 waiter.item.set_result(None)
         self._depths()
 
+    def _tick_on(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="saturation-gate")
+
     async def _tick(self) -> None:
-        """While anything is held: refuse what waited past its band's limit, let go what has room."""
-        while any(p.queue for p in self.pools.values()):
+        """While any pool has a ceiling: refuse what waited past its band's limit, revise the ceiling on
+        fresh signals, let go what fits under it."""
+        while any(p.cap is not None for p in self.pools.values()):
             await asyncio.sleep(TICK_S)
-            now = self.clock()
+            now, signals = self.clock(), self.signals()
             for key, pool in self.pools.items():
-                if not pool.queue:
+                if pool.cap is None:
                     continue
                 for waiter in pool.queue.expired(now):
                     if not waiter.item.done():
                         waiter.item.set_result("timeout")
                         self._shed(waiter.band, "timeout")
-                self._release(key, pool)
+                if signals is not pool.seen:
+                    pool.seen = signals
+                    load = self.load(*key)
+                    held = bool(pool.queue)
+                    pool.cap = next_cap(
+                        pool.cap, pool.inflight, load, max_waiting=self.max_waiting, held=held
+                    )
+                self._release(pool)
 
     def _shed(self, band: Priority, why: Shed) -> None:
         self.metrics.child(self.metrics.shed, band, why).inc()

@@ -15,7 +15,7 @@ from typing import Protocol
 from edge.failback import Failback
 from edge.observed import Observed
 from edge.outlier import OutlierDetector
-from edge.replicas import PLAIN, Pick, PickPolicy, Replica, Ring, pick, saturated, slow_start_share
+from edge.replicas import PLAIN, Pick, PickPolicy, PoolLoad, Replica, Ring, pick, pool_load, slow_start_share
 from edge.routing import (
     AttemptPlan,
     Decision,
@@ -255,11 +255,11 @@ class Planner:
             self._remember(region, key, None if chosen.affinity else chosen.replica)
         return chosen
 
-    def saturated(self, region: str, model: str | None) -> bool:
-        """Every replica of ``region`` a request for ``model`` may go to is saturated (fresh signals only)."""
+    def pool_load(self, region: str, model: str | None) -> PoolLoad | None:
+        """The engines of ``region``'s replicas a request for ``model`` may go to (None: no fresh signals)."""
         if region not in self.signals():
-            return False
-        return saturated(self.candidates(region, self.replicas(region, model)), self.tuning.pick)
+            return None
+        return pool_load(self.candidates(region, self.replicas(region, model)), self.tuning.pick)
 
     def _remember(self, region: str, key: int, replica: str | None) -> None:
         """Where an overflowed key went (its conversation's newest prefix is cached there); bounded LRU."""

@@ -112,13 +112,26 @@ def pick(
     return Pick(_p2c(pool, policy, rng).name, why + PLAIN)
 
 
-def saturated(candidates: Sequence[Replica], policy: PickPolicy) -> bool:
-    """Every candidate's engine is saturated by its fresh signals (a replica without fresh signals has
-    room as far as anyone knows; no candidate at all is not saturation)."""
-    return bool(candidates) and all(
-        r.signals is not None and r.signals.saturated(max_waiting=policy.max_waiting, max_kv=policy.max_kv)
-        for r in candidates
+@dataclass(frozen=True, slots=True)
+class PoolLoad:
+    """A pool's engines as their fresh signals show them: all saturated or not, and their sums."""
+
+    saturated: bool
+    running: float
+    waiting: float
+    replicas: int
+
+
+def pool_load(candidates: Sequence[Replica], policy: PickPolicy) -> PoolLoad | None:
+    """The pool's load; saturated when every candidate's engine is (a replica without fresh signals has room
+    as far as anyone knows). None: no candidate has fresh signals."""
+    fresh = [r.signals for r in candidates if r.signals is not None]
+    if not fresh:
+        return None
+    full = len(fresh) == len(candidates) and all(
+        s.saturated(max_waiting=policy.max_waiting, max_kv=policy.max_kv) for s in fresh
     )
+    return PoolLoad(full, sum(s.running for s in fresh), sum(s.waiting for s in fresh), len(fresh))
 
 
 def _filtered(

@@ -62,8 +62,8 @@ class TenantsFeed:
 
     async def load(self, client: aioredis.Redis) -> None:
         version = int(await client.get(KEY_TENANTS_VERSION) or 0)
-        if version == self.version:
-            return
+        if self.version is not None and version <= self.version:
+            return  # unchanged, or a store that came back empty or old: the last good set stays
         async with client.pipeline(transaction=True) as pipe:
             pipe.get(KEY_TENANTS_VERSION)
             pipe.hgetall(KEY_TENANTS)

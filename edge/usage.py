@@ -44,7 +44,7 @@ class Tally:
 
     def body(self, data: bytes) -> None:
         """A buffered answer's body."""
-        self.usage = _usage(data)
+        self.usage = _usage(data) if b'"usage"' in data else None
 
     def chunk(self, data: bytes) -> None:
         """A piece of an event stream, as it flows to the client."""

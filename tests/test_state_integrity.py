@@ -332,3 +332,58 @@ async def test_an_edges_credentials_cannot_write_routing_state(tmp_path: Path) -
             await c.aclose()
         replica.stop()
         primary.stop()
+
+
+@pytest.fixture
+async def keyed(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path, serve, geo_db=geo_db, regions=("eu-west-1", "us-east-1"), auth=True)
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def test_tenants_and_keys_survive_a_primary_that_comes_back_empty(keyed: Fleet) -> None:
+    fleet = keyed
+    tenant, key = await fleet.tenant_key({"rpm": 100_000}, name="survivor")
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:  # the key in use on every edge through the fault
+        headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": LONDON}
+        async with aiohttp.ClientSession() as s:
+            while not stop.is_set():
+                for name in fleet.edges:
+                    async with s.post(
+                        fleet.edge_url(name) + "v1/chat/completions", json={}, headers=headers
+                    ) as r:
+                        await r.read()
+                        statuses.append(r.status)
+                await asyncio.sleep(0.02)
+
+    running = asyncio.create_task(client())
+    try:
+        fleet.primary.kill()
+        shutil.rmtree(fleet.primary.workdir / "appendonlydir", ignore_errors=True)  # it comes back empty
+        fleet.primary.start()
+
+        async def restored() -> bool:
+            status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}/keys")
+            return status == 200 and len(body["keys"]) == 1
+
+        await wait_for(
+            restored, timeout=15, interval=0.1, what="the control plane to restore tenants and keys"
+        )
+        await asyncio.sleep(0)
+    finally:
+        stop.set()
+        await running
+    assert 401 not in statuses and statuses.count(200) > 10  # no edge forgot the key, even while it was gone
+    _, second = await fleet.admin("POST", f"/v1/tenants/{tenant}/keys")  # the next change reaches every edge
+
+    async def taken() -> bool:
+        return all(
+            e.edge.tenants is not None and e.edge.tenants.resolve(second["key"]) for e in fleet.edges.values()
+        )
+
+    await wait_for(taken, timeout=3, what="every edge to take a key issued after the restore")
