@@ -141,7 +141,7 @@ class Admission:
     def rate_limited(self, tenant: Tenant, verdict: Verdict) -> web.Response:
         limit = verdict.refused or "requests"
         self.metrics.child(self.metrics.rate_limited, limit).inc()
-        self.metrics.tenant_outcome(tenant.id, "rate_limited")
+        self.metrics.tenants.outcome(tenant.id, "rate_limited")
         what = "concurrent requests" if limit == "concurrent" else f"{limit} per minute"
         return error(
             429,

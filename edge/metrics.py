@@ -2,17 +2,69 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
 MAX_TENANT_LABELS = 100  # tenants with their own label; the rest are counted under "other"
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class TenantCounters(Collector):
+    """Per-tenant requests by outcome and tokens by kind: plain dict counts on the request path (no lock, no
+    label lookup), turned into Prometheus counters at scrape time. The first ``MAX_TENANT_LABELS`` tenants
+    have their own label, the rest are counted under "other" (bounded cardinality)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}
+        self.tokens: dict[tuple[str, str], int] = {}
+        self._labels: set[str] = set()
+
+    def label(self, tenant: str) -> str:
+        labels = self._labels
+        if tenant in labels:
+            return tenant
+        if len(labels) < MAX_TENANT_LABELS:
+            labels.add(tenant)
+            return tenant
+        return "other"
+
+    def outcome(self, tenant: str, outcome: str) -> None:
+        key = (self.label(tenant), outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    def answered(self, tenant: str, failed: bool, prompt: int, completion: int) -> None:
+        label = self.label(tenant)
+        self.outcome(label, "error" if failed else "ok")
+        tokens = self.tokens
+        tokens[(label, "prompt")] = tokens.get((label, "prompt"), 0) + prompt
+        tokens[(label, "completion")] = tokens.get((label, "completion"), 0) + completion
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "meridian_edge_tenant_requests",
+            f"Requests per tenant by outcome (ok, error, rate_limited, shed); {MAX_TENANT_LABELS} tenants at "
+            "most have their own label, the rest are 'other'",
+            labels=["tenant", "outcome"],
+        )
+        for (tenant, outcome), n in list(self.requests.items()):
+            requests.add_metric([tenant, outcome], n)
+        tokens = CounterMetricFamily(
+            "meridian_edge_tenant_tokens",
+            "Tokens per tenant (prompt, completion), as the answers reported or the streams counted",
+            labels=["tenant", "kind"],
+        )
+        for (tenant, kind), n in list(self.tokens.items()):
+            tokens.add_metric([tenant, kind], n)
+        yield requests
+        yield tokens
 
 
 class EdgeMetrics:
@@ -111,20 +163,8 @@ class EdgeMetrics:
 
     def _tenant_metrics(self) -> None:
         r = self.registry
-        self._tenant_labels: set[str] = set()
-        self.tenant_requests = Counter(
-            "meridian_edge_tenant_requests",
-            f"Requests per tenant by outcome (ok, error, rate_limited, shed); {MAX_TENANT_LABELS} tenants at "
-            "most have their own label, the rest are 'other'",
-            ["tenant", "outcome"],
-            registry=r,
-        )
-        self.tenant_tokens = Counter(
-            "meridian_edge_tenant_tokens",
-            "Tokens per tenant (prompt, completion), as the answers reported or the streams counted",
-            ["tenant", "kind"],
-            registry=r,
-        )
+        self.tenants = TenantCounters()
+        r.register(self.tenants)
         self.usage_rows_dropped = Counter(
             "meridian_edge_usage_rows_dropped",
             "Usage rows lost (the ledger was full while the store was unreachable)",
@@ -152,19 +192,6 @@ class EdgeMetrics:
             ["region"],
             registry=r,
         )
-
-    def tenant_label(self, tenant: str) -> str:
-        """The tenant's own label while fewer than ``MAX_TENANT_LABELS`` have one, else "other"."""
-        labels = self._tenant_labels
-        if tenant in labels:
-            return tenant
-        if len(labels) < MAX_TENANT_LABELS:
-            labels.add(tenant)
-            return tenant
-        return "other"
-
-    def tenant_outcome(self, tenant: str, outcome: str) -> None:
-        self.child(self.tenant_requests, self.tenant_label(tenant), outcome).inc()
 
     def watch_replicas(
         self, regions: tuple[str, ...], affinity: dict[str, int], age: Callable[[str], float | None]

@@ -205,11 +205,7 @@ class Proxy:
                 completion=completion,
                 error=failed,
             )
-            m = self.metrics
-            label = m.tenant_label(admitted.tenant_id)
-            m.child(m.tenant_requests, label, "error" if failed else "ok").inc()
-            m.child(m.tenant_tokens, label, "prompt").inc(prompt)
-            m.child(m.tenant_tokens, label, "completion").inc(completion)
+            self.metrics.tenants.answered(admitted.tenant_id, failed, prompt, completion)
         return prompt + completion
 
     async def _route(
@@ -274,14 +270,15 @@ class Proxy:
             )
         finally:
             gate.leave(pool)
-        span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
+        if span.is_recording():
+            span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
         return resp
 
     def _overloaded(self, admitted: Admitted, region: str, shed: Shed) -> web.Response:
         """503 ``overloaded``: every replica of the pool is saturated and this request's band is full or it
         waited as long as its band allows."""
         band = admitted.priority
-        self.metrics.tenant_outcome(admitted.tenant_id, "shed")
+        self.metrics.tenants.outcome(admitted.tenant_id, "shed")
         wait_s = self.gate.bands[band].wait_s
         why = "its queue is full" if shed == "full" else f"it waited {wait_s:g} s"
         return error(
