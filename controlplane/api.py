@@ -28,9 +28,12 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.plugins.pydantic import PydanticPlugin
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from controlplane.auth import TokenAuth, User, operator_guard
+from controlplane.autoscaler import Autoscaler, Backend, NoBackend, SimulatorBackend
 from controlplane.intake import Intake, PassiveBook
+from controlplane.pool_api import PoolController
 from controlplane.prober import Prober
 from controlplane.schemas import (
     AUTHENTICATED,
@@ -204,6 +207,13 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@get("/metrics", exclude_from_auth=True, include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: State) -> bytes:
+    """Prometheus: the autoscaler's pools and decisions."""
+    registry: CollectorRegistry = state.registry
+    return generate_latest(registry)
+
+
 @get("/readyz", exclude_from_auth=True, include_in_schema=False)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     try:
@@ -331,6 +341,27 @@ async def _keep(store: StateStore, state: State) -> None:
         await asyncio.sleep(KEEP_INTERVAL_S)
 
 
+def _autoscaler(
+    settings: ControlPlaneSettings, topo: Topology, store: StateStore, prober: Prober, state: State
+) -> Autoscaler | None:
+    """The autoscaler of regions.yaml's pools, with the backend the settings name (None: off or no pools)."""
+    if settings.autoscaler == "off" or not any(r.pools for r in topo.regions):
+        return None
+    backend: Backend = NoBackend()
+    if settings.autoscaler == "simulator":
+        backend = SimulatorBackend()
+    autoscaler = Autoscaler(
+        topology=topo,
+        store=store,
+        signals=lambda: prober.latest,
+        backend=backend,
+        registry=state.registry,
+        hold_down=prober.hold_down,
+    )
+    state.autoscaler = autoscaler
+    return autoscaler
+
+
 def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = None) -> Litestar:
     """Build the admin API. Topology defaults to settings.regions_file."""
     topo = topology or load_topology(settings.regions_file)
@@ -367,13 +398,18 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         app.state.prober = prober
         app.state.intake = intake
 
+        workers_extra: list[Any] = []
+
         async def after_seed() -> None:
             await app.state.seeded.wait()
-            workers = [intake.run()]
+            workers = [intake.run(), *workers_extra]
             if settings.probe_enabled:
                 workers.append(prober.run())
             await asyncio.gather(*workers)
 
+        autoscaler = _autoscaler(settings, topo, store, prober, app.state)
+        if autoscaler is not None:
+            workers_extra.append(autoscaler.run())
         tasks.append(asyncio.create_task(after_seed(), name="workers"))
         tasks.append(asyncio.create_task(_keep(store, app.state), name="keeper"))
         try:
@@ -381,6 +417,9 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         finally:
             prober.stop()
             intake.stop()
+            if autoscaler is not None:
+                autoscaler.stop()
+                await autoscaler.close()
             for t in tasks:
                 t.cancel()
             # bounded: a task whose cancel a Redis client swallowed never hangs the shutdown
@@ -390,8 +429,23 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
             await client.aclose()
 
     app = Litestar(
-        route_handlers=[RegionController, AuditController, TenantController, healthz, readyz],
-        state=State({"settings": settings, "topology": topo, "tokens": list(settings.admin_tokens)}),
+        route_handlers=[
+            RegionController,
+            AuditController,
+            TenantController,
+            PoolController,
+            healthz,
+            readyz,
+            metrics,
+        ],
+        state=State(
+            {
+                "settings": settings,
+                "topology": topo,
+                "tokens": list(settings.admin_tokens),
+                "registry": CollectorRegistry(),
+            }
+        ),
         middleware=[DefineMiddleware(TokenAuth, exclude=["^/schema"])],
         lifespan=[lifespan],
         before_request=_answer_options,

@@ -43,6 +43,7 @@ class Prober:
         self.topology = topology
         self.store = store
         self.tracks: dict[tuple[str, str], Track] = {}
+        self.held_down: set[tuple[str, str]] = set()  # replicas the autoscaler drains or switched off
         self.rounds = 0
         self.scrapes = 0
         self.latest: dict[tuple[str, str], EngineSignals] = {}  # replica -> its last good scrape
@@ -119,7 +120,8 @@ class Prober:
                 fall=self.settings.probe_fall,
             )
             self.tracks[key] = track
-            per_region.setdefault(region.name, {})[replica.name] = track.health
+            held = key in self.held_down
+            per_region.setdefault(region.name, {})[replica.name] = "down" if held else track.health
             metrics = self.latest.get(key)
             if signal == "ok" and metrics is not None and metrics.at >= stale_before:
                 load[region.name] = load.get(region.name, 0.0) + metrics.running + metrics.waiting
@@ -140,6 +142,24 @@ class Prober:
             caches = kv.get(region.name)
             kv_mean = sum(caches) / len(caches) if caches else 0.0  # a full KV cache queues as surely
             await self._write(region.name, replicas, min(max(queueing, kv_mean), 10.0))
+
+    async def hold_down(self, region: str, replica: str, down: bool) -> None:
+        """The autoscaler drains a replica (down: written at once, so edges stop sending it new requests
+        before its machine goes) or gives it back to the probes (which bring it up after ``probe_rise``)."""
+        key = (region, replica)
+        if not down:  # back to the probes, from down: it is up only after ``probe_rise`` good ones
+            self.tracks[key] = Track(health="down")
+            self.held_down.discard(key)
+            return
+        self.held_down.add(key)
+
+        def mutate(s: RegionState) -> RegionState | None:
+            if s.replicas.get(replica) == "down":
+                return None
+            replicas = {**s.replicas, replica: "down"}
+            return s.model_copy(update={"replicas": replicas, "health": worse(fold_region(replicas), None)})
+
+        await self.store.update(region, mutate)
 
     def _ttft_delta(self, key: tuple[str, str], m: EngineSignals) -> tuple[float, float]:
         """The replica's TTFT seconds and first tokens since its last scrape (nothing on the first scrape or

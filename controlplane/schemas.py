@@ -101,7 +101,7 @@ def document_rules(app: Litestar, models: list[str] | None) -> None:
     tenant's ``models``, where null means every model); model names come from the catalog (``models``;
     None: the open world, any name)."""
     schemas = app.openapi_schema.components.schemas or {}
-    for name in ("RegionPatch", "TenantCreate", "TenantPatch", "Limits"):
+    for name in ("RegionPatch", "TenantCreate", "TenantPatch", "Limits", "Interruption"):
         schemas[name].additional_properties = False  # extra="forbid"
     region = _properties(schemas["RegionPatch"])
     region["weight"] = Schema(
@@ -205,6 +205,47 @@ class UsageReport(BaseModel):
     rows: list[UsageRecord] = Field(description="by hour, then model, then region")
     totals: UsageTotals
 
+
+class PoolTarget(BaseModel):
+    metric: str
+    value: float
+
+
+class PoolStatus(BaseModel):
+    """One autoscaled pool: replicas on and asked for, their capacity mix and cost, and the last decision."""
+
+    region: str
+    model: str
+    current: int = Field(description="replicas switched on")
+    desired: int = Field(description="what the last decision asked for (KEDA's metrics-api reads this)")
+    min: int
+    max: int
+    on_demand: int
+    spot: int
+    cost_per_hour: float
+    load: float | None = Field(description="smoothed load in the target's units, summed over the pool")
+    target: PoolTarget
+    reason: str = Field(description="why the last decision was what it was")
+    panic: bool
+    cost_capped: bool = Field(description="a cost ceiling held the pool below what its load needs")
+    replicas: dict[str, str] = Field(description="replica -> capacity type (on_demand, spot)")
+    at: float
+
+
+class PoolList(BaseModel):
+    pools: list[PoolStatus]
+
+
+class Interruption(BaseModel):
+    """A notice that a replica's machine goes away (a spot interruption's two-minute warning)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    replica: str = Field(min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=500)
+
+
+ONE_POOL = {**AUTHENTICATED, 404: _error("unknown pool (region and model), or no autoscaler running")}
 
 ONE_TENANT = {**AUTHENTICATED, 404: _error("unknown tenant (or key)")}
 WRITE_TENANT = {

@@ -46,6 +46,11 @@ class ControlPlaneSettings(BaseSettings):
     probe_rise: int = Field(default=2, ge=1, le=20)
     probe_fall: int = Field(default=2, ge=1, le=20)
     probe_enabled: bool = True
+    autoscaler: Literal["off", "simulator", "kubernetes"] = Field(
+        default="off",
+        description="regions.yaml's pools: off; simulator (switch the simulator's replica slots on and off); "
+        "kubernetes (decide and publish; KEDA scales the Deployments)",
+    )
     signals_interval_s: float = Field(
         default=1.0, ge=0.2, le=60, description="scrape every engine's metrics and publish its signals"
     )

@@ -374,6 +374,22 @@ class StateStore:
         await self._mirror_audit(copy)
         self.restores += 1
 
+    async def append_audit(
+        self, entry: AuditEntry, *, region: str, before: object = None, after: object = None
+    ) -> None:
+        """One audit entry for something that is not a region's state (e.g. ``pool:<region>/<model>``)."""
+        fields = {
+            "at": f"{time.time():.3f}",
+            "actor": entry.actor,
+            "reason": entry.reason,
+            "action": entry.action,
+            "region": region,
+            "before": json.dumps(before),
+            "after": json.dumps(after),
+        }
+        async with raise_unavailable():
+            await self.redis.xadd(KEY_AUDIT, dict[Any, Any](fields), maxlen=AUDIT_MAXLEN, approximate=True)
+
     async def audit_log(self, *, limit: int = 100, region: str | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` entries, of one region when given: the stream is read page by page until
         enough of that region's entries are found or it ends ("who last changed R" always has its answer)."""

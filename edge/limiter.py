@@ -73,6 +73,7 @@ class Limiter:
         self.edge_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._renewer: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}  # leases being asked for
 
     async def admit(self, tenant: Tenant, tokens: int) -> Verdict:
         """Spend one request and ``tokens`` of the tenant's limits, or say which ran out and for how long."""
@@ -228,6 +229,22 @@ class Limiter:
         self._background(self._lease(tenant, name, bucket, 0))
 
     async def _lease(self, tenant: str, name: str, bucket: Bucket, need: float) -> None:
+        """One lease from the primary; a request that finds one already asked for waits for that one (a
+        burst of requests on an empty bucket costs one round trip, not one each, and cannot run the
+        tenant's theoretical arrival time past the tolerance with leases nobody needed)."""
+        pending = self._pending.get((tenant, name))
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._pending[(tenant, name)] = done
+        try:
+            await self._ask(tenant, name, bucket, need)
+        finally:
+            del self._pending[(tenant, name)]
+            done.set_result(None)
+
+    async def _ask(self, tenant: str, name: str, bucket: Bucket, need: float) -> None:
         bucket.asking = True
         want = max(bucket.lease_size(), math.ceil(need))
         interval_ms = 60_000.0 / bucket.limit

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
 
 from fleet.models import Catalog, Engine, ModelSpec, check_catalog
+from fleet.pools import Autoscaling, PoolSpec
 
 Health = Literal["up", "degraded", "down"]
 
@@ -66,6 +67,8 @@ class Region(_Strict):
         default=None, description="models its replicas serve (default: all)"
     )
     engine: Engine = "vllm"
+    pools: tuple[PoolSpec, ...] = Field(default=(), description="autoscaled pools, one per model")
+    cost_ceiling_hour: float | None = Field(default=None, gt=0, description="$ per hour, this region's pools")
 
     @model_validator(mode="after")
     def _unique_replicas(self) -> Region:
@@ -142,6 +145,7 @@ class Topology(_Strict):
     policy: Policy = Field(default_factory=Policy)
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="the model catalog (none: open)")
     regions: tuple[Region, ...] = Field(min_length=1)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -155,7 +159,31 @@ class Topology(_Strict):
                 raise ValueError(f"policy.pins.{key} names unknown region(s) {unknown}")
         if self.models:
             check_catalog(self.models, self._served())
+        self._check_pools()
         return self
+
+    def _check_pools(self) -> None:
+        """A pool's model is one its region serves, its replicas are slots of that region serving it (a
+        scaled-down slot is off), one pool per model, and its minimum fits under the cost ceilings."""
+        served = self._served()
+        for r in self.regions:
+            models = [p.model for p in r.pools]
+            if len(set(models)) != len(models):
+                raise ValueError(f"region {r.name}: one pool per model")
+            for p in r.pools:
+                slots = [
+                    rep.name for rep in r.replicas if not self.models or p.model in served[(r.name, rep.name)]
+                ]
+                if not slots or p.max_replicas > len(slots):
+                    raise ValueError(
+                        f"region {r.name}: pool {p.model} has max_replicas {p.max_replicas} but {len(slots)} "
+                        "replica slots serve that model"
+                    )
+            floor = sum(p.cost_hour(p.min_replicas, 0) for p in r.pools)
+            if r.cost_ceiling_hour is not None and floor > r.cost_ceiling_hour:
+                raise ValueError(
+                    f"region {r.name}: its pools' minimum costs {floor:g} $/h, above its ceiling"
+                )
 
     def _served(self) -> dict[tuple[str, str], tuple[str, ...]]:
         every = tuple(self.models)

@@ -119,6 +119,8 @@ def run_ctl(args: argparse.Namespace) -> int:
                 f"{r['utilization']:>6.2f}  {lat:>9}  {r['version']}"
             )
         return 0
+    if args.ctl == "pools":
+        return _pools(args)
     if args.ctl == "audit":
         status, payload = _admin_call(args, "GET", f"/v1/audit?limit={args.limit}")
         return _print_result(status, payload)
@@ -179,6 +181,21 @@ def _tenant_ctl(args: argparse.Namespace) -> int:
     return _print_result(*_admin_call(args, "PATCH", f"/v1/tenants/{args.tenant}", body))
 
 
+def _pools(args: argparse.Namespace) -> int:
+    """Every autoscaled pool: replicas on and desired, on demand and spot, $/h, and why."""
+    status, payload = _admin_call(args, "GET", "/v1/pools")
+    if status != 200 or args.json:
+        return _print_result(status, payload)
+    print(f"{'region':<16}{'model':<26}{'current':>8}{'desired':>8}{'od':>4}{'spot':>5}{'$/h':>8}  why")
+    for p in payload["pools"]:
+        flags = ("PANIC " if p["panic"] else "") + ("COST-CAPPED " if p["cost_capped"] else "")
+        print(
+            f"{p['region']:<16}{p['model'][:25]:<26}{p['current']:>8}{p['desired']:>8}{p['on_demand']:>4}"
+            f"{p['spot']:>5}{p['cost_per_hour']:>8.2f}  {flags}{p['reason']}"
+        )
+    return 0
+
+
 def _usage(args: argparse.Namespace) -> int:
     """A tenant's usage per hour, model and region, as a table (or the JSON with --json)."""
     query = urllib.parse.urlencode({k: v for k in ("from", "to") if (v := getattr(args, k))})
@@ -234,6 +251,32 @@ def run_demo(args: argparse.Namespace) -> int:
     return run(config=args.config, base_port=args.base_port, network=not args.no_network)
 
 
+def run_k8s(args: argparse.Namespace) -> int:
+    """Print (or write, one file per region) the KEDA and Deployment manifests of regions.yaml's pools."""
+    import yaml
+
+    from fleet.topology import TopologyError, load_topology
+    from meridian.k8s import render
+
+    try:
+        topo = load_topology(Path(args.config))
+    except TopologyError as exc:  # names the file and line
+        raise SystemExit(f"meridian k8s: {exc}") from None
+    manifests = render(topo, controlplane_url=args.controlplane_url, namespace=args.namespace)
+    if not manifests:
+        raise SystemExit(f"meridian k8s: {args.config} declares no pools (regions[].pools)")
+    for region, docs in manifests.items():
+        text = yaml.safe_dump_all(docs, sort_keys=False)
+        if args.out:
+            out = Path(args.out) / f"{region}.yaml"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            print(f"{out}: {len(docs)} manifests")
+        else:
+            print(f"# region {region}\n---\n{text}---")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meridian", description="Meridian: multi-region routing for LLM APIs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="no emulated network: simulated regions answer every edge at once (for benchmarks)",
     )
     demo.set_defaults(func=run_demo)
+
+    k8s = sub.add_parser(
+        "k8s", help="render KEDA ScaledObjects and Deployment patches for regions.yaml's pools"
+    )
+    k8s.add_argument("--config", default="regions.yaml", help="topology file (default: regions.yaml)")
+    k8s.add_argument(
+        "--controlplane-url",
+        default="http://meridian-controlplane.meridian.svc:8700",
+        help="the admin API as KEDA reaches it",
+    )
+    k8s.add_argument("--namespace", default="meridian")
+    k8s.add_argument("--out", default=None, help="write <region>.yaml files here instead of printing")
+    k8s.set_defaults(func=run_k8s)
 
     cp = sub.add_parser("controlplane", help="run the admin API + health prober (settings from MERIDIAN_*)")
     cp.set_defaults(func=run_controlplane)
@@ -273,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     ctl_sub = ctl.add_subparsers(dest="ctl", required=True)
     regions = ctl_sub.add_parser("regions", help="list regions")
     regions.add_argument("--json", action="store_true")
+    pools = ctl_sub.add_parser("pools", help="autoscaled pools: current, desired, spot/on-demand, $/h, why")
+    pools.add_argument("--json", action="store_true")
     audit = ctl_sub.add_parser("audit", help="show the audit log")
     audit.add_argument("--limit", type=int, default=20)
     sw = ctl_sub.add_parser("set-weight", help="set a region's traffic dial (0-100)")

@@ -249,6 +249,7 @@ class Fleet:
                 "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
                 "MERIDIAN_PROBE_INTERVAL_S": "1",
                 "MERIDIAN_KEY_SECRET": self.key_secret,
+                "MERIDIAN_AUTOSCALER": "simulator",  # regions.yaml's pools switch the simulated replicas
             },
         )
         db = geoip_db()

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from regionsim.engine import Engine, Job, block_hashes, tokens_of
-from regionsim.model import Faults, LatencyModel
+from regionsim.model import Faults, LatencyModel, Power
 
 WORDS = ("the", "model", "routes", "tokens", "across", "regions", "with", "low", "latency", "and", "care")
 
@@ -58,6 +58,8 @@ class SimState:
     adapter_load_ms: float = 200.0
     api_key: str | None = None  # as vLLM's --api-key: /v1/* needs Authorization: Bearer <it>
     faults: Faults = field(default_factory=Faults)
+    power: Power = field(default_factory=lambda: Power(on=True))
+    ready_at: float = 0.0  # monotonic time a switched-on replica serves from (its cold start)
     stats: SimStats = field(default_factory=SimStats)
     rtt_ms: dict[str, float] = field(default_factory=dict)  # calling edge's region -> emulated round trip
     rtt_jitter: float = 0.1
@@ -77,6 +79,11 @@ class SimState:
             buckets=VLLM_TTFT_BUCKETS,
             registry=self.registry,
         ).labels(model_name=self.base_model)
+
+    @property
+    def serving(self) -> bool:
+        """On and past its cold start (off: it finishes what it runs, takes nothing new)."""
+        return self.power.on and time.monotonic() >= self.ready_at
 
     @property
     def base_model(self) -> str:
@@ -189,6 +196,8 @@ def create_app(
     app.router.add_post("/_sim/faults", set_faults)
     app.router.add_delete("/_sim/faults", clear_faults)
     app.router.add_get("/_sim/stats", stats)
+    app.router.add_get("/_sim/power", power)
+    app.router.add_post("/_sim/power", set_power)
     app.router.add_post("/_sim/match", match)
     app.router.add_delete("/_sim/cache", clear_cache)
     return app
@@ -266,6 +275,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if st.faults.down:
         return await _reset(request)
     hdrs = _sim_headers(st, request)
+    if not st.serving:
+        return vllm_error(
+            503, "replica is not serving (switched off or starting)", "ServiceUnavailableError", hdrs
+        )
     try:
         payload = await request.json()
         if not isinstance(payload, dict):
@@ -401,7 +414,7 @@ async def models_list(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     st = request.app[STATE]
     await st.network(request)
-    if st.faults.down:
+    if st.faults.down or not st.serving:
         return web.Response(status=503, headers=_sim_headers(st, request))
     return web.json_response({"status": "ok"}, headers=_sim_headers(st, request))
 
@@ -429,6 +442,33 @@ async def set_faults(request: web.Request) -> web.Response:
             status=422,
         )
     return web.json_response(st.faults.model_dump())
+
+
+async def set_power(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    try:
+        new = Power.model_validate(await request.json())
+    except json.JSONDecodeError as exc:
+        return web.json_response({"error": f"invalid JSON: {exc}"}, status=400)
+    except ValidationError as exc:
+        fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
+        return web.json_response({"error": "invalid power", "fields": fields}, status=422)
+    if new.on and not st.power.on:
+        st.ready_at = time.monotonic() + new.cold_start_s
+    st.power = new
+    return await power(request)
+
+
+async def power(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    return web.json_response(
+        {
+            **st.power.model_dump(),
+            "serving": st.serving,
+            "running": len(st.engine.running),
+            "waiting": len(st.engine.waiting),
+        }
+    )
 
 
 async def match(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +19,18 @@ class Faults(BaseModel):
     tail_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     tail_ttft_ms: float = Field(default=0.0, ge=0.0, le=600_000)
     down: bool = False
+
+
+class Power(BaseModel):
+    """What POST /_sim/power accepts: the replica's machine on or off (the autoscaler's simulator backend).
+    Switched on, it serves after ``cold_start_s``; switched off, it finishes what it runs and takes nothing
+    new (a spot interruption: the same, ``capacity`` says which kind of machine it is)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on: bool
+    cold_start_s: float = Field(default=0.0, ge=0.0, le=3600)
+    capacity: Literal["on_demand", "spot"] = "on_demand"
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,6 +184,9 @@ async def start_fleet(
     policy: dict[str, Any] | None = None,
     catalog: bool = False,
     auth: bool = False,
+    region_overrides: dict[str, dict[str, Any]] | None = None,
+    autoscaling: dict[str, Any] | None = None,
+    cp_overrides: dict[str, Any] | None = None,
 ) -> Fleet:
     """A fleet on loopback. The simulators emulate the network between edges and regions at
     ``network_scale`` of the real round trips (0.25: London-Virginia is 21 ms, not 82) and the policy's
@@ -200,7 +203,12 @@ async def start_fleet(
         {
             "policy": {**base.policy.model_dump(), **overrides},
             "models": models,
-            "regions": [r.model_dump() for r in base.regions if regions is None or r.name in regions],
+            "regions": [
+                {**r.model_dump(), **(region_overrides or {}).get(r.name, {})}
+                for r in base.regions
+                if regions is None or r.name in regions
+            ],
+            "autoscaling": {**base.autoscaling.model_dump(), **(autoscaling or {})},
         }
     )
     primary = RedisServer(port=free_port(), workdir=tmp_path / "redis-primary").start()
@@ -233,6 +241,7 @@ async def start_fleet(
                 **(edge_overrides or {}),
             },
             network_scale=network_scale,
+            cp_overrides=cp_overrides,
         )
     except BaseException:
         await fleet.close()
@@ -252,6 +261,7 @@ async def _build(
     sim_kwargs: dict[str, Any] | None,
     edge_overrides: dict[str, Any] | None,
     network_scale: float,
+    cp_overrides: dict[str, Any] | None = None,
 ) -> None:
     base, primary, replicas = fleet.topology, fleet.primary, fleet.replicas
     sims = fleet.sims
@@ -293,6 +303,7 @@ async def _build(
             probe_enabled=probe,
             probe_timeout_s=0.5,
             key_secret=KEY_SECRET,
+            **(cp_overrides or {}),
         )
         fleet.admin_app = create_admin(cp_settings, topology=topo)
         port = free_port()

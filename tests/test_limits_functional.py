@@ -160,3 +160,27 @@ async def test_a_buffered_answer_is_charged_its_real_usage_not_the_reservation(f
     assert served >= 5, (
         served
     )  # charged ~12 each: several fit in 1 s of tolerance; at ~260 each only one would
+
+
+async def test_over_a_minute_rpm_and_tpm_hold_within_five_percent_both_ways(fleet: Fleet) -> None:
+    """The acceptance measure: a minute through 4 edges in 4 regions, each tenant offered several times its
+    limit; what passed is within 5 % of the configured rate, above and below."""
+    rpm, tpm, seconds = 1200, 6000, 60.0
+    by_requests = await tenant_key(fleet, {"rpm": rpm})
+    by_tokens = await tenant_key(fleet, {"tpm": tpm})
+    edges = list(fleet.edges)
+    started = time.monotonic()
+    requests, tokens = await asyncio.gather(
+        drive(fleet, by_requests, seconds, per_edge=2, edges=edges),
+        drive(fleet, by_tokens, seconds, per_edge=2, edges=edges),
+    )
+    minutes = (time.monotonic() - started) / 60
+    used = tokens[200] * (2 + 2)  # the simulator's usage per request: 2 prompt and 2 completion tokens
+    print(
+        f"\none minute, 4 edges: {requests[200]} requests passed for {rpm} rpm "
+        f"({requests[200] / (rpm * minutes) - 1:+.1%}), "
+        f"{used} tokens for {tpm} tpm ({used / (tpm * minutes) - 1:+.1%})"
+    )
+    assert requests[429] > requests[200] and tokens[429] > tokens[200]  # both were offered well over
+    assert 0.95 * rpm * minutes <= requests[200] <= 1.05 * rpm * minutes, requests
+    assert 0.95 * tpm * minutes <= used <= 1.05 * tpm * minutes, tokens

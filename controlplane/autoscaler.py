@@ -1,0 +1,379 @@
+"""The autoscaler (I/O): every ``autoscaling.interval_s``, each pool's load from the engine signals the prober
+scraped (smoothed), the load drained or down regions hand to the others, one decision per pool
+(``controlplane.scaling``), the cost ceilings, then actuation through a backend — the simulator (switch
+replica slots on and off, spot or on demand, with their cold start) or none (Kubernetes: KEDA reads the
+desired replicas from the admin API and the HPA acts). Decisions go to the store's pools hash (what
+``GET /v1/pools`` answers), to the audit log when a pool's replica count changes, and to Prometheus.
+
+A pool's replicas are the region's replica slots serving its model, in regions.yaml's order; a slot the
+backend switched off is down to the prober, so edges route around it (and a slot switched on ramps up
+through the edges' slow start). A spot interruption switches its slot off at once (what it runs finishes,
+nothing new goes to it) and marks the slot's spot capacity gone for a while, so its replacement is on
+demand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from controlplane.scaling import Decision, PoolKey, PoolMemory, absorbed, commit, decide, mix, within_ceilings
+from controlplane.store import AuditEntry, StateStore, StoreError
+from fleet.pools import PoolSpec
+from fleet.signals import EngineSignals
+from fleet.state import KEY_PREFIX, Topology
+
+log = logging.getLogger("meridian.autoscaler")
+
+KEY_POOLS = f"{KEY_PREFIX}:state:pools"  # hash: "region/model" -> PoolStatus JSON
+SPOT_GONE_S = 600.0  # after an interruption, that slot's spot capacity is taken as gone this long
+DRAIN_S = 0.25  # a slot is marked down this long before its machine goes (edges take a change in < 30 ms)
+Kind = Literal["on_demand", "spot"]
+
+
+class Backend(Protocol):
+    """Where replicas are switched on and off."""
+
+    async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class NoBackend:
+    """Kubernetes: KEDA reads the desired replicas from the admin API; nothing is switched here."""
+
+    async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class SimulatorBackend:
+    """The simulator's replica slots: ``POST /_sim/power``."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        body = {"on": on, "cold_start_s": cold_start_s, "capacity": kind}
+        async with self._session.post(url + "/_sim/power", json=body) as resp:
+            resp.raise_for_status()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+@dataclass
+class Pool:
+    """One pool as the autoscaler runs it: its slots and which are on (with their kind)."""
+
+    region: str
+    spec: PoolSpec
+    slots: dict[str, str]  # replica -> base URL, in regions.yaml's order
+    on: dict[str, Kind] = field(default_factory=dict)
+    spot_gone: dict[str, float] = field(default_factory=dict)  # slot -> until when its spot capacity is gone
+    memory: PoolMemory = field(default_factory=lambda: PoolMemory(0))
+    load: float | None = None  # smoothed
+    last: Decision | None = None
+
+    @property
+    def key(self) -> PoolKey:
+        return (self.region, self.spec.model)
+
+    def spot_available(self, now: float) -> int:
+        """Slots that can run spot now: on as spot already, or off with spot capacity not gone."""
+        return sum(
+            1
+            for s in self.slots
+            if self.on.get(s) == "spot" or (s not in self.on and self.spot_gone.get(s, 0.0) <= now)
+        )
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        *,
+        topology: Topology,
+        store: StateStore,
+        signals: Callable[[], Mapping[tuple[str, str], EngineSignals]],
+        backend: Backend,
+        registry: CollectorRegistry,
+        hold_down: Callable[[str, str, bool], Awaitable[None]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hold_down = hold_down  # the prober's: a drained slot is down in the store at once
+        self.topology = topology
+        self.policy = topology.autoscaling
+        self.store = store
+        self.signals = signals
+        self.backend = backend
+        self.clock = clock
+        served = topology.catalog
+        self.pools: dict[PoolKey, Pool] = {}
+        for region in topology.regions:
+            for spec in region.pools:
+                slots = {
+                    rep.name: rep.base_url
+                    for rep in region.replicas
+                    if served.serves(region.name, rep.name, spec.model)
+                }
+                pool = Pool(region.name, spec, dict(list(slots.items())[: spec.max_replicas]))
+                self.pools[pool.key] = pool
+        self._metrics(registry)
+        self._stop = asyncio.Event()
+
+    def _metrics(self, r: CollectorRegistry) -> None:
+        labels = ["region", "model"]
+        self.m_current = Gauge(
+            "meridian_pool_replicas",
+            "Replicas switched on, by capacity type",
+            [*labels, "capacity"],
+            registry=r,
+        )
+        self.m_desired = Gauge(
+            "meridian_pool_desired_replicas", "What the last decision asked for", labels, registry=r
+        )
+        self.m_cost = Gauge(
+            "meridian_pool_cost_per_hour", "$ per hour of the replicas on", labels, registry=r
+        )
+        self.m_decisions = Counter(
+            "meridian_pool_scaling_decisions",
+            "Decisions that changed replicas, by why",
+            [*labels, "reason"],
+            registry=r,
+        )
+        self.m_ceiling = Gauge(
+            "meridian_pool_cost_ceiling_binding",
+            "1 while a cost ceiling holds the pool below its load's need",
+            labels,
+            registry=r,
+        )
+        self.m_panic = Gauge("meridian_pool_panic", "1 inside a panic window", labels, registry=r)
+
+    async def start(self) -> None:
+        """Take over the slots: the pool starts at its slots that are on (all of them at first) within its
+        bounds; every slot's switch set accordingly. The first decision's window remembers this count, so
+        a restart does not scale down at once."""
+        now = self.clock()
+        for pool in self.pools.values():
+            count = min(max(len(pool.slots), pool.spec.min_replicas), pool.spec.max_replicas)
+            pool.memory = PoolMemory(0, recommendations=((now, count),))
+            await self._apply(pool, *mix(pool.spec, count), now)
+            pool.memory = PoolMemory(count, recommendations=((now, count),))
+            await self._publish(pool, None, now)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def run(self) -> None:
+        await self.start()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.policy.interval_s)
+            if self._stop.is_set():
+                return
+            try:
+                await self.step()
+            except Exception:  # one bad round must not end the autoscaler
+                log.exception("autoscaler round failed")
+
+    async def step(self) -> dict[PoolKey, Decision]:
+        """One round: load, decisions, ceilings, actuation, records."""
+        now = self.clock()
+        self._sample()
+        routable = await self._routable()
+        extra = self._absorbed(routable)
+        decisions = {
+            k: decide(
+                p.spec, self.policy, p.memory, load=(p.load or 0.0) + extra.get(k, 0.0), held=0, now=now
+            )
+            for k, p in self.pools.items()
+        }
+        decisions = within_ceilings(
+            decisions,
+            {k: p.spec for k, p in self.pools.items()},
+            region_ceilings={r.name: r.cost_ceiling_hour for r in self.topology.regions},
+            global_ceiling=self.policy.cost_ceiling_hour,
+        )
+        for key, d in decisions.items():
+            pool = self.pools[key]
+            pool.memory = commit(d, self.policy, now)
+            pool.last = d
+            on_demand, spot = mix(pool.spec, d.desired, pool.spot_available(now))
+            await self._apply(pool, on_demand, spot, now)
+            await self._record(pool, d, now)
+        return decisions
+
+    def _sample(self) -> None:
+        """Each pool's load from the fresh signals of its slots that are on (EWMA)."""
+        signals, alpha = self.signals(), self.policy.smoothing
+        stale = self.clock() - 3 * self.policy.interval_s
+        for pool in self.pools.values():
+            got = [signals.get((pool.region, s)) for s in pool.on]
+            fresh = [g for g in got if g is not None and g.at >= stale]
+            if not fresh and pool.on:
+                continue  # nothing known: the last load stands
+            if pool.spec.target.metric == "concurrency":
+                now_load = sum(g.running + g.waiting for g in fresh)
+            else:
+                now_load = sum(g.kv_usage or 0.0 for g in fresh)
+            pool.load = now_load if pool.load is None else alpha * now_load + (1 - alpha) * pool.load
+
+    async def _routable(self) -> dict[str, bool]:
+        try:
+            _, regions, _ = await self.store.all()
+        except Exception:  # the store is out: nobody hands load over this round
+            return {}
+        return {name: st.routable for name, st in regions.items()}
+
+    def _absorbed(self, routable: Mapping[str, bool]) -> dict[PoolKey, float]:
+        """Per model, the load of pools in regions that are not routable, handed to the routable ones."""
+        out: dict[PoolKey, float] = {}
+        models = {p.spec.model for p in self.pools.values()}
+        for model in models:
+            pools = {p.region: p for p in self.pools.values() if p.spec.model == model}
+            loads = {r: p.load or 0.0 for r, p in pools.items()}
+            for region, more in absorbed(loads, {r: routable.get(r, True) for r in pools}).items():
+                out[(region, model)] = more
+            for region in pools:
+                if not routable.get(region, True):
+                    out[(region, model)] = 0.0  # its own traffic went elsewhere
+        return out
+
+    async def _apply(self, pool: Pool, on_demand: int, spot: int, now: float) -> None:
+        """Switch slots so that ``on_demand`` and ``spot`` of them are on: surplus of a kind off (newest
+        first), missing ones on from the slots that are off (spot only where spot capacity is not gone)."""
+        want: dict[Kind, int] = {"on_demand": on_demand, "spot": spot}
+        kinds: tuple[Kind, Kind] = ("spot", "on_demand")
+        for kind in kinds:
+            mine = [s for s, k in pool.on.items() if k == kind]
+            for slot in reversed(mine[want[kind] :]):
+                await self._switch(pool, slot, on=False, kind=kind)
+        for kind in reversed(kinds):
+            have = sum(1 for k in pool.on.values() if k == kind)
+            free = [
+                s
+                for s in pool.slots
+                if s not in pool.on and (kind == "on_demand" or pool.spot_gone.get(s, 0.0) <= now)
+            ]
+            for slot in free[: max(0, want[kind] - have)]:
+                await self._switch(pool, slot, on=True, kind=kind)
+
+    async def _switch(self, pool: Pool, slot: str, *, on: bool, kind: Kind) -> None:
+        """On: the machine starts, and the probes bring the slot up once it serves. Off: drained first —
+        down in the store, so edges send it nothing new — then its machine goes; what it runs finishes."""
+        try:
+            if not on:
+                await self.hold_down(pool.region, slot, True)
+                await asyncio.sleep(DRAIN_S)
+            await self.backend.switch(pool.slots[slot], on=on, kind=kind, cold_start_s=pool.spec.cold_start_s)
+            if on:
+                await self.hold_down(pool.region, slot, False)
+        except (aiohttp.ClientError, OSError, TimeoutError, StoreError) as exc:
+            log.warning("could not switch %s/%s %s: %s", pool.region, slot, "on" if on else "off", exc)
+            return
+        if on:
+            pool.on[slot] = kind
+        else:
+            pool.on.pop(slot, None)
+
+    async def interrupt(
+        self,
+        region: str,
+        replica: str,
+        *,
+        actor: str = "meridian-autoscaler",
+        reason: str = "",
+        now: float | None = None,
+    ) -> Pool:
+        """A spot interruption notice (or any notice to give a machine back): the slot is switched off at
+        once — it finishes what it runs, takes nothing new — and a replacement goes on now, on demand when
+        spot is short."""
+        now = self.clock() if now is None else now
+        pool = next((p for p in self.pools.values() if p.region == region and replica in p.slots), None)
+        if pool is None:
+            raise KeyError(replica)
+        kind = pool.on.get(replica, "spot")
+        await self._switch(pool, replica, on=False, kind=kind)
+        if kind == "spot":
+            pool.spot_gone[replica] = now + SPOT_GONE_S
+        on_demand, spot = mix(pool.spec, pool.memory.current, pool.spot_available(now))
+        await self._apply(pool, on_demand, spot, now)
+        await self.store.append_audit(
+            AuditEntry(
+                "meridian-autoscaler", f"interruption notice for {replica}", f"interrupt {kind} replica"
+            ),
+            region=f"pool:{region}/{pool.spec.model}",
+        )
+        await self._publish(pool, pool.last, now)
+        return pool
+
+    async def _record(self, pool: Pool, d: Decision, now: float) -> None:
+        labels = (pool.region, pool.spec.model)
+        self.m_desired.labels(*labels).set(d.desired)
+        self.m_ceiling.labels(*labels).set(1 if d.capped else 0)
+        self.m_panic.labels(*labels).set(1 if d.panic else 0)
+        if d.desired != d.previous:
+            why = (
+                "panic"
+                if d.panic
+                else "cost ceiling"
+                if d.capped
+                else "up"
+                if d.desired > d.previous
+                else "down"
+            )
+            self.m_decisions.labels(*labels, why).inc()
+            await self.store.append_audit(
+                AuditEntry("meridian-autoscaler", d.reason, f"scale {d.previous} -> {d.desired}"),
+                region=f"pool:{pool.region}/{pool.spec.model}",
+            )
+        await self._publish(pool, d, now)
+
+    def status(self, pool: Pool, now: float) -> dict[str, Any]:
+        on_demand = sum(1 for k in pool.on.values() if k == "on_demand")
+        spot = len(pool.on) - on_demand
+        d = pool.last
+        return {
+            "region": pool.region,
+            "model": pool.spec.model,
+            "current": len(pool.on),
+            "desired": d.desired if d is not None else pool.memory.current,
+            "min": pool.spec.min_replicas,
+            "max": pool.spec.max_replicas,
+            "on_demand": on_demand,
+            "spot": spot,
+            "cost_per_hour": round(pool.spec.cost_hour(on_demand, spot), 4),
+            "load": None if pool.load is None else round(pool.load, 2),
+            "target": pool.spec.target.model_dump(),
+            "reason": d.reason if d is not None else "starting",
+            "panic": bool(d and d.panic),
+            "cost_capped": bool(d and d.capped),
+            "replicas": dict(pool.on),
+            "at": now,
+        }
+
+    async def _publish(self, pool: Pool, d: Decision | None, now: float) -> None:
+        status = self.status(pool, now)
+        for kind in ("on_demand", "spot"):
+            self.m_current.labels(pool.region, pool.spec.model, kind).set(status[kind])
+        self.m_cost.labels(pool.region, pool.spec.model).set(status["cost_per_hour"])
+        try:
+            await self.store.redis.hset(KEY_POOLS, f"{pool.region}/{pool.spec.model}", json.dumps(status))
+        except Exception as exc:  # the store is out: the next round writes again
+            log.debug("pool status not written: %s", exc)

@@ -1,0 +1,68 @@
+"""The admin API's autoscaled pools (Litestar handlers): every pool's replicas, desired count, capacity mix,
+cost and last decision (viewers read; KEDA's metrics-api trigger reads one pool's ``desired``), and
+interruption notices (operators, or a node agent with an operator token)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException, ValidationException
+
+from controlplane.auth import User, operator_guard
+from controlplane.autoscaler import KEY_POOLS, Autoscaler
+from controlplane.schemas import AUTHENTICATED, ONE_POOL, WRITE_TENANT, Interruption, PoolList, PoolStatus
+from controlplane.store import StateStore, raise_unavailable
+
+
+async def _statuses(state: State) -> dict[str, PoolStatus]:
+    store: StateStore = state.store
+    async with raise_unavailable():
+        raw: Any = await store.redis.hgetall(KEY_POOLS)
+    out = {}
+    for k, v in raw.items():
+        try:
+            out[k.decode() if isinstance(k, bytes) else k] = PoolStatus.model_validate(json.loads(v))
+        except ValueError:
+            continue
+    return out
+
+
+class PoolController(Controller):
+    path = "/v1/pools"
+    tags = ["pools"]
+
+    @get("/", summary="Every autoscaled pool", responses=AUTHENTICATED)
+    async def list_pools(self, state: State) -> PoolList:
+        return PoolList(pools=[v for _, v in sorted((await _statuses(state)).items())])
+
+    @get("/{region:str}/{model:str}", summary="One pool (KEDA reads `desired`)", responses=ONE_POOL)
+    async def get_pool(self, region: str, model: str, state: State) -> PoolStatus:
+        found = (await _statuses(state)).get(f"{region}/{model}")
+        if found is None:
+            raise NotFoundException(f"no pool of {model!r} in {region!r}")
+        return found
+
+    @post(
+        "/{region:str}/{model:str}/interruptions",
+        guards=[operator_guard],
+        status_code=202,
+        summary="A replica's machine goes away (spot notice): drain it now and replace it",
+        responses={**ONE_POOL, 403: WRITE_TENANT[403], 422: WRITE_TENANT[422]},
+    )
+    async def interrupt(
+        self, region: str, model: str, data: Interruption, request: Request[User, str, State], state: State
+    ) -> PoolStatus:
+        autoscaler: Autoscaler | None = state.get("autoscaler")
+        pool = None if autoscaler is None else autoscaler.pools.get((region, model))
+        if autoscaler is None or pool is None:
+            raise NotFoundException(f"no autoscaled pool of {model!r} in {region!r}")
+        if data.replica not in pool.slots:
+            raise ValidationException(
+                f"replica {data.replica!r} is not a slot of this pool ({', '.join(pool.slots)})",
+                extra=[{"key": "replica", "source": "body"}],
+            )
+        await autoscaler.interrupt(region, data.replica, actor=request.user.name, reason=data.reason)
+        return PoolStatus.model_validate(autoscaler.status(pool, autoscaler.clock()))

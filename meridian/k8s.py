@@ -1,0 +1,155 @@
+"""``meridian k8s``: Kubernetes manifests for regions.yaml's pools (no I/O but the output). Per pool, a KEDA
+``ScaledObject`` whose metrics-api trigger reads the pool's desired replicas from the control plane
+(``GET /v1/pools/{region}/{model}``, field ``desired``; target value 1, so the HPA runs exactly that many),
+with the pool's bounds and HPA behaviour; per region, the ``TriggerAuthentication`` carrying the admin token
+KEDA reads with (a viewer's, from a Secret); and per pool the patch of its vLLM Deployment (replicas left to
+the HPA, a preStop drain and a readiness probe, the capacity-type node selector of its on-demand baseline)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from fleet.pools import Autoscaling, PoolSpec
+from fleet.state import Region, Topology
+
+
+def slug(text: str) -> str:
+    """A Kubernetes name: lowercase alphanumerics and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def deployment_name(model: str) -> str:
+    return f"vllm-{slug(model)}"
+
+
+def scaled_object(
+    region: Region, pool: PoolSpec, policy: Autoscaling, *, controlplane_url: str, namespace: str
+) -> dict[str, Any]:
+    url = f"{controlplane_url.rstrip('/')}/v1/pools/{region.name}/{quote(pool.model, safe='')}"
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {
+            "name": f"{deployment_name(pool.model)}-{region.name}",
+            "namespace": namespace,
+            "labels": {"meridian.dev/region": region.name, "meridian.dev/model": slug(pool.model)},
+        },
+        "spec": {
+            "scaleTargetRef": {"name": deployment_name(pool.model)},
+            "minReplicaCount": pool.min_replicas,
+            "maxReplicaCount": pool.max_replicas,
+            "pollingInterval": max(1, round(policy.interval_s)),
+            "cooldownPeriod": max(1, round(policy.scale_down_stabilization_s)),
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(policy)}},
+            "triggers": [
+                {
+                    "type": "metrics-api",
+                    "metricType": "AverageValue",
+                    "metadata": {
+                        "url": url,
+                        "format": "json",
+                        "valueLocation": "desired",
+                        "targetValue": "1",
+                        "activationTargetValue": "0",
+                        "authMode": "bearer",
+                    },
+                    "authenticationRef": {"name": "meridian-controlplane"},
+                }
+            ],
+        },
+    }
+
+
+def behavior(policy: Autoscaling) -> dict[str, Any]:
+    """HPA v2 behaviour from regions.yaml's autoscaling block (the control plane's own decisions use the
+    same numbers; the HPA's keep a Kubernetes-side guard on them)."""
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": round(policy.scale_up_stabilization_s),
+            "selectPolicy": "Max",
+            "policies": [
+                {
+                    "type": "Percent",
+                    "value": round(policy.scale_up_percent),
+                    "periodSeconds": round(policy.scale_up_period_s),
+                },
+                {
+                    "type": "Pods",
+                    "value": policy.scale_up_replicas,
+                    "periodSeconds": round(policy.scale_up_period_s),
+                },
+            ],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": round(policy.scale_down_stabilization_s),
+            "selectPolicy": "Min",
+            "policies": [
+                {
+                    "type": "Percent",
+                    "value": round(policy.scale_down_percent),
+                    "periodSeconds": round(policy.scale_down_period_s),
+                }
+            ],
+        },
+    }
+
+
+def trigger_auth(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": "meridian-controlplane", "namespace": namespace},
+        "spec": {"secretTargetRef": [{"parameter": "token", "name": "meridian-keda", "key": "viewer-token"}]},
+    }
+
+
+def deployment_patch(region: Region, pool: PoolSpec, namespace: str) -> dict[str, Any]:
+    """The strategic-merge patch for the pool's vLLM Deployment: the HPA owns ``replicas`` (so the patch
+    leaves it out), a replica drains before it stops (a spot notice gives two minutes), readiness is vLLM's
+    /health."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment_name(pool.model), "namespace": namespace},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"meridian.dev/model": slug(pool.model)}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 120,
+                    "containers": [
+                        {
+                            "name": "vllm",
+                            "args": ["--model", pool.model],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/health", "port": 8000},
+                                "periodSeconds": 5,
+                            },
+                            "lifecycle": {"preStop": {"exec": {"command": ["sleep", "30"]}}},
+                        }
+                    ],
+                },
+            }
+        },
+    }
+
+
+def render(
+    topology: Topology, *, controlplane_url: str, namespace: str = "meridian"
+) -> dict[str, list[dict[str, Any]]]:
+    """Region -> its manifests (a region is one cluster)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for region in topology.regions:
+        if not region.pools:
+            continue
+        docs: list[dict[str, Any]] = [trigger_auth(namespace)]
+        for pool in region.pools:
+            docs.append(
+                scaled_object(
+                    region, pool, topology.autoscaling, controlplane_url=controlplane_url, namespace=namespace
+                )
+            )
+            docs.append(deployment_patch(region, pool, namespace))
+        out[region.name] = docs
+    return out

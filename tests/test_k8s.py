@@ -1,0 +1,76 @@
+"""``meridian k8s``: the rendered KEDA ScaledObjects and Deployment patches match regions.yaml's pools (their
+structure and every value that comes from the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from fleet.topology import load_topology
+from meridian import cli
+from meridian.k8s import render
+
+ROOT = Path(__file__).resolve().parent.parent
+CP = "http://meridian-controlplane.meridian.svc:8700"
+
+
+def test_every_pool_gets_a_scaled_object_reading_its_desired_replicas() -> None:
+    topo = load_topology(ROOT / "regions.yaml")
+    pools = {(r.name, p.model): p for r in topo.regions for p in r.pools}
+    assert pools, "regions.yaml declares pools"
+    manifests = render(topo, controlplane_url=CP)
+    seen = set()
+    for region, docs in manifests.items():
+        kinds = [d["kind"] for d in docs]
+        assert kinds[0] == "TriggerAuthentication" and kinds.count("ScaledObject") == kinds.count(
+            "Deployment"
+        )
+        auth = docs[0]["spec"]["secretTargetRef"][0]
+        assert auth["parameter"] == "token" and auth["key"] == "viewer-token"
+        for so in (d for d in docs if d["kind"] == "ScaledObject"):
+            spec = so["spec"]
+            trigger = spec["triggers"][0]
+            model = so["metadata"]["labels"]["meridian.dev/model"]
+            pool = next(p for (r, m), p in pools.items() if r == region and m.replace(".", "-") == model)
+            seen.add((region, pool.model))
+            assert (
+                spec["minReplicaCount"] == pool.min_replicas and spec["maxReplicaCount"] == pool.max_replicas
+            )
+            assert trigger["type"] == "metrics-api" and trigger["metricType"] == "AverageValue"
+            meta = trigger["metadata"]
+            assert (
+                meta["url"] == f"{CP}/v1/pools/{region}/{pool.model}" and meta["valueLocation"] == "desired"
+            )
+            assert meta["targetValue"] == "1" and meta["authMode"] == "bearer"
+            assert trigger["authenticationRef"]["name"] == docs[0]["metadata"]["name"]
+            assert spec["scaleTargetRef"]["name"] == f"vllm-{model}"
+            behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+            policy = topo.autoscaling
+            assert behavior["scaleDown"]["stabilizationWindowSeconds"] == policy.scale_down_stabilization_s
+            assert behavior["scaleUp"]["policies"] == [
+                {
+                    "type": "Percent",
+                    "value": policy.scale_up_percent,
+                    "periodSeconds": policy.scale_up_period_s,
+                },
+                {
+                    "type": "Pods",
+                    "value": policy.scale_up_replicas,
+                    "periodSeconds": policy.scale_up_period_s,
+                },
+            ]
+            assert spec["pollingInterval"] == policy.interval_s
+        for patch in (d for d in docs if d["kind"] == "Deployment"):
+            assert "replicas" not in patch["spec"]  # the HPA owns it
+            container = patch["spec"]["template"]["spec"]["containers"][0]
+            assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert seen == set(pools)
+
+
+def test_the_command_writes_one_file_per_region(tmp_path: Path) -> None:
+    assert cli.main(["k8s", "--config", str(ROOT / "regions.yaml"), "--out", str(tmp_path)]) == 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files and all(f.endswith(".yaml") for f in files)
+    docs = list(yaml.safe_load_all((tmp_path / files[0]).read_text()))
+    assert {d["kind"] for d in docs} == {"TriggerAuthentication", "ScaledObject", "Deployment"}
