@@ -147,9 +147,10 @@ class Prober:
         """The autoscaler drains a replica (down: written at once, so edges stop sending it new requests
         before its machine goes) or gives it back to the probes (which bring it up after ``probe_rise``)."""
         key = (region, replica)
-        if not down:  # back to the probes, from down: it is up only after ``probe_rise`` good ones
-            self.tracks[key] = Track(health="down")
-            self.held_down.discard(key)
+        if not down:
+            if key in self.held_down:  # back to the probes, from down: up only after ``probe_rise`` good ones
+                self.tracks[key] = Track(health="down")
+                self.held_down.discard(key)
             return
         self.held_down.add(key)
 

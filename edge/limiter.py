@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from multidict import istr
 from redis.exceptions import RedisError
 
 from edge.limits import LEASE_SCRIPT, SLOTS_SCRIPT, SLOTS_TTL_S, TOLERANCE_S, Bucket, Slots
@@ -28,6 +29,12 @@ log = logging.getLogger("meridian.limits")
 OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
 DIMENSIONS = (("requests", "rpm"), ("tokens", "tpm"))
 HEADERS_TTL_S = 0.1  # an admitted answer's rate-limit headers are at most this old
+# OpenAI's rate-limit header names, as multidict's case-insensitive strings made once (a plain str is
+# case-folded again by every response that carries it)
+HEADER_NAMES = {
+    name: tuple(istr(f"x-ratelimit-{kind}-{name}") for kind in ("limit", "remaining", "reset"))
+    for name, _ in (("requests", "rpm"), ("tokens", "tpm"))
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +203,10 @@ class Limiter:
             backlog_s, at = self.backlog.get((tenant.id, name), (0.0, now))
             backlog = max(0.0, backlog_s - (now - at))  # the queue of spent permits drains at the rate
             remaining = max(0, limit - math.ceil(backlog * limit / 60.0))
-            out[f"x-ratelimit-limit-{name}"] = str(limit)
-            out[f"x-ratelimit-remaining-{name}"] = str(remaining)
-            out[f"x-ratelimit-reset-{name}"] = _duration(backlog)
+            limit_h, remaining_h, reset_h = HEADER_NAMES[name]
+            out[limit_h] = str(limit)
+            out[remaining_h] = str(remaining)
+            out[reset_h] = _duration(backlog)
         return out
 
     def _bucket(self, tenant: str, name: str, limit: int) -> Bucket:

@@ -17,7 +17,15 @@ from edge.observed import Observed
 from edge.usage import Ledger
 from fleet.redisconn import raise_if_cancelling
 from fleet.state import KEY_OBSERVATIONS
-from fleet.usage import COUNTERS, RETENTION_S, usage_field, usage_key
+from fleet.usage import (
+    COUNTERS,
+    RETENTION_S,
+    TRAFFIC_RETENTION_S,
+    UsageRow,
+    traffic_key,
+    usage_field,
+    usage_key,
+)
 
 log = logging.getLogger("meridian.reporter")
 
@@ -79,8 +87,8 @@ class UsageWriter:
         if ledger.dropped:
             self.dropped.inc(ledger.dropped)
             ledger.dropped = 0
-        batch = ledger.drain()
-        if not batch:
+        batch, traffic = ledger.drain(), ledger.drain_traffic()
+        if not batch and not traffic:
             return
         try:
             async with self.client.pipeline(transaction=True) as pipe:  # all of the batch or none of it
@@ -94,11 +102,22 @@ class UsageWriter:
                             pipe.hincrby(key, usage_field(region, counter, model), n)
                 for key in keys:
                     pipe.expire(key, RETENTION_S)
+                minutes = set()
+                for (model, region, minute), row in traffic.items():
+                    key = traffic_key(region, minute)
+                    minutes.add(key)
+                    for counter in COUNTERS:
+                        if n := getattr(row, counter):
+                            pipe.hincrby(key, f"{counter}|{model}", n)
+                for key in minutes:
+                    pipe.expire(key, TRAFFIC_RETENTION_S)
                 await pipe.execute()
             self.written += len(batch)
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             ledger.restore(batch)  # sent again with the next batch: usage is for bills, not best effort
+            for at, row in traffic.items():
+                ledger.traffic.setdefault(at, UsageRow()).merge(row)
             log.debug("usage batch kept for the next try: %s", exc)
 
     async def run(self) -> None:

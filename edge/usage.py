@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import msgspec
 
-from fleet.usage import UsageRow, hour_of
+from fleet.usage import UsageRow, hour_of, minute_of
 
 MAX_ROWS = 200_000  # rows held while the store is unreachable; past it new keys are counted as dropped
 
@@ -71,6 +71,7 @@ class Ledger:
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str, str, int], UsageRow] = {}
+        self.traffic: dict[tuple[str, str, int], UsageRow] = {}  # (model, region, minute): every tenant
         self.dropped = 0
 
     def add(
@@ -91,14 +92,26 @@ class Ledger:
                 self.dropped += 1
                 return
             row = self.rows[key] = UsageRow()
-        row.requests += 1
-        row.prompt_tokens += prompt
-        row.completion_tokens += completion
-        row.errors += error
+        for r in (row, self._traffic(model, region, unix_s)):
+            r.requests += 1
+            r.prompt_tokens += prompt
+            r.completion_tokens += completion
+            r.errors += error
+
+    def _traffic(self, model: str, region: str, unix_s: float) -> UsageRow:
+        key = (model, region, minute_of(unix_s))
+        row = self.traffic.get(key)
+        if row is None:
+            row = self.traffic[key] = UsageRow()
+        return row
 
     def drain(self) -> dict[tuple[str, str, str, int], UsageRow]:
         rows, self.rows = self.rows, {}
         return rows
+
+    def drain_traffic(self) -> dict[tuple[str, str, int], UsageRow]:
+        traffic, self.traffic = self.traffic, {}
+        return traffic
 
     def restore(self, batch: dict[tuple[str, str, str, int], UsageRow]) -> None:
         """A batch the store did not take goes back in, merged with what came since."""

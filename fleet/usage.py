@@ -1,5 +1,7 @@
 """Usage records as the store holds them (pure, no I/O): per tenant, model, region and hour, the requests
-an edge admitted, their prompt and completion tokens and how many failed. Edges add their batches with
+an edge admitted, their prompt and completion tokens and how many failed; and the same per region, model
+and minute for all tenants together (``meridian:traffic:<region>:<minute>``, kept 35 days), the history
+capacity planning reads. Edges add their batches with
 HINCRBY into one hash per tenant and hour (``meridian:usage:<tenant>:<hour>``, field
 ``<region>|<counter>|<model>``: the model last, as its name may hold anything); the control plane reads
 the hours asked for. Hours are unix hours (seconds since the epoch // 3600)."""
@@ -12,6 +14,8 @@ from dataclasses import asdict, dataclass
 from fleet.state import KEY_PREFIX
 
 KEY_USAGE = f"{KEY_PREFIX}:usage"
+KEY_TRAFFIC = f"{KEY_PREFIX}:traffic"  # per region and minute, all tenants: what capacity planning reads
+TRAFFIC_RETENTION_S = 35 * 86_400
 COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors")
 RETENTION_S = 400 * 86_400  # each hour's hash expires this long after its last write (13 months of bills)
 
@@ -43,6 +47,20 @@ def usage_key(tenant: str, hour: int) -> str:
 
 def usage_field(region: str, counter: str, model: str) -> str:
     return f"{region}|{counter}|{model}"
+
+
+def minute_of(unix_s: float) -> int:
+    return int(unix_s // 60)
+
+
+def traffic_key(region: str, minute: int) -> str:
+    return f"{KEY_TRAFFIC}:{region}:{minute}"
+
+
+def decode_minute(raw: Mapping[str | bytes, str | bytes]) -> dict[str, UsageRow]:
+    """One region's minute of traffic: model -> its counters (fields ``<counter>|<model>``)."""
+    rows = decode_hour({f"-|{k.decode() if isinstance(k, bytes) else k}": v for k, v in raw.items()})
+    return {model: row for (model, _), row in rows.items()}
 
 
 def decode_hour(raw: Mapping[str | bytes, str | bytes]) -> dict[tuple[str, str], UsageRow]:

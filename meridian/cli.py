@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -277,6 +278,31 @@ def run_k8s(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_capacity(args: argparse.Namespace) -> int:
+    """The capacity and cost report from a traffic history (CSV) and regions.yaml's pools."""
+    from fleet.redisconn import redact
+    from fleet.topology import TopologyError, load_topology
+    from meridian.capacity import Assumptions, plan, pools_of, read_csv, read_store, report
+
+    try:
+        topo = load_topology(Path(args.config))
+        if args.redis:
+            samples = read_store(args.redis, topo.names, days=args.days, now=time.time())
+            args.history = f"the traffic recorded in {redact(args.redis)} (last {args.days:g} days)"
+        else:
+            samples = read_csv(Path(args.history))
+    except (TopologyError, ValueError, OSError) as exc:
+        raise SystemExit(f"meridian capacity: {exc}") from None
+    a = Assumptions(target_utilization=args.target_utilization, reserved_discount=args.reserved_discount)
+    plans = plan(samples, pools_of(topo), a)
+    if not plans:
+        raise SystemExit(f"meridian capacity: no pool of {args.config} has traffic in {args.history}")
+    path = report(plans, a, Path(args.out), source=args.history)
+    print(path.read_text())
+    print(f"report: {path} (plots beside it)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meridian", description="Meridian: multi-region routing for LLM APIs")
     sub = p.add_subparsers(dest="command", required=True)
@@ -307,6 +333,22 @@ def build_parser() -> argparse.ArgumentParser:
     k8s.add_argument("--namespace", default="meridian")
     k8s.add_argument("--out", default=None, help="write <region>.yaml files here instead of printing")
     k8s.set_defaults(func=run_k8s)
+
+    cap = sub.add_parser(
+        "capacity", help="capacity and cost plan (Markdown + PNG plots) from a traffic history"
+    )
+    cap.add_argument("--history", default="examples/traffic_history.csv", help="CSV: minute,region,model,...")
+    cap.add_argument(
+        "--config", default="regions.yaml", help="topology file with the pools (default: regions.yaml)"
+    )
+    cap.add_argument(
+        "--redis", default=None, help="read the traffic the edges recorded in this Redis instead"
+    )
+    cap.add_argument("--days", type=float, default=7.0, help="with --redis: how far back (at most 35)")
+    cap.add_argument("--out", default="capacity-report", help="directory for capacity.md and the PNGs")
+    cap.add_argument("--target-utilization", type=float, default=0.7, help="of each replica's target")
+    cap.add_argument("--reserved-discount", type=float, default=0.4, help="a reservation's discount")
+    cap.set_defaults(func=run_capacity)
 
     cp = sub.add_parser("controlplane", help="run the admin API + health prober (settings from MERIDIAN_*)")
     cp.set_defaults(func=run_controlplane)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 
 from meridian import cli
+from meridian.capacity import read_store
 from tests.conftest import ServerFactory
 from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
@@ -106,6 +108,13 @@ async def test_usage_is_ledgered_per_tenant_model_region_and_hour_and_reported(
         f'meridian_edge_tenant_tokens_total{{kind="completion",tenant="{tenant}"}} {eu_completion}.0' in text
     )
     assert f'meridian_edge_tenant_requests_total{{outcome="ok",tenant="{tenant}"}} 4.0' in text
+
+    # the same traffic per region and minute, all tenants together: the history capacity planning reads
+    samples = await asyncio.to_thread(
+        read_store, fleet.primary.url, fleet.topology.names, days=0.02, now=time.time()
+    )
+    assert sum(x.requests for x in samples) == 6 and sum(x.completion_tokens for x in samples) == completion
+    assert {x.region for x in samples} == {"us-east-1", "eu-west-1"}
 
     monkeypatch.setenv("MERIDIAN_ADMIN_URL", fleet.admin_url)
     monkeypatch.setenv("MERIDIAN_TOKEN", fleet.viewer_token)  # reading usage needs no more than a viewer
