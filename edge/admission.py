@@ -112,7 +112,7 @@ class Admission:
         if limiter is None:
             return admitted
         if limits.rpm is not None or limits.tpm is not None:
-            verdict = await limiter.admit(tenant, admitted.cost)
+            verdict = limiter.admit_held(tenant, admitted.cost) or await limiter.admit(tenant, admitted.cost)
             if not verdict.admitted:
                 return self.rate_limited(tenant, verdict)
             admitted.headers = verdict.headers

@@ -82,6 +82,29 @@ class Limiter:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}  # leases being asked for
 
+    def admit_held(self, tenant: Tenant, tokens: int) -> Verdict | None:
+        """The common case, without a suspension: every limited dimension holds leased permits for this
+        request, which are spent (None: one does not, nothing is spent — ``admit`` leases or refuses)."""
+        now = self.clock()
+        if now < self.outage_until:
+            return None
+        taken: list[tuple[str, Bucket, float]] = []
+        for name, field in DIMENSIONS:
+            limit = getattr(tenant.limits, field)
+            if limit is None:
+                continue
+            bucket = self._bucket(tenant.id, name, limit)
+            cost = 1 if name == "requests" else tokens
+            if not bucket.take(cost, now):
+                for _, b, c in taken:
+                    b.refund(c)
+                return None
+            taken.append((name, bucket, cost))
+        for name, bucket, _ in taken:
+            if bucket.needs_lease(now):
+                self._lease_ahead(tenant.id, name, bucket)
+        return self._admitted(tenant)
+
     async def admit(self, tenant: Tenant, tokens: int) -> Verdict:
         """Spend one request and ``tokens`` of the tenant's limits, or say which ran out and for how long."""
         spent: list[tuple[Bucket, float]] = []
