@@ -82,40 +82,39 @@ class Limiter:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}  # leases being asked for
 
+    def _charges(self, tenant: Tenant, tokens: int) -> list[tuple[str, Bucket, float]]:
+        """What one request costs in each of the tenant's limited dimensions, and the bucket it comes from."""
+        out: list[tuple[str, Bucket, float]] = []
+        for name, field in DIMENSIONS:
+            limit = getattr(tenant.limits, field)
+            if limit is not None:
+                out.append((name, self._bucket(tenant.id, name, limit), 1 if name == "requests" else tokens))
+        return out
+
     def admit_held(self, tenant: Tenant, tokens: int) -> Verdict | None:
         """The common case, without a suspension: every limited dimension holds leased permits for this
         request, which are spent (None: one does not, nothing is spent — ``admit`` leases or refuses)."""
         now = self.clock()
         if now < self.outage_until:
             return None
-        taken: list[tuple[str, Bucket, float]] = []
-        for name, field in DIMENSIONS:
-            limit = getattr(tenant.limits, field)
-            if limit is None:
-                continue
-            bucket = self._bucket(tenant.id, name, limit)
-            cost = 1 if name == "requests" else tokens
+        charges = self._charges(tenant, tokens)
+        for i, (_, bucket, cost) in enumerate(charges):
             if not bucket.take(cost, now):
-                for _, b, c in taken:
+                for _, b, c in charges[:i]:
                     b.refund(c)
                 return None
-            taken.append((name, bucket, cost))
-        for name, bucket, _ in taken:
+        for name, bucket, _ in charges:
             if bucket.needs_lease(now):
                 self._lease_ahead(tenant.id, name, bucket)
         return self._admitted(tenant)
 
     async def admit(self, tenant: Tenant, tokens: int) -> Verdict:
-        """Spend one request and ``tokens`` of the tenant's limits, or say which ran out and for how long."""
+        """Spend one request and ``tokens`` of the tenant's limits, leasing on the request path where
+        nothing is held, or say which ran out and for how long."""
         spent: list[tuple[Bucket, float]] = []
-        for name, field in DIMENSIONS:
-            limit = getattr(tenant.limits, field)
-            if limit is None:
-                continue
-            bucket = self._bucket(tenant.id, name, limit)
-            cost = 1 if name == "requests" else tokens
+        for name, bucket, cost in self._charges(tenant, tokens):
             now = self.clock()
-            if now >= self.outage_until and bucket.take(cost, now):  # the common case: a lease is held
+            if now >= self.outage_until and bucket.take(cost, now):  # a lease is held
                 if bucket.needs_lease(now):
                     self._lease_ahead(tenant.id, name, bucket)
             elif not await self._spend(tenant.id, name, bucket, cost):

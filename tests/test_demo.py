@@ -143,6 +143,8 @@ def test_demo_on_another_base_port_stops_cleanly_on_sigterm() -> None:
 def test_demo_refuses_a_base_port_whose_ports_are_taken() -> None:
     base = free_block()
     with socket.socket() as taken:
+        # as the demo's servers bind: a port left in TIME_WAIT by an earlier test is still free to take
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", base + 10))
         taken.listen()
         res = run_demo_expecting_refusal(base)
