@@ -9,6 +9,7 @@ behind the copy (it answers "restoring" until ``check`` has put the copy back, a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -147,6 +148,7 @@ class StateStore:
         self.redis = client
         self.topology = topology
         self.copy: StateCopy | None = None  # None until the first full read
+        self._writing = asyncio.Lock()
         self.restores = 0
 
     async def seed(self, topology: Topology, *, now: float) -> list[str]:
@@ -222,7 +224,9 @@ class StateStore:
         audit: AuditEntry | None = None,
         create: bool = False,
     ) -> tuple[RegionState, RegionState]:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # every write bumps the one global version, so two writers of this process would always collide on
+        # WATCH: they take turns here (one connection, no retry storm); WATCH still guards against others
+        async with self._writing, self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     copy = self.copy
