@@ -35,6 +35,7 @@ OVERFLOW_MEMORY = 100_000  # overflowed affinity keys remembered (about 10 MB at
 
 Signals = Callable[[], Mapping[str, Mapping[str, tuple[EngineSignals, float]]]]
 
+LOAD_MEMO_S = 0.25  # a pool's load is recomputed at least this often (signals age out even unpolled)
 CELLS_PER_DEGREE = 4  # client places are memoised per 0.25° cell (about 28 km, under 0.5 ms of RTT)
 
 
@@ -136,6 +137,8 @@ class Planner:
         # (pin group, the model's regions) -> held primary
         self.leads: dict[tuple[tuple[str, ...] | None, frozenset[str] | None], Lead] = {}
         self._places: dict[tuple[int, int], ClientView] = {}
+        # (region, model) -> (the signals and route cache it was computed on, when, its pool load)
+        self._loads: dict[tuple[str, str | None], tuple[object, object, float, PoolLoad | None]] = {}
 
     def network(self) -> Network:
         """This edge's round trip to every region: measured where probed, else from distance."""
@@ -256,10 +259,19 @@ class Planner:
         return chosen
 
     def pool_load(self, region: str, model: str | None) -> PoolLoad | None:
-        """The engines of ``region``'s replicas a request for ``model`` may go to (None: no fresh signals)."""
-        if region not in self.signals():
+        """The engines of ``region``'s replicas a request for ``model`` may go to (None: no fresh signals).
+        Asked on every request through the gate: computed once per signals poll and route cache, not per
+        request (the replica choice builds its own candidates anyway)."""
+        signals = self.signals()
+        if region not in signals:
             return None
-        return pool_load(self.candidates(region, self.replicas(region, model)), self.tuning.pick)
+        now = self.clock()
+        hit = self._loads.get((region, model))
+        if hit is not None and hit[0] is signals and hit[1] is self.routes and now - hit[2] < LOAD_MEMO_S:
+            return hit[3]
+        load = pool_load(self.candidates(region, self.replicas(region, model)), self.tuning.pick)
+        self._loads[(region, model)] = (signals, self.routes, now, load)
+        return load
 
     def _remember(self, region: str, key: int, replica: str | None) -> None:
         """Where an overflowed key went (its conversation's newest prefix is cached there); bounded LRU."""
