@@ -5,7 +5,8 @@ replica slots on and off, spot or on demand, with their cold start) or none (Kub
 desired replicas from the admin API and the HPA acts). Decisions go to the store's pools hash (what
 ``GET /v1/pools`` answers), to the audit log when a pool's replica count changes, and to Prometheus.
 
-A pool's replicas are the region's replica slots serving its model, in regions.yaml's order; a slot the
+A pool's replicas are the region's replica slots serving its model, in regions.yaml's order (at most
+``max_replicas`` of them on); a slot the
 backend switched off is down to the prober, so edges route around it (and a slot switched on ramps up
 through the edges' slow start). A spot interruption switches its slot off at once (what it runs finishes,
 nothing new goes to it) and marks the slot's spot capacity gone for a while, so its replacement is on
@@ -30,6 +31,7 @@ from controlplane.store import AuditEntry, StateStore, StoreError
 from fleet.pools import PoolSpec
 from fleet.signals import EngineSignals
 from fleet.state import KEY_PREFIX, Topology
+from fleet.wake import wake_key, woken
 
 log = logging.getLogger("meridian.autoscaler")
 
@@ -44,6 +46,10 @@ class Backend(Protocol):
 
     async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None: ...
 
+    async def notice(self, url: str) -> str | None:
+        """The machine's interruption notice (when it goes), or None."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -52,6 +58,9 @@ class NoBackend:
 
     async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None:
         return None
+
+    async def notice(self, url: str) -> str | None:
+        return None  # a node agent calls POST /v1/pools/{region}/{model}/interruptions
 
     async def close(self) -> None:
         return None
@@ -63,12 +72,24 @@ class SimulatorBackend:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
-    async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None:
+    def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        return self._session
+
+    async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None:
         body = {"on": on, "cold_start_s": cold_start_s, "capacity": kind}
-        async with self._session.post(url + "/_sim/power", json=body) as resp:
+        async with self._client().post(url + "/_sim/power", json=body) as resp:
             resp.raise_for_status()
+
+    async def notice(self, url: str) -> str | None:
+        """``GET /_sim/notice``: the simulator's spot instance-action metadata (404: none)."""
+        async with self._client().get(url + "/_sim/notice") as resp:
+            if resp.status == 404:
+                return None
+            resp.raise_for_status()
+            body = await resp.json()
+        return f"{body['action']} at {body['time']}"
 
     async def close(self) -> None:
         if self._session is not None:
@@ -86,6 +107,7 @@ class Pool:
     spot_gone: dict[str, float] = field(default_factory=dict)  # slot -> until when its spot capacity is gone
     memory: PoolMemory = field(default_factory=lambda: PoolMemory(0))
     load: float | None = None  # smoothed
+    absorbed: float = 0.0  # load taken on for drained or down regions, in the last decision
     last: Decision | None = None
 
     @property
@@ -129,7 +151,7 @@ class Autoscaler:
                     for rep in region.replicas
                     if served.serves(region.name, rep.name, spec.model)
                 }
-                pool = Pool(region.name, spec, dict(list(slots.items())[: spec.max_replicas]))
+                pool = Pool(region.name, spec, slots)
                 self.pools[pool.key] = pool
         self._metrics(registry)
         self._stop = asyncio.Event()
@@ -171,6 +193,8 @@ class Autoscaler:
             count = min(max(len(pool.slots), pool.spec.min_replicas), pool.spec.max_replicas)
             pool.memory = PoolMemory(0, recommendations=((now, count),))
             await self._apply(pool, *mix(pool.spec, count), now)
+            for slot in [s for s in pool.slots if s not in pool.on]:  # beyond max_replicas: off
+                await self._switch(pool, slot, on=False, kind="on_demand")
             pool.memory = PoolMemory(count, recommendations=((now, count),))
             await self._publish(pool, None, now)
 
@@ -195,15 +219,23 @@ class Autoscaler:
     async def step(self) -> dict[PoolKey, Decision]:
         """One round: load, decisions, ceilings, actuation, records."""
         now = self.clock()
-        self._sample()
+        await self._notices(now)
         routable = await self._routable()
+        self._sample(routable)
         extra = self._absorbed(routable)
-        decisions = {
-            k: decide(
-                p.spec, self.policy, p.memory, load=(p.load or 0.0) + extra.get(k, 0.0), held=0, now=now
+        held = await self._held()
+        decisions = {}
+        for k, p in self.pools.items():
+            p.absorbed = extra.get(k, 0.0)
+            decisions[k] = decide(
+                p.spec,
+                self.policy,
+                p.memory,
+                load=p.load or 0.0,
+                absorbed=p.absorbed,
+                held=held.get(k, 0),
+                now=now,
             )
-            for k, p in self.pools.items()
-        }
         decisions = within_ceilings(
             decisions,
             {k: p.spec for k, p in self.pools.items()},
@@ -219,11 +251,33 @@ class Autoscaler:
             await self._record(pool, d, now)
         return decisions
 
-    def _sample(self) -> None:
-        """Each pool's load from the fresh signals of its slots that are on (EWMA)."""
+    async def _notices(self, now: float) -> None:
+        """Poll every spot machine that is on for an interruption notice (the cloud's two-minute warning)
+        and act on each at once: drain, replace."""
+        spot = [(p, slot) for p in self.pools.values() for slot, kind in p.on.items() if kind == "spot"]
+
+        async def ask(pool: Pool, slot: str) -> str | None:
+            try:
+                return await self.backend.notice(pool.slots[slot])
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+                log.debug("no notice read from %s/%s: %s", pool.region, slot, exc)
+                return None
+
+        notices = await asyncio.gather(*(ask(p, s) for p, s in spot))
+        for (pool, slot), notice in zip(spot, notices, strict=True):
+            if notice is not None and pool.on.get(slot) == "spot":
+                await self.interrupt(pool.region, slot, reason=f"spot notice: {notice}", now=now)
+
+    def _sample(self, routable: Mapping[str, bool]) -> None:
+        """Each pool's load from the fresh signals of its slots that are on (EWMA). A region that is drained
+        or down has handed its traffic to the others: its load only decays (what they absorb of it fades as
+        their own signals take it over)."""
         signals, alpha = self.signals(), self.policy.smoothing
         stale = self.clock() - 3 * self.policy.interval_s
         for pool in self.pools.values():
+            if not routable.get(pool.region, True):
+                pool.load = None if pool.load is None else (1 - alpha) * pool.load
+                continue
             got = [signals.get((pool.region, s)) for s in pool.on]
             fresh = [g for g in got if g is not None and g.at >= stale]
             if not fresh and pool.on:
@@ -250,10 +304,23 @@ class Autoscaler:
             loads = {r: p.load or 0.0 for r, p in pools.items()}
             for region, more in absorbed(loads, {r: routable.get(r, True) for r in pools}).items():
                 out[(region, model)] = more
-            for region in pools:
-                if not routable.get(region, True):
-                    out[(region, model)] = 0.0  # its own traffic went elsewhere
         return out
+
+    async def _held(self) -> dict[PoolKey, int]:
+        """Requests the edges hold for each pool that may scale to zero (their wake marks)."""
+        asleep = [p for p in self.pools.values() if p.spec.scale_to_zero]
+        if not asleep:
+            return {}
+        try:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for p in asleep:
+                    pipe.hgetall(wake_key(p.region, p.spec.model))
+                marks = await pipe.execute()
+        except Exception as exc:  # the store is out: nothing is known to wait
+            log.debug("wake marks not read: %s", exc)
+            return {}
+        now = time.time()
+        return {p.key: woken(m, now) for p, m in zip(asleep, marks, strict=True)}
 
     async def _apply(self, pool: Pool, on_demand: int, spot: int, now: float) -> None:
         """Switch slots so that ``on_demand`` and ``spot`` of them are on: surplus of a kind off (newest
@@ -315,9 +382,7 @@ class Autoscaler:
         on_demand, spot = mix(pool.spec, pool.memory.current, pool.spot_available(now))
         await self._apply(pool, on_demand, spot, now)
         await self.store.append_audit(
-            AuditEntry(
-                "meridian-autoscaler", f"interruption notice for {replica}", f"interrupt {kind} replica"
-            ),
+            AuditEntry(actor, reason or f"interruption notice for {replica}", f"interrupt {kind} {replica}"),
             region=f"pool:{region}/{pool.spec.model}",
         )
         await self._publish(pool, pool.last, now)
@@ -360,6 +425,7 @@ class Autoscaler:
             "spot": spot,
             "cost_per_hour": round(pool.spec.cost_hour(on_demand, spot), 4),
             "load": None if pool.load is None else round(pool.load, 2),
+            "absorbed": round(pool.absorbed, 2),
             "target": pool.spec.target.model_dump(),
             "reason": d.reason if d is not None else "starting",
             "panic": bool(d and d.panic),

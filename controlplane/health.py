@@ -7,7 +7,7 @@ replicas' health.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,8 +70,11 @@ def passive_signal(*, requests: float, errors: float, min_requests: float = 3) -
     return "ok"
 
 
-def fold_region(replicas: Mapping[str, Health]) -> Health:
-    """A region is down with no serving replica, degraded with fewer than half up, else up."""
+def fold_region(replicas: Mapping[str, Health], off: Collection[str] = ()) -> Health:
+    """A region is down with no serving replica, degraded with fewer than half up, else up. Replicas
+    switched ``off`` or still starting (the autoscaler's) are not failures: they do not count."""
+    if off:
+        replicas = {name: h for name, h in replicas.items() if name not in off}
     if not replicas:
         return "down"
     values = list(replicas.values())

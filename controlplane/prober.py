@@ -44,6 +44,7 @@ class Prober:
         self.store = store
         self.tracks: dict[tuple[str, str], Track] = {}
         self.held_down: set[tuple[str, str]] = set()  # replicas the autoscaler drains or switched off
+        self.starting: set[tuple[str, str]] = set()  # switched on, not up yet
         self.rounds = 0
         self.scrapes = 0
         self.latest: dict[tuple[str, str], EngineSignals] = {}  # replica -> its last good scrape
@@ -120,6 +121,8 @@ class Prober:
                 fall=self.settings.probe_fall,
             )
             self.tracks[key] = track
+            if track.health == "up":
+                self.starting.discard(key)
             held = key in self.held_down
             per_region.setdefault(region.name, {})[replica.name] = "down" if held else track.health
             metrics = self.latest.get(key)
@@ -151,6 +154,7 @@ class Prober:
             if key in self.held_down:  # back to the probes, from down: up only after ``probe_rise`` good ones
                 self.tracks[key] = Track(health="down")
                 self.held_down.discard(key)
+                self.starting.add(key)  # not a failure while it starts: the region's health leaves it out
             return
         self.held_down.add(key)
 
@@ -158,9 +162,14 @@ class Prober:
             if s.replicas.get(replica) == "down":
                 return None
             replicas = {**s.replicas, replica: "down"}
-            return s.model_copy(update={"replicas": replicas, "health": worse(fold_region(replicas), None)})
+            health = worse(fold_region(replicas, self._off(region)), None)
+            return s.model_copy(update={"replicas": replicas, "health": health})
 
         await self.store.update(region, mutate)
+
+    def _off(self, region: str) -> set[str]:
+        """``region``'s replicas the autoscaler drained, switched off or is starting."""
+        return {replica for r, replica in self.held_down | self.starting if r == region}
 
     def _ttft_delta(self, key: tuple[str, str], m: EngineSignals) -> tuple[float, float]:
         """The replica's TTFT seconds and first tokens since its last scrape (nothing on the first scrape or
@@ -178,7 +187,7 @@ class Prober:
 
         def mutate(s: RegionState) -> RegionState | None:
             # unified health: active probes per replica, folded, and the edges' passive view; the worse wins
-            health = worse(fold_region(replicas), passive)
+            health = worse(fold_region(replicas, self._off(name)), passive)
             util_moved = abs(s.utilization - utilization) >= threshold or (
                 utilization == 0.0 and s.utilization != 0.0
             )

@@ -57,16 +57,28 @@ def needed(spec: PoolSpec, load: float) -> int:
 
 
 def decide(
-    spec: PoolSpec, policy: Autoscaling, memory: PoolMemory, *, load: float, held: int, now: float
+    spec: PoolSpec,
+    policy: Autoscaling,
+    memory: PoolMemory,
+    *,
+    load: float,
+    now: float,
+    absorbed: float = 0.0,
+    held: int = 0,
 ) -> Decision:
-    """The pool's desired replicas from its smoothed ``load`` (plus what it absorbs for other regions) and
-    the requests ``held`` for it (a pool at zero with requests waiting starts one at once)."""
+    """The pool's desired replicas from its smoothed ``load`` plus what it ``absorbed`` for drained or down
+    regions, and the requests the edges ``held`` for it (while any wait, it keeps at least one replica; at
+    zero it starts one at once)."""
     current = memory.current
+    own, load = load, load + absorbed
     ratio = load / (current * spec.target.value) if current else math.inf if load > 0 else 0.0
     raw = needed(spec, load)
-    why = f"load {load:.1f} for target {spec.target.value:g}/replica: {raw} needed"
+    why = f"load {own:.1f}" + (f" + {absorbed:.1f} absorbed from drained or down regions" if absorbed else "")
+    why += f" for target {spec.target.value:g}/replica: {raw} needed"
     if current and abs(ratio - 1) <= policy.tolerance:
         raw, why = current, f"load within {policy.tolerance:.0%} of target"
+    if held and raw == 0:  # the edges hold requests for it: at least one replica, now and in the windows
+        raw, why = 1, f"{held} requests wait for a first replica"
     recs = _recent(
         memory.recommendations, now, max(policy.scale_up_stabilization_s, policy.scale_down_stabilization_s)
     )
@@ -82,8 +94,8 @@ def decide(
         desired = _rate_limited(current, desired, memory.changes, policy, now)
     if panic and desired < current:
         desired, why = current, why + "; no scale-down in the panic window"
-    if current == 0 and held and desired == 0:
-        desired, why = 1, f"{held} requests wait for a first replica"
+    if held and desired == 0:  # the rate policies do not hold a first replica back
+        desired = 1
     floor = spec.min_replicas
     if desired < floor or desired > spec.max_replicas:
         desired = min(max(desired, floor), spec.max_replicas)

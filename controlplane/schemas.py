@@ -224,6 +224,9 @@ class PoolStatus(BaseModel):
     spot: int
     cost_per_hour: float
     load: float | None = Field(description="smoothed load in the target's units, summed over the pool")
+    absorbed: float = Field(
+        default=0.0, description="load taken on for drained or down regions of the same model (same units)"
+    )
     target: PoolTarget
     reason: str = Field(description="why the last decision was what it was")
     panic: bool

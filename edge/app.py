@@ -51,6 +51,7 @@ from edge.snapshot import SnapshotFeed
 from edge.tenants import TenantsFeed
 from edge.upstream import UpstreamPool
 from edge.usage import Ledger
+from edge.wake import Waker
 from fleet.redisconn import connect
 from fleet.state import Snapshot, Topology, initial_state
 from fleet.topology import load_topology
@@ -153,6 +154,17 @@ class Edge:
             max_waiting=settings.saturation_waiting,
         )
         self.ledger = Ledger() if self.tenants is not None else None  # usage is accounted per tenant
+        self._wake_client = _connect(
+            settings, settings.redis_primary_url or settings.redis_url, socket_timeout=1.0
+        )
+        self.waker = Waker(
+            topology=topo,
+            edge=settings.region,
+            hold_s=settings.wake_hold_s,
+            max_held=settings.wake_max_held,
+            metrics=metrics,
+            client=self._wake_client,
+        )
         self.proxy = self._request_path(rng)
         self.rtt = RttProber(
             pool=self.pool,
@@ -218,6 +230,7 @@ class Edge:
             ),
             gate=self.gate,
             ledger=self.ledger,
+            waker=self.waker,
         )
 
     async def start(self) -> None:
@@ -266,8 +279,9 @@ class Edge:
             for t in stuck:  # shutting down must finish even if a Redis client swallowed its cancel
                 log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
         await self.gate.close()
+        await self.waker.close()
         await self.pool.close()
-        for client in (self._primary, self._usage_client):
+        for client in (self._primary, self._usage_client, self._wake_client):
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()

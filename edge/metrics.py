@@ -180,6 +180,18 @@ class EdgeMetrics:
             buckets=WAIT_BUCKETS,
             registry=r,
         )
+        self.wake_held = Gauge(
+            "meridian_edge_wake_held",
+            "Requests held while a pool that scaled to zero starts its first replica",
+            ["region"],
+            registry=r,
+        )
+        self.wake_outcomes = Counter(
+            "meridian_edge_wake_outcomes",
+            "Requests held for a first replica, by how it ended: served, timeout (503), full (503 at once)",
+            ["outcome"],
+            registry=r,
+        )
         self.shed = Counter(
             "meridian_edge_shed",
             "Held requests refused with 503 overloaded: band full, or waited past the band's limit",

@@ -1,5 +1,6 @@
-"""A proxied request (I/O): open the request span, admit the request, locate the client, plan it, hold it
-while its pool is saturated, and hand it to the forwarder; its usage goes to the ledger when it ends."""
+"""A proxied request (I/O): open the request span, admit the request, locate the client, plan it (holding it
+while a pool that scaled to zero starts), hold it while its pool is saturated, and hand it to the
+forwarder; its usage goes to the ledger when it ends."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from edge.settings import EdgeSettings, Priority
 from edge.snapshot import SnapshotFeed
 from edge.tenants import Principal
 from edge.usage import Ledger
+from edge.wake import Waker
 from fleet.models import Catalog
 from fleet.state import Snapshot
 
@@ -58,6 +60,7 @@ class Proxy:
         admission: Admission,
         gate: Gate,
         ledger: Ledger | None = None,
+        waker: Waker | None = None,
     ) -> None:
         self.settings = settings
         self.feed = feed
@@ -76,6 +79,7 @@ class Proxy:
         self.admission = admission
         self.gate = gate
         self.ledger = ledger  # None: no usage accounting (authentication off)
+        self.waker = waker  # holds requests for pools that scaled to zero
         key = settings.region_api_key
         self.region_credential = None if key is None else key.get_secret_value()
 
@@ -227,6 +231,11 @@ class Proxy:
         plan = self.planner.plan(place, snap, wanted)
         if plan.decision.primary is None and wanted.model is not None:
             plan, wanted, body = self._fallback(place, snap, plan, wanted, body)
+        if (plan.decision.primary is None or plan.decision.panic) and self.waker is not None:
+            woken = await self._wake(place, snap, wanted, wanted.model or admitted.model)
+            if isinstance(woken, web.Response):
+                return woken
+            plan = woken or plan
         decision = plan.decision
         if decision.panic:
             self.metrics.panic.inc()
@@ -273,6 +282,38 @@ class Proxy:
         if span.is_recording():
             span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
         return resp
+
+    async def _wake(
+        self, place: ClientPlace, snap: Snapshot, wanted: Wanted, model: str | None
+    ) -> AttemptPlan | web.Response | None:
+        """No region is routable for the model: if the nearest pool of it that may scale to zero has no
+        replica serving, wait (bounded) for its first, re-planning on every new snapshot (None: no such
+        pool; the plan stands)."""
+        assert self.waker is not None
+        if model is None:
+            return None
+        names, network = self.planner.topology.names, self.planner.network()
+        region = self.waker.region(model, snap, lambda r: network.rtt_ms[names.index(r)])
+        if region is None or self.planner.replicas(region, model):
+            return None
+
+        def ready() -> AttemptPlan | None:
+            plan = self.planner.plan(place, self.feed.current or snap, wanted)
+            d = plan.decision
+            return plan if d.primary is not None and not d.panic else None
+
+        plan = await self.waker.hold((region, model), ready, self.feed.news)
+        if plan is not None:
+            return plan
+        wait_s = self.waker.hold_s
+        return error(
+            503,
+            f"{model} is starting a first replica in {region} and none was serving within "
+            f"{wait_s:g} s (or too many requests wait for one); retry later",
+            kind="overloaded_error",
+            code="model_starting",
+            headers={**self.edge_headers, "Retry-After": "10"},
+        )
 
     def _overloaded(self, admitted: Admitted, region: str, shed: Shed) -> web.Response:
         """503 ``overloaded``: every replica of the pool is saturated and this request's band is full or it

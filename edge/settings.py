@@ -162,6 +162,15 @@ class EdgeSettings(BaseSettings):
     default_max_tokens: int = Field(
         default=256, ge=1, description="token reservation for a request that sets no max_tokens"
     )
+    wake_hold_s: float = Field(
+        default=150.0,
+        gt=0,
+        le=3600,
+        description="a request for a model whose pools scaled to zero waits this long for a first replica",
+    )
+    wake_max_held: int = Field(
+        default=1000, ge=0, description="requests held for first replicas at most (more: 503 at once)"
+    )
     tenants_poll_s: float = Field(default=0.5, gt=0, le=60, description="read tenants and keys this often")
     replica_header: bool = Field(default=True, description="name the serving replica in X-Meridian-Replica")
     failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")

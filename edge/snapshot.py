@@ -44,6 +44,11 @@ class SnapshotFeed:
         self.current: Snapshot | None = None
         self.confirmed_at: float | None = None  # monotonic time of the last successful read
         self.connected = False
+        self._news = asyncio.Event()  # set (and replaced) whenever ``current`` changes
+
+    async def news(self) -> None:
+        """Until ``current`` changes."""
+        await self._news.wait()
 
     def age(self, now: float | None = None) -> float | None:
         """Seconds since the snapshot was last confirmed against Redis (None before the first load)."""
@@ -83,6 +88,9 @@ class SnapshotFeed:
             return
         if verdict.refused is None or verdict.snapshot is not self.current:
             self.confirmed_at = now
+        if verdict.snapshot is not self.current:
+            self._news.set()
+            self._news = asyncio.Event()
         self.current = verdict.snapshot
 
     async def run(self) -> None:

@@ -3,7 +3,8 @@
 - the control plane reads and writes routing state, the audit stream and the change channel;
 - an edge reads routing state and follows the change channel (on its regional replica), may append to
   the observations stream, lease tenant limits by script (``meridian:limits:*``, on the primary) and add
-  to usage and traffic counters (HINCRBY and EXPIRE on ``meridian:usage:*`` and ``meridian:traffic:*``) —
+  to usage and traffic counters (HINCRBY and EXPIRE on ``meridian:usage:*`` and ``meridian:traffic:*``) and
+  keep its wake marks (HSET, HDEL and PEXPIRE on ``meridian:wake:*``) —
   nothing else: it cannot write routing state, tenants or keys, or announce a change, so a stolen edge
   credential cannot drain a region or mint a key;
 - replication: what a replica needs to follow its primary;
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from fleet.state import CHANNEL_CHANGES, KEY_OBSERVATIONS, KEY_PREFIX
 from fleet.usage import KEY_TRAFFIC, KEY_USAGE
+from fleet.wake import KEY_WAKE
 
 CONTROL_PLANE = "meridian-controlplane"
 EDGE = "meridian-edge"
@@ -26,8 +28,9 @@ RULES: dict[str, str] = {
     CONTROL_PLANE: f"~{KEY_PREFIX}:* &{KEY_PREFIX}:* +@all -@dangerous +info",
     EDGE: (
         f"resetchannels &{CHANNEL_CHANGES} %R~{KEY_PREFIX}:state:* %W~{KEY_OBSERVATIONS} "
-        f"~{KEY_PREFIX}:limits:* ~{KEY_USAGE}:* ~{KEY_TRAFFIC}:* -@all +@read +@connection +subscribe "
-        "+unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire"
+        f"~{KEY_PREFIX}:limits:* ~{KEY_USAGE}:* ~{KEY_TRAFFIC}:* ~{KEY_WAKE}:* -@all +@read +@connection "
+        "+subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire "
+        "+hset +hdel +pexpire"
     ),
     REPLICATION: "+psync +replconf +ping",
 }

@@ -163,7 +163,7 @@ class Topology(_Strict):
         return self
 
     def _check_pools(self) -> None:
-        """A pool's model is one its region serves, its replicas are slots of that region serving it (a
+        """A pool's model is one its region serves, its replicas are the slots of that region serving it (a
         scaled-down slot is off), one pool per model, and its minimum fits under the cost ceilings."""
         served = self._served()
         for r in self.regions:
@@ -174,6 +174,7 @@ class Topology(_Strict):
                 slots = [
                     rep.name for rep in r.replicas if not self.models or p.model in served[(r.name, rep.name)]
                 ]
+                self._check_shared(r.name, p, {slot: served[(r.name, slot)] for slot in slots})
                 if not slots or p.max_replicas > len(slots):
                     raise ValueError(
                         f"region {r.name}: pool {p.model} has max_replicas {p.max_replicas} but {len(slots)} "
@@ -183,6 +184,20 @@ class Topology(_Strict):
             if r.cost_ceiling_hour is not None and floor > r.cost_ceiling_hour:
                 raise ValueError(
                     f"region {r.name}: its pools' minimum costs {floor:g} $/h, above its ceiling"
+                )
+
+    def _check_shared(self, region: str, p: PoolSpec, slots: Mapping[str, tuple[str, ...]]) -> None:
+        """A pool's slots serve its model and adapters over it, nothing else — switching a slot off takes
+        every model it serves — unless the pool holds all of them on demand (min = max = slots, no spot)."""
+        if not self.models or (p.min_replicas == p.max_replicas == len(slots) and p.max_spot_share == 0):
+            return
+        for slot, models in slots.items():
+            others = [m for m in models if m != p.model and self.models[m].base != p.model]
+            if others:
+                raise ValueError(
+                    f"region {region}: replica {slot} of pool {p.model} also serves {', '.join(others)}, "
+                    f"which scaling it down would take too: give it serves: [{p.model}] (and adapters over "
+                    "it), or hold the pool at all its slots on demand (min = max = slots, no spot)"
                 )
 
     def _served(self) -> dict[tuple[str, str], tuple[str, ...]]:

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from regionsim.engine import Engine, Job, block_hashes, tokens_of
-from regionsim.model import Faults, LatencyModel, Power
+from regionsim.model import Faults, LatencyModel, Notice, Power
 
 WORDS = ("the", "model", "routes", "tokens", "across", "regions", "with", "low", "latency", "and", "care")
 
@@ -33,6 +33,7 @@ class SimStats:
     cancelled: int = 0
     streams_open: int = 0
     rejected: int = 0
+    reclaimed_cut: int = 0  # requests cut when the cloud reclaimed the machine
     trace_ids: list[str] = field(default_factory=list)
 
 
@@ -60,6 +61,9 @@ class SimState:
     faults: Faults = field(default_factory=Faults)
     power: Power = field(default_factory=lambda: Power(on=True))
     ready_at: float = 0.0  # monotonic time a switched-on replica serves from (its cold start)
+    notice: tuple[Notice, float] | None = None  # an interruption notice and the unix time the machine goes
+    reclaim: asyncio.TimerHandle | None = None
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)  # requests being served: cut if it goes
     stats: SimStats = field(default_factory=SimStats)
     rtt_ms: dict[str, float] = field(default_factory=dict)  # calling edge's region -> emulated round trip
     rtt_jitter: float = 0.1
@@ -198,6 +202,8 @@ def create_app(
     app.router.add_get("/_sim/stats", stats)
     app.router.add_get("/_sim/power", power)
     app.router.add_post("/_sim/power", set_power)
+    app.router.add_get("/_sim/notice", get_notice)
+    app.router.add_post("/_sim/notice", set_notice)
     app.router.add_post("/_sim/match", match)
     app.router.add_delete("/_sim/cache", clear_cache)
     return app
@@ -297,11 +303,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     st.started[job] = fut
     st.engine.submit(job)
+    task = asyncio.current_task()
+    if task is not None:
+        st.inflight.add(task)
     try:
         st.pump()
         await fut
         return await _generate(request, st, hdrs, payload=payload, job=job, arrived=arrived)
     finally:
+        st.inflight.discard(task)
         st.started.pop(job, None)
         st.engine.finish(job)
         st.pump()
@@ -455,8 +465,50 @@ async def set_power(request: web.Request) -> web.Response:
         return web.json_response({"error": "invalid power", "fields": fields}, status=422)
     if new.on and not st.power.on:
         st.ready_at = time.monotonic() + new.cold_start_s
+        _forget_notice(st)  # a new machine
     st.power = new
     return await power(request)
+
+
+async def set_notice(request: web.Request) -> web.Response:
+    """The cloud's interruption notice for this machine: it goes in ``in_s`` seconds."""
+    st = request.app[STATE]
+    try:
+        notice = Notice.model_validate(await request.json())
+    except json.JSONDecodeError as exc:
+        return web.json_response({"error": f"invalid JSON: {exc}"}, status=400)
+    except ValidationError as exc:
+        fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
+        return web.json_response({"error": "invalid notice", "fields": fields}, status=422)
+    _forget_notice(st)
+    st.notice = (notice, time.time() + notice.in_s)
+    st.reclaim = asyncio.get_running_loop().call_later(notice.in_s, _reclaimed, st)
+    return await get_notice(request)
+
+
+async def get_notice(request: web.Request) -> web.Response:
+    """As EC2's ``/latest/meta-data/spot/instance-action``: 404 without a notice, else the action and the
+    time (UTC) the machine goes."""
+    st = request.app[STATE]
+    if st.notice is None:
+        return web.json_response({"detail": "no interruption notice"}, status=404)
+    notice, at = st.notice
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    return web.json_response({"action": notice.action, "time": when, "in_s": round(at - time.time(), 3)})
+
+
+def _reclaimed(st: SimState) -> None:
+    """The machine is gone: off, and whatever it still ran is cut mid-answer."""
+    st.power = Power(on=False, capacity=st.power.capacity)
+    st.stats.reclaimed_cut += len(st.inflight)
+    for task in list(st.inflight):
+        task.cancel()
+
+
+def _forget_notice(st: SimState) -> None:
+    if st.reclaim is not None:
+        st.reclaim.cancel()
+    st.notice, st.reclaim = None, None
 
 
 async def power(request: web.Request) -> web.Response:
@@ -513,6 +565,7 @@ async def stats(request: web.Request) -> web.Response:
             "models": sorted(st.models),
             "streams_open": s.streams_open,
             "rejected": s.rejected,
+            "reclaimed_cut": s.reclaimed_cut,
             "faults": st.faults.model_dump(),
         }
     )

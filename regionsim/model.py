@@ -33,6 +33,17 @@ class Power(BaseModel):
     capacity: Literal["on_demand", "spot"] = "on_demand"
 
 
+class Notice(BaseModel):
+    """What POST /_sim/notice accepts: the cloud reclaims this (spot) machine in ``in_s`` seconds (AWS gives
+    two minutes). ``GET /_sim/notice`` then answers as EC2's ``spot/instance-action`` metadata does; at that
+    time the machine goes: whatever it still runs is cut."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_s: float = Field(default=120.0, ge=0.0, le=3600)
+    action: Literal["terminate", "stop"] = "terminate"
+
+
 @dataclass(frozen=True, slots=True)
 class LatencyModel:
     ttft_ms: float = 50.0

@@ -45,3 +45,10 @@ def test_hysteresis(signals: list[Signal], start: str, expected: list[str]) -> N
 )
 def test_fold_region(replicas: dict[str, str], expected: str) -> None:
     assert fold_region(replicas) == expected  # type: ignore[arg-type]
+
+
+def test_replicas_the_autoscaler_switched_off_or_is_starting_are_not_failures() -> None:
+    replicas = {"a": "up", "b": "down", "c": "down", "d": "down"}
+    assert fold_region(replicas) == "degraded"  # three of four failed
+    assert fold_region(replicas, off={"b", "c", "d"}) == "up"  # scaled down to one: it is all there is
+    assert fold_region({"a": "down", "b": "down"}, off={"a", "b"}) == "down"  # at zero: nothing serves

@@ -111,11 +111,28 @@ def test_panic_scales_at_once_and_holds_through_its_window() -> None:
         (0, 0, 3, 1),  # requests wait: the first replica at once
         (0, 35, 0, 4),  # load with nothing yet: what it needs (within the rate policy: +4)
         (1, 0, 0, 0),  # idle, nothing higher in the window: to zero
+        (1, 0, 2, 1),  # its first replica is starting (no load seen yet) while requests wait: kept
     ],
 )
 def test_scale_to_zero(current: int, load: float, held: int, desired: int) -> None:
     spec = SPEC.model_copy(update={"min_replicas": 0, "scale_to_zero": True})
     assert step(PoolMemory(current), load, 0.0, spec=spec, held=held).desired == desired
+
+
+def test_a_first_replica_for_held_requests_stays_through_the_scale_down_window() -> None:
+    """The wake is a recommendation like any other: once the held requests went, the down window still
+    remembers it, so the replica that started for them is not switched off before it served."""
+    spec = SPEC.model_copy(update={"min_replicas": 0, "scale_to_zero": True})
+    woke = step(PoolMemory(0), 0, 0.0, spec=spec, held=1)
+    assert woke.desired == 1 and woke.reason == "1 requests wait for a first replica"
+    later = step(commit(woke, POLICY, 0.0), 0, 10.0, spec=spec)
+    assert later.desired == 1  # within scale_down_stabilization_s (300 s)
+
+
+def test_absorbed_load_counts_ahead_of_the_pools_own_and_says_so() -> None:
+    d = decide(SPEC, POLICY, PoolMemory(2), load=18, absorbed=40, now=0.0)
+    assert d.desired == 6  # (18 + 40) / 10 -> 6, a panic (2.9x): at once
+    assert "load 18.0 + 40.0 absorbed from drained or down regions" in d.reason
 
 
 def test_min_and_max_bound_every_decision() -> None:

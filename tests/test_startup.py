@@ -72,6 +72,22 @@ def test_a_duplicated_region_is_named(tmp_path: Path) -> None:
     assert res.returncode == 2 and "us-east-1 appear more than once" in res.stderr, res.stderr
 
 
+def test_a_pool_over_replicas_serving_other_models_is_named(tmp_path: Path) -> None:
+    """Scaling a pool down switches its replicas off: one that serves other models would take them too."""
+    p = tmp_path / "r.yaml"
+    text = (ROOT / "regions.yaml").read_text()
+    p.write_text(
+        text.replace(
+            "serves: [llama-3.1-8b-instruct, support-bot-lora]",
+            "serves: [llama-3.1-8b-instruct, qwen2.5-7b-instruct]",
+            1,
+        )
+    )
+    res = run(["-m", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(p)})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "replica usw2-a of pool llama-3.1-8b-instruct also serves qwen2.5-7b-instruct" in res.stderr
+
+
 def test_corrupt_mmdb_stops_the_edge(tmp_path: Path) -> None:
     db = tmp_path / "GeoLite2-City.mmdb"
     db.write_bytes(os.urandom(4096))
