@@ -11,17 +11,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from regionsim.engine import Engine, Job, block_hashes, tokens_of
 from regionsim.model import Faults, LatencyModel, Notice, Power
 
+B = TypeVar("B", bound=BaseModel)
 WORDS = ("the", "model", "routes", "tokens", "across", "regions", "with", "low", "latency", "and", "care")
 
 
@@ -438,31 +439,34 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-async def set_faults(request: web.Request) -> web.Response:
-    st = request.app[STATE]
+async def _parsed(request: web.Request, kind: type[B], what: str) -> B | web.Response:
+    """The body as ``kind``, or the 400 (not JSON) / 422 (naming the fields) to answer instead."""
     try:
-        body: Any = await request.json()
-        st.faults = Faults.model_validate(body)
+        return kind.model_validate(await request.json())
     except json.JSONDecodeError as exc:
         return web.json_response({"error": f"invalid JSON: {exc}"}, status=400)
     except ValidationError as exc:
         fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
         return web.json_response(
-            {"error": "invalid faults", "fields": fields, "detail": json.loads(exc.json(include_url=False))},
+            {"error": f"invalid {what}", "fields": fields, "detail": json.loads(exc.json(include_url=False))},
             status=422,
         )
+
+
+async def set_faults(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    faults = await _parsed(request, Faults, "faults")
+    if isinstance(faults, web.Response):
+        return faults
+    st.faults = faults
     return web.json_response(st.faults.model_dump())
 
 
 async def set_power(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    try:
-        new = Power.model_validate(await request.json())
-    except json.JSONDecodeError as exc:
-        return web.json_response({"error": f"invalid JSON: {exc}"}, status=400)
-    except ValidationError as exc:
-        fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
-        return web.json_response({"error": "invalid power", "fields": fields}, status=422)
+    new = await _parsed(request, Power, "power")
+    if isinstance(new, web.Response):
+        return new
     if new.on and not st.power.on:
         st.ready_at = time.monotonic() + new.cold_start_s
         _forget_notice(st)  # a new machine
@@ -473,13 +477,9 @@ async def set_power(request: web.Request) -> web.Response:
 async def set_notice(request: web.Request) -> web.Response:
     """The cloud's interruption notice for this machine: it goes in ``in_s`` seconds."""
     st = request.app[STATE]
-    try:
-        notice = Notice.model_validate(await request.json())
-    except json.JSONDecodeError as exc:
-        return web.json_response({"error": f"invalid JSON: {exc}"}, status=400)
-    except ValidationError as exc:
-        fields = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
-        return web.json_response({"error": "invalid notice", "fields": fields}, status=422)
+    notice = await _parsed(request, Notice, "notice")
+    if isinstance(notice, web.Response):
+        return notice
     _forget_notice(st)
     st.notice = (notice, time.time() + notice.in_s)
     st.reclaim = asyncio.get_running_loop().call_later(notice.in_s, _reclaimed, st)

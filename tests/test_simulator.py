@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aiohttp import ClientPayloadError
 from aiohttp.test_utils import TestClient, TestServer
 
 from controlplane.engines import parse_metrics
@@ -81,3 +82,34 @@ async def test_models_usage_errors_and_metrics_as_vllm_has_them() -> None:
         assert resp.status == 404 and err["type"] == "NotFoundError" and err["param"] == "model"
         signals = parse_metrics(await (await client.get("/metrics")).text(), at=0.0)
         assert signals.max_lora == 4 and signals.kv_usage == 0.0 and signals.ttft_count == 2
+
+
+async def test_a_spot_notice_reads_as_ec2_metadata_and_the_machine_goes_when_it_says() -> None:
+    app = create_app(region="r", replica="x", ttft_ms=1, per_token_ms=20)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/_sim/notice")).status == 404  # no notice: as EC2 answers
+        bad = await client.post("/_sim/notice", json={"in_s": -1})
+        assert bad.status == 422 and (await bad.json())["fields"] == ["in_s"]
+        body = {
+            "model": "sim-llm",
+            "stream": True,
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "x"}],
+        }
+        stream = await client.post("/v1/chat/completions", json=body)  # 50 tokens x 20 ms: still running
+        await stream.content.readline()
+        notice = await client.post("/_sim/notice", json={"in_s": 0.2})
+        told = await client.get("/_sim/notice")
+        assert notice.status == told.status == 200 and (await told.json())["action"] == "terminate"
+        text = b""
+        try:
+            async for chunk in stream.content.iter_any():
+                text += chunk
+        except ClientPayloadError:  # cut mid-answer: the machine went
+            pass
+        assert not text.rstrip().endswith(b"data: [DONE]")
+        stats = await (await client.get("/_sim/stats")).json()
+        assert stats["reclaimed_cut"] == 1
+        assert (await (await client.get("/_sim/power")).json())["serving"] is False
+        await client.post("/_sim/power", json={"on": True})  # a new machine: no notice
+        assert (await client.get("/_sim/notice")).status == 404
