@@ -74,9 +74,10 @@ def decide(
     ratio = load / (current * spec.target.value) if current else math.inf if load > 0 else 0.0
     raw = needed(spec, load)
     why = f"load {own:.1f}" + (f" + {absorbed:.1f} absorbed from drained or down regions" if absorbed else "")
-    why += f" for target {spec.target.value:g}/replica: {raw} needed"
     if current and abs(ratio - 1) <= policy.tolerance:
-        raw, why = current, f"load within {policy.tolerance:.0%} of target"
+        raw, why = current, why + f" within {policy.tolerance:.0%} of target"
+    else:
+        why += f" for target {spec.target.value:g}/replica: {raw} needed"
     if held and raw == 0:  # the edges hold requests for it: at least one replica, now and in the windows
         raw, why = 1, f"{held} requests wait for a first replica"
     recs = _recent(

@@ -315,16 +315,18 @@ async def test_a_drained_region_hands_its_load_and_the_others_scale_ahead_of_the
             timeout=10,
             what="eu-west-1 to carry London's load",
         )
+        before = (await pool(f, other))["desired"]
         status, body = await f.admin(
             "PATCH", f"/v1/regions/{REGION}", body={"drained": True, "reason": "maintenance"}
         )
         assert status == 200, body
         seen: list[dict[str, Any]] = []
 
-        async def ahead() -> bool:
+        async def ahead() -> bool:  # scaled up, past what its own load needs, for what it absorbed
             seen.append(await pool(f, other))
             p = seen[-1]
-            return p["absorbed"] > 0 and p["desired"] > math.ceil(p["load"] / POOL["target"]["value"])
+            own = math.ceil(p["load"] / POOL["target"]["value"])
+            return p["absorbed"] > 0 and p["desired"] > max(before, own)
 
         waited = await wait_for(ahead, timeout=5, interval=0.1, what="us-east-1 to scale for what it absorbs")
         p = seen[-1]
