@@ -301,18 +301,21 @@ async def test_a_drained_region_hands_its_load_and_the_others_scale_ahead_of_the
     tmp_path: Path, serve: ServerFactory, geo_db: Path
 ) -> None:
     """London's traffic runs in eu-west-1; once operators drain it, us-east-1 takes it on. Its pool scales
-    for eu-west-1's load in the round after the drain (its own signals not yet counted in full)."""
+    for eu-west-1's load as soon as the drain is seen, while its own smoothed signals (weight 0.2 a round)
+    have counted only part of the traffic that moved."""
     other = "us-east-1"
+    steady = {**POOL, "min_replicas": 3}  # eu-west-1 carries London from the start (no spill to scale for)
     f = await fleet_with(
-        tmp_path, serve, geo_db, POOL, regions=(REGION, other), smoothing=0.5, panic_threshold=50.0
+        tmp_path, serve, geo_db, steady, regions=(REGION, other), smoothing=0.2, panic_threshold=50.0
     )
+    traffic: asyncio.Task[Any] | None = None
     try:
-        await at(f, lambda p: p["current"] == 1, timeout=20, what="us-east-1 idle", region=other)
-        traffic = asyncio.create_task(load(f, clients=12, seconds=12.0))
+        await at(f, lambda p: p["current"] == 3, timeout=20, what="us-east-1 idle", region=other)
+        traffic = asyncio.create_task(load(f, clients=12, seconds=16.0))
         await at(
             f,
-            lambda p: (p["load"] or 0) >= 9 and p["current"] >= 3,
-            timeout=10,
+            lambda p: (p["load"] or 0) >= 8 and p["current"] >= 3,
+            timeout=15,
             what="eu-west-1 to carry London's load",
         )
         before = (await pool(f, other))["desired"]
@@ -328,7 +331,15 @@ async def test_a_drained_region_hands_its_load_and_the_others_scale_ahead_of_the
             own = math.ceil(p["load"] / POOL["target"]["value"])
             return p["absorbed"] > 0 and p["desired"] > max(before, own)
 
-        waited = await wait_for(ahead, timeout=5, interval=0.1, what="us-east-1 to scale for what it absorbs")
+        try:
+            waited = await wait_for(
+                ahead, timeout=5, interval=0.1, what="us-east-1 to scale for what it absorbs"
+            )
+        finally:
+            print(
+                f"\nbefore the drain {before}; after:",
+                [(x["desired"], x["load"], x["absorbed"]) for x in seen],
+            )
         p = seen[-1]
         print(
             f"\nabsorbed {p['absorbed']} of eu-west-1's load {waited:.1f} s after the drain: "
@@ -339,6 +350,8 @@ async def test_a_drained_region_hands_its_load_and_the_others_scale_ahead_of_the
         served = await traffic
         assert {status for _, status, _, _ in served} == {200}
     finally:
+        if traffic is not None:
+            traffic.cancel()
         await f.close()
 
 
