@@ -101,7 +101,7 @@ def document_rules(app: Litestar, models: list[str] | None) -> None:
     tenant's ``models``, where null means every model); model names come from the catalog (``models``;
     None: the open world, any name)."""
     schemas = app.openapi_schema.components.schemas or {}
-    for name in ("RegionPatch", "TenantCreate", "TenantPatch", "Limits", "Interruption"):
+    for name in ("RegionPatch", "TenantCreate", "TenantPatch", "Limits", "LimitsPatch", "Interruption"):
         schemas[name].additional_properties = False  # extra="forbid"
     region = _properties(schemas["RegionPatch"])
     region["weight"] = Schema(
@@ -111,9 +111,9 @@ def document_rules(app: Litestar, models: list[str] | None) -> None:
     schemas["RegionPatch"].any_of = [Schema(required=["weight"]), Schema(required=["drained"])]
     tenant = _properties(schemas["TenantPatch"])
     tenant["name"] = Schema(type=OpenAPIType.STRING, min_length=1, max_length=200)
-    tenant["limits"] = Reference(ref="#/components/schemas/Limits")
+    tenant["limits"] = Reference(ref="#/components/schemas/LimitsPatch")
     tenant["priority"] = Schema(type=OpenAPIType.STRING, enum=["critical", "normal", "batch"])
-    changes = ("name", "limits", "priority", "models")
+    changes = ("name", "limits", "priority", "max_priority", "models")
     schemas["TenantPatch"].any_of = [Schema(required=[k]) for k in changes]
     if models is not None:
         names = Schema(type=OpenAPIType.STRING, enum=list(models))
@@ -136,18 +136,38 @@ class TenantCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     limits: Limits = Field(default_factory=Limits)
     priority: Priority = "normal"
+    max_priority: Priority | None = Field(default=None, description="the highest a request may ask for")
     models: list[str] | None = Field(default=None, description="null: every model")
     reason: str = Field(default="", max_length=500, description="recorded in the audit log")
 
 
+class LimitsPatch(BaseModel):
+    """A change to a tenant's limits: the fields given change, ``null`` clears one (unlimited; ``burst_s``:
+    back to its default), the rest are kept."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    rpm: int | None = Field(default=None, ge=1, le=100_000_000)
+    tpm: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    max_concurrent: int | None = Field(default=None, ge=1, le=1_000_000)
+    burst_s: float | None = Field(default=None, gt=0, le=60)
+
+    def given(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.model_fields_set}
+        if "burst_s" in out and out["burst_s"] is None:
+            out["burst_s"] = Limits.model_fields["burst_s"].default
+        return out
+
+
 class TenantPatch(BaseModel):
-    """A change to a tenant: any of its fields (limits are replaced whole)."""
+    """A change to a tenant: the fields given (limits field by field: ``null`` clears one)."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    limits: Limits | None = None
+    limits: LimitsPatch | None = None
     priority: Priority | None = None
+    max_priority: Priority | None = Field(default=None, description="null: the tenant's default priority")
     models: list[str] | None = Field(default=None, description="null: every model")
     reason: str = Field(default="", max_length=500)
 

@@ -81,12 +81,15 @@ class TenantController(Controller):
         changes = data.changes()
         if not changes:
             raise ValidationException(
-                "nothing to change: give name, limits, priority and/or models",
-                extra=[{"key": k, "source": "body"} for k in ("name", "limits", "priority", "models")],
+                "nothing to change: give name, limits, priority, max_priority and/or models",
+                extra=[
+                    {"key": k, "source": "body"}
+                    for k in ("name", "limits", "priority", "max_priority", "models")
+                ],
             )
         _check_models(state, data.models)
-        if "limits" in changes:
-            changes["limits"] = data.limits.model_dump() if data.limits is not None else {}
+        if data.limits is not None:
+            changes["limits"] = data.limits.given()  # merged field by field with the tenant's
         action = "update tenant: " + ", ".join(sorted(changes))
         audit = AuditEntry(actor=request.user.name, reason=data.reason, action=action)
         try:

@@ -71,7 +71,10 @@ class TenantStore:
             if before is None:
                 raise TenantNotFound(tenant_id)
             found.append(before)
-            return Tenant.model_validate({**before.model_dump(), **changes})
+            fields = {**before.model_dump(), **changes}
+            if "limits" in changes:  # the limits given change, the others are kept
+                fields["limits"] = {**before.limits.model_dump(), **changes["limits"]}
+            return Tenant.model_validate(fields)
 
         after = await self._change(tenant_id, change, audit)
         assert after is not None

@@ -14,7 +14,7 @@ from aiohttp.http import HttpVersion11
 
 from edge.errors import BadInput, error
 from edge.limiter import Limiter, Ticket, Verdict
-from edge.limits import estimate_tokens
+from edge.limits import estimate_tokens, reservation
 from edge.metrics import EdgeMetrics
 from edge.planner import NOTHING, Wanted
 from edge.request import BodyError, Inference, read
@@ -101,7 +101,12 @@ class Admission:
         if facts is None:  # not an inference (GET /v1/models): one token, no answer to count
             admitted = Admitted(priority, body, wanted, None, 1)
         else:
-            cost = estimate_tokens(len(body), facts.max_tokens, self.settings.default_max_tokens)
+            cost = reservation(
+                prompt_chars=len(body),
+                max_tokens=facts.max_tokens,
+                context_length=self.catalog.context_length(facts.model),
+                cap=self.settings.default_max_tokens,
+            )
             admitted = Admitted(priority, body, wanted, facts.model, cost)
             if self.accounting:
                 admitted.tally = Tally()
@@ -175,8 +180,17 @@ class Admission:
         try:
             facts = read(body, request.headers.get("X-Session-Id"))
         except BodyError as exc:
-            raise BadInput(400, str(exc), "body", code="invalid_body") from None
+            raise BadInput(400, str(exc), "body", code="invalid_body", param=exc.param) from None
         catalog, model = self.catalog, facts.model
+        context = catalog.context_length(model)
+        if context is not None and facts.max_tokens is not None and facts.max_tokens > context:
+            raise BadInput(
+                400,
+                f"max_tokens {facts.max_tokens} exceeds {model}'s context length of {context} tokens",
+                "max_tokens",
+                code="invalid_value",
+                param="max_tokens",
+            )
         if model is not None and (
             (principal is not None and not principal.tenant.may_use(model)) or not catalog.known(model)
         ):

@@ -140,7 +140,12 @@ class Edge:
             # tenant limits are leased from the primary (the replica cannot take writes)
             primary = settings.redis_primary_url or settings.redis_url
             edges = len(topo.regions) * settings.workers
-            self.limiter = Limiter(client=_connect(settings, primary, socket_timeout=1.0), edges=edges)
+            failures = metrics.limits_primary_failures
+            self.limiter = Limiter(
+                client=_connect(settings, primary, socket_timeout=1.0),
+                edges=edges,
+                on_failure=lambda kind: failures.labels(kind=kind).inc(),
+            )
         metrics.watch_replicas(topo.names, self.planner.affinity, self.signals.oldest_age)
         self.fallback_snapshot = Snapshot(
             version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
@@ -241,6 +246,8 @@ class Edge:
         self._tasks.append(asyncio.create_task(self.signals.run(), name="signals-feed"))
         if self.tenants is not None:
             self._tasks.append(asyncio.create_task(self.tenants.run(), name="tenants-feed"))
+        if self.limiter is not None:
+            self.limiter.start()
         if settings.redis_primary_url:
             self._primary = _connect(settings, settings.redis_primary_url, socket_timeout=1.0)
             self.reporter = Reporter(
@@ -315,7 +322,11 @@ class Edge:
         edge as their Server, not the Python and aiohttp versions behind it (aiohttp's default)."""
         web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
         return web.Server(
-            self.handle, request_factory=self.make_request, access_log=None, keepalive_timeout=KEEPALIVE_S
+            self.handle,
+            request_factory=self.make_request,
+            access_log=None,
+            keepalive_timeout=KEEPALIVE_S,
+            handler_cancellation=True,  # a client that leaves cancels its request: held, queued or sent
         )
 
     def internal_server(self) -> web.Server:

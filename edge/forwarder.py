@@ -106,11 +106,13 @@ def upstream_headers(
     edge: str,
     credential: str | None = None,
     keep_authorization: bool = True,
+    priority: str | None = None,
 ) -> bytes:
     """End-to-end headers only, encoded once per request as the upstream request's header lines
-    (``\r\nName: value`` each, in the client's own bytes); client-sent X-Meridian-* (but priority) and trace
-    headers are dropped, X-Forwarded-For becomes the client address we resolved, and X-Meridian-Edge names
-    this edge to the region. With authentication on (``keep_authorization`` false) the client's key never
+    (``\r\nName: value`` each, in the client's own bytes); client-sent X-Meridian-* and trace headers are
+    dropped (the priority is the one admission decided: the client's ask capped by its tenant's ceiling),
+    X-Forwarded-For becomes the client address we resolved, and X-Meridian-Edge names this edge to the
+    region. With authentication on (``keep_authorization`` false) the client's key never
     leaves the edge: the region gets its own ``credential`` instead, when one is set."""
     lines = []
     connection = incoming.get("Connection")
@@ -119,7 +121,7 @@ def upstream_headers(
         lk = k.lower()
         if lk in HOP_BY_HOP or lk in CLIENT_ADDRESS or lk in named:
             continue
-        if lk.startswith("x-meridian-") and lk != PRIORITY_HEADER:
+        if lk.startswith("x-meridian-") and (priority is not None or lk != PRIORITY_HEADER):
             continue
         if lk == "authorization" and not keep_authorization:
             continue
@@ -128,6 +130,8 @@ def upstream_headers(
         lines.append(f"\r\nAuthorization: Bearer {credential}")
     if client_ip:
         lines.append(f"\r\nX-Forwarded-For: {client_ip}")
+    if priority is not None:
+        lines.append(f"\r\nX-Meridian-Priority: {priority}")
     lines.append(f"\r\nX-Meridian-Edge: {edge}")
     return encode_header_text("".join(lines))
 

@@ -1,10 +1,12 @@
 """Tenant limits at the edge (I/O): the leases of ``edge.limits`` taken from the Redis primary, in the
-background while a lease lasts, on the request path only when this edge holds nothing for the tenant; the
-local share while the primary is unreachable; the rate-limit headers OpenAI's clients read."""
+background while a lease lasts, on the request path only when this edge holds too little for the request;
+debts carried back; the local share while the primary is unreachable or refuses (told apart in logs and
+metrics), sized by the edge processes registered live; the rate-limit headers OpenAI's clients read."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -17,9 +19,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from multidict import istr
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from edge.limits import LEASE_SCRIPT, SLOTS_SCRIPT, SLOTS_TTL_S, TOLERANCE_S, Bucket, Slots
+from edge.limits import EDGES_SCRIPT, LEASE_SCRIPT, SLOTS_SCRIPT, SLOTS_TTL_S, Bucket, Slots
 from fleet.redisconn import raise_if_cancelling
 from fleet.state import KEY_PREFIX
 from fleet.tenants import Limits, Tenant
@@ -27,6 +29,8 @@ from fleet.tenants import Limits, Tenant
 log = logging.getLogger("meridian.limits")
 
 OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
+KEY_EDGES = f"{KEY_PREFIX}:limits:edges"  # hash: edge process id -> expiry (ms): the live edge processes
+REGISTER_S = 1.0  # an edge process renews its registration this often (it lapses after 3 missed)
 DIMENSIONS = (("requests", "rpm"), ("tokens", "tpm"))
 HEADERS_TTL_S = 0.1  # an admitted answer's rate-limit headers are at most this old
 # OpenAI's rate-limit header names, as multidict's case-insensitive strings made once (a plain str is
@@ -64,10 +68,16 @@ def _duration(seconds: float) -> str:
 
 class Limiter:
     def __init__(
-        self, *, client: aioredis.Redis, edges: int, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        client: aioredis.Redis,
+        edges: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
-        self.edges = max(1, edges)
+        self.edges = max(1, edges)  # edge processes sharing the limits: the registry's count once read
+        self.on_failure = on_failure  # told "refused" or "unreachable" for each failed call to the primary
         self.clock = clock
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.backlog: dict[tuple[str, str], tuple[float, float]] = {}  # -> (Redis's TAT - now, when) s
@@ -77,6 +87,7 @@ class Limiter:
         self._verdicts: dict[str, tuple[Verdict, float, Limits]] = {}
         self.slots: dict[str, Slots] = {}
         self.slots_script: Any = client.register_script(SLOTS_SCRIPT)
+        self.edges_script: Any = client.register_script(EDGES_SCRIPT)
         self.edge_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._renewer: asyncio.Task[None] | None = None
         self._locks: dict[str, asyncio.Lock] = {}
@@ -88,7 +99,7 @@ class Limiter:
         for name, field in DIMENSIONS:
             limit = getattr(tenant.limits, field)
             if limit is not None:
-                out.append((name, self._bucket(tenant.id, name, limit), 1 if name == "requests" else tokens))
+                out.append((name, self._bucket(tenant, name, limit), 1 if name == "requests" else tokens))
         return out
 
     def admit_held(self, tenant: Tenant, tokens: int) -> Verdict | None:
@@ -114,7 +125,7 @@ class Limiter:
         spent: list[tuple[Bucket, float]] = []
         for name, bucket, cost in self._charges(tenant, tokens):
             now = self.clock()
-            if now >= self.outage_until and bucket.take(cost, now):  # a lease is held
+            if now >= self.outage_until and bucket.take(cost, now):  # enough is held
                 if bucket.needs_lease(now):
                     self._lease_ahead(tenant.id, name, bucket)
             elif not await self._spend(tenant.id, name, bucket, cost):
@@ -134,8 +145,6 @@ class Limiter:
         slots = self.slots.get(tenant.id)
         if slots is None or slots.limit != limit:
             slots = self.slots[tenant.id] = Slots(limit)
-            if self._renewer is None:
-                self._renewer = asyncio.create_task(self._renew())
         if self.clock() >= self.outage_until and not slots.take():
             slots.waiting += 1
             try:
@@ -178,17 +187,61 @@ class Limiter:
                 return
             slots.held = int(granted)
 
+    def start(self) -> None:
+        """Register this edge process and keep its holdings alive, in the background, until ``close``."""
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew(), name="limits-renewer")
+
     async def _renew(self) -> None:
-        """Holdings live SLOTS_TTL_S unless renewed: renewed at a third of it, so a crashed edge's expire."""
+        """Every ``REGISTER_S``, this process's registration (so the outage share counts the live edge
+        processes); every third of SLOTS_TTL_S, its slot holdings, so a crashed edge's expire."""
+        renewed = self.clock()
         while True:
-            await asyncio.sleep(SLOTS_TTL_S / 3)
-            for tenant, slots in list(self.slots.items()):
-                if slots.held:  # renewed down to what is in use: idle spare goes back to the others
-                    await self._hold(tenant, slots, slots.in_use)
+            await self._register()
+            now = self.clock()
+            for (tenant, name), bucket in list(self.buckets.items()):
+                if bucket.stale(now) and not bucket.asking:  # a lease nobody here spends goes back
+                    self._lease_ahead(tenant, name, bucket)
+            if self.clock() - renewed >= SLOTS_TTL_S / 3:
+                renewed = self.clock()
+                for tenant, slots in list(self.slots.items()):
+                    if slots.held:  # renewed down to what is in use: idle spare goes back to the others
+                        await self._hold(tenant, slots, slots.in_use)
+            await asyncio.sleep(REGISTER_S)
+
+    async def _register(self) -> None:
+        try:
+            live = await self.edges_script(keys=[KEY_EDGES], args=[self.edge_id, int(3 * REGISTER_S * 1000)])
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            self._outage(exc)
+            return
+        self.edges = max(1, int(live))
+        for bucket in self.buckets.values():
+            bucket.edges = self.edges
 
     def _outage(self, exc: BaseException) -> None:
+        """A call to the primary failed: the local share decides for ``OUTAGE_RETRY_S``. A refusal (an error
+        the primary answered, e.g. NOPERM from a wrong ACL) is a misconfiguration, logged as an error; an
+        unreachable primary is an outage, logged as a warning; both at most once per episode."""
+        refused = isinstance(exc, ResponseError)
+        kind = "refused" if refused else "unreachable"
+        if self.on_failure is not None:
+            self.on_failure(kind)
         if self.clock() >= self.outage_until:
-            log.warning("limits: the primary is unreachable (%s); enforcing this edge's share", exc)
+            if refused:
+                log.error(
+                    "limits: the primary refused the limit script (%s); enforcing this edge's share "
+                    "(1/%d) — check the edge's Redis ACL user",
+                    exc,
+                    self.edges,
+                )
+            else:
+                log.warning(
+                    "limits: the primary is unreachable (%s); enforcing this edge's share (1/%d)",
+                    exc,
+                    self.edges,
+                )
         self.outage_until = self.clock() + OUTAGE_RETRY_S
 
     def _background(self, work: Any) -> None:
@@ -198,10 +251,12 @@ class Limiter:
 
     def settle(self, tenant: Tenant, reserved: int, used: int) -> None:
         """A request's real token usage against its reservation: the difference back to (or from) the
-        edge's lease, so a tenant pays for what it used."""
+        edge's lease, so a tenant pays for what it used; a debt goes to the primary at once."""
         bucket = self.buckets.get((tenant.id, "tokens"))
         if bucket is not None:
             bucket.refund(reserved - used)
+            if bucket.needs_lease(self.clock()):
+                self._lease_ahead(tenant.id, "tokens", bucket)
 
     def _admitted(self, tenant: Tenant) -> Verdict:
         """The admitted verdict and its headers, rebuilt at most every ``HEADERS_TTL_S`` per tenant (their
@@ -231,34 +286,39 @@ class Limiter:
             out[reset_h] = _duration(backlog)
         return out
 
-    def _bucket(self, tenant: str, name: str, limit: int) -> Bucket:
-        bucket = self.buckets.get((tenant, name))
-        if bucket is None or bucket.limit != limit:  # a new limit starts a new local view
-            bucket = self.buckets[(tenant, name)] = Bucket(limit)
+    def _bucket(self, tenant: Tenant, name: str, limit: int) -> Bucket:
+        bucket = self.buckets.get((tenant.id, name))
+        burst = tenant.limits.burst_s
+        if bucket is None or bucket.limit != limit or bucket.burst_s != burst:
+            # a new limit starts a new local view (what is held at the old rate is dropped, a debt is kept)
+            debt = 0.0 if bucket is None else min(0.0, bucket.held)
+            bucket = self.buckets[(tenant.id, name)] = Bucket(limit, burst, held=debt, edges=self.edges)
         return bucket
 
     async def _spend(self, tenant: str, name: str, bucket: Bucket, cost: float) -> bool:
-        """Nothing held (or the primary is out): the local share, or one lease on the request path."""
-        now = self.clock()
-        if now < self.outage_until:
-            return bucket.local_share(cost, now, self.edges)
-        if now < bucket.refused_at + bucket.wait_s:
-            return False
-        await self._lease(tenant, name, bucket, cost)
-        now = self.clock()
-        if now < self.outage_until:
-            return bucket.local_share(cost, now, self.edges)
-        if not bucket.take(cost, now):
-            return False
-        if bucket.needs_lease(now):
-            self._lease_ahead(tenant, name, bucket)
-        return True
+        """Too little held (or the primary is out): the local share, or a lease of what is missing on the
+        request path (a lease another request already asked for first, then one's own)."""
+        for _ in range(2):
+            now = self.clock()
+            if now < self.outage_until:
+                return bucket.local_share(cost, now, self.edges)
+            if now < bucket.refused_at + bucket.wait_s:
+                return False
+            await self._lease(tenant, name, bucket, cost)
+            now = self.clock()
+            if now < self.outage_until:
+                return bucket.local_share(cost, now, self.edges)
+            if bucket.take(cost, now):
+                if bucket.needs_lease(now):
+                    self._lease_ahead(tenant, name, bucket)
+                return True
+        return False
 
     def _lease_ahead(self, tenant: str, name: str, bucket: Bucket) -> None:
         """The next lease, in the background, before this one runs out."""
         self._background(self._lease(tenant, name, bucket, 0))
 
-    async def _lease(self, tenant: str, name: str, bucket: Bucket, need: float) -> None:
+    async def _lease(self, tenant: str, name: str, bucket: Bucket, cost: float) -> None:
         """One lease from the primary; a request that finds one already asked for waits for that one (a
         burst of requests on an empty bucket costs one round trip, not one each, and cannot run the
         tenant's theoretical arrival time past the tolerance with leases nobody needed)."""
@@ -269,19 +329,28 @@ class Limiter:
         done = asyncio.get_running_loop().create_future()
         self._pending[(tenant, name)] = done
         try:
-            await self._ask(tenant, name, bucket, need)
+            await self._ask(tenant, name, bucket, cost)
         finally:
             del self._pending[(tenant, name)]
             done.set_result(None)
 
-    async def _ask(self, tenant: str, name: str, bucket: Bucket, need: float) -> None:
+    async def _ask(self, tenant: str, name: str, bucket: Bucket, cost: float) -> None:
+        """Lease at least what ``cost`` lacks (granted whole while the tenant has any room: a request above
+        the burst is not refused forever, its excess is the tenant's debt), and settle this edge's carry."""
         bucket.asking = True
-        want = max(bucket.lease_size(), math.ceil(need))
+        now = self.clock()
+        need, carry = bucket.shortfall(cost, now) if cost else 0, bucket.carry(now)
         interval_ms = 60_000.0 / bucket.limit
-        tolerance_ms = max(TOLERANCE_S * 1000.0, bucket.lease_size() * interval_ms)
         try:
             granted, wait_ms, backlog_ms = await self.script(
-                keys=[f"{KEY_PREFIX}:limits:{tenant}:{name}"], args=[interval_ms, tolerance_ms, want]
+                keys=[f"{KEY_PREFIX}:limits:{tenant}:{name}"],
+                args=[
+                    repr(interval_ms),
+                    bucket.tolerance_s() * 1000.0,
+                    max(bucket.lease_size(), need),
+                    need,
+                    carry,
+                ],
             )
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
@@ -289,12 +358,15 @@ class Limiter:
             self._outage(exc)
             return
         now = self.clock()
-        bucket.granted(int(granted), int(wait_ms) / 1000.0, now)
+        bucket.granted(int(granted), carry, int(wait_ms) / 1000.0, now)
         self.backlog[(tenant, name)] = (int(backlog_ms) / 1000.0, now)
 
     async def close(self) -> None:
         for t in [*self._tasks, *([self._renewer] if self._renewer else [])]:
             t.cancel()
+        with contextlib.suppress(Exception):  # leave the registry at once (else it expires)
+            async with asyncio.timeout(0.5):
+                await self.client.hdel(KEY_EDGES, self.edge_id)
         try:
             async with asyncio.timeout(1.0):
                 await self.client.aclose()

@@ -19,26 +19,39 @@ import math
 from dataclasses import dataclass
 
 LEASE_S = 0.25  # a lease holds this much of the tenant's global rate
-LEASE_TTL_S = 2.0  # unused leased permits older than this are dropped
-TOLERANCE_S = 1.0  # GCRA burst tolerance: this much of the rate may arrive at once
+LEASE_TTL_S = 2.0  # unused leased permits older than this go back to the primary (a debt is always paid)
+TOLERANCE_S = 1.0  # default GCRA burst tolerance: this much of the rate may arrive at once
 
-# KEYS[1]: the tenant's TAT (ms); ARGV: emission interval (ms per permit), tolerance (ms), permits wanted.
-# Returns {granted, ms until the next permit, TAT - now (ms)}. Redis's own clock: edges' clocks never meet.
+# KEYS[1]: the tenant's hash {tat: theoretical arrival time (ms), iv: the emission interval it was kept at}.
+# ARGV: emission interval (ms per permit), tolerance (ms), permits wanted, permits needed (the request's cost
+# not covered by what the edge holds: granted whole whenever any room is left, the excess carried as debt in
+# the TAT), carry (permits spent beyond what was leased, always charged; negative: reserved and not used,
+# given back, never below now). Returns {granted, ms until the next
+# permit, TAT - now (ms)}. Redis's own clock: edges' clocks never meet. A new rate converts the permits ahead
+# at once (the backlog in permits is kept, not its time at the old rate). Writes only HSET and PEXPIRE on
+# ``meridian:limits:*`` (the edge's ACL user, fleet/acl.py).
 LEASE_SCRIPT = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local need = tonumber(ARGV[4])
+local carry = tonumber(ARGV[5])
+local saved = redis.call('HMGET', KEYS[1], 'tat', 'iv')
+local tat = tonumber(saved[1] or '0') or 0
+local was = tonumber(saved[2] or '0') or 0
+if was > 0 and was ~= interval and tat > now then tat = now + (tat - now) * interval / was end
 if tat < now then tat = now end
-local room = math.floor((now + tolerance - tat) / interval)
-local grant = want
-if room < want then grant = math.max(room, 0) end
-if grant == 0 and tat <= now + tolerance then grant = 1 end
-if grant > 0 then
+tat = math.max(now, tat + carry * interval)
+local grant = 0
+if tat <= now + tolerance then
+  grant = math.max(need, math.min(want, math.floor((now + tolerance - tat) / interval)))
+end
+if grant > 0 or carry ~= 0 or was ~= interval then
   tat = tat + grant * interval
-  redis.call('SET', KEYS[1], tat, 'PX', math.ceil(tat - now + 60000))
+  redis.call('HSET', KEYS[1], 'tat', string.format('%.3f', tat), 'iv', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tat - now + 60000))
 end
 return {grant, math.max(0, math.ceil(tat - tolerance - now)), math.ceil(tat - now)}
 """
@@ -49,42 +62,72 @@ class Bucket:
     """This edge's view of one (tenant, dimension) limit."""
 
     limit: int  # per minute, across every edge
-    held: float = 0.0  # leased permits not yet spent
+    burst_s: float = TOLERANCE_S  # how much of the rate may arrive at once
+    held: float = 0.0  # leased permits not yet spent; below 0, a debt this edge owes the primary
     leased_at: float = 0.0  # monotonic time of the last lease
     wait_s: float = 0.0  # Redis's word: no permit for this long after ``refused_at``
     refused_at: float = -math.inf
     asking: bool = False  # a lease request is in flight
     local_tat: float = 0.0  # the local-share GCRA (while the primary is unreachable)
+    edges: int = 1  # live edge processes sharing the limit
 
     @property
     def interval_s(self) -> float:
         return 60.0 / self.limit
 
     def lease_size(self) -> int:
-        return max(1, math.ceil(self.limit / 60.0 * LEASE_S))
+        """A lease: ``LEASE_S`` of the rate, less when many edge processes share it, so what all of them
+        hold at once stays within the burst (what passes over any window: the rate plus the burst)."""
+        return max(1, math.ceil(self.limit / 60.0 * min(LEASE_S, self.burst_s / self.edges)))
 
-    def expire(self, now: float) -> None:
-        if self.held and now - self.leased_at > LEASE_TTL_S:
-            self.held = 0.0
+    def tolerance_s(self) -> float:
+        """The GCRA tolerance: the tenant's burst, and at least one lease (6 rpm leases one request)."""
+        return max(self.burst_s, self.lease_size() * self.interval_s)
+
+    def stale(self, now: float) -> bool:
+        """Leased permits unused for ``LEASE_TTL_S``: not spent here any more, given back (``carry``)."""
+        return self.held > 0 and now - self.leased_at > LEASE_TTL_S
 
     def take(self, cost: float, now: float) -> bool:
-        """Spend ``cost`` leased permits if held (a request's cost may overdraw a lease it started on)."""
-        self.expire(now)
-        if self.held <= 0:
+        """Spend ``cost`` leased permits if this edge holds all of them, fresh (never overdrawn: a cost
+        above what is held leases the rest first)."""
+        if self.held < cost or self.stale(now):
             return False
         self.held -= cost
         return True
 
-    def needs_lease(self, now: float) -> bool:
-        """Ask for the next lease before this one runs out (not while Redis said to wait)."""
-        return not self.asking and self.held < self.lease_size() / 2 and now >= self.refused_at + self.wait_s
+    def shortfall(self, cost: float, now: float) -> int:
+        """Permits to lease before ``cost`` can be spent (a stale lease goes back, it does not count)."""
+        held = 0.0 if self.stale(now) else max(0.0, self.held)
+        return max(0, math.ceil(cost - held))
 
-    def granted(self, permits: int, wait_s: float, now: float) -> None:
+    def carry(self, now: float) -> int:
+        """Permits to settle with the primary: a debt (spent beyond what was leased: usage above its
+        reservation) to charge, or (negative) to give back: settled reservations beyond what a lease holds,
+        or a stale lease whole."""
+        if self.held < 0:
+            return math.ceil(-self.held)
+        if self.stale(now):
+            return -math.floor(self.held)
+        excess = self.held - self.lease_size()
+        return -math.floor(excess) if self.held > 2 * self.lease_size() else 0
+
+    def needs_lease(self, now: float) -> bool:
+        """Ask for the next lease before this one runs out (not while Redis said to wait), or to settle a
+        debt or give back permits at once."""
+        if self.asking:
+            return False
+        if self.carry(now):
+            return True
+        return self.held < self.lease_size() / 2 and now >= self.refused_at + self.wait_s
+
+    def granted(self, permits: int, carried: int, wait_s: float, now: float) -> None:
+        """The primary's answer: ``permits`` leased, ``carried`` settled (see ``carry``)."""
         self.asking = False
-        self.expire(now)
-        self.held += permits
+        self.held += permits + carried
         if permits:
             self.leased_at = now
+            self.refused_at, self.wait_s = -math.inf, 0.0
         else:
             self.refused_at, self.wait_s = now, wait_s
 
@@ -93,14 +136,14 @@ class Bucket:
 
     def refund(self, permits: float) -> None:
         """Permits taken but not used (a request refused on another limit, or a token reservation above the
-        real usage; negative: used more than reserved)."""
+        real usage; negative: used more than reserved, a debt once below 0)."""
         self.held += permits
 
     def local_share(self, cost: float, now: float, edges: int) -> bool:
         """GCRA on this edge's clock at 1/``edges`` of the limit (the primary is unreachable)."""
         interval = self.interval_s * edges
         tat = max(self.local_tat, now)
-        if tat - now > TOLERANCE_S:
+        if tat - now > self.burst_s:
             return False
         self.local_tat = tat + cost * interval
         return True
@@ -109,6 +152,17 @@ class Bucket:
 def estimate_tokens(prompt_chars: int, max_tokens: int | None, default_max: int) -> int:
     """A request's token reservation: its prompt at ~4 characters a token, plus what it may generate."""
     return max(1, prompt_chars // 4) + (max_tokens if max_tokens is not None else default_max)
+
+
+def reservation(*, prompt_chars: int, max_tokens: int | None, context_length: int | None, cap: int) -> int:
+    """What a request may cost in tokens: its prompt's estimate plus what it may generate — ``max_tokens``
+    when given, else what the model's context leaves after the prompt (an engine generates up to that),
+    at most ``cap``. Limits, the fair queue and budgets all reserve this."""
+    prompt = max(1, prompt_chars // 4)
+    if max_tokens is None:
+        room = cap if context_length is None else context_length - prompt
+        max_tokens = max(1, min(cap, room))
+    return prompt + max_tokens
 
 
 # KEYS[1]: hash of edge id -> "slots:expiry_ms"; ARGV: this edge's id, slots it wants to hold, the limit,
@@ -139,6 +193,21 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
 return grant
 """
 SLOTS_TTL_S = 10.0  # a holding not renewed for this long is another edge's to take
+
+# KEYS[1]: hash of edge process id -> expiry (ms); ARGV: this process's id, how long its registration lives
+# (ms). Registers it, forgets the expired, returns how many are live (the outage share's denominator).
+EDGES_SCRIPT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
+local all = redis.call('HGETALL', KEYS[1])
+local live = 0
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) < now then redis.call('HDEL', KEYS[1], all[i]) else live = live + 1 end
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 3)
+return live
+"""
 
 
 @dataclass(slots=True)

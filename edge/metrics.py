@@ -133,6 +133,13 @@ class EdgeMetrics:
 
     def _model_metrics(self) -> None:
         r = self.registry
+        self.limits_primary_failures = Counter(
+            "meridian_edge_limits_primary_failures",
+            "Calls to the limits authority (the Redis primary) that failed: refused (an error it answered, "
+            "e.g. NOPERM: a misconfiguration) or unreachable (an outage); the local share decides meanwhile",
+            ["kind"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "meridian_edge_rate_limited",
             "Requests refused by a tenant limit, by which",

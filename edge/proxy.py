@@ -95,7 +95,7 @@ class Proxy:
             if principal is None:
                 return self.admission.unauthorized()
         if request.path == "/v1/models" and not self.catalog.open:
-            return self.models_view()
+            return await self.models_view(principal)
         headers = request.headers
         if "traceparent" not in headers:
             span = self.sampler.left_out() or self._server_span(request, None)
@@ -269,6 +269,7 @@ class Proxy:
                     edge=self.settings.region,
                     credential=self.region_credential,
                     keep_authorization=self.admission.tenants is None,
+                    priority=priority if admitted.tenant is not None else None,
                 ),
                 timeouts=self.settings.timeouts[priority],
                 hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
@@ -345,12 +346,25 @@ class Proxy:
                 return alt_plan, alt, with_model(body, other)
         return plan, wanted, body
 
-    def models_view(self) -> web.Response:
-        """The models routable now, in OpenAI's list format, each with the regions that serve it."""
+    async def models_view(self, principal: Principal | None) -> web.Response:
+        """The models routable now that the caller may use, in OpenAI's list format, each with the regions
+        that serve it. A tenant's listing counts as one of its requests (``rpm``; 429 when over)."""
+        tenant = None if principal is None else principal.tenant
+        limiter = self.admission.limiter
+        headers = self.edge_headers
+        if tenant is not None and limiter is not None and tenant.limits.rpm is not None:
+            verdict = limiter.admit_held(tenant, 0) or await limiter.admit(tenant, 0)
+            if not verdict.admitted:
+                return self.admission.rate_limited(tenant, verdict)
+            headers = {**headers, **verdict.headers}
+        if tenant is not None:
+            self.metrics.tenants.outcome(tenant.id, "ok")
         snap = self.feed.current or self.fallback
         routes = self.planner.cache(snap)
         data = []
         for name, spec in self.catalog.models.items():
+            if tenant is not None and not tenant.may_use(name):
+                continue
             regions = sorted(
                 r for r in routes.regions_serving(name) if (st := snap.regions.get(r)) and st.routable
             )
@@ -369,7 +383,7 @@ class Proxy:
                         },
                     }
                 )
-        return web.json_response({"object": "list", "data": data}, headers=self.edge_headers)
+        return web.json_response({"object": "list", "data": data}, headers=headers)
 
     def _hedge_delay(
         self, request: web.BaseRequest, priority: Priority, plan: AttemptPlan, snap: Snapshot

@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+MOST_TOKENS = 2**31 - 1  # no model's context comes near: above it, max_tokens is an error, not a reservation
 PREFIX_CHARS = 2048  # of each leading message: long enough to tell sessions apart, bounded in cost
 KeySource = Literal["prompt_cache_key", "session", "prefix"]
 
@@ -38,13 +39,17 @@ _DECODER = msgspec.json.Decoder(_Body)
 class BodyError(ValueError):
     """The body is not the JSON object an inference route takes (the message names the field)."""
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
 
 @dataclass(frozen=True, slots=True)
 class Inference:
     model: str | None
     key: int | None  # the affinity key, 64 bits (None: nothing to be sticky on)
     key_source: KeySource | None
-    max_tokens: int | None = None  # what it may generate (max_completion_tokens, else max_tokens)
+    max_tokens: int | None = None  # what it may generate: the larger of max_tokens, max_completion_tokens
 
 
 def read(body: bytes, session: str | None) -> Inference:
@@ -54,10 +59,11 @@ def read(body: bytes, session: str | None) -> Inference:
     try:
         parsed = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
-        raise BodyError(f"invalid request body: {exc}") from None
+        field = str(exc).rpartition("$.")[2].split("[")[0].rstrip("`") if "$." in str(exc) else None
+        raise BodyError(f"invalid request body: {exc}", param=field) from None
     except msgspec.DecodeError as exc:
         raise BodyError(f"the request body is not JSON: {exc}") from None
-    most = parsed.max_completion_tokens if parsed.max_completion_tokens is not None else parsed.max_tokens
+    most = _most(parsed)
     if parsed.prompt_cache_key:
         return Inference(parsed.model, _hash("pck", parsed.prompt_cache_key), "prompt_cache_key", most)
     if session:
@@ -65,6 +71,17 @@ def read(body: bytes, session: str | None) -> Inference:
     prefix = _leading(parsed)
     key = _hash("prefix", prefix) if prefix else None
     return Inference(parsed.model, key, "prefix" if prefix else None, most)
+
+
+def _most(body: _Body) -> int | None:
+    """What the request may generate: the larger of the two fields (an engine honours either; a client
+    cannot lower its reservation with one while the other lets it generate more), each at least 1."""
+    given = {"max_tokens": body.max_tokens, "max_completion_tokens": body.max_completion_tokens}
+    for name, value in given.items():
+        if value is not None and not 1 <= value <= MOST_TOKENS:
+            raise BodyError(f"{name} must be between 1 and {MOST_TOKENS}, got {value}", param=name)
+    values = [v for v in given.values() if v is not None]
+    return max(values) if values else None
 
 
 def _leading(body: _Body) -> str:

@@ -160,7 +160,10 @@ class EdgeSettings(BaseSettings):
         default=None, description="what regions get as Authorization: Bearer (never the client's key)"
     )
     default_max_tokens: int = Field(
-        default=256, ge=1, description="token reservation for a request that sets no max_tokens"
+        default=1024,
+        ge=1,
+        description="the most a request that sets no max_tokens is reserved for what it generates (below "
+        "that, its model's context length less the prompt)",
     )
     wake_hold_s: float = Field(
         default=150.0,

@@ -8,7 +8,11 @@
   nothing else: it cannot write routing state, tenants or keys, or announce a change, so a stolen edge
   credential cannot drain a region or mint a key;
 - replication: what a replica needs to follow its primary;
+- sentinel: what Redis Sentinel needs to monitor the data nodes and fail over (where Sentinel is used);
 - the default user is off.
+The limit scripts run under the edge's user: besides the writes above they need TIME (Redis's clock); a
+script the edge needs that its user may not run fails NOPERM, which ``tests/test_limits_functional.py``
+runs into on fleets with these users.
 Every redis-server of the fleet (primary and replicas; ACLs are not replicated) loads the same file.
 """
 
@@ -23,6 +27,7 @@ from fleet.wake import KEY_WAKE
 CONTROL_PLANE = "meridian-controlplane"
 EDGE = "meridian-edge"
 REPLICATION = "meridian-replication"
+SENTINEL = "meridian-sentinel"
 
 RULES: dict[str, str] = {
     CONTROL_PLANE: f"~{KEY_PREFIX}:* &{KEY_PREFIX}:* +@all -@dangerous +info",
@@ -30,9 +35,13 @@ RULES: dict[str, str] = {
         f"resetchannels &{CHANNEL_CHANGES} %R~{KEY_PREFIX}:state:* %W~{KEY_OBSERVATIONS} "
         f"~{KEY_PREFIX}:limits:* ~{KEY_USAGE}:* ~{KEY_TRAFFIC}:* ~{KEY_WAKE}:* -@all +@read +@connection "
         "+subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire "
-        "+hset +hdel +pexpire"
+        "+hset +hdel +pexpire +time"
     ),
     REPLICATION: "+psync +replconf +ping",
+    SENTINEL: (
+        "allchannels +multi +slaveof +ping +exec +subscribe +config|rewrite +role +publish +info "
+        "+client|setname +client|kill +script|kill"
+    ),
 }
 
 
@@ -43,14 +52,24 @@ class Credentials:
     control_plane: str
     edge: str
     replication: str
+    sentinel: str = ""  # no Sentinel user without a password
 
     def password(self, user: str) -> str:
-        return {CONTROL_PLANE: self.control_plane, EDGE: self.edge, REPLICATION: self.replication}[user]
+        return {
+            CONTROL_PLANE: self.control_plane,
+            EDGE: self.edge,
+            REPLICATION: self.replication,
+            SENTINEL: self.sentinel,
+        }[user]
 
     def acl_file(self) -> str:
         """The ACL file every redis-server of the fleet loads (``--aclfile``)."""
         lines = ["user default off"]
-        lines += [f"user {user} on >{self.password(user)} {rule}" for user, rule in RULES.items()]
+        lines += [
+            f"user {user} on >{self.password(user)} {rule}"
+            for user, rule in RULES.items()
+            if self.password(user)
+        ]
         return "\n".join(lines) + "\n"
 
     def url(self, user: str, host: str, port: int) -> str:

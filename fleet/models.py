@@ -19,6 +19,8 @@ class ModelSpec(BaseModel):
 
     base: str | None = Field(default=None, description="a LoRA adapter's base model")
     context_length: int = Field(default=8192, gt=0)
+    input_per_mtok: float = Field(default=0.0, ge=0, description="USD per million prompt tokens")
+    output_per_mtok: float = Field(default=0.0, ge=0, description="USD per million completion tokens")
     fallbacks: tuple[str, ...] = Field(
         default=(), description="served instead, in order, only when no region serving this one is routable"
     )
@@ -52,6 +54,11 @@ class Catalog:
     def fallbacks(self, model: str) -> tuple[str, ...]:
         spec = self.models.get(model)
         return spec.fallbacks if spec is not None else ()
+
+    def context_length(self, model: str | None) -> int | None:
+        """The model's context length (None: the open world, or no model named)."""
+        spec = self.models.get(model) if model is not None else None
+        return spec.context_length if spec is not None else None
 
     def adapter_base(self, model: str) -> str | None:
         spec = self.models.get(model)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, unquote, urlparse, urlunparse
 
 import redis.asyncio as aioredis
@@ -90,7 +90,7 @@ def _sentinel_client(url: str, *, socket_timeout: float, replica: bool) -> aiore
     service = parsed.path.strip("/").split("/")[0] or "mymaster"
     query = parse_qs(parsed.query)
     db = int(query.get("db", ["0"])[0])
-    auth = {}
+    auth: dict[str, Any] = {}
     if parsed.username:
         auth["username"] = unquote(parsed.username)
     if parsed.password:

@@ -31,6 +31,9 @@ class Limits(BaseModel):
     rpm: int | None = Field(default=None, ge=1, le=100_000_000, description="requests per minute")
     tpm: int | None = Field(default=None, ge=1, le=10_000_000_000, description="tokens per minute")
     max_concurrent: int | None = Field(default=None, ge=1, le=1_000_000, description="requests in flight")
+    burst_s: float = Field(
+        default=1.0, gt=0, le=60, description="seconds of the rpm/tpm rate that may arrive at once"
+    )
 
     @field_validator("rpm", "tpm", "max_concurrent", mode="before")
     @classmethod
@@ -44,18 +47,30 @@ class Tenant(BaseModel):
     id: str
     name: str = Field(min_length=1, max_length=200)
     limits: Limits = Field(default_factory=Limits)
-    priority: Priority = Field(default="normal", description="its default and the highest it may ask for")
+    priority: Priority = Field(default="normal", description="its requests' priority by default")
+    max_priority: Priority | None = Field(
+        default=None,
+        description="the highest X-Meridian-Priority may ask for (None or below its default: its default)",
+    )
     models: tuple[str, ...] | None = Field(default=None, description="models it may use (None: all)")
     created_at: float = 0.0
 
     def may_use(self, model: str | None) -> bool:
         return self.models is None or model is None or model in self.models
 
-    def priority_for(self, asked: Priority | None) -> Priority:
-        """The request's priority: what it asked for, capped by what the tenant may use; else its default."""
-        if asked is None or PRIORITY_RANK[asked] > PRIORITY_RANK[self.priority]:
+    @property
+    def ceiling(self) -> Priority:
+        """The highest priority its requests may ask for."""
+        if self.max_priority is None or PRIORITY_RANK[self.max_priority] < PRIORITY_RANK[self.priority]:
             return self.priority
-        return asked
+        return self.max_priority
+
+    def priority_for(self, asked: Priority | None) -> Priority:
+        """The request's priority: what it asked for, capped by its ceiling; else its default."""
+        if asked is None:
+            return self.priority
+        ceiling = self.ceiling
+        return ceiling if PRIORITY_RANK[asked] > PRIORITY_RANK[ceiling] else asked
 
 
 class ApiKey(BaseModel):

@@ -309,7 +309,8 @@ class Fleet:
             self.token,
             {
                 "name": "demo",
-                "priority": "critical",
+                "priority": "normal",
+                "max_priority": "critical",
                 "limits": {"rpm": 1_000_000, "tpm": 1_000_000_000},
                 "reason": "the demo's tenant",
             },

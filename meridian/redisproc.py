@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from fleet.acl import CONTROL_PLANE, REPLICATION, Credentials
+from fleet.acl import CONTROL_PLANE, REPLICATION, SENTINEL, Credentials
 
 
 class RedisNotFound(RuntimeError):
@@ -127,6 +127,9 @@ def spawn(
             out.close()
 
 
+OPS_USER = "meridian-ops"  # tests' fault injection (CONFIG, DEBUG …): no Meridian component logs in as it
+
+
 @dataclass
 class RedisServer:
     port: int
@@ -135,6 +138,7 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     extra: tuple[str, ...] = ()
     acl: Credentials | None = None  # ACL users on (fleet.acl); None: the default user, no password
+    ops: str | None = None  # a test's own operator user (OPS_USER, every command) with this password
 
     @property
     def url(self) -> str:
@@ -146,7 +150,9 @@ class RedisServer:
 
     def _auth(self) -> tuple[str | None, str | None]:
         """(username, password) for our own admin connections: the control plane's user under ACLs."""
-        return (None, None) if self.acl is None else (CONTROL_PLANE, self.acl.control_plane)
+        if self.acl is None:
+            return (None, None)
+        return (OPS_USER, self.ops) if self.ops else (CONTROL_PLANE, self.acl.control_plane)
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +182,8 @@ class RedisServer:
         ]
         if self.acl is not None:
             aclfile = self.workdir / "users.acl"
-            aclfile.write_text(self.acl.acl_file())
+            extra = f"user {OPS_USER} on >{self.ops} ~* &* +@all\n" if self.ops else ""
+            aclfile.write_text(self.acl.acl_file() + extra)
             aclfile.chmod(0o600)
             argv += ["--aclfile", str(aclfile)]
         if self.replicaof is not None:
@@ -247,6 +254,7 @@ class SentinelServer:
     quorum: int = 2
     down_after_ms: int = 1000
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    acl: Credentials | None = None  # the data nodes' ACL users: Sentinel logs in as fleet.acl.SENTINEL
 
     def start(self) -> SentinelServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +266,10 @@ class SentinelServer:
             f"sentinel failover-timeout {self.service} 3000\n"
             f"sentinel parallel-syncs {self.service} 1\n"
         )
+        if self.acl is not None and self.acl.sentinel:
+            with conf.open("a") as f:
+                f.write(f"sentinel auth-user {self.service} {SENTINEL}\n")
+                f.write(f"sentinel auth-pass {self.service} {self.acl.sentinel}\n")
         self.proc = spawn([redis_binary(), str(conf), "--sentinel"], log=self.workdir / "sentinel.log")
         return self
 

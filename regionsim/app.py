@@ -9,6 +9,7 @@ import json
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ class SimStats:
     rejected: int = 0
     reclaimed_cut: int = 0  # requests cut when the cloud reclaimed the machine
     trace_ids: list[str] = field(default_factory=list)
+    priorities: Counter[str] = field(default_factory=Counter)  # X-Meridian-Priority as received
 
 
 # vLLM's own buckets for vllm:time_to_first_token_seconds
@@ -279,6 +281,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     tid = _trace_id(request)
     st.stats.trace_ids.append(tid)
     del st.stats.trace_ids[:-1000]
+    st.stats.priorities[request.headers.get("X-Meridian-Priority", "-")] += 1
     if st.faults.down:
         return await _reset(request)
     hdrs = _sim_headers(st, request)

@@ -25,6 +25,7 @@ from controlplane.settings import AdminToken, ControlPlaneSettings
 from edge.app import Edge
 from edge.main import serve as serve_edge
 from edge.settings import EdgeSettings
+from fleet.acl import CONTROL_PLANE, EDGE, Credentials
 from fleet.state import Topology
 from fleet.topology import load_topology
 from meridian.demo import emulated_rtt, local_topology
@@ -75,6 +76,7 @@ class Fleet:
     replicas: dict[str, RedisServer]
     sims: dict[str, dict[str, TestServer]]
     edges: dict[str, ServedEdge] = field(default_factory=dict)
+    processes: dict[str, list[ServedEdge]] = field(default_factory=dict)  # every edge process per region
     admin_url: str = ""
     operator_token: str = ""
     viewer_token: str = ""
@@ -155,7 +157,8 @@ class Fleet:
                 await wait_for(ready, timeout=10, what=f"edge {region} ready")
 
     async def close(self) -> None:
-        edges, self.edges = list(self.edges.values()), {}
+        edges = [e for procs in self.processes.values() for e in procs]
+        self.edges, self.processes = {}, {}
         await asyncio.gather(*(e.close() for e in edges))
         if self.uvicorn_server is not None and self.uvicorn_task is not None:
             self.uvicorn_server.should_exit = True
@@ -187,6 +190,7 @@ async def start_fleet(
     region_overrides: dict[str, dict[str, Any]] | None = None,
     autoscaling: dict[str, Any] | None = None,
     cp_overrides: dict[str, Any] | None = None,
+    processes: int = 1,
 ) -> Fleet:
     """A fleet on loopback. The simulators emulate the network between edges and regions at
     ``network_scale`` of the real round trips (0.25: London-Virginia is 21 ms, not 82) and the policy's
@@ -211,10 +215,13 @@ async def start_fleet(
             "autoscaling": {**base.autoscaling.model_dump(), **(autoscaling or {})},
         }
     )
-    primary = RedisServer(port=free_port(), workdir=tmp_path / "redis-primary").start()
+    # the shipped ACL users (fleet.acl), as the demo and Terraform run them: each component logs in as its own
+    acl = Credentials(*(secrets.token_urlsafe(12) for _ in range(4)))
+    ops = secrets.token_urlsafe(12)  # the test's own hand on the servers (faults), never a component's
+    primary = RedisServer(port=free_port(), workdir=tmp_path / "redis-primary", acl=acl, ops=ops).start()
     replicas = {
         r.name: RedisServer(
-            port=free_port(), workdir=tmp_path / f"redis-{r.name}", replicaof=primary.port
+            port=free_port(), workdir=tmp_path / f"redis-{r.name}", replicaof=primary.port, acl=acl, ops=ops
         ).start()
         for r in base.regions
     }
@@ -223,7 +230,7 @@ async def start_fleet(
         for i in range(sentinels):
             fleet.sentinels.append(
                 SentinelServer(
-                    port=free_port(), workdir=tmp_path / f"sentinel-{i}", primary_port=primary.port
+                    port=free_port(), workdir=tmp_path / f"sentinel-{i}", primary_port=primary.port, acl=acl
                 ).start()
             )
         await _build(
@@ -242,6 +249,7 @@ async def start_fleet(
             },
             network_scale=network_scale,
             cp_overrides=cp_overrides,
+            processes=processes,
         )
     except BaseException:
         await fleet.close()
@@ -262,6 +270,7 @@ async def _build(
     edge_overrides: dict[str, Any] | None,
     network_scale: float,
     cp_overrides: dict[str, Any] | None = None,
+    processes: int = 1,
 ) -> None:
     base, primary, replicas = fleet.topology, fleet.primary, fleet.replicas
     sims = fleet.sims
@@ -288,10 +297,11 @@ async def _build(
     if control_plane:
         fleet.operator_token = secrets.token_urlsafe(24)
         fleet.viewer_token = secrets.token_urlsafe(24)
-        redis_url = primary.url
+        redis_url = primary.url_for(CONTROL_PLANE)
         if fleet.sentinels:
             hosts = ",".join(f"127.0.0.1:{s.port}" for s in fleet.sentinels)
-            redis_url = f"redis+sentinel://{hosts}/mymaster"
+            assert primary.acl is not None
+            redis_url = f"redis+sentinel://{CONTROL_PLANE}:{primary.acl.control_plane}@{hosts}/mymaster"
         cp_settings = ControlPlaneSettings(
             redis_url=redis_url,
             admin_tokens=[
@@ -320,8 +330,8 @@ async def _build(
     for name in edges if edges is not None else topo.names:
         options: dict[str, Any] = {
             "region": name,
-            "redis_url": replicas[name].url,
-            "redis_primary_url": primary.url,
+            "redis_url": replicas[name].url_for(EDGE),
+            "redis_primary_url": primary.url_for(EDGE),
             "geoip_db": geo_db,
             "trusted_proxies": ["127.0.0.0/8", "::1/128"],
             "tracing_trusted_peers": ["127.0.0.0/8", "::1/128"],
@@ -332,9 +342,12 @@ async def _build(
             **(edge_overrides or {}),
         }
         settings = EdgeSettings(**options)
-        edge = Edge(settings, topology=topo, tracer_provider=provider)
-        runner = await serve_edge(edge, "127.0.0.1", 0, shutdown_timeout=2.0)  # the kernel picks the port
-        fleet.edges[name] = ServedEdge(edge, runner, runner.addresses[0][1])
+        for _ in range(processes):  # each its own Edge: its own limiter, registration and connections
+            edge = Edge(settings, topology=topo, tracer_provider=provider)
+            runner = await serve_edge(edge, "127.0.0.1", 0, shutdown_timeout=2.0)  # the kernel picks the port
+            served = ServedEdge(edge, runner, runner.addresses[0][1])
+            fleet.processes.setdefault(name, []).append(served)
+            fleet.edges.setdefault(name, served)
     if control_plane:
         await fleet.wait_edges_ready()
 

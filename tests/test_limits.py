@@ -3,24 +3,42 @@ local share while the primary is unreachable; the token reservation."""
 
 from __future__ import annotations
 
-from edge.limits import LEASE_TTL_S, Bucket, Slots, estimate_tokens
+from edge.limits import LEASE_TTL_S, Bucket, Slots, estimate_tokens, reservation
 
 
 def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:
     b = Bucket(limit=1200)  # 20 a second: a lease is 5
     assert b.lease_size() == 5 and b.needs_lease(0.0) and not b.take(1, 0.0)
-    b.granted(5, 0.0, now=0.0)
+    b.granted(5, 0, 0.0, now=0.0)
     assert [b.take(1, 0.1) for _ in range(3)] == [True, True, True] and b.needs_lease(0.1)  # 2 left < 5/2
     b.asking = True
     assert not b.needs_lease(0.1)  # one lease request at a time
-    b.granted(0, 0.5, now=0.2)  # Redis: none left for 0.5 s
+    b.granted(0, 0, 0.5, now=0.2)  # Redis: none left for 0.5 s
     assert b.take(1, 0.3) and b.take(1, 0.3) and not b.take(1, 0.3)
     assert not b.needs_lease(0.6) and b.needs_lease(0.7) and abs(b.retry_after(0.3) - 0.4) < 1e-9
-    b.granted(5, 0.0, now=1.0)
-    assert not b.take(1, 1.0 + LEASE_TTL_S + 0.1)  # a lease unused this long is dropped
-    b.granted(2, 0.0, now=5.0)
-    assert b.take(500, 5.0) and b.held == -498  # a big request may overdraw what it started on ...
-    assert not b.take(1, 5.0)  # ... and the next lease pays it back first
+    b.granted(5, 0, 0.0, now=1.0)
+    later = 1.0 + LEASE_TTL_S + 0.1
+    assert not b.take(1, later) and b.carry(later) == -5  # a lease unused this long goes back whole
+
+
+def test_a_lease_is_never_overdrawn_and_a_debt_is_never_forgiven() -> None:
+    b = Bucket(limit=6000)  # 100 tokens a second: a lease is 25
+    b.granted(25, 0, 0.0, now=0.0)
+    assert not b.take(1000, 0.0) and b.held == 25  # a request costing more than is held spends nothing ...
+    assert b.shortfall(1000, 0.0) == 975  # ... it leases what is missing first
+    b.granted(975, 0, 0.0, now=0.0)
+    assert b.take(1000, 0.0) and b.held == 0
+    b.refund(200 - 700)  # settled: it used 700 tokens where 200 were reserved
+    assert b.held == -500 and b.carry(0.0) == 500 and b.needs_lease(0.0)
+    assert not b.take(1, 100.0) and b.carry(100.0) == 500  # a debt is never dropped
+    b.granted(0, 500, 3.0, now=100.0)  # the primary took the debt (and had no room for more)
+    assert b.held == 0 and b.carry(100.1) == 0 and not b.needs_lease(100.1)
+    b.granted(1000, 0, 0.0, now=101.0)
+    assert b.take(1000, 101.0)
+    b.refund(1000 - 12)  # used 12 of 1,000 reserved: what a lease holds is kept, the rest goes back
+    assert b.carry(101.0) == -(988 - 25) and b.needs_lease(101.0)
+    b.granted(0, b.carry(101.0), 0.0, now=101.0)
+    assert b.held == 25 and b.carry(101.0) == 0
 
 
 def test_the_local_share_is_the_limit_over_the_edges() -> None:
@@ -31,7 +49,12 @@ def test_the_local_share_is_the_limit_over_the_edges() -> None:
 
 def test_a_requests_token_reservation() -> None:
     assert estimate_tokens(400, 50, default_max=256) == 150
-    assert estimate_tokens(0, None, default_max=256) == 257
+    assert reservation(prompt_chars=400, max_tokens=50, context_length=8192, cap=1024) == 150
+    # no max_tokens: what the context leaves after the prompt, at most the cap
+    assert reservation(prompt_chars=400, max_tokens=None, context_length=8192, cap=1024) == 100 + 1024
+    assert reservation(prompt_chars=32_000, max_tokens=None, context_length=8192, cap=1024) == 8000 + 192
+    assert reservation(prompt_chars=40_000, max_tokens=None, context_length=8192, cap=1024) == 10_000 + 1
+    assert reservation(prompt_chars=0, max_tokens=None, context_length=None, cap=1024) == 1 + 1024
 
 
 def test_concurrent_slots_are_held_used_and_given_back() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
+from meridian.redisproc import RedisServer
 from tests.fleet import ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 from tests.load import Load
@@ -44,7 +45,7 @@ async def test_sentinel_failover_restores_admin_writes(
             took = time.monotonic() - killed
 
             async def replicas_follow_the_new_primary() -> bool:
-                return all(_linked(rs.port) for rs in f.replicas.values())
+                return all(_linked(rs) for rs in f.replicas.values())
 
             # Sentinel re-points the other replicas one at a time (parallel-syncs 1), each with a full sync
             await wait_for(
@@ -75,11 +76,11 @@ async def test_sentinel_failover_restores_admin_writes(
         await f.close()
 
 
-def _linked(port: int) -> bool:
+def _linked(server: RedisServer) -> bool:
     """A replica linked to a live primary, or the promoted primary itself."""
     import redis
 
-    r = redis.Redis(port=port, socket_timeout=1, decode_responses=True)
+    r = server.client(decode=True)
     try:
         info = r.info("replication")
     except redis.RedisError:

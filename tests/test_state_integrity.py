@@ -40,7 +40,8 @@ async def served_region(s: aiohttp.ClientSession, fleet: Fleet, edge: str, ip: s
 
 async def touch(primary: RedisServer, *commands: tuple[str, ...]) -> None:
     """Write to the store behind the control plane's back (a fault, a bad actor) and announce it."""
-    r = aioredis.Redis(port=primary.port)
+    assert primary.acl is not None
+    r = aioredis.Redis(port=primary.port, username=CONTROL_PLANE, password=primary.acl.control_plane)
     try:
         for c in commands:
             await r.execute_command(*c)

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fleet.acl import CONTROL_PLANE
 from meridian import cli
 from meridian.capacity import read_store
 from tests.conftest import ServerFactory
@@ -111,7 +112,7 @@ async def test_usage_is_ledgered_per_tenant_model_region_and_hour_and_reported(
 
     # the same traffic per region and minute, all tenants together: the history capacity planning reads
     samples = await asyncio.to_thread(
-        read_store, fleet.primary.url, fleet.topology.names, days=0.02, now=time.time()
+        read_store, fleet.primary.url_for(CONTROL_PLANE), fleet.topology.names, days=0.02, now=time.time()
     )
     assert sum(x.requests for x in samples) == 6 and sum(x.completion_tokens for x in samples) == completion
     assert {x.region for x in samples} == {"us-east-1", "eu-west-1"}

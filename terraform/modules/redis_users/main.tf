@@ -8,7 +8,7 @@ locals {
   # keep in step with fleet/acl.py RULES (tests/test_terraform.py checks it)
   rules = {
     "meridian-controlplane" = "~meridian:* &meridian:* +@all -@dangerous +info"
-    "meridian-edge"         = "resetchannels &meridian:state:changes %R~meridian:state:* %W~meridian:observations ~meridian:limits:* ~meridian:usage:* ~meridian:traffic:* ~meridian:wake:* -@all +@read +@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire +hset +hdel +pexpire"
+    "meridian-edge"         = "resetchannels &meridian:state:changes %R~meridian:state:* %W~meridian:observations ~meridian:limits:* ~meridian:usage:* ~meridian:traffic:* ~meridian:wake:* -@all +@read +@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire +hset +hdel +pexpire +time"
     "meridian-replication"  = "+psync +replconf +ping"
   }
 }

@@ -1,0 +1,202 @@
+"""One test per way the tenant limits were found to fail as shipped (issue: "never over and never under"),
+on a fleet running the shipped Redis ACL users: a lease never overdrawn, a debt carried to the primary, a
+reservation the client cannot lower, bad max_tokens refused with the field named, a limit change at once,
+an abandoned request letting go of its slot, /v1/models per tenant, the capped priority forwarded, and
+partial tenant updates."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.fleet import Fleet, start_fleet, wait_for
+from tests.geodb import CLIENT_IP
+
+CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+EDGE = "eu-west-1"
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        auth=True,
+        regions=("eu-west-1", "us-east-1"),
+        sim_kwargs={"ttft_ms": 1.0},
+    )
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def post(
+    s: aiohttp.ClientSession, fleet: Fleet, key: str, body: dict[str, Any], **headers: str
+) -> tuple[int, dict[str, str], Any]:
+    hdrs = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"], **headers}
+    async with s.post(fleet.edge_url(EDGE) + "v1/chat/completions", json=body, headers=hdrs) as r:
+        return r.status, dict(r.headers), await r.json(content_type=None)
+
+
+async def test_a_request_above_the_lease_leases_its_whole_cost_and_its_excess_is_a_debt(fleet: Fleet) -> None:
+    # tpm 6,000 (100 a second, 1 s of burst); each request may cost ~1,000 tokens (max_tokens 990)
+    _, key = await fleet.tenant_key({"tpm": 6000})
+    big = {**CHAT, "max_tokens": 990}
+    async with aiohttp.ClientSession() as s:
+        first = await post(s, fleet, key, big)
+        second = await post(s, fleet, key, big)
+    assert first[0] == 200, first
+    # the first took ~10 s of the rate (its reservation is settled on its real usage, 992 tokens): the
+    # second is refused for that long, where an overdrawn lease let 20 such requests pass in 44 s
+    assert second[0] == 429 and second[2]["error"]["code"] == "rate_limit_exceeded", second
+    assert 5 <= int(second[1]["Retry-After"]) <= 11, second[1]
+
+
+async def test_a_huge_prompt_is_charged_in_full_before_the_next_passes(fleet: Fleet) -> None:
+    _, key = await fleet.tenant_key({"tpm": 6000})
+    huge = {**CHAT, "messages": [{"role": "user", "content": "x" * 40_000}]}  # ~10,000 tokens
+    async with aiohttp.ClientSession() as s:
+        statuses = [(await post(s, fleet, key, huge))[0] for _ in range(4)]
+    assert statuses == [200, 429, 429, 429], statuses  # 100 s of the rate spent by the first
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": 1000, "max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"max_tokens": -5}, "max_tokens"),
+        ({"max_tokens": 2**70}, "max_tokens"),
+    ],
+)
+async def test_a_reservation_the_client_lowers_or_breaks_is_400_naming_the_field(
+    fleet: Fleet, fields: dict[str, int], param: str
+) -> None:
+    _, key = await fleet.tenant_key({"tpm": 6000})
+    async with aiohttp.ClientSession() as s:
+        status, _, body = await post(s, fleet, key, {**CHAT, **fields})
+    assert status == 400 and body["error"]["param"] == param, body
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_the_larger_of_max_tokens_and_max_completion_tokens_is_reserved(fleet: Fleet) -> None:
+    _, key = await fleet.tenant_key({"tpm": 6000})  # 100 tokens of burst
+    async with aiohttp.ClientSession() as s:
+        cheap = {**CHAT, "max_tokens": 1000, "max_completion_tokens": 1}  # vLLM may generate 1,000
+        statuses = [(await post(s, fleet, key, cheap))[0] for _ in range(3)]
+    assert statuses[1:] == [429, 429], statuses  # reserved 1,000 each: 10 s of the rate, not 1 token
+
+
+async def test_a_limit_change_takes_effect_at_once(fleet: Fleet) -> None:
+    tenant, key = await fleet.tenant_key({"rpm": 5})
+    async with aiohttp.ClientSession() as s:
+        while (await post(s, fleet, key, CHAT))[0] == 200:
+            pass  # spend the burst: rpm 5 then refuses for ~12 s a request
+        status, _ = await fleet.admin("PATCH", f"/v1/tenants/{tenant}", body={"limits": {"rpm": 600}})
+        assert status == 200
+        changed = time.monotonic()
+
+        async def passes() -> bool:
+            return (await post(s, fleet, key, CHAT))[0] == 200
+
+        await wait_for(passes, timeout=3, interval=0.05, what="the new rate to admit")
+    # the tenants' poll (0.5 s) and the edge's refusal of the old rate (its wait is at most one interval
+    # at the new rate once the primary converts the backlog): well under the old 12 s
+    assert time.monotonic() - changed < 2.0
+
+
+async def test_a_partial_update_keeps_the_other_limits_and_null_clears_one(fleet: Fleet) -> None:
+    tenant, _ = await fleet.tenant_key({"rpm": 100, "tpm": 5000, "max_concurrent": 3})
+    status, body = await fleet.admin("PATCH", f"/v1/tenants/{tenant}", body={"limits": {"rpm": 10}})
+    assert status == 200 and body["limits"] == {
+        "rpm": 10,
+        "tpm": 5000,
+        "max_concurrent": 3,
+        "burst_s": 1.0,
+    }, body
+    status, body = await fleet.admin(
+        "PATCH", f"/v1/tenants/{tenant}", body={"limits": {"tpm": None, "burst_s": 5}}
+    )
+    assert status == 200 and body["limits"] == {"rpm": 10, "tpm": None, "max_concurrent": 3, "burst_s": 5.0}
+    status, body = await fleet.admin("PATCH", f"/v1/tenants/{tenant}", body={"limits": {"burst_s": 90}})
+    assert status == 422 and body["fields"] == ["limits.burst_s"], body
+
+
+async def test_an_abandoned_request_frees_its_slot_and_its_upstream_attempt(fleet: Fleet) -> None:
+    _, key = await fleet.tenant_key({"max_concurrent": 1})
+    sims = [fleet.sim(region, rep) for region in fleet.sims for rep in fleet.sims[region]]
+    for sim in sims:
+        sim.model = type(sim.model)(ttft_ms=5000, per_token_ms=1)  # a non-streamed answer 5 s away
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await post(s, fleet, key, CHAT)  # the client gives up
+
+        async def cancelled() -> bool:
+            return sum(len(x.engine.running) + len(x.engine.waiting) for x in sims) == 0
+
+        await wait_for(cancelled, timeout=2, what="the abandoned upstream attempt to be cancelled")
+        for sim in sims:
+            sim.model = type(sim.model)(ttft_ms=1, per_token_ms=1)
+        status, _, body = await post(s, fleet, key, CHAT)
+    assert status == 200, body  # its slot was let go: the limit of 1 admits the next at once
+
+
+async def test_regions_receive_the_capped_priority_not_the_clients(fleet: Fleet) -> None:
+    status, tenant = await fleet.admin(
+        "POST", "/v1/tenants", body={"name": "capped", "priority": "batch", "max_priority": "normal"}
+    )
+    assert status == 201, tenant
+    _, issued = await fleet.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
+    key = issued["key"]
+
+    async def taken() -> bool:
+        edge = fleet.edges[EDGE].edge
+        return edge.tenants is not None and edge.tenants.resolve(key) is not None
+
+    await wait_for(taken, timeout=3, what="the edge to take the key")
+    async with aiohttp.ClientSession() as s:
+        for asked in ("critical", "normal", None):
+            extra = {"X-Meridian-Priority": asked} if asked else {}
+            assert (await post(s, fleet, key, CHAT, **extra))[0] == 200
+    seen = sum((fleet.sim(r, rep).stats.priorities for r in fleet.sims for rep in fleet.sims[r]), Counter())
+    assert seen == Counter({"normal": 2, "batch": 1}), seen  # critical capped at normal; default batch
+
+
+async def test_models_lists_only_what_the_tenant_may_use_and_counts_as_a_request(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    f = await start_fleet(tmp_path, serve, geo_db=geo_db, auth=True, catalog=True, regions=("eu-west-1",))
+    try:
+        models = sorted(f.topology.catalog.models)
+        status, tenant = await f.admin(
+            "POST", "/v1/tenants", body={"name": "one", "models": models[:1], "limits": {"rpm": 2}}
+        )
+        assert status == 201, tenant
+        _, issued = await f.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
+        key = issued["key"]
+
+        async def taken() -> bool:
+            edge = f.edges[EDGE].edge
+            return edge.tenants is not None and edge.tenants.resolve(key) is not None
+
+        await wait_for(taken, timeout=3, what="the edge to take the key")
+        hdrs = {"Authorization": f"Bearer {key}"}
+        got = []
+        async with aiohttp.ClientSession() as s:
+            for _ in range(5):
+                async with s.get(f.edge_url(EDGE) + "v1/models", headers=hdrs) as r:
+                    got.append((r.status, await r.json()))
+        assert got[0][0] == 200 and [m["id"] for m in got[0][1]["data"]] == models[:1], got[0]
+        assert 429 in [status for status, _ in got]  # listing counts against rpm 2 (and its burst)
+    finally:
+        await f.close()
