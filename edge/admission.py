@@ -19,7 +19,7 @@ from edge.metrics import EdgeMetrics
 from edge.planner import NOTHING, Wanted
 from edge.request import BodyError, Inference, read
 from edge.settings import EdgeSettings, Priority
-from edge.tenants import Principal, TenantsFeed
+from edge.tenants import Principal, Standing, TenantsFeed
 from edge.usage import Tally
 from fleet.models import Catalog
 from fleet.tenants import Tenant
@@ -42,6 +42,7 @@ class Admitted:
     reserved: int = 0  # tokens reserved against the tenant's TPM (settled when the answer ends)
     ticket: Ticket | None = None  # its concurrent slot
     tally: Tally | None = None  # counts the answer's tokens
+    standing: Standing | None = None  # whether its key still holds while it streams
 
     @property
     def tenant_id(self) -> str:
@@ -113,6 +114,8 @@ class Admission:
         if principal is None:
             return admitted
         tenant = admitted.tenant = principal.tenant
+        assert self.tenants is not None
+        admitted.standing = Standing(self.tenants, principal.key_id, self.tenants.version)
         limits, limiter = tenant.limits, self.limiter
         if limiter is None:
             return admitted

@@ -28,6 +28,7 @@ from edge.outcome import NO_REPLICA, TIMEOUT, Outcome, answered, raised
 from edge.outlier import OutlierDetector
 from edge.routing import Attempt, AttemptPlan
 from edge.settings import TimeoutSet
+from edge.tenants import Standing
 from edge.upstream import UpstreamPool, UpstreamResponse, encode_header_text
 from edge.usage import Tally
 
@@ -41,6 +42,10 @@ HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 PRIORITY_HEADER = "x-meridian-priority"
+REVOKED_EVENT = (
+    b'data: {"error": {"message": "The API key was revoked while this answer streamed", '
+    b'"type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}\n\ndata: [DONE]\n\n'
+)
 # what a client could claim its address is: the edge alone says it upstream (X-Forwarded-For, resolved)
 CLIENT_ADDRESS = frozenset({"x-forwarded-for", "x-real-ip", "forwarded"})
 _NONE: frozenset[str] = frozenset()
@@ -82,6 +87,7 @@ class Call:
     model: str | None = None  # the model served (X-Meridian-Model)
     extra: dict[str, str] | None = None  # e.g. the tenant's rate-limit headers
     tally: Tally | None = None  # counts the answer's tokens (limits and usage accounting)
+    standing: Standing | None = None  # whether its key still holds (streams of a revoked key end)
     sent: int = 0  # attempts made so far (X-Meridian-Attempts)
     hedged: bool = False
 
@@ -204,6 +210,7 @@ class Forwarder:
         model: str | None = None,
         extra_headers: dict[str, str] | None = None,
         tally: Tally | None = None,
+        standing: Standing | None = None,
     ) -> web.StreamResponse:
         """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
         hedge after that long without a first byte."""
@@ -220,6 +227,7 @@ class Forwarder:
             model,
             extra_headers,
             tally,
+            standing,
         )
         last: Result | None = None
         attempt = plan.next()
@@ -533,6 +541,8 @@ class Forwarder:
                 await resp.write(chunk)
                 if time.monotonic() > call.deadline:
                     raise TimeoutError("total timeout")
+                if call.standing is not None and call.standing.revoked():
+                    return await self._revoked(r, resp)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             if request.transport is None or request.transport.is_closing():
                 self.metrics.stream_aborts.labels(region=attempt.region, side="client").inc()
@@ -574,6 +584,15 @@ class Forwarder:
         copy_response_headers(upstream.headers, small.headers)
         small.headers.update(meridian)
         return small
+
+    async def _revoked(self, r: Result, resp: web.StreamResponse) -> web.StreamResponse:
+        """The key was revoked while its answer streamed: an error event in OpenAI's shape, then the end."""
+        r.span.set_attribute(tracing.ATTR_OUTCOME, "key revoked")
+        if r.upstream is not None:
+            r.upstream.close()  # stop the region generating tokens nobody may have
+        await resp.write(REVOKED_EVENT)
+        await resp.write_eof()
+        return resp
 
     def _cut(self, call: Call, r: Result, exc: BaseException, resp: web.StreamResponse) -> web.StreamResponse:
         """The upstream failed after the client got bytes: no retry; drop the client connection so the

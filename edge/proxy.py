@@ -277,6 +277,7 @@ class Proxy:
                 model=wanted.model,
                 extra_headers=admitted.headers,
                 tally=admitted.tally,
+                standing=admitted.standing,
             )
         finally:
             gate.leave(pool)

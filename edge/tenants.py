@@ -34,6 +34,23 @@ class Principal:
     key_id: str
 
 
+@dataclass(slots=True)
+class Standing:
+    """Whether a request's key still holds while its answer streams: checked per chunk at the cost of one
+    comparison, looked up only when the tenants moved (a revoked key's streams end within the poll)."""
+
+    feed: TenantsFeed
+    key_id: str
+    version: int | None
+
+    def revoked(self) -> bool:
+        feed = self.feed
+        if feed.version == self.version:
+            return False
+        self.version = feed.version
+        return self.key_id not in feed.key_ids
+
+
 class TenantsFeed:
     def __init__(
         self, *, url: str, poll_s: float, secret: bytes, connect: Callable[[str], aioredis.Redis]
@@ -45,6 +62,7 @@ class TenantsFeed:
         self.by_digest: dict[str, Principal] = {}
         self.tenants: dict[str, Tenant] = {}
         self.version: int | None = None
+        self.key_ids: frozenset[str] = frozenset()  # the keys that hold now
         self._known: dict[str, Principal] = {}
         self.loaded = asyncio.Event()
 
@@ -76,6 +94,7 @@ class TenantsFeed:
             if key.tenant in tenants
         }
         self.tenants = tenants
+        self.key_ids = frozenset(p.key_id for p in self.by_digest.values())
         self._known = {}  # a revoked key must not be remembered past the reload that dropped it
         self.version = int(raw_version or 0)
         self.loaded.set()

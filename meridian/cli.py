@@ -149,8 +149,9 @@ TENANT_VERBS = (
 )
 
 
-def _limits(args: argparse.Namespace) -> dict[str, int]:
-    return {k: v for k in ("rpm", "tpm", "max_concurrent") if (v := getattr(args, k)) is not None}
+def _limits(args: argparse.Namespace) -> dict[str, float]:
+    fields = ("rpm", "tpm", "max_concurrent", "burst_s")
+    return {k: v for k in fields if (v := getattr(args, k)) is not None}
 
 
 def _tenant_ctl(args: argparse.Namespace) -> int:
@@ -173,6 +174,8 @@ def _tenant_ctl(args: argparse.Namespace) -> int:
         body["limits"] = _limits(args)
     if args.priority:
         body["priority"] = args.priority
+    if args.max_priority:
+        body["max_priority"] = args.max_priority
     if args.models is not None:
         body["models"] = [m for m in args.models.split(",") if m] or None
     if verb == "tenant-create":
@@ -220,14 +223,21 @@ def _tenant_parsers(ctl_sub: Any) -> None:
     ctl_sub.add_parser("tenants", help="list tenants")
     create = ctl_sub.add_parser("tenant-create", help="create a tenant")
     create.add_argument("name")
-    change = ctl_sub.add_parser("tenant-set", help="change a tenant (limits are replaced whole)")
+    change = ctl_sub.add_parser("tenant-set", help="change a tenant (only the fields given)")
     change.add_argument("tenant")
     change.add_argument("--name", default=None)
     for c in (create, change):
         c.add_argument("--rpm", type=int, default=None, help="requests per minute, across every edge")
         c.add_argument("--tpm", type=int, default=None, help="tokens per minute")
         c.add_argument("--max-concurrent", type=int, default=None, help="requests in flight")
+        c.add_argument("--burst-s", type=float, default=None, help="seconds of the rate at once (default 1)")
         c.add_argument("--priority", choices=("critical", "normal", "batch"), default=None)
+        c.add_argument(
+            "--max-priority",
+            choices=("critical", "normal", "batch"),
+            default=None,
+            help="the highest X-Meridian-Priority may ask for",
+        )
         c.add_argument("--models", default=None, help="comma-separated models it may use (empty: all)")
         c.add_argument("--reason", default="", help="recorded in the audit log")
     for name, what in (

@@ -200,3 +200,27 @@ async def test_models_lists_only_what_the_tenant_may_use_and_counts_as_a_request
         assert 429 in [status for status, _ in got]  # listing counts against rpm 2 (and its burst)
     finally:
         await f.close()
+
+
+async def test_revoking_a_key_ends_its_streams_in_flight(fleet: Fleet) -> None:
+    tenant, key = await fleet.tenant_key({"rpm": 600})
+    _, keys = await fleet.admin("GET", f"/v1/tenants/{tenant}/keys")
+    key_id = keys["keys"][0]["id"]
+    for sim in (fleet.sim(region, rep) for region in fleet.sims for rep in fleet.sims[region]):
+        sim.model = type(sim.model)(ttft_ms=1, per_token_ms=50)  # 400 tokens: a 20 s stream
+    hdrs = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    body = {**CHAT, "max_tokens": 400, "stream": True}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(fleet.edge_url(EDGE) + "v1/chat/completions", json=body, headers=hdrs) as r,
+    ):
+        assert r.status == 200
+        await r.content.readline()  # the stream is flowing
+        status, _ = await fleet.admin("DELETE", f"/v1/tenants/{tenant}/keys/{key_id}")
+        assert status == 204
+        revoked = time.monotonic()
+        rest = await r.content.read()
+        took = time.monotonic() - revoked
+    tail = rest.decode().strip().split("\n\n")
+    assert '"code": "invalid_api_key"' in tail[-2] and tail[-1] == "data: [DONE]", tail[-2:]
+    assert took < 2.0, took  # the tenants' poll (0.5 s), not the 20 s the stream had left
