@@ -326,7 +326,6 @@ class Edge:
             request_factory=self.make_request,
             access_log=None,
             keepalive_timeout=KEEPALIVE_S,
-            handler_cancellation=True,  # a client that leaves cancels its request: held, queued or sent
         )
 
     def internal_server(self) -> web.Server:
