@@ -14,7 +14,7 @@ from aiohttp.http import HttpVersion11
 
 from edge.errors import BadInput, error
 from edge.limiter import Limiter, Ticket, Verdict
-from edge.limits import estimate_tokens, reservation
+from edge.limits import prompt_tokens, reservation
 from edge.metrics import EdgeMetrics
 from edge.planner import NOTHING, Wanted
 from edge.request import BodyError, Inference, read
@@ -50,7 +50,7 @@ class Admitted:
 
     def prompt_estimate(self) -> int:
         """The prompt's tokens at ~4 characters a token (what a stream without ``usage`` is charged)."""
-        return estimate_tokens(len(self.body), 0, 0)
+        return prompt_tokens(len(self.body))
 
 
 class Admission:

@@ -218,7 +218,8 @@ class Limiter:
             return
         self.edges = max(1, int(live))
         for bucket in self.buckets.values():
-            bucket.edges = self.edges
+            if bucket.edges != self.edges:
+                bucket.share(self.edges)
 
     def _outage(self, exc: BaseException) -> None:
         """A call to the primary failed: the local share decides for ``OUTAGE_RETRY_S``. A refusal (an error
@@ -347,7 +348,7 @@ class Limiter:
                 args=[
                     repr(interval_ms),
                     bucket.tolerance_s() * 1000.0,
-                    max(bucket.lease_size(), need),
+                    max(bucket.lease, need),
                     need,
                     carry,
                 ],

@@ -70,19 +70,27 @@ class Bucket:
     asking: bool = False  # a lease request is in flight
     local_tat: float = 0.0  # the local-share GCRA (while the primary is unreachable)
     edges: int = 1  # live edge processes sharing the limit
+    lease: int = 0  # permits a lease asks for (``share``); read on every request, so computed once
+
+    def __post_init__(self) -> None:
+        self.share(self.edges)
+
+    def share(self, edges: int) -> None:
+        """``edges`` processes share the limit. A lease is ``LEASE_S`` of the rate, less when many share it,
+        so what all of them hold at once stays within the burst (over any window: the rate plus the burst)."""
+        self.edges = edges
+        self.lease = max(1, math.ceil(self.limit / 60.0 * min(LEASE_S, self.burst_s / edges)))
 
     @property
     def interval_s(self) -> float:
         return 60.0 / self.limit
 
     def lease_size(self) -> int:
-        """A lease: ``LEASE_S`` of the rate, less when many edge processes share it, so what all of them
-        hold at once stays within the burst (what passes over any window: the rate plus the burst)."""
-        return max(1, math.ceil(self.limit / 60.0 * min(LEASE_S, self.burst_s / self.edges)))
+        return self.lease
 
     def tolerance_s(self) -> float:
         """The GCRA tolerance: the tenant's burst, and at least one lease (6 rpm leases one request)."""
-        return max(self.burst_s, self.lease_size() * self.interval_s)
+        return max(self.burst_s, self.lease * self.interval_s)
 
     def stale(self, now: float) -> bool:
         """Leased permits unused for ``LEASE_TTL_S``: not spent here any more, given back (``carry``)."""
@@ -109,8 +117,7 @@ class Bucket:
             return math.ceil(-self.held)
         if self.stale(now):
             return -math.floor(self.held)
-        excess = self.held - self.lease_size()
-        return -math.floor(excess) if self.held > 2 * self.lease_size() else 0
+        return -math.floor(self.held - self.lease) if self.held > 2 * self.lease else 0
 
     def needs_lease(self, now: float) -> bool:
         """Ask for the next lease before this one runs out (not while Redis said to wait), or to settle a
@@ -119,7 +126,7 @@ class Bucket:
             return False
         if self.carry(now):
             return True
-        return self.held < self.lease_size() / 2 and now >= self.refused_at + self.wait_s
+        return self.held < self.lease / 2 and now >= self.refused_at + self.wait_s
 
     def granted(self, permits: int, carried: int, wait_s: float, now: float) -> None:
         """The primary's answer: ``permits`` leased, ``carried`` settled (see ``carry``)."""
@@ -149,16 +156,16 @@ class Bucket:
         return True
 
 
-def estimate_tokens(prompt_chars: int, max_tokens: int | None, default_max: int) -> int:
-    """A request's token reservation: its prompt at ~4 characters a token, plus what it may generate."""
-    return max(1, prompt_chars // 4) + (max_tokens if max_tokens is not None else default_max)
+def prompt_tokens(prompt_chars: int) -> int:
+    """A prompt's tokens before the engine counts them: ~4 characters a token."""
+    return max(1, prompt_chars // 4)
 
 
 def reservation(*, prompt_chars: int, max_tokens: int | None, context_length: int | None, cap: int) -> int:
     """What a request may cost in tokens: its prompt's estimate plus what it may generate — ``max_tokens``
     when given, else what the model's context leaves after the prompt (an engine generates up to that),
     at most ``cap``. Limits, the fair queue and budgets all reserve this."""
-    prompt = max(1, prompt_chars // 4)
+    prompt = prompt_tokens(prompt_chars)
     if max_tokens is None:
         room = cap if context_length is None else context_length - prompt
         max_tokens = max(1, min(cap, room))

@@ -121,22 +121,28 @@ class Fleet:
                 return resp.status, text
 
     async def tenant_key(
-        self, limits: dict[str, int] | None = None, *, name: str = "metered", priority: str = "normal"
+        self,
+        limits: dict[str, int] | None = None,
+        *,
+        name: str = "metered",
+        priority: str = "normal",
+        **fields: Any,
     ) -> tuple[str, str]:
-        """A new tenant and a key for it, taken by every edge: (tenant id, key)."""
-        body = {"name": name, "limits": limits or {}, "priority": priority}
+        """A new tenant (``fields``: any other of its fields) and a key for it, taken by every edge process:
+        (tenant id, key)."""
+        body = {"name": name, "limits": limits or {}, "priority": priority, **fields}
         status, tenant = await self.admin("POST", "/v1/tenants", body=body)
         assert status == 201, tenant
         _, issued = await self.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
         key: str = issued["key"]
 
         async def taken() -> bool:
-            for edge in self.edges.values():
+            for edge in (e for procs in self.processes.values() for e in procs):
                 if edge.edge.tenants is None or edge.edge.tenants.resolve(key) is None:
                     return False
             return True
 
-        await wait_for(taken, timeout=3, what="every edge to take the key")
+        await wait_for(taken, timeout=3, what="every edge process to take the key")
         return tenant["id"], key
 
     async def wait_seeded(self) -> None:

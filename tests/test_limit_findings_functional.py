@@ -131,18 +131,7 @@ async def test_a_partial_update_keeps_the_other_limits_and_null_clears_one(fleet
 
 
 async def test_regions_receive_the_capped_priority_not_the_clients(fleet: Fleet) -> None:
-    status, tenant = await fleet.admin(
-        "POST", "/v1/tenants", body={"name": "capped", "priority": "batch", "max_priority": "normal"}
-    )
-    assert status == 201, tenant
-    _, issued = await fleet.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
-    key = issued["key"]
-
-    async def taken() -> bool:
-        edge = fleet.edges[EDGE].edge
-        return edge.tenants is not None and edge.tenants.resolve(key) is not None
-
-    await wait_for(taken, timeout=3, what="the edge to take the key")
+    _, key = await fleet.tenant_key(name="capped", priority="batch", max_priority="normal")
     async with aiohttp.ClientSession() as s:
         for asked in ("critical", "normal", None):
             extra = {"X-Meridian-Priority": asked} if asked else {}
@@ -157,18 +146,7 @@ async def test_models_lists_only_what_the_tenant_may_use_and_counts_as_a_request
     f = await start_fleet(tmp_path, serve, geo_db=geo_db, auth=True, catalog=True, regions=("eu-west-1",))
     try:
         models = sorted(f.topology.catalog.models)
-        status, tenant = await f.admin(
-            "POST", "/v1/tenants", body={"name": "one", "models": models[:1], "limits": {"rpm": 2}}
-        )
-        assert status == 201, tenant
-        _, issued = await f.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
-        key = issued["key"]
-
-        async def taken() -> bool:
-            edge = f.edges[EDGE].edge
-            return edge.tenants is not None and edge.tenants.resolve(key) is not None
-
-        await wait_for(taken, timeout=3, what="the edge to take the key")
+        _, key = await f.tenant_key({"rpm": 2}, name="one", models=models[:1])
         hdrs = {"Authorization": f"Bearer {key}"}
         got = []
         async with aiohttp.ClientSession() as s:

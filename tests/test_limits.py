@@ -3,7 +3,7 @@ local share while the primary is unreachable; the token reservation."""
 
 from __future__ import annotations
 
-from edge.limits import LEASE_TTL_S, Bucket, Slots, estimate_tokens, reservation
+from edge.limits import LEASE_TTL_S, Bucket, Slots, prompt_tokens, reservation
 
 
 def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:
@@ -48,7 +48,7 @@ def test_the_local_share_is_the_limit_over_the_edges() -> None:
 
 
 def test_a_requests_token_reservation() -> None:
-    assert estimate_tokens(400, 50, default_max=256) == 150
+    assert prompt_tokens(400) == 100 and prompt_tokens(0) == 1
     assert reservation(prompt_chars=400, max_tokens=50, context_length=8192, cap=1024) == 150
     # no max_tokens: what the context leaves after the prompt, at most the cap
     assert reservation(prompt_chars=400, max_tokens=None, context_length=8192, cap=1024) == 100 + 1024
