@@ -169,7 +169,9 @@ class TenantStore:
                     if after is None:
                         pipe.hdel(KEY_TENANTS, tenant_id)
                     else:
-                        pipe.hset(KEY_TENANTS, tenant_id, after.model_dump_json())
+                        # fields at their defaults are left out: an edge of the previous release (whose
+                        # Limits forbid fields it does not know) still reads every tenant that uses none
+                        pipe.hset(KEY_TENANTS, tenant_id, after.model_dump_json(exclude_defaults=True))
                     held = [d for d, k in decode_keys(keys).items() if k.tenant == tenant_id]
                     if held:
                         pipe.hdel(KEY_API_KEYS, *held)
