@@ -339,7 +339,7 @@ class Limiter:
         """Lease at least what ``cost`` lacks (granted whole while the tenant has any room: a request above
         the burst is not refused forever, its excess is the tenant's debt), and settle this edge's carry."""
         bucket.asking = True
-        now = self.clock()
+        asked = now = self.clock()
         need, carry = bucket.shortfall(cost, now) if cost else 0, bucket.carry(now)
         interval_ms = 60_000.0 / bucket.limit
         try:
@@ -359,7 +359,7 @@ class Limiter:
             self._outage(exc)
             return
         now = self.clock()
-        bucket.granted(int(granted), carry, int(wait_ms) / 1000.0, now)
+        bucket.granted(int(granted), carry, int(wait_ms) / 1000.0, now, asked=asked)
         self.backlog[(tenant, name)] = (int(backlog_ms) / 1000.0, now)
 
     async def close(self) -> None:

@@ -128,15 +128,19 @@ class Bucket:
             return True
         return self.held < self.lease / 2 and now >= self.refused_at + self.wait_s
 
-    def granted(self, permits: int, carried: int, wait_s: float, now: float) -> None:
-        """The primary's answer: ``permits`` leased, ``carried`` settled (see ``carry``)."""
+    def granted(
+        self, permits: int, carried: int, wait_s: float, now: float, *, asked: float | None = None
+    ) -> None:
+        """The primary's answer: ``permits`` leased, ``carried`` settled (see ``carry``). A refusal's wait
+        counts from when it was ``asked`` (the primary's clock read then), not from when a busy edge got
+        round to the answer: else every millisecond of its event loop's lag would be a false 429."""
         self.asking = False
         self.held += permits + carried
         if permits:
             self.leased_at = now
             self.refused_at, self.wait_s = -math.inf, 0.0
         else:
-            self.refused_at, self.wait_s = now, wait_s
+            self.refused_at, self.wait_s = (now if asked is None else asked), wait_s
 
     def retry_after(self, now: float) -> float:
         return max(self.interval_s, self.refused_at + self.wait_s - now)

@@ -16,6 +16,8 @@ def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> No
     b.granted(0, 0, 0.5, now=0.2)  # Redis: none left for 0.5 s
     assert b.take(1, 0.3) and b.take(1, 0.3) and not b.take(1, 0.3)
     assert not b.needs_lease(0.6) and b.needs_lease(0.7) and abs(b.retry_after(0.3) - 0.4) < 1e-9
+    b.granted(0, 0, 0.5, now=0.9, asked=0.2)  # the answer to a question asked at 0.2, read late
+    assert b.needs_lease(0.9)  # the wait ran from the asking (over at 0.7), not from the reading (1.4)
     b.granted(5, 0, 0.0, now=1.0)
     later = 1.0 + LEASE_TTL_S + 0.1
     assert not b.take(1, later) and b.carry(later) == -5  # a lease unused this long goes back whole

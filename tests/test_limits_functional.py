@@ -328,12 +328,30 @@ def check(cell: Cell, seen: Seen) -> list[str]:
     return broken
 
 
+async def loop_lag(out: list[float]) -> None:
+    """How late the test's one event loop (clients, edges, simulators alike) wakes a 10 ms timer."""
+    while True:
+        asked = time.monotonic()
+        await asyncio.sleep(0.01)
+        out.append(time.monotonic() - asked - 0.01)
+
+
 async def sweep(fleet: Fleet, cells: list[Cell]) -> None:
     keys = [(await fleet.tenant_key(c.limits, name=f"cell {i}"))[1] for i, c in enumerate(cells)]
     rng = random.Random(24)
-    results = await asyncio.gather(*(run_cell(fleet, c, k, rng) for c, k in zip(cells, keys, strict=True)))
+    lags: list[float] = []
+    watch = asyncio.create_task(loop_lag(lags))
+    try:
+        results = await asyncio.gather(
+            *(run_cell(fleet, c, k, rng) for c, k in zip(cells, keys, strict=True))
+        )
+    finally:
+        watch.cancel()
     broken = []
-    print()
+    lags.sort()
+    print(
+        f"\nthe test's event loop: lag p50 {lags[len(lags) // 2] * 1000:.1f} ms, max {lags[-1] * 1000:.0f} ms"
+    )
     for cell, seen in zip(cells, results, strict=True):
         (dim, limit), *_ = cell.limits.items()
         got = seen.tokens if dim == "tpm" else seen.admitted
