@@ -164,8 +164,9 @@ async def test_a_buffered_answer_is_charged_its_real_usage_not_the_reservation(f
                 await r.read()
                 served += r.status == 200
                 assert r.status in (200, 429)
-    # charged ~12 each: 1 s of tolerance (50 tokens) fits 4; charged the reservation, only the first passes
-    assert served >= 4, served
+    # charged ~12 each: 1 s of tolerance (50 tokens) less the lease the edge holds ahead (13) fits 3 at once,
+    # more as the rate refills; charged the reservation (1,040 > 50), only the first passes
+    assert served >= 3, served
 
 
 async def test_over_a_minute_rpm_and_tpm_hold_within_five_percent_both_ways(fleet: Fleet) -> None:
@@ -286,13 +287,17 @@ async def run_cell(fleet: Fleet, cell: Cell, key: str, rng: random.Random) -> Se
             gap = 1 / (rate * cell.load)
             sent: list[asyncio.Task[None]] = []
             i = 0
-            while (at := started + i * gap) < deadline:
+            at = started
+            while at < deadline:
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
                 if cell.mode == "sequential":
                     await one(s, urls[i % len(urls)])
                 else:
                     sent.append(asyncio.create_task(one(s, urls[i % len(urls)])))
                 i += 1
+                # a paced client late by more than a gap (the shared loop stalled) does not fire the backlog
+                # at once: that burst would be the load above the rate, not the limiter's error
+                at = max(at + gap, time.monotonic())
             await asyncio.gather(*sent)
     seen.elapsed = SWEEP_S  # the window the load was offered in
     return seen
@@ -306,12 +311,14 @@ def cell_mean_cost(cell: Cell) -> float:
     return 2 + (lo + hi) / 2
 
 
-def check(cell: Cell, seen: Seen) -> list[str]:
-    """What the limits promise for ``cell``, broken (empty: kept)."""
+def check(cell: Cell, seen: Seen, stalled: float = 0.0) -> list[str]:
+    """What the limits promise for ``cell``, broken (empty: kept). ``stalled``: seconds the test's shared
+    event loop stood still (nothing was offered, nothing served): the lower bound owes nothing for them."""
     (dim, limit), *_ = cell.limits.items()
     rate = limit / 60
     got = seen.tokens if dim == "tpm" else seen.admitted
     allowed = rate * seen.elapsed
+    owed = rate * max(0.0, seen.elapsed - stalled)
     burst = rate * 1.0 + 1  # the default burst_s: 1 s of the rate (and the permit that starts it)
     most = cell_mean_cost(cell) if dim == "tpm" else 1  # one request past the room (a debt)
     if dim == "tpm" and cell.tokens:
@@ -321,11 +328,14 @@ def check(cell: Cell, seen: Seen) -> list[str]:
         broken.append(f"answers other than 200/429: {dict(seen.other)}")
     if cell.load and cell.load < 1 and seen.refused:
         broken.append(f"offered {cell.load}x: {seen.refused} refused")
-    if (not cell.load or cell.load > 1) and got < 0.95 * allowed:
-        broken.append(f"under: {got} < 95 % of {allowed:.0f}")
+    if (not cell.load or cell.load > 1) and got < 0.95 * owed:
+        broken.append(f"under: {got} < 95 % of {owed:.0f} ({stalled:.1f} s stalled)")
     if got > allowed + burst + most:
         broken.append(f"over: {got} > {allowed:.0f} + burst {burst:.0f} + {most}")
     return broken
+
+
+STALL_S = 0.1  # a wake-up later than this is a stall of the shared loop (a slow or busy CI machine)
 
 
 async def loop_lag(out: list[float]) -> None:
@@ -348,9 +358,11 @@ async def sweep(fleet: Fleet, cells: list[Cell]) -> None:
     finally:
         watch.cancel()
     broken = []
+    stalled = sum(lag for lag in lags if lag > STALL_S)
     lags.sort()
     print(
-        f"\nthe test's event loop: lag p50 {lags[len(lags) // 2] * 1000:.1f} ms, max {lags[-1] * 1000:.0f} ms"
+        f"\nthe test's event loop: lag p50 {lags[len(lags) // 2] * 1000:.1f} ms, "
+        f"max {lags[-1] * 1000:.0f} ms, {stalled:.2f} s in stalls over {STALL_S * 1000:.0f} ms"
     )
     for cell, seen in zip(cells, results, strict=True):
         (dim, limit), *_ = cell.limits.items()
@@ -359,7 +371,7 @@ async def sweep(fleet: Fleet, cells: list[Cell]) -> None:
             f"{cell.name:<44} {seen.elapsed:5.1f} s  admitted {seen.admitted:5} ({got} {dim[0]}) "
             f"= {got / (limit / 60 * seen.elapsed):6.1%} of the rate, refused {seen.refused}"
         )
-        broken += [f"{cell.name}: {why}" for why in check(cell, seen)]
+        broken += [f"{cell.name}: {why}" for why in check(cell, seen, stalled)]
     assert not broken, broken
 
 
