@@ -10,7 +10,9 @@ from litestar.openapi.spec import OpenAPIType, Reference, Schema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.state import RegionState
-from fleet.tenants import ApiKey, Limits, Priority, Tenant
+from fleet.tenants import ApiKey, Budget, Limits, Priority, Tenant
+
+TENANT_CHANGES = ("name", "limits", "priority", "max_priority", "models", "budget")
 
 
 class RegionPatch(BaseModel):
@@ -101,7 +103,15 @@ def document_rules(app: Litestar, models: list[str] | None) -> None:
     tenant's ``models``, where null means every model); model names come from the catalog (``models``;
     None: the open world, any name)."""
     schemas = app.openapi_schema.components.schemas or {}
-    for name in ("RegionPatch", "TenantCreate", "TenantPatch", "Limits", "LimitsPatch", "Interruption"):
+    for name in (
+        "RegionPatch",
+        "TenantCreate",
+        "TenantPatch",
+        "Limits",
+        "LimitsPatch",
+        "Budget",
+        "Interruption",
+    ):
         schemas[name].additional_properties = False  # extra="forbid"
     region = _properties(schemas["RegionPatch"])
     region["weight"] = Schema(
@@ -113,7 +123,7 @@ def document_rules(app: Litestar, models: list[str] | None) -> None:
     tenant["name"] = Schema(type=OpenAPIType.STRING, min_length=1, max_length=200)
     tenant["limits"] = Reference(ref="#/components/schemas/LimitsPatch")
     tenant["priority"] = Schema(type=OpenAPIType.STRING, enum=["critical", "normal", "batch"])
-    changes = ("name", "limits", "priority", "max_priority", "models")
+    changes = TENANT_CHANGES
     schemas["TenantPatch"].any_of = [Schema(required=[k]) for k in changes]
     if models is not None:
         names = Schema(type=OpenAPIType.STRING, enum=list(models))
@@ -138,6 +148,7 @@ class TenantCreate(BaseModel):
     priority: Priority = "normal"
     max_priority: Priority | None = Field(default=None, description="the highest a request may ask for")
     models: list[str] | None = Field(default=None, description="null: every model")
+    budget: Budget | None = Field(default=None, description="spend per period; null: none")
     reason: str = Field(default="", max_length=500, description="recorded in the audit log")
 
 
@@ -169,6 +180,7 @@ class TenantPatch(BaseModel):
     priority: Priority | None = None
     max_priority: Priority | None = Field(default=None, description="null: the tenant's default priority")
     models: list[str] | None = Field(default=None, description="null: every model")
+    budget: Budget | None = Field(default=None, description="the whole budget; null: none")
     reason: str = Field(default="", max_length=500)
 
     @field_validator("name", "limits", "priority", mode="before")
@@ -179,7 +191,7 @@ class TenantPatch(BaseModel):
         return v
 
     def changes(self) -> dict[str, Any]:
-        """The fields sent (an explicit ``models: null`` is a change: every model)."""
+        """The fields sent (an explicit ``models: null`` is a change: every model; ``budget: null``: none)."""
         return {k: getattr(self, k) for k in self.model_fields_set - {"reason"}}
 
 
@@ -209,6 +221,7 @@ class UsageRecord(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     errors: int = Field(description="answers with status 400 or above")
+    spend_usd: float = Field(description="at the catalog's prices when they were served")
 
 
 class UsageTotals(BaseModel):
@@ -216,6 +229,27 @@ class UsageTotals(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    spend_usd: float = 0.0
+
+
+class DailySpend(BaseModel):
+    """One tenant's spend on one model during one UTC day (the hours of the report in it)."""
+
+    day: str = Field(description="YYYY-MM-DD, UTC")
+    model: str
+    requests: int
+    spend_usd: float
+
+
+class BudgetStanding(BaseModel):
+    """The tenant's budget in its current period."""
+
+    usd: float
+    period: str
+    period_ends: str = Field(description="when it renews (UTC, ISO 8601)")
+    spent_usd: float
+    held_usd: float = Field(description="reserved by requests in flight")
+    left_usd: float
 
 
 class UsageReport(BaseModel):
@@ -224,6 +258,8 @@ class UsageReport(BaseModel):
     end: str = Field(description="``to`` (UTC, exclusive)")
     rows: list[UsageRecord] = Field(description="by hour, then model, then region")
     totals: UsageTotals
+    daily: list[DailySpend] = Field(default_factory=list, description="spend by day, then model")
+    budget: BudgetStanding | None = Field(default=None, description="null: the tenant has no budget")
 
 
 class PoolTarget(BaseModel):

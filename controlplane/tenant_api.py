@@ -3,6 +3,7 @@ audited; a key's secret is in the answer to its creation and nowhere else."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -16,7 +17,10 @@ from controlplane.schemas import (
     AUTHENTICATED,
     NEW_TENANT,
     ONE_TENANT,
+    TENANT_CHANGES,
     WRITE_TENANT,
+    BudgetStanding,
+    DailySpend,
     IssuedKey,
     KeyList,
     TenantCreate,
@@ -28,9 +32,10 @@ from controlplane.schemas import (
 )
 from controlplane.store import AuditEntry
 from controlplane.tenants import KeyNotFound, KeySecretMissing, TenantNotFound, TenantStore
+from fleet.models import usd
 from fleet.state import Topology
 from fleet.tenants import Tenant
-from fleet.usage import COUNTERS, hour_of
+from fleet.usage import COUNTERS, UsageRow, hour_of
 
 MAX_USAGE_SPAN = timedelta(days=31)  # one query reads at most this many hours' hashes (744)
 
@@ -81,11 +86,8 @@ class TenantController(Controller):
         changes = data.changes()
         if not changes:
             raise ValidationException(
-                "nothing to change: give name, limits, priority, max_priority and/or models",
-                extra=[
-                    {"key": k, "source": "body"}
-                    for k in ("name", "limits", "priority", "max_priority", "models")
-                ],
+                "nothing to change: give " + ", ".join(TENANT_CHANGES[:-1]) + f" and/or {TENANT_CHANGES[-1]}",
+                extra=[{"key": k, "source": "body"} for k in TENANT_CHANGES],
             )
         _check_models(state, data.models)
         if data.limits is not None:
@@ -154,7 +156,8 @@ class TenantController(Controller):
 
     @get(
         "/{tenant_id:str}/usage",
-        summary="A tenant's usage per hour, model and region (requests, tokens, errors)",
+        summary="A tenant's usage per hour, model and region (requests, tokens, errors, spend), spend per "
+        "day and model, and its budget's standing",
         responses={**ONE_TENANT, 422: WRITE_TENANT[422]},
     )
     async def usage(
@@ -191,24 +194,66 @@ class TenantController(Controller):
             )
         first = hour_of(start_at.timestamp())
         last = hour_of(end_at.timestamp() - 1e-6)
-        hours = await _tenants(state).usage(tenant_id, first, last)
-        if not hours:
-            try:  # 404 for a tenant that never was (a deleted tenant's usage stays for its bills)
-                await _tenants(state).tenant(tenant_id)
-            except TenantNotFound:
+        store = _tenants(state)
+        hours = await store.usage(tenant_id, first, last)
+        try:  # 404 for a tenant that never was (a deleted tenant's usage stays for its bills)
+            tenant: Tenant | None = await store.tenant(tenant_id)
+        except TenantNotFound:
+            if not hours:
                 raise NotFoundException(f"unknown tenant '{tenant_id}'") from None
-        rows = [
-            UsageRecord(hour=_iso(hour * 3600), model=model, region=region, **row.counts())
-            for hour, by in sorted(hours.items())
-            for (model, region), row in sorted(by.items())
-        ]
-        totals = UsageTotals()
-        for r in rows:
-            for k in COUNTERS:
-                setattr(totals, k, getattr(totals, k) + getattr(r, k))
-        return UsageReport(
-            tenant=tenant_id, start=_iso(first * 3600), end=_iso(end_at.timestamp()), rows=rows, totals=totals
+            tenant = None
+        report = _report(tenant_id, hours, first, end_at.timestamp())
+        if tenant is not None and tenant.budget is not None:
+            standing = await store.budget_standing(tenant, time.time())
+            assert standing is not None
+            w, spent, held = standing
+            report.budget = BudgetStanding(
+                usd=tenant.budget.usd,
+                period=tenant.budget.period,
+                period_ends=_iso(w.ends_at),
+                spent_usd=usd(spent),
+                held_usd=usd(held),
+                left_usd=max(0.0, tenant.budget.usd - usd(spent + held)),
+            )
+        return report
+
+
+def _report(
+    tenant_id: str, hours: dict[int, dict[tuple[str, str], UsageRow]], first: int, end: float
+) -> UsageReport:
+    """The hours' rows, their totals and the spend per day and model."""
+    rows = [
+        UsageRecord(
+            hour=_iso(hour * 3600),
+            model=model,
+            region=region,
+            spend_usd=usd(row.spend_nusd),
+            **{k: getattr(row, k) for k in COUNTERS if k != "spend_nusd"},
         )
+        for hour, by in sorted(hours.items())
+        for (model, region), row in sorted(by.items())
+    ]
+    totals = UsageTotals()
+    daily: dict[tuple[str, str], tuple[int, int]] = {}
+    for hour, by in hours.items():
+        day = _iso(hour * 3600)[:10]
+        for (model, _), row in by.items():
+            requests, spend = daily.get((day, model), (0, 0))
+            daily[(day, model)] = (requests + row.requests, spend + row.spend_nusd)
+            for k in ("requests", "prompt_tokens", "completion_tokens", "errors"):
+                setattr(totals, k, getattr(totals, k) + getattr(row, k))
+    totals.spend_usd = usd(sum(spend for _, spend in daily.values()))
+    return UsageReport(
+        tenant=tenant_id,
+        start=_iso(first * 3600),
+        end=_iso(end),
+        rows=rows,
+        totals=totals,
+        daily=[
+            DailySpend(day=day, model=model, requests=n, spend_usd=usd(spend))
+            for (day, model), (n, spend) in sorted(daily.items())
+        ],
+    )
 
 
 def _when(raw: str, name: str) -> datetime:

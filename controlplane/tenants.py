@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from controlplane.store import AUDIT_MAXLEN, AuditEntry, raise_unavailable
+from fleet.spend import Window, budget_key, window
 from fleet.state import KEY_AUDIT
 from fleet.tenants import (
     KEY_API_KEYS,
@@ -203,6 +204,23 @@ class TenantStore:
                 pipe.hgetall(usage_key(tenant_id, hour))
             raw: list[Any] = await pipe.execute()
         return {hour: rows for hour, got in zip(hours, raw, strict=True) if (rows := decode_hour(got))}
+
+    async def budget_standing(self, tenant: Tenant, now: float) -> tuple[Window, int, int] | None:
+        """The tenant's current budget period: its window, what is spent and what live requests hold
+        reserved (nano-USD; None: no budget)."""
+        if tenant.budget is None:
+            return None
+        w = window(tenant.budget.period, now)
+        async with raise_unavailable():
+            raw: dict[Any, Any] = await self.redis.hgetall(budget_key(tenant.id, w))
+        spent = held = 0
+        for k, v in raw.items():
+            name = k.decode() if isinstance(k, bytes) else k
+            if name == "spent":
+                spent = int(v)
+            elif name.startswith("r:"):
+                held += max(0, int(v))
+        return w, spent, held
 
 
 class KeySecretMissing(Exception):

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
+from edge.budgets import Budgets, Exhausted, Hold
 from edge.errors import BadInput, error
 from edge.limiter import Limiter, Ticket, Verdict
 from edge.limits import prompt_tokens, reservation
@@ -21,7 +23,7 @@ from edge.request import BodyError, Inference, read
 from edge.settings import EdgeSettings, Priority
 from edge.tenants import Principal, Standing, TenantsFeed
 from edge.usage import Tally
-from fleet.models import Catalog
+from fleet.models import Catalog, usd
 from fleet.tenants import Tenant
 
 PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
@@ -43,6 +45,7 @@ class Admitted:
     ticket: Ticket | None = None  # its concurrent slot
     tally: Tally | None = None  # counts the answer's tokens
     standing: Standing | None = None  # whether its key still holds while it streams
+    hold: Hold | None = None  # its reservation of the tenant's spend budget (settled when it ends)
 
     @property
     def tenant_id(self) -> str:
@@ -63,11 +66,13 @@ class Admission:
         limiter: Limiter | None,
         metrics: EdgeMetrics,
         accounting: bool,
+        budgets: Budgets | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.tenants = tenants  # None: authentication off
         self.limiter = limiter
+        self.budgets = budgets  # None: no Redis primary to keep budgets on (authentication off)
         self.metrics = metrics
         self.accounting = accounting  # count every answer's tokens (usage ledger), not only limited ones
         self.edge_headers = {"X-Meridian-Edge": settings.region}
@@ -109,7 +114,7 @@ class Admission:
                 cap=self.settings.default_max_tokens,
             )
             admitted = Admitted(priority, body, wanted, facts.model, cost)
-            if self.accounting:
+            if self.accounting or (principal is not None and principal.tenant.budget is not None):
                 admitted.tally = Tally()
         if principal is None:
             return admitted
@@ -131,11 +136,19 @@ class Admission:
             if refused is not None:
                 self.release(admitted)
                 return self.rate_limited(tenant, refused)
+        if tenant.budget is not None and self.budgets is not None and facts is not None:
+            prompt = admitted.prompt_estimate()
+            most = self.catalog.cost_nusd(facts.model, prompt, cost - prompt)  # all it may generate
+            held = await self.budgets.reserve(tenant, most)
+            if isinstance(held, Exhausted):
+                self.release(admitted)
+                return self.over_budget(tenant, held)
+            admitted.hold = held
         return admitted
 
-    def release(self, admitted: Admitted, used: int | None = None) -> None:
-        """The request ended: its slot back, its token reservation settled against ``used`` (None: it
-        pays the reservation)."""
+    def release(self, admitted: Admitted, used: tuple[int, int] | None = None) -> None:
+        """The request ended: its slot back, its token reservation settled against ``used`` (prompt and
+        completion tokens; None: it pays the reservation), its budget reservation against their cost."""
         limiter = self.limiter
         if limiter is None or admitted.tenant is None:
             return
@@ -143,8 +156,28 @@ class Admission:
             limiter.leave(admitted.ticket)
             admitted.ticket = None
         if admitted.reserved and used is not None:
-            limiter.settle(admitted.tenant, admitted.reserved, used)
+            limiter.settle(admitted.tenant, admitted.reserved, sum(used))
         admitted.reserved = 0
+        hold = admitted.hold
+        if hold is not None and self.budgets is not None:
+            admitted.hold = None
+            spent = hold.reserved if used is None else self.catalog.cost_nusd(admitted.model, *used)
+            self.budgets.settle(hold, spent)
+
+    def over_budget(self, tenant: Tenant, exhausted: Exhausted) -> web.Response:
+        self.metrics.child(self.metrics.rate_limited, "budget").inc()
+        self.metrics.tenants.outcome(tenant.id, "over_budget")
+        assert tenant.budget is not None
+        wait = max(1, math.ceil(exhausted.until - time.time()))
+        return error(
+            429,
+            f"Tenant {tenant.id} has reached its budget of ${tenant.budget.usd:g} a {tenant.budget.period} "
+            f"(spent ${usd(exhausted.spent_nusd):.4f}, ${usd(exhausted.held_nusd):.4f} held by requests in "
+            f"flight); it renews in {wait} s",
+            kind="insufficient_quota",
+            code="budget_exceeded",
+            headers={**self.edge_headers, "Retry-After": str(wait)},
+        )
 
     def rate_limited(self, tenant: Tenant, verdict: Verdict) -> web.Response:
         limit = verdict.refused or "requests"

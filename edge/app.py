@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from edge import tracing
 from edge.admission import Admission
 from edge.budget import RetryBudget
+from edge.budgets import Budgets
 from edge.errors import error, internal_error
 from edge.failback import Failback
 from edge.fairqueue import BandLimits
@@ -130,6 +131,7 @@ class Edge:
         secret = settings.key_secret
         self.tenants = None
         self.limiter: Limiter | None = None
+        self.budgets: Budgets | None = None
         if settings.auth and secret is not None:
             self.tenants = TenantsFeed(
                 url=settings.redis_url,
@@ -146,6 +148,7 @@ class Edge:
                 edges=edges,
                 on_failure=lambda kind: failures.labels(kind=kind).inc(),
             )
+            self.budgets = Budgets(self.limiter)
         metrics.watch_replicas(topo.names, self.planner.affinity, self.signals.oldest_age)
         self.fallback_snapshot = Snapshot(
             version=-1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}, taken_at=0.0
@@ -232,6 +235,7 @@ class Edge:
                 limiter=self.limiter,
                 metrics=self.metrics,
                 accounting=self.ledger is not None,
+                budgets=self.budgets,
             ),
             gate=self.gate,
             ledger=self.ledger,
@@ -292,6 +296,8 @@ class Edge:
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
+        if self.budgets is not None:
+            await self.budgets.close()
         if self.limiter is not None:
             await self.limiter.close()
         self.geo.close()

@@ -183,7 +183,7 @@ class Limiter:
                 )
             except (RedisError, OSError) as exc:
                 raise_if_cancelling(exc)
-                self._outage(exc)
+                self.outage(exc)
                 return
             slots.held = int(granted)
 
@@ -214,14 +214,14 @@ class Limiter:
             live = await self.edges_script(keys=[KEY_EDGES], args=[self.edge_id, int(3 * REGISTER_S * 1000)])
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
-            self._outage(exc)
+            self.outage(exc)
             return
         self.edges = max(1, int(live))
         for bucket in self.buckets.values():
             if bucket.edges != self.edges:
                 bucket.share(self.edges)
 
-    def _outage(self, exc: BaseException) -> None:
+    def outage(self, exc: BaseException) -> None:
         """A call to the primary failed: the local share decides for ``OUTAGE_RETRY_S``. A refusal (an error
         the primary answered, e.g. NOPERM from a wrong ACL) is a misconfiguration, logged as an error; an
         unreachable primary is an outage, logged as a warning; both at most once per episode."""
@@ -356,7 +356,7 @@ class Limiter:
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             bucket.asking = False
-            self._outage(exc)
+            self.outage(exc)
             return
         now = self.clock()
         bucket.granted(int(granted), carry, int(wait_ms) / 1000.0, now, asked=asked)

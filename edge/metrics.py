@@ -25,6 +25,7 @@ class TenantCounters(Collector):
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str], int] = {}
         self.tokens: dict[tuple[str, str], int] = {}
+        self.spend: dict[tuple[str, str], int] = {}  # (tenant, model) -> nano-dollars
         self._labels: set[str] = set()
 
     def label(self, tenant: str) -> str:
@@ -40,12 +41,16 @@ class TenantCounters(Collector):
         key = (self.label(tenant), outcome)
         self.requests[key] = self.requests.get(key, 0) + 1
 
-    def answered(self, tenant: str, failed: bool, prompt: int, completion: int) -> None:
+    def answered(
+        self, tenant: str, failed: bool, prompt: int, completion: int, model: str = "-", spend_nusd: int = 0
+    ) -> None:
         label = self.label(tenant)
         self.outcome(label, "error" if failed else "ok")
         tokens = self.tokens
         tokens[(label, "prompt")] = tokens.get((label, "prompt"), 0) + prompt
         tokens[(label, "completion")] = tokens.get((label, "completion"), 0) + completion
+        if spend_nusd:
+            self.spend[(label, model)] = self.spend.get((label, model), 0) + spend_nusd
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -63,8 +68,16 @@ class TenantCounters(Collector):
         )
         for (tenant, kind), n in list(self.tokens.items()):
             tokens.add_metric([tenant, kind], n)
+        spend = CounterMetricFamily(
+            "meridian_edge_tenant_spend_usd",
+            "What each tenant's answers cost at the catalog's prices, per model (the models of the catalog)",
+            labels=["tenant", "model"],
+        )
+        for (tenant, model), n in list(self.spend.items()):
+            spend.add_metric([tenant, model], n / 1e9)
         yield requests
         yield tokens
+        yield spend
 
 
 class EdgeMetrics:

@@ -181,7 +181,7 @@ class Proxy:
         span.set_attribute(tracing.ATTR_PRIORITY, admitted.priority)
         if admitted.tenant is not None:
             span.set_attribute(tracing.ATTR_TENANT, admitted.tenant.id)  # its id: never the key
-        used: int | None = None
+        used: tuple[int, int] | None = None
         try:
             resp = await self._route(request, span, admitted)
             used = self._account(admitted, resp)
@@ -189,9 +189,10 @@ class Proxy:
         finally:
             self.admission.release(admitted, used)
 
-    def _account(self, admitted: Admitted, resp: web.StreamResponse) -> int | None:
-        """The answer's tokens into the usage ledger and the tenant's counters; the tokens it is charged
-        (what the region reported, else the prompt's estimate plus the events streamed)."""
+    def _account(self, admitted: Admitted, resp: web.StreamResponse) -> tuple[int, int] | None:
+        """The answer's tokens and cost into the usage ledger and the tenant's counters; the (prompt,
+        completion) tokens it is charged (what the region reported, else the prompt's estimate plus the
+        events streamed)."""
         tally = admitted.tally
         if tally is None:
             return None
@@ -200,6 +201,7 @@ class Proxy:
         prompt, completion = tally.tokens(admitted.prompt_estimate()) if region else (0, 0)
         failed = resp.status >= 400
         if self.ledger is not None:
+            spend = self.catalog.cost_nusd(admitted.model, prompt, completion)
             self.ledger.add(
                 tenant=admitted.tenant_id,
                 model=admitted.model or "-",
@@ -208,9 +210,12 @@ class Proxy:
                 prompt=prompt,
                 completion=completion,
                 error=failed,
+                spend_nusd=spend,
             )
-            self.metrics.tenants.answered(admitted.tenant_id, failed, prompt, completion)
-        return prompt + completion
+            self.metrics.tenants.answered(
+                admitted.tenant_id, failed, prompt, completion, admitted.model or "-", spend
+            )
+        return prompt, completion
 
     async def _route(
         self, request: web.BaseRequest, span: trace.Span, admitted: Admitted

@@ -84,6 +84,7 @@ class Ledger:
         prompt: int,
         completion: int,
         error: bool,
+        spend_nusd: int = 0,
     ) -> None:
         key = (tenant, model, region, hour_of(unix_s))
         row = self.rows.get(key)
@@ -97,6 +98,7 @@ class Ledger:
             r.prompt_tokens += prompt
             r.completion_tokens += completion
             r.errors += error
+            r.spend_nusd += spend_nusd
 
     def _traffic(self, model: str, region: str, unix_s: float) -> UsageRow:
         key = (model, region, minute_of(unix_s))

@@ -9,6 +9,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+NANO = 1_000_000_000  # nano-dollars in a dollar: what spend is counted in (fleet.spend)
+
+
+def per_token_nusd(usd_per_mtok: float) -> int:
+    """Nano-dollars a token costs at ``usd_per_mtok`` dollars per million tokens."""
+    return round(usd_per_mtok * 1000)
+
+
+def cost_nusd(prompt: int, completion: int, input_per_mtok: float, output_per_mtok: float) -> int:
+    return prompt * per_token_nusd(input_per_mtok) + completion * per_token_nusd(output_per_mtok)
+
+
+def usd(nusd: int) -> float:
+    return nusd / NANO
+
+
 Engine = Literal["vllm", "sglang", "tgi", "openai"]  # openai: any other OpenAI-compatible server
 
 
@@ -59,6 +75,14 @@ class Catalog:
         """The model's context length (None: the open world, or no model named)."""
         spec = self.models.get(model) if model is not None else None
         return spec.context_length if spec is not None else None
+
+    def cost_nusd(self, model: str | None, prompt: int, completion: int) -> int:
+        """What ``prompt`` and ``completion`` tokens of ``model`` cost at its prices, in nano-dollars (0: no
+        price, an unknown model or the open world)."""
+        spec = self.models.get(model) if model is not None else None
+        if spec is None:
+            return 0
+        return cost_nusd(prompt, completion, spec.input_per_mtok, spec.output_per_mtok)
 
     def adapter_base(self, model: str) -> str | None:
         spec = self.models.get(model)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fleet.spend import Period
 from fleet.state import KEY_PREFIX
 
 KEY_TENANTS = f"{KEY_PREFIX}:state:tenants"  # hash: tenant id -> Tenant JSON
@@ -41,6 +42,20 @@ class Limits(BaseModel):
         return int(v) if isinstance(v, float) and v.is_integer() else v  # JSON Schema's integer: 5.0 is 5
 
 
+class Budget(BaseModel):
+    """What a tenant may spend per period at the catalog's prices, across every edge."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    usd: float = Field(gt=0, le=1_000_000, description="US dollars per period")
+    period: Period = Field(default="month", description="a UTC day or calendar month")
+
+    @field_validator("usd", mode="before")
+    @classmethod
+    def _number(cls, v: object) -> object:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v  # JSON's 5 is 5.0
+
+
 class Tenant(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -53,6 +68,7 @@ class Tenant(BaseModel):
         description="the highest X-Meridian-Priority may ask for (None or below its default: its default)",
     )
     models: tuple[str, ...] | None = Field(default=None, description="models it may use (None: all)")
+    budget: Budget | None = Field(default=None, description="spend per period (None: no budget)")
     created_at: float = 0.0
 
     def may_use(self, model: str | None) -> bool:

@@ -1,7 +1,7 @@
 """Usage records as the store holds them (pure, no I/O): per tenant, model, region and hour, the requests
-an edge admitted, their prompt and completion tokens and how many failed; and the same per region, model
-and minute for all tenants together (``meridian:traffic:<region>:<minute>``, kept 35 days), the history
-capacity planning reads. Edges add their batches with
+an edge admitted, their prompt and completion tokens, what they cost and how many failed; and the same per
+region, model and minute for all tenants together (``meridian:traffic:<region>:<minute>``, kept 35 days),
+the history capacity planning reads. Edges add their batches with
 HINCRBY into one hash per tenant and hour (``meridian:usage:<tenant>:<hour>``, field
 ``<region>|<counter>|<model>``: the model last, as its name may hold anything); the control plane reads
 the hours asked for. Hours are unix hours (seconds since the epoch // 3600)."""
@@ -16,7 +16,7 @@ from fleet.state import KEY_PREFIX
 KEY_USAGE = f"{KEY_PREFIX}:usage"
 KEY_TRAFFIC = f"{KEY_PREFIX}:traffic"  # per region and minute, all tenants: what capacity planning reads
 TRAFFIC_RETENTION_S = 35 * 86_400
-COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors")
+COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors", "spend_nusd")
 RETENTION_S = 400 * 86_400  # each hour's hash expires this long after its last write (13 months of bills)
 
 
@@ -26,12 +26,14 @@ class UsageRow:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    spend_nusd: int = 0  # at the catalog's prices when served, in nano-dollars (fleet.spend)
 
     def merge(self, other: UsageRow) -> None:
         self.requests += other.requests
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.errors += other.errors
+        self.spend_nusd += other.spend_nusd
 
     def counts(self) -> dict[str, int]:
         return asdict(self)

@@ -178,6 +178,10 @@ def _tenant_ctl(args: argparse.Namespace) -> int:
         body["max_priority"] = args.max_priority
     if args.models is not None:
         body["models"] = [m for m in args.models.split(",") if m] or None
+    if args.budget_usd is not None:
+        body["budget"] = (
+            None if args.budget_usd == 0 else {"usd": args.budget_usd, "period": args.budget_period}
+        )
     if verb == "tenant-create":
         return _print_result(*_admin_call(args, "POST", "/v1/tenants", {"name": args.name, **body}))
     if args.name:
@@ -209,11 +213,20 @@ def _usage(args: argparse.Namespace) -> int:
     print(f"usage of {payload['tenant']} from {payload['start']} to {payload['end']}")
     print(
         f"{'hour':<22}{'model':<28}{'region':<16}{'requests':>9}{'prompt':>10}{'completion':>11}{'errors':>7}"
+        f"{'USD':>11}"
     )
     for r in [*payload["rows"], {"hour": "total", "model": "", "region": "", **payload["totals"]}]:
         print(
             f"{r['hour']:<22}{r['model'][:27]:<28}{r['region']:<16}{r['requests']:>9}{r['prompt_tokens']:>10}"
-            f"{r['completion_tokens']:>11}{r['errors']:>7}"
+            f"{r['completion_tokens']:>11}{r['errors']:>7}{r['spend_usd']:>11.4f}"
+        )
+    print(f"\n{'day':<12}{'model':<28}{'requests':>9}{'USD':>11}")
+    for d in payload["daily"]:
+        print(f"{d['day']:<12}{d['model'][:27]:<28}{d['requests']:>9}{d['spend_usd']:>11.4f}")
+    if (b := payload.get("budget")) is not None:
+        print(
+            f"\nbudget ${b['usd']:g} a {b['period']}: spent ${b['spent_usd']:.4f}, "
+            f"held ${b['held_usd']:.4f}, left ${b['left_usd']:.4f}; renews {b['period_ends']}"
         )
     return 0
 
@@ -239,6 +252,13 @@ def _tenant_parsers(ctl_sub: Any) -> None:
             help="the highest X-Meridian-Priority may ask for",
         )
         c.add_argument("--models", default=None, help="comma-separated models it may use (empty: all)")
+        c.add_argument(
+            "--budget-usd",
+            type=float,
+            default=None,
+            help="what it may spend per period at the catalog's prices (0: no budget)",
+        )
+        c.add_argument("--budget-period", choices=("day", "month"), default="month")
         c.add_argument("--reason", default="", help="recorded in the audit log")
     for name, what in (
         ("tenant-delete", "delete a tenant and its keys"),

@@ -60,7 +60,7 @@ async def test_the_schema_documents_every_answer_and_the_patch_rule(fleet: Fleet
     patch = schema["paths"]["/v1/regions/{name}"]["patch"]
     assert set(patch["responses"]) == {"200", "400", "401", "403", "404", "412", "422", "503"}
     tenant_patch = schema["components"]["schemas"]["TenantPatch"]
-    assert len(tenant_patch["anyOf"]) == 5 and tenant_patch["additionalProperties"] is False
+    assert len(tenant_patch["anyOf"]) == 6 and tenant_patch["additionalProperties"] is False
     body = schema["components"]["schemas"]["RegionPatch"]
     assert body["anyOf"] == [{"required": ["weight"]}, {"required": ["drained"]}]
     assert body["additionalProperties"] is False and body["required"] == ["reason"]

@@ -122,7 +122,13 @@ async def test_usage_is_ledgered_per_tenant_model_region_and_hour_and_reported(
     assert await asyncio.to_thread(cli.main, ["ctl", "usage", tenant]) == 0
     out = capsys.readouterr().out
     total = next(line for line in out.splitlines() if line.startswith("total"))
-    assert total.split()[1:] == ["6", str(report["totals"]["prompt_tokens"]), str(completion), "0"]
+    assert total.split()[1:] == [
+        "6",
+        str(report["totals"]["prompt_tokens"]),
+        str(completion),
+        "0",
+        "0.0000",
+    ]  # no prices
 
 
 async def test_usage_queries_are_checked(fleet: Fleet) -> None:
