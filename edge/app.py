@@ -252,6 +252,8 @@ class Edge:
             self._tasks.append(asyncio.create_task(self.tenants.run(), name="tenants-feed"))
         if self.limiter is not None:
             self.limiter.start()
+        if self.budgets is not None:
+            self.budgets.start()
         if settings.redis_primary_url:
             self._primary = _connect(settings, settings.redis_primary_url, socket_timeout=1.0)
             self.reporter = Reporter(
@@ -332,6 +334,7 @@ class Edge:
             request_factory=self.make_request,
             access_log=None,
             keepalive_timeout=KEEPALIVE_S,
+            handler_cancellation=True,  # a client that leaves cancels its request: held, queued or sent
         )
 
     def internal_server(self) -> web.Server:

@@ -1,11 +1,13 @@
-"""Tenant spend budgets at the edge (I/O): each request of a budgeted tenant reserves its maximum cost on the
-Redis primary (``fleet.spend.BUDGET_SCRIPT``) before it is sent and settles its real cost when it ends; a
-settlement the primary cannot take now rides on the next call. While the primary is unreachable an edge
-process spends at most its share (1 / live edge processes) of what the primary last said was left."""
+"""Tenant spend budgets at the edge (I/O): each budgeted tenant's purse (``fleet.spend.Purse``) reserved on
+the Redis primary (``BUDGET_SCRIPT``), requests reserved from it locally before they are sent and settled on
+their real cost when they end; settlements paid every ``FLUSH_S`` and with every call; an idle purse given
+back. While the primary is unreachable an edge process reserves on its share (1 / live edge processes) of
+what the primary last said was left."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,19 +18,20 @@ from redis.exceptions import RedisError
 from edge.limiter import KEY_EDGES, Limiter
 from fleet.models import NANO
 from fleet.redisconn import raise_if_cancelling
-from fleet.spend import BUDGET_SCRIPT, Window, budget_key, ttl_ms, window
+from fleet.spend import BUDGET_SCRIPT, Purse, budget_key, ttl_ms, window
 from fleet.tenants import Tenant
+
+FLUSH_S = 1.0  # ended requests' costs are paid (and idle purses given back) this often
+MAX_PURSES = 10_000  # past it, settled purses of periods gone by are forgotten
 
 
 @dataclass(slots=True)
 class Hold:
-    """One request's reservation: where it is held and how much (nano-USD)."""
+    """One request's reservation: its purse and how much (nano-USD)."""
 
     key: str
-    budget_nusd: int
-    ttl_ms: int
     reserved: int
-    local: bool = False  # taken from the outage share, not the primary
+    share: bool = False  # on the outage share, not the purse
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,96 +43,109 @@ class Exhausted:
     held_nusd: int
 
 
-@dataclass(slots=True)
-class _Standing:
-    """What this edge knows of one tenant period: the primary's last word, settlements not yet taken,
-    and what it spent on its own share while the primary was out."""
-
-    budget_nusd: int
-    ttl_ms: int
-    known_left: int | None = None
-    release: int = 0
-    paid: int = 0
-    local_spent: int = 0
-
-
 class Budgets:
-    def __init__(self, limiter: Limiter, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limiter = limiter
-        self.clock = clock
+        self.clock = clock  # the wall clock: budget periods are UTC days and months
+        self.mono = mono
         self.script: Any = limiter.client.register_script(BUDGET_SCRIPT)
-        self.standing: dict[str, _Standing] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.purses: dict[str, Purse] = {}
+        self.ttls: dict[str, int] = {}
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
-    async def reserve(self, tenant: Tenant, cost_nusd: int) -> Hold | Exhausted:
-        """Reserve ``cost_nusd`` of the tenant's current period."""
+    async def reserve(self, tenant: Tenant, cost: int) -> Hold | Exhausted:
+        """Reserve ``cost`` nano-USD of the tenant's current period: from this process's purse, topped up
+        from the primary when it holds too little (one call at a time per purse: the others wait for it)."""
         assert tenant.budget is not None
         now = self.clock()
         w = window(tenant.budget.period, now)
         key = budget_key(tenant.id, w)
-        st = self._standing(key, round(tenant.budget.usd * NANO), w, now)
-        if self.limiter.clock() >= self.limiter.outage_until:
-            answer = await self._call(key, st, cost_nusd)
-            if answer is not None:
-                granted, spent, held = answer
-                if granted:
-                    return Hold(key, st.budget_nusd, st.ttl_ms, cost_nusd)
-                return Exhausted(w.ends_at, spent, held)
-        return self._local(key, st, w, cost_nusd)
+        purse = self._purse(key, round(tenant.budget.usd * NANO), ttl_ms(w, now))
+        while not purse.refused(cost, self.mono()):
+            if purse.take(cost, self.mono()):
+                return Hold(key, cost)
+            if self.mono() < self.limiter.outage_until:
+                if purse.take_share(cost, self.limiter.edges, self.mono()):
+                    return Hold(key, cost, share=True)
+                break
+            pending = self._pending.get(key)
+            if pending is not None:
+                await asyncio.shield(pending)
+                continue
+            await self._call(key, purse, cost)
+        return Exhausted(w.ends_at, purse.spent, purse.held_all)
 
-    def settle(self, hold: Hold, cost_nusd: int) -> None:
-        """The request ended having cost ``cost_nusd``: its reservation let go, the cost paid (at once, in
-        the background; carried on the next call while the primary is out)."""
-        st = self.standing.get(hold.key)
-        if st is None:
+    def settle(self, hold: Hold, cost: int) -> None:
+        """The request ended having cost ``cost``: paid with the next call (at most ``FLUSH_S`` away)."""
+        purse = self.purses.get(hold.key)
+        if purse is not None:
+            purse.settle(hold.reserved, cost, self.mono(), share=hold.share)
+
+    def start(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_every(), name="budget-settlements")
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Pay what ended requests cost and give back idle purses, one call per purse with any due."""
+        if self.mono() < self.limiter.outage_until:
             return
-        if hold.local:
-            st.local_spent += cost_nusd - hold.reserved
-            st.paid += cost_nusd
-        else:
-            st.release += hold.reserved
-            st.paid += cost_nusd
-        task = asyncio.create_task(self._call(hold.key, st, 0))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for key, purse in list(self.purses.items()):
+            if purse.due(self.mono()) and key not in self._pending:
+                await self._call(key, purse, 0)
+        if len(self.purses) > MAX_PURSES:
+            self.purses = {k: p for k, p in self.purses.items() if p.held or p.unheld or p.outage_in_use}
 
-    def _standing(self, key: str, budget: int, w: Window, now: float) -> _Standing:
-        st = self.standing.get(key)
-        if st is None or st.budget_nusd != budget:
-            if len(self.standing) > 10_000:  # periods gone by: their settlements were taken long ago
-                self.standing = {k: v for k, v in self.standing.items() if v.release or v.paid}
-            st = self.standing[key] = _Standing(budget, ttl_ms(w, now))
-        return st
+    def _purse(self, key: str, budget: int, ttl: int) -> Purse:
+        purse = self.purses.get(key)
+        if purse is None or purse.budget != budget:  # a new budget: what is held and owed is kept
+            old = purse
+            purse = self.purses[key] = Purse(budget)
+            if old is not None:
+                purse.held, purse.in_use, purse.owed = old.held, old.in_use, old.owed
+                purse.outage_in_use, purse.unheld = old.outage_in_use, old.unheld
+            self.ttls[key] = ttl
+        return purse
 
-    async def _call(self, key: str, st: _Standing, want: int) -> tuple[int, int, int] | None:
-        """One call to the primary carrying this edge's pending settlements; None: it failed."""
-        release, paid = st.release, st.paid
-        st.release = st.paid = 0
+    async def _call(self, key: str, purse: Purse, cost: int) -> int | None:
+        """One call to the primary: a top-up for a request of ``cost`` (0: none) and what is due; what it
+        granted, None when the primary could not be asked."""
+        done = asyncio.get_running_loop().create_future()
+        self._pending[key] = done
+        want, need = purse.ask(cost, self.limiter.edges) if cost else (0, 0)
+        due = purse.settlement(self.mono())
         try:
             granted, spent, held = await self.script(
                 keys=[key, KEY_EDGES],
-                args=[self.limiter.edge_id, want, st.budget_nusd, release, paid, st.ttl_ms],
+                args=[self.limiter.edge_id, want, purse.budget, due.release, due.paid, self.ttls[key], need],
             )
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
-            st.release += release
-            st.paid += paid
             self.limiter.outage(exc)
             return None
-        st.known_left = st.budget_nusd - int(spent) - int(held)
-        st.local_spent = 0
-        return int(granted), int(spent), int(held)
-
-    def _local(self, key: str, st: _Standing, w: Window, cost: int) -> Hold | Exhausted:
-        """The primary is out: this process's share of what it last said was left (of the whole budget
-        when it never said)."""
-        left = st.budget_nusd if st.known_left is None else st.known_left
-        share = left // max(1, self.limiter.edges)
-        if st.local_spent + cost > share:
-            return Exhausted(w.ends_at, st.budget_nusd - left + st.local_spent, 0)
-        st.local_spent += cost
-        return Hold(key, st.budget_nusd, st.ttl_ms, cost, local=True)
+        finally:
+            del self._pending[key]
+            done.set_result(None)
+        purse.settled(due)
+        purse.granted(int(granted), int(spent), int(held), need=need, now=self.mono())
+        return int(granted)
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        with contextlib.suppress(Exception):  # what ended requests cost is paid before leaving
+            async with asyncio.timeout(0.5):
+                await self.flush()

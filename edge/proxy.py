@@ -237,7 +237,8 @@ class Proxy:
         if plan.decision.primary is None and wanted.model is not None:
             plan, wanted, body = self._fallback(place, snap, plan, wanted, body)
         if (plan.decision.primary is None or plan.decision.panic) and self.waker is not None:
-            woken = await self._wake(place, snap, wanted, wanted.model or admitted.model)
+            tenant = admitted.tenant.id if admitted.tenant is not None else None
+            woken = await self._wake(place, snap, wanted, wanted.model or admitted.model, tenant)
             if isinstance(woken, web.Response):
                 return woken
             plan = woken or plan
@@ -291,7 +292,7 @@ class Proxy:
         return resp
 
     async def _wake(
-        self, place: ClientPlace, snap: Snapshot, wanted: Wanted, model: str | None
+        self, place: ClientPlace, snap: Snapshot, wanted: Wanted, model: str | None, tenant: str | None
     ) -> AttemptPlan | web.Response | None:
         """No region is routable for the model: if the nearest pool of it that may scale to zero has no
         replica serving, wait (bounded) for its first, re-planning on every new snapshot (None: no such
@@ -309,7 +310,7 @@ class Proxy:
             d = plan.decision
             return plan if d.primary is not None and not d.panic else None
 
-        plan = await self.waker.hold((region, model), ready, self.feed.news)
+        plan = await self.waker.hold((region, model), ready, self.feed.news, tenant)
         if plan is not None:
             return plan
         wait_s = self.waker.hold_s

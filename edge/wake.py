@@ -3,8 +3,9 @@ snapshot feed, and the wake marks written to the primary). The nearest region wi
 the model that operators have not drained or dialled to zero is woken: this edge keeps its count of the
 requests it holds for that pool in the pool's wake hash (``fleet.wake``), which the autoscaler reads to
 switch a first replica on. A held request is re-planned on every new snapshot and goes as soon as a
-region serves its model; it is bounded in number (``wake_max_held``: beyond, 503 at once) and in time
-(``wake_hold_s``: then 503 with Retry-After)."""
+region serves its model; it is bounded in number (``wake_max_held``: beyond, 503 at once; one tenant holds
+at most half of it, so another always finds room) and in time (``wake_hold_s``: then 503 with Retry-After).
+A held request whose client left is cancelled with its handler and let go at once."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class Waker:
                 if pool.scale_to_zero:
                     self.sleepers.setdefault(pool.model, []).append(region.name)
         self.held: dict[PoolKey, int] = {}
+        self.by_tenant: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._marker: asyncio.Task[None] | None = None
 
@@ -72,12 +74,17 @@ class Waker:
         pool: PoolKey,
         ready: Callable[[], T | None],
         news: Callable[[], Awaitable[None]],
+        tenant: str | None = None,
     ) -> T | None:
-        """Hold one request for ``pool``'s first replica: ``ready()`` (its plan once a region serves the
-        model) is asked now and after every ``news()``; None when the hold is full or its time ran out."""
-        if sum(self.held.values()) >= self.max_held:
+        """Hold one request of ``tenant`` for ``pool``'s first replica: ``ready()`` (its plan once a region
+        serves the model) is asked now and after every ``news()``; None when the hold (or the tenant's half
+        of it; None: authentication is off, every request is one tenant's) is full or its time ran out."""
+        mine = self.by_tenant.get(tenant, 0) if tenant is not None else 0
+        if sum(self.held.values()) >= self.max_held or (tenant and mine >= max(1, self.max_held // 2)):
             self.metrics.child(self.metrics.wake_outcomes, "full").inc()
             return None
+        if tenant is not None:
+            self.by_tenant[tenant] = mine + 1
         self._count(pool, +1)
         deadline = self.clock() + self.hold_s
         try:
@@ -92,6 +99,11 @@ class Waker:
             return got
         finally:
             self._count(pool, -1)
+            if tenant is not None:
+                if left := self.by_tenant[tenant] - 1:
+                    self.by_tenant[tenant] = left
+                else:
+                    del self.by_tenant[tenant]
 
     def _count(self, pool: PoolKey, delta: int) -> None:
         held = self.held[pool] = self.held.get(pool, 0) + delta

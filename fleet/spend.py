@@ -6,10 +6,13 @@ million tokens is 150 per token, exact for prices given to a thousandth of a dol
 a month of $9 million still fits in the 2**53 a Lua number holds exactly.
 
 A request reserves its maximum cost (its prompt's estimate and all it may generate) before it is sent and
-settles on its real usage when it ends. The primary admits a reservation only while the period's spend plus
-what every live edge process holds reserved stays within the budget, so concurrency cannot overspend: what
-passes is paid for in advance, and a request costs at most what it reserved (the overspend is at most the
-difference of one request's real prompt from its estimate)."""
+settles on its real usage when it ends. Each edge process holds a *purse* reserved on the primary (a few
+requests' worth, less as the budget runs out) and reserves requests from it locally; the primary grants
+a purse only while the period's spend plus what every live edge process holds stays within the budget, so
+concurrency cannot overspend: what passes is reserved in advance, and a request costs at most what it
+reserved (the overspend is at most the difference of one request's real prompt from its estimate). Near
+the end of a budget the purses shrink to one request, so what one edge holds idle does not refuse
+another's."""
 
 from __future__ import annotations
 
@@ -55,11 +58,11 @@ def ttl_ms(w: Window, unix_s: float) -> int:
 
 # KEYS[1]: the tenant's period hash {spent: nano-USD paid, r:<edge process id>: nano-USD it holds reserved};
 # KEYS[2]: the live edge processes (meridian:limits:edges, edge id -> expiry ms).
-# ARGV: this edge process's id, nano-USD to reserve now (0: none), the budget (nano-USD), nano-USD of its
-# earlier reservations to let go, nano-USD they really cost (added to spent), the hash's ttl (ms).
-# Reservations of edge processes no longer live lapse (their requests died with them). Returns {1 if the
-# reservation was made else 0, spent, reserved by every live edge}. Runs under the edge's ACL user: HGETALL,
-# HGET, HINCRBY, HDEL, PEXPIRE and TIME only.
+# ARGV: this edge process's id, nano-USD it would like to reserve (0: none), the budget (nano-USD), nano-USD
+# of its reservation to let go, nano-USD paid (added to spent), the hash's ttl (ms), nano-USD it needs at
+# least (granted alone when what it would like does not fit). Reservations of edge processes no longer live
+# lapse (their requests died with them). Returns {nano-USD reserved now, spent, reserved by every live edge}.
+# Runs under the edge's ACL user: HGETALL, HGET, HINCRBY, HDEL, PEXPIRE and TIME only.
 BUDGET_SCRIPT = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -83,12 +86,128 @@ for i = 1, #all, 2 do
     if v <= 0 or expiry < now then redis.call('HDEL', KEYS[1], f) else held = held + v end
   end
 end
+local need = tonumber(ARGV[7])
 local granted = 0
 if want > 0 and spent + held + want <= budget then
-  redis.call('HINCRBY', KEYS[1], me, want)
-  held = held + want
-  granted = 1
+  granted = want
+elseif need > 0 and spent + held + need <= budget then
+  granted = need
+end
+if granted > 0 then
+  redis.call('HINCRBY', KEYS[1], me, granted)
+  held = held + granted
 end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6]))
 return {granted, spent, held}
 """
+
+
+PURSE_REQUESTS = 4  # a purse holds this many requests of the last size asked for, while the budget allows
+PURSE_IDLE_S = 2.0  # a purse unused this long goes back (another edge may need it)
+REFUSAL_S = 0.5  # a request the primary could not cover is refused this long without asking again
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What one call to the primary settles: reservation let go, and spend paid, of which ``owed`` came
+    out of the purse's reservation and ``unheld`` was reserved on the outage share (never on the primary)."""
+
+    owed: int
+    unheld: int
+    surplus: int
+
+    @property
+    def release(self) -> int:
+        return self.owed + self.surplus
+
+    @property
+    def paid(self) -> int:
+        return self.owed + self.unheld
+
+
+@dataclass(slots=True)
+class Purse:
+    """What one edge process holds of a tenant's budget period (nano-USD): ``held`` reserved for it on the
+    primary, of which ``in_use`` by requests in flight and ``owed`` the real cost of ended ones, still to
+    be paid (moved from its reservation to the period's spend on the next call)."""
+
+    budget: int
+    held: int = 0
+    in_use: int = 0
+    owed: int = 0
+    left: int | None = None  # the primary's last word: the budget less spend and every edge's holds
+    spent: int = 0  # the primary's last word: the period's spend
+    held_all: int = 0  # the primary's last word: what every live edge process holds
+    used_at: float = 0.0
+    refused_at: float = -1e18  # when the primary last could not grant ``refused_need``
+    refused_need: int = 0
+    outage_in_use: int = 0  # reserved on this process's share while the primary is out
+    unheld: int = 0  # what requests reserved on the outage share cost, still to be paid
+
+    @property
+    def free(self) -> int:
+        return self.held - self.in_use - self.owed
+
+    def take(self, cost: int, now: float) -> bool:
+        """Reserve ``cost`` from the purse, if it holds that much free."""
+        if self.free < cost:
+            return False
+        self.in_use += cost
+        self.used_at = now
+        return True
+
+    def ask(self, cost: int, edges: int) -> tuple[int, int]:
+        """(what to ask the primary for, the least that will do) for a request of ``cost``: a purse of a few
+        such requests, whole ones (no sliver another edge could have used), within half of this process's
+        share of what was left."""
+        need = max(0, cost - self.free)
+        left = self.budget if self.left is None else self.left
+        room = max(0, left // (2 * max(1, edges)))
+        return max(need, cost * min(PURSE_REQUESTS, room // max(1, cost))), need
+
+    def refused(self, cost: int, now: float) -> bool:
+        """The primary could not grant this much (or less) a moment ago: no need to ask again so soon."""
+        return now - self.refused_at < REFUSAL_S and cost - self.free >= self.refused_need
+
+    def granted(self, amount: int, spent: int, held_all: int, *, need: int = 0, now: float = 0.0) -> None:
+        if need and not amount:
+            self.refused_at, self.refused_need = now, need
+        self.held += amount
+        self.spent, self.held_all = spent, held_all
+        self.left = self.budget - spent - held_all
+
+    def take_share(self, cost: int, edges: int, now: float) -> bool:
+        """The primary is out: reserve ``cost`` on this process's share of what it last said was left (of
+        the whole budget when it never said)."""
+        left = self.budget if self.left is None else self.left
+        if self.outage_in_use + self.unheld + cost > left // max(1, edges):
+            return False
+        self.outage_in_use += cost
+        self.used_at = now
+        return True
+
+    def settle(self, reserved: int, cost: int, now: float, *, share: bool = False) -> None:
+        """A request that reserved ``reserved`` (``share``: on the outage share) ended costing ``cost``."""
+        if share:
+            self.outage_in_use -= reserved
+            self.unheld += cost
+        else:
+            self.in_use -= reserved
+            self.owed += cost
+        self.used_at = now
+
+    def settlement(self, now: float) -> Settlement:
+        """What the next call settles: what ended requests cost, and the free reservation once the purse
+        is idle (another edge may need it)."""
+        idle = now - self.used_at >= PURSE_IDLE_S and not self.in_use
+        return Settlement(self.owed, self.unheld, max(0, self.free) if idle else 0)
+
+    def settled(self, s: Settlement) -> None:
+        self.held -= s.release
+        self.owed -= s.owed
+        self.unheld -= s.unheld
+
+    def due(self, now: float) -> bool:
+        """Anything to settle with the primary."""
+        s = self.settlement(now)
+        return bool(s.release or s.paid)

@@ -81,10 +81,11 @@ async def test_concurrent_streams_cannot_overspend_and_spend_is_usage_at_catalog
         served = [usage for status, usage in results if status == 200]
         refused = [body for status, body in results if status != 200]
         spent = sum(cost_nusd(u["prompt_tokens"], u["completion_tokens"], *PRICES) for u in served)
-        print(
-            f"\n100 concurrent through 4 edges, budget ${budget_nusd / 1e9:.6f} (30 x the maximum cost): "
-            f"{len(served)} served, {len(refused)} refused, spent ${spent / 1e9:.6f}"
-        )
+        with capsys.disabled():  # the figures, beside the captured ctl output below
+            print(
+                f"\n100 concurrent through 4 edges, budget ${budget_nusd / 1e9:.6f} (30 x the maximum cost): "
+                f"{len(served)} served, {len(refused)} refused, spent ${spent / 1e9:.6f}"
+            )
         assert all(u is not None for u in served)
         assert spent <= budget_nusd + most_nusd()  # overspend at most one request's maximum cost
         assert len(served) >= 29  # the budget is shared across edges, not split (each reserves its cost)
@@ -110,12 +111,24 @@ async def test_concurrent_streams_cannot_overspend_and_spend_is_usage_at_catalog
             r = await report()
             return r["budget"]["held_usd"] == 0 and r["totals"]["requests"] >= len(served)
 
-        await wait_for(settled, timeout=10, what="every reservation settled and the usage written")
-        r = await report()
+        # what the edges' purses hold idle goes back within 2 s: what is left is served to the last request
+        for i in range(10):
+            await wait_for(settled, timeout=10, what="every reservation settled and the usage written")
+            r = await report()
+            if r["budget"]["left_usd"] < most_nusd() / 1e9:
+                break
+            status, usage = await stream(s, fleet, key, i)
+            assert status == 200, (r["budget"], usage)
+            served.append(usage)
+            spent += cost_nusd(usage["prompt_tokens"], usage["completion_tokens"], *PRICES)
+        with capsys.disabled():
+            print(
+                f"in all {len(served)} served, spent ${spent / 1e9:.6f}, left ${r['budget']['left_usd']:.6f}"
+            )
     assert math.isclose(r["budget"]["spent_usd"], spent / 1e9, abs_tol=1e-12), r["budget"]
     assert math.isclose(r["totals"]["spend_usd"], spent / 1e9, abs_tol=1e-12), r["totals"]
     assert [(d["model"], round(d["spend_usd"] * 1e9)) for d in r["daily"]] == [(MODEL, spent)]
-    assert r["budget"]["left_usd"] < most_nusd() / 1e9
+    assert 0 <= r["budget"]["left_usd"] < most_nusd() / 1e9
     prometheus = 0.0
     for served_edge in fleet.edges.values():
         async with aiohttp.ClientSession() as s, s.get(served_edge.make_url("/metrics")) as m:

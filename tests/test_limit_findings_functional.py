@@ -6,6 +6,7 @@ partial tenant updates."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -128,6 +129,26 @@ async def test_a_partial_update_keeps_the_other_limits_and_null_clears_one(fleet
     assert status == 200 and body["limits"] == {"rpm": 10, "tpm": None, "max_concurrent": 3, "burst_s": 5.0}
     status, body = await fleet.admin("PATCH", f"/v1/tenants/{tenant}", body={"limits": {"burst_s": 90}})
     assert status == 422 and body["fields"] == ["limits.burst_s"], body
+
+
+async def test_an_abandoned_request_frees_its_slot_and_its_upstream_attempt(fleet: Fleet) -> None:
+    _, key = await fleet.tenant_key({"max_concurrent": 1})
+    sims = [fleet.sim(region, rep) for region in fleet.sims for rep in fleet.sims[region]]
+    for sim in sims:
+        sim.model = type(sim.model)(ttft_ms=5000, per_token_ms=1)  # a non-streamed answer 5 s away
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await post(s, fleet, key, CHAT)  # the client gives up
+
+        async def cancelled() -> bool:
+            return sum(len(x.engine.running) + len(x.engine.waiting) for x in sims) == 0
+
+        await wait_for(cancelled, timeout=2, what="the abandoned upstream attempt to be cancelled")
+        for sim in sims:
+            sim.model = type(sim.model)(ttft_ms=1, per_token_ms=1)
+        status, _, body = await post(s, fleet, key, CHAT)
+    assert status == 200, body  # its slot was let go: the limit of 1 admits the next at once
 
 
 async def test_regions_receive_the_capped_priority_not_the_clients(fleet: Fleet) -> None:

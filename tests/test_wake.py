@@ -96,3 +96,19 @@ def test_wake_marks_count_while_fresh_and_malformed_ones_count_nothing() -> None
         b"edge-c/3": b"garbage",
     }
     assert woken(marks, now) == 3
+
+
+async def test_one_tenant_holds_at_most_half_and_a_cancelled_hold_lets_go_at_once() -> None:
+    w = waker(max_held=4)
+    never = asyncio.Event()
+    hog = [asyncio.create_task(w.hold(("near", "m"), lambda: None, never.wait, "hog")) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert w.by_tenant == {"hog": 2} and outcome(w, "full") == 1  # its third: beyond its half, at once
+    assert await hog[2] is None
+    other = asyncio.create_task(w.hold(("near", "m"), lambda: None, never.wait, "other"))
+    await asyncio.sleep(0)
+    assert w.by_tenant == {"hog": 2, "other": 1}  # another tenant finds room
+    for t in [*hog[:2], other]:  # their clients left: the handlers are cancelled
+        t.cancel()
+    await asyncio.gather(*hog[:2], other, return_exceptions=True)
+    assert w.by_tenant == {} and w.held[("near", "m")] == 0
