@@ -1,5 +1,6 @@
 """Seed a benchmark's Redis (run as a script from the repository root): regions from a regions file, and
-with --key-secret a tenant with limits far above any load and one key for it, printed on stdout."""
+with --key-secret a tenant with limits and a spend budget far above any load and one key for it, printed on
+stdout."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ async def seed(regions_file: str, url: str, key_secret: str | None) -> None:
         if key_secret:
             tenants = TenantStore(client, secret=key_secret.encode())
             audit = AuditEntry("bench", "benchmark tenant", "create")
-            tenant = await tenants.create({"name": "bench", "limits": {"rpm": 10**8, "tpm": 10**10}}, audit)
+            fields = {
+                "name": "bench",
+                "limits": {"rpm": 10**8, "tpm": 10**10},
+                "budget": {"usd": 1_000_000.0, "period": "month"},  # reserved and settled per request
+            }
+            tenant = await tenants.create(fields, audit)
             _, key = await tenants.issue_key(tenant.id, audit)
             print(key)
     finally:

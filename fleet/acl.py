@@ -9,7 +9,11 @@
   credential cannot drain a region or mint a key;
 - replication: what a replica needs to follow its primary;
 - sentinel: what Redis Sentinel needs to monitor the data nodes and fail over (where Sentinel is used);
-- the default user is off.
+- the default user is off: no connection can authenticate as it (it has no password). It keeps every
+  permission because Redis 7.0 replays an AOF's transactions as the default user and re-checks that user's
+  ACL at each EXEC (fixed upstream by redis/redis#14545): with ``-@all`` every MULTI/EXEC, and every
+  script's effects (which Redis 7 writes as MULTI/EXEC), is dropped from the data on restart
+  (``tests/test_durability_functional.py``).
 The limit scripts run under the edge's user: besides the writes above they need TIME (Redis's clock); a
 script the edge needs that its user may not run fails NOPERM, which ``tests/test_limits_functional.py``
 runs into on fleets with these users.
@@ -28,6 +32,9 @@ CONTROL_PLANE = "meridian-controlplane"
 EDGE = "meridian-edge"
 REPLICATION = "meridian-replication"
 SENTINEL = "meridian-sentinel"
+
+# off and without a password: unusable by any client; its permissions matter only to the AOF replay
+DEFAULT_USER = "user default off ~* &* +@all"
 
 RULES: dict[str, str] = {
     CONTROL_PLANE: f"~{KEY_PREFIX}:* &{KEY_PREFIX}:* +@all -@dangerous +info",
@@ -64,7 +71,7 @@ class Credentials:
 
     def acl_file(self) -> str:
         """The ACL file every redis-server of the fleet loads (``--aclfile``)."""
-        lines = ["user default off"]
+        lines = [DEFAULT_USER]
         lines += [
             f"user {user} on >{self.password(user)} {rule}"
             for user, rule in RULES.items()

@@ -202,3 +202,32 @@ async def test_revoking_a_key_ends_its_streams_in_flight(fleet: Fleet) -> None:
     tail = rest.decode().strip().split("\n\n")
     assert '"code": "invalid_api_key"' in tail[-2] and tail[-1] == "data: [DONE]", tail[-2:]
     assert took < 2.0, took  # the tenants' poll (0.5 s), not the 20 s the stream had left
+
+
+async def test_rate_headers_at_one_edge_tell_what_another_edge_spent(fleet: Fleet) -> None:
+    """x-ratelimit-remaining-* come from the primary's word, so an edge that served nothing yet tells what
+    the other spent (within a lease): the headers are the tenant's, not the edge's."""
+    _, key = await fleet.tenant_key({"rpm": 600, "burst_s": 10.0})  # 10 a second, 100 may come at once
+    hdrs = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(30):
+            status, _, body = await post(s, fleet, key, CHAT)
+            assert status == 200, body
+        async with s.post(fleet.edge_url("us-east-1") + "v1/chat/completions", json=CHAT, headers=hdrs) as r:
+            assert r.status == 200
+            remaining = int(r.headers["x-ratelimit-remaining-requests"])
+    # 30 spent at eu-west-1 (and a lease of 3 held there and here each, the 31st request), less what the
+    # rate refilled meanwhile (10 a second)
+    assert 600 - 30 - 3 - 3 - 1 <= remaining <= 600 - 20, remaining
+
+
+async def test_a_refusal_at_one_edge_follows_what_another_edge_spent(fleet: Fleet) -> None:
+    _, key = await fleet.tenant_key({"rpm": 6})  # one every 10 s, one more at once
+    hdrs = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    async with aiohttp.ClientSession() as s:
+        seen = [(await post(s, fleet, key, CHAT))[0] for _ in range(3)]
+        assert seen[0] == 200 and seen[-1] == 429, seen
+        async with s.post(fleet.edge_url("us-east-1") + "v1/chat/completions", json=CHAT, headers=hdrs) as r:
+            body = await r.json()
+            assert r.status == 429, body  # the other edge never served this tenant: the primary says no
+            assert int(r.headers["Retry-After"]) >= 5 and body["error"]["code"] == "rate_limit_exceeded"

@@ -100,11 +100,31 @@ resource "aws_elasticache_subnet_group" "primary" {
   subnet_ids = aws_subnet.private[*].id
 }
 
+# The state store's Redis settings, as the demo and the test fleets run them (meridian/redisproc.py): a
+# state store never evicts (limits, budgets, usage and routing intent are data, not cache). ElastiCache
+# keeps no AOF on Redis 7: durability is Multi-AZ replication with automatic failover plus daily snapshots,
+# so the AOF replay of a self-run Redis 7.0 (transactions re-checked against the default user's ACL,
+# fleet/acl.py) does not arise here.
+resource "aws_elasticache_parameter_group" "state" {
+  region      = var.region
+  name        = "meridian-state-redis7"
+  family      = "redis7"
+  description = "Meridian state store: never evict"
+
+  parameter {
+    name  = "maxmemory-policy"
+    value = "noeviction"
+  }
+  tags = var.tags
+}
+
 resource "aws_elasticache_replication_group" "primary" {
   region                     = var.region
   replication_group_id       = "meridian-primary"
   description                = "Meridian state store primary"
   engine                     = "redis"
+  engine_version             = "7.1"
+  parameter_group_name       = aws_elasticache_parameter_group.state.name
   node_type                  = var.redis_node_type
   num_cache_clusters         = 2
   automatic_failover_enabled = true
