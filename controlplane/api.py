@@ -378,7 +378,7 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         app.state.store = store
         secret = settings.key_secret
         app.state.tenants = TenantStore(
-            client, secret=None if secret is None else secret.get_secret_value().encode()
+            client, secret=None if secret is None else secret.get_secret_value().encode(), state=store
         )
         app.state.seeded = asyncio.Event()
         log.info(

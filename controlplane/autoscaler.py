@@ -37,6 +37,7 @@ log = logging.getLogger("meridian.autoscaler")
 
 KEY_POOLS = f"{KEY_PREFIX}:state:pools"  # hash: "region/model" -> PoolStatus JSON
 SPOT_GONE_S = 600.0  # after an interruption, that slot's spot capacity is taken as gone this long
+NOTICE_S = 110.0  # a spot machine goes two minutes after its notice: an interrupted slot is off before that
 DRAIN_S = 0.25  # a slot is marked down this long before its machine goes (edges take a change in < 30 ms)
 Kind = Literal["on_demand", "spot"]
 
@@ -51,6 +52,14 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class NotServing(Exception):
+    """An interruption notice for a slot that is off."""
+
+
+class OnDemand(Exception):
+    """An interruption notice for an on-demand machine, not forced."""
 
 
 class NoBackend:
@@ -105,6 +114,8 @@ class Pool:
     slots: dict[str, str]  # replica -> base URL, in regions.yaml's order
     on: dict[str, Kind] = field(default_factory=dict)
     spot_gone: dict[str, float] = field(default_factory=dict)  # slot -> until when its spot capacity is gone
+    leaving: set[str] = field(default_factory=set)  # interrupted, serving until their replacement does
+    ready_at: dict[str, float] = field(default_factory=dict)  # slot -> when its cold start is over
     memory: PoolMemory = field(default_factory=lambda: PoolMemory(0))
     load: float | None = None  # smoothed
     absorbed: float = 0.0  # load taken on for drained or down regions, in the last decision
@@ -155,6 +166,8 @@ class Autoscaler:
                 self.pools[pool.key] = pool
         self._metrics(registry)
         self._stop = asyncio.Event()
+        self._interrupting = asyncio.Lock()  # notices one at a time: each sees what the last one left
+        self._leaving: set[asyncio.Task[None]] = set()
 
     def _metrics(self, r: CollectorRegistry) -> None:
         labels = ["region", "model"]
@@ -254,7 +267,12 @@ class Autoscaler:
     async def _notices(self, now: float) -> None:
         """Poll every spot machine that is on for an interruption notice (the cloud's two-minute warning)
         and act on each at once: drain, replace."""
-        spot = [(p, slot) for p in self.pools.values() for slot, kind in p.on.items() if kind == "spot"]
+        spot = [
+            (p, slot)
+            for p in self.pools.values()
+            for slot, kind in p.on.items()
+            if kind == "spot" and slot not in p.leaving  # one notice each
+        ]
 
         async def ask(pool: Pool, slot: str) -> str | None:
             try:
@@ -328,15 +346,17 @@ class Autoscaler:
         want: dict[Kind, int] = {"on_demand": on_demand, "spot": spot}
         kinds: tuple[Kind, Kind] = ("spot", "on_demand")
         for kind in kinds:
-            mine = [s for s, k in pool.on.items() if k == kind]
+            mine = [s for s, k in pool.on.items() if k == kind and s not in pool.leaving]
             for slot in reversed(mine[want[kind] :]):
                 await self._switch(pool, slot, on=False, kind=kind)
         for kind in reversed(kinds):
-            have = sum(1 for k in pool.on.values() if k == kind)
+            have = sum(1 for s, k in pool.on.items() if k == kind and s not in pool.leaving)
             free = [
                 s
                 for s in pool.slots
-                if s not in pool.on and (kind == "on_demand" or pool.spot_gone.get(s, 0.0) <= now)
+                if s not in pool.on
+                and s not in pool.leaving
+                and (kind == "on_demand" or pool.spot_gone.get(s, 0.0) <= now)
             ]
             for slot in free[: max(0, want[kind] - have)]:
                 await self._switch(pool, slot, on=True, kind=kind)
@@ -356,6 +376,7 @@ class Autoscaler:
             return
         if on:
             pool.on[slot] = kind
+            pool.ready_at[slot] = self.clock() + pool.spec.cold_start_s
         else:
             pool.on.pop(slot, None)
 
@@ -366,27 +387,64 @@ class Autoscaler:
         *,
         actor: str = "meridian-autoscaler",
         reason: str = "",
+        force: bool = False,
         now: float | None = None,
     ) -> Pool:
-        """A spot interruption notice (or any notice to give a machine back): the slot is switched off at
-        once — it finishes what it runs, takes nothing new — and a replacement goes on now, on demand when
-        spot is short."""
-        now = self.clock() if now is None else now
-        pool = next((p for p in self.pools.values() if p.region == region and replica in p.slots), None)
-        if pool is None:
-            raise KeyError(replica)
-        kind = pool.on.get(replica, "spot")
-        await self._switch(pool, replica, on=False, kind=kind)
-        if kind == "spot":
-            pool.spot_gone[replica] = now + SPOT_GONE_S
-        on_demand, spot = mix(pool.spec, pool.memory.current, pool.spot_available(now))
-        await self._apply(pool, on_demand, spot, now)
-        await self.store.append_audit(
-            AuditEntry(actor, reason or f"interruption notice for {replica}", f"interrupt {kind} {replica}"),
-            region=f"pool:{region}/{pool.spec.model}",
-        )
-        await self._publish(pool, pool.last, now)
-        return pool
+        """A spot interruption notice (or any notice to give a machine back; an on-demand one only when
+        ``force``d): its replacement goes on now (on demand when spot is short), and the slot is switched
+        off — it finishes what it runs, takes nothing new — at once, or, when the pool would serve fewer than
+        ``min_replicas`` without it, once the replacement's cold start is over (within the notice's two
+        minutes). Notices are taken one at a time."""
+        async with self._interrupting:
+            now = self.clock() if now is None else now
+            pool = next((p for p in self.pools.values() if p.region == region and replica in p.slots), None)
+            if pool is None:
+                raise KeyError(replica)
+            kind = pool.on.get(replica)
+            if kind is None:
+                raise NotServing(replica)
+            if replica in pool.leaving:  # noticed already: it goes once its replacement serves
+                return pool
+            if kind == "on_demand" and not force:
+                raise OnDemand(replica)
+            del pool.on[replica]  # not counted from now: its replacement goes on first
+            serving = sum(1 for r in pool.on if r not in pool.leaving and pool.ready_at.get(r, 0.0) <= now)
+            pool.leaving.add(replica)  # never picked as its own replacement
+            if kind == "spot":
+                pool.spot_gone[replica] = now + SPOT_GONE_S
+            on_demand, spot = mix(pool.spec, pool.memory.current, pool.spot_available(now))
+            was = set(pool.on)
+            await self._apply(pool, on_demand, spot, now)
+            started = [pool.ready_at.get(r, now) for r in pool.on if r not in was]
+            wait = 0.0
+            if serving < pool.spec.min_replicas:  # it serves until its replacement does
+                ready = max(started) if started else now + pool.spec.cold_start_s
+                wait = min(max(0.0, ready - self.clock()), NOTICE_S)
+            pool.on[replica] = kind  # still serving until it is switched off, never counted again
+            task = asyncio.create_task(self._let_go(pool, replica, kind, wait))
+            self._leaving.add(task)
+            task.add_done_callback(self._leaving.discard)
+            if not wait:
+                await asyncio.shield(task)
+            await self.store.append_audit(
+                AuditEntry(
+                    actor,
+                    (reason or f"interruption notice for {replica}")
+                    + (f" (off in {wait:.1f} s, once its replacement serves)" if wait else ""),
+                    f"interrupt {kind} {replica}",
+                ),
+                region=f"pool:{region}/{pool.spec.model}",
+            )
+            await self._publish(pool, pool.last, now)
+            return pool
+
+    async def _let_go(self, pool: Pool, replica: str, kind: Kind, after: float) -> None:
+        try:
+            if after:
+                await asyncio.sleep(after)
+            await self._switch(pool, replica, on=False, kind=kind)
+        finally:
+            pool.leaving.discard(replica)
 
     async def _record(self, pool: Pool, d: Decision, now: float) -> None:
         labels = (pool.region, pool.spec.model)

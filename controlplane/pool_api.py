@@ -9,11 +9,19 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import ClientException, NotFoundException, ValidationException
 
 from controlplane.auth import User, operator_guard
-from controlplane.autoscaler import KEY_POOLS, Autoscaler
-from controlplane.schemas import AUTHENTICATED, ONE_POOL, WRITE_TENANT, Interruption, PoolList, PoolStatus
+from controlplane.autoscaler import KEY_POOLS, Autoscaler, NotServing, OnDemand
+from controlplane.schemas import (
+    AUTHENTICATED,
+    CONFLICT,
+    ONE_POOL,
+    WRITE_TENANT,
+    Interruption,
+    PoolList,
+    PoolStatus,
+)
 from controlplane.store import StateStore, raise_unavailable
 
 
@@ -50,7 +58,7 @@ class PoolController(Controller):
         guards=[operator_guard],
         status_code=202,
         summary="A replica's machine goes away (spot notice): drain it now and replace it",
-        responses={**ONE_POOL, 403: WRITE_TENANT[403], 422: WRITE_TENANT[422]},
+        responses={**ONE_POOL, 403: WRITE_TENANT[403], 409: CONFLICT, 422: WRITE_TENANT[422]},
     )
     async def interrupt(
         self, region: str, model: str, data: Interruption, request: Request[User, str, State], state: State
@@ -64,5 +72,18 @@ class PoolController(Controller):
                 f"replica {data.replica!r} is not a slot of this pool ({', '.join(pool.slots)})",
                 extra=[{"key": "replica", "source": "body"}],
             )
-        await autoscaler.interrupt(region, data.replica, actor=request.user.name, reason=data.reason)
+        try:
+            await autoscaler.interrupt(
+                region, data.replica, actor=request.user.name, reason=data.reason, force=data.force
+            )
+        except NotServing:
+            raise ClientException(
+                f"replica {data.replica!r} is not on: nothing to interrupt", status_code=409
+            ) from None
+        except OnDemand:
+            raise ClientException(
+                f"replica {data.replica!r} runs on demand: interruption notices are for spot machines "
+                '(send "force": true to give an on-demand machine back)',
+                status_code=409,
+            ) from None
         return PoolStatus.model_validate(autoscaler.status(pool, autoscaler.clock()))

@@ -46,6 +46,7 @@ class Prober:
         self.held_down: set[tuple[str, str]] = set()  # replicas the autoscaler drains or switched off
         self.starting: set[tuple[str, str]] = set()  # switched on, not up yet
         self.rounds = 0
+        self.write_trouble: dict[str, str] = {}  # region -> why its last write failed (logged once)
         self.scrapes = 0
         self.latest: dict[tuple[str, str], EngineSignals] = {}  # replica -> its last good scrape
         self._stop = asyncio.Event()
@@ -208,4 +209,8 @@ class Prober:
         except StoreError as exc:
             if isinstance(exc, StoreUnavailable):
                 raise
-            log.warning("prober: cannot write %s: %s", name, exc)
+            if str(exc) != self.write_trouble.get(name):  # once per new reason, not every round
+                log.warning("prober: cannot write %s: %s", name, exc)
+            self.write_trouble[name] = str(exc)
+        else:
+            self.write_trouble.pop(name, None)

@@ -302,8 +302,10 @@ class Interruption(BaseModel):
 
     replica: str = Field(min_length=1, max_length=200)
     reason: str = Field(default="", max_length=500)
+    force: bool = Field(default=False, description="give back an on-demand machine too")
 
 
+CONFLICT = _error("the replica is off, or runs on demand and the notice is not forced")
 ONE_POOL = {**AUTHENTICATED, 404: _error("unknown pool (region and model), or no autoscaler running")}
 
 ONE_TENANT = {**AUTHENTICATED, 404: _error("unknown tenant (or key)")}

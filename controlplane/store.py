@@ -130,6 +130,25 @@ class StateCopy:
     def position(self) -> tuple[int, int]:
         return self.epoch, self.version
 
+    def tenants_written(
+        self,
+        *,
+        version: int,
+        tenants: dict[str, str | None],
+        keys: dict[str, str | None],
+        audit: tuple[str, dict[str, str]],
+    ) -> None:
+        """A tenant or key write the store acknowledged (``None``: deleted), in the copy before the API
+        answers: a restore can then never bring back a revoked key or an old limit."""
+        for into, changes in ((self.tenants, tenants), (self.api_keys, keys)):
+            for k, v in changes.items():
+                if v is None:
+                    into.pop(k, None)
+                else:
+                    into[k] = v
+        self.tenants_version = max(self.tenants_version, version)
+        self.add_audit(*audit)
+
     def add_audit(self, entry_id: str, fields: dict[str, str]) -> None:
         """Keep an audit entry once, in stream order (the write path and the mirror may both see it)."""
         if not self.audit or _stream_id(entry_id) > _stream_id(self.audit[-1][0]):
@@ -240,7 +259,7 @@ class StateStore:
                     raw = await pipe.hget(KEY_REGIONS, name)
                     if raw is None and not create:
                         raise RegionNotFound(name)
-                    before = self._before(name, raw)
+                    before = self._before(name, raw, repair=audit is not None)
                     if expected_version is not None and before.version != expected_version:
                         raise VersionConflict(before.version)
                     after = mutate(before)
@@ -275,23 +294,37 @@ class StateStore:
                 except WatchError:
                     continue
 
-    def _before(self, name: str, raw: str | bytes | None) -> RegionState:
-        """The region's stored state; an invalid record is repaired from the topology's defaults (a PATCH
-        through the API is how operators fix one, and the audit shows the invalid record was replaced)."""
+    def _before(self, name: str, raw: str | bytes | None, *, repair: bool) -> RegionState:
+        """The region's stored state. An invalid record is repaired from the topology's defaults only by
+        an audited write (an operator's PATCH: the audit shows the invalid record replaced); the prober's
+        and the intake's writes, unaudited, leave it alone (InvalidRecord): they must never un-drain a
+        region or move its dial."""
         if raw is None:
             return RegionState(name=name)
         try:
             return RegionState.decode(raw)
         except ValueError as exc:
             region = None if self.topology is None else self.topology.region(name)
-            if region is None:
+            if region is None or not repair:
                 raise InvalidRecord(name, why_invalid(exc)) from None
-            log.warning("repairing the invalid stored record of %s", name)
+            log.warning("repairing the invalid stored record of %s (an audited write)", name)
             return initial_state(region, now=time.time())
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[StateCopy | None]:
+        """Hold the writers' turn (no check runs meanwhile), with the copy to update once the store
+        acknowledged the write (None: the copy is not made yet)."""
+        async with self._writing:
+            yield self.copy
 
     async def check(self) -> bool:
         """Compare the store with the copy: put the copy back if the store is behind it (returns True),
-        else refresh the copy from the store."""
+        else refresh the copy from the store. Takes the writers' turn: a write acknowledged while the
+        store was read would otherwise be missing from the copy until the next check."""
+        async with self._writing:
+            return await self._check()
+
+    async def _check(self) -> bool:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.get(KEY_EPOCH)

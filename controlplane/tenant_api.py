@@ -37,6 +37,7 @@ from fleet.state import Topology
 from fleet.tenants import Tenant
 from fleet.usage import COUNTERS, UsageRow, hour_of
 
+USAGE_YEARS = (2000, 2200)  # the range a usage query may name
 MAX_USAGE_SPAN = timedelta(days=31)  # one query reads at most this many hours' hashes (744)
 
 
@@ -260,12 +261,18 @@ def _when(raw: str, name: str) -> datetime:
     """A query's ISO 8601 time, in UTC (one without a zone is taken as UTC); else 422 naming it."""
     try:
         at = datetime.fromisoformat(raw)
-    except ValueError:
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise ValidationException(
             f"{name} must be an ISO 8601 date and time, e.g. 2026-11-30T00:00:00Z (got {raw[:40]!r})",
             extra=[{"key": name, "source": "query"}],
         ) from None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    if not USAGE_YEARS[0] <= at.year <= USAGE_YEARS[1]:  # and no arithmetic near datetime's own limits
+        raise ValidationException(
+            f"{name} must be between the years {USAGE_YEARS[0]} and {USAGE_YEARS[1]} (got {raw[:40]!r})",
+            extra=[{"key": name, "source": "query"}],
+        )
+    return at
 
 
 def _iso(unix_s: float) -> str:

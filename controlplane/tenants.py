@@ -5,6 +5,7 @@ issued; the store keeps only its HMAC digest."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
-from controlplane.store import AUDIT_MAXLEN, AuditEntry, raise_unavailable
+from controlplane.store import AUDIT_MAXLEN, AuditEntry, StateCopy, StateStore, raise_unavailable
 from fleet.spend import Window, budget_key, window
 from fleet.state import KEY_AUDIT
 from fleet.tenants import (
@@ -40,9 +41,15 @@ class KeyNotFound(Exception):
 
 
 class TenantStore:
-    def __init__(self, redis: aioredis.Redis, *, secret: bytes | None) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, secret: bytes | None, state: StateStore | None = None
+    ) -> None:
         self.redis = redis
         self.secret = secret  # None: keys cannot be issued (MERIDIAN_KEY_SECRET unset)
+        self.state = state  # its copy of the store follows every write here before the API answers
+
+    def _turn(self) -> contextlib.AbstractAsyncContextManager[StateCopy | None]:
+        return self.state.writing() if self.state is not None else contextlib.nullcontext(None)
 
     async def tenants(self) -> list[Tenant]:
         async with raise_unavailable():
@@ -101,16 +108,17 @@ class TenantStore:
             prefix=secret_key[:KEY_PREFIX_LEN],
             created_at=time.time(),
         )
-        async with raise_unavailable(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(KEY_API_KEYS, key_digest(self.secret, secret_key), key.model_dump_json())
+        digest, record = key_digest(self.secret, secret_key), key.model_dump_json()
+        entry = _entry(tenant_id, audit, None, key.model_dump())
+        async with self._turn() as copy, raise_unavailable(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(KEY_API_KEYS, digest, record)
             pipe.incr(KEY_TENANTS_VERSION)
-            pipe.xadd(
-                KEY_AUDIT,
-                _entry(tenant_id, audit, None, key.model_dump()),
-                maxlen=AUDIT_MAXLEN,
-                approximate=True,
-            )
-            await pipe.execute()
+            pipe.xadd(KEY_AUDIT, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+            done = await pipe.execute()
+            if copy is not None:
+                copy.tenants_written(
+                    version=int(done[1]), tenants={}, keys={digest: record}, audit=_id(done[2], entry)
+                )
         return key, secret_key
 
     async def keys(self, tenant_id: str) -> list[ApiKey]:
@@ -128,16 +136,16 @@ class TenantStore:
         if not match:
             raise KeyNotFound(key_id)
         digest, key = match[0]
-        async with raise_unavailable(), self.redis.pipeline(transaction=True) as pipe:
+        entry = _entry(tenant_id, audit, key.model_dump(), None)
+        async with self._turn() as copy, raise_unavailable(), self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(KEY_API_KEYS, digest)
             pipe.incr(KEY_TENANTS_VERSION)
-            pipe.xadd(
-                KEY_AUDIT,
-                _entry(tenant_id, audit, key.model_dump(), None),
-                maxlen=AUDIT_MAXLEN,
-                approximate=True,
-            )
-            await pipe.execute()
+            pipe.xadd(KEY_AUDIT, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+            done = await pipe.execute()
+            if copy is not None:
+                copy.tenants_written(
+                    version=int(done[1]), tenants={}, keys={digest: None}, audit=_id(done[2], entry)
+                )
 
     async def _change(
         self,
@@ -147,8 +155,8 @@ class TenantStore:
         *,
         drop_keys: bool = False,
     ) -> Tenant | None:
-        async with raise_unavailable():
-            return await self._transaction(tenant_id, change, audit, drop_keys=drop_keys)
+        async with self._turn() as copy, raise_unavailable():
+            return await self._transaction(tenant_id, change, audit, drop_keys=drop_keys, copy=copy)
 
     async def _transaction(
         self,
@@ -157,6 +165,7 @@ class TenantStore:
         audit: AuditEntry,
         *,
         drop_keys: bool,
+        copy: StateCopy | None,
     ) -> Tenant | None:
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -167,28 +176,32 @@ class TenantStore:
                     after = change(before)
                     keys: Any = await pipe.hgetall(KEY_API_KEYS) if drop_keys else {}
                     pipe.multi()
-                    if after is None:
+                    # fields at their defaults are left out: an edge of the previous release (whose
+                    # Limits forbid fields it does not know) still reads every tenant that uses none
+                    record = None if after is None else after.model_dump_json(exclude_defaults=True)
+                    if record is None:
                         pipe.hdel(KEY_TENANTS, tenant_id)
                     else:
-                        # fields at their defaults are left out: an edge of the previous release (whose
-                        # Limits forbid fields it does not know) still reads every tenant that uses none
-                        pipe.hset(KEY_TENANTS, tenant_id, after.model_dump_json(exclude_defaults=True))
+                        pipe.hset(KEY_TENANTS, tenant_id, record)
                     held = [d for d, k in decode_keys(keys).items() if k.tenant == tenant_id]
                     if held:
                         pipe.hdel(KEY_API_KEYS, *held)
                     pipe.incr(KEY_TENANTS_VERSION)
-                    pipe.xadd(
-                        KEY_AUDIT,
-                        _entry(
-                            tenant_id,
-                            audit,
-                            None if before is None else before.model_dump(),
-                            None if after is None else after.model_dump(),
-                        ),
-                        maxlen=AUDIT_MAXLEN,
-                        approximate=True,
+                    entry = _entry(
+                        tenant_id,
+                        audit,
+                        None if before is None else before.model_dump(),
+                        None if after is None else after.model_dump(),
                     )
-                    await pipe.execute()
+                    pipe.xadd(KEY_AUDIT, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+                    done = await pipe.execute()
+                    if copy is not None:
+                        copy.tenants_written(
+                            version=int(done[-2]),
+                            tenants={tenant_id: record},
+                            keys=dict.fromkeys(held),
+                            audit=_id(done[-1], entry),
+                        )
                     return after
                 except WatchError:
                     continue
@@ -225,6 +238,10 @@ class TenantStore:
 
 class KeySecretMissing(Exception):
     """MERIDIAN_KEY_SECRET is not set: no key can be issued."""
+
+
+def _id(entry_id: str | bytes, entry: dict[Any, Any]) -> tuple[str, dict[str, str]]:
+    return (entry_id.decode() if isinstance(entry_id, bytes) else entry_id), entry
 
 
 def _entry(tenant_id: str, audit: AuditEntry, before: object, after: object) -> dict[Any, Any]:

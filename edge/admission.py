@@ -96,6 +96,19 @@ class Admission:
             headers={**self.edge_headers, "WWW-Authenticate": 'Bearer realm="meridian"'},
         )
 
+    def keys_stale(self, age_s: float) -> web.Response:
+        """503: the key set could not be confirmed for longer than the bound (fail closed)."""
+        self.metrics.keys_stale.inc()
+        bound = self.settings.tenants_max_age_s
+        return error(
+            503,
+            f"this edge could not confirm API keys for {age_s:.0f} s (more than {bound:g} s, setting "
+            "MERIDIAN_TENANTS_MAX_AGE_S): it admits no request until it can; retry, another edge may serve",
+            kind="overloaded_error",
+            code="api_keys_stale",
+            headers={**self.edge_headers, "Retry-After": "5"},
+        )
+
     async def admit(self, request: web.BaseRequest, principal: Principal | None) -> Admitted | web.Response:
         """The request's terms, or the refusal to answer with."""
         try:

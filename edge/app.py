@@ -136,6 +136,7 @@ class Edge:
             self.tenants = TenantsFeed(
                 url=settings.redis_url,
                 poll_s=settings.tenants_poll_s,
+                max_age_s=settings.tenants_max_age_s,
                 secret=secret.get_secret_value().encode(),
                 connect=lambda url: _connect(settings, url, socket_timeout=2.0),
             )
@@ -392,6 +393,10 @@ class Edge:
         body["quarantined"] = sorted(snap.quarantined) if snap else []
         keys = self.tenants is None or self.tenants.loaded.is_set()  # else every client would get 401
         body["api_keys_loaded"] = keys if self.tenants is not None else None
+        stale = self.tenants.stale_for() if self.tenants is not None else None
+        if stale is not None:  # fail closed: a key revoked meanwhile must not work; clients go elsewhere
+            body["api_keys_stale_s"] = round(stale, 1)
+            keys = False
         ready = bool(routable) and keys
         body["ready"] = ready
         return web.json_response(body, status=200 if ready else 503)

@@ -76,8 +76,12 @@ class Budgets:
                     return Hold(key, cost, share=True)
                 break
             pending = self._pending.get(key)
-            if pending is not None:
-                await asyncio.shield(pending)
+            if pending is not None:  # the call in flight asked for this one too, or the next one will
+                purse.waiting += cost
+                try:
+                    await asyncio.shield(pending)
+                finally:
+                    purse.waiting -= cost
                 continue
             await self._call(key, purse, cost)
         return Exhausted(w.ends_at, purse.spent, purse.held_all)
@@ -123,12 +127,21 @@ class Budgets:
         granted, None when the primary could not be asked."""
         done = asyncio.get_running_loop().create_future()
         self._pending[key] = done
-        want, need = purse.ask(cost, self.limiter.edges) if cost else (0, 0)
+        want, waiting, need = purse.ask(cost, self.limiter.edges) if cost else (0, 0, 0)
         due = purse.settlement(self.mono())
         try:
             granted, spent, held = await self.script(
                 keys=[key, KEY_EDGES],
-                args=[self.limiter.edge_id, want, purse.budget, due.release, due.paid, self.ttls[key], need],
+                args=[
+                    self.limiter.edge_id,
+                    want,
+                    purse.budget,
+                    due.release,
+                    due.paid,
+                    self.ttls[key],
+                    waiting,
+                    need,
+                ],
             )
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)

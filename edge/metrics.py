@@ -153,6 +153,11 @@ class EdgeMetrics:
             ["kind"],
             registry=r,
         )
+        self.keys_stale = Counter(
+            "meridian_edge_keys_stale_refusals",
+            "Requests refused because the API keys could not be confirmed within MERIDIAN_TENANTS_MAX_AGE_S",
+            registry=r,
+        )
         self.rate_limited = Counter(
             "meridian_edge_rate_limited",
             "Requests refused by a tenant limit, by which",

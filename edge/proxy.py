@@ -91,6 +91,8 @@ class Proxy:
             return self._not_forwarded(request, methods)
         principal = None
         if self.admission.tenants is not None:
+            if (stale := self.admission.tenants.stale_for()) is not None:
+                return self.admission.keys_stale(stale)
             principal = self.admission.authenticate(request)
             if principal is None:
                 return self.admission.unauthorized()

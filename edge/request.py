@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -24,8 +24,13 @@ class _Message(msgspec.Struct):
     content: str | list[dict[str, object]] | None = None
 
 
+# a model's name: printable ASCII without spaces, at most 256 characters (it is stored in usage keys and
+# shown in tables; the catalog's names, and the open world's, are far shorter)
+ModelName = Annotated[str, msgspec.Meta(pattern=r"^[!-~]{1,256}$")]
+
+
 class _Body(msgspec.Struct):
-    model: str | None = None
+    model: ModelName | None = None
     prompt_cache_key: str | None = None
     messages: list[_Message] | None = None
     prompt: str | list[object] | None = None
@@ -60,6 +65,11 @@ def read(body: bytes, session: str | None) -> Inference:
         parsed = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
         field = str(exc).rpartition("$.")[2].split("[")[0].rstrip("`") if "$." in str(exc) else None
+        if field == "model" and "regex" in str(exc):
+            raise BodyError(
+                "invalid request body: model must be 1 to 256 printable ASCII characters, no spaces",
+                param="model",
+            ) from None
         raise BodyError(f"invalid request body: {exc}", param=field) from None
     except msgspec.DecodeError as exc:
         raise BodyError(f"the request body is not JSON: {exc}") from None

@@ -175,6 +175,13 @@ class EdgeSettings(BaseSettings):
         default=1000, ge=0, description="requests held for first replicas at most (more: 503 at once)"
     )
     tenants_poll_s: float = Field(default=0.5, gt=0, le=60, description="read tenants and keys this often")
+    tenants_max_age_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="keys not confirmed against the replica for this long: stop admitting (503, /readyz "
+        "not ready) rather than honour a key that may have been revoked since",
+    )
     replica_header: bool = Field(default=True, description="name the serving replica in X-Meridian-Replica")
     failback_hold_base_s: float = Field(default=5.0, ge=0, description="hold-down for a flapping region")
     pool_size: int = Field(

@@ -1,12 +1,14 @@
 """Who is calling (I/O at the edge): follow the tenants and API-key digests the control plane publishes
 (one GET of their version on this region's Redis replica every ``poll_s``, a full read when it moved), and
 resolve a presented key to its tenant by its HMAC digest. A revoked key stops working on the next poll
-(0.5 s by default); through Redis trouble the last good set stays."""
+(0.5 s by default); through Redis trouble the last good set stays, for at most ``max_age_s``: then the set
+is stale and the edge admits no one (fail closed: a key revoked meanwhile must not keep working)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,10 +55,20 @@ class Standing:
 
 class TenantsFeed:
     def __init__(
-        self, *, url: str, poll_s: float, secret: bytes, connect: Callable[[str], aioredis.Redis]
+        self,
+        *,
+        url: str,
+        poll_s: float,
+        secret: bytes,
+        connect: Callable[[str], aioredis.Redis],
+        max_age_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
         self.poll_s = poll_s
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self.confirmed_at: float | None = None  # when the set was last confirmed against the replica
         self.secret = secret
         self._connect = connect
         self.by_digest: dict[str, Principal] = {}
@@ -78,9 +90,18 @@ class TenantsFeed:
             self._known[presented] = found
         return found
 
+    def stale_for(self) -> float | None:
+        """Seconds the key set has gone unconfirmed beyond ``max_age_s`` (None: fresh enough)."""
+        if self.confirmed_at is None:
+            return None  # never loaded: /readyz says so, and no key resolves
+        age = self.clock() - self.confirmed_at
+        return age if age > self.max_age_s else None
+
     async def load(self, client: aioredis.Redis) -> None:
+        asked = self.clock()
         version = int(await client.get(KEY_TENANTS_VERSION) or 0)
         if self.version is not None and version <= self.version:
+            self.confirmed_at = asked
             return  # unchanged, or a store that came back empty or old: the last good set stays
         async with client.pipeline(transaction=True) as pipe:
             pipe.get(KEY_TENANTS_VERSION)
@@ -97,6 +118,7 @@ class TenantsFeed:
         self.key_ids = frozenset(p.key_id for p in self.by_digest.values())
         self._known = {}  # a revoked key must not be remembered past the reload that dropped it
         self.version = int(raw_version or 0)
+        self.confirmed_at = asked
         self.loaded.set()
 
     async def run(self) -> None:

@@ -59,9 +59,10 @@ def ttl_ms(w: Window, unix_s: float) -> int:
 # KEYS[1]: the tenant's period hash {spent: nano-USD paid, r:<edge process id>: nano-USD it holds reserved};
 # KEYS[2]: the live edge processes (meridian:limits:edges, edge id -> expiry ms).
 # ARGV: this edge process's id, nano-USD it would like to reserve (0: none), the budget (nano-USD), nano-USD
-# of its reservation to let go, nano-USD paid (added to spent), the hash's ttl (ms), nano-USD it needs at
-# least (granted alone when what it would like does not fit). Reservations of edge processes no longer live
-# lapse (their requests died with them). Returns {nano-USD reserved now, spent, reserved by every live edge}.
+# of its reservation to let go, nano-USD paid (added to spent), the hash's ttl (ms), nano-USD the requests
+# waiting need, nano-USD the one asking needs (the first of the three asks that fits is granted).
+# Reservations of edge processes no longer live lapse (their requests died with them). Returns {nano-USD
+# reserved now, spent, reserved by every live edge}.
 # Runs under the edge's ACL user: HGETALL, HGET, HINCRBY, HDEL, PEXPIRE and TIME only.
 BUDGET_SCRIPT = """
 local t = redis.call('TIME')
@@ -86,12 +87,13 @@ for i = 1, #all, 2 do
     if v <= 0 or expiry < now then redis.call('HDEL', KEYS[1], f) else held = held + v end
   end
 end
-local need = tonumber(ARGV[7])
 local granted = 0
-if want > 0 and spent + held + want <= budget then
-  granted = want
-elseif need > 0 and spent + held + need <= budget then
-  granted = need
+local asks = {want, tonumber(ARGV[7]), tonumber(ARGV[8])}
+for _, ask in ipairs(asks) do
+  if ask > 0 and spent + held + ask <= budget then
+    granted = ask
+    break
+  end
 end
 if granted > 0 then
   redis.call('HINCRBY', KEYS[1], me, granted)
@@ -102,7 +104,8 @@ return {granted, spent, held}
 """
 
 
-PURSE_REQUESTS = 4  # a purse holds this many requests of the last size asked for, while the budget allows
+PURSE_REQUESTS = 4  # a purse holds at least this many requests of the size asked for, while the budget allows
+PURSE_S = 1.0  # and what this process reserved in about this long (its recent spending rate)
 PURSE_IDLE_S = 2.0  # a purse unused this long goes back (another edge may need it)
 REFUSAL_S = 0.5  # a request the primary could not cover is refused this long without asking again
 
@@ -139,6 +142,10 @@ class Purse:
     spent: int = 0  # the primary's last word: the period's spend
     held_all: int = 0  # the primary's last word: what every live edge process holds
     used_at: float = 0.0
+    waiting: int = 0  # reserved by requests waiting for a call to the primary in flight
+    window_at: float = 0.0  # this process's recent spending rate: the current window's start
+    window_cost: int = 0  # ... and what was reserved in it
+    rate: float = 0.0  # nano-USD per second reserved in the last full window
     refused_at: float = -1e18  # when the primary last could not grant ``refused_need``
     refused_need: int = 0
     outage_in_use: int = 0  # reserved on this process's share while the primary is out
@@ -154,22 +161,32 @@ class Purse:
             return False
         self.in_use += cost
         self.used_at = now
+        if now - self.window_at >= PURSE_S:
+            elapsed = now - self.window_at
+            self.rate = self.window_cost / elapsed if elapsed < 2 * PURSE_S else 0.0
+            self.window_at, self.window_cost = now, 0
+        self.window_cost += cost
         return True
 
-    def ask(self, cost: int, edges: int) -> tuple[int, int]:
-        """(what to ask the primary for, the least that will do) for a request of ``cost``: a purse of a few
-        such requests, whole ones (no sliver another edge could have used), within half of this process's
-        share of what was left."""
-        need = max(0, cost - self.free)
+    def ask(self, cost: int, edges: int) -> tuple[int, int, int]:
+        """(what to ask the primary for, what the requests waiting need, what this one needs) for a request
+        of ``cost``: a purse of what this process reserves in ``PURSE_S`` (at least a few requests), within
+        half of this process's share of what was left — near the end, whole requests only (no sliver
+        another edge could have used)."""
+        one = max(0, cost - self.free)
+        waiting = max(one, cost + self.waiting - self.free)
         left = self.budget if self.left is None else self.left
         room = max(0, left // (2 * max(1, edges)))
-        return max(need, cost * min(PURSE_REQUESTS, room // max(1, cost))), need
+        target = max(PURSE_REQUESTS * cost, int(self.rate * PURSE_S))
+        want = target if target <= room else cost * (room // max(1, cost))
+        return max(waiting, want), waiting, one
 
     def refused(self, cost: int, now: float) -> bool:
         """The primary could not grant this much (or less) a moment ago: no need to ask again so soon."""
         return now - self.refused_at < REFUSAL_S and cost - self.free >= self.refused_need
 
     def granted(self, amount: int, spent: int, held_all: int, *, need: int = 0, now: float = 0.0) -> None:
+        """The primary's answer to a call that needed at least ``need`` for the request asking (0: none)."""
         if need and not amount:
             self.refused_at, self.refused_need = now, need
         self.held += amount

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -85,6 +86,12 @@ def _demo_credentials(base_port: int | None) -> dict[str, str]:
     return admin
 
 
+def _row(text: str = "") -> None:
+    """One line of a table: control characters (a terminal's escapes in a model or tenant name) shown
+    escaped, never sent to the terminal."""
+    print("".join(c if c == "\n" or unicodedata.category(c)[0] != "C" else repr(c)[1:-1] for c in text))
+
+
 def _print_result(status: int, payload: Any) -> int:
     print(json.dumps(payload, indent=2))
     return 0 if 200 <= status < 300 else 1
@@ -107,15 +114,13 @@ def run_ctl(args: argparse.Namespace) -> int:
         status, payload = _admin_call(args, "GET", "/v1/regions")
         if status != 200 or args.json:
             return _print_result(status, payload)
-        print(
-            f"{'region':<16}{'weight':>7}  {'drained':<8}{'health':<10}{'util':>6}  {'latency':>9}  version"
-        )
+        _row(f"{'region':<16}{'weight':>7}  {'drained':<8}{'health':<10}{'util':>6}  {'latency':>9}  version")
         for r in payload["regions"]:
             if "invalid" in r:  # a stored record that fails validation: say so, and how to repair it
-                print(f"{r['name']:<16}invalid record ({r['invalid']}); repair: {r['repair']}")
+                _row(f"{r['name']:<16}invalid record ({r['invalid']}); repair: {r['repair']}")
                 continue
             lat = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.0f}ms"
-            print(
+            _row(
                 f"{r['name']:<16}{r['weight']:>7}  {r['drained']!s:<8}{r['health']:<10}"
                 f"{r['utilization']:>6.2f}  {lat:>9}  {r['version']}"
             )
@@ -194,10 +199,10 @@ def _pools(args: argparse.Namespace) -> int:
     status, payload = _admin_call(args, "GET", "/v1/pools")
     if status != 200 or args.json:
         return _print_result(status, payload)
-    print(f"{'region':<16}{'model':<26}{'current':>8}{'desired':>8}{'od':>4}{'spot':>5}{'$/h':>8}  why")
+    _row(f"{'region':<16}{'model':<26}{'current':>8}{'desired':>8}{'od':>4}{'spot':>5}{'$/h':>8}  why")
     for p in payload["pools"]:
         flags = ("PANIC " if p["panic"] else "") + ("COST-CAPPED " if p["cost_capped"] else "")
-        print(
+        _row(
             f"{p['region']:<16}{p['model'][:25]:<26}{p['current']:>8}{p['desired']:>8}{p['on_demand']:>4}"
             f"{p['spot']:>5}{p['cost_per_hour']:>8.2f}  {flags}{p['reason']}"
         )
@@ -210,21 +215,21 @@ def _usage(args: argparse.Namespace) -> int:
     status, payload = _admin_call(args, "GET", f"/v1/tenants/{args.tenant}/usage?{query}")
     if status != 200 or args.json:
         return _print_result(status, payload)
-    print(f"usage of {payload['tenant']} from {payload['start']} to {payload['end']}")
-    print(
+    _row(f"usage of {payload['tenant']} from {payload['start']} to {payload['end']}")
+    _row(
         f"{'hour':<22}{'model':<28}{'region':<16}{'requests':>9}{'prompt':>10}{'completion':>11}{'errors':>7}"
         f"{'USD':>11}"
     )
     for r in [*payload["rows"], {"hour": "total", "model": "", "region": "", **payload["totals"]}]:
-        print(
+        _row(
             f"{r['hour']:<22}{r['model'][:27]:<28}{r['region']:<16}{r['requests']:>9}{r['prompt_tokens']:>10}"
             f"{r['completion_tokens']:>11}{r['errors']:>7}{r['spend_usd']:>11.4f}"
         )
-    print(f"\n{'day':<12}{'model':<28}{'requests':>9}{'USD':>11}")
+    _row(f"\n{'day':<12}{'model':<28}{'requests':>9}{'USD':>11}")
     for d in payload["daily"]:
-        print(f"{d['day']:<12}{d['model'][:27]:<28}{d['requests']:>9}{d['spend_usd']:>11.4f}")
+        _row(f"{d['day']:<12}{d['model'][:27]:<28}{d['requests']:>9}{d['spend_usd']:>11.4f}")
     if (b := payload.get("budget")) is not None:
-        print(
+        _row(
             f"\nbudget ${b['usd']:g} a {b['period']}: spent ${b['spent_usd']:.4f}, "
             f"held ${b['held_usd']:.4f}, left ${b['left_usd']:.4f}; renews {b['period_ends']}"
         )

@@ -257,6 +257,57 @@ async def test_spot_interruptions_under_load_lose_no_request(
         await f.close()
 
 
+async def test_notices_for_on_demand_machines_need_force_and_never_take_the_pool_below_its_minimum(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """Two concurrent notices for a pool's two on-demand replicas (its minimum): refused (409) unless
+    forced; forced, they are taken one at a time and each replica serves until its replacement does, so
+    the pool never has fewer than 2 replicas serving."""
+    steady = {**POOL, "min_replicas": 2, "max_replicas": 4, "on_demand_base": 2, "max_spot_share": 0.0}
+    steady["cold_start_s"] = 1.0
+    f = await fleet_with(tmp_path, serve, geo_db, steady)
+    try:
+        await at(f, lambda p: p["current"] == 2, timeout=10, what="the pool at its minimum")
+        before = await pool(f)
+        on_demand = sorted(r for r, kind in before["replicas"].items() if kind == "on_demand")
+        assert len(on_demand) == 2 and before["current"] == 2
+
+        async def notice(replica: str, **extra: Any) -> tuple[int, Any]:
+            body = {"replica": replica, "reason": "node agent", **extra}
+            return await f.admin("POST", f"/v1/pools/{REGION}/sim-llm/interruptions", body=body)
+
+        refused = await asyncio.gather(*(notice(r) for r in on_demand))
+        assert [status for status, _ in refused] == [409, 409], refused
+        assert "on demand" in refused[0][1]["detail"]
+        serving: list[int] = []
+        trace: list[tuple[float, tuple[str, ...]]] = []  # (when, the replicas serving) on every change
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            while not done.is_set():
+                serving.append(sum(f.sim(REGION, r).serving for r in f.sims[REGION]))
+                now = tuple(r for r in f.sims[REGION] if f.sim(REGION, r).serving)
+                if not trace or trace[-1][1] != now:
+                    trace.append((round(time.monotonic(), 2), now))
+                await asyncio.sleep(0.01)
+
+        sampler = asyncio.create_task(sample())
+        forced = await asyncio.gather(*(notice(r, force=True) for r in on_demand))
+        assert [status for status, _ in forced] == [202, 202], forced
+        await at(
+            f,
+            lambda p: p["current"] == 2 and not set(p["replicas"]) & set(on_demand),
+            timeout=10,
+            what="both replaced and switched off",
+        )
+        done.set()
+        await sampler
+        print(f"\nserving replicas while both were replaced: min {min(serving)}, max {max(serving)}")
+        assert min(serving) >= 2, trace
+    finally:
+        await f.close()
+
+
 async def test_spot_notices_over_two_simulated_minutes_under_load_lose_no_request(
     tmp_path: Path, serve: ServerFactory, geo_db: Path
 ) -> None:

@@ -6,6 +6,9 @@ MULTI/EXEC) — has every one of them after it restarts from its AOF. Twenty rou
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -110,3 +113,108 @@ async def test_the_default_user_that_replays_the_aof_is_no_one_elses(fleet: Flee
         writer.close()
     assert answers[0].startswith(b"-NOAUTH"), answers  # no connection is the default user
     assert all(a.startswith(b"-WRONGPASS") for a in answers[1:]), answers  # nor can become it
+
+
+async def test_a_primary_restarted_empty_gets_back_every_acknowledged_tenant_write(fleet: Fleet) -> None:
+    """Revoke K1, issue K2 and cut the limit within milliseconds, then lose the primary's data: the control
+    plane's copy (updated before each answer) puts back exactly that — K1 stays revoked at every edge, K2
+    works, the limit stays cut, the audit keeps the three entries. Twenty rounds."""
+    async with aiohttp.ClientSession() as s:
+        for n in range(ROUNDS):
+            await revocation_round(fleet, s, n)
+
+
+async def revocation_round(fleet: Fleet, s: aiohttp.ClientSession, n: int) -> None:
+    store = fleet.admin_app.state.store
+    tenant, k1 = await fleet.tenant_key({"rpm": 600}, name=f"revoked {n}")
+    _, keys = await fleet.admin("GET", f"/v1/tenants/{tenant}/keys")
+    status, _ = await fleet.admin("DELETE", f"/v1/tenants/{tenant}/keys/{keys['keys'][0]['id']}")
+    assert status == 204
+    status, issued = await fleet.admin("POST", f"/v1/tenants/{tenant}/keys")
+    assert status == 201
+    status, _ = await fleet.admin("PATCH", f"/v1/tenants/{tenant}", body={"limits": {"rpm": 5}})
+    assert status == 200
+    restores = store.restores
+    fleet.primary.kill()
+    shutil.rmtree(fleet.primary.workdir / "appendonlydir")  # it comes back empty
+    fleet.primary.start()
+    await asyncio.to_thread(fleet.primary.wait_ready)
+
+    async def restored() -> bool:
+        return bool(store.restores > restores)
+
+    await wait_for(restored, timeout=10, what="the control plane to put its copy back")
+    status, listed = await fleet.admin("GET", f"/v1/tenants/{tenant}/keys")
+    assert [k["id"] for k in listed["keys"]] == [issued["id"]], listed  # K1 stays revoked
+    status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}")
+    assert body["limits"]["rpm"] == 5, body
+    _, audit = await fleet.admin("GET", "/v1/audit?limit=20")
+    mine = [e["action"].split(" k-")[0] for e in audit["entries"] if e["region"] == f"tenant:{tenant}"]
+    assert {"revoke key", "issue key", "update tenant: limits"} <= set(mine), mine
+    url = fleet.edge_url("eu-west-1") + "v1/chat/completions"
+
+    async def status_with(key: str) -> int:
+        hdrs = {"X-Forwarded-For": CLIENT_IP["london"], "Authorization": f"Bearer {key}"}
+        async with s.post(url, json=CHAT, headers=hdrs) as r:
+            return r.status
+
+    async def keys_as_restored() -> bool:
+        return await status_with(k1) == 401 and await status_with(issued["key"]) in (200, 429)
+
+    await wait_for(keys_as_restored, timeout=5, what="K1 refused and K2 served after the restore")
+
+
+async def test_an_edge_that_cannot_confirm_keys_stops_admitting_and_says_so(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """The edge's replica frozen (SIGSTOP) while a key is revoked: past MERIDIAN_TENANTS_MAX_AGE_S the edge
+    answers 503 api_keys_stale (never 200 for the revoked key) and /readyz is 503; thawed, it refuses the
+    key (401) and is ready again."""
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        auth=True,
+        regions=("eu-west-1", "us-east-1"),
+        sim_kwargs={"ttft_ms": 1.0},
+        edge_overrides={"tenants_max_age_s": 1.0},
+    )
+    replica = f.replicas["eu-west-1"]
+    try:
+        tenant, key = await f.tenant_key()
+        _, keys = await f.admin("GET", f"/v1/tenants/{tenant}/keys")
+        url = f.edge_url("eu-west-1")
+        hdrs = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+        async with aiohttp.ClientSession() as s:
+
+            async def ask() -> tuple[int, dict[str, object]]:
+                async with s.post(url + "v1/chat/completions", json=CHAT, headers=hdrs) as r:
+                    return r.status, await r.json()
+
+            assert (await ask())[0] == 200
+            assert replica.proc is not None
+            os.kill(replica.proc.pid, signal.SIGSTOP)
+            try:
+                status, _ = await f.admin("DELETE", f"/v1/tenants/{tenant}/keys/{keys['keys'][0]['id']}")
+                assert status == 204
+                seen: list[int] = []
+
+                async def closed() -> bool:
+                    status, body = await ask()
+                    seen.append(status)
+                    return status == 503 and body["error"]["code"] == "api_keys_stale"  # type: ignore[index]
+
+                await wait_for(closed, timeout=5, interval=0.1, what="the edge to stop admitting")
+                async with s.get(f.edges["eu-west-1"].make_url("/readyz")) as r:
+                    ready = await r.json()
+                    assert r.status == 503 and ready["api_keys_stale_s"] > 1.0, ready
+            finally:
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            assert set(seen) <= {200, 503} and len([x for x in seen if x == 200]) <= 12, seen  # <= ~1.2 s
+
+            async def refused() -> bool:
+                return (await ask())[0] == 401
+
+            await wait_for(refused, timeout=10, interval=0.1, what="the revoked key refused after the thaw")
+    finally:
+        await f.close()

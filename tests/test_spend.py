@@ -29,10 +29,10 @@ def test_prices_are_exact_in_nano_dollars() -> None:
 
 def test_a_purse_holds_whole_requests_within_half_its_share_and_settles_real_costs() -> None:
     p = Purse(budget=1000)
-    assert p.ask(100, edges=4) == (100, 100)  # share 250, half of it 125: one whole request
+    assert p.ask(100, edges=4) == (100, 100, 100)  # share 250, half of it 125: one whole request
     p.granted(100, spent=0, held_all=100)
     assert p.left == 900 and p.take(100, now=0.0) and not p.take(1, now=0.0)
-    assert p.ask(100, edges=1) == (400, 100)  # 450 of room: a purse of 4 requests
+    assert p.ask(100, edges=1) == (400, 100, 100)  # 450 of room: a purse of 4 requests
     p.settle(100, 60, now=1.0)  # reserved 100, cost 60: 40 free again, 60 owed to the period's spend
     assert p.free == 40 and p.due(now=1.0)
     due = p.settlement(now=1.5)  # in use a moment ago: the free 40 stays

@@ -217,6 +217,29 @@ async def test_an_invalid_record_is_quarantined_reported_and_repaired_through_th
         assert 'meridian_edge_snapshots_refused_total{reason="invalid"}' in await r.text()
 
 
+async def test_the_prober_never_repairs_an_invalid_record_behind_the_operators_back(fleet: Fleet) -> None:
+    """An invalid record that says "drained" stays as it is through the prober's rounds (repairing it from
+    the defaults would un-drain the region, unaudited); only an operator's PATCH, audited, replaces it."""
+    bad = '{"name": "eu-west-1", "weight": 900, "drained": true}'
+    await touch(fleet.primary, ("HSET", KEY_REGIONS, "eu-west-1", bad))
+    prober = fleet.admin_app.state.prober
+
+    def stored() -> str:
+        r = fleet.primary.client(decode=True)
+        try:
+            return str(r.hget(KEY_REGIONS, "eu-west-1"))
+        finally:
+            r.close()
+
+    async def prober_tried() -> bool:  # it left the record alone, or (before) rewrote it from defaults
+        return "eu-west-1" in prober.write_trouble or stored() != bad
+
+    await wait_for(prober_tried, timeout=10, what="the prober's write to eu-west-1")
+    assert stored() == bad
+    _, audit = await fleet.admin("GET", "/v1/audit?limit=20")
+    assert not [e for e in audit["entries"] if e["region"] == "eu-west-1"], audit
+
+
 async def test_a_full_connection_pool_is_busy_not_an_outage(tmp_path: Path) -> None:
     server = RedisServer(port=free_port(), workdir=tmp_path / "r").start()
     server.wait_ready()
