@@ -30,7 +30,7 @@ from litestar.params import Parameter
 from litestar.plugins.pydantic import PydanticPlugin
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from controlplane.auth import TokenAuth, User, operator_guard
+from controlplane.auth import TokenAuth, User, operator_guard, staff_guard
 from controlplane.autoscaler import Autoscaler, Backend, NoBackend, SimulatorBackend
 from controlplane.intake import Intake, PassiveBook
 from controlplane.pool_api import PoolController
@@ -108,6 +108,7 @@ IF_MATCH = r'^\s*(\*|(W/)?"?[0-9]{1,18}"?)\s*$'
 class RegionController(Controller):
     path = "/v1/regions"
     tags = ["regions"]
+    guards = [staff_guard]
 
     @get("/", summary="List every region's state", responses=AUTHENTICATED)
     async def list_regions(self, state: State) -> RegionList:
@@ -189,6 +190,7 @@ class RegionController(Controller):
 class AuditController(Controller):
     path = "/v1/audit"
     tags = ["audit"]
+    guards = [staff_guard]
 
     @get("/", summary="Who changed what, when, why; newest first", responses=QUERY)
     async def audit(
@@ -207,9 +209,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/metrics", exclude_from_auth=True, include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
+@get("/metrics", include_in_schema=False, media_type=CONTENT_TYPE_LATEST)
 async def metrics(state: State) -> bytes:
-    """Prometheus: the autoscaler's pools and decisions."""
+    """Prometheus: the autoscaler's pools and decisions (any token: a scraper holds a viewer's or the
+    pools role's)."""
     registry: CollectorRegistry = state.registry
     return generate_latest(registry)
 
@@ -395,6 +398,7 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
         service = ServiceTracker()
         prober = Prober(settings=settings, topology=topo, store=store, book=book, service=service)
         intake = Intake(settings=settings, store=store, book=book, service=service)
+        intake.names = frozenset(topo.names)
         app.state.prober = prober
         app.state.intake = intake
 

@@ -1,5 +1,6 @@
 """Who is calling the admin API (I/O-free request checks): bearer tokens resolved to a user with a role,
-compared in constant time; the guard that lets only operators write."""
+compared in constant time; the guards: only operators write, the pools role (KEDA, node agents) reads
+pools and posts interruptions and nothing else."""
 
 from __future__ import annotations
 
@@ -40,6 +41,22 @@ class TokenAuth(AbstractAuthenticationMiddleware):
         if match is None:
             raise NotAuthorizedException("invalid bearer token")
         return AuthenticationResult(user=User(name=match.name, role=match.role), auth=match.role)
+
+
+def staff_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Regions, tenants, keys, usage and the audit: people (viewers and operators), not the pools role."""
+    if connection.user.role not in ("viewer", "operator"):
+        raise PermissionDeniedException(
+            f"role '{connection.user.role}' may read pools and post interruptions only"
+        )
+
+
+def actuator_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Interruption notices: operators, and node agents holding a pools token."""
+    if connection.user.role not in ("operator", "pools"):
+        raise PermissionDeniedException(
+            f"role '{connection.user.role}' may not post interruptions; needs 'operator' or 'pools'"
+        )
 
 
 def operator_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

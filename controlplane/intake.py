@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
-from controlplane.health import Track, observe, passive_signal
+from controlplane.health import SEVERITY, Track, observe, passive_signal
 from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StateStore, StoreError
@@ -20,29 +21,39 @@ log = logging.getLogger("meridian.intake")
 
 @dataclass
 class PassiveBook:
-    """Edge-reported (passive) health per region, with hysteresis; read by the prober when it writes."""
+    """Edge-reported (passive) health: each edge's view of each region, with hysteresis; a region's
+    passive health is what a majority of the edges with a fresh view see (one edge — or one forged
+    stream entry in an edge's name — cannot take a region down that the other edges serve). Read by the
+    prober when it writes."""
 
     rise: int
     fall: int
     stale_s: float = 10.0
-    tracks: dict[str, Track] = field(default_factory=dict)
-    seen_at: dict[str, float] = field(default_factory=dict)
+    tracks: dict[tuple[str, str], Track] = field(default_factory=dict)  # (edge, region) ->
+    seen_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
-    def feed(self, region: str, *, requests: float, errors: float, now: float) -> None:
+    def feed(self, region: str, *, requests: float, errors: float, now: float, edge: str = "-") -> None:
         signal = passive_signal(requests=requests, errors=errors)
         if signal is None:
             return
-        self.tracks[region] = observe(
-            self.tracks.get(region, Track()), signal, rise=self.rise, fall=self.fall
-        )
-        self.seen_at[region] = now
+        key = (edge, region)
+        self.tracks[key] = observe(self.tracks.get(key, Track()), signal, rise=self.rise, fall=self.fall)
+        self.seen_at[key] = now
 
     def health(self, region: str, now: float) -> Health | None:
-        if now - self.seen_at.get(region, -1e18) > self.stale_s:
-            self.tracks.pop(region, None)
+        views: list[Health] = []
+        for key in [k for k in self.tracks if k[1] == region]:
+            if now - self.seen_at.get(key, -1e18) > self.stale_s:
+                del self.tracks[key]
+            else:
+                views.append(self.tracks[key].health)
+        if not views:
             return None
-        t = self.tracks.get(region)
-        return None if t is None else t.health
+        # the worst health that more than half of the views are at least as bad as
+        return max(
+            (h for h in SEVERITY if sum(SEVERITY[v] >= SEVERITY[h] for v in views) * 2 > len(views)),
+            key=SEVERITY.__getitem__,
+        )
 
 
 class Intake:
@@ -54,6 +65,8 @@ class Intake:
         self.book = book
         self.service = service
         self.batches = 0
+        self.rejected = 0  # rows dropped: unknown edge or region, impossible counts
+        self.names: frozenset[str] = frozenset()  # the topology's regions (empty: not checked)
         self._decayed_at = time.monotonic()
         self._stop = asyncio.Event()
 
@@ -83,10 +96,21 @@ class Intake:
                 await self._maybe_write(region, value)
 
     def _fold(self, row: dict[str, str], now: float) -> None:
-        """One edge's row for one region: errors into passive health, service time into the tracker."""
+        """One edge's row for one region: errors into passive health (as that edge's view), service time
+        into the tracker. A row naming an edge or region the topology lacks, or with counts that are not
+        finite and non-negative, is dropped and counted (forged, or a bug)."""
         try:
-            region = row["region"]
-            self.book.feed(region, requests=float(row["requests"]), errors=float(row["errors"]), now=now)
+            region, edge = row["region"], row.get("edge", "-")
+            requests, errors = float(row["requests"]), float(row["errors"])
+            names = self.names
+            if (
+                (names and (region not in names or edge not in names))
+                or not (math.isfinite(requests) and math.isfinite(errors))
+                or not 0 <= errors <= requests
+            ):
+                self.rejected += 1
+                return
+            self.book.feed(region, requests=requests, errors=errors, now=now, edge=edge)
             if "service_ms" in row:
                 self.service.edges(region, float(row["service_ms"]), now=now)
         except (KeyError, ValueError):

@@ -1,6 +1,6 @@
 """The admin API's autoscaled pools (Litestar handlers): every pool's replicas, desired count, capacity mix,
 cost and last decision (viewers read; KEDA's metrics-api trigger reads one pool's ``desired``), and
-interruption notices (operators, or a node agent with an operator token)."""
+interruption notices (operators, or a node agent with a pools token)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
 
-from controlplane.auth import User, operator_guard
+from controlplane.auth import User, actuator_guard
 from controlplane.autoscaler import KEY_POOLS, Autoscaler, NotServing, OnDemand
 from controlplane.schemas import (
     AUTHENTICATED,
@@ -55,7 +55,7 @@ class PoolController(Controller):
 
     @post(
         "/{region:str}/{model:str}/interruptions",
-        guards=[operator_guard],
+        guards=[actuator_guard],
         status_code=202,
         summary="A replica's machine goes away (spot notice): drain it now and replace it",
         responses={**ONE_POOL, 403: WRITE_TENANT[403], 409: CONFLICT, 422: WRITE_TENANT[422]},

@@ -11,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fleet.redisconn import RedisURL
 from fleet.topology import LogLevel
 
-Role = Literal["viewer", "operator"]
+# viewer: reads everything; operator: also writes; pools: KEDA and node agents — reads pools and posts
+# interruption notices, nothing else
+Role = Literal["viewer", "operator", "pools"]
 
 
 class AdminToken(BaseModel):

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.params import Parameter
 
-from controlplane.auth import User, operator_guard
+from controlplane.auth import User, operator_guard, staff_guard
 from controlplane.schemas import (
     AUTHENTICATED,
     NEW_TENANT,
@@ -57,6 +57,7 @@ def _check_models(state: State, models: list[str] | None) -> None:
 
 
 class TenantController(Controller):
+    guards = [staff_guard]
     path = "/v1/tenants"
     tags = ["tenants"]
 

@@ -66,7 +66,8 @@ def decode_minute(raw: Mapping[str | bytes, str | bytes]) -> dict[str, UsageRow]
 
 
 def decode_hour(raw: Mapping[str | bytes, str | bytes]) -> dict[tuple[str, str], UsageRow]:
-    """One hour's hash -> (model, region) -> its counters (fields that do not decode are left out)."""
+    """One hour's hash -> (model, region) -> its counters (fields that do not decode are left out, and so
+    is a negative counter: edges only ever add, so it is forged — the edge's credential may HINCRBY)."""
     out: dict[tuple[str, str], UsageRow] = {}
     for k, v in raw.items():
         name = k.decode() if isinstance(k, bytes) else k
@@ -77,6 +78,8 @@ def decode_hour(raw: Mapping[str | bytes, str | bytes]) -> dict[tuple[str, str],
         try:
             n = int(v)
         except ValueError:
+            continue
+        if n < 0:
             continue
         row = out.setdefault((model, region), UsageRow())
         setattr(row, counter, getattr(row, counter) + n)

@@ -13,6 +13,8 @@ KEY_WAKE = f"{KEY_PREFIX}:wake"
 WAKE_TTL_S = 10.0  # a wake hash expires this long after an edge last wrote it
 WAKE_FRESH_S = 5.0  # a mark counts this long after it was written
 WAKE_EVERY_S = 1.0  # how often an edge holding requests rewrites its mark
+MOST_HELD = 100_000  # a mark counts at most this many (an edge holds fewer: MERIDIAN_WAKE_MAX_HELD)
+CLOCK_SKEW_S = 5.0  # a mark from further in the future than this is forged or from a broken clock
 
 
 def wake_key(region: str, model: str) -> str:
@@ -25,14 +27,17 @@ def wake_mark(held: int, unix_s: float) -> str:
 
 def woken(marks: Mapping[bytes, bytes] | Mapping[str, str], now: float) -> int:
     """Requests the edges hold for a pool: the sum of the marks written in the last ``WAKE_FRESH_S`` (an
-    edge that stopped without clearing its mark stops counting); a malformed mark counts nothing."""
+    edge that stopped without clearing its mark stops counting); a malformed mark counts nothing, nor does
+    one dated in the future (a forged infinite timestamp must not keep a pool awake), and a mark counts at
+    most ``MOST_HELD``."""
     total = 0
     for raw in marks.values():
         text = raw.decode() if isinstance(raw, bytes) else raw
         held, _, at = text.partition(" ")
         try:
-            if now - float(at) <= WAKE_FRESH_S:
-                total += max(0, int(held))
+            age = now - float(at)
+            if -CLOCK_SKEW_S <= age <= WAKE_FRESH_S:  # NaN and infinities fail both comparisons
+                total += min(MOST_HELD, max(0, int(held)))
         except ValueError:
             continue
     return total

@@ -65,22 +65,26 @@ class PoolPlan:
 
 
 def read_csv(path: Path) -> list[Sample]:
-    """A history CSV; a row that does not parse stops with its line number."""
+    """A history CSV; a row that does not parse, or whose counts are not finite and non-negative, stops
+    with its line number."""
     out = []
     with path.open(newline="") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
             try:
+                names = ("requests", "prompt_tokens", "completion_tokens")
+                counts = [float(row[k]) for k in names]
+                for k, v in zip(names, counts, strict=True):
+                    if not (math.isfinite(v) and v >= 0):
+                        raise ValueError(f"{k} must be a finite number >= 0, got {row[k]!r}")
                 out.append(
                     Sample(
                         datetime.fromisoformat(row["minute"]).astimezone(UTC),
                         row["region"],
                         row["model"],
-                        float(row["requests"]),
-                        float(row["prompt_tokens"]),
-                        float(row["completion_tokens"]),
+                        *counts,
                     )
                 )
-            except (KeyError, ValueError, TypeError) as exc:
+            except (KeyError, ValueError, TypeError, OverflowError) as exc:
                 raise ValueError(f"{path}:{line}: {exc}") from None
     return out
 

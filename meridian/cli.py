@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,22 @@ def _demo_credentials(base_port: int | None) -> dict[str, str]:
         raise SystemExit(f"meridian ctl: no running demo on --base-port {base_port}") from None
     print(f"meridian ctl: the demo at {admin.get('url')}", file=sys.stderr)
     return admin
+
+
+def _between(low: float, high: float, *, low_ok: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in (low, high] (or [low, high]); else one line naming the range."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+        if not math.isfinite(value) or value > high or value < low or (value == low and not low_ok):
+            side = "[" if low_ok else "("
+            raise argparse.ArgumentTypeError(f"must be in {side}{low:g}, {high:g}], got {raw}")
+        return value
+
+    return parse
 
 
 def _row(text: str = "") -> None:
@@ -379,10 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument(
         "--redis", default=None, help="read the traffic the edges recorded in this Redis instead"
     )
-    cap.add_argument("--days", type=float, default=7.0, help="with --redis: how far back (at most 35)")
+    cap.add_argument(
+        "--days", type=_between(0.0, 35.0), default=7.0, help="with --redis: how far back (at most 35)"
+    )
     cap.add_argument("--out", default="capacity-report", help="directory for capacity.md and the PNGs")
-    cap.add_argument("--target-utilization", type=float, default=0.7, help="of each replica's target")
-    cap.add_argument("--reserved-discount", type=float, default=0.4, help="a reservation's discount")
+    cap.add_argument(
+        "--target-utilization", type=_between(0.0, 1.0), default=0.7, help="of each replica's target (0-1]"
+    )
+    cap.add_argument(
+        "--reserved-discount",
+        type=_between(0.0, 1.0, low_ok=True),
+        default=0.4,
+        help="a reservation's discount",
+    )
     cap.set_defaults(func=run_capacity)
 
     cp = sub.add_parser("controlplane", help="run the admin API + health prober (settings from MERIDIAN_*)")

@@ -2,11 +2,13 @@
 ``ScaledObject`` whose metrics-api trigger reads the pool's desired replicas from the control plane
 (``GET /v1/pools/{region}/{model}``, field ``desired``; target value 1, so the HPA runs exactly that many),
 with the pool's bounds and HPA behaviour; per region, the ``TriggerAuthentication`` carrying the admin token
-KEDA reads with (a viewer's, from a Secret); and per pool the patch of its vLLM Deployment (replicas left to
-the HPA, a preStop drain and a readiness probe, the capacity-type node selector of its on-demand baseline)."""
+KEDA reads with (a token of the ``pools`` role, from a Secret); and per pool the patch of its vLLM
+Deployment (replicas left to the HPA, a preStop drain and a readiness probe, the capacity-type node
+selector of its on-demand baseline). Names are DNS-1123 labels, one per model."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 from urllib.parse import quote
@@ -14,30 +16,58 @@ from urllib.parse import quote
 from fleet.pools import Autoscaling, PoolSpec
 from fleet.state import Region, Topology
 
-
-def slug(text: str) -> str:
-    """A Kubernetes name: lowercase alphanumerics and dashes."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+NAME_MAX = 63  # a DNS-1123 label (and a label value): what a Deployment's pods and KEDA's HPA names build on
 
 
-def deployment_name(model: str) -> str:
-    return f"vllm-{slug(model)}"
+def slug(text: str, *, limit: int = NAME_MAX, tagged: bool = False) -> str:
+    """A Kubernetes name for ``text``: lowercase alphanumerics and dashes, at most ``limit`` characters; when
+    shortened (or ``tagged``: another text gives the same name) 8 hex characters of the text's SHA-256 end
+    it, so two texts never share one."""
+    plain = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+    if len(plain) <= limit and not tagged:
+        return plain
+    tag = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{plain[: limit - 9].rstrip('-')}-{tag}"
+
+
+MODEL_MAX = NAME_MAX - len("vllm-") - len("-") - 14  # the ScaledObject adds the region (14 at most)
+
+
+def deployment_name(model: str, *, tagged: bool = False) -> str:
+    return f"vllm-{slug(model, limit=MODEL_MAX, tagged=tagged)}"
+
+
+def colliding(models: list[str]) -> set[str]:
+    """The models whose plain names another model shares (``Llama-3.1`` and ``llama-3.1``)."""
+    seen: dict[str, list[str]] = {}
+    for m in models:
+        seen.setdefault(slug(m, limit=MODEL_MAX), []).append(m)
+    return {m for group in seen.values() if len(group) > 1 for m in group}
 
 
 def scaled_object(
-    region: Region, pool: PoolSpec, policy: Autoscaling, *, controlplane_url: str, namespace: str
+    region: Region,
+    pool: PoolSpec,
+    policy: Autoscaling,
+    *,
+    controlplane_url: str,
+    namespace: str,
+    tagged: bool = False,
 ) -> dict[str, Any]:
     url = f"{controlplane_url.rstrip('/')}/v1/pools/{region.name}/{quote(pool.model, safe='')}"
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
         "metadata": {
-            "name": f"{deployment_name(pool.model)}-{region.name}",
+            "name": f"{deployment_name(pool.model, tagged=tagged)}-{slug(region.name, limit=14)}",
             "namespace": namespace,
-            "labels": {"meridian.dev/region": region.name, "meridian.dev/model": slug(pool.model)},
+            "labels": {
+                "meridian.dev/region": region.name,
+                "meridian.dev/model": slug(pool.model, tagged=tagged),
+            },
         },
         "spec": {
-            "scaleTargetRef": {"name": deployment_name(pool.model)},
+            "scaleTargetRef": {"name": deployment_name(pool.model, tagged=tagged)},
             "minReplicaCount": pool.min_replicas,
             "maxReplicaCount": pool.max_replicas,
             "pollingInterval": max(1, round(policy.interval_s)),
@@ -101,27 +131,33 @@ def trigger_auth(namespace: str) -> dict[str, Any]:
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "TriggerAuthentication",
         "metadata": {"name": "meridian-controlplane", "namespace": namespace},
-        "spec": {"secretTargetRef": [{"parameter": "token", "name": "meridian-keda", "key": "viewer-token"}]},
+        "spec": {"secretTargetRef": [{"parameter": "token", "name": "meridian-keda", "key": "pools-token"}]},
     }
 
 
-def deployment_patch(region: Region, pool: PoolSpec, namespace: str) -> dict[str, Any]:
+def deployment_patch(
+    region: Region, pool: PoolSpec, namespace: str, *, tagged: bool = False
+) -> dict[str, Any]:
     """The strategic-merge patch for the pool's vLLM Deployment: the HPA owns ``replicas`` (so the patch
     leaves it out), a replica drains before it stops (a spot notice gives two minutes), readiness is vLLM's
-    /health."""
+    /health. It leaves the container's arguments alone (a strategic merge replaces a list whole: the
+    Deployment's own ``--model`` and flags stay); the model it serves is named in an annotation."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": deployment_name(pool.model), "namespace": namespace},
+        "metadata": {
+            "name": deployment_name(pool.model, tagged=tagged),
+            "namespace": namespace,
+            "annotations": {"meridian.dev/model": pool.model},
+        },
         "spec": {
             "template": {
-                "metadata": {"labels": {"meridian.dev/model": slug(pool.model)}},
+                "metadata": {"labels": {"meridian.dev/model": slug(pool.model, tagged=tagged)}},
                 "spec": {
                     "terminationGracePeriodSeconds": 120,
                     "containers": [
                         {
                             "name": "vllm",
-                            "args": ["--model", pool.model],
                             "readinessProbe": {
                                 "httpGet": {"path": "/health", "port": 8000},
                                 "periodSeconds": 5,
@@ -140,6 +176,7 @@ def render(
 ) -> dict[str, list[dict[str, Any]]]:
     """Region -> its manifests (a region is one cluster)."""
     out: dict[str, list[dict[str, Any]]] = {}
+    shared = colliding(sorted({p.model for r in topology.regions for p in r.pools}))
     for region in topology.regions:
         if not region.pools:
             continue
@@ -147,9 +184,14 @@ def render(
         for pool in region.pools:
             docs.append(
                 scaled_object(
-                    region, pool, topology.autoscaling, controlplane_url=controlplane_url, namespace=namespace
+                    region,
+                    pool,
+                    topology.autoscaling,
+                    controlplane_url=controlplane_url,
+                    namespace=namespace,
+                    tagged=pool.model in shared,
                 )
             )
-            docs.append(deployment_patch(region, pool, namespace))
+            docs.append(deployment_patch(region, pool, namespace, tagged=pool.model in shared))
         out[region.name] = docs
     return out

@@ -80,6 +80,7 @@ class Fleet:
     admin_url: str = ""
     operator_token: str = ""
     viewer_token: str = ""
+    pools_token: str = ""  # the pools role: KEDA, node agents
     exporter: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
     sentinels: list[SentinelServer] = field(default_factory=list)
     uvicorn_server: uvicorn.Server | None = None
@@ -303,6 +304,7 @@ async def _build(
     if control_plane:
         fleet.operator_token = secrets.token_urlsafe(24)
         fleet.viewer_token = secrets.token_urlsafe(24)
+        fleet.pools_token = secrets.token_urlsafe(24)
         redis_url = primary.url_for(CONTROL_PLANE)
         if fleet.sentinels:
             hosts = ",".join(f"127.0.0.1:{s.port}" for s in fleet.sentinels)
@@ -313,6 +315,7 @@ async def _build(
             admin_tokens=[
                 AdminToken(name="olivia", role="operator", token=fleet.operator_token),
                 AdminToken(name="victor", role="viewer", token=fleet.viewer_token),
+                AdminToken(name="node-agent", role="pools", token=fleet.pools_token),
             ],
             probe_interval_s=probe_interval_s,
             signals_interval_s=max(0.2, probe_interval_s),

@@ -208,10 +208,11 @@ async def test_a_cost_ceiling_holds_under_a_runaway_signal(
         seen: list[dict[str, Any]] = []
         alert = False
         binding = 'meridian_pool_cost_ceiling_binding{model="sim-llm",region="eu-west-1"} 1.0'
+        auth = {"Authorization": f"Bearer {f.viewer_token}"}  # the control plane's /metrics needs a token
         async with aiohttp.ClientSession() as s:
             while not runaway.done():
                 seen.append(await pool(f))
-                async with s.get(f.admin_url + "/metrics") as r:
+                async with s.get(f.admin_url + "/metrics", headers=auth) as r:
                     alert = alert or binding in await r.text()
                 await asyncio.sleep(0.2)
         await runaway

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib.image
+import pytest
 
 from fleet.pools import PoolSpec, Target
 from meridian import cli
@@ -86,3 +87,41 @@ def test_a_bad_history_row_is_named_by_line(tmp_path: Path) -> None:
         assert f"{bad}:2" in str(exc)
     else:
         raise AssertionError("a bad row must stop the command")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-5"])
+def test_a_non_finite_or_negative_row_is_named_by_line(tmp_path: Path, value: str) -> None:
+    bad = tmp_path / "h.csv"
+    bad.write_text(
+        "minute,region,model,requests,prompt_tokens,completion_tokens\n"
+        "2026-11-01T00:00:00Z,r,m,1,1,1\n"
+        f"2026-11-01T00:01:00Z,r,m,{value},1,1\n"
+    )
+    with pytest.raises(SystemExit) as exc:
+        cli.main(
+            [
+                "capacity",
+                "--history",
+                str(bad),
+                "--config",
+                str(ROOT / "regions.yaml"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    message = str(exc.value)
+    assert f"{bad}:3:" in message and "requests" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--target-utilization", "0"), ("--target-utilization", "1.5"), ("--days", "100000"), ("--days", "nan")],
+)
+def test_out_of_range_flags_are_one_line_not_a_traceback(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["capacity", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in err and "must be in" in err

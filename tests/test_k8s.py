@@ -3,13 +3,14 @@ structure and every value that comes from the file)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
 from fleet.topology import load_topology
 from meridian import cli
-from meridian.k8s import render
+from meridian.k8s import colliding, deployment_name, deployment_patch, render
 
 ROOT = Path(__file__).resolve().parent.parent
 CP = "http://meridian-controlplane.meridian.svc:8700"
@@ -27,7 +28,7 @@ def test_every_pool_gets_a_scaled_object_reading_its_desired_replicas() -> None:
             "Deployment"
         )
         auth = docs[0]["spec"]["secretTargetRef"][0]
-        assert auth["parameter"] == "token" and auth["key"] == "viewer-token"
+        assert auth["parameter"] == "token" and auth["key"] == "pools-token"
         for so in (d for d in docs if d["kind"] == "ScaledObject"):
             spec = so["spec"]
             trigger = spec["triggers"][0]
@@ -74,3 +75,19 @@ def test_the_command_writes_one_file_per_region(tmp_path: Path) -> None:
     assert files and all(f.endswith(".yaml") for f in files)
     docs = list(yaml.safe_load_all((tmp_path / files[0]).read_text()))
     assert {d["kind"] for d in docs} == {"TriggerAuthentication", "ScaledObject", "Deployment"}
+
+
+def test_names_are_unique_dns_labels_and_the_patch_keeps_the_containers_arguments() -> None:
+    long = "org/" + "a-very-long-model-name" * 12
+    models = ["llama-3.1-8b-instruct", "Llama-3.1-8B-Instruct", long, "qwen2.5-7b-instruct"]
+    shared = colliding(models)
+    assert shared == {"llama-3.1-8b-instruct", "Llama-3.1-8B-Instruct"}
+    names = [deployment_name(m, tagged=m in shared) for m in models]
+    assert len(set(names)) == 4 and names[3] == "vllm-qwen2-5-7b-instruct"  # no tag where none is needed
+    assert all(len(n) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) for n in names), names
+    topo = load_topology(ROOT / "regions.yaml")
+    region = next(r for r in topo.regions if r.pools)
+    patch = deployment_patch(region, region.pools[0], "meridian")
+    container = patch["spec"]["template"]["spec"]["containers"][0]
+    assert "args" not in container  # a strategic merge would replace the whole list
+    assert patch["metadata"]["annotations"]["meridian.dev/model"] == region.pools[0].model

@@ -10,7 +10,7 @@ from edge.metrics import EdgeMetrics
 from edge.wake import Waker
 from fleet.state import Snapshot, Topology, initial_state
 from fleet.topology import parse_topology
-from fleet.wake import WAKE_FRESH_S, wake_mark, woken
+from fleet.wake import MOST_HELD, WAKE_FRESH_S, wake_mark, woken
 
 TOPOLOGY = """
 regions:
@@ -96,6 +96,15 @@ def test_wake_marks_count_while_fresh_and_malformed_ones_count_nothing() -> None
         b"edge-c/3": b"garbage",
     }
     assert woken(marks, now) == 3
+
+
+def test_forged_wake_marks_cannot_keep_a_pool_awake_or_count_without_bound() -> None:
+    """What an edge credential can write to a wake hash: a mark dated forever, or NaN, or far in the
+    future, counts nothing; a huge count counts at most MOST_HELD."""
+    now = 1_000_000.0
+    forged = {b"x/1": b"5 inf", b"x/2": b"5 nan", b"x/3": wake_mark(5, now + 3600).encode()}
+    assert woken(forged, now) == 0
+    assert woken({b"x/4": wake_mark(10**12, now).encode()}, now) == MOST_HELD
 
 
 async def test_one_tenant_holds_at_most_half_and_a_cancelled_hold_lets_go_at_once() -> None:

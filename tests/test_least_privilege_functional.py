@@ -1,0 +1,101 @@
+"""Least privilege as shipped (issue: "durability and least privilege"): the admin API's pools role (KEDA,
+node agents) reads pools and posts interruption notices and nothing else; the control plane's /metrics
+needs a token."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
+
+from fleet.acl import EDGE
+from fleet.state import CHANNEL_CHANGES, KEY_OBSERVATIONS, KEY_REGIONS
+from fleet.tenants import KEY_API_KEYS, KEY_TENANTS
+from fleet.usage import hour_of, usage_field, usage_key
+from fleet.wake import wake_key
+from tests.conftest import ServerFactory
+from tests.fleet import Fleet, start_fleet, wait_for
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path, serve, geo_db=geo_db, auth=True, regions=("eu-west-1",))
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def test_the_pools_role_reads_pools_and_posts_notices_and_nothing_else(fleet: Fleet) -> None:
+    token = fleet.pools_token
+    for path in ("/v1/pools", "/metrics"):
+        status, _ = await fleet.admin("GET", path, token=token)
+        assert status in (200, 503), path  # 503: no autoscaler in this fleet, still allowed through
+    status, body = await fleet.admin(
+        "POST", "/v1/pools/eu-west-1/sim-llm/interruptions", token=token, body={"replica": "ew1-a"}
+    )
+    assert status == 404, body  # allowed, and no autoscaled pool here (not 403)
+    for method, path, body in (
+        ("GET", "/v1/regions", None),
+        ("GET", "/v1/tenants", None),
+        ("GET", "/v1/audit", None),
+        ("PATCH", "/v1/regions/eu-west-1", {"weight": 0, "reason": "x"}),
+        ("POST", "/v1/tenants", {"name": "x"}),
+    ):
+        status, answer = await fleet.admin(method, path, token=token, body=body)
+        assert status == 403 and "pools" in answer["detail"], (method, path, answer)
+    status, answer = await fleet.admin(
+        "POST", "/v1/pools/eu-west-1/sim-llm/interruptions", token=fleet.viewer_token, body={"replica": "a"}
+    )
+    assert status == 403, answer  # a viewer reads, never actuates
+
+
+async def test_the_control_planes_metrics_need_a_token(fleet: Fleet) -> None:
+    async with aiohttp.ClientSession() as s, s.get(fleet.admin_url + "/metrics") as r:
+        assert r.status == 401
+    status, _ = await fleet.admin("GET", "/metrics", token=fleet.viewer_token)
+    assert status == 200
+
+
+async def test_what_the_edge_credential_can_still_write_is_refused_or_harmless(fleet: Fleet) -> None:
+    """With the shipped edge user: routing state, tenants, keys and the change channel are refused; a
+    negative usage counter is ignored by every reader; forged observations in the names of unknown edges or
+    with impossible counts are dropped; a forged wake mark dated forever counts nothing."""
+    tenant, _ = await fleet.tenant_key()
+    edge = aioredis.Redis.from_url(fleet.primary.url_for(EDGE))
+    try:
+        for command in (
+            ("HSET", KEY_REGIONS, "eu-west-1", "{}"),
+            ("HSET", KEY_TENANTS, "t-x", "{}"),
+            ("HSET", KEY_API_KEYS, "d", "{}"),
+            ("PUBLISH", CHANNEL_CHANGES, "{}"),
+            ("SET", "meridian:state:version", "1"),
+        ):
+            with pytest.raises(NoPermissionError):
+                await edge.execute_command(*command)
+        hour = hour_of(time.time())
+        await edge.hincrby(usage_key(tenant, hour), usage_field("eu-west-1", "requests", "sim-llm"), -1000)
+        intake = fleet.admin_app.state.intake
+        before = intake.rejected
+        await edge.xadd(
+            KEY_OBSERVATIONS, {"edge": "mallory", "region": "eu-west-1", "requests": 100, "errors": 100}
+        )
+        await edge.xadd(
+            KEY_OBSERVATIONS, {"edge": "eu-west-1", "region": "eu-west-1", "requests": 1, "errors": 5}
+        )
+        await edge.hset(wake_key("eu-west-1", "sim-llm"), "x/1", "5 inf")
+    finally:
+        await edge.aclose()
+    status, report = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+    assert status == 200 and report["totals"]["requests"] == 0, report  # not -1000
+
+    async def dropped() -> bool:
+        return bool(intake.rejected >= before + 2)
+
+    await wait_for(dropped, timeout=5, what="the forged observations dropped")
+    assert fleet.admin_app.state.prober.book.health("eu-west-1", time.monotonic()) is None
