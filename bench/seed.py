@@ -1,6 +1,6 @@
 """Seed a benchmark's Redis (run as a script from the repository root): regions from a regions file, and
-with --key-secret a tenant with limits and a spend budget far above any load and one key for it, printed on
-stdout."""
+with --key-secret a tenant with limits and a spend budget far above any load and one key for it, then one
+with the same limits and no budget and its key, printed on stdout (two lines)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ async def seed(regions_file: str, url: str, key_secret: str | None) -> None:
             tenant = await tenants.create(fields, audit)
             _, key = await tenants.issue_key(tenant.id, audit)
             print(key)
+            plain = await tenants.create({**fields, "name": "bench-no-budget", "budget": None}, audit)
+            _, key = await tenants.issue_key(plain.id, audit)
+            print(key)  # the same limits without a budget: what the budget costs, side by side
     finally:
         await client.aclose()
 

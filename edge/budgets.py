@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from edge.limiter import KEY_EDGES, Limiter
 from fleet.models import NANO
 from fleet.redisconn import raise_if_cancelling
-from fleet.spend import BUDGET_SCRIPT, Purse, budget_key, ttl_ms, window
+from fleet.spend import BUDGET_SCRIPT, Purse, Window, budget_key, ttl_ms, window
 from fleet.tenants import Tenant
 
 FLUSH_S = 1.0  # ended requests' costs are paid (and idle purses given back) this often
@@ -56,6 +56,7 @@ class Budgets:
         self.mono = mono
         self.script: Any = limiter.client.register_script(BUDGET_SCRIPT)
         self.purses: dict[str, Purse] = {}
+        self._windows: dict[str, Window] = {}  # period -> the current one
         self.ttls: dict[str, int] = {}
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -63,11 +64,16 @@ class Budgets:
     async def reserve(self, tenant: Tenant, cost: int) -> Hold | Exhausted:
         """Reserve ``cost`` nano-USD of the tenant's current period: from this process's purse, topped up
         from the primary when it holds too little (one call at a time per purse: the others wait for it)."""
-        assert tenant.budget is not None
+        budget = tenant.budget
+        assert budget is not None
         now = self.clock()
-        w = window(tenant.budget.period, now)
+        w = self._windows.get(budget.period)
+        if w is None or now >= w.ends_at:  # a new day or month (computed once per period, not per request)
+            w = self._windows[budget.period] = window(budget.period, now)
         key = budget_key(tenant.id, w)
-        purse = self._purse(key, round(tenant.budget.usd * NANO), ttl_ms(w, now))
+        purse = self.purses.get(key)
+        if purse is None or purse.budget != round(budget.usd * NANO):
+            purse = self._purse(key, round(budget.usd * NANO), ttl_ms(w, now))
         while not purse.refused(cost, self.mono()):
             if purse.take(cost, self.mono()):
                 return Hold(key, cost)
