@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.redisconn import RedisURL
@@ -62,4 +62,23 @@ class ControlPlaneSettings(BaseSettings):
     latency_change: float = Field(
         default=0.10, ge=0, le=10, description="write latency when the fleet EWMA moves by this fraction"
     )
+    tls_cert_file: FilePath | None = Field(
+        default=None,
+        description="PEM certificate (chain) the admin API serves HTTPS with (with tls_key_file)",
+    )
+    tls_key_file: FilePath | None = Field(default=None, description="its PEM private key")
     log_level: LogLevel = "INFO"
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ControlPlaneSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "MERIDIAN_TLS_CERT_FILE and MERIDIAN_TLS_KEY_FILE go together: set both or neither"
+            )
+        return self
+
+    def uvicorn_tls(self) -> dict[str, str]:
+        """uvicorn's TLS options (none: plain HTTP, for a TLS-terminating load balancer in front)."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return {}
+        return {"ssl_certfile": str(self.tls_cert_file), "ssl_keyfile": str(self.tls_key_file)}

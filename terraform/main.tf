@@ -17,6 +17,7 @@ module "store" {
   image                    = var.image
   redis_node_type          = var.redis_node_type
   admin_tokens_secret_name = var.admin_tokens_secret_name
+  admin_certificate_arn    = var.admin_certificate_arn
   api_key_secret_name      = var.api_key_secret_name
   redis_users_secret_name  = var.redis_users_secret_name
   edge_cidrs               = [for name in keys(local.regions) : "${var.vpc_cidr_prefix}.${local.index[name] * 16}.0/20"]

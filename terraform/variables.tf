@@ -97,6 +97,11 @@ variable "admin_tokens_secret_name" {
   default     = "meridian/admin-tokens"
 }
 
+variable "admin_certificate_arn" {
+  type        = string
+  description = "ACM certificate of the admin API's name: its load balancer listens with TLS only (port 443) and terminates it there."
+}
+
 variable "api_key_secret_name" {
   type        = string
   description = "Name of the Secrets Manager secret holding MERIDIAN_KEY_SECRET: the HMAC secret of API-key digests, the same for the control plane and every edge. Only its ARN reaches the task definitions."

@@ -4,6 +4,9 @@ needs a token."""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,15 +14,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import uvicorn
 from redis.exceptions import NoPermissionError
 
-from fleet.acl import EDGE
+from controlplane.api import create_app
+from controlplane.settings import ControlPlaneSettings
+from fleet.acl import CONTROL_PLANE, EDGE
 from fleet.state import CHANNEL_CHANGES, KEY_OBSERVATIONS, KEY_REGIONS
 from fleet.tenants import KEY_API_KEYS, KEY_TENANTS
 from fleet.usage import hour_of, usage_field, usage_key
 from fleet.wake import wake_key
+from meridian.redisproc import free_port
 from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import ROOT, Fleet, start_fleet, wait_for
 
 
 @pytest.fixture
@@ -99,3 +106,74 @@ async def test_what_the_edge_credential_can_still_write_is_refused_or_harmless(f
 
     await wait_for(dropped, timeout=5, what="the forged observations dropped")
     assert fleet.admin_app.state.prober.book.health("eu-west-1", time.monotonic()) is None
+
+
+async def test_the_admin_api_serves_https_with_the_certificate_from_settings(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    settings = ControlPlaneSettings(
+        redis_url=fleet.primary.url_for(CONTROL_PLANE),
+        regions_file=ROOT / "regions.yaml",
+        tls_cert_file=cert,
+        tls_key_file=key,
+        probe_enabled=False,
+    )
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", **settings.uvicorn_tls()
+        )  # what controlplane.main passes
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert))
+
+        async def up() -> bool:
+            try:
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(f"https://127.0.0.1:{port}/healthz", ssl=trusted) as r,
+                ):
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(up, timeout=10, what="the admin API over HTTPS")
+        with pytest.raises(aiohttp.ClientError):  # no plain HTTP on the TLS port
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                await r.read()
+                raise aiohttp.ClientError(f"answered {r.status} over plain HTTP")
+    finally:
+        server.should_exit = True
+        await task
+
+
+def test_a_certificate_without_its_key_stops_start_up(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ValueError, match="MERIDIAN_TLS_CERT_FILE and MERIDIAN_TLS_KEY_FILE"):
+        ControlPlaneSettings(tls_cert_file=cert)

@@ -241,3 +241,16 @@ def test_the_api_key_secret_reaches_the_control_plane_and_every_edge_from_secret
             strip(r.get("policy", "")) for k, r in res.items() if k.startswith("aws_iam_role_policy")
         )
         assert "data.aws_secretsmanager_secret.api_key_secret.arn" in policies, module  # the role may read it
+
+
+def test_the_admin_api_is_tls_only_and_edges_keep_metrics_off_the_client_port() -> None:
+    cp = resources(module_doc("control_plane"))
+    listeners = [r for k, r in cp.items() if k.startswith("aws_lb_listener.")]
+    assert listeners and all(strip(r["protocol"]) == "TLS" for r in listeners)  # no plain-text listener
+    assert all(strip(r["certificate_arn"]) == "var.admin_certificate_arn" for r in listeners)
+    region = module_doc("region")
+    env = str(region["locals"])
+    assert "MERIDIAN_INTERNAL_PORT" in env and "var.internal_port" in env
+    sg = resources(region)["aws_security_group.edge"]
+    internal = [i for i in sg["ingress"] if "var.internal_port" in str(i["from_port"])]
+    assert internal and all("0.0.0.0/0" not in str(i["cidr_blocks"]) for i in internal)

@@ -10,6 +10,8 @@ module "meridian" {
   domain_name    = "api.example.com"
   hosted_zone_id = "Z0123456789EXAMPLE"
   image          = "123456789012.dkr.ecr.us-east-1.amazonaws.com/meridian:0.1.0"
+
+  admin_certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
 }
 
 output "api" {

@@ -226,11 +226,14 @@ resource "aws_lb_target_group" "admin" {
   tags = var.tags
 }
 
+# TLS only: the listener terminates it with the ACM certificate (no plain-text listener exists)
 resource "aws_lb_listener" "admin" {
   region            = var.region
   load_balancer_arn = aws_lb.admin.arn
-  port              = 8700
-  protocol          = "TCP"
+  port              = 443
+  protocol          = "TLS"
+  certificate_arn   = var.admin_certificate_arn
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 
   default_action {
     type             = "forward"

@@ -14,6 +14,6 @@ output "reader_endpoint" {
 }
 
 output "admin_url" {
-  description = "Internal admin API URL."
-  value       = "http://${aws_lb.admin.dns_name}:8700"
+  description = "Internal admin API URL (TLS, terminated at the load balancer)."
+  value       = "https://${aws_lb.admin.dns_name}"
 }

@@ -18,6 +18,11 @@ variable "redis_node_type" {
   description = "ElastiCache node type of the primary group."
 }
 
+variable "admin_certificate_arn" {
+  type        = string
+  description = "ACM certificate the admin API's TLS listener presents."
+}
+
 variable "admin_tokens_secret_name" {
   type        = string
   description = "Secrets Manager secret with MERIDIAN_ADMIN_TOKENS; injected by ECS from its ARN, never read into state."

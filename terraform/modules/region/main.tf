@@ -17,6 +17,8 @@ locals {
     MERIDIAN_REDIS_PRIMARY_URL     = "rediss://${var.primary_redis_endpoint}:6379/0"
     MERIDIAN_PORT                  = tostring(var.edge_port)
     MERIDIAN_HOST                  = "0.0.0.0"
+    MERIDIAN_INTERNAL_HOST         = "0.0.0.0" # /metrics and /_meridian/route: never on the client port
+    MERIDIAN_INTERNAL_PORT         = tostring(var.internal_port)
     MERIDIAN_GEOIP_DB              = "/usr/share/GeoIP/GeoLite2-City.mmdb"
     MERIDIAN_TRUSTED_PROXIES       = var.vpc_cidr
     MERIDIAN_WORKERS               = "2"
@@ -80,6 +82,14 @@ resource "aws_security_group" "edge" {
     to_port     = var.edge_port
     protocol    = "tcp"
     cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  ingress {
+    description = "metrics and the route explainer: from inside the VPC only (Prometheus, operators)"
+    from_port   = var.internal_port
+    to_port     = var.internal_port
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
   }
 
   egress {

@@ -23,6 +23,12 @@ variable "edge_port" {
   description = "Container and health-check port of the edge."
 }
 
+variable "internal_port" {
+  type        = number
+  default     = 7150
+  description = "The edge's internal listener (/metrics, /_meridian/route): reachable from inside the VPC only, never through the load balancer."
+}
+
 variable "readiness_path" {
   type        = string
   description = "Edge readiness path used by the NLB target group health check."
