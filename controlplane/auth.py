@@ -44,7 +44,10 @@ class TokenAuth(AbstractAuthenticationMiddleware):
 
 
 def staff_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Regions, tenants, keys, usage and the audit: people (viewers and operators), not the pools role."""
+    """Regions, tenants, keys, usage and the audit: people (viewers and operators), not the pools role.
+    (A controller's guard also runs on its CORS preflight, which carries no token and reads nothing.)"""
+    if connection.scope.get("method") == "OPTIONS":
+        return
     if connection.user.role not in ("viewer", "operator"):
         raise PermissionDeniedException(
             f"role '{connection.user.role}' may read pools and post interruptions only"
