@@ -20,13 +20,14 @@ from edge.limits import prompt_tokens, reservation
 from edge.metrics import EdgeMetrics
 from edge.planner import NOTHING, Wanted
 from edge.request import BodyError, Inference, read
-from edge.settings import EdgeSettings, Priority
+from edge.settings import EdgeSettings
 from edge.tenants import Principal, Standing, TenantsFeed
 from edge.usage import Tally
 from fleet.models import Catalog, usd
-from fleet.tenants import Tenant
+from fleet.tenants import PRIORITIES, Priority, Tenant
 
-PRIORITIES: dict[str, Priority] = {"critical": "critical", "normal": "normal", "batch": "batch"}
+_PRIORITY: dict[str, Priority] = {p: p for p in PRIORITIES}  # a header's value -> the priority
+
 ANONYMOUS = "-"  # the tenant of every request when authentication is off
 
 
@@ -260,7 +261,7 @@ class Admission:
     def _priority(self, request: web.BaseRequest, principal: Principal | None) -> Priority:
         """The request's priority: the header's, capped by what its tenant may use (default: the tenant's)."""
         raw = request.headers.get("X-Meridian-Priority")
-        asked = None if raw is None else PRIORITIES.get(raw.strip().lower())
+        asked = None if raw is None else _PRIORITY.get(raw.strip().lower())
         if raw is not None and asked is None:
             raise BadInput(
                 400, f"header X-Meridian-Priority must be one of {', '.join(PRIORITIES)}", "priority"

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from edge.replicas import PoolLoad
-from fleet.tenants import Priority
+from fleet.tenants import PRIORITIES, Priority
 
-BANDS: tuple[Priority, ...] = ("critical", "normal", "batch")  # served in this order
+BANDS = PRIORITIES  # served in this order
 QUANTUM = 64.0  # tokens a tenant's turn is worth: about one short request, so turns interleave finely
 
 T = TypeVar("T")

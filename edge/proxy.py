@@ -24,13 +24,14 @@ from edge.hedging import HedgePolicy
 from edge.metrics import EdgeMetrics
 from edge.planner import Planner, Wanted
 from edge.routing import AttemptPlan
-from edge.settings import EdgeSettings, Priority
+from edge.settings import EdgeSettings
 from edge.snapshot import SnapshotFeed
 from edge.tenants import Principal
 from edge.usage import Ledger
 from edge.wake import Waker
 from fleet.models import Catalog
 from fleet.state import Snapshot
+from fleet.tenants import Priority
 
 
 def with_model(body: bytes, model: str) -> bytes:

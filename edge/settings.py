@@ -10,10 +10,10 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fleet.redisconn import RedisURL
+from fleet.tenants import Priority
 from fleet.topology import LogLevel
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Priority = Literal["critical", "normal", "batch"]
 
 
 class TimeoutSet(BaseModel):

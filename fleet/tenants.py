@@ -20,8 +20,13 @@ KEY_API_KEYS = f"{KEY_PREFIX}:state:api_keys"  # hash: key digest -> ApiKey JSON
 KEY_TENANTS_VERSION = f"{KEY_PREFIX}:state:tenants_version"  # raised by every change: edges reload on it
 KEY_PREFIX_LEN = 8  # characters of a key shown in listings ("mk-Ab3dE…"): enough to tell keys apart
 
-Priority = Literal["critical", "normal", "batch"]
-PRIORITY_RANK: dict[str, int] = {"batch": 0, "normal": 1, "critical": 2}
+Priority = Literal["critical", "normal", "batch"]  # the one priority: tenants, requests, the queue's bands
+PRIORITIES: tuple[Priority, ...] = (
+    "critical",
+    "normal",
+    "batch",
+)  # highest first: the order bands are served
+PRIORITY_RANK: dict[str, int] = {p: len(PRIORITIES) - 1 - i for i, p in enumerate(PRIORITIES)}
 
 
 class Limits(BaseModel):

@@ -11,10 +11,17 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Any
-from urllib.parse import quote
 
 from fleet.pools import Autoscaling, PoolSpec
 from fleet.state import Region, Topology
+
+UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def path_segment(text: str) -> str:
+    """``text`` as one URL path segment: RFC 3986's unreserved characters kept, every other byte %XX."""
+    return "".join(chr(b) if b in UNRESERVED else f"%{b:02X}" for b in text.encode())
+
 
 NAME_MAX = 63  # a DNS-1123 label (and a label value): what a Deployment's pods and KEDA's HPA names build on
 
@@ -54,7 +61,7 @@ def scaled_object(
     namespace: str,
     tagged: bool = False,
 ) -> dict[str, Any]:
-    url = f"{controlplane_url.rstrip('/')}/v1/pools/{region.name}/{quote(pool.model, safe='')}"
+    url = f"{controlplane_url.rstrip('/')}/v1/pools/{region.name}/{path_segment(pool.model)}"
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",

@@ -4,6 +4,7 @@ replicas and edges as aiohttp servers on loopback, the control plane under uvico
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import secrets
 import time
@@ -41,12 +42,20 @@ KEY_SECRET = "test-key-secret-0123456789"  # API-key digests: the control plane'
 
 
 async def wait_for(
-    pred: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.02, what: str = "condition"
+    pred: Callable[[], Awaitable[bool] | bool],
+    *,
+    timeout: float,
+    interval: float = 0.02,
+    what: str = "condition",
 ) -> float:
-    """Poll ``pred`` until true; returns the seconds it took; fails after ``timeout``."""
+    """Poll ``pred`` (a plain or an async predicate) until true; returns the seconds it took; fails after
+    ``timeout``. The one poll-with-deadline of the tests."""
     start = time.monotonic()
     while True:
-        if await pred():
+        got = pred()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
