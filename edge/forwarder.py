@@ -211,9 +211,11 @@ class Forwarder:
         extra_headers: dict[str, str] | None = None,
         tally: Tally | None = None,
         standing: Standing | None = None,
-    ) -> web.StreamResponse:
+        final: bool = True,
+    ) -> web.StreamResponse | None:
         """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
-        hedge after that long without a first byte."""
+        hedge after that long without a first byte. When no attempt commits: the last answer or an error
+        (``final``), else None — the caller has another model to try, the client has seen nothing."""
         started = time.monotonic()
         self.res.budget.deposit(started)
         call = Call(
@@ -253,6 +255,10 @@ class Forwarder:
             if failed:
                 last = failed[-1]
             attempt = plan.next()
+        if not final:
+            if last is not None:
+                self._drop(last)
+            return None
         return await self._give_up(call, last)
 
     def _gate(self, call: Call, last: Result | None, nxt: Attempt) -> float | None:

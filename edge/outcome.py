@@ -4,14 +4,20 @@ whether it counts against the replica's and region's breakers, and what the clie
 Every attempt — plain, retry, failover, hedge — goes through ``classify``; nothing else decides
 "was this a failure?" (Envoy's ``putResult``: one sink, one classification).
 
-| kind    | what happened                              | retry | breaker failure | client gets            |
-|---------|--------------------------------------------|-------|-----------------|------------------------|
-| ok      | a status below 500                         | no    | no              | the response           |
-| server  | 500, 501 or another non-retryable 5xx      | no    | yes             | the response           |
-| status  | 502, 503 or 504 from the region            | yes   | yes             | the response, if final |
-| connect | refused, reset, unreachable, cut off       | yes   | yes             | 502                    |
-| timeout | no first byte within time-to-first-byte    | yes   | yes             | 504                    |
-| error   | a bug in the edge, or no replica to try    | no    | no              | 502                    |
+| kind      | what happened                            | retry                   | breaker | client gets     |
+|-----------|------------------------------------------|-------------------------|---------|-----------------|
+| ok        | a status below 500, but 429              | no                      | no      | the response    |
+| throttled | 429: the replica takes no more now       | other replica, region   | no      | it, if final    |
+| internal  | 500: the request broke one run           | other replica only      | yes     | it, if final    |
+| server    | 501, 505 or another non-retryable 5xx    | no                      | yes     | the response    |
+| status    | 502, 503 or 504 from the region          | other replica, region   | yes     | it, if final    |
+| connect   | refused, reset, unreachable, cut off     | other replica, region   | yes     | 502             |
+| timeout   | no first byte within time-to-first-byte  | other replica, region   | yes     | 504             |
+| error     | a bug in the edge, or no replica to try  | no                      | no      | 502             |
+
+Where a retry goes is ``edge.routing.AttemptPlan``'s: first another replica of the same region (the fault
+is usually one replica's), then the next region in order; a 500 stays in its region (the same request may
+break every replica: it is not worth a region's round trip).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["ok", "server", "status", "connect", "timeout", "error"]
+Kind = Literal["ok", "throttled", "internal", "server", "status", "connect", "timeout", "error"]
+RETRYABLE: frozenset[str] = frozenset({"throttled", "internal", "status", "connect", "timeout"})
+FAILURES: frozenset[str] = frozenset({"internal", "server", "status", "connect", "timeout"})
+SAME_REGION_ONLY: frozenset[str] = frozenset({"internal"})
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
@@ -45,9 +54,7 @@ class Outcome:
 
 
 def _make(kind: Kind, status: int | None, detail: str, client_status: int) -> Outcome:
-    retry = kind in ("status", "connect", "timeout")
-    failure = kind in ("server", "status", "connect", "timeout")
-    return Outcome(kind, status, retry, failure, client_status, detail)
+    return Outcome(kind, status, kind in RETRYABLE, kind in FAILURES, client_status, detail)
 
 
 _OK: dict[int, Outcome] = {}  # one Outcome per success status: classified once, not per request
@@ -60,6 +67,10 @@ def answered(status: int) -> Outcome:
         return hit
     if status in RETRYABLE_STATUS:
         return _make("status", status, f"upstream status {status}", status)
+    if status == 429:
+        return _make("throttled", status, "upstream status 429 (throttled)", status)
+    if status == 500:
+        return _make("internal", status, "upstream status 500", status)
     if status >= 500:
         return _make("server", status, f"upstream status {status}", status)
     out = _OK[status] = _make("ok", status, "ok", status)

@@ -267,27 +267,35 @@ class Proxy:
                 return self._overloaded(admitted, decision.primary, shed)
         started = time.monotonic()
         priority = admitted.priority
+        headers = upstream_headers(
+            request.headers,
+            client_ip=str(ip) if ip else None,
+            edge=self.settings.region,
+            credential=self.region_credential,
+            keep_authorization=self.admission.tenants is None,
+            priority=priority if admitted.tenant is not None else None,
+        )
+        fallbacks = list(self.catalog.fallbacks(wanted.model)) if wanted.model is not None else []
         try:
-            resp = await self.forwarder.forward(
-                request,
-                plan=plan,
-                body=body,
-                headers=upstream_headers(
-                    request.headers,
-                    client_ip=str(ip) if ip else None,
-                    edge=self.settings.region,
-                    credential=self.region_credential,
-                    keep_authorization=self.admission.tenants is None,
-                    priority=priority if admitted.tenant is not None else None,
-                ),
-                timeouts=self.settings.timeouts[priority],
-                hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
-                parent=span,
-                model=wanted.model,
-                extra_headers=admitted.headers,
-                tally=admitted.tally,
-                standing=admitted.standing,
-            )
+            while True:
+                resp = await self.forwarder.forward(
+                    request,
+                    plan=plan,
+                    body=body,
+                    headers=headers,
+                    timeouts=self.settings.timeouts[priority],
+                    hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
+                    parent=span,
+                    model=wanted.model,
+                    extra_headers=admitted.headers,
+                    tally=admitted.tally,
+                    standing=admitted.standing,
+                    final=not fallbacks,
+                )
+                if resp is not None:
+                    break
+                # every attempt at this model failed before the client saw a byte: its next fallback
+                plan, wanted, body = self._on_error(place, snap, wanted, body, fallbacks)
         finally:
             gate.leave(pool)
         if span.is_recording():
@@ -341,6 +349,17 @@ class Proxy:
             code="overloaded",
             headers={**self.edge_headers, "Retry-After": str(max(1, math.ceil(wait_s)))},
         )
+
+    def _on_error(
+        self, place: ClientPlace, snap: Snapshot, wanted: Wanted, body: bytes, fallbacks: list[str]
+    ) -> tuple[AttemptPlan, Wanted, bytes]:
+        """Every attempt at ``wanted``'s model failed: the plan for the next of its catalog fallbacks (taken
+        off ``fallbacks``; the body then names the model served, X-Meridian-Model shows it)."""
+        assert wanted.model is not None
+        other = fallbacks.pop(0)
+        self.metrics.child(self.metrics.model_fallbacks, wanted.model, other).inc()
+        alt = Wanted(other, wanted.key, other if self.catalog.adapter_base(other) else None)
+        return self.planner.plan(place, snap, alt), alt, with_model(body, other)
 
     def _fallback(
         self, place: ClientPlace, snap: Snapshot, plan: AttemptPlan, wanted: Wanted, body: bytes

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+from edge.outcome import SAME_REGION_ONLY
 from edge.replicas import Pick
 from fleet.state import Location, Policy, RegionState, Snapshot, Topology, distance_rtt_ms
 
@@ -619,9 +620,10 @@ class AttemptPlan:
     """One request's plan: the decision (primary, backup, regions in order), the replica choice inside each
     region, and the answer to "what next, given what was tried".
 
-    First the primary region's best replica (the chooser's pick). After a connection failure there, once
-    more on another replica of the same region; otherwise (or after that) the next region in order, the
-    backup first. The hedge goes to the backup region. At most ``max_attempts`` attempts in all."""
+    First the primary region's best replica (the chooser's pick). After a retryable failure there
+    (``edge.outcome``: throttled, 500, 502-504, connect, timeout), once more on another replica of the same
+    region; then (but never after a 500) the next region in order, the backup first. The hedge goes to the
+    backup region. At most ``max_attempts`` attempts in all."""
 
     __slots__ = ("_chooser", "_urls", "decision", "max_attempts", "tried")
 
@@ -651,12 +653,13 @@ class AttemptPlan:
         if not tried:
             return self._in(d.primary, "primary", "best-scored region (after dials)")
         last, kind = tried[-1]
-        first_region = tried[0][0].region
-        same_region_retries = sum(1 for a, _ in tried[1:] if a.region == first_region)
-        if kind == "connect" and last.region == d.primary and same_region_retries == 0:
-            t = self._in(last.region, "retry", f"connect failure on {last.replica}: another replica")
+        in_region = sum(1 for a, _ in tried if a.region == last.region)
+        if in_region == 1:  # its first failure in this region: another replica there first
+            t = self._in(last.region, "retry", f"{kind} on {last.replica}: another replica")
             if t is not None:
                 return t
+        if kind in SAME_REGION_ONLY:
+            return None
         used = {a.region for a, _ in tried}
         for region in d.order:
             if region not in used:

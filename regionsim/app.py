@@ -230,6 +230,16 @@ async def _reset(request: web.Request) -> web.Response:
     return web.Response(status=503)
 
 
+VLLM_ERROR_TYPES = {  # the error type vLLM's OpenAI server names for each status
+    400: "BadRequestError",
+    429: "TooManyRequestsError",
+    500: "InternalServerError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}
+
+
 def vllm_error(
     status: int, message: str, kind: str, hdrs: dict[str, str], param: str | None = None
 ) -> web.Response:
@@ -298,9 +308,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
     job = _job(st, payload, hdrs)
     if isinstance(job, web.Response):
         return job
-    if st.rng.random() < st.faults.error_rate:
+    hit = st.faults.models is None or payload.get("model", st.base_model) in st.faults.models
+    if hit and st.rng.random() < st.faults.error_rate:
         st.stats.errors += 1
-        return vllm_error(503, "simulated overload", "ServiceUnavailableError", hdrs)
+        f = st.faults
+        if f.retry_after_s is not None:
+            hdrs = {**hdrs, "Retry-After": str(f.retry_after_s)}
+        kind = VLLM_ERROR_TYPES.get(f.error_status, "InternalServerError")
+        return vllm_error(f.error_status, f"simulated {f.error_status}", kind, hdrs)
     if len(st.engine.waiting) >= st.max_queue:
         st.stats.rejected += 1
         return vllm_error(429, "queue full", "TooManyRequestsError", hdrs)

@@ -15,6 +15,9 @@ class Faults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    error_status: int = Field(default=503, ge=400, le=599, description="what an injected error answers")
+    retry_after_s: int | None = Field(default=None, ge=0, le=3600, description="its Retry-After, if any")
+    models: list[str] | None = Field(default=None, description="the models errors hit (None: every one)")
     extra_latency_ms: float = Field(default=0.0, ge=0.0, le=600_000)
     tail_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     tail_ttft_ms: float = Field(default=0.0, ge=0.0, le=600_000)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from controlplane.service import ServiceTracker
-from edge import routing
+from edge import outcome, routing
 from edge.failback import Failback
 from edge.geo import ClientPlace
 from edge.observed import Observed
@@ -207,14 +207,50 @@ def test_attempt_plan_connect_failure_retries_same_region_then_fails_over() -> N
     assert third.why == "connect in eu-west-1: backup region; least outstanding of two"
 
 
-@pytest.mark.parametrize("failure", ["status", "timeout"])
-def test_attempt_plan_status_or_timeout_goes_straight_to_the_backup(failure: str) -> None:
+@pytest.mark.parametrize("failure", ["status", "timeout", "throttled", "connect"])
+def test_attempt_plan_tries_another_replica_of_the_region_then_the_backup(failure: str) -> None:
+    """A 429, 502-504, a time-out or a connection failure is usually one replica's: the other replica of
+    the same region first (a one-region fleet still gets a second attempt), then the backup region."""
     p = attempt_plan(route(snap()))
     first = p.next()
     assert first is not None
     p.failed(first, failure)
+    again = p.next()
+    assert again is not None and (again.region, again.kind) == ("eu-west-1", "retry")
+    assert again.replica != first.replica and failure in again.why
+    p.failed(again, failure)
     nxt = p.next()
     assert nxt is not None and (nxt.region, nxt.kind) == ("us-east-1", "failover")
+
+
+def test_attempt_plan_retries_a_500_once_on_another_replica_and_never_in_another_region() -> None:
+    p = attempt_plan(route(snap()))
+    first = p.next()
+    assert first is not None
+    p.failed(first, "internal")
+    again = p.next()
+    assert again is not None and again.region == "eu-west-1" and again.replica != first.replica
+    p.failed(again, "internal")
+    assert p.next() is None
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retry", "breaker"),
+    [
+        (200, "ok", False, False),
+        (400, "ok", False, False),
+        (429, "throttled", True, False),
+        (500, "internal", True, True),
+        (501, "server", False, True),
+        (502, "status", True, True),
+        (503, "status", True, True),
+        (504, "status", True, True),
+        (505, "server", False, True),
+    ],
+)
+def test_an_answer_is_classified_by_its_cause(status: int, kind: str, retry: bool, breaker: bool) -> None:
+    o = outcome.answered(status)
+    assert (o.kind, o.retry, o.breaker_failure, o.status) == (kind, retry, breaker, status)
 
 
 def test_attempt_plan_stops_at_max_attempts() -> None:

@@ -1,0 +1,78 @@
+"""Routing around failed requests, not only failed regions (issue: "retries by cause, fallbacks on error"):
+a 429 or a 500 from one replica is retried on the region's other replica, a 503 that every replica of a
+model answers falls back to the catalog's next model, and a region keeps its 429s out of its breakers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from regionsim.model import Faults
+from tests.conftest import ServerFactory
+from tests.fleet import Fleet, start_fleet
+from tests.geodb import CLIENT_IP
+
+BIG, SMALL = "llama-3.1-70b-instruct", "llama-3.1-8b-instruct"  # regions.yaml: BIG falls back to SMALL
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        catalog=True,
+        regions=("eu-west-1", "us-east-1"),
+        sim_kwargs={"ttft_ms": 1.0},
+    )
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def chat(fleet: Fleet, model: str) -> tuple[int, dict[str, str], Any]:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    headers = {"X-Forwarded-For": CLIENT_IP["london"]}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(fleet.edge_url("eu-west-1") + "v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        return r.status, dict(r.headers), await r.json()
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_one_failing_replica_is_retried_on_the_other_replica_of_the_region(
+    fleet: Fleet, status: int
+) -> None:
+    first, second = list(fleet.sims["eu-west-1"])
+    fleet.sim("eu-west-1", first).faults = Faults(error_rate=1.0, error_status=status, retry_after_s=1)
+    for _ in range(6):  # whichever replica a request starts on, it is served in eu-west-1
+        code, headers, body = await chat(fleet, SMALL)
+        assert code == 200, body
+        assert headers["X-Meridian-Region"] == "eu-west-1" and headers["X-Meridian-Replica"] == second
+    assert fleet.sim("eu-west-1", first).stats.errors >= 1  # it was tried, and answered its fault
+
+
+async def test_every_replica_of_a_model_failing_falls_back_to_the_catalogs_next_model(fleet: Fleet) -> None:
+    for region in fleet.sims:
+        for rep in fleet.sims[region]:
+            fleet.sim(region, rep).faults = Faults(error_rate=1.0, error_status=503, models=[BIG])
+    code, headers, body = await chat(fleet, BIG)
+    assert code == 200, body
+    assert headers["X-Meridian-Model"] == SMALL and body["model"] == SMALL
+    code, _, body = await chat(fleet, SMALL)  # the fallback itself was never at fault
+    assert code == 200, body
+
+
+async def test_a_500_never_leaves_its_region(fleet: Fleet) -> None:
+    for rep in fleet.sims["eu-west-1"]:
+        fleet.sim("eu-west-1", rep).faults = Faults(error_rate=1.0, error_status=500)
+    code, headers, body = await chat(fleet, SMALL)
+    assert code == 500 and headers["X-Meridian-Region"] == "eu-west-1", body
+    assert headers["X-Meridian-Attempts"] == "2"  # the other replica once, no other region
+    assert sum(fleet.sim("us-east-1", r).stats.requests for r in fleet.sims["us-east-1"]) == 0
