@@ -11,11 +11,14 @@ from pydantic_settings import SettingsError
 
 from controlplane.api import create_app
 from controlplane.settings import ControlPlaneSettings
-from fleet.topology import TopologyError, format_settings_error
+from fleet.topology import TopologyError, check_environment, format_settings_error
 
 
 def main() -> int:
     """Run the admin API and the health prober under uvicorn (settings from MERIDIAN_*)."""
+    if (problem := check_environment()) is not None:
+        print(f"meridian controlplane: {problem}", file=sys.stderr)
+        return 2
     try:
         settings = ControlPlaneSettings()
     except (ValidationError, SettingsError) as exc:

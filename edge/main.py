@@ -21,7 +21,7 @@ from edge.geo import GeoDatabaseError
 from edge.settings import EdgeSettings
 from edge.tracing import TracingConfigError
 from fleet.redisconn import redact
-from fleet.topology import TopologyError, format_settings_error
+from fleet.topology import TopologyError, check_environment, format_settings_error
 
 log = logging.getLogger("meridian.edge")
 
@@ -106,6 +106,9 @@ def _serve(settings: EdgeSettings, edge: Edge, *, reuse_port: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if (problem := check_environment()) is not None:
+        print(f"meridian edge: {problem}", file=sys.stderr)
+        return 2
     try:
         settings = EdgeSettings()
     except (ValidationError, SettingsError) as exc:

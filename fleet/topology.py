@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import BeforeValidator, ValidationError
 from pydantic_settings import SettingsError
 
+from fleet import envcheck
 from fleet.state import Topology
 
 LogLevel = Annotated[
@@ -70,6 +74,13 @@ def parse_topology(text: str, *, source: str = "regions.yaml") -> Topology:
             where = f"{source}:{line}" if line else source
             lines.append(f"{where}: {_fmt_loc(loc)}: {err['msg']}")
         raise TopologyError("invalid topology\n  " + "\n  ".join(lines)) from exc
+
+
+def check_environment(environ: Mapping[str, str] | None = None, dotenv: Path = Path(".env")) -> str | None:
+    """The process's MERIDIAN_* variables (and its .env file's, which the settings read too) checked
+    against every component's settings: one line naming an unknown one, else None."""
+    values = dotenv_values(dotenv) if dotenv.is_file() else {}
+    return envcheck.check(os.environ if environ is None else environ, values)
 
 
 def format_settings_error(exc: ValidationError | SettingsError, *, source: str) -> str:
