@@ -7,6 +7,7 @@ with `python -m edge` / `python -m regionsim`; `controlplane` runs `controlplane
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
@@ -101,6 +102,13 @@ def _between(low: float, high: float, *, low_ok: bool = False) -> Callable[[str]
         return value
 
     return parse
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("meridian")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _row(text: str = "") -> None:
@@ -357,6 +365,7 @@ def run_capacity(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meridian", description="Meridian: multi-region routing for LLM APIs")
+    p.add_argument("--version", action="version", version=f"meridian {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(

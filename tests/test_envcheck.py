@@ -49,3 +49,13 @@ def test_each_component_stops_with_one_line_on_an_unknown_variable(module: str, 
     assert len(lines) == 1 and "MERIDIAN_CONNECT_TIMEOUT_S" in lines[0] and "MERIDIAN_TIMEOUTS" in lines[0], (
         lines
     )
+
+
+def test_meridian_version_names_the_installed_release(capsys: pytest.CaptureFixture[str]) -> None:
+    from meridian import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("meridian ") and out.split()[1][0].isdigit(), out
