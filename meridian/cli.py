@@ -65,12 +65,18 @@ def _admin_call(
         raise SystemExit(f"meridian ctl: cannot reach {args.url}: {exc.reason}") from None
 
 
+DEFAULT_BASE_PORT = 7100
+
+
 def _demo_credentials(base_port: int | None) -> dict[str, str]:
     """The admin URL and token of the running demo ``ctl`` talks to: the one on ``--base-port``, else the
-    only one running (with several, it asks which). Says which fleet it picked on stderr."""
+    one on the default base port, else the only one running (with several, it asks which). Says which
+    fleet it picked on stderr."""
     from meridian.demo import running_demos, state_file
 
     demos = running_demos()
+    if base_port is None and len(demos) > 1 and DEFAULT_BASE_PORT in demos:
+        base_port = DEFAULT_BASE_PORT  # the README's: others must be named
     if base_port is None and len(demos) > 1:
         raise SystemExit(
             "meridian ctl: demos are running on base ports "
@@ -78,7 +84,8 @@ def _demo_credentials(base_port: int | None) -> dict[str, str]:
         )
     if base_port is None and not demos:
         return {}
-    path = state_file(base_port) if base_port is not None else next(iter(demos.values()))
+    chosen = demos.get(base_port) if base_port is not None else next(iter(demos.values()))
+    path = chosen or state_file(base_port or DEFAULT_BASE_PORT)
     try:
         ready = json.loads(path.read_text())
         admin: dict[str, str] = {**ready["admin"], "api_key": ready.get("api_key", "")}
@@ -374,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
         "simulated clusters, one edge per region",
     )
     demo.add_argument("--config", default="regions.yaml", help="topology file (default: regions.yaml)")
-    demo.add_argument("--base-port", type=int, default=7100, help="first port of the fleet (default: 7100)")
+    demo.add_argument(
+        "--base-port", type=int, default=DEFAULT_BASE_PORT, help="first port of the fleet (default: 7100)"
+    )
     demo.add_argument(
         "--no-network",
         action="store_true",
@@ -488,9 +497,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if argv and argv[0] in ("sim", "edge"):  # everything after the word belongs to the component
         return _exec_module("regionsim" if argv[0] == "sim" else "edge", argv[1:])
+    if argv and argv[0] == "ctl":
+        argv = ["ctl", *_hoist(argv[1:], ("--base-port", "--url"))]
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:  # `meridian ctl … | head`: the reader left, nothing more to say
+        sys.stderr.close()
+        return 0
     return result
+
+
+def _hoist(words: list[str], options: tuple[str, ...]) -> list[str]:
+    """``ctl``'s own options moved before its verb, wherever they were written (``ctl usage t --base-port
+    7100`` is ``ctl --base-port 7100 usage t``)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        name = word.split("=", 1)[0]
+        if name in options:
+            take = 1 if "=" in word else 2
+            front += words[i : i + take]
+            i += take
+        else:
+            rest.append(word)
+            i += 1
+    return front + rest
 
 
 if __name__ == "__main__":
