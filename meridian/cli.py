@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import unicodedata
 import urllib.error
@@ -364,7 +365,8 @@ def run_capacity(args: argparse.Namespace) -> int:
     plans = plan(samples, pools_of(topo), a)
     if not plans:
         raise SystemExit(f"meridian capacity: no pool of {args.config} has traffic in {args.history}")
-    path = report(plans, a, Path(args.out), source=args.history)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="meridian-capacity-"))
+    path = report(plans, a, out, source=args.history)
     print(path.read_text())
     print(f"report: {path} (plots beside it)", file=sys.stderr)
     return 0
@@ -417,7 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument(
         "--days", type=_between(0.0, 35.0), default=7.0, help="with --redis: how far back (at most 35)"
     )
-    cap.add_argument("--out", default="capacity-report", help="directory for capacity.md and the PNGs")
+    cap.add_argument(
+        "--out", default=None, help="directory for capacity.md and the PNGs (default: a new temporary one)"
+    )
     cap.add_argument(
         "--target-utilization", type=_between(0.0, 1.0), default=0.7, help="of each replica's target (0-1]"
     )
