@@ -32,6 +32,18 @@ def set_region_faults(fleet: Fleet, region: str, faults: Faults) -> None:
         fleet.sim(region, rep).faults = faults
 
 
+async def route_state(fleet: Fleet) -> str:
+    """The regions' stored health and replicas, and the London edge's route explanation for London."""
+    _, regions = await fleet.admin("GET", "/v1/regions")
+    states = {
+        r["name"]: (r.get("health"), r.get("replicas"), r.get("latency_ms")) for r in regions["regions"]
+    }
+    url = fleet.edge_url("eu-west-1") + "_meridian/route"
+    async with aiohttp.ClientSession() as s, s.get(url, params={"ip": CLIENT_IP["london"]}) as r:
+        explained = await r.text()
+    return f"regions: {states}\nLondon at the eu-west-1 edge: {explained[:3000]}"
+
+
 async def metric(fleet: Fleet, edge: str, name: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(fleet.edge_url(edge) + "metrics") as r:
         text = await r.text()
@@ -68,8 +80,9 @@ async def test_whole_region_down_under_load_no_client_error(fleet: Fleet) -> Non
     # measured latency rises under the extra load to within tie_margin (5 %) of it: the anti-herding
     # softmin then gives the better of the two between 1/2 and 1/(1 + e^-2) ≈ 88 % of the traffic.
     assert "eu-west-1" not in after
-    assert set(after) <= {"us-east-1", "us-west-2"}
-    assert after.get("us-east-1", 0) > 0.5 * sum(after.values())
+    why = await route_state(fleet)  # what the control plane and the London edge saw, should this fail
+    assert set(after) <= {"us-east-1", "us-west-2"}, why
+    assert after.get("us-east-1", 0) > 0.5 * sum(after.values()), why
     assert last_eu < 1.0
     ejections = await metric(fleet, "eu-west-1", "meridian_edge_ejections_total")
     assert ejections >= 1  # the London edge ejected the region passively
