@@ -125,9 +125,59 @@ def _row(text: str = "") -> None:
     print("".join(c if c == "\n" or unicodedata.category(c)[0] != "C" else repr(c)[1:-1] for c in text))
 
 
-def _print_result(status: int, payload: Any) -> int:
+def _print_result(
+    status: int,
+    payload: Any,
+    args: argparse.Namespace | None = None,
+    human: Callable[[Any], str] | None = None,
+) -> int:
+    """ctl's one voice: an error is one line on stderr (exit 1); an answer is ``human``'s short text, or
+    the admin API's JSON as it is with ``--json`` (or when there is no short form)."""
+    if not 200 <= status < 300:
+        print(f"meridian ctl: {_why(status, payload)}", file=sys.stderr)
+        return 1
+    if human is not None and not (args is not None and getattr(args, "json", False)):
+        for line in human(payload).splitlines():
+            _row(line)
+        return 0
     print(json.dumps(payload, indent=2))
-    return 0 if 200 <= status < 300 else 1
+    return 0
+
+
+def _why(status: int, payload: Any) -> str:
+    """An error answer in one line: its status and the API's own words."""
+    detail: Any = payload
+    if isinstance(payload, dict):
+        err = payload.get("error")
+        detail = payload.get("detail") or (err.get("message") if isinstance(err, dict) else None) or payload
+        fields = payload.get("fields")
+        if fields:
+            detail = f"{detail} (fields: {', '.join(map(str, fields))})"
+    text = " ".join(str(detail).split())
+    return f"HTTP {status}: {text[:300]}"
+
+
+def _region_change(p: dict[str, Any]) -> str:
+    b, a = p["before"], p["after"]
+    return (
+        f"{a['name']}: weight {b['weight']} -> {a['weight']}, drained {str(b['drained']).lower()} -> "
+        f"{str(a['drained']).lower()} (version {a['version']})"
+    )
+
+
+def _audit(p: dict[str, Any]) -> str:
+    rows = [f"{'at (UTC)':<20}{'actor':<22}{'what':<34}{'where':<24}why"]
+    for e in p["entries"]:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(e["at"])))
+        rows.append(f"{at:<20}{e['actor'][:21]:<22}{e['action'][:33]:<34}{e['region'][:23]:<24}{e['reason']}")
+    return "\n".join(rows)
+
+
+def _tenant_line(t: dict[str, Any]) -> str:
+    limits = ", ".join(f"{k} {v}" for k, v in t.get("limits", {}).items() if v is not None)
+    budget = t.get("budget")
+    spend = f"; budget ${budget['usd']:g}/{budget['period']}" if budget else ""
+    return f"{t['id']}  {t['name']}  ({limits or 'no limits'}; priority {t['priority']}{spend})"
 
 
 def run_ctl(args: argparse.Namespace) -> int:
@@ -162,7 +212,7 @@ def run_ctl(args: argparse.Namespace) -> int:
         return _pools(args)
     if args.ctl == "audit":
         status, payload = _admin_call(args, "GET", f"/v1/audit?limit={args.limit}")
-        return _print_result(status, payload)
+        return _print_result(status, payload, args, _audit)
     body: dict[str, Any] = {"reason": args.reason}
     if args.ctl == "set-weight":
         body["weight"] = args.weight
@@ -172,7 +222,7 @@ def run_ctl(args: argparse.Namespace) -> int:
         body["drained"] = False
     headers = {"If-Match": str(args.if_match)} if args.if_match is not None else None
     status, payload = _admin_call(args, "PATCH", f"/v1/regions/{args.region}", body, headers)
-    return _print_result(status, payload)
+    return _print_result(status, payload, args, _region_change)
 
 
 TENANT_VERBS = (
@@ -196,15 +246,29 @@ def _tenant_ctl(args: argparse.Namespace) -> int:
     """Tenants and their API keys through the admin API (a key's secret is printed once, when issued)."""
     verb = args.ctl
     if verb == "tenants":
-        return _print_result(*_admin_call(args, "GET", "/v1/tenants"))
+        status, payload = _admin_call(args, "GET", "/v1/tenants")
+        return _print_result(status, payload, args, lambda p: "\n".join(map(_tenant_line, p["tenants"])))
     if verb == "keys":
-        return _print_result(*_admin_call(args, "GET", f"/v1/tenants/{args.tenant}/keys"))
+        status, payload = _admin_call(args, "GET", f"/v1/tenants/{args.tenant}/keys")
+        return _print_result(
+            status, payload, args, lambda p: "\n".join(f"{k['id']}  {k['prefix']}…" for k in p["keys"])
+        )
     if verb == "key-issue":
-        return _print_result(*_admin_call(args, "POST", f"/v1/tenants/{args.tenant}/keys"))
+        status, payload = _admin_call(args, "POST", f"/v1/tenants/{args.tenant}/keys")
+        return _print_result(
+            status,
+            payload,
+            args,
+            lambda p: f"{p['key']}\n(key {p['id']} of tenant {p['tenant']}: shown once)",
+        )
     if verb == "key-revoke":
-        return _print_result(*_admin_call(args, "DELETE", f"/v1/tenants/{args.tenant}/keys/{args.key}"))
+        status, payload = _admin_call(args, "DELETE", f"/v1/tenants/{args.tenant}/keys/{args.key}")
+        return _print_result(
+            status, payload, args, lambda _: f"revoked key {args.key} of tenant {args.tenant}"
+        )
     if verb == "tenant-delete":
-        return _print_result(*_admin_call(args, "DELETE", f"/v1/tenants/{args.tenant}"))
+        status, payload = _admin_call(args, "DELETE", f"/v1/tenants/{args.tenant}")
+        return _print_result(status, payload, args, lambda _: f"deleted tenant {args.tenant} and its keys")
     if verb == "usage":
         return _usage(args)
     body: dict[str, Any] = {"reason": args.reason or ""}
@@ -221,10 +285,12 @@ def _tenant_ctl(args: argparse.Namespace) -> int:
             None if args.budget_usd == 0 else {"usd": args.budget_usd, "period": args.budget_period}
         )
     if verb == "tenant-create":
-        return _print_result(*_admin_call(args, "POST", "/v1/tenants", {"name": args.name, **body}))
+        status, payload = _admin_call(args, "POST", "/v1/tenants", {"name": args.name, **body})
+        return _print_result(status, payload, args, _tenant_line)
     if args.name:
         body["name"] = args.name
-    return _print_result(*_admin_call(args, "PATCH", f"/v1/tenants/{args.tenant}", body))
+    status, payload = _admin_call(args, "PATCH", f"/v1/tenants/{args.tenant}", body)
+    return _print_result(status, payload, args, _tenant_line)
 
 
 def _pools(args: argparse.Namespace) -> int:
@@ -308,7 +374,6 @@ def _tenant_parsers(ctl_sub: Any) -> None:
     usage.add_argument("tenant")
     usage.add_argument("--from", dest="from", default=None, help="ISO 8601 (default: 24 hours before --to)")
     usage.add_argument("--to", default=None, help="ISO 8601 (default: now)")
-    usage.add_argument("--json", action="store_true", help="the admin API's answer as it is")
     revoke = ctl_sub.add_parser("key-revoke", help="revoke a key (every edge refuses it within a second)")
     revoke.add_argument("tenant")
     revoke.add_argument("key")
@@ -452,10 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-port", type=int, default=None, help="the running demo to talk to, when several are running"
     )
     ctl_sub = ctl.add_subparsers(dest="ctl", required=True)
-    regions = ctl_sub.add_parser("regions", help="list regions")
-    regions.add_argument("--json", action="store_true")
-    pools = ctl_sub.add_parser("pools", help="autoscaled pools: current, desired, spot/on-demand, $/h, why")
-    pools.add_argument("--json", action="store_true")
+    ctl.add_argument("--json", action="store_true", help="the admin API's answer as it is (any verb)")
+    ctl_sub.add_parser("regions", help="list regions")
+    ctl_sub.add_parser("pools", help="autoscaled pools: current, desired, spot/on-demand, $/h, why")
     audit = ctl_sub.add_parser("audit", help="show the audit log")
     audit.add_argument("--limit", type=int, default=20)
     sw = ctl_sub.add_parser("set-weight", help="set a region's traffic dial (0-100)")
@@ -502,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("sim", "edge"):  # everything after the word belongs to the component
         return _exec_module("regionsim" if argv[0] == "sim" else "edge", argv[1:])
     if argv and argv[0] == "ctl":
-        argv = ["ctl", *_hoist(argv[1:], ("--base-port", "--url"))]
+        argv = ["ctl", *_hoist(argv[1:], {"--base-port": True, "--url": True, "--json": False})]
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
@@ -512,9 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-def _hoist(words: list[str], options: tuple[str, ...]) -> list[str]:
-    """``ctl``'s own options moved before its verb, wherever they were written (``ctl usage t --base-port
-    7100`` is ``ctl --base-port 7100 usage t``)."""
+def _hoist(words: list[str], options: dict[str, bool]) -> list[str]:
+    """``ctl``'s own options (name -> takes a value) moved before its verb, wherever they were written
+    (``ctl usage t --base-port 7100`` is ``ctl --base-port 7100 usage t``)."""
     front: list[str] = []
     rest: list[str] = []
     i = 0
@@ -522,7 +586,7 @@ def _hoist(words: list[str], options: tuple[str, ...]) -> list[str]:
         word = words[i]
         name = word.split("=", 1)[0]
         if name in options:
-            take = 1 if "=" in word else 2
+            take = 2 if options[name] and "=" not in word else 1
             front += words[i : i + take]
             i += take
         else:

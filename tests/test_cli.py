@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from meridian import cli
+from tests.conftest import ServerFactory
+from tests.fleet import Fleet, start_fleet
 
 
 def test_ctl_options_are_taken_wherever_they_are_written() -> None:
-    assert cli._hoist(["usage", "t-1", "--base-port", "21100"], ("--base-port", "--url")) == [
+    options = {"--base-port": True, "--url": True, "--json": False}
+    assert cli._hoist(["usage", "t-1", "--base-port", "21100"], options) == [
         "--base-port",
         "21100",
         "usage",
         "t-1",
     ]
-    assert cli._hoist(["regions", "--url=http://x", "--json"], ("--base-port", "--url")) == [
+    assert cli._hoist(["regions", "--url=http://x", "--json"], options) == [
         "--url=http://x",
-        "regions",
         "--json",
+        "regions",
     ]
 
 
@@ -38,3 +43,40 @@ def test_with_several_demos_the_one_on_the_default_base_port_is_picked(
     files[23000] = files[21100]
     with pytest.raises(SystemExit, match="choose one with --base-port"):
         cli._demo_credentials(None)
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path, serve, geo_db=geo_db, auth=True, regions=("eu-west-1",))
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def test_ctl_speaks_in_short_lines_json_on_request_and_errors_in_one_line_on_stderr(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MERIDIAN_ADMIN_URL", fleet.admin_url)
+    monkeypatch.setenv("MERIDIAN_TOKEN", fleet.operator_token)
+
+    async def ctl(*words: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(cli.main, ["ctl", *words])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = await ctl("set-weight", "eu-west-1", "40", "--reason", "test")
+    assert code == 0 and out.strip().startswith("eu-west-1: weight 100 -> 40, drained false -> false")
+    code, out, _ = await ctl("audit", "--limit", "1")
+    assert code == 0 and len(out.strip().splitlines()) == 2 and "test" in out.splitlines()[1], out
+    code, out, _ = await ctl("set-weight", "eu-west-1", "100", "--reason", "test", "--json")
+    assert code == 0 and json.loads(out)["after"]["weight"] == 100  # --json after the verb works too
+    code, out, err = await ctl("set-weight", "nowhere", "1", "--reason", "test")
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "HTTP 404" in err, err
+    tenant, _ = await fleet.tenant_key(name="voice")
+    code, out, _ = await ctl("key-issue", tenant)
+    key_id = out.split("(key ")[1].split()[0]
+    code, out, _ = await ctl("key-revoke", tenant, key_id)
+    assert code == 0 and out.strip() == f"revoked key {key_id} of {tenant}"
+    code, out, _ = await ctl("tenant-delete", tenant)
+    assert code == 0 and out.strip() == f"deleted tenant {tenant} and its keys"
