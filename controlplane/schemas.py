@@ -313,6 +313,7 @@ WRITE_TENANT = {
     **ONE_TENANT,
     400: _error("the body is not JSON, or nested too deeply"),
     403: _error("the token's role may not change tenants (needs operator)"),
+    409: _error("another tenant has that name"),
     422: _error("a field is invalid, unknown or missing; `fields` names it"),
 }
 NEW_TENANT = {k: v for k, v in WRITE_TENANT.items() if k != 404}

@@ -31,7 +31,7 @@ from controlplane.schemas import (
     UsageTotals,
 )
 from controlplane.store import AuditEntry
-from controlplane.tenants import KeyNotFound, KeySecretMissing, TenantNotFound, TenantStore
+from controlplane.tenants import KeyNotFound, KeySecretMissing, TenantNameTaken, TenantNotFound, TenantStore
 from fleet.models import usd
 from fleet.state import Topology
 from fleet.tenants import Tenant
@@ -72,7 +72,10 @@ class TenantController(Controller):
         _check_models(state, data.models)
         fields = data.model_dump(exclude={"reason"})
         audit = AuditEntry(actor=request.user.name, reason=data.reason, action=f"create tenant {data.name!r}")
-        return await _tenants(state).create(fields, audit)
+        try:
+            return await _tenants(state).create(fields, audit)
+        except TenantNameTaken:
+            raise _name_taken(data.name) from None
 
     @get("/{tenant_id:str}", summary="One tenant", responses=ONE_TENANT)
     async def get_tenant(self, tenant_id: str, state: State) -> Tenant:
@@ -100,6 +103,8 @@ class TenantController(Controller):
             _, after = await _tenants(state).update(tenant_id, changes, audit)
         except TenantNotFound:
             raise NotFoundException(f"unknown tenant '{tenant_id}'") from None
+        except TenantNameTaken:
+            raise _name_taken(str(changes["name"])) from None
         return after
 
     @delete(
@@ -255,6 +260,14 @@ def _report(
             DailySpend(day=day, model=model, requests=n, spend_usd=usd(spend))
             for (day, model), (n, spend) in sorted(daily.items())
         ],
+    )
+
+
+def _name_taken(name: str) -> HTTPException:
+    return HTTPException(
+        f"another tenant is named {name[:200]!r} (names are unique, without regard to case)",
+        status_code=409,
+        extra=[{"key": "name", "source": "body"}],
     )
 
 

@@ -40,6 +40,10 @@ class KeyNotFound(Exception):
     pass
 
 
+class TenantNameTaken(Exception):
+    """Another tenant has this name (names are unique, compared without case)."""
+
+
 class TenantStore:
     def __init__(
         self, redis: aioredis.Redis, *, secret: bytes | None, state: StateStore | None = None
@@ -67,7 +71,7 @@ class TenantStore:
         tenant = Tenant.model_validate(
             {**fields, "id": f"t-{secrets.token_hex(6)}", "created_at": time.time()}
         )
-        await self._change(tenant.id, lambda _: tenant, audit)
+        await self._change(tenant.id, lambda _: tenant, audit, name=tenant.name)
         return tenant
 
     async def update(
@@ -84,7 +88,7 @@ class TenantStore:
                 fields["limits"] = {**before.limits.model_dump(), **changes["limits"]}
             return Tenant.model_validate(fields)
 
-        after = await self._change(tenant_id, change, audit)
+        after = await self._change(tenant_id, change, audit, name=changes.get("name"))
         assert after is not None
         return found[-1], after
 
@@ -154,9 +158,12 @@ class TenantStore:
         audit: AuditEntry,
         *,
         drop_keys: bool = False,
+        name: str | None = None,
     ) -> Tenant | None:
         async with self._turn() as copy, raise_unavailable():
-            return await self._transaction(tenant_id, change, audit, drop_keys=drop_keys, copy=copy)
+            return await self._transaction(
+                tenant_id, change, audit, drop_keys=drop_keys, copy=copy, name=name
+            )
 
     async def _transaction(
         self,
@@ -166,6 +173,7 @@ class TenantStore:
         *,
         drop_keys: bool,
         copy: StateCopy | None,
+        name: str | None = None,
     ) -> Tenant | None:
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -173,6 +181,13 @@ class TenantStore:
                     await pipe.watch(KEY_TENANTS, KEY_API_KEYS)
                     raw = await pipe.hget(KEY_TENANTS, tenant_id)
                     before = None if raw is None else Tenant.model_validate_json(raw)
+                    if name is not None:  # a new name: nobody else may hold it (read under the WATCH)
+                        others = decode_tenants(await pipe.hgetall(KEY_TENANTS))
+                        if any(
+                            t.name.casefold() == name.casefold() and i != tenant_id for i, t in others.items()
+                        ):
+                            await pipe.reset()
+                            raise TenantNameTaken(name)
                     after = change(before)
                     keys: Any = await pipe.hgetall(KEY_API_KEYS) if drop_keys else {}
                     pipe.multi()

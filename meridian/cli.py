@@ -237,14 +237,29 @@ TENANT_VERBS = (
 )
 
 
+def _tenant_ref(args: argparse.Namespace, ref: str) -> str:
+    """The id of the tenant ``ref`` names: an id, or a name (names are unique, without case)."""
+    if ref.startswith("t-"):
+        return ref
+    status, payload = _admin_call(args, "GET", "/v1/tenants")
+    if status == 200:
+        for t in payload["tenants"]:
+            if t["name"].casefold() == ref.casefold():
+                return str(t["id"])
+    return ref  # the API answers 404 naming it
+
+
 def _limits(args: argparse.Namespace) -> dict[str, float]:
     fields = ("rpm", "tpm", "max_concurrent", "burst_s")
     return {k: v for k in fields if (v := getattr(args, k)) is not None}
 
 
 def _tenant_ctl(args: argparse.Namespace) -> int:
-    """Tenants and their API keys through the admin API (a key's secret is printed once, when issued)."""
+    """Tenants and their API keys through the admin API (a key's secret is printed once, when issued). A
+    tenant is named by its id or its name."""
     verb = args.ctl
+    if getattr(args, "tenant", None):
+        args.tenant = _tenant_ref(args, args.tenant)
     if verb == "tenants":
         status, payload = _admin_call(args, "GET", "/v1/tenants")
         return _print_result(status, payload, args, lambda p: "\n".join(map(_tenant_line, p["tenants"])))

@@ -135,12 +135,13 @@ class Fleet:
         self,
         limits: dict[str, int] | None = None,
         *,
-        name: str = "metered",
+        name: str | None = None,
         priority: str = "normal",
         **fields: Any,
     ) -> tuple[str, str]:
         """A new tenant (``fields``: any other of its fields) and a key for it, taken by every edge process:
         (tenant id, key)."""
+        name = name or f"tenant-{secrets.token_hex(4)}"  # tenant names are unique
         body = {"name": name, "limits": limits or {}, "priority": priority, **fields}
         status, tenant = await self.admin("POST", "/v1/tenants", body=body)
         assert status == 201, tenant

@@ -74,7 +74,7 @@ async def test_ctl_speaks_in_short_lines_json_on_request_and_errors_in_one_line_
     code, out, err = await ctl("set-weight", "nowhere", "1", "--reason", "test")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "HTTP 404" in err, err
     tenant, _ = await fleet.tenant_key(name="voice")
-    code, out, _ = await ctl("key-issue", tenant)
+    code, out, _ = await ctl("key-issue", "Voice")  # by its name (any case) as well as its id
     key_id = out.split("(key ")[1].split()[0]
     code, out, _ = await ctl("key-revoke", tenant, key_id)
     assert code == 0 and out.strip() == f"revoked key {key_id} of {tenant}"

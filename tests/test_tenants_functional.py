@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -50,7 +51,8 @@ async def chat(fleet: Fleet, edge: str, key: str | None, **headers: str) -> tupl
 
 
 async def new_tenant(fleet: Fleet, **fields: Any) -> tuple[str, str, str]:
-    status, tenant = await fleet.admin("POST", "/v1/tenants", body={"name": "acme", **fields})
+    name = f"acme-{secrets.token_hex(3)}"  # names are unique
+    status, tenant = await fleet.admin("POST", "/v1/tenants", body={"name": name, **fields})
     assert status == 201, tenant
     status, issued = await fleet.admin("POST", f"/v1/tenants/{tenant['id']}/keys")
     assert status == 201 and issued["key"].startswith(issued["prefix"]), issued
@@ -140,3 +142,15 @@ async def test_keys_never_reach_logs_spans_regions_or_the_audit(
     _, tenants = await fleet.admin("GET", "/v1/tenants")
     assert key not in str(audit) and key not in str(tenants)
     assert [t["id"] for t in tenants["tenants"]] == [tenant]
+
+
+async def test_tenant_names_are_unique_without_regard_to_case(fleet: Fleet) -> None:
+    status, first = await fleet.admin("POST", "/v1/tenants", body={"name": "Globex"})
+    assert status == 201
+    status, body = await fleet.admin("POST", "/v1/tenants", body={"name": "globex"})
+    assert status == 409 and body["extra"] == [{"key": "name", "source": "body"}], body
+    status, other = await fleet.admin("POST", "/v1/tenants", body={"name": "Initech"})
+    status, body = await fleet.admin("PATCH", f"/v1/tenants/{other['id']}", body={"name": "GLOBEX"})
+    assert status == 409, body
+    status, body = await fleet.admin("PATCH", f"/v1/tenants/{first['id']}", body={"name": "globex"})
+    assert status == 200 and body["name"] == "globex"  # its own name, another case
