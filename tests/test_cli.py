@@ -77,6 +77,6 @@ async def test_ctl_speaks_in_short_lines_json_on_request_and_errors_in_one_line_
     code, out, _ = await ctl("key-issue", "Voice")  # by its name (any case) as well as its id
     key_id = out.split("(key ")[1].split()[0]
     code, out, _ = await ctl("key-revoke", tenant, key_id)
-    assert code == 0 and out.strip() == f"revoked key {key_id} of {tenant}"
+    assert code == 0 and out.strip() == f"revoked key {key_id} of tenant {tenant}"
     code, out, _ = await ctl("tenant-delete", tenant)
     assert code == 0 and out.strip() == f"deleted tenant {tenant} and its keys"
