@@ -163,6 +163,11 @@ class LimitsPatch(BaseModel):
     max_concurrent: int | None = Field(default=None, ge=1, le=1_000_000)
     burst_s: float | None = Field(default=None, gt=0, le=60)
 
+    @field_validator("rpm", "tpm", "max_concurrent", mode="before")
+    @classmethod
+    def _integral(cls, v: object) -> object:
+        return int(v) if isinstance(v, float) and v.is_integer() else v  # JSON Schema's integer: 5.0 is 5
+
     def given(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.model_fields_set}
         if "burst_s" in out and out["burst_s"] is None:

@@ -154,3 +154,11 @@ async def test_tenant_names_are_unique_without_regard_to_case(fleet: Fleet) -> N
     assert status == 409, body
     status, body = await fleet.admin("PATCH", f"/v1/tenants/{first['id']}", body={"name": "globex"})
     assert status == 200 and body["name"] == "globex"  # its own name, another case
+
+
+async def test_a_patch_takes_a_whole_number_written_as_a_float_like_json_schema_does(fleet: Fleet) -> None:
+    status, tenant = await fleet.admin("POST", "/v1/tenants", body={"name": "floaty"})
+    status, body = await fleet.admin(
+        "PATCH", f"/v1/tenants/{tenant['id']}", body={"limits": {"max_concurrent": 312.0, "rpm": 5.0}}
+    )
+    assert status == 200 and body["limits"]["max_concurrent"] == 312 and body["limits"]["rpm"] == 5, body
