@@ -47,6 +47,7 @@ class Admitted:
     tally: Tally | None = None  # counts the answer's tokens
     standing: Standing | None = None  # whether its key still holds while it streams
     hold: Hold | None = None  # its reservation of the tenant's spend budget (settled when it ends)
+    spend_nusd: int = 0  # what its answer cost at the catalog's prices (set once, when it is accounted)
 
     @property
     def tenant_id(self) -> str:
@@ -175,8 +176,7 @@ class Admission:
         hold = admitted.hold
         if hold is not None and self.budgets is not None:
             admitted.hold = None
-            spent = hold.reserved if used is None else self.catalog.cost_nusd(admitted.model, *used)
-            self.budgets.settle(hold, spent)
+            self.budgets.settle(hold, hold.reserved if used is None else admitted.spend_nusd)
 
     def over_budget(self, tenant: Tenant, exhausted: Exhausted) -> web.Response:
         self.metrics.child(self.metrics.rate_limited, "budget").inc()

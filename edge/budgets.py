@@ -70,10 +70,13 @@ class Budgets:
         w = self._windows.get(budget.period)
         if w is None or now >= w.ends_at:  # a new day or month (computed once per period, not per request)
             w = self._windows[budget.period] = window(budget.period, now)
-        key = budget_key(tenant.id, w)
+        key, nusd = budget_key(tenant.id, w), round(budget.usd * NANO)
         purse = self.purses.get(key)
-        if purse is None or purse.budget != round(budget.usd * NANO):
-            purse = self._purse(key, round(budget.usd * NANO), ttl_ms(w, now))
+        if purse is None:
+            purse = self.purses[key] = Purse(nusd)
+            self.ttls[key] = ttl_ms(w, now)
+        elif purse.budget != nusd:  # the operator changed it: what is held and owed stays
+            purse.rebudget(nusd)
         while not purse.refused(cost, self.mono()):
             if purse.take(cost, self.mono()):
                 return Hold(key, cost)
@@ -116,17 +119,6 @@ class Budgets:
                 await self._call(key, purse, 0)
         if len(self.purses) > MAX_PURSES:
             self.purses = {k: p for k, p in self.purses.items() if p.held or p.unheld or p.outage_in_use}
-
-    def _purse(self, key: str, budget: int, ttl: int) -> Purse:
-        purse = self.purses.get(key)
-        if purse is None or purse.budget != budget:  # a new budget: what is held and owed is kept
-            old = purse
-            purse = self.purses[key] = Purse(budget)
-            if old is not None:
-                purse.held, purse.in_use, purse.owed = old.held, old.in_use, old.owed
-                purse.outage_in_use, purse.unheld = old.outage_in_use, old.unheld
-            self.ttls[key] = ttl
-        return purse
 
     async def _call(self, key: str, purse: Purse, cost: int) -> int | None:
         """One call to the primary: a top-up for a request of ``cost`` (0: none) and what is due; what it

@@ -203,8 +203,8 @@ class Proxy:
         # no region answered (shed, no region, every attempt failed): no tokens (it counted against RPM)
         prompt, completion = tally.tokens(admitted.prompt_estimate()) if region else (0, 0)
         failed = resp.status >= 400
+        spend = admitted.spend_nusd = self.catalog.cost_nusd(admitted.model, prompt, completion)
         if self.ledger is not None:
-            spend = self.catalog.cost_nusd(admitted.model, prompt, completion)
             self.ledger.add(
                 tenant=admitted.tenant_id,
                 model=admitted.model or "-",

@@ -185,6 +185,10 @@ class Purse:
         """The primary could not grant this much (or less) a moment ago: no need to ask again so soon."""
         return now - self.refused_at < REFUSAL_S and cost - self.free >= self.refused_need
 
+    def rebudget(self, budget: int) -> None:
+        """The budget changed: what the primary said was left, and its refusal, no longer hold."""
+        self.budget, self.left, self.refused_at = budget, None, -1e18
+
     def granted(self, amount: int, spent: int, held_all: int, *, need: int = 0, now: float = 0.0) -> None:
         """The primary's answer to a call that needed at least ``need`` for the request asking (0: none)."""
         if need and not amount:
