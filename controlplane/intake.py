@@ -66,7 +66,7 @@ class Intake:
         self.service = service
         self.batches = 0
         self.rejected = 0  # rows dropped: unknown edge or region, impossible counts
-        self.names: frozenset[str] = frozenset()  # the topology's regions (empty: not checked)
+        self.names: frozenset[str] = frozenset()  # the topology's regions: its edges, whose streams are read
         self._decayed_at = time.monotonic()
         self._stop = asyncio.Event()
 
@@ -74,10 +74,12 @@ class Intake:
         self._stop.set()
 
     async def run(self) -> None:
-        last_id = "$"
+        cursors: dict[str, str] | None = None
         while not self._stop.is_set():
             try:
-                last_id, rows = await self.store.read_observations(last_id, block_ms=500)
+                if cursors is None:
+                    cursors = await self.store.observation_cursors(sorted(self.names))
+                cursors, rows = await self.store.read_observations(cursors, block_ms=500)
             except (StoreError, OSError, ConnectionError) as exc:
                 log.debug("intake: store unavailable: %s", exc)
                 await _sleep_or_stop(self._stop, 1.0)
@@ -96,15 +98,14 @@ class Intake:
                 await self._maybe_write(region, value)
 
     def _fold(self, row: dict[str, str], now: float) -> None:
-        """One edge's row for one region: errors into passive health (as that edge's view), service time
-        into the tracker. A row naming an edge or region the topology lacks, or with counts that are not
-        finite and non-negative, is dropped and counted (forged, or a bug)."""
+        """One edge's row for one region (its edge: the stream it came from): errors into passive health
+        (as that edge's view), service time into the tracker. A row naming a region the topology lacks, or
+        with counts that are not finite and non-negative, is dropped and counted (forged, or a bug)."""
         try:
-            region, edge = row["region"], row.get("edge", "-")
+            region, edge = row["region"], row["edge"]
             requests, errors = float(row["requests"]), float(row["errors"])
-            names = self.names
             if (
-                (names and (region not in names or edge not in names))
+                region not in self.names
                 or not (math.isfinite(requests) and math.isfinite(errors))
                 or not 0 <= errors <= requests
             ):
@@ -112,7 +113,7 @@ class Intake:
                 return
             self.book.feed(region, requests=requests, errors=errors, now=now, edge=edge)
             if "service_ms" in row:
-                self.service.edges(region, float(row["service_ms"]), now=now)
+                self.service.edges(region, float(row["service_ms"]), now=now, edge=edge)
         except (KeyError, ValueError):
             log.debug("intake: malformed observation row %s", row)
 

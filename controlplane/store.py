@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,8 @@ from fleet.signals import KEY_SIGNALS
 from fleet.state import (
     CHANNEL_CHANGES,
     KEY_AUDIT,
+    KEY_EDGES,
     KEY_EPOCH,
-    KEY_OBSERVATIONS,
     KEY_REGIONS,
     KEY_VERSION,
     Region,
@@ -38,6 +38,7 @@ from fleet.state import (
     change_message,
     decode_records,
     initial_state,
+    observations_key,
     why_invalid,
 )
 from fleet.tenants import KEY_API_KEYS, KEY_TENANTS, KEY_TENANTS_VERSION
@@ -179,6 +180,7 @@ class StateStore:
         changed: list[str] = []
         try:
             await self.redis.setnx(KEY_EPOCH, 1)
+            await self.redis.sadd(KEY_EDGES, *topology.names)  # kept: their usage is read after they go
             existing = await self.redis.hkeys(KEY_REGIONS)
             have = {_text(k) for k in existing}
             for region in topology.regions:
@@ -455,15 +457,33 @@ class StateStore:
         except _UNAVAILABLE as exc:
             raise _classify(exc) from exc
 
-    async def read_observations(self, last_id: str, *, block_ms: int) -> tuple[str, list[dict[str, str]]]:
-        """Read edge observations after ``last_id`` (blocking up to block_ms)."""
-        resp: Any = await self.redis.xread({KEY_OBSERVATIONS: last_id}, block=block_ms, count=1000)
+    async def observation_cursors(self, edges: Sequence[str]) -> dict[str, str]:
+        """Where each edge's observation stream ends now (read from there on: what came before is old)."""
+        cursors = {}
+        async with raise_unavailable(), self.redis.pipeline(transaction=False) as pipe:
+            for edge in edges:
+                pipe.xrevrange(observations_key(edge), count=1)
+            got: list[Any] = await pipe.execute()
+        for edge, last in zip(edges, got, strict=True):
+            cursors[edge] = _text(last[0][0]) if last else "0-0"
+        return cursors
+
+    async def read_observations(
+        self, cursors: dict[str, str], *, block_ms: int
+    ) -> tuple[dict[str, str], list[dict[str, str]]]:
+        """Read the edges' observations after their cursors (blocking up to block_ms); each row's ``edge``
+        is the stream it came from (an edge's ACL user may append to its own stream only), whatever the row
+        says."""
+        streams: dict[Any, Any] = {observations_key(edge): last for edge, last in cursors.items()}
+        resp: Any = await self.redis.xread(streams, block=block_ms, count=1000)
+        cursors = dict(cursors)
         out: list[dict[str, str]] = []
-        for _stream, entries in resp or []:
+        for stream, entries in resp or []:
+            edge = _text(stream).removeprefix(observations_key(""))
             for entry_id, fields in entries:
-                last_id = _text(entry_id)
-                out.append({_text(k): _text(v) for k, v in fields.items()})
-        return last_id, out
+                cursors[edge] = _text(entry_id)
+                out.append({_text(k): _text(v) for k, v in fields.items()} | {"edge": edge})
+        return cursors, out
 
 
 def _audit_entry(entry_id: str, f: dict[str, str]) -> dict[str, Any]:

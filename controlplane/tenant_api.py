@@ -202,7 +202,7 @@ class TenantController(Controller):
         first = hour_of(start_at.timestamp())
         last = hour_of(end_at.timestamp() - 1e-6)
         store = _tenants(state)
-        hours = await store.usage(tenant_id, first, last)
+        hours = await store.usage(tenant_id, first, last, edges=state.topology.names)
         try:  # 404 for a tenant that never was (a deleted tenant's usage stays for its bills)
             tenant: Tenant | None = await store.tenant(tenant_id)
         except TenantNotFound:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,7 +18,7 @@ from redis.exceptions import WatchError
 
 from controlplane.store import AUDIT_MAXLEN, AuditEntry, StateCopy, StateStore, raise_unavailable
 from fleet.spend import Window, budget_key, window
-from fleet.state import KEY_AUDIT
+from fleet.state import KEY_AUDIT, KEY_EDGES
 from fleet.tenants import (
     KEY_API_KEYS,
     KEY_PREFIX_LEN,
@@ -29,7 +30,7 @@ from fleet.tenants import (
     decode_tenants,
     key_digest,
 )
-from fleet.usage import UsageRow, decode_hour, usage_key
+from fleet.usage import UsageRow, decode_hour, merge_edges, usage_key
 
 
 class TenantNotFound(Exception):
@@ -42,6 +43,9 @@ class KeyNotFound(Exception):
 
 class TenantNameTaken(Exception):
     """Another tenant has this name (names are unique, compared without case)."""
+
+
+log = logging.getLogger("meridian.tenants")
 
 
 class TenantStore:
@@ -222,16 +226,38 @@ class TenantStore:
                     continue
 
     async def usage(
-        self, tenant_id: str, first_hour: int, last_hour: int
+        self, tenant_id: str, first_hour: int, last_hour: int, *, edges: Iterable[str] = ()
     ) -> dict[int, dict[tuple[str, str], UsageRow]]:
         """The tenant's usage per hour, ``first_hour`` to ``last_hour`` inclusive (unix hours), as the edges
-        wrote it (one pipelined read of every hour's hash)."""
+        wrote it: every edge's hash of each hour (``edges`` and every edge the store remembers), one
+        pipelined read. A row no edge could have counted is left out and logged with its edge's name."""
         hours = range(first_hour, last_hour + 1)
+        async with raise_unavailable():
+            remembered: Any = await self.redis.smembers(KEY_EDGES)
+        names: list[str | None] = [
+            None,
+            *sorted({*edges, *(e.decode() if isinstance(e, bytes) else e for e in remembered)}),
+        ]
         async with raise_unavailable(), self.redis.pipeline(transaction=False) as pipe:
             for hour in hours:
-                pipe.hgetall(usage_key(tenant_id, hour))
+                for edge in names:
+                    pipe.hgetall(usage_key(edge, tenant_id, hour))
             raw: list[Any] = await pipe.execute()
-        return {hour: rows for hour, got in zip(hours, raw, strict=True) if (rows := decode_hour(got))}
+        out = {}
+        for i, hour in enumerate(hours):
+            got = raw[i * len(names) : (i + 1) * len(names)]
+            per_edge = {edge or "-": decode_hour(h) for edge, h in zip(names, got, strict=True)}
+            rows, forged = merge_edges(per_edge)
+            for edge in sorted(set(forged)):
+                log.warning(
+                    "tenant %s, hour %d: edge %s's usage left out (no edge counts so much)",
+                    tenant_id,
+                    hour,
+                    edge,
+                )
+            if rows:
+                out[hour] = rows
+        return out
 
     async def budget_standing(self, tenant: Tenant, now: float) -> tuple[Window, int, int] | None:
         """The tenant's current budget period: its window, what is spent and what live requests hold

@@ -139,6 +139,7 @@ class Edge:
                 max_age_s=settings.tenants_max_age_s,
                 secret=secret.get_secret_value().encode(),
                 connect=lambda url: _connect(settings, url, socket_timeout=2.0),
+                primary_url=settings.redis_primary_url,
             )
             # tenant limits are leased from the primary (the replica cannot take writes)
             primary = settings.redis_primary_url or settings.redis_url
@@ -271,6 +272,7 @@ class Edge:
             )
             writer = UsageWriter(
                 client=self._usage_client,
+                edge=settings.region,
                 ledger=self.ledger,
                 interval_s=settings.observation_interval_s,
                 dropped=self.metrics.usage_rows_dropped,

@@ -1,7 +1,7 @@
-"""Batches to the Redis primary (I/O): every interval, this edge's per-region observations (XADD to the
+"""Batches to the Redis primary (I/O): every interval, this edge's per-region observations (XADD to its own
 observation stream, best effort: a failed batch is counted and dropped) and its usage ledger (HINCRBY into
-each tenant's hour; a failed batch goes back into the ledger and is sent with the next). Failures are never
-raised into the data plane."""
+its own hash per tenant and hour; a failed batch goes back into the ledger and is sent with the next).
+Failures are never raised into the data plane."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from edge.observed import Observed
 from edge.usage import Ledger
 from fleet.redisconn import raise_if_cancelling
-from fleet.state import KEY_OBSERVATIONS
+from fleet.state import observations_key
 from fleet.usage import (
     COUNTERS,
     RETENTION_S,
@@ -56,7 +56,7 @@ class Reporter:
                         "region": region,
                     }
                     fields.update({k: f"{v:.3f}" for k, v in row.items()})
-                    pipe.xadd(KEY_OBSERVATIONS, fields, maxlen=STREAM_MAXLEN, approximate=True)
+                    pipe.xadd(observations_key(self.edge), fields, maxlen=STREAM_MAXLEN, approximate=True)
                 await pipe.execute()
             self.sent += len(batch)
         except (RedisError, OSError) as exc:
@@ -73,9 +73,10 @@ class Reporter:
 
 class UsageWriter:
     def __init__(
-        self, *, client: aioredis.Redis, ledger: Ledger, interval_s: float, dropped: Counter
+        self, *, client: aioredis.Redis, edge: str, ledger: Ledger, interval_s: float, dropped: Counter
     ) -> None:
         self.client = client
+        self.edge = edge  # its hashes carry its name: its ACL user may write no other edge's (fleet.acl)
         self.ledger = ledger
         self.interval_s = interval_s
         self.dropped = dropped  # rows the ledger could not hold (meridian_edge_usage_rows_dropped_total)
@@ -94,7 +95,7 @@ class UsageWriter:
             async with self.client.pipeline(transaction=True) as pipe:  # all of the batch or none of it
                 keys = set()
                 for (tenant, model, region, hour), row in batch.items():
-                    key = usage_key(tenant, hour)
+                    key = usage_key(self.edge, tenant, hour)
                     keys.add(key)
                     for counter in COUNTERS:
                         n = getattr(row, counter)
@@ -104,7 +105,7 @@ class UsageWriter:
                     pipe.expire(key, RETENTION_S)
                 minutes = set()
                 for (model, region, minute), row in traffic.items():
-                    key = traffic_key(region, minute)
+                    key = traffic_key(self.edge, region, minute)
                     minutes.add(key)
                     for counter in COUNTERS:
                         if n := getattr(row, counter):

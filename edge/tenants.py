@@ -1,8 +1,10 @@
 """Who is calling (I/O at the edge): follow the tenants and API-key digests the control plane publishes
-(one GET of their version on this region's Redis replica every ``poll_s``, a full read when it moved), and
-resolve a presented key to its tenant by its HMAC digest. A revoked key stops working on the next poll
-(0.5 s by default); through Redis trouble the last good set stays, for at most ``max_age_s``: then the set
-is stale and the edge admits no one (fail closed: a key revoked meanwhile must not keep working)."""
+(one GET of their version on this region's Redis replica every ``poll_s``, a full read when it moved; the
+same on the primary, so a replica that answers but lost its link to the primary cannot hold a revoked key
+alive), and resolve a presented key to its tenant by its HMAC digest. A revoked key stops working on the
+next poll (0.5 s by default); through Redis trouble the last good set stays, for at most ``max_age_s``:
+then the set is stale and the edge admits no one (fail closed: a key revoked meanwhile must not keep
+working)."""
 
 from __future__ import annotations
 
@@ -63,8 +65,10 @@ class TenantsFeed:
         connect: Callable[[str], aioredis.Redis],
         max_age_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        primary_url: str | None = None,
     ) -> None:
         self.url = url
+        self.primary_url = primary_url  # the source of truth, followed too (None: the replica only)
         self.poll_s = poll_s
         self.max_age_s = max_age_s
         self.clock = clock
@@ -98,16 +102,22 @@ class TenantsFeed:
         return age if age > self.max_age_s else None
 
     async def load(self, client: aioredis.Redis) -> None:
+        """Follow one store (the replica or the primary): confirm the set when the store holds no newer
+        version, read it whole when it does. Both stores are followed at once: a read that finds a version
+        no newer than the one held (the other store got there first) changes nothing."""
         asked = self.clock()
         version = int(await client.get(KEY_TENANTS_VERSION) or 0)
         if self.version is not None and version <= self.version:
-            self.confirmed_at = asked
+            self.confirmed_at = max(asked, self.confirmed_at or asked)
             return  # unchanged, or a store that came back empty or old: the last good set stays
         async with client.pipeline(transaction=True) as pipe:
             pipe.get(KEY_TENANTS_VERSION)
             pipe.hgetall(KEY_TENANTS)
             pipe.hgetall(KEY_API_KEYS)
             raw_version, raw_tenants, raw_keys = await pipe.execute()
+        version = int(raw_version or 0)
+        if self.version is not None and version <= self.version:
+            return  # the other store's newer set landed while this one was read
         tenants = decode_tenants(raw_tenants)
         self.by_digest = {
             digest: Principal(tenants[key.tenant], key.id)
@@ -117,15 +127,17 @@ class TenantsFeed:
         self.tenants = tenants
         self.key_ids = frozenset(p.key_id for p in self.by_digest.values())
         self._known = {}  # a revoked key must not be remembered past the reload that dropped it
-        self.version = int(raw_version or 0)
-        self.confirmed_at = asked
+        self.version = version
+        self.confirmed_at = max(asked, self.confirmed_at or asked)
         self.loaded.set()
 
     async def run(self) -> None:
-        await poll(
-            url=self.url,
-            connect=self._connect,
-            interval_s=self.poll_s,
-            step=self.load,
-            what="tenants and keys",
+        stores = [(self.url, "tenants and keys")]
+        if self.primary_url is not None and self.primary_url != self.url:
+            stores.append((self.primary_url, "tenants and keys on the primary"))
+        await asyncio.gather(
+            *(
+                poll(url=url, connect=self._connect, interval_s=self.poll_s, step=self.load, what=what)
+                for url, what in stores
+            )
         )

@@ -27,7 +27,14 @@ KEY_EPOCH = f"{KEY_PREFIX}:state:epoch"  # raised only by a deliberate, audited 
 KEY_REGIONS = f"{KEY_PREFIX}:state:regions"
 CHANNEL_CHANGES = f"{KEY_PREFIX}:state:changes"
 KEY_AUDIT = f"{KEY_PREFIX}:audit"
-KEY_OBSERVATIONS = f"{KEY_PREFIX}:observations"
+KEY_OBSERVATIONS = (
+    f"{KEY_PREFIX}:observations"  # + ":<edge>": one stream per edge (its user writes only its own)
+)
+KEY_EDGES = f"{KEY_PREFIX}:edges"  # a set: every edge the topology ever named (whose usage keys to read)
+
+
+def observations_key(edge: str) -> str:
+    return f"{KEY_OBSERVATIONS}:{edge}"
 
 
 class _Strict(BaseModel):

@@ -1,10 +1,12 @@
 """Usage records as the store holds them (pure, no I/O): per tenant, model, region and hour, the requests
 an edge admitted, their prompt and completion tokens, what they cost and how many failed; and the same per
 region, model and minute for all tenants together (``meridian:traffic:<region>:<minute>``, kept 35 days),
-the history capacity planning reads. Edges add their batches with
-HINCRBY into one hash per tenant and hour (``meridian:usage:<tenant>:<hour>``, field
-``<region>|<counter>|<model>``: the model last, as its name may hold anything); the control plane reads
-the hours asked for. Hours are unix hours (seconds since the epoch // 3600)."""
+the history capacity planning reads. Each edge adds its batches with
+HINCRBY into its own hash per tenant and hour (``meridian:usage:<edge>:<tenant>:<hour>``, field
+``<region>|<counter>|<model>``: the model last, as its name may hold anything), which only its ACL user may
+write; the control plane reads the hours asked for from every edge (and the keys of before per-edge users,
+``meridian:usage:<tenant>:<hour>``), and leaves out what no edge could have counted (``plausible``).
+Hours are unix hours (seconds since the epoch // 3600)."""
 
 from __future__ import annotations
 
@@ -43,8 +45,16 @@ def hour_of(unix_s: float) -> int:
     return int(unix_s // 3600)
 
 
-def usage_key(tenant: str, hour: int) -> str:
-    return f"{KEY_USAGE}:{tenant}:{hour}"
+# What one edge can count for one tenant, model and region in an hour, far above any real edge: a row
+# beyond these was forged with the edge's credential (or written by a bug) and is left out, and reported.
+MOST_REQUESTS_PER_HOUR = 100_000_000  # ~28,000 requests a second from one edge for one tenant and model
+MOST_TOKENS_PER_REQUEST = 10_000_000  # prompt + completion: beyond any context window
+MOST_NUSD_PER_TOKEN = 1_000_000  # $1,000 per million tokens
+
+
+def usage_key(edge: str | None, tenant: str, hour: int) -> str:
+    """The hash ``edge`` adds to; ``edge`` None: the one all edges shared before per-edge users."""
+    return f"{KEY_USAGE}:{tenant}:{hour}" if edge is None else f"{KEY_USAGE}:{edge}:{tenant}:{hour}"
 
 
 def usage_field(region: str, counter: str, model: str) -> str:
@@ -55,8 +65,20 @@ def minute_of(unix_s: float) -> int:
     return int(unix_s // 60)
 
 
-def traffic_key(region: str, minute: int) -> str:
-    return f"{KEY_TRAFFIC}:{region}:{minute}"
+def traffic_key(edge: str | None, region: str, minute: int) -> str:
+    """The hash ``edge`` adds to; ``edge`` None: the one all edges shared before per-edge users."""
+    return f"{KEY_TRAFFIC}:{region}:{minute}" if edge is None else f"{KEY_TRAFFIC}:{edge}:{region}:{minute}"
+
+
+def plausible(row: UsageRow) -> bool:
+    """Whether an edge could have counted ``row`` (one tenant, model and region in one hour)."""
+    tokens = row.prompt_tokens + row.completion_tokens
+    return (
+        row.requests <= MOST_REQUESTS_PER_HOUR
+        and tokens <= row.requests * MOST_TOKENS_PER_REQUEST
+        and row.spend_nusd <= tokens * MOST_NUSD_PER_TOKEN
+        and row.errors <= row.requests  # an answer counts once, failed or not
+    )
 
 
 def decode_minute(raw: Mapping[str | bytes, str | bytes]) -> dict[str, UsageRow]:
@@ -84,3 +106,19 @@ def decode_hour(raw: Mapping[str | bytes, str | bytes]) -> dict[tuple[str, str],
         row = out.setdefault((model, region), UsageRow())
         setattr(row, counter, getattr(row, counter) + n)
     return out
+
+
+def merge_edges(
+    per_edge: Mapping[str, Mapping[tuple[str, str], UsageRow]],
+) -> tuple[dict[tuple[str, str], UsageRow], list[str]]:
+    """The edges' rows for one hour summed per (model, region), and the edges whose rows no edge could have
+    counted (left out: ``plausible``)."""
+    total: dict[tuple[str, str], UsageRow] = {}
+    forged: list[str] = []
+    for edge, rows in per_edge.items():
+        for at, row in rows.items():
+            if not plausible(row):
+                forged.append(edge)
+                continue
+            total.setdefault(at, UsageRow()).merge(row)
+    return total, forged

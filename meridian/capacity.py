@@ -90,25 +90,37 @@ def read_csv(path: Path) -> list[Sample]:
 
 
 def read_store(url: str, regions: Iterable[str], *, days: float, now: float) -> list[Sample]:
-    """The traffic the edges recorded in the store (per region and minute, kept 35 days), last ``days``."""
+    """The traffic the edges recorded in the store (per region and minute, kept 35 days), last ``days``:
+    every edge's hashes (the topology's and every edge the store remembers), and those of before per-edge
+    users."""
     import redis
 
-    from fleet.usage import decode_minute, minute_of, traffic_key
+    from fleet.state import KEY_EDGES
+    from fleet.usage import UsageRow, decode_minute, minute_of, plausible, traffic_key
 
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    regions = list(regions)
     last = minute_of(now)
-    keys = [(r, m) for r in regions for m in range(last - int(days * 1440), last + 1)]
     out = []
     try:
-        for i in range(0, len(keys), 5000):
-            chunk = keys[i : i + 5000]
+        remembered: set[str] = client.smembers(KEY_EDGES)  # type: ignore[assignment]
+        edges: list[str | None] = [None, *sorted({*regions, *remembered})]
+        keys = [(r, m) for r in regions for m in range(last - int(days * 1440), last + 1)]
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
             with client.pipeline(transaction=False) as pipe:
                 for region, minute in chunk:
-                    pipe.hgetall(traffic_key(region, minute))
+                    for edge in edges:
+                        pipe.hgetall(traffic_key(edge, region, minute))
                 raw = pipe.execute()
-            for (region, minute), got in zip(chunk, raw, strict=True):
+            for j, (region, minute) in enumerate(chunk):
                 at = datetime.fromtimestamp(minute * 60, UTC)
-                for model, row in decode_minute(got).items():
+                rows: dict[str, UsageRow] = {}
+                for got in raw[j * len(edges) : (j + 1) * len(edges)]:
+                    for model, row in decode_minute(got).items():
+                        if plausible(row):  # what no edge could count was forged with its credential
+                            rows.setdefault(model, UsageRow()).merge(row)
+                for model, row in rows.items():
                     out.append(
                         Sample(at, region, model, row.requests, row.prompt_tokens, row.completion_tokens)
                     )

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from fleet.acl import CONTROL_PLANE, EDGE, Credentials
+from fleet.acl import CONTROL_PLANE, Credentials, edge_user
 from fleet.state import Topology, distance_rtt_ms
 from fleet.topology import TopologyError, load_topology
 from meridian.redisproc import RedisNotFound, RedisServer, port_free, spawn
@@ -192,8 +192,12 @@ class Fleet:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.redis: list[RedisServer] = []
         self.token = os.environ.get("MERIDIAN_DEMO_TOKEN") or secrets.token_urlsafe(24)
-        # least privilege on the store: a Redis ACL user each for the control plane, edges, replication
-        self.acl = Credentials(*(secrets.token_urlsafe(18) for _ in range(3)))
+        # least privilege on the store: a Redis ACL user each for the control plane, every edge, replication
+        self.acl = Credentials(
+            control_plane=secrets.token_urlsafe(18),
+            replication=secrets.token_urlsafe(18),
+            edges={r.name: secrets.token_urlsafe(18) for r in topo.regions},
+        )
         self.viewer_token = secrets.token_urlsafe(24)
         self.key_secret = secrets.token_urlsafe(32)  # API-key digests: the control plane's and the edges'
         self.api_key = ""
@@ -260,8 +264,8 @@ class Fleet:
                 {
                     "MERIDIAN_REGION": region.name,
                     "MERIDIAN_REGIONS_FILE": str(regions_file),
-                    "MERIDIAN_REDIS_URL": replicas[region.name].url_for(EDGE),
-                    "MERIDIAN_REDIS_PRIMARY_URL": primary.url_for(EDGE),
+                    "MERIDIAN_REDIS_URL": replicas[region.name].url_for(edge_user(region.name)),
+                    "MERIDIAN_REDIS_PRIMARY_URL": primary.url_for(edge_user(region.name)),
                     "MERIDIAN_HOST": "127.0.0.1",
                     "MERIDIAN_PORT": str(plan.edges[region.name]),
                     "MERIDIAN_INTERNAL_PORT": str(plan.internal[region.name]),

@@ -127,7 +127,7 @@ variable "tags" {
 }
 
 variable "redis_users_secret_name" {
-  description = "Secrets Manager secret holding the state store's ACL passwords as JSON {\"meridian-controlplane\": \"...\", \"meridian-edge\": \"...\", \"meridian-replication\": \"...\"}; create it before apply, like the admin tokens"
+  description = "Secrets Manager secret holding the state store's ACL passwords as JSON {\"meridian-controlplane\": \"...\", \"meridian-edge-<region>\": \"...\" for every region, \"meridian-replication\": \"...\"}; create it before apply, like the admin tokens"
   type        = string
   default     = "meridian/redis-users"
 }

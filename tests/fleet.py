@@ -27,7 +27,7 @@ from controlplane.settings import AdminToken, ControlPlaneSettings
 from edge.app import Edge
 from edge.main import serve as serve_edge
 from edge.settings import EdgeSettings
-from fleet.acl import CONTROL_PLANE, EDGE, Credentials
+from fleet.acl import CONTROL_PLANE, Credentials, edge_user
 from fleet.state import Topology
 from fleet.topology import load_topology
 from meridian.demo import emulated_rtt, local_topology
@@ -242,7 +242,12 @@ async def start_fleet(
         }
     )
     # the shipped ACL users (fleet.acl), as the demo and Terraform run them: each component logs in as its own
-    acl = Credentials(*(secrets.token_urlsafe(12) for _ in range(4)))
+    acl = Credentials(
+        control_plane=secrets.token_urlsafe(12),
+        replication=secrets.token_urlsafe(12),
+        sentinel=secrets.token_urlsafe(12),
+        edges={r.name: secrets.token_urlsafe(12) for r in base.regions},
+    )
     ops = secrets.token_urlsafe(12)  # the test's own hand on the servers (faults), never a component's
     primary = RedisServer(port=free_port(), workdir=tmp_path / "redis-primary", acl=acl, ops=ops).start()
     replicas = {
@@ -358,8 +363,8 @@ async def _build(
     for name in edges if edges is not None else topo.names:
         options: dict[str, Any] = {
             "region": name,
-            "redis_url": replicas[name].url_for(EDGE),
-            "redis_primary_url": primary.url_for(EDGE),
+            "redis_url": replicas[name].url_for(edge_user(name)),
+            "redis_primary_url": primary.url_for(edge_user(name)),
             "geoip_db": geo_db,
             "trusted_proxies": ["127.0.0.0/8", "::1/128"],
             "tracing_trusted_peers": ["127.0.0.0/8", "::1/128"],

@@ -67,3 +67,6 @@ async def test_the_schema_documents_every_answer_and_the_patch_rule(fleet: Fleet
     get_one = schema["paths"]["/v1/regions/{name}"]["get"]["responses"]
     assert {"200", "401", "404", "409", "503"} <= set(get_one)
     assert "$ref" in str(get_one["200"]) and "ErrorBody" in str(get_one["404"])
+    # answered by rules JSON Schema cannot say: a usage range over 31 days, a notice for an unknown replica
+    assert "422" in schema["paths"]["/v1/tenants/{tenant_id}/usage"]["get"]["responses"]
+    assert "422" in schema["paths"]["/v1/pools/{region}/{model}/interruptions"]["post"]["responses"]

@@ -1,6 +1,6 @@
 """Least privilege as shipped (issue: "durability and least privilege"): the admin API's pools role (KEDA,
 node agents) reads pools and posts interruption notices and nothing else; the control plane's /metrics
-needs a token."""
+needs a token; an edge's Redis user writes in its own name only, and what it can still write is bounded."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from redis.exceptions import NoPermissionError
 
 from controlplane.api import create_app
 from controlplane.settings import ControlPlaneSettings
-from fleet.acl import CONTROL_PLANE, EDGE
-from fleet.state import CHANNEL_CHANGES, KEY_OBSERVATIONS, KEY_REGIONS
+from fleet.acl import CONTROL_PLANE, edge_user
+from fleet.state import CHANNEL_CHANGES, KEY_EDGES, KEY_OBSERVATIONS, KEY_REGIONS, observations_key
 from fleet.tenants import KEY_API_KEYS, KEY_TENANTS
-from fleet.usage import hour_of, usage_field, usage_key
+from fleet.usage import hour_of, traffic_key, usage_field, usage_key
 from fleet.wake import wake_key
 from meridian.redisproc import free_port
 from tests.conftest import ServerFactory
@@ -71,10 +71,10 @@ async def test_the_control_planes_metrics_need_a_token(fleet: Fleet) -> None:
 
 async def test_what_the_edge_credential_can_still_write_is_refused_or_harmless(fleet: Fleet) -> None:
     """With the shipped edge user: routing state, tenants, keys and the change channel are refused; a
-    negative usage counter is ignored by every reader; forged observations in the names of unknown edges or
-    with impossible counts are dropped; a forged wake mark dated forever counts nothing."""
+    negative usage counter is ignored by every reader; forged observations about unknown regions or with
+    impossible counts are dropped; a forged wake mark dated forever counts nothing."""
     tenant, _ = await fleet.tenant_key()
-    edge = aioredis.Redis.from_url(fleet.primary.url_for(EDGE))
+    edge = aioredis.Redis.from_url(fleet.primary.url_for(edge_user("eu-west-1")))
     try:
         for command in (
             ("HSET", KEY_REGIONS, "eu-west-1", "{}"),
@@ -82,19 +82,18 @@ async def test_what_the_edge_credential_can_still_write_is_refused_or_harmless(f
             ("HSET", KEY_API_KEYS, "d", "{}"),
             ("PUBLISH", CHANNEL_CHANGES, "{}"),
             ("SET", "meridian:state:version", "1"),
+            ("SADD", KEY_EDGES, "mallory"),
         ):
             with pytest.raises(NoPermissionError):
                 await edge.execute_command(*command)
         hour = hour_of(time.time())
-        await edge.hincrby(usage_key(tenant, hour), usage_field("eu-west-1", "requests", "sim-llm"), -1000)
+        own = usage_key("eu-west-1", tenant, hour)
+        await edge.hincrby(own, usage_field("eu-west-1", "requests", "sim-llm"), -1000)
         intake = fleet.admin_app.state.intake
         before = intake.rejected
-        await edge.xadd(
-            KEY_OBSERVATIONS, {"edge": "mallory", "region": "eu-west-1", "requests": 100, "errors": 100}
-        )
-        await edge.xadd(
-            KEY_OBSERVATIONS, {"edge": "eu-west-1", "region": "eu-west-1", "requests": 1, "errors": 5}
-        )
+        mine = observations_key("eu-west-1")
+        await edge.xadd(mine, {"region": "atlantis", "requests": 100, "errors": 100})
+        await edge.xadd(mine, {"region": "eu-west-1", "requests": 1, "errors": 5})
         await edge.hset(wake_key("eu-west-1", "sim-llm"), "x/1", "5 inf")
     finally:
         await edge.aclose()
@@ -106,6 +105,55 @@ async def test_what_the_edge_credential_can_still_write_is_refused_or_harmless(f
 
     await wait_for(dropped, timeout=5, what="the forged observations dropped")
     assert fleet.admin_app.state.prober.book.health("eu-west-1", time.monotonic()) is None
+
+
+async def test_an_edges_user_writes_in_its_own_name_only(fleet: Fleet) -> None:
+    """Each edge has its own Redis user: it cannot append to another edge's observation stream (or the
+    shared one of before) or add to another edge's usage and traffic; what it writes in its own stream
+    counts as its own view whatever the row claims; usage no edge could count is left out of the report."""
+    tenant, _ = await fleet.tenant_key()
+    hour, minute = hour_of(time.time()), int(time.time() // 60)
+    edge = aioredis.Redis.from_url(fleet.primary.url_for(edge_user("eu-west-1")))
+    try:
+        for command in (
+            (
+                "XADD",
+                observations_key("us-east-1"),
+                "*",
+                "region",
+                "eu-west-1",
+                "requests",
+                "9",
+                "errors",
+                "9",
+            ),
+            ("XADD", KEY_OBSERVATIONS, "*", "region", "eu-west-1", "requests", "9", "errors", "9"),
+            ("HINCRBY", usage_key("us-east-1", tenant, hour), usage_field("eu-west-1", "requests", "m"), "1"),
+            ("HINCRBY", usage_key(None, tenant, hour), usage_field("eu-west-1", "requests", "m"), "1"),
+            ("HINCRBY", traffic_key("us-east-1", "eu-west-1", minute), "requests|m", "1"),
+        ):
+            with pytest.raises(NoPermissionError):
+                await edge.execute_command(*command)
+        # in its own name: a claim to be another edge is not believed ...
+        await edge.xadd(
+            observations_key("eu-west-1"),
+            {"edge": "us-east-1", "region": "eu-west-1", "requests": 4, "errors": 0},
+        )
+        # ... and one request with a trillion tokens is no edge's count
+        own = usage_key("eu-west-1", tenant, hour)
+        await edge.hincrby(own, usage_field("eu-west-1", "requests", "sim-llm"), 1)
+        await edge.hincrby(own, usage_field("eu-west-1", "prompt_tokens", "sim-llm"), 10**12)
+    finally:
+        await edge.aclose()
+    book = fleet.admin_app.state.prober.book
+
+    async def attributed() -> bool:
+        return ("eu-west-1", "eu-west-1") in book.seen_at
+
+    await wait_for(attributed, timeout=5, what="the row folded as eu-west-1's view")
+    assert not any(e == "us-east-1" for e, _ in book.seen_at), book.seen_at
+    status, report = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+    assert status == 200 and report["totals"]["prompt_tokens"] == 0, report
 
 
 async def test_the_admin_api_serves_https_with_the_certificate_from_settings(

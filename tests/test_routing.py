@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -456,6 +457,21 @@ def test_the_engine_figure_wins_over_the_edges_while_fresh() -> None:
     assert tracker.value["eu-west-1"] == 40.0 and tracker.source["eu-west-1"] == "engine"
     tracker.edges("eu-west-1", 60.0, now=60.0)  # the engine went quiet: the edges' figure is used
     assert tracker.value["eu-west-1"] == 60.0 and tracker.source["eu-west-1"] == "edges"
+
+
+def test_one_edge_cannot_move_a_regions_service_time_the_others_see() -> None:
+    """The edges' figure is the median of their fresh views: one edge reporting (or a forged stream in its
+    name) 600 s for a region two other edges see at 100 ms leaves it at 100 ms; an infinite or negative
+    figure is clamped."""
+    tracker = ServiceTracker()
+    for t in range(20):
+        tracker.edges("eu-west-1", 100.0, now=float(t), edge="eu-west-1")
+        tracker.edges("eu-west-1", 100.0, now=float(t), edge="us-east-1")
+        tracker.edges("eu-west-1", math.inf, now=float(t), edge="ap-southeast-1")
+    assert tracker.value["eu-west-1"] == pytest.approx(100.0)
+    lone = ServiceTracker()
+    lone.edges("eu-west-1", -5.0, now=0.0, edge="mallory")
+    assert lone.value["eu-west-1"] == 0.0
 
 
 def test_twenty_percent_noise_never_flips_the_primary_between_regions_50_ms_apart() -> None:

@@ -19,9 +19,9 @@ from redis.asyncio.connection import BlockingConnectionPool
 
 from controlplane.store import StateStore, StoreBusy
 from edge.snapshot import SnapshotFeed
-from fleet.acl import CONTROL_PLANE, EDGE, Credentials
+from fleet.acl import CONTROL_PLANE, Credentials, edge_user
 from fleet.redisconn import connect, redact
-from fleet.state import CHANNEL_CHANGES, KEY_OBSERVATIONS, KEY_REGIONS, KEY_VERSION
+from fleet.state import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, observations_key
 from meridian.redisproc import RedisServer, free_port
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
@@ -320,14 +320,14 @@ def test_a_sentinel_url_keeps_its_password() -> None:
 async def test_an_edges_credentials_cannot_write_routing_state(tmp_path: Path) -> None:
     """The ACL users every redis-server of a fleet loads (fleet.acl): an edge reads and follows the state
     and appends observations; it cannot write a region or announce a change. The default user is off."""
-    acl = Credentials("cp-pw-1", "edge-pw-2", "repl-pw-3")
+    acl = Credentials(control_plane="cp-pw-1", replication="repl-pw-3", edges={"eu-west-1": "edge-pw-2"})
     primary = RedisServer(port=free_port(), workdir=tmp_path / "p", acl=acl).start()
     primary.wait_ready()
     replica = RedisServer(port=free_port(), workdir=tmp_path / "r", replicaof=primary.port, acl=acl).start()
     replica.wait_ready()  # it replicates with the replication user
     cp = connect(primary.url_for(CONTROL_PLANE))
-    edge_on_primary = connect(primary.url_for(EDGE))
-    edge_on_replica = connect(replica.url_for(EDGE))
+    edge_on_primary = connect(primary.url_for(edge_user("eu-west-1")))
+    edge_on_replica = connect(replica.url_for(edge_user("eu-west-1")))
     anonymous = aioredis.Redis(port=primary.port)
     try:
         await cp.hset(KEY_REGIONS, "eu-west-1", '{"name": "eu-west-1"}')
@@ -340,7 +340,7 @@ async def test_an_edges_credentials_cannot_write_routing_state(tmp_path: Path) -
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 await attempt
-        assert await edge_on_primary.xadd(KEY_OBSERVATIONS, {"edge": "eu-west-1", "requests": "1"})
+        assert await edge_on_primary.xadd(observations_key("eu-west-1"), {"requests": "1"})
 
         async def replicated() -> bool:
             return await edge_on_replica.hget(KEY_REGIONS, "eu-west-1") is not None

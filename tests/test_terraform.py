@@ -207,12 +207,20 @@ def test_dockerfile_is_multistage_and_non_root() -> None:
 
 
 def test_the_store_runs_with_the_fleets_acl_users_tls_and_narrow_security_groups() -> None:
-    from fleet.acl import RULES, SENTINEL
+    from fleet.acl import RULES, SENTINEL, edge_rule, edge_user
 
     users = module_doc("redis_users")
     rules = {uq(k): strip(v) for k, v in blocks(users, "locals")["rules"].items()}
     # the same users and rules as the demo and tests run with (fleet/acl.py); ElastiCache runs no Sentinel
     assert rules == {user: rule for user, rule in RULES.items() if user != SENTINEL}
+    # and one user per edge, each writing in its own name only (the same rule, ${e} the edge's name)
+    text = (TF / "modules" / "redis_users" / "main.tf").read_text()
+    per_edge = re.findall(r'for e in var\.edges : "([^"]+)" => "([^"]+)"', text)
+    assert per_edge == [(edge_user("${e}"), edge_rule("${e}"))]
+    assert "aws_elasticache_user.edge" in text
+    region = (TF / "modules" / "region" / "main.tf").read_text()
+    assert 'MERIDIAN_REDIS_USERNAME = "meridian-edge-${var.region}"' in region
+    assert ':meridian-edge-${var.region}::"' in region  # its own password from the secret
     res = resources(users)
     assert strip(res["aws_elasticache_user.default_off"]["access_string"]).startswith("off")
     for name in ("control_plane", "region"):

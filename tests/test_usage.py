@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from edge.usage import Ledger, Tally
-from fleet.usage import UsageRow, decode_hour, usage_field
+from fleet.usage import UsageRow, decode_hour, merge_edges, plausible, usage_field
 
 
 def event(payload: object) -> bytes:
@@ -60,3 +60,28 @@ def test_the_ledger_keeps_rows_per_tenant_model_region_and_hour_and_takes_back_a
 def test_a_stored_hour_decodes_even_when_the_model_name_holds_the_separator() -> None:
     raw = {usage_field("us-east-1", "requests", "org|model:v2"): "3", "junk": "1", "r|bogus|m": "2"}
     assert decode_hour(raw) == {("org|model:v2", "us-east-1"): UsageRow(requests=3)}
+
+
+def test_rows_no_edge_could_count_are_left_out_and_named() -> None:
+    """An edge's user may add to its own usage hashes: what it adds is summed with the other edges' unless
+    no edge could have counted it (a trillion tokens for one request, errors beyond requests, spend beyond
+    $1,000 per million tokens), which is left out and its edge named."""
+    honest = UsageRow(requests=2, prompt_tokens=300, completion_tokens=40, errors=1, spend_nusd=50_000)
+    assert plausible(honest)
+    for forged in (
+        UsageRow(requests=1, prompt_tokens=10**12),
+        UsageRow(requests=1, errors=2),
+        UsageRow(requests=1, prompt_tokens=10, spend_nusd=10**12),
+        UsageRow(requests=10**9),
+    ):
+        assert not plausible(forged), forged
+    at = ("m", "eu-west-1")
+    total, forged_by = merge_edges(
+        {
+            "eu-west-1": {at: honest},
+            "us-east-1": {at: honest},
+            "mallory": {at: UsageRow(requests=1, errors=9)},
+        }
+    )
+    assert total[at].requests == 4 and total[at].prompt_tokens == 600
+    assert forged_by == ["mallory"]

@@ -91,6 +91,7 @@ module "redis_users" {
   source            = "../redis_users"
   region            = var.region
   users_secret_name = var.redis_users_secret_name
+  edges             = [for r in yamldecode(var.regions_file_content).regions : r.name] # an edge per region
   tags              = var.tags
 }
 

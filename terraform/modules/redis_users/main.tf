@@ -5,11 +5,15 @@
 # never enter the state or the plan; the services get them injected by ARN by ECS.
 
 locals {
-  # keep in step with fleet/acl.py RULES (tests/test_terraform.py checks it)
+  # keep in step with fleet/acl.py RULES and edge_rule (tests/test_terraform.py checks it)
   rules = {
     "meridian-controlplane" = "~meridian:* &meridian:* +@all -@dangerous +info"
-    "meridian-edge"         = "resetchannels &meridian:state:changes %R~meridian:state:* %W~meridian:observations ~meridian:limits:* ~meridian:usage:* ~meridian:traffic:* ~meridian:wake:* -@all +@read +@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire +hset +hdel +pexpire +time"
     "meridian-replication"  = "+psync +replconf +ping"
+  }
+  # one user per edge (named by its region), writing in its own name only: every replication group holds
+  # every edge's user (an edge writes to the primary's group and reads its own region's)
+  edge_rules = {
+    for e in var.edges : "meridian-edge-${e}" => "resetchannels &meridian:state:changes %R~meridian:state:* %W~meridian:observations:${e} ~meridian:limits:* ~meridian:usage:${e}:* ~meridian:traffic:${e}:* ~meridian:wake:* -@all +@read +@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire +hset +hdel +pexpire +time"
   }
 }
 
@@ -53,10 +57,30 @@ resource "aws_elasticache_user" "this" {
   tags                 = var.tags
 }
 
+resource "aws_elasticache_user" "edge" {
+  for_each      = local.edge_rules
+  region        = var.region
+  user_id       = "edge-${trimprefix(each.key, "meridian-edge-")}-${var.region}" # user ids: 40 characters at most
+  user_name     = each.key
+  access_string = "on ${each.value}"
+  engine        = "redis"
+
+  authentication_mode {
+    type = "password"
+  }
+  passwords_wo         = [jsondecode(ephemeral.aws_secretsmanager_secret_version.users.secret_string)[each.key]]
+  passwords_wo_version = var.rotation
+  tags                 = var.tags
+}
+
 resource "aws_elasticache_user_group" "this" {
   region        = var.region
   engine        = "redis"
   user_group_id = "meridian-${var.region}"
-  user_ids      = concat([aws_elasticache_user.default_off.user_id], [for u in aws_elasticache_user.this : u.user_id])
-  tags          = var.tags
+  user_ids = concat(
+    [aws_elasticache_user.default_off.user_id],
+    [for u in aws_elasticache_user.this : u.user_id],
+    [for u in aws_elasticache_user.edge : u.user_id],
+  )
+  tags = var.tags
 }

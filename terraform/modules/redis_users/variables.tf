@@ -19,3 +19,8 @@ variable "rotation" {
   type        = number
   default     = 1
 }
+
+variable "edges" {
+  description = "Every edge's name (the regions of regions.yaml): one ACL user each, in every region"
+  type        = list(string)
+}

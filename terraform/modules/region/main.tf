@@ -179,6 +179,7 @@ module "redis_users" {
   source            = "../redis_users"
   region            = var.region
   users_secret_name = var.redis_users_secret_name
+  edges             = [for r in yamldecode(var.regions_file_content).regions : r.name] # an edge per region
   tags              = var.tags
 }
 
@@ -196,10 +197,10 @@ resource "aws_ecs_task_definition" "edge" {
     command      = ["meridian", "edge"]
     essential    = true
     portMappings = [{ containerPort = var.edge_port, protocol = "tcp" }]
-    environment  = [for k, v in merge(local.edge_environment, { MERIDIAN_REDIS_USERNAME = "meridian-edge" }) : { name = k, value = v }]
+    environment  = [for k, v in merge(local.edge_environment, { MERIDIAN_REDIS_USERNAME = "meridian-edge-${var.region}" }) : { name = k, value = v }]
     # the edge's ACL password, injected by ECS from Secrets Manager: never in state or task definition
     secrets = [
-      { name = "MERIDIAN_REDIS_PASSWORD", valueFrom = "${module.redis_users.secret_arn}:meridian-edge::" },
+      { name = "MERIDIAN_REDIS_PASSWORD", valueFrom = "${module.redis_users.secret_arn}:meridian-edge-${var.region}::" },
       { name = "MERIDIAN_KEY_SECRET", valueFrom = data.aws_secretsmanager_secret.api_key_secret.arn },
     ]
     healthCheck = {
