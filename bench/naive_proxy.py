@@ -2,7 +2,7 @@
 
   naive  the proxy the issue names: aiohttp web.Application + aiohttp ClientSession
   floor  aiohttp's low-level web.Server (what the edge serves on) + the edge's own upstream pool
-         (edge.upstream), status line and first event in one write when both are in hand: what the
+         (edge.transport.upstream), status line and first event in one write when both are in hand: what the
          edge's feature set is measured against
 
 Usage: python bench/naive_proxy.py naive|floor PORT UPSTREAM_URL"""
@@ -17,7 +17,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from edge.upstream import UpstreamPool
+from edge.transport.upstream import UpstreamPool
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 SESSION = web.AppKey("session", aiohttp.ClientSession)

@@ -13,11 +13,11 @@ import random
 import time
 from typing import Any
 
-from edge import routing
-from edge.failback import Failback
-from edge.observed import Observed
-from edge.outlier import OutlierDetector
-from edge.planner import Planner
+from edge.routing.failback import Failback
+from edge.routing.outlier import OutlierDetector
+from edge.routing.planner import Planner
+from edge.routing.ranking import ranking as routing
+from edge.telemetry.observed import Observed
 from fleet.state import Location, RegionState, Snapshot, Topology
 
 

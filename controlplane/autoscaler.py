@@ -28,14 +28,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.scaling import Decision, PoolKey, PoolMemory, absorbed, commit, decide, mix, within_ceilings
 from controlplane.store import AuditEntry, StateStore, StoreError
+from fleet.keys import KEY_POOLS, wake_key
 from fleet.pools import PoolSpec
 from fleet.signals import EngineSignals
-from fleet.state import KEY_PREFIX, Topology
-from fleet.wake import wake_key, woken
+from fleet.state import Topology
+from fleet.wake import woken
 
 log = logging.getLogger("meridian.autoscaler")
 
-KEY_POOLS = f"{KEY_PREFIX}:state:pools"  # hash: "region/model" -> PoolStatus JSON
 SPOT_GONE_S = 600.0  # after an interruption, that slot's spot capacity is taken as gone this long
 NOTICE_S = 110.0  # a spot machine goes two minutes after its notice: an interrupted slot is off before that
 DRAIN_S = 0.25  # a slot is marked down this long before its machine goes (edges take a change in < 30 ms)

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
 
 from controlplane.auth import User, actuator_guard
-from controlplane.autoscaler import KEY_POOLS, Autoscaler, NotServing, OnDemand
+from controlplane.autoscaler import Autoscaler, NotServing, OnDemand
 from controlplane.schemas import (
     AUTHENTICATED,
     CONFLICT,
@@ -23,6 +23,7 @@ from controlplane.schemas import (
     PoolStatus,
 )
 from controlplane.store import StateStore, raise_unavailable
+from fleet.keys import KEY_POOLS
 
 
 async def _statuses(state: State) -> dict[str, PoolStatus]:

@@ -24,24 +24,28 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fleet.signals import KEY_SIGNALS
-from fleet.state import (
+from fleet.keys import (
     CHANNEL_CHANGES,
+    KEY_API_KEYS,
     KEY_AUDIT,
     KEY_EDGES,
     KEY_EPOCH,
     KEY_REGIONS,
+    KEY_SIGNALS,
+    KEY_TENANTS,
+    KEY_TENANTS_VERSION,
     KEY_VERSION,
+    observations_key,
+)
+from fleet.state import (
     Region,
     RegionState,
     Topology,
     change_message,
     decode_records,
     initial_state,
-    observations_key,
     why_invalid,
 )
-from fleet.tenants import KEY_API_KEYS, KEY_TENANTS, KEY_TENANTS_VERSION
 
 log = logging.getLogger("meridian.store")
 

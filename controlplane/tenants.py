@@ -17,20 +17,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from controlplane.store import AUDIT_MAXLEN, AuditEntry, StateCopy, StateStore, raise_unavailable
-from fleet.spend import Window, budget_key, window
-from fleet.state import KEY_AUDIT, KEY_EDGES
-from fleet.tenants import (
+from fleet.keys import (
     KEY_API_KEYS,
-    KEY_PREFIX_LEN,
+    KEY_AUDIT,
+    KEY_EDGES,
     KEY_TENANTS,
     KEY_TENANTS_VERSION,
-    ApiKey,
-    Tenant,
-    decode_keys,
-    decode_tenants,
-    key_digest,
+    budget_key,
+    usage_key,
 )
-from fleet.usage import UsageRow, decode_hour, merge_edges, usage_key
+from fleet.spend import Window, window
+from fleet.tenants import KEY_PREFIX_LEN, ApiKey, Tenant, decode_keys, decode_tenants, key_digest
+from fleet.usage import UsageRow, decode_hour, merge_edges
 
 
 class TenantNotFound(Exception):
@@ -266,7 +264,7 @@ class TenantStore:
             return None
         w = window(tenant.budget.period, now)
         async with raise_unavailable():
-            raw: dict[Any, Any] = await self.redis.hgetall(budget_key(tenant.id, w))
+            raw: dict[Any, Any] = await self.redis.hgetall(budget_key(tenant.id, w.id))
         spent = held = 0
         for k, v in raw.items():
             name = k.decode() if isinstance(k, bytes) else k

@@ -1,5 +1,5 @@
-"""`python -m edge`: run one edge (see edge.main)."""
+"""`python -m edge`: run one edge (see edge.server.main)."""
 
-from edge.main import main
+from edge.server.main import main
 
 raise SystemExit(main())

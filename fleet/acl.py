@@ -28,9 +28,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fleet.state import CHANNEL_CHANGES, KEY_PREFIX, observations_key
-from fleet.usage import KEY_TRAFFIC, KEY_USAGE
-from fleet.wake import KEY_WAKE
+from fleet.keys import (
+    CHANNEL_CHANGES,
+    KEY_LIMITS,
+    KEY_PREFIX,
+    KEY_TRAFFIC,
+    KEY_USAGE,
+    KEY_WAKE,
+    observations_key,
+)
 
 CONTROL_PLANE = "meridian-controlplane"
 EDGE_PREFIX = "meridian-edge-"  # + the edge's name: one user per edge
@@ -60,7 +66,7 @@ def edge_rule(edge: str) -> str:
     so one edge's patterns never match another's keys)."""
     return (
         f"resetchannels &{CHANNEL_CHANGES} %R~{KEY_PREFIX}:state:* %W~{observations_key(edge)} "
-        f"~{KEY_PREFIX}:limits:* ~{KEY_USAGE}:{edge}:* ~{KEY_TRAFFIC}:{edge}:* ~{KEY_WAKE}:* -@all +@read "
+        f"~{KEY_LIMITS}:* ~{KEY_USAGE}:{edge}:* ~{KEY_TRAFFIC}:{edge}:* ~{KEY_WAKE}:* -@all +@read "
         "+@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load "
         "+hincrby +expire +hset +hdel +pexpire +time"
     )

@@ -8,10 +8,6 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.state import KEY_PREFIX
-
-KEY_SIGNALS = f"{KEY_PREFIX}:state:signals"  # hash: "region/replica" -> EngineSignals JSON
-
 
 class EngineSignals(BaseModel):
     """One replica's engine load, as last scraped."""

@@ -22,10 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from fleet.state import KEY_PREFIX
-
 Period = Literal["day", "month"]
-KEY_BUDGETS = f"{KEY_PREFIX}:limits:budget"  # + ":<tenant>:<period id>": the period's spend and holds
 KEEP_S = 40 * 86_400  # a period's hash stays this long after its last write (the usage ledger keeps bills)
 
 
@@ -46,10 +43,6 @@ def window(period: Period, unix_s: float) -> Window:
     days = calendar.monthrange(at.year, at.month)[1]
     start = datetime(at.year, at.month, 1, tzinfo=UTC)
     return Window(f"m{at:%Y%m}", start.timestamp() + days * 86_400)
-
-
-def budget_key(tenant: str, w: Window) -> str:
-    return f"{KEY_BUDGETS}:{tenant}:{w.id}"
 
 
 def ttl_ms(w: Window, unix_s: float) -> int:

@@ -1,7 +1,8 @@
 """The shared contract between control plane and edges (pure, no I/O).
 
 Topology (what regions.yaml declares), RegionState (what the store holds per region), Snapshot (what an
-edge routes on), the Redis key names, and their JSON encoding. Both sides import it; it imports neither.
+edge routes on), and their JSON encoding (the Redis key names are in fleet.keys). Both sides import it; it
+imports neither.
 """
 
 from __future__ import annotations
@@ -21,20 +22,6 @@ from fleet.pools import Autoscaling, PoolSpec
 Health = Literal["up", "degraded", "down"]
 
 # Redis key names (one namespace, so a shared Redis can hold several Meridians under other prefixes).
-KEY_PREFIX = "meridian"
-KEY_VERSION = f"{KEY_PREFIX}:state:version"
-KEY_EPOCH = f"{KEY_PREFIX}:state:epoch"  # raised only by a deliberate, audited reset of the state
-KEY_REGIONS = f"{KEY_PREFIX}:state:regions"
-CHANNEL_CHANGES = f"{KEY_PREFIX}:state:changes"
-KEY_AUDIT = f"{KEY_PREFIX}:audit"
-KEY_OBSERVATIONS = (
-    f"{KEY_PREFIX}:observations"  # + ":<edge>": one stream per edge (its user writes only its own)
-)
-KEY_EDGES = f"{KEY_PREFIX}:edges"  # a set: every edge the topology ever named (whose usage keys to read)
-
-
-def observations_key(edge: str) -> str:
-    return f"{KEY_OBSERVATIONS}:{edge}"
 
 
 class _Strict(BaseModel):

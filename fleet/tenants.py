@@ -13,11 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.spend import Period
-from fleet.state import KEY_PREFIX
 
-KEY_TENANTS = f"{KEY_PREFIX}:state:tenants"  # hash: tenant id -> Tenant JSON
-KEY_API_KEYS = f"{KEY_PREFIX}:state:api_keys"  # hash: key digest -> ApiKey JSON
-KEY_TENANTS_VERSION = f"{KEY_PREFIX}:state:tenants_version"  # raised by every change: edges reload on it
 KEY_PREFIX_LEN = 8  # characters of a key shown in listings ("mk-Ab3dE…"): enough to tell keys apart
 
 Priority = Literal["critical", "normal", "batch"]  # the one priority: tenants, requests, the queue's bands

@@ -13,10 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from fleet.state import KEY_PREFIX
-
-KEY_USAGE = f"{KEY_PREFIX}:usage"
-KEY_TRAFFIC = f"{KEY_PREFIX}:traffic"  # per region and minute, all tenants: what capacity planning reads
 TRAFFIC_RETENTION_S = 35 * 86_400
 COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "errors", "spend_nusd")
 RETENTION_S = 400 * 86_400  # each hour's hash expires this long after its last write (13 months of bills)
@@ -52,22 +48,12 @@ MOST_TOKENS_PER_REQUEST = 10_000_000  # prompt + completion: beyond any context 
 MOST_NUSD_PER_TOKEN = 1_000_000  # $1,000 per million tokens
 
 
-def usage_key(edge: str | None, tenant: str, hour: int) -> str:
-    """The hash ``edge`` adds to; ``edge`` None: the one all edges shared before per-edge users."""
-    return f"{KEY_USAGE}:{tenant}:{hour}" if edge is None else f"{KEY_USAGE}:{edge}:{tenant}:{hour}"
-
-
 def usage_field(region: str, counter: str, model: str) -> str:
     return f"{region}|{counter}|{model}"
 
 
 def minute_of(unix_s: float) -> int:
     return int(unix_s // 60)
-
-
-def traffic_key(edge: str | None, region: str, minute: int) -> str:
-    """The hash ``edge`` adds to; ``edge`` None: the one all edges shared before per-edge users."""
-    return f"{KEY_TRAFFIC}:{region}:{minute}" if edge is None else f"{KEY_TRAFFIC}:{edge}:{region}:{minute}"
 
 
 def plausible(row: UsageRow) -> bool:

@@ -7,18 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fleet.state import KEY_PREFIX
-
-KEY_WAKE = f"{KEY_PREFIX}:wake"
 WAKE_TTL_S = 10.0  # a wake hash expires this long after an edge last wrote it
 WAKE_FRESH_S = 5.0  # a mark counts this long after it was written
 WAKE_EVERY_S = 1.0  # how often an edge holding requests rewrites its mark
 MOST_HELD = 100_000  # a mark counts at most this many (an edge holds fewer: MERIDIAN_WAKE_MAX_HELD)
 CLOCK_SKEW_S = 5.0  # a mark from further in the future than this is forged or from a broken clock
-
-
-def wake_key(region: str, model: str) -> str:
-    return f"{KEY_WAKE}:{region}:{model}"
 
 
 def wake_mark(held: int, unix_s: float) -> str:

@@ -95,8 +95,8 @@ def read_store(url: str, regions: Iterable[str], *, days: float, now: float) -> 
     users."""
     import redis
 
-    from fleet.state import KEY_EDGES
-    from fleet.usage import UsageRow, decode_minute, minute_of, plausible, traffic_key
+    from fleet.keys import KEY_EDGES, traffic_key
+    from fleet.usage import UsageRow, decode_minute, minute_of, plausible
 
     client = redis.Redis.from_url(url, decode_responses=True)
     regions = list(regions)

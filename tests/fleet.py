@@ -24,8 +24,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from controlplane.api import create_app as create_admin
 from controlplane.settings import AdminToken, ControlPlaneSettings
-from edge.app import Edge
-from edge.main import serve as serve_edge
+from edge.server.app import Edge
+from edge.server.main import serve as serve_edge
 from edge.settings import EdgeSettings
 from fleet.acl import CONTROL_PLANE, Credentials, edge_user
 from fleet.state import Topology

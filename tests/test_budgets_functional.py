@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.limits import prompt_tokens
+from edge.admission.limits import prompt_tokens
 from fleet.models import cost_nusd
 from meridian import cli
 from tests.conftest import ServerFactory

@@ -15,8 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from fleet.state import KEY_AUDIT
-from fleet.tenants import KEY_API_KEYS, KEY_TENANTS
+from fleet.keys import KEY_API_KEYS, KEY_AUDIT, KEY_TENANTS
 from meridian.redisproc import free_port
 from tests.conftest import ServerFactory
 from tests.fleet import Fleet, start_fleet, wait_for

@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from opentelemetry.trace import SpanKind
 
-from edge import tracing
-from edge.metrics import EdgeMetrics
-from edge.observed import Observed
-from edge.reporter import Reporter
+from edge.telemetry import tracing
+from edge.telemetry.metrics import EdgeMetrics
+from edge.telemetry.observed import Observed
+from edge.telemetry.reporter import Reporter
 from fleet.redisconn import connect
 from meridian.redisproc import free_port
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from edge.fairqueue import BandLimits, FairQueue, next_cap
-from edge.replicas import PoolLoad
+from edge.admission.fairqueue import BandLimits, FairQueue, next_cap
+from edge.routing.replicas import PoolLoad
 from fleet.tenants import Priority
 
 BANDS: dict[Priority, BandLimits] = {

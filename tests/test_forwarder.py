@@ -19,18 +19,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from edge import tracing
-from edge.budget import RetryBudget
-from edge.failback import Failback
-from edge.forwarder import CoalescingStreamResponse, Forwarder, Resilience
-from edge.geo import ClientPlace
-from edge.hedging import HedgeBudget, HedgePolicy
-from edge.metrics import EdgeMetrics
-from edge.observed import Observed
-from edge.outlier import OutlierDetector, OutlierPolicy
-from edge.planner import Planner
+from edge.admission.geo import ClientPlace
+from edge.routing.failback import Failback
+from edge.routing.outlier import OutlierDetector, OutlierPolicy
+from edge.routing.planner import Planner
 from edge.settings import TimeoutSet
-from edge.upstream import UpstreamError
+from edge.telemetry import tracing
+from edge.telemetry.metrics import EdgeMetrics
+from edge.telemetry.observed import Observed
+from edge.transport.forwarder import CoalescingStreamResponse, Forwarder, Resilience
+from edge.transport.hedging import HedgeBudget, HedgePolicy
+from edge.transport.retry_budget import RetryBudget
+from edge.transport.upstream import UpstreamError
 from fleet.state import Location, Snapshot, Topology, initial_state
 from tests.fleet import ServerFactory
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.geo import ClientLocator, GeoDatabaseError, GeoLocator, client_ip, open_reader
+from edge.admission.geo import ClientLocator, GeoDatabaseError, GeoLocator, client_ip, open_reader
 from fleet.state import Location
 
 TRUSTED = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8")]

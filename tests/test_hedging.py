@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from edge.hedging import HedgeBudget, QuantileWindow, hedge_delay
+from edge.transport.hedging import HedgeBudget, QuantileWindow, hedge_delay
 
 
 def test_delay_is_the_quantile_plus_slack_within_floor_and_ceiling() -> None:

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from opentelemetry.trace import SpanKind
 
-from edge import tracing
-from edge.tracing import ATTR_CANCELLED, ATTR_WINNER
+from edge.telemetry import tracing
+from edge.telemetry.tracing import ATTR_CANCELLED, ATTR_WINNER
 from regionsim.model import Faults
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP

@@ -20,10 +20,19 @@ from redis.exceptions import NoPermissionError
 from controlplane.api import create_app
 from controlplane.settings import ControlPlaneSettings
 from fleet.acl import CONTROL_PLANE, edge_user
-from fleet.state import CHANNEL_CHANGES, KEY_EDGES, KEY_OBSERVATIONS, KEY_REGIONS, observations_key
-from fleet.tenants import KEY_API_KEYS, KEY_TENANTS
-from fleet.usage import hour_of, traffic_key, usage_field, usage_key
-from fleet.wake import wake_key
+from fleet.keys import (
+    CHANNEL_CHANGES,
+    KEY_API_KEYS,
+    KEY_EDGES,
+    KEY_OBSERVATIONS,
+    KEY_REGIONS,
+    KEY_TENANTS,
+    observations_key,
+    traffic_key,
+    usage_key,
+    wake_key,
+)
+from fleet.usage import hour_of, usage_field
 from meridian.redisproc import free_port
 from tests.conftest import ServerFactory
 from tests.fleet import ROOT, Fleet, start_fleet, wait_for

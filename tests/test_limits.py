@@ -3,7 +3,7 @@ local share while the primary is unreachable; the token reservation."""
 
 from __future__ import annotations
 
-from edge.limits import LEASE_TTL_S, Bucket, Slots, prompt_tokens, reservation
+from edge.admission.limits import LEASE_TTL_S, Bucket, Slots, prompt_tokens, reservation
 
 
 def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
-from edge.limits import LEASE_S, SLOTS_TTL_S, TOLERANCE_S
+from edge.admission.limits import LEASE_S, SLOTS_TTL_S, TOLERANCE_S
 from tests.conftest import ServerFactory
 from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP

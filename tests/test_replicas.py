@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from controlplane.engines import parse_metrics
-from edge.failback import Failback
-from edge.observed import Observed
-from edge.outlier import OutlierDetector
-from edge.planner import Planner, ReplicaTuning, Wanted
-from edge.replicas import PickPolicy, Replica, Ring, pick, slow_start_share
-from edge.request import BodyError, read
+from edge.admission.request import BodyError, read
+from edge.routing.failback import Failback
+from edge.routing.outlier import OutlierDetector
+from edge.routing.planner import Planner, ReplicaTuning, Wanted
+from edge.routing.replicas import PickPolicy, Replica, Ring, pick, slow_start_share
+from edge.telemetry.observed import Observed
 from fleet.signals import EngineSignals
 from fleet.state import Snapshot, Topology, initial_state
 from fleet.topology import load_topology

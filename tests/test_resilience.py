@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from edge.budget import RetryBudget, backoff_s
-from edge.failback import Failback
-from edge.outlier import Breaker, OutlierDetector, OutlierPolicy
+from edge.routing.failback import Failback
+from edge.routing.outlier import Breaker, OutlierDetector, OutlierPolicy
+from edge.transport.retry_budget import RetryBudget, backoff_s
 
 POLICY = OutlierPolicy(
     consecutive_failures=3,

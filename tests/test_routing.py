@@ -9,12 +9,13 @@ from collections import Counter
 import pytest
 
 from controlplane.service import ServiceTracker
-from edge import outcome, routing
-from edge.failback import Failback
-from edge.geo import ClientPlace
-from edge.observed import Observed
-from edge.outlier import OutlierDetector
-from edge.planner import Planner
+from edge.admission.geo import ClientPlace
+from edge.routing.failback import Failback
+from edge.routing.outlier import OutlierDetector
+from edge.routing.planner import Planner
+from edge.routing.ranking import outcome
+from edge.routing.ranking import ranking as routing
+from edge.telemetry.observed import Observed
 from fleet.state import Location, RegionState, Snapshot, Topology
 from fleet.topology import load_topology
 from tests.fleet import ROOT

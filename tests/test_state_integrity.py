@@ -18,10 +18,10 @@ import redis.exceptions
 from redis.asyncio.connection import BlockingConnectionPool
 
 from controlplane.store import StateStore, StoreBusy
-from edge.snapshot import SnapshotFeed
+from edge.routing.snapshot import SnapshotFeed
 from fleet.acl import CONTROL_PLANE, Credentials, edge_user
+from fleet.keys import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, observations_key
 from fleet.redisconn import connect, redact
-from fleet.state import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, observations_key
 from meridian.redisproc import RedisServer, free_port
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from edge.tracing import HeadSampler
+from edge.telemetry.tracing import HeadSampler
 
 
 def test_head_sampler_keeps_its_ratio_and_left_out_requests_still_carry_a_context() -> None:
@@ -29,7 +29,7 @@ def test_trace_headers_are_what_the_w3c_propagator_writes() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-    from edge.tracing import PROPAGATOR, trace_headers
+    from edge.telemetry.tracing import PROPAGATOR, trace_headers
 
     recorded = TracerProvider().get_tracer("t").start_span("s")
     stand_in = HeadSampler(0.0, random.Random(2)).left_out()

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge.forwarder import upstream_headers
-from edge.upstream import HIGH_WATER, UpstreamError, UpstreamPool
+from edge.transport.forwarder import upstream_headers
+from edge.transport.upstream import HIGH_WATER, UpstreamError, UpstreamPool
 from tests.fleet import ServerFactory
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

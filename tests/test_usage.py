@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from edge.usage import Ledger, Tally
+from edge.telemetry.usage import Ledger, Tally
 from fleet.usage import UsageRow, decode_hour, merge_edges, plausible, usage_field
 
 

@@ -1,13 +1,13 @@
-"""The edge's hold for pools at zero (``edge.wake.Waker``) and the wake marks' format (``fleet.wake``):
-bounded in number and time, released by news, the nearest undrained region woken, marks counted only while
-fresh."""
+"""The edge's hold for pools at zero (``edge.admission.wake.Waker``) and the wake marks' format
+(``fleet.wake``): bounded in number and time, released by news, the nearest undrained region woken, marks
+counted only while fresh."""
 
 from __future__ import annotations
 
 import asyncio
 
-from edge.metrics import EdgeMetrics
-from edge.wake import Waker
+from edge.admission.wake import Waker
+from edge.telemetry.metrics import EdgeMetrics
 from fleet.state import Snapshot, Topology, initial_state
 from fleet.topology import parse_topology
 from fleet.wake import MOST_HELD, WAKE_FRESH_S, wake_mark, woken

@@ -15,9 +15,9 @@ Every attempt — plain, retry, failover, hedge — goes through ``classify``; n
 | timeout   | no first byte within time-to-first-byte  | other replica, region   | yes     | 504             |
 | error     | a bug in the edge, or no replica to try  | no                      | no      | 502             |
 
-Where a retry goes is ``edge.routing.AttemptPlan``'s: first another replica of the same region (the fault
-is usually one replica's), then the next region in order; a 500 stays in its region (the same request may
-break every replica: it is not worth a region's round trip).
+Where a retry goes is ``edge.routing.ranking.AttemptPlan``'s: first another replica of the same region (the
+fault is usually one replica's), then the next region in order; a 500 stays in its region (the same request
+may break every replica: it is not worth a region's round trip).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the world looks like (I/O): load region state from this region's Redis replica, follow the change
 feed, resync periodically, and hold the last good immutable Snapshot through Redis outages. What may replace
-it is decided by ``edge.acceptance`` (never older, never partial, bad records quarantined)."""
+it is decided by ``edge.routing.acceptance`` (never older, never partial, bad records quarantined)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from edge.acceptance import judge
+from edge.routing.acceptance import judge
+from fleet.keys import CHANNEL_CHANGES, KEY_EPOCH, KEY_REGIONS, KEY_VERSION
 from fleet.redisconn import raise_if_cancelling, redact
-from fleet.state import CHANNEL_CHANGES, KEY_EPOCH, KEY_REGIONS, KEY_VERSION, Snapshot, decode_records
+from fleet.state import Snapshot, decode_records
 
 log = logging.getLogger("meridian.snapshot")
 

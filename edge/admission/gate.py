@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edge.fairqueue import BANDS, BandLimits, FairQueue, next_cap
-from edge.metrics import EdgeMetrics
-from edge.replicas import PoolLoad
+from edge.admission.fairqueue import BANDS, BandLimits, FairQueue, next_cap
+from edge.routing.replicas import PoolLoad
+from edge.telemetry.metrics import EdgeMetrics
 from fleet.tenants import Priority
 
 PoolKey = tuple[str, str | None]  # (region, model)

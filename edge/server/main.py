@@ -16,10 +16,10 @@ from aiohttp import web
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from edge.app import ConfigError, Edge
-from edge.geo import GeoDatabaseError
+from edge.admission.geo import GeoDatabaseError
+from edge.server.app import ConfigError, Edge
 from edge.settings import EdgeSettings
-from edge.tracing import TracingConfigError
+from edge.telemetry.tracing import TracingConfigError
 from fleet.redisconn import redact
 from fleet.topology import TopologyError, check_environment, format_settings_error
 

@@ -15,10 +15,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from edge.limiter import KEY_EDGES, Limiter
+from edge.admission.limiter import Limiter
+from fleet.keys import KEY_LIVE_EDGES as KEY_EDGES
+from fleet.keys import budget_key
 from fleet.models import NANO
 from fleet.redisconn import raise_if_cancelling
-from fleet.spend import BUDGET_SCRIPT, Purse, Window, budget_key, ttl_ms, window
+from fleet.spend import BUDGET_SCRIPT, Purse, Window, ttl_ms, window
 from fleet.tenants import Tenant
 
 FLUSH_S = 1.0  # ended requests' costs are paid (and idle purses given back) this often
@@ -70,7 +72,7 @@ class Budgets:
         w = self._windows.get(budget.period)
         if w is None or now >= w.ends_at:  # a new day or month (computed once per period, not per request)
             w = self._windows[budget.period] = window(budget.period, now)
-        key, nusd = budget_key(tenant.id, w), round(budget.usd * NANO)
+        key, nusd = budget_key(tenant.id, w.id), round(budget.usd * NANO)
         purse = self.purses.get(key)
         if purse is None:
             purse = self.purses[key] = Purse(nusd)

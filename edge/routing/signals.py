@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 import redis.asyncio as aioredis
 
 from edge.polling import poll
-from fleet.signals import KEY_SIGNALS, EngineSignals, decode_signals
+from fleet.keys import KEY_SIGNALS
+from fleet.signals import EngineSignals, decode_signals
 
 log = logging.getLogger("meridian.signals")
 

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from edge.budgets import Budgets, Exhausted, Hold
+from edge.admission.budgets import Budgets, Exhausted, Hold
+from edge.admission.limiter import Limiter, Ticket, Verdict
+from edge.admission.limits import prompt_tokens, reservation
+from edge.admission.request import BodyError, Inference, read
+from edge.admission.tenants import Principal, Standing, TenantsFeed
 from edge.errors import BadInput, error
-from edge.limiter import Limiter, Ticket, Verdict
-from edge.limits import prompt_tokens, reservation
-from edge.metrics import EdgeMetrics
-from edge.planner import NOTHING, Wanted
-from edge.request import BodyError, Inference, read
+from edge.routing.planner import NOTHING, Wanted
 from edge.settings import EdgeSettings
-from edge.tenants import Principal, Standing, TenantsFeed
-from edge.usage import Tally
+from edge.telemetry.metrics import EdgeMetrics
+from edge.telemetry.usage import Tally
 from fleet.models import Catalog, usd
 from fleet.tenants import PRIORITIES, Priority, Tenant
 

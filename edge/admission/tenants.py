@@ -17,15 +17,8 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from edge.polling import poll
-from fleet.tenants import (
-    KEY_API_KEYS,
-    KEY_TENANTS,
-    KEY_TENANTS_VERSION,
-    Tenant,
-    decode_keys,
-    decode_tenants,
-    key_digest,
-)
+from fleet.keys import KEY_API_KEYS, KEY_TENANTS, KEY_TENANTS_VERSION
+from fleet.tenants import Tenant, decode_keys, decode_tenants, key_digest
 
 log = logging.getLogger("meridian.tenants")
 

@@ -12,11 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edge.failback import Failback
-from edge.observed import Observed
-from edge.outlier import OutlierDetector
-from edge.replicas import PLAIN, Pick, PickPolicy, PoolLoad, Replica, Ring, pick, pool_load, slow_start_share
-from edge.routing import (
+from edge.routing.failback import Failback
+from edge.routing.outlier import OutlierDetector
+from edge.routing.ranking import (
     AttemptPlan,
     Decision,
     Lead,
@@ -27,6 +25,18 @@ from edge.routing import (
     hold,
     pick_replica,
 )
+from edge.routing.replicas import (
+    PLAIN,
+    Pick,
+    PickPolicy,
+    PoolLoad,
+    Replica,
+    Ring,
+    pick,
+    pool_load,
+    slow_start_share,
+)
+from edge.telemetry.observed import Observed
 from fleet.signals import EngineSignals
 from fleet.state import Location, Snapshot, Topology, distance_rtt_ms
 
@@ -40,7 +50,7 @@ CELLS_PER_DEGREE = 4  # client places are memoised per 0.25° cell (about 28 km,
 
 
 class Place(Protocol):
-    """Where a client is (``edge.geo.ClientPlace``)."""
+    """Where a client is (``edge.admission.geo.ClientPlace``)."""
 
     @property
     def location(self) -> Location: ...

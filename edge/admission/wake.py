@@ -20,10 +20,11 @@ from typing import TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from edge.metrics import EdgeMetrics
+from edge.telemetry.metrics import EdgeMetrics
+from fleet.keys import wake_key
 from fleet.redisconn import raise_if_cancelling
 from fleet.state import Snapshot, Topology
-from fleet.wake import WAKE_EVERY_S, WAKE_TTL_S, wake_key, wake_mark
+from fleet.wake import WAKE_EVERY_S, WAKE_TTL_S, wake_mark
 
 log = logging.getLogger("meridian.wake")
 

@@ -1,7 +1,8 @@
 """How we send (I/O): run a request's attempt plan against regional replicas, wave by wave — a wave is one
 attempt, or a primary plus its hedge — with the same gate before every wave after the first (deadline,
 retry budget, backoff with jitter, metrics); only before the first byte reached the client. Then stream the
-winner back chunk by chunk. One client span per attempt; every outcome classified by ``edge.outcome``."""
+winner back chunk by chunk. One client span per attempt; every outcome classified by
+``edge.routing.outcome``."""
 
 from __future__ import annotations
 
@@ -19,18 +20,18 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from edge import tracing
-from edge.budget import RetryBudget, backoff_s
-from edge.hedging import HedgePolicy
-from edge.metrics import EdgeMetrics
-from edge.observed import Observed
-from edge.outcome import NO_REPLICA, TIMEOUT, Outcome, answered, raised
-from edge.outlier import OutlierDetector
-from edge.routing import Attempt, AttemptPlan
+from edge.admission.tenants import Standing
+from edge.routing.outcome import NO_REPLICA, TIMEOUT, Outcome, answered, raised
+from edge.routing.outlier import OutlierDetector
+from edge.routing.ranking import Attempt, AttemptPlan
 from edge.settings import TimeoutSet
-from edge.tenants import Standing
-from edge.upstream import UpstreamPool, UpstreamResponse, encode_header_text
-from edge.usage import Tally
+from edge.telemetry import tracing
+from edge.telemetry.metrics import EdgeMetrics
+from edge.telemetry.observed import Observed
+from edge.telemetry.usage import Tally
+from edge.transport.hedging import HedgePolicy
+from edge.transport.retry_budget import RetryBudget, backoff_s
+from edge.transport.upstream import UpstreamPool, UpstreamResponse, encode_header_text
 
 log = logging.getLogger("meridian.forwarder")
 

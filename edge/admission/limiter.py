@@ -1,5 +1,5 @@
-"""Tenant limits at the edge (I/O): the leases of ``edge.limits`` taken from the Redis primary, in the
-background while a lease lasts, on the request path only when this edge holds too little for the request;
+"""Tenant limits at the edge (I/O): the leases of ``edge.admission.limits`` taken from the Redis primary, in
+the background while a lease lasts, on the request path only when this edge holds too little for the request;
 debts carried back; the local share while the primary is unreachable or refuses (told apart in logs and
 metrics), sized by the edge processes registered live; the rate-limit headers OpenAI's clients read."""
 
@@ -21,15 +21,14 @@ import redis.asyncio as aioredis
 from multidict import istr
 from redis.exceptions import RedisError, ResponseError
 
-from edge.limits import EDGES_SCRIPT, LEASE_SCRIPT, SLOTS_SCRIPT, SLOTS_TTL_S, Bucket, Slots
+from edge.admission.limits import EDGES_SCRIPT, LEASE_SCRIPT, SLOTS_SCRIPT, SLOTS_TTL_S, Bucket, Slots
+from fleet.keys import KEY_LIVE_EDGES, limit_key
 from fleet.redisconn import raise_if_cancelling
-from fleet.state import KEY_PREFIX
 from fleet.tenants import Limits, Tenant
 
 log = logging.getLogger("meridian.limits")
 
 OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
-KEY_EDGES = f"{KEY_PREFIX}:limits:edges"  # hash: edge process id -> expiry (ms): the live edge processes
 REGISTER_S = 1.0  # an edge process renews its registration this often (it lapses after 3 missed)
 DIMENSIONS = (("requests", "rpm"), ("tokens", "tpm"))
 HEADERS_TTL_S = 0.1  # an admitted answer's rate-limit headers are at most this old
@@ -178,7 +177,7 @@ class Limiter:
             amount = max(need, slots.wanted() if want is None else want)
             try:
                 granted = await self.slots_script(
-                    keys=[f"{KEY_PREFIX}:limits:{tenant}:concurrent"],
+                    keys=[limit_key(tenant, "concurrent")],
                     args=[self.edge_id, amount, slots.limit, int(SLOTS_TTL_S * 1000)],
                 )
             except (RedisError, OSError) as exc:
@@ -211,7 +210,9 @@ class Limiter:
 
     async def _register(self) -> None:
         try:
-            live = await self.edges_script(keys=[KEY_EDGES], args=[self.edge_id, int(3 * REGISTER_S * 1000)])
+            live = await self.edges_script(
+                keys=[KEY_LIVE_EDGES], args=[self.edge_id, int(3 * REGISTER_S * 1000)]
+            )
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             self.outage(exc)
@@ -344,7 +345,7 @@ class Limiter:
         interval_ms = 60_000.0 / bucket.limit
         try:
             granted, wait_ms, backlog_ms = await self.script(
-                keys=[f"{KEY_PREFIX}:limits:{tenant}:{name}"],
+                keys=[limit_key(tenant, name)],
                 args=[
                     repr(interval_ms),
                     bucket.tolerance_s() * 1000.0,
@@ -367,7 +368,7 @@ class Limiter:
             t.cancel()
         with contextlib.suppress(Exception):  # leave the registry at once (else it expires)
             async with asyncio.timeout(0.5):
-                await self.client.hdel(KEY_EDGES, self.edge_id)
+                await self.client.hdel(KEY_LIVE_EDGES, self.edge_id)
         try:
             async with asyncio.timeout(1.0):
                 await self.client.aclose()

@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from edge.outcome import SAME_REGION_ONLY
-from edge.replicas import Pick
+from edge.routing.outcome import SAME_REGION_ONLY
+from edge.routing.replicas import Pick
 from fleet.state import Location, Policy, RegionState, Snapshot, Topology, distance_rtt_ms
 
 
@@ -621,9 +621,9 @@ class AttemptPlan:
     region, and the answer to "what next, given what was tried".
 
     First the primary region's best replica (the chooser's pick). After a retryable failure there
-    (``edge.outcome``: throttled, 500, 502-504, connect, timeout), once more on another replica of the same
-    region; then (but never after a 500) the next region in order, the backup first. The hedge goes to the
-    backup region. At most ``max_attempts`` attempts in all."""
+    (``edge.routing.outcome``: throttled, 500, 502-504, connect, timeout), once more on another replica of
+    the same region; then (but never after a 500) the next region in order, the backup first. The hedge goes
+    to the backup region. At most ``max_attempts`` attempts in all."""
 
     __slots__ = ("_chooser", "_urls", "decision", "max_attempts", "tried")
 

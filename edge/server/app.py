@@ -24,35 +24,35 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from edge import tracing
-from edge.admission import Admission
-from edge.budget import RetryBudget
-from edge.budgets import Budgets
+from edge.admission.admit import Admission
+from edge.admission.budgets import Budgets
+from edge.admission.fairqueue import BandLimits
+from edge.admission.gate import Gate
+from edge.admission.geo import ClientLocator, ClientPlace, GeoLocator
+from edge.admission.limiter import Limiter
+from edge.admission.request import Inference, read
+from edge.admission.tenants import TenantsFeed
+from edge.admission.wake import Waker
 from edge.errors import error, internal_error
-from edge.failback import Failback
-from edge.fairqueue import BandLimits
-from edge.forwarder import Forwarder, Resilience
-from edge.gate import Gate
-from edge.geo import ClientLocator, ClientPlace, GeoLocator
-from edge.hedging import HedgeBudget, HedgePolicy
-from edge.limiter import Limiter
-from edge.metrics import EdgeMetrics
-from edge.observed import Observed
-from edge.outlier import OutlierDetector, OutlierPolicy
-from edge.planner import Planner, ReplicaTuning, Wanted
-from edge.proxy import Proxy
-from edge.replicas import PickPolicy
-from edge.reporter import Reporter, UsageWriter
-from edge.request import Inference, read
-from edge.routing import AttemptPlan
-from edge.rtt import RttProber
+from edge.routing.failback import Failback
+from edge.routing.outlier import OutlierDetector, OutlierPolicy
+from edge.routing.planner import Planner, ReplicaTuning, Wanted
+from edge.routing.ranking import AttemptPlan
+from edge.routing.replicas import PickPolicy
+from edge.routing.signals import SignalsFeed
+from edge.routing.snapshot import SnapshotFeed
+from edge.server.proxy import Proxy
 from edge.settings import EdgeSettings
-from edge.signals import SignalsFeed
-from edge.snapshot import SnapshotFeed
-from edge.tenants import TenantsFeed
-from edge.upstream import UpstreamPool
-from edge.usage import Ledger
-from edge.wake import Waker
+from edge.telemetry import tracing
+from edge.telemetry.metrics import EdgeMetrics
+from edge.telemetry.observed import Observed
+from edge.telemetry.reporter import Reporter, UsageWriter
+from edge.telemetry.usage import Ledger
+from edge.transport.forwarder import Forwarder, Resilience
+from edge.transport.hedging import HedgeBudget, HedgePolicy
+from edge.transport.retry_budget import RetryBudget
+from edge.transport.rtt import RttProber
+from edge.transport.upstream import UpstreamPool
 from fleet.redisconn import connect
 from fleet.state import Snapshot, Topology, initial_state
 from fleet.topology import load_topology

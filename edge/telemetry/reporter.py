@@ -13,19 +13,11 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from edge.observed import Observed
-from edge.usage import Ledger
+from edge.telemetry.observed import Observed
+from edge.telemetry.usage import Ledger
+from fleet.keys import observations_key, traffic_key, usage_key
 from fleet.redisconn import raise_if_cancelling
-from fleet.state import observations_key
-from fleet.usage import (
-    COUNTERS,
-    RETENTION_S,
-    TRAFFIC_RETENTION_S,
-    UsageRow,
-    traffic_key,
-    usage_field,
-    usage_key,
-)
+from fleet.usage import COUNTERS, RETENTION_S, TRAFFIC_RETENTION_S, UsageRow, usage_field
 
 log = logging.getLogger("meridian.reporter")
 

@@ -8,8 +8,8 @@ import asyncio
 import logging
 import time
 
-from edge.observed import Observed
-from edge.upstream import UpstreamPool, encode_header_text
+from edge.telemetry.observed import Observed
+from edge.transport.upstream import UpstreamPool, encode_header_text
 from fleet.state import Topology
 
 log = logging.getLogger("meridian.rtt")

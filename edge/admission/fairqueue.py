@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from edge.replicas import PoolLoad
+from edge.routing.replicas import PoolLoad
 from fleet.tenants import PRIORITIES, Priority
 
 BANDS = PRIORITIES  # served in this order

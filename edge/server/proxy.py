@@ -14,21 +14,21 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from edge import tracing
-from edge.admission import Admission, Admitted
+from edge.admission.admit import Admission, Admitted
+from edge.admission.gate import Gate, Shed
+from edge.admission.geo import ClientLocator, ClientPlace
+from edge.admission.tenants import Principal
+from edge.admission.wake import Waker
 from edge.errors import error, internal_error
-from edge.forwarder import Forwarder, upstream_headers
-from edge.gate import Gate, Shed
-from edge.geo import ClientLocator, ClientPlace
-from edge.hedging import HedgePolicy
-from edge.metrics import EdgeMetrics
-from edge.planner import Planner, Wanted
-from edge.routing import AttemptPlan
+from edge.routing.planner import Planner, Wanted
+from edge.routing.ranking import AttemptPlan
+from edge.routing.snapshot import SnapshotFeed
 from edge.settings import EdgeSettings
-from edge.snapshot import SnapshotFeed
-from edge.tenants import Principal
-from edge.usage import Ledger
-from edge.wake import Waker
+from edge.telemetry import tracing
+from edge.telemetry.metrics import EdgeMetrics
+from edge.telemetry.usage import Ledger
+from edge.transport.forwarder import Forwarder, upstream_headers
+from edge.transport.hedging import HedgePolicy
 from fleet.models import Catalog
 from fleet.state import Snapshot
 from fleet.tenants import Priority
