@@ -7,11 +7,8 @@ Redis primary cannot take writes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import os
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -31,10 +28,7 @@ from litestar.plugins.pydantic import PydanticPlugin
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from controlplane.auth import TokenAuth, User, operator_guard, staff_guard
-from controlplane.autoscaler import Autoscaler, Backend, NoBackend, SimulatorBackend
-from controlplane.intake import Intake, PassiveBook
 from controlplane.pool_api import PoolController
-from controlplane.prober import Prober
 from controlplane.schemas import (
     AUTHENTICATED,
     QUERY,
@@ -47,7 +41,6 @@ from controlplane.schemas import (
     RegionPatch,
     document_rules,
 )
-from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import (
     AuditEntry,
@@ -56,14 +49,12 @@ from controlplane.store import (
     StateStore,
     StoreBehind,
     StoreBusy,
-    StoreError,
     StoreUnavailable,
     VersionConflict,
     is_unavailable,
 )
 from controlplane.tenant_api import TenantController
-from controlplane.tenants import TenantStore
-from fleet.redisconn import connect, raise_if_cancelling, redact
+from controlplane.workers import Workers, open_store
 from fleet.state import RegionState, Topology
 from fleet.topology import load_topology
 
@@ -299,70 +290,31 @@ def _internal_handler(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return Response({"status_code": 500, "detail": "internal error"}, status_code=500)
 
 
-async def _seed_until_done(settings: ControlPlaneSettings, state: State) -> None:
-    delay, said = 0.2, ""
-    while True:
-        try:
-            changed = await _store(state).seed(state.topology, now=time.time())
-            if changed:
-                log.info("seeded regions into the store: %s", changed)
-            if said:
-                log.info("state store reachable again; regions seeded")
-            state.seeded.set()
-            return
-        except Exception as exc:
-            raise_if_cancelling(exc)
-            if str(exc) != said:  # once, then on change: a store down for an hour is not 700 lines
-                log.warning(
-                    "cannot reach the state store at %s to seed regions (%s); retrying every %.0f s at most",
-                    redact(settings.redis_url),
-                    exc,
-                    5.0,
-                )
-                said = str(exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ValidationException: _validation_handler,
+    HTTPException: _http_handler,
+    StoreUnavailable: _unavailable_handler,
+    StoreBusy: _unavailable_handler,
+    StoreBehind: _unavailable_handler,
+    Exception: _internal_handler,
+}
+OPENAPI = OpenAPIConfig(
+    title="Meridian admin API",
+    version="1",
+    components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+    security=[{"bearer": []}],
+)
 
 
-KEEP_INTERVAL_S = 0.5
-SHUTDOWN_TASKS_S = 5.0
-
-
-async def _keep(store: StateStore, state: State) -> None:
-    """Hold the copy of the store's state and put it back when the store comes back empty or old."""
-    await state.seeded.wait()
-    while True:
-        try:
-            if await store.check():
-                log.warning("state store restored from the control plane's copy (restore %d)", store.restores)
-        except StoreError as exc:
-            raise_if_cancelling(exc)  # redis-py may turn our cancellation into a connection error
-            log.debug("keeper: %s", exc)
-        except Exception as exc:
-            raise_if_cancelling(exc)
-            log.exception("keeper round failed")
-        await asyncio.sleep(KEEP_INTERVAL_S)
-
-
-def _autoscaler(
-    settings: ControlPlaneSettings, topo: Topology, store: StateStore, prober: Prober, state: State
-) -> Autoscaler | None:
-    """The autoscaler of regions.yaml's pools, with the backend the settings name (None: off or no pools)."""
-    if settings.autoscaler == "off" or not any(r.pools for r in topo.regions):
-        return None
-    backend: Backend = NoBackend()
-    if settings.autoscaler == "simulator":
-        backend = SimulatorBackend()
-    autoscaler = Autoscaler(
-        topology=topo,
-        store=store,
-        signals=lambda: prober.latest,
-        backend=backend,
-        registry=state.registry,
-        hold_down=prober.hold_down,
-    )
-    state.autoscaler = autoscaler
-    return autoscaler
+ROUTES: list[Any] = [
+    RegionController,
+    AuditController,
+    TenantController,
+    PoolController,
+    healthz,
+    readyz,
+    metrics,
+]
 
 
 def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = None) -> Litestar:
@@ -371,103 +323,24 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        password = settings.redis_password
-        client = connect(
-            settings.redis_url,
-            username=settings.redis_username,
-            password=None if password is None else password.get_secret_value(),
-        )
-        store = StateStore(client, topology=topo)
-        app.state.store = store
-        secret = settings.key_secret
-        app.state.tenants = TenantStore(
-            client, secret=None if secret is None else secret.get_secret_value().encode(), state=store
-        )
-        app.state.seeded = asyncio.Event()
-        log.info(
-            "control plane (pid %d) admin API on http://%s:%d; %d regions from %s; state store %s",
-            os.getpid(),
-            settings.host,
-            settings.port,
-            len(topo.regions),
-            settings.regions_file,
-            redact(settings.redis_url),
-        )
-        tasks = [asyncio.create_task(_seed_until_done(settings, app.state), name="seed")]
-        book = PassiveBook(rise=settings.probe_rise, fall=settings.probe_fall)
-        service = ServiceTracker()
-        prober = Prober(settings=settings, topology=topo, store=store, book=book, service=service)
-        intake = Intake(settings=settings, store=store, book=book, service=service)
-        intake.names = frozenset(topo.names)
-        app.state.prober = prober
-        app.state.intake = intake
-
-        workers_extra: list[Any] = []
-
-        async def after_seed() -> None:
-            await app.state.seeded.wait()
-            workers = [intake.run(), *workers_extra]
-            if settings.probe_enabled:
-                workers.append(prober.run())
-            await asyncio.gather(*workers)
-
-        autoscaler = _autoscaler(settings, topo, store, prober, app.state)
-        if autoscaler is not None:
-            workers_extra.append(autoscaler.run())
-        tasks.append(asyncio.create_task(after_seed(), name="workers"))
-        tasks.append(asyncio.create_task(_keep(store, app.state), name="keeper"))
+        client = open_store(settings, topo, app.state)
+        workers = Workers.start(settings, topo, app.state)
         try:
             yield
         finally:
-            prober.stop()
-            intake.stop()
-            if autoscaler is not None:
-                autoscaler.stop()
-                await autoscaler.close()
-            for t in tasks:
-                t.cancel()
-            # bounded: a task whose cancel a Redis client swallowed never hangs the shutdown
-            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_TASKS_S)
-            for t in stuck:
-                log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
+            await workers.stop()
             await client.aclose()
 
+    state = {"settings": settings, "topology": topo, "tokens": list(settings.admin_tokens)}
     app = Litestar(
-        route_handlers=[
-            RegionController,
-            AuditController,
-            TenantController,
-            PoolController,
-            healthz,
-            readyz,
-            metrics,
-        ],
-        state=State(
-            {
-                "settings": settings,
-                "topology": topo,
-                "tokens": list(settings.admin_tokens),
-                "registry": CollectorRegistry(),
-            }
-        ),
+        route_handlers=ROUTES,
+        state=State({**state, "registry": CollectorRegistry()}),
         middleware=[DefineMiddleware(TokenAuth, exclude=["^/schema"])],
         lifespan=[lifespan],
         before_request=_answer_options,
         plugins=[PydanticPlugin(validate_strict=True)],
-        exception_handlers={
-            ValidationException: _validation_handler,
-            HTTPException: _http_handler,
-            StoreUnavailable: _unavailable_handler,
-            StoreBusy: _unavailable_handler,
-            StoreBehind: _unavailable_handler,
-            Exception: _internal_handler,
-        },
-        openapi_config=OpenAPIConfig(
-            title="Meridian admin API",
-            version="1",
-            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
-            security=[{"bearer": []}],
-        ),
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OPENAPI,
         debug=False,
         logging_config=None,
     )

@@ -21,11 +21,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from controlplane.backends import Backend, Kind
 from controlplane.scaling import Decision, PoolKey, PoolMemory, absorbed, commit, decide, mix, within_ceilings
 from controlplane.store import AuditEntry, StateStore, StoreError
 from fleet.keys import KEY_POOLS, wake_key
@@ -39,19 +40,6 @@ log = logging.getLogger("meridian.autoscaler")
 SPOT_GONE_S = 600.0  # after an interruption, that slot's spot capacity is taken as gone this long
 NOTICE_S = 110.0  # a spot machine goes two minutes after its notice: an interrupted slot is off before that
 DRAIN_S = 0.25  # a slot is marked down this long before its machine goes (edges take a change in < 30 ms)
-Kind = Literal["on_demand", "spot"]
-
-
-class Backend(Protocol):
-    """Where replicas are switched on and off."""
-
-    async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None: ...
-
-    async def notice(self, url: str) -> str | None:
-        """The machine's interruption notice (when it goes), or None."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class NotServing(Exception):
@@ -60,49 +48,6 @@ class NotServing(Exception):
 
 class OnDemand(Exception):
     """An interruption notice for an on-demand machine, not forced."""
-
-
-class NoBackend:
-    """Kubernetes: KEDA reads the desired replicas from the admin API; nothing is switched here."""
-
-    async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None:
-        return None
-
-    async def notice(self, url: str) -> str | None:
-        return None  # a node agent calls POST /v1/pools/{region}/{model}/interruptions
-
-    async def close(self) -> None:
-        return None
-
-
-class SimulatorBackend:
-    """The simulator's replica slots: ``POST /_sim/power``."""
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        return self._session
-
-    async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None:
-        body = {"on": on, "cold_start_s": cold_start_s, "capacity": kind}
-        async with self._client().post(url + "/_sim/power", json=body) as resp:
-            resp.raise_for_status()
-
-    async def notice(self, url: str) -> str | None:
-        """``GET /_sim/notice``: the simulator's spot instance-action metadata (404: none)."""
-        async with self._client().get(url + "/_sim/notice") as resp:
-            if resp.status == 404:
-                return None
-            resp.raise_for_status()
-            body = await resp.json()
-        return f"{body['action']} at {body['time']}"
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 @dataclass

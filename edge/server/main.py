@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from edge.admission.geo import GeoDatabaseError
-from edge.server.app import ConfigError, Edge
+from edge.server.app import Edge
+from edge.server.build import ConfigError
 from edge.settings import EdgeSettings
 from edge.telemetry.tracing import TracingConfigError
 from fleet.redisconn import redact

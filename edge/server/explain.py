@@ -1,0 +1,119 @@
+"""The route explainer (I/O: the endpoint ``/_meridian/route``): where a request from a given place, for a
+given model and affinity key, would go from this edge, and why — the client's place, the end-to-end
+estimate per region, the choice, the replica and every candidate with its engine signals."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from edge.admission.geo import ClientLocator, ClientPlace, GeoLocator
+from edge.admission.request import Inference, read
+from edge.errors import error
+from edge.routing.planner import Planner, Wanted
+from edge.routing.ranking import AttemptPlan
+from edge.routing.snapshot import SnapshotFeed
+from fleet.models import Catalog
+from fleet.state import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Explainer:
+    """What the explainer reads: this edge's name, its client locator, planner and snapshot feed."""
+
+    edge: str
+    clients: ClientLocator
+    geo: GeoLocator
+    catalog: Catalog
+    feed: SnapshotFeed
+    fallback: Snapshot
+    planner: Planner
+
+    async def explain(self, request: web.BaseRequest) -> web.Response:
+        """Where a request would go: ``ip`` (default: the caller), ``model``, and an affinity key
+        (``key``: a prompt_cache_key, or ``session``: an X-Session-Id)."""
+        raw = request.query.get("ip")
+        if raw is None:
+            ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
+        else:
+            try:
+                ip = ipaddress.ip_address(raw.strip())
+            except ValueError:
+                return error(
+                    400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input"
+                )
+            place = self.geo.locate(ip)
+        q = request.query
+        asked = {"model": q.get("model"), "prompt_cache_key": q.get("key")}
+        facts = read(json.dumps({k: v for k, v in asked.items() if v}).encode(), q.get("session"))
+        catalog = self.catalog
+        if facts.model is not None and not catalog.known(facts.model):
+            message = f"unknown model {facts.model[:200]!r}"
+            return error(404, message, kind="invalid_request_error", code="model_not_found")
+        model = None if catalog.open else facts.model
+        wanted = Wanted(model, facts.key, model if model and catalog.adapter_base(model) else None)
+        snap = self.feed.current or self.fallback
+        plan = self.planner.plan(place, snap, wanted)
+        return web.json_response(
+            {**self._explained(ip, place, snap, plan), **self._choice(facts, plan, snap)}
+        )
+
+    def _choice(self, facts: Inference, plan: AttemptPlan, snap: Snapshot) -> dict[str, object]:
+        """The explainer's model filter, affinity key, replica chosen and why, and every candidate replica
+        with its engine signals and their age."""
+        model = None if self.catalog.open else facts.model
+        first = plan.next()
+        serving = None if model is None else sorted(self.planner.cache(snap).regions_serving(model))
+        key = None if facts.key is None else {"source": facts.key_source, "key": f"{facts.key:016x}"}
+        chosen = (
+            None if first is None else {"region": first.region, "replica": first.replica, "why": first.why}
+        )
+        return {
+            "model": None if model is None else {"requested": model, "regions_serving": serving},
+            "affinity": key,
+            "replica": chosen,
+            "candidates": [
+                {**c, "replicas": self.planner.describe(str(c["region"]), model)} for c in plan.candidates()
+            ],
+        }
+
+    def _explained(
+        self, ip: object, place: ClientPlace, snap: Snapshot, plan: AttemptPlan
+    ) -> dict[str, object]:
+        """The route explainer's answer: where the client is, the end-to-end estimate per region (client to
+        this edge + this edge to the region + service), the choice, and whether DNS sent it here wrongly."""
+        d = plan.decision
+        view = self.planner.client_view(place)
+        located = place.source == "geoip"
+        scores = []
+        for s in d.scores:
+            row = s.as_dict()
+            if located and row["score_ms"] is not None:
+                row["end_to_end_ms"] = round(view.client_edge_ms + s.score_ms, 2)
+            scores.append(row)
+        return {
+            "ip": str(ip) if ip else None,
+            "location": {
+                "lat": place.location.lat,
+                "lon": place.location.lon,
+                "country": place.country,
+                "continent": place.continent,
+                "source": place.source,
+            },
+            "edge": self.edge,
+            "client_edge_ms": round(view.client_edge_ms, 2) if located else None,
+            "misrouted": {"nearer_edge": view.misrouted, "nearer_edge_ms": round(view.nearest_edge_ms, 2)}
+            if located and view.misrouted
+            else None,
+            "snapshot_version": snap.version if snap.version >= 0 else None,
+            "panic": d.panic,
+            "choice": d.primary,
+            "backup": d.backup,
+            "order": list(d.order),
+            "pinned": list(d.pinned) if d.pinned is not None else None,
+            "scores": scores,
+            "candidates": plan.candidates(),
+        }
