@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge.admission.admit import Admission, Admitted
 from edge.admission.gate import Gate, Shed
-from edge.admission.geo import ClientLocator, ClientPlace
+from edge.admission.geo import ClientLocator, ClientPlace, IPAddress
 from edge.admission.tenants import Principal
 from edge.admission.wake import Waker
 from edge.errors import error, internal_error
@@ -224,6 +224,38 @@ class Proxy:
         self, request: web.BaseRequest, span: trace.Span, admitted: Admitted
     ) -> web.StreamResponse:
         """Locate the client, plan the request, hold it while its pool is saturated, and forward it."""
+        ip, place = self._locate(request, span)
+        snap = self.feed.current
+        if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
+            self.metrics.fallback.inc()
+            snap = self.fallback
+        planned = await self._plan(place, snap, admitted)
+        if isinstance(planned, web.StreamResponse):
+            return planned
+        plan, wanted, body = planned
+        primary = plan.decision.primary
+        assert primary is not None  # _plan answered otherwise
+        span.set_attribute(tracing.ATTR_REGION, primary)
+        if plan.decision.backup:
+            span.set_attribute(tracing.ATTR_BACKUP, plan.decision.backup)
+        pool, gate = (primary, wanted.model), self.gate
+        if not gate.try_pass(pool):
+            shed = await gate.wait(
+                pool, tenant=admitted.tenant_id, band=admitted.priority, cost=admitted.cost
+            )
+            if shed is not None:
+                return self._overloaded(admitted, primary, shed)
+        started = time.monotonic()
+        try:
+            resp = await self._send(request, span, admitted, ip, place, snap, plan, wanted, body)
+        finally:
+            gate.leave(pool)
+        if span.is_recording():
+            span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
+        return resp
+
+    def _locate(self, request: web.BaseRequest, span: trace.Span) -> tuple[IPAddress | None, ClientPlace]:
+        """Where the client is (its peer, trusted X-Forwarded-For); counts it when geo-DNS misrouted it."""
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
             span.set_attribute(tracing.ATTR_CLIENT_COUNTRY, place.country)
@@ -231,10 +263,13 @@ class Proxy:
             nearer = self.planner.client_view(place).misrouted
             if nearer is not None:
                 self.metrics.child(self.metrics.misrouted, nearer).inc()
-        snap = self.feed.current
-        if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
-            self.metrics.fallback.inc()
-            snap = self.fallback
+        return ip, place
+
+    async def _plan(
+        self, place: ClientPlace, snap: Snapshot, admitted: Admitted
+    ) -> tuple[AttemptPlan, Wanted, bytes] | web.StreamResponse:
+        """The request's attempt plan: for its model, else a fallback model, else after waking a pool at
+        zero; an answer when no region can take it."""
         wanted, body = admitted.wanted, admitted.body
         plan = self.planner.plan(place, snap, wanted)
         if plan.decision.primary is None and wanted.model is not None:
@@ -255,17 +290,22 @@ class Proxy:
                 kind="meridian_no_region",
                 headers=self.edge_headers,
             )
-        span.set_attribute(tracing.ATTR_REGION, decision.primary)
-        if decision.backup:
-            span.set_attribute(tracing.ATTR_BACKUP, decision.backup)
-        pool, gate = (decision.primary, wanted.model), self.gate
-        if not gate.try_pass(pool):
-            shed = await gate.wait(
-                pool, tenant=admitted.tenant_id, band=admitted.priority, cost=admitted.cost
-            )
-            if shed is not None:
-                return self._overloaded(admitted, decision.primary, shed)
-        started = time.monotonic()
+        return plan, wanted, body
+
+    async def _send(
+        self,
+        request: web.BaseRequest,
+        span: trace.Span,
+        admitted: Admitted,
+        ip: IPAddress | None,
+        place: ClientPlace,
+        snap: Snapshot,
+        plan: AttemptPlan,
+        wanted: Wanted,
+        body: bytes,
+    ) -> web.StreamResponse:
+        """Forward along the plan; when every attempt at the model failed before the client saw a byte, its
+        next fallback model."""
         priority = admitted.priority
         headers = upstream_headers(
             request.headers,
@@ -276,31 +316,24 @@ class Proxy:
             priority=priority if admitted.tenant is not None else None,
         )
         fallbacks = list(self.catalog.fallbacks(wanted.model)) if wanted.model is not None else []
-        try:
-            while True:
-                resp = await self.forwarder.forward(
-                    request,
-                    plan=plan,
-                    body=body,
-                    headers=headers,
-                    timeouts=self.settings.timeouts[priority],
-                    hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
-                    parent=span,
-                    model=wanted.model,
-                    extra_headers=admitted.headers,
-                    tally=admitted.tally,
-                    standing=admitted.standing,
-                    final=not fallbacks,
-                )
-                if resp is not None:
-                    break
-                # every attempt at this model failed before the client saw a byte: its next fallback
-                plan, wanted, body = self._on_error(place, snap, wanted, body, fallbacks)
-        finally:
-            gate.leave(pool)
-        if span.is_recording():
-            span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
-        return resp
+        while True:
+            resp = await self.forwarder.forward(
+                request,
+                plan=plan,
+                body=body,
+                headers=headers,
+                timeouts=self.settings.timeouts[priority],
+                hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
+                parent=span,
+                model=wanted.model,
+                extra_headers=admitted.headers,
+                tally=admitted.tally,
+                standing=admitted.standing,
+                final=not fallbacks,
+            )
+            if resp is not None:
+                return resp
+            plan, wanted, body = self._on_error(place, snap, wanted, body, fallbacks)
 
     async def _wake(
         self, place: ClientPlace, snap: Snapshot, wanted: Wanted, model: str | None, tenant: str | None

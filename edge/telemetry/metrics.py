@@ -90,6 +90,13 @@ class EdgeMetrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._request_metrics()
+        self._store_gauges(snapshot_age, snapshot_version, store_connected)
+        self._resilience_metrics()
+        self._model_metrics()
+        self._tenant_metrics()
+
+    def _request_metrics(self) -> None:
         r = self.registry
         self.requests = Counter(
             "meridian_edge_requests",
@@ -139,10 +146,6 @@ class EdgeMetrics:
         self.bad_input = Counter(
             "meridian_edge_bad_input", "Client input rejected or ignored", ["what"], registry=r
         )
-        self._store_gauges(snapshot_age, snapshot_version, store_connected)
-        self._resilience_metrics()
-        self._model_metrics()
-        self._tenant_metrics()
 
     def _model_metrics(self) -> None:
         r = self.registry

@@ -232,6 +232,20 @@ class Forwarder:
             tally,
             standing,
         )
+        won, last = await self._waves(call, plan, hedge_delay_s)
+        if won is not None:
+            return await self._commit(call, won)
+        if not final:
+            if last is not None:
+                self._drop(last)
+            return None
+        return await self._give_up(call, last)
+
+    async def _waves(
+        self, call: Call, plan: AttemptPlan, hedge_delay_s: float | None
+    ) -> tuple[Result | None, Result | None]:
+        """Wave after wave of the plan until one attempt wins or no more may be made: (the winner, the last
+        failed attempt's result, kept for the client when nothing wins)."""
         last: Result | None = None
         attempt = plan.next()
         while attempt is not None:
@@ -248,7 +262,7 @@ class Forwarder:
             else:
                 won, failed = await self._single(call, attempt)
             if won is not None:
-                return await self._commit(call, won)
+                return won, last
             for r in failed[:-1]:
                 self._drop(r)
             for r in failed:
@@ -256,11 +270,7 @@ class Forwarder:
             if failed:
                 last = failed[-1]
             attempt = plan.next()
-        if not final:
-            if last is not None:
-                self._drop(last)
-            return None
-        return await self._give_up(call, last)
+        return None, last
 
     def _gate(self, call: Call, last: Result | None, nxt: Attempt) -> float | None:
         """Before every wave after the first: the deadline and the retry budget decide; returns the backoff
