@@ -2,9 +2,10 @@
 
 Run: python -m pytest bench/routing.py --benchmark-only -p no:cacheprovider
 One decision = score every region from this edge, hold the primary, apply dials, choose the backup, then
-pick a replica by power of two choices. Two cases: the edge's steady state (the planner's route cache
-already holds the plan for this snapshot and network: the hold check and the per-request draw run) and a
-cold decision (a new snapshot or network view: full scoring).
+pick a replica (the edge's filters -> scorers -> picker: power of two choices here). Two cases: the edge's
+steady state (the planner's route cache already holds the plan for this snapshot and network: the hold
+check, the per-request draw and the planner's own replica choice run) and a cold decision (a new snapshot
+or network view: full scoring).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import random
 import time
 from typing import Any
 
+from edge.routing import ranking as routing
+from edge.routing.candidates import Candidates, Pick, PickPolicy, Replica, Ring
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
-from edge.routing.planner import Planner
-from edge.routing.ranking import ranking as routing
+from edge.routing.planner import NOTHING, Planner, ReplicaChoice
+from edge.routing.ranking import Chooser
+from edge.routing.replicas import pick
 from edge.telemetry.observed import Observed
 from fleet.state import Location, RegionState, Snapshot, Topology
 
@@ -73,13 +77,27 @@ class Place:
 PLACES = [Place(c) for c in CLIENTS]
 
 
-def first_replica(d: routing.Decision, rng: random.Random) -> str:
-    plan = routing.AttemptPlan(
-        d,
-        chooser=routing.LeastOutstanding(REPLICAS.__getitem__, OUTSTANDING.__getitem__, rng),
-        urls=URLS,
-        max_attempts=3,
-    )
+class TwoChoices:
+    """The replica choice over this topology's replica lists and fixed outstanding counts (no planner)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def replicas(self, region: str) -> list[str]:
+        return REPLICAS[region]
+
+    def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
+        out = OUTSTANDING[region]
+        names = [n for n in REPLICAS[region] if n not in exclude]
+        made = Candidates(names, lambda n: Replica(n, out.get(n, 0)), signalled=False)
+        return pick(made, key=None, adapter=None, ring=RING, policy=POLICY, rng=self.rng)
+
+
+RING, POLICY = Ring([]), PickPolicy()
+
+
+def first_replica(d: routing.Decision, rng: random.Random, chooser: Chooser | None = None) -> str:
+    plan = routing.AttemptPlan(d, chooser=chooser or TwoChoices(rng), urls=URLS, max_attempts=3)
     first = plan.next()
     assert first is not None
     return first.replica
@@ -98,7 +116,8 @@ def test_routing_decision_planned(benchmark: Any) -> None:
         max_attempts=3,
     )
     counter = iter(range(10**9))
-    result = benchmark(lambda: first_replica(planner.decide(PLACES[next(counter) % 64], SNAP), rng))
+    chooser = ReplicaChoice(planner, NOTHING)  # the edge's own replica choice (filters, scorers, picker)
+    result = benchmark(lambda: first_replica(planner.decide(PLACES[next(counter) % 64], SNAP), rng, chooser))
     assert result is not None
     assert planner.routes is not None and planner.routes.misses == 1  # one plan, then only hits
 

@@ -152,6 +152,13 @@ class EdgeSettings(BaseSettings):
         le=10,
         description="c: a key overflows past a replica above c x mean",
     )
+    replica_weights: dict[
+        Literal["load", "engine"], Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)]
+    ] = Field(
+        default={"load": 1.0, "engine": 1.0},
+        description="the replica scorers' weights (exponents; 0 switches one off): load = this edge's "
+        "outstanding requests against slow start, engine = the engine's queue and KV cache",
+    )
     auth: bool = Field(default=True, description="require an API key (Authorization: Bearer) to be served")
     key_secret: SecretStr | None = Field(
         default=None, min_length=16, description="HMAC secret of API-key digests (the control plane's)"

@@ -62,6 +62,7 @@ SETTINGS: frozenset[str] = frozenset(
         "REGIONS_FILE",
         "REGION_API_KEY",
         "REPLICA_HEADER",
+        "REPLICA_WEIGHTS",
         "RESYNC_INTERVAL_S",
         "RETRY_BACKOFF_BASE_S",
         "RETRY_BACKOFF_CAP_S",

@@ -133,6 +133,11 @@ async def test_route_explains_client_edge_network_and_service_terms(fleet: Fleet
         assert x["service_ms"] > 0
         expected = body["client_edge_ms"] + x["network_ms"] + x["service_ms"] + x["penalty_ms"]
         assert x["end_to_end_ms"] == pytest.approx(expected, abs=0.05)
+    # the replica choice in the chosen region, step by step: filters, each replica's ratings, the picker
+    steps = next(c for c in body["candidates"] if c["region"] == "us-east-1")["steps"]
+    assert [s.get("filter") for s in steps[:2]] == ["room", "adapter"]
+    assert set(steps[2]["scores"]) == set(steps[1]["kept"]) and steps[3] == {"picker": "two choices"}
+    assert all(set(r) == {"load", "engine", "score"} for r in steps[2]["scores"].values())
 
 
 @pytest.mark.parametrize("ip", ["10.1.2.3", "192.168.0.7", "8.8.8.8", "fd00::1", None])

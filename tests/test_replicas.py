@@ -12,10 +12,11 @@ import pytest
 
 from controlplane.engines import parse_metrics
 from edge.admission.request import BodyError, read
+from edge.routing.candidates import PickPolicy, Replica, Ring, slow_start_share
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
 from edge.routing.planner import Planner, ReplicaTuning, Wanted
-from edge.routing.replicas import PickPolicy, Replica, Ring, pick, slow_start_share
+from edge.routing.replicas import pick
 from edge.telemetry.observed import Observed
 from fleet.signals import EngineSignals
 from fleet.state import Snapshot, Topology, initial_state

@@ -10,11 +10,13 @@ import pytest
 
 from controlplane.service import ServiceTracker
 from edge.admission.geo import ClientPlace
+from edge.routing import outcome
+from edge.routing import ranking as routing
+from edge.routing.candidates import Pick, PickPolicy, Replica, Ring
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
 from edge.routing.planner import Planner
-from edge.routing.ranking import outcome
-from edge.routing.ranking import ranking as routing
+from edge.routing.replicas import pick
 from edge.telemetry.observed import Observed
 from fleet.state import Location, RegionState, Snapshot, Topology
 from fleet.topology import load_topology
@@ -173,10 +175,11 @@ def test_nothing_routable_gives_no_primary() -> None:
 def test_p2c_picks_the_least_outstanding_of_two(
     outstanding: dict[str, int], exclude: frozenset[str], expected: str | None
 ) -> None:
-    assert (
-        routing.pick_replica(["a", "b"], outstanding=outstanding, rng=random.Random(3), exclude=exclude)
-        == expected
+    candidates = [Replica(n, outstanding.get(n, 0)) for n in ("a", "b") if n not in exclude]
+    chosen = pick(
+        candidates, key=None, adapter=None, ring=Ring([]), policy=PickPolicy(), rng=random.Random(3)
     )
+    assert (chosen.replica if chosen is not None else None) == expected
 
 
 REPLICAS = {r.name: [rep.name for rep in r.replicas] for r in TOPO.regions}
@@ -185,10 +188,24 @@ REPLICAS = {r.name: [rep.name for rep in r.replicas] for r in TOPO.regions}
 URLS = {r.name: {rep.name: rep.base_url for rep in r.replicas} for r in TOPO.regions}
 
 
+class TwoChoices:
+    """The replica choice with nothing but this fleet's replica lists (no signals, no key, idle)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def replicas(self, region: str) -> list[str]:
+        return REPLICAS[region]
+
+    def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
+        candidates = [Replica(n, 0) for n in REPLICAS[region] if n not in exclude]
+        return pick(candidates, key=None, adapter=None, ring=Ring([]), policy=PickPolicy(), rng=self.rng)
+
+
 def attempt_plan(d: routing.Decision, max_attempts: int = 4) -> routing.AttemptPlan:
     return routing.AttemptPlan(
         d,
-        chooser=routing.LeastOutstanding(lambda r: REPLICAS[r], lambda _: {}, random.Random(0)),
+        chooser=TwoChoices(random.Random(0)),
         urls=URLS,
         max_attempts=max_attempts,
     )
@@ -206,7 +223,7 @@ def test_attempt_plan_connect_failure_retries_same_region_then_fails_over() -> N
     p.failed(second, "connect")
     third = p.next()
     assert third is not None and (third.region, third.kind) == (p.decision.backup, "failover")
-    assert third.why == "connect in eu-west-1: backup region; least outstanding of two"
+    assert third.why == "connect in eu-west-1: backup region; least loaded of two"
 
 
 @pytest.mark.parametrize("failure", ["status", "timeout", "throttled", "connect"])

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from edge.routing.candidates import Ask, Candidates, Pick, PickPolicy, Replica, Ring, slow_start_share
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
 from edge.routing.ranking import (
@@ -23,19 +24,8 @@ from edge.routing.ranking import (
     distance_network,
     draw,
     hold,
-    pick_replica,
 )
-from edge.routing.replicas import (
-    PLAIN,
-    Pick,
-    PickPolicy,
-    PoolLoad,
-    Replica,
-    Ring,
-    pick,
-    pool_load,
-    slow_start_share,
-)
+from edge.routing.replicas import PoolLoad, explain, pick, pool_load
 from edge.telemetry.observed import Observed
 from fleet.signals import EngineSignals
 from fleet.state import Location, Snapshot, Topology, distance_rtt_ms
@@ -248,14 +238,9 @@ class Planner:
             names = [n for n in names if n not in exclude]
         if not names:
             return None
-        if wanted.key is None and wanted.adapter is None and not self.joined and region not in self.signals():
-            # nothing to weigh but outstanding requests: the plain draw, at its old cost
-            name = pick_replica(names, outstanding=self.observed.outstanding_in(region), rng=self.rng)
-            return None if name is None else Pick(name, PLAIN)
-        candidates = self.candidates(region, names)
         key = wanted.key
         chosen = pick(
-            candidates,
+            self.candidates(region, names),
             key=key,
             adapter=wanted.adapter,
             ring=self.rings[region],
@@ -267,6 +252,13 @@ class Planner:
             self.affinity["hit" if chosen.affinity else "overflow"] += 1
             self._remember(region, key, None if chosen.affinity else chosen.replica)
         return chosen
+
+    def steps(self, region: str, wanted: Wanted) -> list[dict[str, object]]:
+        """The replica choice's steps for a request wanting ``wanted`` in ``region`` (the route explainer)."""
+        names = self.replicas(region, wanted.model)
+        key = wanted.key
+        last = None if key is None else self.overflowed.get((region, key))
+        return explain(self.candidates(region, names), Ask(self.tuning.pick, key, wanted.adapter, last))
 
     def pool_load(self, region: str, model: str | None) -> PoolLoad | None:
         """The engines of ``region``'s replicas a request for ``model`` may go to (None: no fresh signals).
@@ -315,24 +307,26 @@ class Planner:
             )
         return rows
 
-    def candidates(self, region: str, names: list[str]) -> list[Replica]:
-        """What the picker knows of each replica: outstanding requests, fresh signals, slow-start share."""
+    def candidates(self, region: str, names: list[str]) -> Candidates:
+        """What the picker knows of each replica — outstanding requests, fresh signals, slow-start share —
+        made when the pipeline looks at it."""
         now = self.clock()
         outstanding = self.observed.outstanding_in(region)
-        signals = self.signals().get(region, {})
+        signals = self.signals().get(region)
         tuning, joined = self.tuning, self.joined
-        out = []
-        for name in names:
-            got = signals.get(name)
+
+        def make(name: str) -> Replica:
+            got = signals.get(name) if signals else None
             fresh = got[0] if got is not None and now - got[1] <= tuning.signal_max_age_s else None
-            since = joined.get((region, name))
+            since = joined.get((region, name)) if joined else None
             share = (
                 1.0
                 if since is None
                 else slow_start_share(since, now, window_s=tuning.slow_start_s, floor=tuning.slow_start_floor)
             )
-            out.append(Replica(name, outstanding.get(name, 0), fresh, share))
-        return out
+            return Replica(name, outstanding.get(name, 0), fresh, share)
+
+        return Candidates(names, make, signalled=bool(signals))
 
     def _shares(self, snapshot: Snapshot, now: float) -> dict[str, float] | None:
         """Regions below full share (recovering or held down), or None when every region is at full share:

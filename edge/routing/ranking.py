@@ -26,12 +26,12 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+from edge.routing.candidates import Pick
 from edge.routing.outcome import SAME_REGION_ONLY
-from edge.routing.replicas import Pick
 from fleet.state import Location, Policy, RegionState, Snapshot, Topology, distance_rtt_ms
 
 
@@ -541,26 +541,6 @@ class RouteCache:
         return hit
 
 
-def pick_replica(
-    candidates: Sequence[str],
-    *,
-    outstanding: Mapping[str, int],
-    rng: random.Random,
-    exclude: frozenset[str] = frozenset(),
-) -> str | None:
-    """Power of two choices, least outstanding requests wins (ties go to the first draw)."""
-    pool = [c for c in candidates if c not in exclude] if exclude else candidates
-    if not pool:
-        return None
-    if len(pool) == 1:
-        return pool[0]
-    n = len(pool)
-    i = int(rng.random() * n)  # two distinct draws; cheaper than rng.sample on the hot path
-    j = int(rng.random() * (n - 1))
-    a, b = pool[i], pool[j + 1 if j >= i else j]
-    return b if outstanding.get(b, 0) < outstanding.get(a, 0) else a
-
-
 def serving_replicas(topology: Topology, snapshot: Snapshot, region: str) -> list[str]:
     """Replica names of a region that are not down, in declaration order."""
     reg = topology.region(region)
@@ -591,29 +571,6 @@ class Chooser(Protocol):
     def replicas(self, region: str) -> Sequence[str]: ...
 
     def choose(self, region: str, exclude: frozenset[str]) -> Pick | None: ...
-
-
-class LeastOutstanding:
-    """The plain chooser: power of two choices on outstanding requests (no model, no affinity)."""
-
-    __slots__ = ("_outstanding", "_replicas", "_rng")
-
-    def __init__(
-        self,
-        replicas: Callable[[str], Sequence[str]],
-        outstanding: Callable[[str], Mapping[str, int]],
-        rng: random.Random,
-    ) -> None:
-        self._replicas, self._outstanding, self._rng = replicas, outstanding, rng
-
-    def replicas(self, region: str) -> Sequence[str]:
-        return self._replicas(region)
-
-    def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
-        name = pick_replica(
-            self._replicas(region), outstanding=self._outstanding(region), rng=self._rng, exclude=exclude
-        )
-        return None if name is None else Pick(name, "least outstanding of two")
 
 
 class AttemptPlan:

@@ -17,10 +17,10 @@ from edge.admission.geo import GeoLocator
 from edge.admission.limiter import Limiter
 from edge.admission.tenants import TenantsFeed
 from edge.admission.wake import Waker
+from edge.routing.candidates import PickPolicy
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector, OutlierPolicy
 from edge.routing.planner import Planner, ReplicaTuning
-from edge.routing.replicas import PickPolicy
 from edge.routing.signals import SignalsFeed
 from edge.routing.snapshot import SnapshotFeed
 from edge.settings import EdgeSettings
@@ -70,6 +70,7 @@ def planner(
                 max_waiting=settings.saturation_waiting,
                 max_kv=settings.saturation_kv_cache,
                 load_factor=settings.affinity_load_factor,
+                weights=tuple(settings.replica_weights.items()),
             ),
             signal_max_age_s=settings.signal_max_age_s,
             slow_start_s=settings.slow_start_s,

@@ -58,12 +58,15 @@ class Explainer:
         snap = self.feed.current or self.fallback
         plan = self.planner.plan(place, snap, wanted)
         return web.json_response(
-            {**self._explained(ip, place, snap, plan), **self._choice(facts, plan, snap)}
+            {**self._explained(ip, place, snap, plan), **self._choice(facts, plan, snap, wanted)}
         )
 
-    def _choice(self, facts: Inference, plan: AttemptPlan, snap: Snapshot) -> dict[str, object]:
-        """The explainer's model filter, affinity key, replica chosen and why, and every candidate replica
-        with its engine signals and their age."""
+    def _choice(
+        self, facts: Inference, plan: AttemptPlan, snap: Snapshot, wanted: Wanted
+    ) -> dict[str, object]:
+        """The explainer's model filter, affinity key, replica chosen and why, and every candidate region's
+        replicas with their engine signals and age, and the replica choice's steps there (what each filter
+        kept, each scorer's raw rating, the picker)."""
         model = None if self.catalog.open else facts.model
         first = plan.next()
         serving = None if model is None else sorted(self.planner.cache(snap).regions_serving(model))
@@ -76,7 +79,12 @@ class Explainer:
             "affinity": key,
             "replica": chosen,
             "candidates": [
-                {**c, "replicas": self.planner.describe(str(c["region"]), model)} for c in plan.candidates()
+                {
+                    **c,
+                    "replicas": self.planner.describe(str(c["region"]), model),
+                    "steps": self.planner.steps(str(c["region"]), wanted),
+                }
+                for c in plan.candidates()
             ],
         }
 

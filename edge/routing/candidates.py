@@ -1,0 +1,125 @@
+"""What the replica choice works on (pure, no I/O): the candidate replicas of one region for one request,
+what the request asks of them, and the choice's settings and result types.
+
+Candidates are built lazily: the planner hands the pipeline a ``Candidates`` sequence whose replicas are
+made only when a step looks at them, so a region without fresh engine signals costs two replicas (the
+two random draws), not one per replica of the region."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import overload
+
+from fleet.signals import EngineSignals
+
+VNODES = 100  # points per replica on the ring: keys spread within a few per cent of even
+
+
+@dataclass(frozen=True, slots=True)
+class PickPolicy:
+    max_waiting: float = 5.0
+    max_kv: float = 0.8
+    load_factor: float = 1.25  # c: no replica above c x the mean load
+    weights: tuple[tuple[str, float], ...] = (("load", 1.0), ("engine", 1.0))  # scorer -> exponent
+
+
+@dataclass(slots=True)  # not frozen: built per candidate per request, and frozen init costs
+class Replica:
+    """What the picker knows about one candidate replica."""
+
+    name: str
+    outstanding: int  # this edge's requests in flight there
+    signals: EngineSignals | None = None  # fresh engine signals (None: stale or never scraped)
+    share: float = 1.0  # slow start: below 1 while ramping
+
+
+@dataclass(slots=True)
+class Pick:
+    replica: str
+    why: str
+    affinity: bool = False  # chosen by its key's place on the ring (not overflowed to another)
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What one request asks of the replica choice in one region."""
+
+    policy: PickPolicy
+    key: int | None = None  # affinity key
+    adapter: str | None = None  # LoRA adapter
+    last: str | None = None  # where the key last overflowed to
+
+
+class Candidates(Sequence[Replica]):
+    """A region's candidate replicas, each made on first look (``make``); ``signalled``: whether any has
+    fresh engine signals."""
+
+    __slots__ = ("_made", "_make", "names", "signalled")
+
+    def __init__(self, names: Sequence[str], make: Callable[[str], Replica], *, signalled: bool) -> None:
+        self.names, self._make, self.signalled = names, make, signalled
+        self._made: dict[int, Replica] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, i: int) -> Replica: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Replica]: ...
+    def __getitem__(self, i: int | slice) -> Replica | Sequence[Replica]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self.names)))]
+        r = self._made.get(i)
+        if r is None:
+            r = self._made[i] = self._make(self.names[i])
+        return r
+
+    def __iter__(self) -> Iterator[Replica]:
+        for i in range(len(self.names)):
+            yield self[i]
+
+
+def signalled(pool: Sequence[Replica]) -> bool:
+    """Whether any candidate has fresh engine signals (without making a lazy pool's replicas)."""
+    if isinstance(pool, Candidates):
+        return pool.signalled
+    return any(r.signals is not None for r in pool)
+
+
+class Ring:
+    """A consistent-hash ring over a region's replicas (every replica the topology declares)."""
+
+    __slots__ = ("_names", "_points")
+
+    def __init__(self, names: Sequence[str], vnodes: int = VNODES) -> None:
+        points = sorted((_h(f"{name}#{i}"), name) for name in names for i in range(vnodes))
+        self._points = [p for p, _ in points]
+        self._names = [n for _, n in points]
+
+    def walk(self, key: int) -> Iterator[str]:
+        """Distinct replicas in ring order from the key's place."""
+        n = len(self._points)
+        if not n:
+            return
+        start = bisect.bisect_left(self._points, key) % n
+        seen: set[str] = set()
+        for i in range(n):
+            name = self._names[(start + i) % n]
+            if name not in seen:
+                seen.add(name)
+                yield name
+
+
+def slow_start_share(joined_at: float | None, now: float, *, window_s: float, floor: float = 0.1) -> float:
+    """A replica's share while it ramps after joining at ``joined_at`` (None: it has always been there)."""
+    if joined_at is None or window_s <= 0:
+        return 1.0
+    return max(floor, min(1.0, (now - joined_at) / window_s))
+
+
+def _h(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
