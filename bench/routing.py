@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from edge.routing import ranking as routing
-from edge.routing.candidates import Candidates, Pick, PickPolicy, Replica, Ring
+from edge.routing.candidates import Candidate, Candidates, Pick, PickPolicy, Ring
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
 from edge.routing.planner import NOTHING, Planner, ReplicaChoice
@@ -89,7 +89,7 @@ class TwoChoices:
     def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
         out = OUTSTANDING[region]
         names = [n for n in REPLICAS[region] if n not in exclude]
-        made = Candidates(names, lambda n: Replica(n, out.get(n, 0)), signalled=False)
+        made = Candidates(names, lambda n: Candidate(n, out.get(n, 0)), signalled=False)
         return pick(made, key=None, adapter=None, ring=RING, policy=POLICY, rng=self.rng)
 
 

@@ -27,10 +27,10 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.backends import Backend, Kind
-from controlplane.scaling import Decision, PoolKey, PoolMemory, absorbed, commit, decide, mix, within_ceilings
+from controlplane.scaling import PoolMemory, ScaleDecision, absorbed, commit, decide, mix, within_ceilings
 from controlplane.store import AuditEntry, StateStore, StoreError
 from fleet.keys import KEY_POOLS, wake_key
-from fleet.pools import PoolSpec
+from fleet.pools import PoolKey, PoolSpec
 from fleet.signals import EngineSignals
 from fleet.state import Topology
 from fleet.wake import woken
@@ -64,11 +64,11 @@ class Pool:
     memory: PoolMemory = field(default_factory=lambda: PoolMemory(0))
     load: float | None = None  # smoothed
     absorbed: float = 0.0  # load taken on for drained or down regions, in the last decision
-    last: Decision | None = None
+    last: ScaleDecision | None = None
 
     @property
     def key(self) -> PoolKey:
-        return (self.region, self.spec.model)
+        return PoolKey(self.region, self.spec.model)
 
     def spot_available(self, now: float) -> int:
         """Slots that can run spot now: on as spot already, or off with spot capacity not gone."""
@@ -174,7 +174,7 @@ class Autoscaler:
             except Exception:  # one bad round must not end the autoscaler
                 log.exception("autoscaler round failed")
 
-    async def step(self) -> dict[PoolKey, Decision]:
+    async def step(self) -> dict[PoolKey, ScaleDecision]:
         """One round: load, decisions, ceilings, actuation, records."""
         now = self.clock()
         await self._notices(now)
@@ -266,7 +266,7 @@ class Autoscaler:
             pools = {p.region: p for p in self.pools.values() if p.spec.model == model}
             loads = {r: p.load or 0.0 for r, p in pools.items()}
             for region, more in absorbed(loads, {r: routable.get(r, True) for r in pools}).items():
-                out[(region, model)] = more
+                out[PoolKey(region, model)] = more
         return out
 
     async def _held(self) -> dict[PoolKey, int]:
@@ -391,7 +391,7 @@ class Autoscaler:
         finally:
             pool.leaving.discard(replica)
 
-    async def _record(self, pool: Pool, d: Decision, now: float) -> None:
+    async def _record(self, pool: Pool, d: ScaleDecision, now: float) -> None:
         labels = (pool.region, pool.spec.model)
         self.m_desired.labels(*labels).set(d.desired)
         self.m_ceiling.labels(*labels).set(1 if d.capped else 0)
@@ -437,7 +437,7 @@ class Autoscaler:
             "at": now,
         }
 
-    async def _publish(self, pool: Pool, d: Decision | None, now: float) -> None:
+    async def _publish(self, pool: Pool, d: ScaleDecision | None, now: float) -> None:
         status = self.status(pool, now)
         for kind in ("on_demand", "spot"):
             self.m_current.labels(pool.region, pool.spec.model, kind).set(status[kind])

@@ -24,6 +24,7 @@ from controlplane.schemas import (
 )
 from controlplane.store import StateStore, raise_unavailable
 from fleet.keys import KEY_POOLS
+from fleet.pools import PoolKey
 
 
 async def _statuses(state: State) -> dict[str, PoolStatus]:
@@ -65,7 +66,7 @@ class PoolController(Controller):
         self, region: str, model: str, data: Interruption, request: Request[User, str, State], state: State
     ) -> PoolStatus:
         autoscaler: Autoscaler | None = state.get("autoscaler")
-        pool = None if autoscaler is None else autoscaler.pools.get((region, model))
+        pool = None if autoscaler is None else autoscaler.pools.get(PoolKey(region, model))
         if autoscaler is None or pool is None:
             raise NotFoundException(f"no autoscaled pool of {model!r} in {region!r}")
         if data.replica not in pool.slots:

@@ -10,9 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from fleet.pools import Autoscaling, PoolSpec
-
-PoolKey = tuple[str, str]  # (region, model)
+from fleet.pools import Autoscaling, PoolKey, PoolSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +26,7 @@ class PoolMemory:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class ScaleDecision:
     """One pool's decision: ``commit`` it to get the memory for the next one."""
 
     desired: int
@@ -42,7 +40,7 @@ class Decision:
         return self.memory.current
 
 
-def commit(d: Decision, policy: Autoscaling, now: float) -> PoolMemory:
+def commit(d: ScaleDecision, policy: Autoscaling, now: float) -> PoolMemory:
     """The memory after ``d``: its replicas, and the change in the rate policies' record."""
     keep = max(policy.scale_up_period_s, policy.scale_down_period_s)
     changes = _recent(d.memory.changes, now, keep)
@@ -65,7 +63,7 @@ def decide(
     now: float,
     absorbed: float = 0.0,
     held: int = 0,
-) -> Decision:
+) -> ScaleDecision:
     """The pool's desired replicas from its smoothed ``load`` plus what it ``absorbed`` for drained or down
     regions, and the requests the edges ``held`` for it (while any wait, it keeps at least one replica; at
     zero it starts one at once)."""
@@ -101,7 +99,7 @@ def decide(
     if desired < floor or desired > spec.max_replicas:
         desired = min(max(desired, floor), spec.max_replicas)
         why += f"; kept within {floor}..{spec.max_replicas}"
-    return Decision(desired, why, replace(memory, recommendations=recs), panic)
+    return ScaleDecision(desired, why, replace(memory, recommendations=recs), panic)
 
 
 def _recent(events: Sequence[tuple[float, int]], now: float, window: float) -> tuple[tuple[float, int], ...]:
@@ -158,12 +156,12 @@ def absorbed(loads: Mapping[str, float], serving: Mapping[str, bool]) -> dict[st
 
 
 def within_ceilings(
-    decisions: Mapping[PoolKey, Decision],
+    decisions: Mapping[PoolKey, ScaleDecision],
     specs: Mapping[PoolKey, PoolSpec],
     *,
     region_ceilings: Mapping[str, float | None],
     global_ceiling: float | None,
-) -> dict[PoolKey, Decision]:
+) -> dict[PoolKey, ScaleDecision]:
     """The decisions with every cost ceiling held: while a region's (then the whole fleet's) pools would cost
     more per hour than its ceiling, the pool growing most is cut by one replica (never below its current
     count or its minimum: a ceiling stops growth, it does not shed serving replicas)."""

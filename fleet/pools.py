@@ -5,11 +5,18 @@ behaviour (HPA's tolerance, stabilization windows and rate policies, a panic win
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Metric = Literal["concurrency", "kv_cache"]
+
+
+class PoolKey(NamedTuple):
+    """One pool: a region's replicas of one model (``model`` None: every model, in the open world)."""
+
+    region: str
+    model: str | None
 
 
 class _Strict(BaseModel):

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from edge.routing import filters, pickers, scorers
-from edge.routing.candidates import Ask, Candidates, PickPolicy, Replica, Ring
+from edge.routing.candidates import Ask, Candidate, Candidates, PickPolicy, Ring
 from edge.routing.replicas import explain, pick
 from fleet.signals import EngineSignals
 
@@ -37,7 +37,7 @@ def names(pool: object) -> list[str]:
     ],
 )
 def test_the_room_filter(signals: dict[str, EngineSignals | None], kept: list[str], note: str | None) -> None:
-    pool = [Replica(n, 0, s) for n, s in signals.items()]
+    pool = [Candidate(n, 0, s) for n, s in signals.items()]
     got, said = filters.room(pool, Ask(POLICY))
     assert (names(got), said) == (kept, note)
 
@@ -52,10 +52,10 @@ def test_the_room_filter(signals: dict[str, EngineSignals | None], kept: list[st
 )
 def test_the_adapter_filter(adapter: str | None, kept: list[str], note: str | None) -> None:
     pool = [
-        Replica("full", 0, sig(running_adapters=("x", "y"), max_lora=2)),
-        Replica("free", 0, sig(running_adapters=("x",), max_lora=2)),
-        Replica("has", 0, sig(running_adapters=("support",), max_lora=1)),
-        Replica("blind", 0, sig()),
+        Candidate("full", 0, sig(running_adapters=("x", "y"), max_lora=2)),
+        Candidate("free", 0, sig(running_adapters=("x",), max_lora=2)),
+        Candidate("has", 0, sig(running_adapters=("support",), max_lora=1)),
+        Candidate("blind", 0, sig()),
     ]
     got, said = filters.adapter(pool, Ask(POLICY, adapter=adapter))
     assert (names(got), said) == (kept, note)
@@ -64,15 +64,15 @@ def test_the_adapter_filter(adapter: str | None, kept: list[str], note: str | No
 @pytest.mark.parametrize(
     ("replica", "load", "engine"),
     [
-        (Replica("idle", 0), 1.0, 1.0),
-        (Replica("busy", 3), 0.25, 1.0),
-        (Replica("ramping", 0, share=0.5), 0.5, 1.0),
-        (Replica("queued", 0, sig(waiting=5)), 1.0, 0.5),
-        (Replica("full cache", 1, sig(kv_usage=1.0)), 0.5, 0.5),
-        (Replica("both", 1, sig(waiting=5, kv_usage=1.0)), 0.5, 1 / 3),
+        (Candidate("idle", 0), 1.0, 1.0),
+        (Candidate("busy", 3), 0.25, 1.0),
+        (Candidate("ramping", 0, share=0.5), 0.5, 1.0),
+        (Candidate("queued", 0, sig(waiting=5)), 1.0, 0.5),
+        (Candidate("full cache", 1, sig(kv_usage=1.0)), 0.5, 0.5),
+        (Candidate("both", 1, sig(waiting=5, kv_usage=1.0)), 0.5, 1 / 3),
     ],
 )
-def test_the_scorers_rate_in_zero_to_one(replica: Replica, load: float, engine: float) -> None:
+def test_the_scorers_rate_in_zero_to_one(replica: Candidate, load: float, engine: float) -> None:
     assert scorers.load(replica, POLICY) == pytest.approx(load)
     assert scorers.engine(replica, POLICY) == pytest.approx(engine)
     assert 0 < scorers.score(replica, POLICY) <= 1
@@ -80,27 +80,27 @@ def test_the_scorers_rate_in_zero_to_one(replica: Replica, load: float, engine: 
 
 
 def test_weights_are_exponents_and_zero_switches_a_scorer_off() -> None:
-    queued = Replica("q", 0, sig(waiting=5))
+    queued = Candidate("q", 0, sig(waiting=5))
     assert scorers.score(queued, PickPolicy(weights=(("load", 1.0), ("engine", 0.0)))) == 1.0
     assert scorers.score(queued, PickPolicy(weights=(("load", 1.0), ("engine", 2.0)))) == pytest.approx(0.25)
 
 
 def test_two_choices_takes_the_better_score_of_two_distinct_draws() -> None:
-    pool = [Replica("a", 5), Replica("b", 0)]
+    pool = [Candidate("a", 5), Candidate("b", 0)]
     assert {pickers.two_choices(pool, POLICY, random.Random(i)).name for i in range(20)} == {"b"}
-    assert pickers.two_choices([Replica("only", 9)], POLICY, random.Random(0)).name == "only"
+    assert pickers.two_choices([Candidate("only", 9)], POLICY, random.Random(0)).name == "only"
     # with weights that ignore the load, a queued engine loses to an idle one however busy this edge is there
-    weighed = [Replica("a", 0, sig(waiting=50)), Replica("b", 9, sig())]
+    weighed = [Candidate("a", 0, sig(waiting=50)), Candidate("b", 9, sig())]
     engine_only = PickPolicy(weights=(("load", 0.0), ("engine", 1.0)))
     assert {pickers.two_choices(weighed, engine_only, random.Random(i)).name for i in range(20)} == {"b"}
 
 
 def test_the_bounded_ring_sends_a_key_home_and_overflows_it_when_home_is_full() -> None:
     ring = Ring(["a", "b", "c"])
-    idle = [Replica(n, 0) for n in "abc"]
+    idle = [Candidate(n, 0) for n in "abc"]
     home, on_key = pickers.bounded_ring(idle, 12345, ring, 1.25, None)
     assert on_key
-    crowded = [Replica(n, 10 if n == home.name else 0) for n in "abc"]
+    crowded = [Candidate(n, 10 if n == home.name else 0) for n in "abc"]
     moved, on_key = pickers.bounded_ring(crowded, 12345, ring, 1.25, None)
     assert moved.name != home.name and not on_key
 
@@ -108,9 +108,9 @@ def test_the_bounded_ring_sends_a_key_home_and_overflows_it_when_home_is_full() 
 def test_lazy_candidates_are_made_only_when_looked_at() -> None:
     made: list[str] = []
 
-    def make(name: str) -> Replica:
+    def make(name: str) -> Candidate:
         made.append(name)
-        return Replica(name, 0)
+        return Candidate(name, 0)
 
     pool = Candidates([f"r{i}" for i in range(50)], make, signalled=False)
     chosen = pick(pool, key=None, adapter=None, ring=Ring([]), policy=POLICY, rng=random.Random(1))
@@ -118,7 +118,7 @@ def test_lazy_candidates_are_made_only_when_looked_at() -> None:
 
 
 def test_explain_shows_what_each_step_kept_and_every_raw_rating() -> None:
-    pool = [Replica("a", 0, sig(waiting=9)), Replica("b", 1, sig(kv_usage=0.5)), Replica("c", 0)]
+    pool = [Candidate("a", 0, sig(waiting=9)), Candidate("b", 1, sig(kv_usage=0.5)), Candidate("c", 0)]
     steps = explain(pool, Ask(POLICY))
     assert steps[0] == {"filter": "room", "kept": ["b", "c"], "note": "saturated left out"}
     assert steps[1] == {"filter": "adapter", "kept": ["b", "c"], "note": None}

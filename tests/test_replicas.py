@@ -12,7 +12,7 @@ import pytest
 
 from controlplane.engines import parse_metrics
 from edge.admission.request import BodyError, read
-from edge.routing.candidates import PickPolicy, Replica, Ring, slow_start_share
+from edge.routing.candidates import Candidate, PickPolicy, Ring, slow_start_share
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
 from edge.routing.planner import Planner, ReplicaTuning, Wanted
@@ -35,7 +35,7 @@ def keys(n: int, seed: int = 1) -> list[int]:
 
 def assign(names: list[str], key: int) -> str:
     chosen = pick(
-        [Replica(n, 0) for n in names],
+        [Candidate(n, 0) for n in names],
         key=key,
         adapter=None,
         ring=RING,
@@ -64,7 +64,7 @@ def test_no_replica_exceeds_c_times_the_mean_under_a_skewed_key_workload() -> No
     for _ in range(4000):  # zipf-like: key i drawn with weight 1/(i+1); nothing completes
         key = rng.choices(hot, weights=[1 / (i + 1) for i in range(len(hot))])[0]
         chosen = pick(
-            [Replica(n, load[n]) for n in NAMES],
+            [Candidate(n, load[n]) for n in NAMES],
             key=key,
             adapter=None,
             ring=RING,
@@ -80,7 +80,7 @@ def test_no_replica_exceeds_c_times_the_mean_under_a_skewed_key_workload() -> No
 def test_the_same_key_picks_the_same_replica_with_room_and_overflows_when_full() -> None:
     key = keys(1)[0]
     first = pick(
-        [Replica(n, 0) for n in NAMES],
+        [Candidate(n, 0) for n in NAMES],
         key=key,
         adapter=None,
         ring=RING,
@@ -88,7 +88,7 @@ def test_the_same_key_picks_the_same_replica_with_room_and_overflows_when_full()
         rng=random.Random(),
     )
     assert first is not None and first.affinity
-    crowded = [Replica(n, 10 if n == first.replica else 0) for n in NAMES]
+    crowded = [Candidate(n, 10 if n == first.replica else 0) for n in NAMES]
     moved = pick(crowded, key=key, adapter=None, ring=RING, policy=POLICY, rng=random.Random())
     assert moved is not None and moved.replica != first.replica and not moved.affinity
 
@@ -111,7 +111,7 @@ def test_saturated_replicas_are_left_out_while_another_has_room(
 ) -> None:
     seen = set()
     for i in range(50):
-        cands = [Replica(n, 0, signals[n]) for n in ("a", "b")]
+        cands = [Candidate(n, 0, signals[n]) for n in ("a", "b")]
         chosen = pick(
             cands, key=keys(50)[i], adapter=None, ring=Ring(["a", "b"]), policy=POLICY, rng=random.Random(i)
         )
@@ -122,9 +122,9 @@ def test_saturated_replicas_are_left_out_while_another_has_room(
 
 def test_lora_prefers_the_adapter_loaded_then_a_free_slot() -> None:
     cands = [
-        Replica("full", 0, sig(running_adapters=("x", "y"), max_lora=2)),
-        Replica("free", 0, sig(running_adapters=("x",), max_lora=2)),
-        Replica("has", 0, sig(running_adapters=("support",), max_lora=1)),
+        Candidate("full", 0, sig(running_adapters=("x", "y"), max_lora=2)),
+        Candidate("free", 0, sig(running_adapters=("x",), max_lora=2)),
+        Candidate("has", 0, sig(running_adapters=("support",), max_lora=1)),
     ]
     ring = Ring(["full", "free", "has"])
     for k in keys(30):
@@ -144,7 +144,7 @@ def test_slow_start_ramps_a_joining_replica_from_the_floor() -> None:
     rng = random.Random(2)
     load = {"new": 0, "old": 0}
     for _ in range(2000):
-        cands = [Replica("new", load["new"], share=0.1), Replica("old", load["old"])]
+        cands = [Candidate("new", load["new"], share=0.1), Candidate("old", load["old"])]
         chosen = pick(cands, key=None, adapter=None, ring=Ring(["new", "old"]), policy=POLICY, rng=rng)
         assert chosen is not None
         got[chosen.replica] += 1
@@ -257,9 +257,9 @@ def test_an_overflowed_key_stays_where_its_newest_prefix_is_while_that_replica_h
     key = keys(1)[0]
     home = assign(NAMES, key)
     other = next(n for n in NAMES if n != home)
-    idle = [Replica(n, 0) for n in NAMES]
+    idle = [Candidate(n, 0) for n in NAMES]
     kept = pick(idle, key=key, adapter=None, ring=RING, policy=POLICY, rng=random.Random(), last=other)
     assert kept is not None and kept.replica == other and not kept.affinity and "kept" in kept.why
-    full = [Replica(n, 10 if n == other else 0) for n in NAMES]
+    full = [Candidate(n, 10 if n == other else 0) for n in NAMES]
     back = pick(full, key=key, adapter=None, ring=RING, policy=POLICY, rng=random.Random(), last=other)
     assert back is not None and back.replica == home and back.affinity

@@ -12,7 +12,7 @@ from controlplane.service import ServiceTracker
 from edge.admission.geo import ClientPlace
 from edge.routing import outcome
 from edge.routing import ranking as routing
-from edge.routing.candidates import Pick, PickPolicy, Replica, Ring
+from edge.routing.candidates import Candidate, Pick, PickPolicy, Ring
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
 from edge.routing.planner import Planner
@@ -175,7 +175,7 @@ def test_nothing_routable_gives_no_primary() -> None:
 def test_p2c_picks_the_least_outstanding_of_two(
     outstanding: dict[str, int], exclude: frozenset[str], expected: str | None
 ) -> None:
-    candidates = [Replica(n, outstanding.get(n, 0)) for n in ("a", "b") if n not in exclude]
+    candidates = [Candidate(n, outstanding.get(n, 0)) for n in ("a", "b") if n not in exclude]
     chosen = pick(
         candidates, key=None, adapter=None, ring=Ring([]), policy=PickPolicy(), rng=random.Random(3)
     )
@@ -198,7 +198,7 @@ class TwoChoices:
         return REPLICAS[region]
 
     def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
-        candidates = [Replica(n, 0) for n in REPLICAS[region] if n not in exclude]
+        candidates = [Candidate(n, 0) for n in REPLICAS[region] if n not in exclude]
         return pick(candidates, key=None, adapter=None, ring=Ring([]), policy=PickPolicy(), rng=self.rng)
 
 
@@ -365,7 +365,7 @@ def test_route_cache_plans_exactly_as_route_and_hits_per_pin_group() -> None:
     cached_rng, plain_rng = random.Random(3), random.Random(3)
     for i in range(300):
         country = ("US", "GB", None)[i % 3]
-        got = routing.draw(cache.plan(country=country, continent=None), cached_rng)
+        got = routing.draw(cache.ranking(country=country, continent=None), cached_rng)
         want = routing.route(
             topology=TOPO, snapshot=s, network=net(NEW_YORK), rng=plain_rng, country=country, continent=None
         )
@@ -377,7 +377,7 @@ def test_route_cache_keys_on_ejections_and_shares() -> None:
     rng = random.Random(0)
 
     def primary(cache: routing.RouteCache, **kw: object) -> str | None:
-        return routing.draw(cache.plan(country=None, continent=None, **kw), rng).primary  # type: ignore[arg-type]
+        return routing.draw(cache.ranking(country=None, continent=None, **kw), rng).primary  # type: ignore[arg-type]
 
     cache = routing.RouteCache(TOPO, snap(), net(LONDON))
     assert primary(cache) == "eu-west-1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.scaling import Decision, PoolMemory, absorbed, commit, decide, mix, within_ceilings
+from controlplane.scaling import PoolMemory, ScaleDecision, absorbed, commit, decide, mix, within_ceilings
 from fleet.pools import Autoscaling, PoolSpec, Target
 
 POLICY = Autoscaling(
@@ -32,7 +32,9 @@ SPEC = PoolSpec(
 )
 
 
-def step(memory: PoolMemory, load: float, now: float, *, spec: PoolSpec = SPEC, held: int = 0) -> Decision:
+def step(
+    memory: PoolMemory, load: float, now: float, *, spec: PoolSpec = SPEC, held: int = 0
+) -> ScaleDecision:
     return decide(spec, POLICY, memory, load=load, held=held, now=now)
 
 

@@ -17,9 +17,9 @@ from typing import Literal
 from edge.admission.fairqueue import BANDS, BandLimits, FairQueue, next_cap
 from edge.routing.replicas import PoolLoad
 from edge.telemetry.metrics import EdgeMetrics
+from fleet.pools import PoolKey
 from fleet.tenants import Priority
 
-PoolKey = tuple[str, str | None]  # (region, model)
 Shed = Literal["full", "timeout"]
 TICK_S = 0.05  # how often held requests are checked for their wait limit and for room in their pool
 

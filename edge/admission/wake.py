@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from edge.telemetry.metrics import EdgeMetrics
 from fleet.keys import wake_key
+from fleet.pools import PoolKey
 from fleet.redisconn import raise_if_cancelling
 from fleet.state import Snapshot, Topology
 from fleet.wake import WAKE_EVERY_S, WAKE_TTL_S, wake_mark
@@ -29,7 +30,6 @@ from fleet.wake import WAKE_EVERY_S, WAKE_TTL_S, wake_mark
 log = logging.getLogger("meridian.wake")
 
 T = TypeVar("T")
-PoolKey = tuple[str, str]  # (region, model)
 
 
 class Waker:
@@ -134,6 +134,8 @@ class Waker:
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for (region, model), n in self.held.items():
+                    if model is None:  # the open world has no pools to wake
+                        continue
                     key = wake_key(region, model)
                     if n > 0:
                         pipe.hset(key, self.field, wake_mark(n, now))

@@ -19,7 +19,7 @@ from fleet.state import RegionState, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Acceptance:
     snapshot: Snapshot | None  # the snapshot to route on from now (None: keep the current one)
     refused: str | None = None  # why the store's state was not taken: "older", "incomplete", "invalid"
     detail: str = ""
@@ -34,26 +34,28 @@ def judge(
     invalid: Mapping[str, str],
     topology: Sequence[str],
     taken_at: float,
-) -> Verdict:
+) -> Acceptance:
     """The verdict on what the store holds now, given the snapshot the edge routes on."""
     if current is not None and (epoch, version) < current.position:
-        return Verdict(None, "older", f"store at epoch {epoch} version {version}, edge at {current.position}")
+        return Acceptance(
+            None, "older", f"store at epoch {epoch} version {version}, edge at {current.position}"
+        )
     missing = [n for n in topology if n not in regions and n not in invalid]
     if missing:
-        return Verdict(None, "incomplete", f"no record for {', '.join(missing)}")
+        return Acceptance(None, "incomplete", f"no record for {', '.join(missing)}")
     held = dict(regions)
     for name in invalid:
         prev = None if current is None else current.regions.get(name)
         if prev is None:
-            return Verdict(
+            return Acceptance(
                 None, "invalid", f"invalid record for {name} and no earlier state: {invalid[name]}"
             )
         held[name] = prev
     if current is not None and (epoch, version) == current.position and held == dict(current.regions):
-        return Verdict(current)  # the same state, confirmed
+        return Acceptance(current)  # the same state, confirmed
     snap = Snapshot(
         version=version, regions=held, taken_at=taken_at, epoch=epoch, quarantined=frozenset(invalid)
     )
     if invalid:
-        return Verdict(snap, "invalid", "; ".join(f"{n}: {e}" for n, e in invalid.items()))
-    return Verdict(snap)
+        return Acceptance(snap, "invalid", "; ".join(f"{n}: {e}" for n, e in invalid.items()))
+    return Acceptance(snap)

@@ -27,7 +27,7 @@ class PickPolicy:
 
 
 @dataclass(slots=True)  # not frozen: built per candidate per request, and frozen init costs
-class Replica:
+class Candidate:
     """What the picker knows about one candidate replica."""
 
     name: str
@@ -53,24 +53,24 @@ class Ask:
     last: str | None = None  # where the key last overflowed to
 
 
-class Candidates(Sequence[Replica]):
+class Candidates(Sequence[Candidate]):
     """A region's candidate replicas, each made on first look (``make``); ``signalled``: whether any has
     fresh engine signals."""
 
     __slots__ = ("_made", "_make", "names", "signalled")
 
-    def __init__(self, names: Sequence[str], make: Callable[[str], Replica], *, signalled: bool) -> None:
+    def __init__(self, names: Sequence[str], make: Callable[[str], Candidate], *, signalled: bool) -> None:
         self.names, self._make, self.signalled = names, make, signalled
-        self._made: dict[int, Replica] = {}
+        self._made: dict[int, Candidate] = {}
 
     def __len__(self) -> int:
         return len(self.names)
 
     @overload
-    def __getitem__(self, i: int) -> Replica: ...
+    def __getitem__(self, i: int) -> Candidate: ...
     @overload
-    def __getitem__(self, i: slice) -> Sequence[Replica]: ...
-    def __getitem__(self, i: int | slice) -> Replica | Sequence[Replica]:
+    def __getitem__(self, i: slice) -> Sequence[Candidate]: ...
+    def __getitem__(self, i: int | slice) -> Candidate | Sequence[Candidate]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self.names)))]
         r = self._made.get(i)
@@ -78,12 +78,12 @@ class Candidates(Sequence[Replica]):
             r = self._made[i] = self._make(self.names[i])
         return r
 
-    def __iter__(self) -> Iterator[Replica]:
+    def __iter__(self) -> Iterator[Candidate]:
         for i in range(len(self.names)):
             yield self[i]
 
 
-def signalled(pool: Sequence[Replica]) -> bool:
+def signalled(pool: Sequence[Candidate]) -> bool:
     """Whether any candidate has fresh engine signals (without making a lazy pool's replicas)."""
     if isinstance(pool, Candidates):
         return pool.signalled

@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from edge.routing.candidates import Ask, Replica, signalled
+from edge.routing.candidates import Ask, Candidate, signalled
 
 
 class Filter(Protocol):
-    def __call__(self, pool: Sequence[Replica], ask: Ask) -> tuple[Sequence[Replica], str | None]: ...
+    def __call__(self, pool: Sequence[Candidate], ask: Ask) -> tuple[Sequence[Candidate], str | None]: ...
 
 
-def room(pool: Sequence[Replica], ask: Ask) -> tuple[Sequence[Replica], str | None]:
+def room(pool: Sequence[Candidate], ask: Ask) -> tuple[Sequence[Candidate], str | None]:
     """Replicas whose engine is saturated (waiting >= ``max_waiting`` or KV cache >= ``max_kv``: the Gateway
     API Inference Extension's defaults) are left out while any other has room."""
     if not signalled(pool):  # nothing is known to be saturated: no replica to build
@@ -31,7 +31,7 @@ def room(pool: Sequence[Replica], ask: Ask) -> tuple[Sequence[Replica], str | No
     return (kept, "saturated left out") if kept else (pool, "all saturated")
 
 
-def adapter(pool: Sequence[Replica], ask: Ask) -> tuple[Sequence[Replica], str | None]:
+def adapter(pool: Sequence[Candidate], ask: Ask) -> tuple[Sequence[Candidate], str | None]:
     """A LoRA request: replicas with its adapter loaded, else ones with a free adapter slot."""
     name = ask.adapter
     if name is None:

@@ -14,11 +14,11 @@ import math
 import random
 from collections.abc import Sequence
 
-from edge.routing.candidates import PickPolicy, Replica, Ring
+from edge.routing.candidates import Candidate, PickPolicy, Ring
 from edge.routing.scorers import score
 
 
-def two_choices(pool: Sequence[Replica], policy: PickPolicy, rng: random.Random) -> Replica:
+def two_choices(pool: Sequence[Candidate], policy: PickPolicy, rng: random.Random) -> Candidate:
     n = len(pool)
     if n == 1:
         return pool[0]
@@ -29,15 +29,15 @@ def two_choices(pool: Sequence[Replica], policy: PickPolicy, rng: random.Random)
 
 
 def bounded_ring(
-    pool: Sequence[Replica], key: int, ring: Ring, c: float, last: str | None
-) -> tuple[Replica, bool]:
+    pool: Sequence[Candidate], key: int, ring: Ring, c: float, last: str | None
+) -> tuple[Candidate, bool]:
     """A replica with room under the bound: where the key last overflowed to (its newest prefix is there),
     else the key's own replica, else the next along the ring. True when it is the key's own replica."""
     by_name = {r.name: r for r in pool}
     total = sum(r.outstanding for r in pool)
     mean_next = c * (total + 1) / len(pool)
 
-    def room(r: Replica) -> bool:
+    def room(r: Candidate) -> bool:
         return r.outstanding < max(1, math.ceil(mean_next * r.share))
 
     walk = [by_name[n] for n in ring.walk(key) if n in by_name]  # a non-candidate is skipped, as if gone

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edge.routing.candidates import Ask, Candidates, Pick, PickPolicy, Replica, Ring, slow_start_share
+from edge.routing.candidates import Ask, Candidate, Candidates, Pick, PickPolicy, Ring, slow_start_share
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
 from edge.routing.ranking import (
@@ -178,19 +178,19 @@ class Planner:
     def decide(self, place: Place, snapshot: Snapshot, model: str | None = None) -> Decision:
         """Primary, backup and order of regions for a client at ``place`` (the primary held per pin group)."""
         now = self.clock()
-        plan = self.cache(snapshot).plan(
+        ranking = self.cache(snapshot).ranking(
             country=place.country,
             continent=place.continent,
             excluded=self.outliers.ejected_regions(now),
             share=self._shares(snapshot, now),
             model=None if self.topology.catalog.open else model,
         )
-        group = (plan.pinned, plan.serving)
+        group = (ranking.pinned, ranking.serving)
         old = self.leads.get(group)
-        lead = hold(old, plan, now=now, rng=self.rng)
+        lead = hold(old, ranking, now=now, rng=self.rng)
         if lead is not old and lead is not None:
             self.leads[group] = lead
-        return draw(plan, self.rng, None if lead is None else lead.region)
+        return draw(ranking, self.rng, None if lead is None else lead.region)
 
     def client_view(self, place: Place) -> ClientView:
         """The client's round-trip estimate to this edge and to the nearest edge (memoised per cell)."""
@@ -315,7 +315,7 @@ class Planner:
         signals = self.signals().get(region)
         tuning, joined = self.tuning, self.joined
 
-        def make(name: str) -> Replica:
+        def make(name: str) -> Candidate:
             got = signals.get(name) if signals else None
             fresh = got[0] if got is not None and now - got[1] <= tuning.signal_max_age_s else None
             since = joined.get((region, name)) if joined else None
@@ -324,7 +324,7 @@ class Planner:
                 if since is None
                 else slow_start_share(since, now, window_s=tuning.slow_start_s, floor=tuning.slow_start_floor)
             )
-            return Replica(name, outstanding.get(name, 0), fresh, share)
+            return Candidate(name, outstanding.get(name, 0), fresh, share)
 
         return Candidates(names, make, signalled=bool(signals))
 

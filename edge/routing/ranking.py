@@ -247,7 +247,7 @@ def choose_backup(order: Sequence[RegionScore], primary: str, *, domains: Mappin
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class Ranking:
     """Everything about a decision that does not depend on the per-request draw: the same for every request
     of a pin group while the snapshot, this edge's network, ejections and failback shares stay the same."""
 
@@ -264,33 +264,35 @@ class Plan:
     # and the decision for each possible pick are made once (the per-request draw is one random number)
     walk: tuple[float, ...] | None = None
     outcomes: list[Decision | None] = field(default_factory=list)  # filled on first use
-    led: dict[str, Plan] = field(default_factory=dict)  # this plan with another region held first
+    led: dict[str, Ranking] = field(default_factory=dict)  # this ranking with another region held first
 
     def score(self, region: str) -> RegionScore | None:
         return next((s for s in self.ranked if s.region == region), None)
 
 
-def _decision(order: Sequence[RegionScore], chosen: RegionScore | None, plan: Plan) -> Decision:
+def _decision(order: Sequence[RegionScore], chosen: RegionScore | None, ranking: Ranking) -> Decision:
     if chosen is None:
-        return Decision(None, None, tuple(s.region for s in order), plan.scores, plan.pinned, plan.panic)
-    backup = choose_backup(order, chosen.region, domains=plan.domains)
+        return Decision(
+            None, None, tuple(s.region for s in order), ranking.scores, ranking.pinned, ranking.panic
+        )
+    backup = choose_backup(order, chosen.region, domains=ranking.domains)
     rest = [s.region for s in order if s.region not in (chosen.region, backup)]
     ordered = (chosen.region, *((backup,) if backup else ()), *rest)
-    return Decision(chosen.region, backup, ordered, plan.scores, plan.pinned, plan.panic)
+    return Decision(chosen.region, backup, ordered, ranking.scores, ranking.pinned, ranking.panic)
 
 
-def _fixed_walk(plan: Plan) -> Plan:
-    """``plan`` with the dial walk over its fixed order precomputed (see apply_dials)."""
+def _fixed_walk(ranking: Ranking) -> Ranking:
+    """``ranking`` with the dial walk over its fixed order precomputed (see apply_dials)."""
     cum, keep, total = [], 1.0, 0.0
-    for s in plan.ranked:
+    for s in ranking.ranked:
         d = s.weight / 100.0
         total += keep * d
         keep *= 1.0 - d
         cum.append(total)
-    return replace(plan, walk=tuple(cum), outcomes=[None] * len(cum), led={})
+    return replace(ranking, walk=tuple(cum), outcomes=[None] * len(cum), led={})
 
 
-def plan_route(
+def rank_regions(
     *,
     topology: Topology,
     snapshot: Snapshot,
@@ -300,7 +302,7 @@ def plan_route(
     excluded: frozenset[str] = frozenset(),
     share: Mapping[str, float] | None = None,
     serving: frozenset[str] | None = None,
-) -> Plan:
+) -> Ranking:
     """Score every region from this edge and rank the candidates (pins and the model's regions, ``serving``,
     applied first: a region that does not serve the model is no candidate, not a failed one).
 
@@ -330,8 +332,8 @@ def plan_route(
     if serving is not None:
         candidates = tuple(s for s in candidates if s.region in serving)
     ranked, tier, temperature = _rank(candidates, policy)
-    plan = Plan(scores, ranked, tier, temperature, pinned, panic, topology.domains, policy, serving)
-    return _fixed_walk(plan) if tier < 2 else plan
+    ranking = Ranking(scores, ranked, tier, temperature, pinned, panic, topology.domains, policy, serving)
+    return _fixed_walk(ranking) if tier < 2 else ranking
 
 
 def _pins(policy: Policy, country: str | None, continent: str | None) -> tuple[str, ...] | None:
@@ -355,28 +357,28 @@ class Lead:
     displaced: str | None = None
 
 
-def hold(lead: Lead | None, plan: Plan, *, now: float, rng: random.Random) -> Lead | None:
-    """Which region leads ``plan`` now. The incumbent keeps the lead unless it stopped being a candidate
+def hold(lead: Lead | None, ranking: Ranking, *, now: float, rng: random.Random) -> Lead | None:
+    """Which region leads ``ranking`` now. The incumbent keeps the lead unless it stopped being a candidate
     (down, drained, dial 0, saturated, ejected, not pinned: it moves at once, and moves back at once when
     the region returns), or another region has been better by more than the switch margin for
     ``switch_hold_s``. A new lead among near-equal leaders is a softmin draw (anti-herding)."""
-    ranked = plan.ranked
+    ranked = ranking.ranked
     if not ranked:
         return lead  # nothing routable: remember the lead for when something is
     if lead is not None and lead.firm and lead.challenger is None and ranked[0].region == lead.region:
         return lead  # the steady state: the held primary is still the best
-    inc = None if lead is None else plan.score(lead.region)
+    inc = None if lead is None else ranking.score(lead.region)
     if lead is None or inc is None:
-        first = _draw_order(ranked, plan.tier, plan.temperature, rng)[0]
-        return Lead(first.region, _firm(plan, first), displaced=None if lead is None else lead.region)
-    back = None if lead.displaced is None else plan.score(lead.displaced)
+        first = _draw_order(ranked, ranking.tier, ranking.temperature, rng)[0]
+        return Lead(first.region, _firm(ranking, first), displaced=None if lead is None else lead.region)
+    back = None if lead.displaced is None else ranking.score(lead.displaced)
     if back is not None and back.score_ms < inc.score_ms:  # the region it stood in for is back
-        return Lead(back.region, _firm(plan, back))
-    best, p = ranked[0], plan.policy
+        return Lead(back.region, _firm(ranking, back))
+    best, p = ranked[0], ranking.policy
     if not lead.firm:  # chosen on estimates: follow the ranking until the choice stands on measurements
         if best.region != lead.region and best.score_ms < inc.score_ms:
-            return Lead(best.region, _firm(plan, best), displaced=lead.displaced)
-        return replace(lead, firm=True) if _firm(plan, inc) else lead
+            return Lead(best.region, _firm(ranking, best), displaced=lead.displaced)
+        return replace(lead, firm=True) if _firm(ranking, inc) else lead
     margin = max(p.switch_margin_ms, p.switch_margin_ratio * inc.score_ms)
     if best.region == lead.region or inc.score_ms - best.score_ms <= margin:
         return lead if lead.challenger is None else replace(lead, challenger=None)
@@ -385,43 +387,43 @@ def hold(lead: Lead | None, plan: Plan, *, now: float, rng: random.Random) -> Le
     return Lead(best.region) if now - lead.since >= p.switch_hold_s else lead
 
 
-def _firm(plan: Plan, lead: RegionScore) -> bool:
+def _firm(ranking: Ranking, lead: RegionScore) -> bool:
     """A lead may be held once its own terms are measured and no region that scores better is an
     estimate (an unmeasured region that looks better is tried, and so measured, rather than held off)."""
-    return lead.measured and all(s.measured for s in plan.ranked if s.score_ms < lead.score_ms)
+    return lead.measured and all(s.measured for s in ranking.ranked if s.score_ms < lead.score_ms)
 
 
-def _led(plan: Plan, lead: str) -> Plan:
-    """``plan`` with ``lead`` first and the rest in score order (a fixed order: no per-request softmin)."""
-    hit = plan.led.get(lead)
+def _led(ranking: Ranking, lead: str) -> Ranking:
+    """``ranking`` with ``lead`` first and the rest in score order (a fixed order: no per-request softmin)."""
+    hit = ranking.led.get(lead)
     if hit is None:
-        first = plan.score(lead)
+        first = ranking.score(lead)
         if first is None:
-            return plan
-        ranked = (first, *(s for s in plan.ranked if s.region != lead))
-        hit = plan.led[lead] = _fixed_walk(replace(plan, ranked=ranked, tier=0))
+            return ranking
+        ranked = (first, *(s for s in ranking.ranked if s.region != lead))
+        hit = ranking.led[lead] = _fixed_walk(replace(ranking, ranked=ranked, tier=0))
     return hit
 
 
-def draw(plan: Plan, rng: random.Random, lead: str | None = None) -> Decision:
+def draw(ranking: Ranking, rng: random.Random, lead: str | None = None) -> Decision:
     """The per-request part: the order (the held lead first, or a softmin draw among near-equal leaders),
     the dials, the backup."""
-    if lead is not None and (plan.tier >= 2 or (plan.ranked and plan.ranked[0].region != lead)):
-        plan = _led(plan, lead)
-    walk = plan.walk
+    if lead is not None and (ranking.tier >= 2 or (ranking.ranked and ranking.ranked[0].region != lead)):
+        ranking = _led(ranking, lead)
+    walk = ranking.walk
     if walk is not None:  # fixed order: one draw against the precomputed walk
         total = walk[-1] if walk else 0.0
         if total <= 0:
-            return _decision(plan.ranked, None, plan)
+            return _decision(ranking.ranked, None, ranking)
         i = bisect.bisect_right(walk, rng.random() * total)
         if i >= len(walk):  # rounding at the very top: the last region with any probability
             i = max(j for j in range(len(walk)) if walk[j] > (walk[j - 1] if j else 0.0))
-        hit = plan.outcomes[i]
+        hit = ranking.outcomes[i]
         if hit is None:
-            hit = plan.outcomes[i] = _decision(plan.ranked, plan.ranked[i], plan)
+            hit = ranking.outcomes[i] = _decision(ranking.ranked, ranking.ranked[i], ranking)
         return hit
-    order = _draw_order(plan.ranked, plan.tier, plan.temperature, rng)
-    return _decision(order, apply_dials(order, rng=rng), plan)
+    order = _draw_order(ranking.ranked, ranking.tier, ranking.temperature, rng)
+    return _decision(order, apply_dials(order, rng=rng), ranking)
 
 
 def route(
@@ -436,7 +438,7 @@ def route(
     share: Mapping[str, float] | None = None,
 ) -> Decision:
     """Score every region and choose primary + backup for one request (no cache, no hold)."""
-    plan = plan_route(
+    ranking = rank_regions(
         topology=topology,
         snapshot=snapshot,
         network=network,
@@ -445,18 +447,18 @@ def route(
         excluded=excluded,
         share=share,
     )
-    return draw(plan, rng)
+    return draw(ranking, rng)
 
 
 class RouteCache:
     """Everything routing derives from one snapshot and one view of this edge's network: plans by (pins,
     ejected regions, failback shares) and the serving replicas of each region. Built for one snapshot and
     network and dropped with them (the planner makes a new one when either changes), so nothing here is
-    ever invalidated. Plans are pure functions of their key: a hit decides exactly as ``plan_route``."""
+    ever invalidated. Plans are pure functions of their key: a hit decides exactly as ``rank_regions``."""
 
     __slots__ = (
         "_by_model",
-        "_plans",
+        "_rankings",
         "_regions",
         "_serving",
         "hits",
@@ -476,12 +478,12 @@ class RouteCache:
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
-        self._plans: dict[tuple[object, ...], Plan] = {}
+        self._rankings: dict[tuple[object, ...], Ranking] = {}
         self._serving: dict[str, list[str]] = {}
         self._by_model: dict[tuple[str, str], list[str]] = {}
         self._regions: dict[str, frozenset[str]] = {}
 
-    def plan(
+    def ranking(
         self,
         *,
         country: str | None,
@@ -489,14 +491,14 @@ class RouteCache:
         excluded: frozenset[str] = frozenset(),
         share: Mapping[str, float] | None = None,
         model: str | None = None,
-    ) -> Plan:
+    ) -> Ranking:
         pins = _pins(self.topology.policy, country, continent)
         serving = None if model is None else self.regions_serving(model)
         key = (pins, excluded, None if share is None else tuple(sorted(share.items())), serving)
-        plan = self._plans.get(key)
-        if plan is None:
+        ranking = self._rankings.get(key)
+        if ranking is None:
             self.misses += 1
-            plan = plan_route(
+            ranking = rank_regions(
                 topology=self.topology,
                 snapshot=self.snapshot,
                 network=self.network,
@@ -506,12 +508,12 @@ class RouteCache:
                 share=share,
                 serving=serving,
             )
-            if len(self._plans) >= self.max_entries:
-                self._plans.clear()
-            self._plans[key] = plan
+            if len(self._rankings) >= self.max_entries:
+                self._rankings.clear()
+            self._rankings[key] = ranking
         else:
             self.hits += 1
-        return plan
+        return ranking
 
     def serving(self, region: str) -> list[str]:
         """Replica names of ``region`` that the store does not hold down, in declaration order."""

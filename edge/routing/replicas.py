@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge.routing.candidates import Ask, Pick, PickPolicy, Replica, Ring
+from edge.routing.candidates import Ask, Candidate, Pick, PickPolicy, Ring
 from edge.routing.filters import FILTERS
 from edge.routing.pickers import bounded_ring, two_choices
 from edge.routing.scorers import ratings
@@ -26,7 +26,7 @@ PLAIN = "least loaded of two"
 
 
 def pick(
-    candidates: Sequence[Replica],
+    candidates: Sequence[Candidate],
     *,
     key: int | None,
     adapter: str | None,
@@ -53,7 +53,7 @@ def pick(
     return Pick(chosen.name, f"{why}affinity key {'kept where it overflowed' if kept else 'overflowed'}")
 
 
-def _filtered(pool: Sequence[Replica], ask: Ask) -> tuple[Sequence[Replica], list[str]]:
+def _filtered(pool: Sequence[Candidate], ask: Ask) -> tuple[Sequence[Candidate], list[str]]:
     notes = []
     for _, step in FILTERS:
         pool, note = step(pool, ask)
@@ -62,7 +62,7 @@ def _filtered(pool: Sequence[Replica], ask: Ask) -> tuple[Sequence[Replica], lis
     return pool, notes
 
 
-def explain(candidates: Sequence[Replica], ask: Ask) -> list[dict[str, object]]:
+def explain(candidates: Sequence[Candidate], ask: Ask) -> list[dict[str, object]]:
     """The pipeline's steps for the route explainer: each filter with what it kept, each candidate left with
     its scorers' raw ratings, and the picker used."""
     steps: list[dict[str, object]] = []
@@ -85,7 +85,7 @@ class PoolLoad:
     replicas: int
 
 
-def pool_load(candidates: Sequence[Replica], policy: PickPolicy) -> PoolLoad | None:
+def pool_load(candidates: Sequence[Candidate], policy: PickPolicy) -> PoolLoad | None:
     """The pool's load; saturated when every candidate's engine is (a replica without fresh signals has room
     as far as anyone knows). None: no candidate has fresh signals."""
     fresh = [r.signals for r in candidates if r.signals is not None]

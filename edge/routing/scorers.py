@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from edge.routing.candidates import PickPolicy, Replica
+from edge.routing.candidates import Candidate, PickPolicy
 
-Scorer = Callable[[Replica, PickPolicy], float]
+Scorer = Callable[[Candidate, PickPolicy], float]
 
 
-def load(r: Replica, policy: PickPolicy) -> float:
+def load(r: Candidate, policy: PickPolicy) -> float:
     """This edge's requests in flight there, against its slow-start share: 1 when idle at full share."""
     return r.share / (r.outstanding + 1)
 
 
-def engine(r: Replica, policy: PickPolicy) -> float:
+def engine(r: Candidate, policy: PickPolicy) -> float:
     """The engine's own queue and KV cache (1 without fresh signals: nothing is known against it)."""
     s = r.signals
     if s is None:
@@ -28,7 +28,7 @@ def engine(r: Replica, policy: PickPolicy) -> float:
 SCORERS: dict[str, Scorer] = {"load": load, "engine": engine}
 
 
-def score(r: Replica, policy: PickPolicy) -> float:
+def score(r: Candidate, policy: PickPolicy) -> float:
     """The replica's combined score in 0..1."""
     total = 1.0
     for name, weight in policy.weights:
@@ -38,7 +38,7 @@ def score(r: Replica, policy: PickPolicy) -> float:
     return total
 
 
-def ratings(r: Replica, policy: PickPolicy) -> dict[str, float]:
+def ratings(r: Candidate, policy: PickPolicy) -> dict[str, float]:
     """Each scorer's raw rating of ``r`` and the combined score (for the route explainer)."""
     raw = {name: round(SCORERS[name](r, policy), 4) for name, _ in policy.weights}
     return {**raw, "score": round(score(r, policy), 4)}

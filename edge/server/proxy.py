@@ -30,6 +30,7 @@ from edge.telemetry.usage import Ledger
 from edge.transport.forwarder import Forwarder, upstream_headers
 from edge.transport.hedging import HedgePolicy
 from fleet.models import Catalog
+from fleet.pools import PoolKey
 from fleet.state import Snapshot
 from fleet.tenants import Priority
 
@@ -238,7 +239,7 @@ class Proxy:
         span.set_attribute(tracing.ATTR_REGION, primary)
         if plan.decision.backup:
             span.set_attribute(tracing.ATTR_BACKUP, plan.decision.backup)
-        pool, gate = (primary, wanted.model), self.gate
+        pool, gate = PoolKey(primary, wanted.model), self.gate
         if not gate.try_pass(pool):
             shed = await gate.wait(
                 pool, tenant=admitted.tenant_id, band=admitted.priority, cost=admitted.cost
@@ -354,7 +355,7 @@ class Proxy:
             d = plan.decision
             return plan if d.primary is not None and not d.panic else None
 
-        plan = await self.waker.hold((region, model), ready, self.feed.news, tenant)
+        plan = await self.waker.hold(PoolKey(region, model), ready, self.feed.news, tenant)
         if plan is not None:
             return plan
         wait_s = self.waker.hold_s
