@@ -41,3 +41,24 @@ class BadInput(Exception):
         self.what = what
         self.code = code
         self.param = param
+
+    def response(self, headers: dict[str, str] | None = None) -> web.Response:
+        return error(
+            self.status,
+            str(self),
+            kind="invalid_request_error",
+            headers=headers,
+            code=self.code,
+            param=self.param,
+        )
+
+
+def unknown_model(model: str) -> BadInput:
+    """A model the catalog lacks or the tenant may not use: 404 ``model_not_found``, as OpenAI answers it."""
+    return BadInput(
+        404,
+        f"The model `{model[:200]}` does not exist or you do not have access to it.",
+        "model",
+        code="model_not_found",
+        param="model",
+    )

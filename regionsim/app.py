@@ -394,9 +394,13 @@ async def _generate(
         await resp.prepare(request)
         st.stats.streams_open += 1
         try:
+            cut = st.faults.cut_after_tokens
             for i, word in enumerate(words):
                 if i:
                     await asyncio.sleep(st.model.per_token(st.rng, batch=batch, max_batch=st.max_concurrency))
+                if cut is not None and i >= cut and request.transport is not None:
+                    request.transport.abort()  # the machine went mid-answer: the client sees a reset
+                    return resp
                 await resp.write(_chunk(rid, created, model, {"content": word + " "}, None))
             await resp.write(_chunk(rid, created, model, {}, "stop"))
             options = payload.get("stream_options")

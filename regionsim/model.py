@@ -22,6 +22,12 @@ class Faults(BaseModel):
     tail_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     tail_ttft_ms: float = Field(default=0.0, ge=0.0, le=600_000)
     down: bool = False
+    cut_after_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="a stream breaks off (connection reset) after this many tokens",
+    )
 
 
 class Power(BaseModel):

@@ -213,7 +213,7 @@ class Rig:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         span = self.tracer.start_span("request")
         try:
-            return await self.forwarder.forward(
+            answer = await self.forwarder.forward(
                 request,
                 plan=self.planner.plan(PLACE, SNAP),
                 body=await request.read(),
@@ -222,6 +222,8 @@ class Rig:
                 hedge_delay_s=self.row.hedge_delay_s,
                 parent=span,
             )
+            assert answer is not None  # final: the forwarder answers
+            return answer.response
         finally:
             span.end()
 

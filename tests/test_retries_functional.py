@@ -78,3 +78,29 @@ async def test_a_500_never_leaves_its_region(fleet: Fleet) -> None:
     assert code == 500 and headers["X-Meridian-Region"] == "eu-west-1", body
     assert headers["X-Meridian-Attempts"] == "2"  # the other replica once, no other region
     assert sum(fleet.sim("us-east-1", r).stats.requests for r in fleet.sims["us-east-1"]) == 0
+
+
+async def test_a_replica_that_breaks_off_its_streams_is_ejected_like_any_failing_one(fleet: Fleet) -> None:
+    """A stream cut after its first bytes cannot be retried, but it is a failure of that replica: the outcome
+    sink counts it against the breaker, which ejects the replica after its consecutive failures."""
+    body = {"model": SMALL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
+    headers = {"X-Forwarded-For": CLIENT_IP["london"]}
+    url = fleet.edge_url("eu-west-1") + "v1/chat/completions"
+
+    async def stream(s: aiohttp.ClientSession) -> tuple[str, bool]:
+        async with s.post(url, json=body, headers=headers) as r:
+            replica = r.headers["X-Meridian-Replica"]
+            try:
+                whole = b"data: [DONE]" in await r.read()
+            except aiohttp.ClientPayloadError:
+                whole = False
+        return replica, whole
+
+    async with aiohttp.ClientSession() as s:
+        first, whole = await stream(s)
+        assert whole
+        fleet.sim("eu-west-1", first).faults = Faults(cut_after_tokens=2)
+        seen = [await stream(s) for _ in range(8)]
+    cut = [r for r, whole in seen if not whole]
+    assert cut and set(cut) == {first}, seen  # the same replica (affinity) until its breaker opened ...
+    assert seen[-1][0] != first and seen[-1][1], seen  # ... then the other one, whole

@@ -18,8 +18,8 @@ from edge.admission.limiter import Limiter, Ticket, Verdict
 from edge.admission.limits import prompt_tokens, reservation
 from edge.admission.request import BodyError, Inference, read
 from edge.admission.tenants import Principal, Standing, TenantsFeed
-from edge.errors import BadInput, error
-from edge.routing.planner import NOTHING, Wanted
+from edge.errors import BadInput, error, unknown_model
+from edge.routing.planner import NOTHING, Wanted, wanted_of
 from edge.settings import EdgeSettings
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.usage import Tally
@@ -245,18 +245,10 @@ class Admission:
             (principal is not None and not principal.tenant.may_use(model)) or not catalog.known(model)
         ):
             self.metrics.model_not_found.inc()
-            raise BadInput(
-                404,
-                f"The model `{model[:200]}` does not exist or you do not have access to it.",
-                "model",
-                code="model_not_found",
-                param="model",
-            )
-        if catalog.open:
-            return (Wanted(None, facts.key, None) if facts.key is not None else NOTHING), facts
-        if model is None:
+            raise unknown_model(model)
+        if model is None and not catalog.open:
             raise BadInput(400, "the request names no model", "model", code="missing_model", param="model")
-        return Wanted(model, facts.key, model if catalog.adapter_base(model) else None), facts
+        return wanted_of(catalog, model, facts.key), facts
 
     def _priority(self, request: web.BaseRequest, principal: Principal | None) -> Priority:
         """The request's priority: the header's, capped by what its tenant may use (default: the tenant's)."""

@@ -14,6 +14,7 @@ Every attempt — plain, retry, failover, hedge — goes through ``classify``; n
 | connect   | refused, reset, unreachable, cut off     | other replica, region   | yes     | 502             |
 | timeout   | no first byte within time-to-first-byte  | other replica, region   | yes     | 504             |
 | error     | a bug in the edge, or no replica to try  | no                      | no      | 502             |
+| cut       | the region broke off after the client got bytes | no (too late)    | yes     | a cut stream    |
 
 Where a retry goes is ``edge.routing.ranking.AttemptPlan``'s: first another replica of the same region (the
 fault is usually one replica's), then the next region in order; a 500 stays in its region (the same request
@@ -22,12 +23,13 @@ may break every replica: it is not worth a region's round trip).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["ok", "throttled", "internal", "server", "status", "connect", "timeout", "error"]
+Kind = Literal["ok", "throttled", "internal", "server", "status", "connect", "timeout", "error", "cut"]
 RETRYABLE: frozenset[str] = frozenset({"throttled", "internal", "status", "connect", "timeout"})
-FAILURES: frozenset[str] = frozenset({"internal", "server", "status", "connect", "timeout"})
+FAILURES: frozenset[str] = frozenset({"internal", "server", "status", "connect", "timeout", "cut"})
 SAME_REGION_ONLY: frozenset[str] = frozenset({"internal"})
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -48,6 +50,11 @@ class Outcome:
         return self.status is not None and not self.retry
 
     @property
+    def failed(self) -> bool:
+        """An error for the client (usage counts it): anything but a region's answer below 400."""
+        return self.kind != "ok" or self.status is None or self.status >= 400
+
+    @property
     def label(self) -> str:
         """The metric label: the status when the region answered, else the kind."""
         return str(self.status) if self.status is not None else self.kind
@@ -57,14 +64,9 @@ def _make(kind: Kind, status: int | None, detail: str, client_status: int) -> Ou
     return Outcome(kind, status, kind in RETRYABLE, kind in FAILURES, client_status, detail)
 
 
-_OK: dict[int, Outcome] = {}  # one Outcome per success status: classified once, not per request
-
-
+@functools.lru_cache(maxsize=1024)  # a status is classified once, not per request (statuses are 3 digits)
 def answered(status: int) -> Outcome:
     """The region answered with ``status``."""
-    hit = _OK.get(status)
-    if hit is not None:
-        return hit
     if status in RETRYABLE_STATUS:
         return _make("status", status, f"upstream status {status}", status)
     if status == 429:
@@ -73,13 +75,18 @@ def answered(status: int) -> Outcome:
         return _make("internal", status, "upstream status 500", status)
     if status >= 500:
         return _make("server", status, f"upstream status {status}", status)
-    out = _OK[status] = _make("ok", status, "ok", status)
-    return out
+    return _make("ok", status, "ok", status)
 
 
 TIMEOUT = _make("timeout", None, "time to first byte exceeded", 504)
 ERROR = _make("error", None, "internal error in the edge", 502)
 NO_REPLICA = _make("error", None, "no replica available in any routable region", 502)
+
+
+def cut(error_name: str) -> Outcome:
+    """The region broke off its answer after the client got bytes (``error_name``: why): too late to retry,
+    a failure for the breakers and for usage."""
+    return _make("cut", None, f"stream cut: {error_name}", 502)
 
 
 def connect_failure(error_name: str) -> Outcome:

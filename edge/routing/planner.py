@@ -27,6 +27,7 @@ from edge.routing.ranking import (
 )
 from edge.routing.replicas import PoolLoad, explain, pick, pool_load
 from edge.telemetry.observed import Observed
+from fleet.models import Catalog
 from fleet.signals import EngineSignals
 from fleet.state import Location, Snapshot, Topology, distance_rtt_ms
 
@@ -60,6 +61,14 @@ class Wanted:
 
 
 NOTHING = Wanted()
+
+
+def wanted_of(catalog: Catalog, model: str | None, key: int | None) -> Wanted:
+    """What a request for ``model`` with affinity ``key`` asks of the replica choice — the one place for it:
+    the open world forwards any model name and routes on none; a LoRA adapter is wanted by its own name."""
+    if catalog.open or model is None:
+        return NOTHING if key is None else Wanted(None, key, None)
+    return Wanted(model, key, model if catalog.adapter_base(model) else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from edge.admission.geo import ClientLocator, ClientPlace, GeoLocator
 from edge.admission.request import Inference, read
-from edge.errors import error
-from edge.routing.planner import Planner, Wanted
+from edge.errors import error, unknown_model
+from edge.routing.planner import Planner, Wanted, wanted_of
 from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
 from fleet.models import Catalog
@@ -49,12 +49,9 @@ class Explainer:
         q = request.query
         asked = {"model": q.get("model"), "prompt_cache_key": q.get("key")}
         facts = read(json.dumps({k: v for k, v in asked.items() if v}).encode(), q.get("session"))
-        catalog = self.catalog
-        if facts.model is not None and not catalog.known(facts.model):
-            message = f"unknown model {facts.model[:200]!r}"
-            return error(404, message, kind="invalid_request_error", code="model_not_found")
-        model = None if catalog.open else facts.model
-        wanted = Wanted(model, facts.key, model if model and catalog.adapter_base(model) else None)
+        if facts.model is not None and not self.catalog.known(facts.model):
+            return unknown_model(facts.model).response()
+        wanted = wanted_of(self.catalog, facts.model, facts.key)
         snap = self.feed.current or self.fallback
         plan = self.planner.plan(place, snap, wanted)
         return web.json_response(

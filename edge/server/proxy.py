@@ -20,14 +20,14 @@ from edge.admission.geo import ClientLocator, ClientPlace, IPAddress
 from edge.admission.tenants import Principal
 from edge.admission.wake import Waker
 from edge.errors import error, internal_error
-from edge.routing.planner import Planner, Wanted
+from edge.routing.planner import Planner, Wanted, wanted_of
 from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
 from edge.settings import EdgeSettings
 from edge.telemetry import tracing
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.usage import Ledger
-from edge.transport.forwarder import Forwarder, upstream_headers
+from edge.transport.forwarder import Forwarded, Forwarder, upstream_headers
 from edge.transport.hedging import HedgePolicy
 from fleet.models import Catalog
 from fleet.pools import PoolKey
@@ -187,23 +187,22 @@ class Proxy:
             span.set_attribute(tracing.ATTR_TENANT, admitted.tenant.id)  # its id: never the key
         used: tuple[int, int] | None = None
         try:
-            resp = await self._route(request, span, admitted)
-            used = self._account(admitted, resp)
-            return resp
+            answer = await self._route(request, span, admitted)
+            used = self._account(admitted, answer)
+            return answer.response
         finally:
             self.admission.release(admitted, used)
 
-    def _account(self, admitted: Admitted, resp: web.StreamResponse) -> tuple[int, int] | None:
+    def _account(self, admitted: Admitted, answer: Forwarded) -> tuple[int, int] | None:
         """The answer's tokens and cost into the usage ledger and the tenant's counters; the (prompt,
         completion) tokens it is charged (what the region reported, else the prompt's estimate plus the
         events streamed)."""
         tally = admitted.tally
         if tally is None:
             return None
-        region = resp.headers.get("X-Meridian-Region")
+        region, failed = answer.region, answer.failed
         # no region answered (shed, no region, every attempt failed): no tokens (it counted against RPM)
         prompt, completion = tally.tokens(admitted.prompt_estimate()) if region else (0, 0)
-        failed = resp.status >= 400
         spend = admitted.spend_nusd = self.catalog.cost_nusd(admitted.model, prompt, completion)
         if self.ledger is not None:
             self.ledger.add(
@@ -221,9 +220,7 @@ class Proxy:
             )
         return prompt, completion
 
-    async def _route(
-        self, request: web.BaseRequest, span: trace.Span, admitted: Admitted
-    ) -> web.StreamResponse:
+    async def _route(self, request: web.BaseRequest, span: trace.Span, admitted: Admitted) -> Forwarded:
         """Locate the client, plan the request, hold it while its pool is saturated, and forward it."""
         ip, place = self._locate(request, span)
         snap = self.feed.current
@@ -232,7 +229,7 @@ class Proxy:
             snap = self.fallback
         planned = await self._plan(place, snap, admitted)
         if isinstance(planned, web.StreamResponse):
-            return planned
+            return Forwarded.local(planned)
         plan, wanted, body = planned
         primary = plan.decision.primary
         assert primary is not None  # _plan answered otherwise
@@ -245,15 +242,15 @@ class Proxy:
                 pool, tenant=admitted.tenant_id, band=admitted.priority, cost=admitted.cost
             )
             if shed is not None:
-                return self._overloaded(admitted, primary, shed)
+                return Forwarded.local(self._overloaded(admitted, primary, shed))
         started = time.monotonic()
         try:
-            resp = await self._send(request, span, admitted, ip, place, snap, plan, wanted, body)
+            answer = await self._send(request, span, admitted, ip, place, snap, plan, wanted, body)
         finally:
             gate.leave(pool)
         if span.is_recording():
             span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
-        return resp
+        return answer
 
     def _locate(self, request: web.BaseRequest, span: trace.Span) -> tuple[IPAddress | None, ClientPlace]:
         """Where the client is (its peer, trusted X-Forwarded-For); counts it when geo-DNS misrouted it."""
@@ -304,7 +301,7 @@ class Proxy:
         plan: AttemptPlan,
         wanted: Wanted,
         body: bytes,
-    ) -> web.StreamResponse:
+    ) -> Forwarded:
         """Forward along the plan; when every attempt at the model failed before the client saw a byte, its
         next fallback model."""
         priority = admitted.priority
@@ -318,7 +315,7 @@ class Proxy:
         )
         fallbacks = list(self.catalog.fallbacks(wanted.model)) if wanted.model is not None else []
         while True:
-            resp = await self.forwarder.forward(
+            answer = await self.forwarder.forward(
                 request,
                 plan=plan,
                 body=body,
@@ -332,8 +329,8 @@ class Proxy:
                 standing=admitted.standing,
                 final=not fallbacks,
             )
-            if resp is not None:
-                return resp
+            if answer is not None:
+                return answer
             plan, wanted, body = self._on_error(place, snap, wanted, body, fallbacks)
 
     async def _wake(
@@ -392,7 +389,7 @@ class Proxy:
         assert wanted.model is not None
         other = fallbacks.pop(0)
         self.metrics.child(self.metrics.model_fallbacks, wanted.model, other).inc()
-        alt = Wanted(other, wanted.key, other if self.catalog.adapter_base(other) else None)
+        alt = wanted_of(self.catalog, other, wanted.key)
         return self.planner.plan(place, snap, alt), alt, with_model(body, other)
 
     def _fallback(
@@ -402,7 +399,7 @@ class Proxy:
         (the body then names the model served; X-Meridian-Model shows it)."""
         assert wanted.model is not None
         for other in self.catalog.fallbacks(wanted.model):
-            alt = Wanted(other, wanted.key, other if self.catalog.adapter_base(other) else None)
+            alt = wanted_of(self.catalog, other, wanted.key)
             alt_plan = self.planner.plan(place, snap, alt)
             if alt_plan.decision.primary is not None:
                 self.metrics.child(self.metrics.model_fallbacks, wanted.model, other).inc()

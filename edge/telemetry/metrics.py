@@ -89,7 +89,7 @@ class EdgeMetrics:
         store_connected: Callable[[], float],
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}  # (metric, label values) -> child
         self._request_metrics()
         self._store_gauges(snapshot_age, snapshot_version, store_connected)
         self._resilience_metrics()
@@ -315,7 +315,7 @@ class EdgeMetrics:
 
     def child(self, metric: M, *values: str) -> M:
         """``metric.labels(*values)``, memoised: the label lookup is most of a counter's cost per request."""
-        key = (id(metric), values)
+        key = (metric, values)
         hit = self._children.get(key)
         if hit is None:
             hit = self._children[key] = metric.labels(*values)

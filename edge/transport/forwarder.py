@@ -21,7 +21,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge.admission.tenants import Standing
-from edge.routing.outcome import NO_REPLICA, TIMEOUT, Outcome, answered, raised
+from edge.errors import error
+from edge.routing.outcome import NO_REPLICA, TIMEOUT, Outcome, answered, cut, raised
 from edge.routing.outlier import OutlierDetector
 from edge.routing.ranking import Attempt, AttemptPlan
 from edge.settings import TimeoutSet
@@ -91,6 +92,22 @@ class Call:
     standing: Standing | None = None  # whether its key still holds (streams of a revoked key end)
     sent: int = 0  # attempts made so far (X-Meridian-Attempts)
     hedged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """What a request got: the response, the region that answered (None: none did) and whether it is an
+    error for the client — decided by the outcome sink (``edge.routing.outcome``), also for a stream the
+    region broke off after the first byte."""
+
+    response: web.StreamResponse
+    region: str | None
+    failed: bool
+
+    @classmethod
+    def local(cls, response: web.StreamResponse) -> Forwarded:
+        """An answer the edge gave itself (a refusal, shed, no region): no region, its status says."""
+        return cls(response, None, response.status >= 400)
 
 
 @dataclass(slots=True)
@@ -213,7 +230,7 @@ class Forwarder:
         tally: Tally | None = None,
         standing: Standing | None = None,
         final: bool = True,
-    ) -> web.StreamResponse | None:
+    ) -> Forwarded | None:
         """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
         hedge after that long without a first byte. When no attempt commits: the last answer or an error
         (``final``), else None — the caller has another model to try, the client has seen nothing."""
@@ -442,32 +459,38 @@ class Forwarder:
             r.upstream = None
         self._end(r.attempt, r.span, None)
 
-    async def _commit(self, call: Call, r: Result) -> web.StreamResponse:
+    async def _commit(self, call: Call, r: Result) -> Forwarded:
         """Committed: the client's first byte goes first, this attempt's bookkeeping right after it (next loop
         turn, or when the relay ends, whichever is sooner)."""
         book = _Once(self._committed, r)
         call.request.task.get_loop().call_soon(book)
         try:
-            return await self._relay(call, r)
+            resp = await self._relay(call, r)
         finally:
-            book()
+            booked = book.fn is None
+            book()  # with the cut outcome when the stream broke off before its bookkeeping ran
+            if booked and r.outcome.kind == "cut":  # it broke off after: the breakers learn it now
+                self._record(r.attempt, False)
+                self.observed.record(r.attempt.region, error=True)
             self._end(r.attempt, r.span, r.upstream)
+        return Forwarded(resp, r.attempt.region, r.outcome.failed)
 
     def _committed(self, r: Result) -> None:
         self._account(r)
         self.metrics.child(self.metrics.requests, r.attempt.region, r.outcome.label).inc()
         r.span.set_attribute("meridian.committed", True)
 
-    async def _give_up(self, call: Call, last: Result | None) -> web.StreamResponse:
+    async def _give_up(self, call: Call, last: Result | None) -> Forwarded:
         """No attempt committed: the last region's own answer when it gave one (a 503 that could not be
         retried), else an error in OpenAI's shape with the status the last outcome calls for."""
         if last is not None and last.upstream is not None:
             self.metrics.child(self.metrics.requests, last.attempt.region, last.outcome.label).inc()
             last.span.set_attribute("meridian.committed", True)
             try:
-                return await self._relay(call, last)
+                resp = await self._relay(call, last)
             finally:
                 self._end(last.attempt, last.span, last.upstream)
+            return Forwarded(resp, last.attempt.region, last.outcome.failed)
         if last is not None:
             self._drop(last)
             outcome = last.outcome
@@ -475,16 +498,9 @@ class Forwarder:
             outcome = TIMEOUT if call.sent else NO_REPLICA
         status, detail = outcome.client_status, outcome.detail
         self.metrics.requests.labels(region="none", code=str(status)).inc()
-        return web.json_response(
-            {
-                "error": {
-                    "message": f"no upstream could take the request: {detail}",
-                    "type": "meridian_upstream",
-                }
-            },
-            status=status,
-            headers=self._meridian_headers(call, None),
-        )
+        message = f"no upstream could take the request: {detail}"
+        answer = error(status, message, kind="meridian_upstream", headers=self._meridian_headers(call, None))
+        return Forwarded(answer, None, True)
 
     def _meridian_headers(self, call: Call, attempt: Attempt | None) -> dict[str, str]:
         h = {"X-Meridian-Edge": self.edge_region, "X-Meridian-Attempts": str(call.sent)}
@@ -585,16 +601,9 @@ class Forwarder:
         except STREAM_ERRORS as exc:
             self.metrics.stream_aborts.labels(region=r.attempt.region, side="upstream").inc()
             r.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-            return web.json_response(
-                {
-                    "error": {
-                        "message": f"upstream {r.attempt.region} broke off its response",
-                        "type": "meridian_upstream",
-                    }
-                },
-                status=502,
-                headers=meridian,
-            )
+            r.outcome = cut(type(exc).__name__)
+            message = f"upstream {r.attempt.region} broke off its response"
+            return error(502, message, kind="meridian_upstream", headers=meridian)
         if call.tally is not None:
             call.tally.body(data)
         small = web.Response(body=data, status=upstream.status)
@@ -615,7 +624,8 @@ class Forwarder:
         """The upstream failed after the client got bytes: no retry; drop the client connection so the
         truncation is visible (a clean end-of-stream would pass it off as complete)."""
         self.metrics.stream_aborts.labels(region=r.attempt.region, side="upstream").inc()
-        r.span.set_status(Status(StatusCode.ERROR, f"stream cut: {type(exc).__name__}"))
+        r.outcome = cut(type(exc).__name__)
+        r.span.set_status(Status(StatusCode.ERROR, r.outcome.detail))
         if r.upstream is not None:
             r.upstream.close()
         transport = call.request.transport
