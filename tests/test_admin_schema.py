@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.fleet import Fleet
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_nothing_against_the_live_admin_api(fleet: Fleet, tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

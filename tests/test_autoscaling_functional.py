@@ -149,6 +149,7 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
+@pytest.mark.slow
 async def test_idle_scales_down_and_a_surge_panics_up_within_the_reaction_time_and_ttft_recovers(
     fleet: Fleet,
 ) -> None:
@@ -176,6 +177,7 @@ async def test_idle_scales_down_and_a_surge_panics_up_within_the_reaction_time_a
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 async def test_oscillating_load_does_not_thrash(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> None:
     f = await fleet_with(tmp_path, serve, geo_db, POOL, scale_down_stabilization_s=6.0, panic_threshold=50.0)
     try:
@@ -309,6 +311,7 @@ async def test_notices_for_on_demand_machines_need_force_and_never_take_the_pool
         await f.close()
 
 
+@pytest.mark.slow
 async def test_spot_notices_over_two_simulated_minutes_under_load_lose_no_request(
     tmp_path: Path, serve: ServerFactory, geo_db: Path
 ) -> None:
@@ -349,6 +352,7 @@ async def test_spot_notices_over_two_simulated_minutes_under_load_lose_no_reques
         await f.close()
 
 
+@pytest.mark.slow
 async def test_a_drained_region_hands_its_load_and_the_others_scale_ahead_of_their_own_signals(
     tmp_path: Path, serve: ServerFactory, geo_db: Path
 ) -> None:

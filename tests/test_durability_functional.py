@@ -91,6 +91,7 @@ def lost(before: dict[str, object], after: dict[str, object]) -> dict[str, objec
     return out
 
 
+@pytest.mark.slow
 async def test_every_acknowledged_write_survives_a_sigkill_of_the_primary(fleet: Fleet) -> None:
     async with aiohttp.ClientSession() as s:
         for n in range(ROUNDS):
@@ -115,6 +116,7 @@ async def test_the_default_user_that_replays_the_aof_is_no_one_elses(fleet: Flee
     assert all(a.startswith(b"-WRONGPASS") for a in answers[1:]), answers  # nor can become it
 
 
+@pytest.mark.slow
 async def test_a_primary_restarted_empty_gets_back_every_acknowledged_tenant_write(fleet: Fleet) -> None:
     """Revoke K1, issue K2 and cut the limit within milliseconds, then lose the primary's data: the control
     plane's copy (updated before each answer) puts back exactly that — K1 stays revoked at every edge, K2

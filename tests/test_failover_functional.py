@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from regionsim.model import Faults
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
@@ -114,6 +115,7 @@ async def test_thirty_percent_503_retries_stay_within_budget(fleet: Fleet) -> No
     assert p99_d < 3 * p99_b + 0.05
 
 
+@pytest.mark.slow
 async def test_recovered_region_ramps_back_and_flapping_is_held_down(
     tmp_path: Path, serve: ServerFactory, geo_db: Path
 ) -> None:

@@ -174,6 +174,7 @@ async def test_a_buffered_answer_is_charged_its_real_usage_not_the_reservation(f
     print(f"\nthree buffered answers served within {took:.2f} s")
 
 
+@pytest.mark.slow
 async def test_over_a_minute_rpm_and_tpm_hold_within_five_percent_both_ways(fleet: Fleet) -> None:
     """The acceptance measure: a minute through 4 edges in 4 regions, each tenant offered several times its
     limit; what passed is within 5 % of the configured rate, above and below."""
@@ -380,6 +381,7 @@ async def sweep(fleet: Fleet, cells: list[Cell]) -> None:
     assert not broken, broken
 
 
+@pytest.mark.slow
 async def test_paced_clients_get_their_rate_never_less_never_more(processes: Fleet) -> None:
     """Sequential and parallel clients offered 0.5x to 4x, rpm 6 to 6,000 and tpm with answers of varying
     size, through 1, 2 and 4 edges of 2 processes each."""
@@ -398,6 +400,7 @@ async def test_paced_clients_get_their_rate_never_less_never_more(processes: Fle
     )
 
 
+@pytest.mark.slow
 async def test_flooding_clients_get_the_rate_never_more(processes: Fleet) -> None:
     """Clients looping as fast as they go on every edge process (1.5x to a thousand times the rate: every
     edge process of the test shares one event loop and two cores, which caps what the flood offers)."""
