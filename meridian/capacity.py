@@ -5,17 +5,16 @@ at a target utilization, and the monthly cost of three ways to buy them — all 
 baseline plus spot burst; a reserved baseline plus spot burst — as a Markdown report with PNG plots
 (matplotlib): traffic by hour, replicas by hour, monthly cost.
 
-The planning is pure (``plan``); reading the history and drawing are the I/O around it."""
+This module is the planning, pure (``plan``); reading the history is ``meridian.capacity_io``'s, the report
+and its plots ``meridian.capacity_report``'s."""
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 
 from fleet.pools import PoolSpec
 from fleet.state import Topology
@@ -62,71 +61,6 @@ class PoolPlan:
     cost_on_demand: float  # $ per month
     cost_spot_burst: float
     cost_reserved_spot: float
-
-
-def read_csv(path: Path) -> list[Sample]:
-    """A history CSV; a row that does not parse, or whose counts are not finite and non-negative, stops
-    with its line number."""
-    out = []
-    with path.open(newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                names = ("requests", "prompt_tokens", "completion_tokens")
-                counts = [float(row[k]) for k in names]
-                for k, v in zip(names, counts, strict=True):
-                    if not (math.isfinite(v) and v >= 0):
-                        raise ValueError(f"{k} must be a finite number >= 0, got {row[k]!r}")
-                out.append(
-                    Sample(
-                        datetime.fromisoformat(row["minute"]).astimezone(UTC),
-                        row["region"],
-                        row["model"],
-                        *counts,
-                    )
-                )
-            except (KeyError, ValueError, TypeError, OverflowError) as exc:
-                raise ValueError(f"{path}:{line}: {exc}") from None
-    return out
-
-
-def read_store(url: str, regions: Iterable[str], *, days: float, now: float) -> list[Sample]:
-    """The traffic the edges recorded in the store (per region and minute, kept 35 days), last ``days``:
-    every edge's hashes (the topology's and every edge the store remembers), and those of before per-edge
-    users."""
-    import redis
-
-    from fleet.keys import KEY_EDGES, traffic_key
-    from fleet.usage import UsageRow, decode_minute, minute_of, plausible
-
-    client = redis.Redis.from_url(url, decode_responses=True)
-    regions = list(regions)
-    last = minute_of(now)
-    out = []
-    try:
-        remembered: set[str] = client.smembers(KEY_EDGES)  # type: ignore[assignment]
-        edges: list[str | None] = [None, *sorted({*regions, *remembered})]
-        keys = [(r, m) for r in regions for m in range(last - int(days * 1440), last + 1)]
-        for i in range(0, len(keys), 1000):
-            chunk = keys[i : i + 1000]
-            with client.pipeline(transaction=False) as pipe:
-                for region, minute in chunk:
-                    for edge in edges:
-                        pipe.hgetall(traffic_key(edge, region, minute))
-                raw = pipe.execute()
-            for j, (region, minute) in enumerate(chunk):
-                at = datetime.fromtimestamp(minute * 60, UTC)
-                rows: dict[str, UsageRow] = {}
-                for got in raw[j * len(edges) : (j + 1) * len(edges)]:
-                    for model, row in decode_minute(got).items():
-                        if plausible(row):  # what no edge could count was forged with its credential
-                            rows.setdefault(model, UsageRow()).merge(row)
-                for model, row in rows.items():
-                    out.append(
-                        Sample(at, region, model, row.requests, row.prompt_tokens, row.completion_tokens)
-                    )
-    finally:
-        client.close()
-    return out
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -182,96 +116,3 @@ def plan(
 
 def pools_of(topology: Topology) -> dict[tuple[str, str], PoolSpec]:
     return {(r.name, p.model): p for r in topology.regions for p in r.pools}
-
-
-def report(plans: list[PoolPlan], a: Assumptions, out: Path, source: str) -> Path:
-    """The Markdown report and its three PNGs in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    charts = draw(plans, out)
-    lines = [
-        "# Capacity and cost plan",
-        "",
-        f"From {source}; target utilization {a.target_utilization:.0%} of each replica's target, "
-        f"{a.seconds_per_token * 1000:g} ms per completion token, "
-        f"reserved discount {a.reserved_discount:.0%}.",
-        "",
-        "| region | model | peak req/s | p95 req/s (busiest hour) | replicas (min-max by hour) "
-        "| all on demand $/month | on-demand baseline + spot | reserved baseline + spot |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for p in plans:
-        busiest = max(p.hours, key=lambda h: h.peak_rps)
-        reps = [h.replicas for h in p.hours]
-        spot, reserved = (c / p.cost_on_demand - 1 for c in (p.cost_spot_burst, p.cost_reserved_spot))
-        lines.append(
-            f"| {p.region} | {p.model} | {busiest.peak_rps:.2f} | {busiest.p95_rps:.2f} "
-            f"| {min(reps)}-{max(reps)} | {p.cost_on_demand:,.0f} | {p.cost_spot_burst:,.0f} ({spot:+.0%}) "
-            f"| {p.cost_reserved_spot:,.0f} ({reserved:+.0%}) |"
-        )
-    total = [
-        sum(getattr(p, f) for p in plans) for f in ("cost_on_demand", "cost_spot_burst", "cost_reserved_spot")
-    ]
-    lines += [
-        f"| **all** | | | | | **{total[0]:,.0f}** | **{total[1]:,.0f}** | **{total[2]:,.0f}** |",
-        "",
-        "Replicas per hour of the day (UTC):",
-        "",
-        "| region | model | " + " | ".join(f"{h:02d}" for h in range(24)) + " |",
-        "|---|---|" + "---|" * 24,
-    ]
-    lines += [
-        f"| {p.region} | {p.model} | " + " | ".join(str(h.replicas) for h in p.hours) + " |" for p in plans
-    ]
-    over = [p for p in plans if max(h.replicas for h in p.hours) > p.max_replicas]
-    lines += [
-        "",
-        *(
-            f"**{p.region} {p.model} needs up to {max(h.replicas for h in p.hours)} replicas at its peak; "
-            f"its pool allows {p.max_replicas} (raise max_replicas, or add slots).**"
-            for p in over
-        ),
-    ]
-    lines += ["", *(f"![{name}]({path.name})" for name, path in charts.items()), ""]
-    path = out / "capacity.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def draw(plans: list[PoolPlan], out: Path) -> dict[str, Path]:
-    """Traffic by hour, replicas by hour, monthly cost: one PNG each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hours = list(range(24))
-    charts = {}
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for p in plans:
-        ax.plot(hours, [h.peak_rps for h in p.hours], label=f"{p.region} {p.model} peak")
-        ax.plot(hours, [h.p95_rps for h in p.hours], linestyle="--", label=f"{p.region} {p.model} p95")
-    ax.set(xlabel="hour of day (UTC)", ylabel="requests / s", title="Traffic by hour")
-    ax.legend(fontsize=7)
-    charts["traffic by hour"] = _save(fig, out / "traffic.png")
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for p in plans:
-        ax.step(hours, [h.replicas for h in p.hours], where="mid", label=f"{p.region} {p.model}")
-    ax.set(xlabel="hour of day (UTC)", ylabel="replicas", title="Replicas needed")
-    ax.legend(fontsize=7)
-    charts["replicas by hour"] = _save(fig, out / "replicas.png")
-    fig, ax = plt.subplots(figsize=(9, 4))
-    names = ["all on demand", "on-demand baseline + spot", "reserved baseline + spot"]
-    totals = [
-        sum(getattr(p, f) for p in plans) for f in ("cost_on_demand", "cost_spot_burst", "cost_reserved_spot")
-    ]
-    ax.bar(names, totals, color=["#888", "#4a8", "#48a"])
-    ax.set(ylabel="$ per month", title="Monthly cost")
-    charts["monthly cost"] = _save(fig, out / "cost.png")
-    plt.close("all")
-    return charts
-
-
-def _save(fig: object, path: Path) -> Path:
-    fig.tight_layout()  # type: ignore[attr-defined]
-    fig.savefig(path, dpi=100)  # type: ignore[attr-defined]
-    return path

@@ -430,7 +430,9 @@ def run_capacity(args: argparse.Namespace) -> int:
     """The capacity and cost report from a traffic history (CSV) and regions.yaml's pools."""
     from fleet.redisconn import redact
     from fleet.topology import TopologyError, load_topology
-    from meridian.capacity import Assumptions, plan, pools_of, read_csv, read_store, report
+    from meridian.capacity import Assumptions, plan, pools_of
+    from meridian.capacity_io import read_csv, read_store
+    from meridian.capacity_report import report
 
     try:
         topo = load_topology(Path(args.config))

@@ -18,7 +18,7 @@ import pytest
 
 from fleet.acl import CONTROL_PLANE
 from meridian import cli
-from meridian.capacity import read_store
+from meridian.capacity_io import read_store
 from tests.conftest import ServerFactory
 from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP

@@ -218,23 +218,33 @@ def _draw_order(
     return _softmin_order(list(ranked[:tier]), temperature=temperature, rng=rng) + list(ranked[tier:])
 
 
-def apply_dials(order: Sequence[RegionScore], *, rng: random.Random) -> RegionScore | None:
-    """Walk the order taking region i with probability weight_i/100 (normalised over the walk)."""
-    probs = []
-    keep = 1.0
+def dial_walk(order: Sequence[RegionScore]) -> tuple[float, ...]:
+    """The dials over ``order``: region i is taken with probability weight_i/100 of what the regions before
+    it left; the walk's cumulative probabilities (the last: the chance any region is taken at all)."""
+    cum, keep, total = [], 1.0, 0.0
     for s in order:
         d = s.weight / 100.0
-        probs.append(keep * d)
+        total += keep * d
         keep *= 1.0 - d
-    total = sum(probs)
+        cum.append(total)
+    return tuple(cum)
+
+
+def walk_pick(walk: Sequence[float], rng: random.Random) -> int | None:
+    """One draw against a dial walk: the index taken (normalised over the walk; None: every dial at 0)."""
+    total = walk[-1] if walk else 0.0
     if total <= 0:
         return None
-    pick = rng.random() * total
-    for s, p in zip(order, probs, strict=True):
-        pick -= p
-        if pick < 0:
-            return s
-    return next((s for s, p in zip(reversed(order), reversed(probs), strict=True) if p > 0), None)
+    i = bisect.bisect_right(walk, rng.random() * total)
+    if i >= len(walk):  # rounding at the very top: the last region with any probability
+        i = max(j for j in range(len(walk)) if walk[j] > (walk[j - 1] if j else 0.0))
+    return i
+
+
+def apply_dials(order: Sequence[RegionScore], *, rng: random.Random) -> RegionScore | None:
+    """Walk the order taking region i with probability weight_i/100 (normalised over the walk)."""
+    i = walk_pick(dial_walk(order), rng)
+    return None if i is None else order[i]
 
 
 def choose_backup(order: Sequence[RegionScore], primary: str, *, domains: Mapping[str, str]) -> str | None:
@@ -282,14 +292,9 @@ def _decision(order: Sequence[RegionScore], chosen: RegionScore | None, ranking:
 
 
 def _fixed_walk(ranking: Ranking) -> Ranking:
-    """``ranking`` with the dial walk over its fixed order precomputed (see apply_dials)."""
-    cum, keep, total = [], 1.0, 0.0
-    for s in ranking.ranked:
-        d = s.weight / 100.0
-        total += keep * d
-        keep *= 1.0 - d
-        cum.append(total)
-    return replace(ranking, walk=tuple(cum), outcomes=[None] * len(cum), led={})
+    """``ranking`` with the dial walk over its fixed order precomputed (one draw per request after)."""
+    walk = dial_walk(ranking.ranked)
+    return replace(ranking, walk=walk, outcomes=[None] * len(walk), led={})
 
 
 def rank_regions(
@@ -412,12 +417,9 @@ def draw(ranking: Ranking, rng: random.Random, lead: str | None = None) -> Decis
         ranking = _led(ranking, lead)
     walk = ranking.walk
     if walk is not None:  # fixed order: one draw against the precomputed walk
-        total = walk[-1] if walk else 0.0
-        if total <= 0:
+        i = walk_pick(walk, rng)
+        if i is None:
             return _decision(ranking.ranked, None, ranking)
-        i = bisect.bisect_right(walk, rng.random() * total)
-        if i >= len(walk):  # rounding at the very top: the last region with any probability
-            i = max(j for j in range(len(walk)) if walk[j] > (walk[j - 1] if j else 0.0))
         hit = ranking.outcomes[i]
         if hit is None:
             hit = ranking.outcomes[i] = _decision(ranking.ranked, ranking.ranked[i], ranking)
