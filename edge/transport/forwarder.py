@@ -408,23 +408,29 @@ class Forwarder:
                 upstream = None
         return Result(attempt, span, outcome, time.monotonic() - t0, upstream, t0, first)
 
-    def _account(self, r: Result) -> None:
+    def _account(self, r: Result, *, judge: bool = True) -> None:
         """One attempt's outcome into the metrics, the hedge windows, the breakers and the observations: the
-        same for every kind of attempt."""
+        same for every kind of attempt. The committed attempt is judged (breakers, observations) when its
+        answer ends (``judge`` False here): a stream the region breaks off is a failure, not a success."""
         attempt, span, outcome = r.attempt, r.span, r.outcome
         if outcome.status is not None:
             span.set_attribute("http.response.status_code", outcome.status)
             self.metrics.child(self.metrics.ttfb, attempt.region).observe(r.ttfb)
             if outcome.kind == "ok":
                 self.hedging.observe(attempt.region, r.ttfb)
-        if outcome.kind != "error":  # a bug of ours says nothing about the region
-            self._record(attempt, not outcome.breaker_failure)
-        ok = not outcome.breaker_failure
-        self.observed.record(attempt.region, error=not ok)
+        if judge:
+            self._judge(r)
         self.metrics.child(self.metrics.attempts, attempt.region, attempt.kind, outcome.label).inc()
         span.set_attribute(tracing.ATTR_OUTCOME, outcome.label)
         if outcome.breaker_failure or outcome.kind == "error":
             span.set_status(Status(StatusCode.ERROR, outcome.detail))
+
+    def _judge(self, r: Result) -> None:
+        """The attempt's outcome into its replica's and region's breakers and this edge's observations."""
+        outcome = r.outcome
+        if outcome.kind != "error":  # a bug of ours says nothing about the region
+            self._record(r.attempt, not outcome.breaker_failure)
+        self.observed.record(r.attempt.region, error=outcome.breaker_failure)
 
     def _record(self, attempt: Attempt, ok: bool) -> None:
         count = self.res.replica_counts.get(attempt.region, 1)
@@ -467,16 +473,13 @@ class Forwarder:
         try:
             resp = await self._relay(call, r)
         finally:
-            booked = book.fn is None
-            book()  # with the cut outcome when the stream broke off before its bookkeeping ran
-            if booked and r.outcome.kind == "cut":  # it broke off after: the breakers learn it now
-                self._record(r.attempt, False)
-                self.observed.record(r.attempt.region, error=True)
+            book()
+            self._judge(r)  # the answer ended: whole, or broken off (a cut outcome)
             self._end(r.attempt, r.span, r.upstream)
         return Forwarded(resp, r.attempt.region, r.outcome.failed)
 
     def _committed(self, r: Result) -> None:
-        self._account(r)
+        self._account(r, judge=False)
         self.metrics.child(self.metrics.requests, r.attempt.region, r.outcome.label).inc()
         r.span.set_attribute("meridian.committed", True)
 
