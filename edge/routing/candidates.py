@@ -10,12 +10,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import overload
 
 from fleet.signals import EngineSignals
 
 VNODES = 100  # points per replica on the ring: keys spread within a few per cent of even
+DEFAULT_WEIGHTS = (("load", 1.0), ("engine", 1.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,11 @@ class PickPolicy:
     max_waiting: float = 5.0
     max_kv: float = 0.8
     load_factor: float = 1.25  # c: no replica above c x the mean load
-    weights: tuple[tuple[str, float], ...] = (("load", 1.0), ("engine", 1.0))  # scorer -> exponent
+    weights: tuple[tuple[str, float], ...] = DEFAULT_WEIGHTS  # scorer -> exponent
+    plain: bool = field(init=False, default=True)  # today's weights: the score has a closed form (scorers)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", self.weights == DEFAULT_WEIGHTS)
 
 
 @dataclass(slots=True)  # not frozen: built per candidate per request, and frozen init costs
@@ -61,7 +66,7 @@ class Candidates(Sequence[Candidate]):
 
     def __init__(self, names: Sequence[str], make: Callable[[str], Candidate], *, signalled: bool) -> None:
         self.names, self._make, self.signalled = names, make, signalled
-        self._made: dict[int, Candidate] = {}
+        self._made: list[Candidate | None] = [None] * len(names)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -73,7 +78,7 @@ class Candidates(Sequence[Candidate]):
     def __getitem__(self, i: int | slice) -> Candidate | Sequence[Candidate]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self.names)))]
-        r = self._made.get(i)
+        r = self._made[i]
         if r is None:
             r = self._made[i] = self._make(self.names[i])
         return r

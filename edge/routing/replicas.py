@@ -13,6 +13,7 @@ Inference Extension's shape, filters -> scorers -> picker, one path for every re
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +42,9 @@ def pick(
     home to its ring replica when it has not)."""
     if not candidates:
         return None
-    ask = Ask(policy, key, adapter, last)
+    ask = Ask(policy, key, adapter, last) if key is not None or adapter is not None else _plain(policy)
     pool, notes = _filtered(candidates, ask)
-    why = "".join(f"{n}; " for n in notes)
+    why = "".join(f"{n}; " for n in notes) if notes else ""
     if key is None:
         return Pick(two_choices(pool, policy, rng).name, why + PLAIN)
     chosen, on_key = bounded_ring(pool, key, ring, policy.load_factor, last)
@@ -51,6 +52,12 @@ def pick(
         return Pick(chosen.name, f"{why}affinity key", True)
     kept = chosen.name == last
     return Pick(chosen.name, f"{why}affinity key {'kept where it overflowed' if kept else 'overflowed'}")
+
+
+@functools.lru_cache(maxsize=16)
+def _plain(policy: PickPolicy) -> Ask:
+    """What a request without affinity key or adapter asks (one per policy, not one per request)."""
+    return Ask(policy)
 
 
 def _filtered(pool: Sequence[Candidate], ask: Ask) -> tuple[Sequence[Candidate], list[str]]:

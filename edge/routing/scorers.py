@@ -30,6 +30,11 @@ SCORERS: dict[str, Scorer] = {"load": load, "engine": engine}
 
 def score(r: Candidate, policy: PickPolicy) -> float:
     """The replica's combined score in 0..1."""
+    if policy.plain:  # load x engine, written out: the score every request computes twice
+        s = r.signals
+        if s is None:
+            return r.share / (r.outstanding + 1)
+        return r.share / (r.outstanding + 1) / (1.0 + s.waiting / policy.max_waiting + (s.kv_usage or 0.0))
     total = 1.0
     for name, weight in policy.weights:
         if weight:
