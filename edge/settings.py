@@ -23,14 +23,20 @@ class TimeoutSet(BaseModel):
     ttfb_s: float = Field(
         default=30.0, gt=0, description="until response headers (all attempts share total_s)"
     )
+    first_token_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="until a stream's first event (headers come at once from streaming servers); past it the "
+        "attempt is abandoned and the request tried elsewhere (a model's own first_token_timeout_s wins)",
+    )
     idle_s: float = Field(default=60.0, gt=0, description="max gap between stream chunks")
     total_s: float = Field(default=600.0, gt=0, description="one deadline over every attempt")
 
 
 DEFAULT_TIMEOUTS: dict[Priority, TimeoutSet] = {
-    "critical": TimeoutSet(connect_s=0.5, ttfb_s=10.0, idle_s=30.0, total_s=300.0),
-    "normal": TimeoutSet(connect_s=1.0, ttfb_s=30.0, idle_s=60.0, total_s=600.0),
-    "batch": TimeoutSet(connect_s=2.0, ttfb_s=120.0, idle_s=120.0, total_s=3600.0),
+    "critical": TimeoutSet(connect_s=0.5, ttfb_s=10.0, first_token_s=5.0, idle_s=30.0, total_s=300.0),
+    "normal": TimeoutSet(connect_s=1.0, ttfb_s=30.0, first_token_s=10.0, idle_s=60.0, total_s=600.0),
+    "batch": TimeoutSet(connect_s=2.0, ttfb_s=120.0, first_token_s=60.0, idle_s=120.0, total_s=3600.0),
 }
 
 

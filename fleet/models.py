@@ -38,7 +38,15 @@ class ModelSpec(BaseModel):
     input_per_mtok: float = Field(default=0.0, ge=0, description="USD per million prompt tokens")
     output_per_mtok: float = Field(default=0.0, ge=0, description="USD per million completion tokens")
     fallbacks: tuple[str, ...] = Field(
-        default=(), description="served instead, in order, only when no region serving this one is routable"
+        default=(),
+        description="served instead, in order, when no region serving this one is routable or "
+        "every attempt at it failed",
+    )
+    first_token_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="this model's limit to a stream's first event (a big model's prefill may need longer)",
     )
 
     @property
@@ -83,6 +91,10 @@ class Catalog:
         if spec is None:
             return 0
         return cost_nusd(prompt, completion, spec.input_per_mtok, spec.output_per_mtok)
+
+    def first_token_timeout_s(self, model: str | None) -> float | None:
+        spec = self.models.get(model) if model is not None else None
+        return spec.first_token_timeout_s if spec is not None else None
 
     def adapter_base(self, model: str) -> str | None:
         spec = self.models.get(model)

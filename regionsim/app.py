@@ -368,6 +368,12 @@ async def _generate(
         "prompt_tokens_details": {"cached_tokens": job.cached_tokens},
     }
     hdrs = {**hdrs, "X-Sim-Cached-Tokens": str(job.cached_tokens)}
+    resp: web.StreamResponse | None = None
+    if payload.get("stream", False):  # as vLLM's server: a stream's headers go at once, its events follow
+        resp = web.StreamResponse(
+            headers={**hdrs, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
     try:
         prefill = st.model.prefill(job.prompt_tokens - job.cached_tokens)
         load = st.adapter_load_ms / 1000.0 if job.loads_adapter else 0.0
@@ -388,10 +394,7 @@ async def _generate(
                 "usage": usage,
             }
             return web.json_response(body, headers=hdrs)
-        resp = web.StreamResponse(
-            headers={**hdrs, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await resp.prepare(request)
+        assert resp is not None
         st.stats.streams_open += 1
         try:
             cut = st.faults.cut_after_tokens

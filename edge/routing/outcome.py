@@ -12,7 +12,7 @@ Every attempt — plain, retry, failover, hedge — goes through ``classify``; n
 | server    | 501, 505 or another non-retryable 5xx    | no                      | yes     | the response    |
 | status    | 502, 503 or 504 from the region          | other replica, region   | yes     | it, if final    |
 | connect   | refused, reset, unreachable, cut off     | other replica, region   | yes     | 502             |
-| timeout   | no first byte within time-to-first-byte  | other replica, region   | yes     | 504             |
+| timeout   | no headers, or no first event of a stream, in time | other replica, region | yes | 504     |
 | error     | a bug in the edge, or no replica to try  | no                      | no      | 502             |
 | cut       | the region broke off after the client got bytes | no (too late)    | yes     | a cut stream    |
 
@@ -79,6 +79,7 @@ def answered(status: int) -> Outcome:
 
 
 TIMEOUT = _make("timeout", None, "time to first byte exceeded", 504)
+FIRST_TOKEN = _make("timeout", None, "time to first token exceeded", 504)
 ERROR = _make("error", None, "internal error in the edge", 502)
 NO_REPLICA = _make("error", None, "no replica available in any routable region", 502)
 

@@ -23,7 +23,7 @@ from edge.errors import error, internal_error
 from edge.routing.planner import Planner, Wanted, wanted_of
 from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
-from edge.settings import EdgeSettings
+from edge.settings import EdgeSettings, TimeoutSet
 from edge.telemetry import tracing
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.usage import Ledger
@@ -82,6 +82,7 @@ class Proxy:
         self.gate = gate
         self.ledger = ledger  # None: no usage accounting (authentication off)
         self.waker = waker  # holds requests for pools that scaled to zero
+        self._model_timeouts: dict[tuple[Priority, float], TimeoutSet] = {}  # (priority, a model's limit)
         key = settings.region_api_key
         self.region_credential = None if key is None else key.get_secret_value()
 
@@ -252,6 +253,17 @@ class Proxy:
             span.set_attribute("meridian.duration_ms", round((time.monotonic() - started) * 1000, 2))
         return answer
 
+    def _timeouts(self, priority: Priority, model: str | None) -> TimeoutSet:
+        """The priority's timeouts, with the model's own first-token limit where the catalog gives one."""
+        base = self.settings.timeouts[priority]
+        own = self.catalog.first_token_timeout_s(model)
+        if own is None:
+            return base
+        hit = self._model_timeouts.get((priority, own))
+        if hit is None:
+            hit = self._model_timeouts[(priority, own)] = base.model_copy(update={"first_token_s": own})
+        return hit
+
     def _locate(self, request: web.BaseRequest, span: trace.Span) -> tuple[IPAddress | None, ClientPlace]:
         """Where the client is (its peer, trusted X-Forwarded-For); counts it when geo-DNS misrouted it."""
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
@@ -320,7 +332,7 @@ class Proxy:
                 plan=plan,
                 body=body,
                 headers=headers,
-                timeouts=self.settings.timeouts[priority],
+                timeouts=self._timeouts(priority, wanted.model),
                 hedge_delay_s=self._hedge_delay(request, priority, plan, snap),
                 parent=span,
                 model=wanted.model,

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge.admission.tenants import Standing
 from edge.errors import error
-from edge.routing.outcome import NO_REPLICA, TIMEOUT, Outcome, answered, cut, raised
+from edge.routing.outcome import FIRST_TOKEN, NO_REPLICA, TIMEOUT, Outcome, answered, cut, raised
 from edge.routing.outlier import OutlierDetector
 from edge.routing.ranking import Attempt, AttemptPlan
 from edge.settings import TimeoutSet
@@ -120,7 +120,7 @@ class Result:
     ttfb: float
     upstream: UpstreamResponse | None
     started: float  # monotonic time the attempt left
-    first: bytes | None = None  # a raced stream's first event, read to decide the race
+    first: bytes | None = None  # a stream's first event, read to judge the attempt (first-token limit)
 
 
 def upstream_headers(
@@ -312,7 +312,7 @@ class Forwarder:
 
     async def _single(self, call: Call, attempt: Attempt) -> tuple[Result | None, list[Result]]:
         """A wave of one attempt."""
-        r = await self._attempt(call, attempt, race=False)
+        r = await self._attempt(call, attempt)
         if r.outcome.committable:
             return r, []
         self._account(r)
@@ -323,14 +323,14 @@ class Forwarder:
     ) -> tuple[Result | None, list[Result]]:
         """The primary, plus a hedge to the backup region if no first byte within ``delay_s`` (budget
         permitting). The first attempt with a first byte wins; the other is cancelled at once."""
-        running = {asyncio.create_task(self._attempt(call, primary, race=True)): primary}
+        running = {asyncio.create_task(self._attempt(call, primary)): primary}
         done, _ = await asyncio.wait(set(running), timeout=delay_s)
         if not done:
             target = plan.hedge()
             if target is not None and self.hedging.budget.try_spend():
                 call.hedged = True
                 self.metrics.hedges.labels(outcome="sent", region=target.region).inc()
-                task = asyncio.create_task(self._attempt(call, target, race=True))
+                task = asyncio.create_task(self._attempt(call, target))
                 running[task] = target
         won, failed, pending = None, [], set(running)
         try:
@@ -370,9 +370,10 @@ class Forwarder:
         self.res.outliers.sent(attempt.region, attempt.replica, time.monotonic())
         return self._attempt_span(call, attempt)
 
-    async def _attempt(self, call: Call, attempt: Attempt, *, race: bool) -> Result:
-        """Send one attempt with its span's traceparent; returns at the response headers (in a race, for a
-        stream, at its first event) with the outcome classified. Cancelled: the connection is closed."""
+    async def _attempt(self, call: Call, attempt: Attempt) -> Result:
+        """Send one attempt with its span's traceparent; returns at the response headers (for a stream, at
+        its first event, within the first-token limit) with the outcome classified. Cancelled: the
+        connection is closed."""
         span = self._begin(call, attempt)
         t0 = time.monotonic()
         upstream: UpstreamResponse | None = None
@@ -390,10 +391,16 @@ class Forwarder:
                 ttfb_s=max(0.001, min(call.timeouts.ttfb_s, call.deadline - t0)),
             )
             outcome = answered(upstream.status)
-            if race and outcome.kind == "ok" and upstream.content_type == "text/event-stream":
-                left = max(0.001, min(call.timeouts.ttfb_s, call.deadline - t0) - (time.monotonic() - t0))
-                async with asyncio.timeout(left):
-                    first = await upstream.readany()
+            if outcome.kind == "ok" and upstream.content_type == "text/event-stream":
+                # a streaming server sends its headers at once: the attempt stands or falls on its first event
+                left = min(call.timeouts.first_token_s, call.deadline - t0) - (time.monotonic() - t0)
+                try:
+                    async with asyncio.timeout(max(0.001, left)):
+                        first = await upstream.readany()
+                except TimeoutError:
+                    outcome = FIRST_TOKEN
+                    upstream.close()
+                    upstream = None
         except asyncio.CancelledError:
             if upstream is not None:
                 upstream.close()
