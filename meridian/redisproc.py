@@ -43,18 +43,29 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _share(low: int, high: int) -> tuple[int, int]:
+    """This process's part of [low, high): all of it, or under pytest-xdist the worker's own slice, so two
+    workers never pick the same port between one's check and its server's bind."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not worker.startswith("gw") or not count.isdigit() or not worker[2:].isdigit():
+        return low, high
+    n, k = int(count), int(worker[2:])
+    step = (high - low) // max(1, n)
+    return low + k * step, low + (k + 1) * step
+
+
 def free_port() -> int:
     """A free loopback port below the ephemeral range: a port the kernel hands out itself can be taken by
     any outgoing connection between this check and the server's bind."""
     import random
 
     rng = random.Random()
-    high = min(_ephemeral_low(), 65536)
+    low, high = _share(10000, min(_ephemeral_low(), 65536))
     for _ in range(1000):
-        port = rng.randrange(10000, high)
+        port = rng.randrange(low, high)
         if port_free(port):
             return port
-    raise RuntimeError(f"no free loopback port in 10000-{high}")
+    raise RuntimeError(f"no free loopback port in {low}-{high}")
 
 
 def free_block(size: int = 40) -> int:
@@ -62,8 +73,9 @@ def free_block(size: int = 40) -> int:
     import random
 
     rng = random.Random()
+    low, high = _share(10000, min(_ephemeral_low(), 65536))
     for _ in range(100):
-        base = rng.randrange(20000, 30000, 100)
+        base = rng.randrange(low - low % 100 + 100, high - size, 100)
         if all(port_free(p) for p in range(base, base + size)):
             return base
     raise RuntimeError("no free block of ports")

@@ -5,14 +5,18 @@ models and adapters it serves, health, vLLM's metrics, fault injection and trace
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import math
 import random
+import struct
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -197,6 +201,8 @@ def create_app(
     )
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", chat)
+    app.router.add_post("/v1/responses", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models_list)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
@@ -260,7 +266,9 @@ def prompt_text(payload: dict[str, Any]) -> str:
                     content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
                 parts.append(f"<|{m.get('role', '')}|>{content if isinstance(content, str) else ''}")
         return "".join(parts)
-    prompt = payload.get("prompt")
+    prompt = payload.get("prompt", payload.get("input"))  # a completion's prompt, a response's input
+    if isinstance(prompt, list):  # a response's input items
+        return "".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in prompt)
     return prompt if isinstance(prompt, str) else ""
 
 
@@ -269,7 +277,7 @@ def _job(st: SimState, payload: dict[str, Any], hdrs: dict[str, str]) -> Job | w
     name = payload.get("model", st.base_model)
     if not isinstance(name, str) or name not in st.models:
         return vllm_error(404, f"The model `{name}` does not exist.", "NotFoundError", hdrs, "model")
-    tokens = payload.get("max_tokens", st.default_tokens)
+    tokens = payload.get("max_tokens", payload.get("max_output_tokens", st.default_tokens))
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
         return vllm_error(400, "max_tokens must be a positive integer", "BadRequestError", hdrs, "max_tokens")
     text = prompt_text(payload)
@@ -305,6 +313,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
             raise ValueError("body must be a JSON object")
     except (ValueError, json.JSONDecodeError) as exc:
         return vllm_error(400, f"invalid JSON body: {exc}", "BadRequestError", hdrs)
+    if request.path == "/v1/responses" and payload.get("stream"):
+        return vllm_error(
+            400, "this simulator streams chat and completions only", "BadRequestError", hdrs, "stream"
+        )
     job = _job(st, payload, hdrs)
     if isinstance(job, web.Response):
         return job
@@ -336,15 +348,55 @@ async def chat(request: web.Request) -> web.StreamResponse:
         st.pump()
 
 
-def _chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
-    chunk = {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
+Shape = Literal["chat", "completion", "response"]
+SHAPES: dict[str, Shape] = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completion",
+    "/v1/responses": "response",
+}
+ID_PREFIX: dict[Shape, str] = {"chat": "chatcmpl-", "completion": "cmpl-", "response": "resp_"}
+
+
+def _chunk(shape: Shape, rid: str, created: int, model: str, piece: str | None, finish: str | None) -> bytes:
+    """One stream event in the route's shape (``piece`` None: the final, empty one with the finish reason)."""
+    choice: dict[str, Any]
+    if shape == "completion":
+        obj, choice = "text_completion", {"index": 0, "text": piece or "", "logprobs": None}
+    else:
+        obj, choice = (
+            "chat.completion.chunk",
+            {"index": 0, "delta": {} if piece is None else {"content": piece}},
+        )
+    choice["finish_reason"] = finish
+    chunk = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def _answer(
+    shape: Shape, rid: str, created: int, model: str, text: str, finish: str, usage: dict[str, Any]
+) -> dict[str, Any]:
+    """A whole (non-streamed) answer in the route's shape, as vLLM gives it."""
+    head = {"id": rid, "created": created, "model": model}
+    if shape == "completion":
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {**head, "object": "text_completion", "choices": [choice], "usage": usage}
+    if shape == "response":
+        content = [{"type": "output_text", "text": text, "annotations": []}]
+        message = {"type": "message", "id": f"msg_{rid[5:]}", "status": "completed", "role": "assistant"}
+        used = {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"]}
+        cut = finish == "length"
+        return {
+            "id": rid,
+            "object": "response",
+            "created_at": created,
+            "model": model,
+            "status": "incomplete" if cut else "completed",
+            "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+            "output": [{**message, "content": content}],
+            "usage": {**used, "total_tokens": usage["total_tokens"]},
+        }
+    choice = {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
+    return {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
 
 
 async def _generate(
@@ -356,10 +408,14 @@ async def _generate(
     job: Job,
     arrived: float,
 ) -> web.StreamResponse:
-    rid = f"chatcmpl-{uuid.uuid4().hex[:16]}"
+    shape = SHAPES.get(request.path, "chat")
+    rid = f"{ID_PREFIX[shape]}{uuid.uuid4().hex[:16]}"
     created = int(time.time())
     model = str(payload.get("model", st.base_model))
     tokens = job.max_tokens
+    # the answer ran into the request's own cap (vLLM: "length"); without one it ended by itself
+    asked = "max_tokens" in payload or "max_output_tokens" in payload
+    finish = "length" if asked else "stop"
     words = [st.rng.choice(WORDS) for _ in range(tokens)]
     usage = {
         "prompt_tokens": job.prompt_tokens,
@@ -384,15 +440,7 @@ async def _generate(
             for _ in range(tokens - 1):
                 await asyncio.sleep(st.model.per_token(st.rng, batch=batch, max_batch=st.max_concurrency))
             st.stats.completed += 1
-            message = {"role": "assistant", "content": " ".join(words)}
-            body = {
-                "id": rid,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                "usage": usage,
-            }
+            body = _answer(shape, rid, created, model, " ".join(words), finish, usage)
             return web.json_response(body, headers=hdrs)
         assert resp is not None
         st.stats.streams_open += 1
@@ -404,11 +452,12 @@ async def _generate(
                 if cut is not None and i >= cut and request.transport is not None:
                     request.transport.abort()  # the machine went mid-answer: the client sees a reset
                     return resp
-                await resp.write(_chunk(rid, created, model, {"content": word + " "}, None))
-            await resp.write(_chunk(rid, created, model, {}, "stop"))
+                await resp.write(_chunk(shape, rid, created, model, word + " ", None))
+            await resp.write(_chunk(shape, rid, created, model, None, finish))
             options = payload.get("stream_options")
             if isinstance(options, dict) and options.get("include_usage"):
-                final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+                obj = "text_completion" if shape == "completion" else "chat.completion.chunk"
+                final = {"id": rid, "object": obj, "created": created, "model": model}
                 final.update(choices=[], usage=usage)
                 await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
@@ -425,6 +474,51 @@ async def _generate(
         st.stats.cancelled += 1
         st.cancelled_event.set()
         return web.Response(status=499)
+
+
+EMBEDDING_DIM = 16
+
+
+def _embedding(text: str) -> list[float]:
+    """A deterministic unit vector for ``text`` (equal texts, equal vectors)."""
+    raw = hashlib.blake2b(text.encode(), digest_size=EMBEDDING_DIM * 2).digest()
+    v = [int.from_bytes(raw[i : i + 2], "big") / 65535.0 - 0.5 for i in range(0, len(raw), 2)]
+    norm = math.sqrt(sum(x * x for x in v)) or 1.0
+    return [x / norm for x in v]
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """``POST /v1/embeddings`` as vLLM answers it: one vector per input, ``float`` or ``base64``
+    (little-endian float32, what the official SDK asks for by default)."""
+    st = request.app[STATE]
+    await st.network(request)
+    st.stats.requests += 1
+    if st.faults.down:
+        return await _reset(request)
+    hdrs = _sim_headers(st, request)
+    try:
+        payload = await request.json()
+    except (ValueError, json.JSONDecodeError) as exc:
+        return vllm_error(400, f"invalid JSON body: {exc}", "BadRequestError", hdrs)
+    name = payload.get("model", st.base_model) if isinstance(payload, dict) else None
+    if not isinstance(name, str) or name not in st.models:
+        return vllm_error(404, f"The model `{name}` does not exist.", "NotFoundError", hdrs, "model")
+    raw = payload.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
+        return vllm_error(
+            400, "input must be a string or a list of strings", "BadRequestError", hdrs, "input"
+        )
+    b64 = payload.get("encoding_format") == "base64"
+    data = []
+    for i, text in enumerate(inputs):
+        vec = _embedding(text)
+        value: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() if b64 else vec
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    used = sum(tokens_of(t) for t in inputs)
+    st.stats.completed += 1
+    usage = {"prompt_tokens": used, "total_tokens": used}
+    return web.json_response({"object": "list", "data": data, "model": name, "usage": usage}, headers=hdrs)
 
 
 async def models_list(request: web.Request) -> web.Response:

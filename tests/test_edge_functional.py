@@ -335,7 +335,9 @@ async def test_an_edge_sampling_nothing_records_no_spans_yet_follows_a_sampled_c
         await f.close()
 
 
-async def test_stream_headers_reach_the_client_before_a_slow_first_token(fleet: Fleet) -> None:
+async def test_a_streams_status_line_goes_with_its_first_event(fleet: Fleet) -> None:
+    """A streaming server sends its headers at once; the edge commits to it (status line to the client) only
+    with its first event, so until then the request may still go elsewhere (first-token limit)."""
     release = asyncio.Event()
 
     async def slow_stream(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
@@ -351,16 +353,19 @@ async def test_stream_headers_reach_the_client_before_a_slow_first_token(fleet: 
             if route.resource is not None and route.resource.canonical == "/v1/chat/completions":
                 route._handler = slow_stream  # type: ignore[attr-defined]
     async with aiohttp.ClientSession() as s:
-        pending = s.post(
-            fleet.edge_url("eu-west-1") + "v1/chat/completions",
-            json={**CHAT, "stream": True},
-            headers={"X-Forwarded-For": CLIENT_IP["london"]},
+        pending = asyncio.ensure_future(
+            s.post(
+                fleet.edge_url("eu-west-1") + "v1/chat/completions",
+                json={**CHAT, "stream": True},
+                headers={"X-Forwarded-For": CLIENT_IP["london"]},
+            )
         )
-        r = await asyncio.wait_for(pending, 5)  # returns at the response headers
+        done, _ = await asyncio.wait({pending}, timeout=0.3)  # well past the region's headers
+        assert not done  # nothing committed before the first event
+        release.set()
+        r = await asyncio.wait_for(pending, 5)
         try:
             assert r.status == 200 and r.headers["X-Meridian-Region"] == "eu-west-1"
-            assert not release.is_set()
-            release.set()
             assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5) == b"data: first\n\n"
         finally:
             r.release()

@@ -19,7 +19,7 @@ from edge.admission.gate import Gate, Shed
 from edge.admission.geo import ClientLocator, ClientPlace, IPAddress
 from edge.admission.tenants import Principal
 from edge.admission.wake import Waker
-from edge.errors import error, internal_error
+from edge.errors import error, internal_error, unknown_model
 from edge.routing.planner import Planner, Wanted, wanted_of
 from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
@@ -89,7 +89,10 @@ class Proxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The request span around the proxying; a bug answers 500 in OpenAI's shape, never a traceback.
         Only the inference routes are forwarded: anything else never reaches a region."""
-        methods = self.routes.get(request.path)
+        path = request.path
+        methods = self.routes.get(path)
+        if methods is None and path.startswith("/v1/models/"):  # one model (the SDK's models.retrieve)
+            methods = self.routes.get("/v1/models")
         if methods is None or request.method not in methods:
             return self._not_forwarded(request, methods)
         principal = None
@@ -99,8 +102,10 @@ class Proxy:
             principal = self.admission.authenticate(request)
             if principal is None:
                 return self.admission.unauthorized()
-        if request.path == "/v1/models" and not self.catalog.open:
-            return await self.models_view(principal)
+        if path.startswith("/v1/models") and not self.catalog.open:
+            return await self.models_view(
+                principal, path.removeprefix("/v1/models").removeprefix("/") or None
+            )
         headers = request.headers
         if "traceparent" not in headers:
             span = self.sampler.left_out() or self._server_span(request, None)
@@ -418,9 +423,10 @@ class Proxy:
                 return alt_plan, alt, with_model(body, other)
         return plan, wanted, body
 
-    async def models_view(self, principal: Principal | None) -> web.Response:
+    async def models_view(self, principal: Principal | None, one: str | None = None) -> web.Response:
         """The models routable now that the caller may use, in OpenAI's list format, each with the regions
-        that serve it. A tenant's listing counts as one of its requests (``rpm``; 429 when over)."""
+        that serve it; ``one``: that model alone (404 ``model_not_found`` when it is not among them). A
+        tenant's listing counts as one of its requests (``rpm``; 429 when over)."""
         tenant = None if principal is None else principal.tenant
         limiter = self.admission.limiter
         headers = self.edge_headers
@@ -435,27 +441,28 @@ class Proxy:
         routes = self.planner.cache(snap)
         data = []
         for name, spec in self.catalog.models.items():
-            if tenant is not None and not tenant.may_use(name):
+            if (tenant is not None and not tenant.may_use(name)) or (one is not None and name != one):
                 continue
             regions = sorted(
                 r for r in routes.regions_serving(name) if (st := snap.regions.get(r)) and st.routable
             )
             if regions:
+                meridian = {"regions": regions, "base": spec.base, "context_length": spec.context_length}
+                meridian["fallbacks"] = list(spec.fallbacks)
                 data.append(
                     {
                         "id": name,
                         "object": "model",
                         "created": 0,
                         "owned_by": "meridian",
-                        "meridian": {
-                            "regions": regions,
-                            "base": spec.base,
-                            "context_length": spec.context_length,
-                            "fallbacks": list(spec.fallbacks),
-                        },
+                        "meridian": meridian,
                     }
                 )
-        return web.json_response({"object": "list", "data": data}, headers=headers)
+        if one is None:
+            return web.json_response({"object": "list", "data": data}, headers=headers)
+        if not data:
+            return unknown_model(one).response(headers)
+        return web.json_response(data[0], headers=headers)
 
     def _hedge_delay(
         self, request: web.BaseRequest, priority: Priority, plan: AttemptPlan, snap: Snapshot

@@ -15,6 +15,8 @@ class _Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    input_tokens: int = 0  # the Responses API's names
+    output_tokens: int = 0
 
 
 class _Answer(msgspec.Struct):
@@ -62,7 +64,8 @@ class Tally:
         """(prompt, completion) tokens: the reported usage, else the estimate and the events counted."""
         u = self.usage
         if u is not None:
-            return u.prompt_tokens, u.completion_tokens or max(0, u.total_tokens - u.prompt_tokens)
+            prompt = u.prompt_tokens or u.input_tokens
+            return prompt, u.completion_tokens or u.output_tokens or max(0, u.total_tokens - prompt)
         return prompt_estimate, self.events
 
 
