@@ -321,6 +321,16 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if isinstance(job, web.Response):
         return job
     hit = st.faults.models is None or payload.get("model", st.base_model) in st.faults.models
+    limit = st.faults.max_model_len
+    if hit and limit is not None and job.prompt_tokens + job.max_tokens > limit:
+        st.stats.errors += 1
+        asked = job.prompt_tokens + job.max_tokens
+        said = (
+            f"This model's maximum context length is {limit} tokens. However, you requested {asked} tokens "
+            f"({job.prompt_tokens} in the messages, {job.max_tokens} in the completion). Please reduce the "
+            "length of the messages or completion."
+        )
+        return vllm_error(400, said, "BadRequestError", hdrs)
     if hit and st.rng.random() < st.faults.error_rate:
         st.stats.errors += 1
         f = st.faults

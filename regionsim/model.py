@@ -22,6 +22,9 @@ class Faults(BaseModel):
     tail_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     tail_ttft_ms: float = Field(default=0.0, ge=0.0, le=600_000)
     down: bool = False
+    max_model_len: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="prompt + max_tokens above this: vLLM's context 400"
+    )
     cut_after_tokens: int | None = Field(
         default=None,
         ge=0,

@@ -215,6 +215,7 @@ async def start_fleet(
     auth: bool = False,
     region_overrides: dict[str, dict[str, Any]] | None = None,
     autoscaling: dict[str, Any] | None = None,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
     cp_overrides: dict[str, Any] | None = None,
     processes: int = 1,
 ) -> Fleet:
@@ -228,7 +229,8 @@ async def start_fleet(
     # absolute times in the policy scale with the emulated network, so geography decides here as it would
     scaled = {k: getattr(base.policy, k) * network_scale for k in ("switch_margin_ms", "default_ttft_ms")}
     overrides = {**scaled, **(policy or {})}
-    models = {k: v.model_dump() for k, v in base.models.items()} if catalog else {}
+    models = {k: {**v.model_dump(), **(model_overrides or {}).get(k, {})} for k, v in base.models.items()}
+    models = models if catalog else {}
     base = Topology.model_validate(
         {
             "policy": {**base.policy.model_dump(), **overrides},

@@ -14,7 +14,7 @@ import pytest
 
 from regionsim.model import Faults
 from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet
+from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 MODEL = "llama-3.1-8b-instruct"
@@ -82,3 +82,85 @@ async def test_a_stream_without_its_first_token_in_time_is_served_by_another_rep
     sims[slow].faults = Faults()
     status, _, data, _ = await stream(fleet)
     assert status == 200 and b"data: [DONE]" in data  # and the edge serves a healthy request after
+
+
+async def chat(fleet: Fleet) -> tuple[int, dict[str, str]]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    headers = {"X-Forwarded-For": CLIENT_IP["london"]}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(fleet.edge_url("eu-west-1") + "v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        await r.read()
+        return r.status, dict(r.headers)
+
+
+async def test_a_429_with_retry_after_keeps_new_requests_off_that_replica_until_it_passes(
+    fleet: Fleet,
+) -> None:
+    """A replica that answers 429 Retry-After: 2 is left alone for 2 s: the request that met it is served by
+    the other replica, and so is every request after it (the throttled one sees no tight loop); once the 2 s
+    are over it is asked again."""
+    status, headers = await chat(fleet)
+    assert status == 200
+    busy = headers["X-Meridian-Replica"]  # where this prompt goes (affinity keeps it there)
+    sims = replicas(fleet)
+    sims[busy].faults = Faults(error_rate=1.0, error_status=429, retry_after_s=2)
+    before = sims[busy].stats.requests
+    held_at = time.monotonic()
+    served = [await chat(fleet) for _ in range(5)]
+    assert all(s == 200 and h["X-Meridian-Replica"] != busy for s, h in served), served
+    assert time.monotonic() - held_at < 2.0  # all within the replica's Retry-After ...
+    assert sims[busy].stats.requests - before == 1  # ... which it was asked once
+    sims[busy].faults = Faults()
+
+    async def back() -> bool:
+        return (await chat(fleet))[1]["X-Meridian-Replica"] == busy
+
+    await wait_for(back, timeout=5, what="the replica asked again after its Retry-After")
+
+
+async def test_a_prompt_over_the_models_context_goes_to_a_fallback_with_room_for_it(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """A 400 context_length_exceeded is the model's, not the replica's: never retried on another replica of
+    it; the request goes to the first fallback whose context is larger, and the answer names that model.
+    Where no fallback has more room, the client gets the region's own 400 and its reason."""
+    small, large = "qwen2.5-7b-instruct", "llama-3.1-8b-instruct"  # 32,768 and 131,072 tokens
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        catalog=True,
+        regions=("eu-west-1",),
+        sim_kwargs={"ttft_ms": 1.0},
+        model_overrides={small: {"fallbacks": [large]}},
+    )
+    try:
+        sims = replicas(f)
+        for sim in sims.values():  # the small model's engines take 64 tokens (a stand-in for 32,768)
+            sim.faults = Faults(max_model_len=64, models=[small])
+        before = sum(sim.stats.requests for sim in sims.values())
+        body = {"model": small, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+        headers = {"X-Forwarded-For": CLIENT_IP["london"]}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                f.edge_url("eu-west-1") + "v1/chat/completions", json=body, headers=headers
+            ) as r:
+                answer = await r.json()
+                assert r.status == 200, answer
+                assert r.headers["X-Meridian-Model"] == large and answer["model"] == large
+            assert sum(sim.stats.requests for sim in sims.values()) - before == 2  # one try of each model
+            for sim in sims.values():
+                sim.faults = Faults(max_model_len=64, models=[large])
+            body = {**body, "model": large}
+            async with s.post(
+                f.edge_url("eu-west-1") + "v1/chat/completions", json=body, headers=headers
+            ) as r:
+                refused = await r.json()
+                assert r.status == 400 and "maximum context length is 64" in refused["error"]["message"], (
+                    refused
+                )
+                assert r.headers["X-Meridian-Attempts"] == "1"
+    finally:
+        await f.close()

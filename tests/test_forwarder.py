@@ -27,7 +27,7 @@ from edge.settings import TimeoutSet
 from edge.telemetry import tracing
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.observed import Observed
-from edge.transport.forwarder import CoalescingStreamResponse, Forwarder, Resilience
+from edge.transport.forwarder import CoalescingStreamResponse, Forwarded, Forwarder, Resilience
 from edge.transport.hedging import HedgeBudget, HedgePolicy
 from edge.transport.retry_budget import RetryBudget
 from edge.transport.upstream import UpstreamError
@@ -222,7 +222,7 @@ class Rig:
                 hedge_delay_s=self.row.hedge_delay_s,
                 parent=span,
             )
-            assert answer is not None  # final: the forwarder answers
+            assert isinstance(answer, Forwarded)  # final: the forwarder answers
             return answer.response
         finally:
             span.end()

@@ -8,6 +8,7 @@ import pytest
 
 from edge.routing.failback import Failback
 from edge.routing.outlier import Breaker, OutlierDetector, OutlierPolicy
+from edge.transport.forwarder import retry_after_s
 from edge.transport.retry_budget import RetryBudget, backoff_s
 
 POLICY = OutlierPolicy(
@@ -143,3 +144,29 @@ def test_admitted_replicas_skip_the_breakers_until_one_opens_and_again_once_all_
     assert d.admitted("eu", serving, 2.7) == ["b"]
     d.record("eu", "a", True, now=2.8, replica_count=2)  # probe succeeded: closed again
     assert d.admitted("eu", serving, 2.9) is serving
+
+
+def test_a_held_replica_is_not_planned_to_until_its_hold_passes() -> None:
+    """A 429's Retry-After holds the replica (not a breaker failure): left out of the region's admitted
+    replicas until then, admitted again after."""
+    d = OutlierDetector()
+    d.hold("r", "a", until=10.0)
+    assert d.admitted("r", ["a", "b"], now=5.0) == ["b"]
+    assert d.admitted("r", ["a", "b"], now=10.0) == ["a", "b"]
+    assert not d.held and d.replicas == {}  # nothing left behind, no breaker touched
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, 0.0),
+        ("2", 2.0),
+        ("0.5", 0.5),
+        ("-1", 0.0),
+        ("nan", 0.0),
+        ("inf", 3600.0),
+        ("Wed, 21 Oct 2015", 0.0),
+    ],
+)
+def test_retry_after_is_read_in_seconds_and_bounded(header: str | None, seconds: float) -> None:
+    assert retry_after_s(header) == seconds

@@ -14,7 +14,8 @@ Every attempt — plain, retry, failover, hedge — goes through ``classify``; n
 | connect   | refused, reset, unreachable, cut off     | other replica, region   | yes     | 502             |
 | timeout   | no headers, or no first event of a stream, in time | other replica, region | yes | 504     |
 | error     | a bug in the edge, or no replica to try  | no                      | no      | 502             |
-| cut       | the region broke off after the client got bytes | no (too late)    | yes     | a cut stream    |
+| cut       | broken off after the client got bytes    | no (too late)           | yes     | a cut stream    |
+| context   | 400: over the model's context            | a larger-context model  | no      | it, if final    |
 
 Where a retry goes is ``edge.routing.ranking.AttemptPlan``'s: first another replica of the same region (the
 fault is usually one replica's), then the next region in order; a 500 stays in its region (the same request
@@ -27,10 +28,13 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["ok", "throttled", "internal", "server", "status", "connect", "timeout", "error", "cut"]
+Kind = Literal[
+    "ok", "throttled", "internal", "server", "status", "connect", "timeout", "error", "cut", "context"
+]
 RETRYABLE: frozenset[str] = frozenset({"throttled", "internal", "status", "connect", "timeout"})
 FAILURES: frozenset[str] = frozenset({"internal", "server", "status", "connect", "timeout", "cut"})
 SAME_REGION_ONLY: frozenset[str] = frozenset({"internal"})
+MODEL_WIDE: frozenset[str] = frozenset({"context"})  # the model's, not the replica's: no other replica of it
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
@@ -82,6 +86,14 @@ TIMEOUT = _make("timeout", None, "time to first byte exceeded", 504)
 FIRST_TOKEN = _make("timeout", None, "time to first token exceeded", 504)
 ERROR = _make("error", None, "internal error in the edge", 502)
 NO_REPLICA = _make("error", None, "no replica available in any routable region", 502)
+
+
+CONTEXT = _make("context", 400, "the prompt and max_tokens exceed the model's context length", 400)
+
+
+def context_exceeded(body: bytes) -> bool:
+    """A 400's body says the request does not fit the model's context (OpenAI's code, vLLM's message)."""
+    return b"context_length_exceeded" in body or b"maximum context length" in body
 
 
 def cut(error_name: str) -> Outcome:

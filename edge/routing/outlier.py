@@ -127,6 +127,22 @@ class OutlierDetector:
     _not_closed: set[str] = field(default_factory=set)
     # regions with a replica breaker that is not closed: elsewhere every serving replica is admitted as is
     _replica_trouble: set[str] = field(default_factory=set)
+    # replicas that asked to be left alone (429, Retry-After) -> until when; not a failure, not a breaker
+    held: dict[tuple[str, str], float] = field(default_factory=dict)
+    _held_regions: set[str] = field(default_factory=set)
+
+    def hold(self, region: str, replica: str, until: float) -> None:
+        """``replica`` said it takes no more until ``until`` (a 429's Retry-After): new requests are planned
+        to the region's other replicas until then (all of them held: to them anyway, the store's view)."""
+        key = (region, replica)
+        self.held[key] = max(until, self.held.get(key, 0.0))
+        self._held_regions.add(region)
+
+    def _release(self, region: str, now: float) -> None:
+        for key in [k for k, until in self.held.items() if k[0] == region and until <= now]:
+            del self.held[key]
+        if not any(k[0] == region for k in self.held):
+            self._held_regions.discard(region)
 
     def record(self, region: str, replica: str, ok: bool, *, now: float, replica_count: int) -> list[str]:
         """Returns what was ejected by this outcome ("replica", "region")."""
@@ -155,12 +171,16 @@ class OutlierDetector:
         return out
 
     def replica_admits(self, region: str, replica: str, now: float) -> bool:
+        if self.held.get((region, replica), 0.0) > now:
+            return False
         b = self.replicas.get((region, replica))
         return b is None or b.admits(now, self.policy)
 
     def admitted(self, region: str, replicas: list[str], now: float) -> list[str]:
-        """The replicas of ``region`` a request may be planned to now (read-only)."""
-        if region not in self._replica_trouble:
+        """The replicas of ``region`` a request may be planned to now (read-only but for expired holds)."""
+        if region in self._held_regions:
+            self._release(region, now)
+        elif region not in self._replica_trouble:
             return replicas
         return [r for r in replicas if self.replica_admits(region, r, now)]
 

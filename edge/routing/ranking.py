@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from edge.routing.candidates import Pick
-from edge.routing.outcome import SAME_REGION_ONLY
+from edge.routing.outcome import MODEL_WIDE, SAME_REGION_ONLY
 from fleet.state import Location, Policy, RegionState, Snapshot, Topology, distance_rtt_ms
 
 
@@ -614,6 +614,8 @@ class AttemptPlan:
         if not tried:
             return self._in(d.primary, "primary", "best-scored region (after dials)")
         last, kind = tried[-1]
+        if kind in MODEL_WIDE:  # every replica of the model would say the same
+            return None
         in_region = sum(1 for a, _ in tried if a.region == last.region)
         if in_region == 1:  # its first failure in this region: another replica there first
             t = self._in(last.region, "retry", f"{kind} on {last.replica}: another replica")

@@ -332,6 +332,7 @@ class Proxy:
         )
         fallbacks = list(self.catalog.fallbacks(wanted.model)) if wanted.model is not None else []
         while True:
+            larger = self._larger(wanted.model, fallbacks)
             answer = await self.forwarder.forward(
                 request,
                 plan=plan,
@@ -345,9 +346,12 @@ class Proxy:
                 tally=admitted.tally,
                 standing=admitted.standing,
                 final=not fallbacks,
+                larger_context=bool(larger),
             )
-            if answer is not None:
+            if isinstance(answer, Forwarded):
                 return answer
+            if answer.cause == "context":  # only a model with room for the request can answer it
+                fallbacks[:] = larger
             plan, wanted, body = self._on_error(place, snap, wanted, body, fallbacks)
 
     async def _wake(
@@ -397,6 +401,13 @@ class Proxy:
             code="overloaded",
             headers={**self.edge_headers, "Retry-After": str(max(1, math.ceil(wait_s)))},
         )
+
+    def _larger(self, model: str | None, fallbacks: list[str]) -> list[str]:
+        """The fallbacks, in order, whose context is larger than ``model``'s."""
+        have = self.catalog.context_length(model)
+        if have is None:
+            return []
+        return [f for f in fallbacks if (self.catalog.context_length(f) or 0) > have]
 
     def _on_error(
         self, place: ClientPlace, snap: Snapshot, wanted: Wanted, body: bytes, fallbacks: list[str]

@@ -22,7 +22,17 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from edge.admission.tenants import Standing
 from edge.errors import error
-from edge.routing.outcome import FIRST_TOKEN, NO_REPLICA, TIMEOUT, Outcome, answered, cut, raised
+from edge.routing.outcome import (
+    CONTEXT,
+    FIRST_TOKEN,
+    NO_REPLICA,
+    TIMEOUT,
+    Outcome,
+    answered,
+    context_exceeded,
+    cut,
+    raised,
+)
 from edge.routing.outlier import OutlierDetector
 from edge.routing.ranking import Attempt, AttemptPlan
 from edge.settings import TimeoutSet
@@ -60,6 +70,7 @@ def _connection_tokens(value: str) -> frozenset[str]:
 
 
 BUFFER_LIMIT = 1 << 20  # non-streaming upstream bodies up to this size are sent with Content-Length
+ERROR_BODY_LIMIT = 1 << 16  # a 400's body up to this size is read to tell a context error
 STREAM_ERRORS = (OSError, TimeoutError)  # a body read that broke off (the pool raises ConnectionErrors)
 
 
@@ -92,6 +103,15 @@ class Call:
     standing: Standing | None = None  # whether its key still holds (streams of a revoked key end)
     sent: int = 0  # attempts made so far (X-Meridian-Attempts)
     hedged: bool = False
+    larger_context: bool = False  # a fallback with a larger context exists: a context 400 is not final
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """Every attempt at the model failed before the client saw a byte (``cause``: the last outcome's kind,
+    e.g. "context"); the caller has another model to try."""
+
+    cause: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +141,8 @@ class Result:
     upstream: UpstreamResponse | None
     started: float  # monotonic time the attempt left
     first: bytes | None = None  # a stream's first event, read to judge the attempt (first-token limit)
+    retry_after_s: float = 0.0  # a throttled replica's Retry-After (0: none given)
+    body: bytes | None = None  # a small 400's body, read to tell a context error
 
 
 def upstream_headers(
@@ -178,6 +200,27 @@ class CoalescingStreamResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
+THROTTLE_HOLD_S = 1.0  # a 429 without Retry-After: its replica gets no new request for this long
+MOST_RETRY_AFTER_S = 3600.0
+
+
+def retry_after_s(value: str | None) -> float:
+    """A Retry-After in seconds (the delta-seconds form; an HTTP date or garbage: 0, none given)."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        return 0.0
+    return min(MOST_RETRY_AFTER_S, seconds) if seconds > 0 else 0.0  # NaN and negatives: none
+
+
+def _wins(r: Result, call: Call) -> bool:
+    """The attempt's answer goes to the client: a region's answer with nothing to retry (a context 400 only
+    when no larger-context fallback could take the request)."""
+    return r.outcome.committable and not (r.outcome.kind == "context" and call.larger_context)
+
+
 class _Once:
     """A call that runs at most once, whoever asks first (the loop's callback or the relay's end)."""
 
@@ -230,10 +273,12 @@ class Forwarder:
         tally: Tally | None = None,
         standing: Standing | None = None,
         final: bool = True,
-    ) -> Forwarded | None:
+        larger_context: bool = False,
+    ) -> Forwarded | Exhausted:
         """Run the plan wave by wave until one attempt commits. ``hedge_delay_s``: the first wave may add a
         hedge after that long without a first byte. When no attempt commits: the last answer or an error
-        (``final``), else None — the caller has another model to try, the client has seen nothing."""
+        (``final``), else ``Exhausted`` — the caller has another model to try, the client has seen nothing
+        (``larger_context``: one with a larger context, so a context 400 is not final either)."""
         started = time.monotonic()
         self.res.budget.deposit(started)
         call = Call(
@@ -248,14 +293,15 @@ class Forwarder:
             extra_headers,
             tally,
             standing,
+            larger_context=larger_context,
         )
         won, last = await self._waves(call, plan, hedge_delay_s)
         if won is not None:
             return await self._commit(call, won)
-        if not final:
+        if not final or (last is not None and last.outcome.kind == "context" and larger_context):
             if last is not None:
                 self._drop(last)
-            return None
+            return Exhausted(last.outcome.kind if last is not None else "error")
         return await self._give_up(call, last)
 
     async def _waves(
@@ -294,6 +340,10 @@ class Forwarder:
         to wait, or None when no more attempts may be made."""
         now = time.monotonic()
         denied = "deadline" if now >= call.deadline or last is None else None
+        same = last is not None and (last.attempt.region, last.attempt.replica) == (nxt.region, nxt.replica)
+        wait_for_it = last.retry_after_s if last is not None and same else 0.0  # it asked: never sooner
+        if denied is None and now + wait_for_it >= call.deadline:
+            denied = "deadline"
         if denied is None and not self.res.budget.try_withdraw(now):
             denied = "budget"
         if denied is not None or last is None:
@@ -308,12 +358,12 @@ class Forwarder:
         call.parent.set_attribute(tracing.ATTR_RETRIES, call.sent)
         res = self.res
         delay = backoff_s(call.sent, base_s=res.backoff_base_s, cap_s=res.backoff_cap_s, rng=res.rng)
-        return min(delay, max(0.0, call.deadline - now))
+        return min(max(delay, wait_for_it), max(0.0, call.deadline - now))
 
     async def _single(self, call: Call, attempt: Attempt) -> tuple[Result | None, list[Result]]:
         """A wave of one attempt."""
         r = await self._attempt(call, attempt)
-        if r.outcome.committable:
+        if _wins(r, call):
             return r, []
         self._account(r)
         return None, [r]
@@ -341,7 +391,7 @@ class Forwarder:
                     break
                 for task in done:
                     r = task.result()
-                    if won is None and r.outcome.committable:
+                    if won is None and _wins(r, call):
                         won = r
                     else:
                         self._account(r)
@@ -377,7 +427,7 @@ class Forwarder:
         span = self._begin(call, attempt)
         t0 = time.monotonic()
         upstream: UpstreamResponse | None = None
-        first = None
+        first, retry_after, body = None, 0.0, None
         try:
             upstream = await self.pool.request(
                 attempt.url,
@@ -391,6 +441,16 @@ class Forwarder:
                 ttfb_s=max(0.001, min(call.timeouts.ttfb_s, call.deadline - t0)),
             )
             outcome = answered(upstream.status)
+            if (
+                upstream.status == 400
+                and (upstream.content_length or ERROR_BODY_LIMIT + 1) <= ERROR_BODY_LIMIT
+            ):
+                async with asyncio.timeout(max(0.001, call.deadline - time.monotonic())):
+                    body = await upstream.read()
+                if context_exceeded(body):
+                    outcome = CONTEXT
+            if outcome.kind == "throttled":
+                retry_after = retry_after_s(upstream.headers.get("Retry-After"))
             if outcome.kind == "ok" and upstream.content_type == "text/event-stream":
                 # a streaming server sends its headers at once: the attempt stands or falls on its first event
                 left = min(call.timeouts.first_token_s, call.deadline - t0) - (time.monotonic() - t0)
@@ -413,7 +473,7 @@ class Forwarder:
             if upstream is not None:
                 upstream.close()
                 upstream = None
-        return Result(attempt, span, outcome, time.monotonic() - t0, upstream, t0, first)
+        return Result(attempt, span, outcome, time.monotonic() - t0, upstream, t0, first, retry_after, body)
 
     def _account(self, r: Result, *, judge: bool = True) -> None:
         """One attempt's outcome into the metrics, the hedge windows, the breakers and the observations: the
@@ -433,8 +493,12 @@ class Forwarder:
             span.set_status(Status(StatusCode.ERROR, outcome.detail))
 
     def _judge(self, r: Result) -> None:
-        """The attempt's outcome into its replica's and region's breakers and this edge's observations."""
+        """The attempt's outcome into its replica's and region's breakers and this edge's observations; a
+        throttled replica is left alone for its Retry-After (or a second): no tight loop on a refusing one."""
         outcome = r.outcome
+        if outcome.kind == "throttled":
+            until = time.monotonic() + (r.retry_after_s or THROTTLE_HOLD_S)
+            self.res.outliers.hold(r.attempt.region, r.attempt.replica, until)
         if outcome.kind != "error":  # a bug of ours says nothing about the region
             self._record(r.attempt, not outcome.breaker_failure)
         self.observed.record(r.attempt.region, error=outcome.breaker_failure)
@@ -603,7 +667,9 @@ class Forwarder:
         upstream = r.upstream
         assert upstream is not None
         try:
-            if upstream.complete:  # the whole body came with the headers: nothing to wait for
+            if r.body is not None:  # read already (a 400, to tell a context error)
+                data = r.body
+            elif upstream.complete:  # the whole body came with the headers: nothing to wait for
                 data = await upstream.read()
             else:
                 async with asyncio.timeout(max(0.001, call.deadline - time.monotonic())):
