@@ -439,7 +439,11 @@ async def _generate(
         resp = web.StreamResponse(
             headers={**hdrs, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionResetError:  # the client left while the request queued: nothing to answer
+            st.stats.cancelled += 1
+            return resp
     try:
         prefill = st.model.prefill(job.prompt_tokens - job.cached_tokens)
         load = st.adapter_load_ms / 1000.0 if job.loads_adapter else 0.0

@@ -281,37 +281,14 @@ class Forwarder:
         (``larger_context``: one with a larger context, so a context 400 is not final either)."""
         started = time.monotonic()
         self.res.budget.deposit(started)
+        deadline, path = started + timeouts.total_s, request.rel_url.raw_path_qs
         call = Call(
-            request,
-            body,
-            headers,
-            timeouts,
-            started + timeouts.total_s,
-            request.rel_url.raw_path_qs,
-            parent,
-            model,
-            extra_headers,
-            tally,
-            standing,
-            larger_context=larger_context,
+            request, body, headers, timeouts, deadline, path, parent, model, extra_headers, tally, standing
         )
-        won, last = await self._waves(call, plan, hedge_delay_s)
-        if won is not None:
-            return await self._commit(call, won)
-        if not final or (last is not None and last.outcome.kind == "context" and larger_context):
-            if last is not None:
-                self._drop(last)
-            return Exhausted(last.outcome.kind if last is not None else "error")
-        return await self._give_up(call, last)
-
-    async def _waves(
-        self, call: Call, plan: AttemptPlan, hedge_delay_s: float | None
-    ) -> tuple[Result | None, Result | None]:
-        """Wave after wave of the plan until one attempt wins or no more may be made: (the winner, the last
-        failed attempt's result, kept for the client when nothing wins)."""
-        last: Result | None = None
+        call.larger_context = larger_context
+        won, last = None, None
         attempt = plan.next()
-        while attempt is not None:
+        while attempt is not None:  # wave after wave until one attempt wins or no more may be made
             if call.sent:  # every wave after the first passes the same gate
                 wait = self._gate(call, last, attempt)
                 if wait is None:
@@ -325,7 +302,7 @@ class Forwarder:
             else:
                 won, failed = await self._single(call, attempt)
             if won is not None:
-                return won, last
+                return await self._commit(call, won)
             for r in failed[:-1]:
                 self._drop(r)
             for r in failed:
@@ -333,7 +310,11 @@ class Forwarder:
             if failed:
                 last = failed[-1]
             attempt = plan.next()
-        return None, last
+        if not final or (last is not None and last.outcome.kind == "context" and larger_context):
+            if last is not None:
+                self._drop(last)
+            return Exhausted(last.outcome.kind if last is not None else "error")
+        return await self._give_up(call, last)
 
     def _gate(self, call: Call, last: Result | None, nxt: Attempt) -> float | None:
         """Before every wave after the first: the deadline and the retry budget decide; returns the backoff
