@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +22,7 @@ from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StateStore, StoreError, StoreUnavailable
 from fleet.signals import EngineSignals, signal_key
-from fleet.state import Health, RegionState, Topology
+from fleet.state import Health, Region, RegionState, Replica, Topology
 
 log = logging.getLogger("meridian.prober")
 
@@ -75,13 +76,26 @@ class Prober:
             with contextlib.suppress(TimeoutError):  # interruptible sleep
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)
 
-    async def _probe(self, session: aiohttp.ClientSession, url: str) -> Signal:
+    async def _probe(self, session: aiohttp.ClientSession, region: Region, replica: Replica) -> Signal:
+        """One health probe: ``probe_path`` (vLLM, SGLang, TGI: /health); a plain OpenAI-compatible server
+        (``engine: openai``) has none, so ``GET /v1/models``, where every model it serves must be listed."""
+        url = replica.base_url
+        openai = (replica.engine or region.engine) == "openai"
         try:
-            async with session.get(url + self.settings.probe_path) as resp:
-                await resp.read()
-                return "ok" if resp.status == 200 else "fail"
+            async with session.get(url + ("/v1/models" if openai else self.settings.probe_path)) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    return "fail"
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
             return "fail"
+        if not openai:
+            return "ok"
+        try:
+            listed = {m.get("id") for m in json.loads(body).get("data", []) if isinstance(m, dict)}
+        except (ValueError, AttributeError):
+            return "fail"
+        wanted = self.topology.catalog.served.get((region.name, replica.name), frozenset())
+        return "ok" if wanted <= listed else "fail"
 
     async def _metrics(self, session: aiohttp.ClientSession, url: str) -> EngineSignals | None:
         try:
@@ -94,7 +108,12 @@ class Prober:
 
     async def scrape(self, session: aiohttp.ClientSession) -> None:
         """One scrape of every replica's engine; the signals go to the store in one write."""
-        replicas = [(r.name, rep) for r in self.topology.regions for rep in r.replicas]
+        replicas = [  # a plain OpenAI-compatible server (engine: openai) has no engine metrics to scrape
+            (r.name, rep)
+            for r in self.topology.regions
+            for rep in r.replicas
+            if (rep.engine or r.engine) != "openai"
+        ]
         results = await asyncio.gather(*(self._metrics(session, rep.base_url) for _, rep in replicas))
         fresh: dict[str, str] = {}
         for (region, rep), signals in zip(replicas, results, strict=True):
@@ -107,7 +126,8 @@ class Prober:
 
     async def round(self, session: aiohttp.ClientSession) -> None:
         jobs = [(region, replica) for region in self.topology.regions for replica in region.replicas]
-        results = await asyncio.gather(*(self._probe(session, rep.base_url) for _, rep in jobs))
+        results = await asyncio.gather(*(self._probe(session, region, rep) for region, rep in jobs))
+        self.rounds += 1  # probes taken (what tests wait on)
         per_region: dict[str, dict[str, Health]] = {}
         load: dict[str, float] = {}
         kv: dict[str, list[float]] = {}

@@ -56,7 +56,9 @@ class Region(_Strict):
     failure_domain: str = ""
     capacity: int = Field(gt=0, description="max concurrent requests the region serves")
     weight: int = Field(default=100, ge=0, le=100, description="default traffic dial")
-    replicas: tuple[Replica, ...] = Field(min_length=2)
+    replicas: tuple[Replica, ...] = Field(
+        min_length=1, description="one is allowed: a retry then goes elsewhere"
+    )
     serves: tuple[str, ...] | None = Field(
         default=None, description="models its replicas serve (default: all)"
     )
@@ -147,6 +149,10 @@ class Topology(_Strict):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"region names must be unique: {', '.join(twice)} appear more than once")
+        urls = [rep.base_url for r in self.regions for rep in r.replicas]
+        same = sorted({u for u in urls if urls.count(u) > 1})
+        if same:  # one server declared twice would count double in every balance and every breaker
+            raise ValueError(f"replica URLs must be unique: {', '.join(same)} appear more than once")
         for key, pinned in self.policy.pins.items():
             unknown = [p for p in pinned if p not in names]
             if unknown:

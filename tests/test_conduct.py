@@ -164,3 +164,48 @@ async def test_a_prompt_over_the_models_context_goes_to_a_fallback_with_room_for
                 assert r.headers["X-Meridian-Attempts"] == "1"
     finally:
         await f.close()
+
+
+async def test_a_plain_openai_compatible_server_is_probed_on_its_model_list_and_never_scraped(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """``engine: openai``: a server with no /health and no /metrics is healthy while GET /v1/models lists
+    every model it serves; it is never scraped; a listing without one of its models makes it down."""
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        catalog=True,
+        regions=("eu-west-1",),
+        region_overrides={"eu-west-1": {"engine": "openai"}},
+        sim_kwargs={"ttft_ms": 1.0},
+    )
+    try:
+        for server in f.sims["eu-west-1"].values():
+            for route in server.app.router.routes():
+                if route.resource is not None and route.resource.canonical in ("/health", "/metrics"):
+                    route._handler = not_here  # type: ignore[attr-defined]
+        prober = f.admin_app.state.prober
+        start = prober.rounds
+
+        async def rounds(n: int) -> bool:
+            return bool(prober.rounds >= start + n)
+
+        await wait_for(lambda: rounds(6), timeout=10, what="six probe rounds")
+        _, region = await f.admin("GET", "/v1/regions/eu-west-1")
+        assert set(region["replicas"].values()) == {"up"}, region  # /health would have taken both down
+        assert not [k for k in prober.latest if k[0] == "eu-west-1"]  # nothing scraped
+        status, _ = await chat(f)
+        assert status == 200
+        only = next(iter(f.sims["eu-west-1"]))
+        f.sim("eu-west-1", only).models = {"other-model": None}  # its listing now lacks what it serves
+        start = prober.rounds
+        await wait_for(lambda: rounds(6), timeout=10, what="six more probe rounds")
+        _, region = await f.admin("GET", "/v1/regions/eu-west-1")
+        assert region["replicas"][only] == "down", region
+    finally:
+        await f.close()
+
+
+async def not_here(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    return aiohttp.web.Response(status=404)

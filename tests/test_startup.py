@@ -72,6 +72,27 @@ def test_a_duplicated_region_is_named(tmp_path: Path) -> None:
     assert res.returncode == 2 and "us-east-1 appear more than once" in res.stderr, res.stderr
 
 
+def test_one_server_declared_twice_is_named_and_one_replica_is_enough(tmp_path: Path) -> None:
+    """The same URL twice would count one server double in every balance and breaker: refused, naming it.
+    A region of one replica is fine (its retries go to another region)."""
+    text = (ROOT / "regions.yaml").read_text()
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(
+        text.replace("http://vllm-b.eu-west-1.internal:8000", "http://vllm-a.eu-west-1.internal:8000")
+    )
+    res = run(["-m", "controlplane"], {"MERIDIAN_REGIONS_FILE": str(twice)})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "http://vllm-a.eu-west-1.internal:8000 appear more than once" in res.stderr
+    from fleet.topology import load_topology
+
+    one = tmp_path / "one.yaml"
+    one.write_text(
+        text.replace('      - {name: use1-b, url: "http://vllm-b.us-east-1.internal:8000"}\n', "", 1)
+    )
+    topo = load_topology(one)
+    assert [r.name for r in topo.by_name["us-east-1"].replicas] == ["use1-a"]
+
+
 def test_a_pool_over_replicas_serving_other_models_is_named(tmp_path: Path) -> None:
     """Scaling a pool down switches its replicas off: one that serves other models would take them too."""
     p = tmp_path / "r.yaml"
