@@ -241,7 +241,11 @@ async def test_dial_of_fifty_sends_half_to_the_next_best_region(fleet: Fleet) ->
         ) as r:
             eu = next(x for x in (await r.json())["scores"] if x["region"] == "eu-west-1")
     print(f"\ndial 50 over 2000 London requests: {dict(served)}")
-    assert set(served) == {"eu-west-1", "us-east-1"}
+    # the other half goes to the next best region (a probe stalled by a busy machine may reorder the two
+    # runners-up for a moment: at most 1 % elsewhere)
+    assert {"eu-west-1", "us-east-1"} <= set(served) and served["us-east-1"] >= 0.99 * (
+        2000 - served["eu-west-1"]
+    )
     # only the dial should have moved traffic: a brown-out or a failback ramp would too (say which)
     assert abs(served["eu-west-1"] / 2000 - 0.5) <= 0.05, eu
 
