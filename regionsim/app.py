@@ -466,6 +466,8 @@ async def _generate(
                 if cut is not None and i >= cut and request.transport is not None:
                     request.transport.abort()  # the machine went mid-answer: the client sees a reset
                     return resp
+                if i == st.faults.malformed_event_at:  # a broken event, then the stream goes on
+                    await resp.write(b'data: {"id": "' + rid.encode() + b'", "choices": [\n\n')
                 await resp.write(_chunk(shape, rid, created, model, word + " ", None))
             await resp.write(_chunk(shape, rid, created, model, None, finish))
             options = payload.get("stream_options")

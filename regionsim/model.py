@@ -25,6 +25,9 @@ class Faults(BaseModel):
     max_model_len: int | None = Field(
         default=None, ge=1, le=10_000_000, description="prompt + max_tokens above this: vLLM's context 400"
     )
+    malformed_event_at: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="a stream's event at this token is broken JSON"
+    )
     cut_after_tokens: int | None = Field(
         default=None,
         ge=0,

@@ -4,6 +4,7 @@ attempts, and that the edge serves a healthy request after."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -209,3 +210,22 @@ async def test_a_plain_openai_compatible_server_is_probed_on_its_model_list_and_
 
 async def not_here(request: aiohttp.web.Request) -> aiohttp.web.Response:
     return aiohttp.web.Response(status=404)
+
+
+async def test_a_malformed_event_is_dropped_and_counted_and_the_rest_of_the_stream_arrives(
+    fleet: Fleet,
+) -> None:
+    for sim in replicas(fleet).values():
+        sim.faults = Faults(malformed_event_at=2)
+    status, _, data, _ = await stream(fleet, tokens=5)
+    assert status == 200
+    events = [e for e in data.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]" and all(json.loads(e[6:]) for e in events[:-1]), data
+    words = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert len([w for w in words if w]) == 5  # every token, none lost with the broken event
+    async with aiohttp.ClientSession() as s, s.get(fleet.edges["eu-west-1"].make_url("/metrics")) as r:
+        text = await r.text()
+    assert 'meridian_edge_malformed_events_total{region="eu-west-1"} 1.0' in text
+    for sim in replicas(fleet).values():
+        sim.faults = Faults()
+    assert (await stream(fleet))[0] == 200

@@ -120,6 +120,12 @@ class EdgeMetrics:
             buckets=TTFB_BUCKETS,
             registry=r,
         )
+        self.malformed_events = Counter(
+            "meridian_edge_malformed_events",
+            "Stream events a region sent that were not well-formed (not JSON, or cut off): dropped",
+            ["region"],
+            registry=r,
+        )
         self.stream_aborts = Counter(
             "meridian_edge_stream_aborts", "Streams cut after the first byte", ["region", "side"], registry=r
         )

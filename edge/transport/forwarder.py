@@ -42,6 +42,7 @@ from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Tally
 from edge.transport.hedging import HedgePolicy
 from edge.transport.retry_budget import RetryBudget, backoff_s
+from edge.transport.sse import EventFrames
 from edge.transport.upstream import UpstreamPool, UpstreamResponse, encode_header_text
 
 log = logging.getLogger("meridian.forwarder")
@@ -612,15 +613,20 @@ class Forwarder:
         events = upstream.content_type == "text/event-stream"
         timed = events and r.outcome.kind == "ok"
         tally = call.tally if events else None
+        frames = EventFrames() if events else None  # whole, well-formed events only
         try:
-            if r.first:  # a raced stream: its time to first byte ran to this first event
+            first = frames.feed(r.first) if frames is not None and r.first else r.first
+            if first:  # a stream's first event: its time to first byte ran to it
                 if timed:
                     self.observed.first_token(attempt.region, r.ttfb * 1000.0)
                     timed = False
                 if tally is not None:
-                    tally.chunk(r.first)
-                await resp.write(r.first)
-            async for chunk in upstream:
+                    tally.chunk(first)
+                await resp.write(first)
+            async for piece in upstream:
+                chunk = frames.feed(piece) if frames is not None else piece
+                if not chunk:
+                    continue
                 if timed:  # the stream's first event: the region's time to first token, as seen from here
                     self.observed.first_token(attempt.region, (time.monotonic() - r.started) * 1000.0)
                     timed = False
@@ -640,6 +646,11 @@ class Forwarder:
             return self._cut(call, r, exc, resp)
         except STREAM_ERRORS as exc:
             return self._cut(call, r, exc, resp)
+        finally:
+            if frames is not None:
+                frames.end()
+                if frames.dropped:
+                    self.metrics.child(self.metrics.malformed_events, attempt.region).inc(frames.dropped)
         await resp.write_eof()
         return resp
 
