@@ -171,8 +171,8 @@ def test_the_port_plan_never_overlaps_itself() -> None:
                         "location": {"lat": 0, "lon": i},
                         "capacity": 1,
                         "replicas": [
-                            {"name": f"r{i}a", "url": "http://a"},
-                            {"name": f"r{i}b", "url": "http://b"},
+                            {"name": f"r{i}a", "url": f"http://r{i}a.test"},
+                            {"name": f"r{i}b", "url": f"http://r{i}b.test"},
                         ],
                     }
                     for i in range(n)
