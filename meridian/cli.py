@@ -400,6 +400,12 @@ def run_demo(args: argparse.Namespace) -> int:
     return run(config=args.config, base_port=args.base_port, network=not args.no_network)
 
 
+def run_up(args: argparse.Namespace) -> int:
+    from meridian.demo import run
+
+    return run(config=args.regions_file, base_port=args.base_port, simulated=False)
+
+
 def run_k8s(args: argparse.Namespace) -> int:
     """Print (or write, one file per region) the KEDA and Deployment manifests of regions.yaml's pools."""
     import yaml
@@ -474,6 +480,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="no emulated network: simulated regions answer every edge at once (for benchmarks)",
     )
     demo.set_defaults(func=run_demo)
+
+    up = sub.add_parser(
+        "up",
+        help="run the control plane, Redis and one edge per region locally in front of the replicas a "
+        "regions file names (your own OpenAI-compatible servers): the demo without simulators",
+    )
+    up.add_argument("--regions-file", required=True, help="topology file whose replica URLs are real servers")
+    up.add_argument(
+        "--base-port", type=int, default=DEFAULT_BASE_PORT, help="first port of the fleet (default: 7100)"
+    )
+    up.set_defaults(func=run_up)
 
     k8s = sub.add_parser(
         "k8s", help="render KEDA ScaledObjects and Deployment patches for regions.yaml's pools"

@@ -184,9 +184,13 @@ def claim_ports(topo: Topology, base: int) -> int:
 
 
 class Fleet:
-    def __init__(self, topo: Topology, base_port: int, workdir: Path, *, network: bool = True) -> None:
+    def __init__(
+        self, topo: Topology, base_port: int, workdir: Path, *, network: bool = True, simulated: bool = True
+    ) -> None:
         self.topo = topo
         self.network = network
+        self.simulated = simulated  # False: `meridian up`, the replicas regions.yaml names, as written
+        self.real_regions: Path | None = None  # `meridian up`'s regions file, used as it is
         self.base = base_port
         self.workdir = workdir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -228,9 +232,12 @@ class Fleet:
             self.redis.append(rs)
         ports = plan.sims
         regions_file = self.workdir / "regions.local.yaml"
-        regions_file.write_text(yaml.safe_dump(local_topology(topo, ports), sort_keys=False))
+        local = (
+            local_topology(topo, ports) if self.simulated else topo.model_dump(mode="json", exclude_none=True)
+        )
+        regions_file.write_text(yaml.safe_dump(local, sort_keys=False))
         py = sys.executable
-        for region in topo.regions:
+        for region in topo.regions if self.simulated else ():
             args = [py, "-m", "regionsim", "--region", region.name]
             for rep in region.replicas:
                 args += ["--replica", f"{rep.name}=127.0.0.1:{ports[(region.name, rep.name)]}"]
@@ -253,7 +260,8 @@ class Fleet:
                 "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
                 "MERIDIAN_PROBE_INTERVAL_S": "1",
                 "MERIDIAN_KEY_SECRET": self.key_secret,
-                "MERIDIAN_AUTOSCALER": "simulator",  # regions.yaml's pools switch the simulated replicas
+                # regions.yaml's pools switch the simulated replicas; real ones are KEDA's (meridian k8s)
+                "MERIDIAN_AUTOSCALER": "simulator" if self.simulated else "off",
             },
         )
         db = geoip_db()
@@ -280,7 +288,12 @@ class Fleet:
             "edges": {name: f"http://127.0.0.1:{p}" for name, p in plan.edges.items()},
             "edges_internal": {name: f"http://127.0.0.1:{p}" for name, p in plan.internal.items()},
             "regions": {
-                r.name: {"replicas": [f"http://127.0.0.1:{ports[(r.name, rep.name)]}" for rep in r.replicas]}
+                r.name: {
+                    "replicas": [
+                        f"http://127.0.0.1:{ports[(r.name, rep.name)]}" if self.simulated else rep.base_url
+                        for rep in r.replicas
+                    ]
+                }
                 for r in topo.regions
             },
             "redis": {"primary": primary.url, "replicas": {k: v.url for k, v in replicas.items()}},
@@ -292,8 +305,11 @@ class Fleet:
         for rs in self.redis:
             rs.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
         pending = [f"{ready['admin']['url']}/readyz"]
-        pending += [u + "/health" for r in ready["regions"].values() for u in r["replicas"]]
-        pending += [u + "/readyz" for u in ready["edges"].values()]
+        if self.simulated:  # real replicas are whatever they are: the edges' /readyz says what is routable
+            pending += [u + "/health" for r in ready["regions"].values() for u in r["replicas"]]
+            pending += [u + "/readyz" for u in ready["edges"].values()]
+        else:
+            pending += [u + "/healthz" for u in ready["edges"].values()]
         while pending:
             if stop.is_set():
                 raise KeyboardInterrupt
@@ -366,17 +382,20 @@ class Fleet:
             rs.stop()
 
 
-def run(*, config: str, base_port: int, network: bool = True) -> int:
+def run(*, config: str, base_port: int, network: bool = True, simulated: bool = True) -> int:
+    """``meridian demo`` (simulated regions), or ``meridian up`` (``simulated`` False: the control plane,
+    Redis and edges in front of the replicas the file names)."""
+    name = "demo" if simulated else "up"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s demo %(message)s")
     try:
         topo = load_topology(config)
     except TopologyError as exc:
-        print(f"meridian demo: {exc}", file=sys.stderr)
+        print(f"meridian {name}: {exc}", file=sys.stderr)
         return 2
     try:
         lock = claim_ports(topo, base_port)
     except PortsTaken as exc:
-        print(f"meridian demo: {exc}", file=sys.stderr)
+        print(f"meridian {name}: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
 
@@ -386,7 +405,9 @@ def run(*, config: str, base_port: int, network: bool = True) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="meridian-demo-"))
-    fleet = Fleet(topo, base_port, workdir, network=network)
+    fleet = Fleet(topo, base_port, workdir, network=network, simulated=simulated)
+    if not simulated:
+        fleet.real_regions = Path(config).resolve()
     code = 0
     sf = state_file(base_port)
     try:
@@ -406,7 +427,7 @@ def run(*, config: str, base_port: int, network: bool = True) -> int:
     except KeyboardInterrupt:
         pass
     except (RuntimeError, TimeoutError, RedisNotFound) as exc:
-        print(f"meridian demo: {exc}", file=sys.stderr)
+        print(f"meridian {name}: {exc}", file=sys.stderr)
         code = 1
     finally:
         log.info("stopping the fleet")

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -188,3 +189,68 @@ def test_the_port_plan_never_overlaps_itself() -> None:
                 7111,
                 7120,
             )
+
+
+def test_meridian_up_fronts_the_servers_a_regions_file_names(tmp_path: Path) -> None:
+    """``meridian up``: the demo without simulators — control plane, Redis and edges in front of the
+    replicas the file names, here one plain OpenAI-compatible server (``engine: openai``: no /health, no
+    /metrics needed), one replica in one region; the same ready line; a chat through the edge is served."""
+    base = free_block()
+    server_port = base + 39  # inside the block, away from the fleet's own ports
+    server = subprocess.Popen(
+        [sys.executable, "-m", "regionsim", "--region", "home", "--replica", f"mine=127.0.0.1:{server_port}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    regions = tmp_path / "mine.yaml"
+    regions.write_text(
+        "models: {sim-llm: {context_length: 8192}}\n"
+        "regions:\n"
+        "  - name: home\n"
+        "    location: {lat: 51.5, lon: -0.1}\n"
+        "    capacity: 8\n"
+        "    engine: openai\n"
+        f'    replicas: [{{name: mine, url: "http://127.0.0.1:{server_port}"}}]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meridian", "up", "--regions-file", str(regions), "--base-port", str(base)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        sel = selectors.DefaultSelector()
+        assert proc.stdout is not None
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout=30), "meridian up printed no ready line within 30 s"
+        ready = json.loads(proc.stdout.readline())
+        assert ready["regions"] == {"home": {"replicas": [f"http://127.0.0.1:{server_port}"]}}
+        body = json.dumps(
+            {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        )
+        req = urllib.request.Request(
+            ready["edges"]["home"] + "/v1/chat/completions",
+            data=body.encode(),
+            headers={"Authorization": f"Bearer {ready['api_key']}", "Content-Type": "application/json"},
+        )
+        deadline = time.monotonic() + 20
+        while True:  # the edge routes once its first snapshot is in
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    assert resp.status == 200 and resp.headers["X-Meridian-Replica"] == "mine"
+                    break
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503 and time.monotonic() < deadline, exc.read()
+                time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 4  # redis x2, control plane, edge
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        server.terminate()
+        server.wait(timeout=10)

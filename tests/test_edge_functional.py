@@ -348,7 +348,7 @@ async def test_a_streams_status_line_goes_with_its_first_event(fleet: Fleet) -> 
         resp = aiohttp.web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)  # headers now, first token later
         await release.wait()
-        await resp.write(b"data: first\n\n")
+        await resp.write(b'data: {"first": true}\n\n')
         await resp.write_eof()
         return resp
 
@@ -370,7 +370,7 @@ async def test_a_streams_status_line_goes_with_its_first_event(fleet: Fleet) -> 
         r = await asyncio.wait_for(pending, 5)
         try:
             assert r.status == 200 and r.headers["X-Meridian-Region"] == "eu-west-1"
-            assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5) == b"data: first\n\n"
+            assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5) == b'data: {"first": true}\n\n'
         finally:
             r.release()
 

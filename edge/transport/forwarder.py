@@ -647,12 +647,16 @@ class Forwarder:
         except STREAM_ERRORS as exc:
             return self._cut(call, r, exc, resp)
         finally:
-            if frames is not None:
-                frames.end()
-                if frames.dropped:
-                    self.metrics.child(self.metrics.malformed_events, attempt.region).inc(frames.dropped)
+            self._framed(frames, attempt)
         await resp.write_eof()
         return resp
+
+    def _framed(self, frames: EventFrames | None, attempt: Attempt) -> None:
+        """A stream ended: a partial event still held is dropped; what was dropped is counted."""
+        if frames is not None:
+            frames.end()
+            if frames.dropped:
+                self.metrics.child(self.metrics.malformed_events, attempt.region).inc(frames.dropped)
 
     async def _small(self, call: Call, r: Result, meridian: dict[str, str]) -> web.StreamResponse:
         """A small, sized body: read whole, sent with Content-Length."""
