@@ -40,6 +40,9 @@ class SimStats:
     streams_open: int = 0
     rejected: int = 0
     reclaimed_cut: int = 0  # requests cut when the cloud reclaimed the machine
+    continued: list[str] = field(
+        default_factory=list
+    )  # assistant prefixes continued (continue_final_message)
     trace_ids: list[str] = field(default_factory=list)
     priorities: Counter[str] = field(default_factory=Counter)  # X-Meridian-Priority as received
 
@@ -272,6 +275,19 @@ def prompt_text(payload: dict[str, Any]) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
+def _prefix(payload: dict[str, Any]) -> str | None:
+    """The assistant text a request asks to continue (``continue_final_message`` and no generation
+    prompt, the last message the assistant's), else None."""
+    messages = payload.get("messages")
+    if not payload.get("continue_final_message") or not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    return content if isinstance(content, str) else None
+
+
 def _job(st: SimState, payload: dict[str, Any], hdrs: dict[str, str]) -> Job | web.Response:
     """The engine job for a request, or vLLM's error for it."""
     name = payload.get("model", st.base_model)
@@ -317,6 +333,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return vllm_error(
             400, "this simulator streams chat and completions only", "BadRequestError", hdrs, "stream"
         )
+    prefix = _prefix(payload)
+    if prefix is not None:  # vLLM's continue_final_message: the answer goes on from the assistant's text
+        if st.faults.reject_prefix:
+            said = "continue_final_message is not supported for this model"
+            return vllm_error(400, said, "BadRequestError", hdrs, "continue_final_message")
+        st.stats.continued.append(prefix)
     job = _job(st, payload, hdrs)
     if isinstance(job, web.Response):
         return job

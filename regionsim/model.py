@@ -28,6 +28,9 @@ class Faults(BaseModel):
     malformed_event_at: int | None = Field(
         default=None, ge=0, le=1_000_000, description="a stream's event at this token is broken JSON"
     )
+    reject_prefix: bool = Field(
+        default=False, description="refuse continue_final_message (400), as some engines do"
+    )
     cut_after_tokens: int | None = Field(
         default=None,
         ge=0,

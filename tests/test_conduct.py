@@ -229,3 +229,56 @@ async def test_a_malformed_event_is_dropped_and_counted_and_the_rest_of_the_stre
     for sim in replicas(fleet).values():
         sim.faults = Faults()
     assert (await stream(fleet))[0] == 200
+
+
+async def test_a_stream_cut_after_40_of_60_tokens_reaches_the_client_whole(fleet: Fleet) -> None:
+    """The region breaks off after 40 tokens: the edge asks the other replica to go on from the 40 tokens
+    (vLLM's continue_final_message) and stitches its events in — one stream: one id, 60 tokens, one usage
+    chunk counting 60 completion tokens, [DONE]."""
+    _, headers, _, _ = await stream(fleet)
+    cutting = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[cutting].faults = Faults(cut_after_tokens=40)
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 60,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            fleet.edge_url("eu-west-1") + "v1/chat/completions",
+            json=body,
+            headers={"X-Forwarded-For": CLIENT_IP["london"]},
+        ) as r,
+    ):
+        data = await r.read()
+    events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+    assert data.rstrip().endswith(b"data: [DONE]"), data[-300:]
+    words = [e["choices"][0]["delta"].get("content") for e in events if e.get("choices")]
+    assert len([w for w in words if w]) == 60
+    assert len({e["id"] for e in events}) == 1  # one stream, as the client sees it
+    usage = [e["usage"] for e in events if e.get("usage")]
+    assert len(usage) == 1 and usage[0]["completion_tokens"] == 60, usage
+    (other,) = set(sims) - {cutting}
+    prefix = sims[other].stats.continued
+    assert len(prefix) == 1 and len(prefix[0].split()) == 40  # it went on from exactly what the client had
+
+
+async def test_where_no_replica_can_go_on_the_client_gets_an_error_event_and_a_clean_end(
+    fleet: Fleet,
+) -> None:
+    """The other replica refuses the prefix: the client hears of the original fault — an error event in
+    OpenAI's stream shape and a clean end, not a reset, not the continuation's refusal."""
+    _, headers, _, _ = await stream(fleet)
+    cutting = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[cutting].faults = Faults(cut_after_tokens=3)
+    (other,) = set(sims) - {cutting}
+    sims[other].faults = Faults(reject_prefix=True)
+    status, _, data, _ = await stream(fleet, tokens=10)  # a clean end: no ClientPayloadError
+    events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+    assert status == 200 and "error" in events[-1] and events[-1]["error"]["code"] == "stream_cut", events[-1]
+    assert "broke off" in events[-1]["error"]["message"] and b"[DONE]" not in data

@@ -133,6 +133,7 @@ class Edge:
             hedging=self.hedging,
             edge_region=settings.region,
             replica_header=settings.replica_header,
+            continuable=build.continuable(self.topology),
         )
         return Proxy(
             settings=settings,

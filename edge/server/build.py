@@ -232,3 +232,16 @@ def rtt(settings: EdgeSettings, topo: Topology, pool: UpstreamPool, observed: Ob
         interval_s=settings.rtt_probe_interval_s,
         timeout_s=settings.rtt_probe_timeout_s,
     )
+
+
+CONTINUING_ENGINES = frozenset({"vllm", "sglang"})  # take continue_final_message with add_generation_prompt
+
+
+def continuable(topo: Topology) -> frozenset[tuple[str, str]]:
+    """Replicas a broken-off chat stream may go on at: their engine continues an assistant's text."""
+    return frozenset(
+        (r.name, rep.name)
+        for r in topo.regions
+        for rep in r.replicas
+        if (rep.engine or r.engine) in CONTINUING_ENGINES
+    )

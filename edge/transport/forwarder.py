@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import random
 import time
@@ -40,6 +41,7 @@ from edge.telemetry import tracing
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Tally
+from edge.transport.continuation import Sent, Stitch, continuation_body, partial_of
 from edge.transport.hedging import HedgePolicy
 from edge.transport.retry_budget import RetryBudget, backoff_s
 from edge.transport.sse import EventFrames
@@ -71,6 +73,7 @@ def _connection_tokens(value: str) -> frozenset[str]:
 
 
 BUFFER_LIMIT = 1 << 20  # non-streaming upstream bodies up to this size are sent with Content-Length
+CHAT = "/v1/chat/completions"  # the route whose streams can go on elsewhere after a cut
 ERROR_BODY_LIMIT = 1 << 16  # a 400's body up to this size is read to tell a context error
 STREAM_ERRORS = (OSError, TimeoutError)  # a body read that broke off (the pool raises ConnectionErrors)
 
@@ -105,6 +108,7 @@ class Call:
     sent: int = 0  # attempts made so far (X-Meridian-Attempts)
     hedged: bool = False
     larger_context: bool = False  # a fallback with a larger context exists: a context 400 is not final
+    plan: AttemptPlan | None = None  # where a broken-off stream may continue
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +253,7 @@ class Forwarder:
         hedging: HedgePolicy,
         edge_region: str,
         replica_header: bool = True,
+        continuable: frozenset[tuple[str, str]] = frozenset(),
     ) -> None:
         self.replica_header = replica_header
         self.pool = pool
@@ -258,6 +263,7 @@ class Forwarder:
         self.res = resilience
         self.hedging = hedging
         self.edge_region = edge_region
+        self.continuable = continuable  # (region, replica) whose engine takes continue_final_message
 
     async def forward(
         self,
@@ -286,7 +292,7 @@ class Forwarder:
         call = Call(
             request, body, headers, timeouts, deadline, path, parent, model, extra_headers, tally, standing
         )
-        call.larger_context = larger_context
+        call.larger_context, call.plan = larger_context, plan
         won, last = None, None
         attempt = plan.next()
         while attempt is not None:  # wave after wave until one attempt wins or no more may be made
@@ -602,18 +608,12 @@ class Forwarder:
         streaming = upstream.content_type == "text/event-stream" or length is None or length > BUFFER_LIMIT
         if not streaming and r.first is None:
             return await self._small(call, r, meridian)
-        # headers wait for the first chunk only when it is already here: a region slow to its first token
-        # still gets the status line to the client at once
-        kind = CoalescingStreamResponse if r.first or upstream.buffered else web.StreamResponse
-        resp = kind(status=upstream.status)
-        copy_response_headers(upstream.headers, resp.headers)
-        resp.headers.update(meridian)
-        request = call.request
-        await resp.prepare(request)
+        resp, request = await self._prepared(call, r, upstream, meridian), call.request
         events = upstream.content_type == "text/event-stream"
         timed = events and r.outcome.kind == "ok"
         tally = call.tally if events else None
         frames = EventFrames() if events else None  # whole, well-formed events only
+        sent = Sent() if events and call.path_qs.startswith(CHAT) else None
         try:
             first = frames.feed(r.first) if frames is not None and r.first else r.first
             if first:  # a stream's first event: its time to first byte ran to it
@@ -623,6 +623,8 @@ class Forwarder:
                 if tally is not None:
                     tally.chunk(first)
                 await resp.write(first)
+                if sent is not None:
+                    sent.add(first)
             async for piece in upstream:
                 chunk = frames.feed(piece) if frames is not None else piece
                 if not chunk:
@@ -633,6 +635,8 @@ class Forwarder:
                 if tally is not None:  # tokens counted as they flow
                     tally.chunk(chunk)
                 await resp.write(chunk)
+                if sent is not None:  # what the client has, should the region break off (bounded)
+                    sent.add(chunk)
                 if time.monotonic() > call.deadline:
                     raise TimeoutError("total timeout")
                 if call.standing is not None and call.standing.revoked():
@@ -643,12 +647,24 @@ class Forwarder:
                 r.span.set_attribute(tracing.ATTR_OUTCOME, "client went away")
                 upstream.close()  # stop the region generating tokens nobody reads
                 return resp
-            return self._cut(call, r, exc, resp)
+            return await self._broke_off(call, r, exc, resp, sent)
         except STREAM_ERRORS as exc:
-            return self._cut(call, r, exc, resp)
+            return await self._broke_off(call, r, exc, resp, sent)
         finally:
             self._framed(frames, attempt)
         await resp.write_eof()
+        return resp
+
+    async def _prepared(
+        self, call: Call, r: Result, upstream: UpstreamResponse, meridian: dict[str, str]
+    ) -> web.StreamResponse:
+        """The client's response, status and headers sent: with the first chunk when it is already here
+        (one write), else at once."""
+        kind = CoalescingStreamResponse if r.first or upstream.buffered else web.StreamResponse
+        resp = kind(status=upstream.status)
+        copy_response_headers(upstream.headers, resp.headers)
+        resp.headers.update(meridian)
+        await resp.prepare(call.request)
         return resp
 
     def _framed(self, frames: EventFrames | None, attempt: Attempt) -> None:
@@ -692,15 +708,80 @@ class Forwarder:
         await resp.write_eof()
         return resp
 
-    def _cut(self, call: Call, r: Result, exc: BaseException, resp: web.StreamResponse) -> web.StreamResponse:
-        """The upstream failed after the client got bytes: no retry; drop the client connection so the
-        truncation is visible (a clean end-of-stream would pass it off as complete)."""
+    async def _broke_off(
+        self, call: Call, r: Result, exc: BaseException, resp: web.StreamResponse, sent: Sent | None
+    ) -> web.StreamResponse:
+        """The upstream failed after the client got bytes: no retry. A chat stream goes on on another
+        replica that can continue it (``_continue``); else the client gets an error event in OpenAI's
+        stream shape and a clean end — never a bare reset, never a truncation passed off as complete."""
         self.metrics.stream_aborts.labels(region=r.attempt.region, side="upstream").inc()
         r.outcome = cut(type(exc).__name__)
         r.span.set_status(Status(StatusCode.ERROR, r.outcome.detail))
         if r.upstream is not None:
             r.upstream.close()
-        transport = call.request.transport
-        if transport is not None:
-            transport.abort()
+        try:
+            if sent is not None and sent.chunks and await self._continue(call, r, resp, sent.chunks):
+                return resp
+            message = f"upstream {r.attempt.region} broke off the stream ({r.outcome.detail})"
+            event = {
+                "error": {
+                    "message": message,
+                    "type": "meridian_upstream",
+                    "param": None,
+                    "code": "stream_cut",
+                }
+            }
+            await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await resp.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass  # the client left too
         return resp
+
+    async def _continue(self, call: Call, r: Result, resp: web.StreamResponse, sent: list[bytes]) -> bool:
+        """Go on from what the client has, on the plan's next replica if its engine takes
+        ``continue_final_message``; its events stitched into this stream. False: nothing was written."""
+        plan = call.plan
+        if plan is None or time.monotonic() >= call.deadline:
+            return False
+        plan.failed(r.attempt, "cut")
+        nxt = plan.next()
+        partial, count, stream_id = partial_of(sent)
+        body = continuation_body(call.body, partial, count)
+        if nxt is None or (nxt.region, nxt.replica) not in self.continuable or body is None or not stream_id:
+            return False
+        span = self._begin(call, nxt)
+        upstream: UpstreamResponse | None = None
+        try:
+            upstream = await self.pool.request(
+                nxt.url,
+                "POST",
+                call.path_qs,
+                tracing.trace_headers(span),
+                body,
+                header_block=call.headers,
+                connect_s=call.timeouts.connect_s,
+                idle_s=call.timeouts.idle_s,
+                ttfb_s=max(0.001, min(call.timeouts.ttfb_s, call.deadline - time.monotonic())),
+            )
+            if upstream.status != 200 or upstream.content_type != "text/event-stream":
+                upstream.close()  # e.g. the engine refuses the prefix: the client hears of the original fault
+                upstream = None
+                return False
+            stitch, frames = Stitch(stream_id, count), EventFrames()
+            async for piece in upstream:
+                chunk = stitch.rewrite(frames.feed(piece))
+                if chunk:
+                    if call.tally is not None:
+                        call.tally.chunk(chunk)
+                    await resp.write(chunk)
+            await resp.write_eof()
+            self._record(nxt, True)
+            self.metrics.child(self.metrics.attempts, nxt.region, "continuation", "200").inc()
+            return True
+        except (OSError, TimeoutError, aiohttp.ClientError):
+            if upstream is not None:
+                upstream.close()
+                upstream = None
+            return False
+        finally:
+            self._end(nxt, span, upstream)
