@@ -720,7 +720,14 @@ class Forwarder:
         if r.upstream is not None:
             r.upstream.close()
         try:
-            if sent is not None and sent.chunks and await self._continue(call, r, resp, sent.chunks):
+            transport = call.request.transport
+            gone = transport is None or transport.is_closing()  # nobody to go on for
+            if (
+                not gone
+                and sent is not None
+                and sent.chunks
+                and await self._continue(call, r, resp, sent.chunks)
+            ):
                 return resp
             message = f"upstream {r.attempt.region} broke off the stream ({r.outcome.detail})"
             event = {
