@@ -1,6 +1,6 @@
 """bench/routing.py: the routing decision microbenchmark (10 regions x 50 replicas), pytest-benchmark.
 
-Run: python -m pytest bench/routing.py --benchmark-only -p no:cacheprovider -p no:xdist
+Run: python -m pytest bench/routing.py --benchmark-only -p no:cacheprovider -n 0
 One decision = score every region from this edge, hold the primary, apply dials, choose the backup, then
 pick a replica (the edge's filters -> scorers -> picker: power of two choices here). Two cases: the edge's
 steady state (the planner's route cache already holds the plan for this snapshot and network: the hold
