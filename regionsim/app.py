@@ -275,6 +275,11 @@ def prompt_text(payload: dict[str, Any]) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
+def hit_model(st: SimState, payload: dict[str, Any]) -> bool:
+    """Whether the faults' ``models`` (None: every one) include the request's model."""
+    return st.faults.models is None or payload.get("model", st.base_model) in st.faults.models
+
+
 def _prefix(payload: dict[str, Any]) -> str | None:
     """The assistant text a request asks to continue (``continue_final_message`` and no generation
     prompt, the last message the assistant's), else None."""
@@ -333,6 +338,18 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return vllm_error(
             400, "this simulator streams chat and completions only", "BadRequestError", hdrs, "stream"
         )
+    if st.faults.content_filter and hit_model(st, payload):
+        st.stats.errors += 1
+        said = "The prompt was filtered by the provider's content policy (simulated)."
+        body = {
+            "error": {
+                "message": said,
+                "type": "invalid_request_error",
+                "param": "prompt",
+                "code": "content_filter",
+            }
+        }
+        return web.json_response(body, status=400, headers=hdrs)
     prefix = _prefix(payload)
     if prefix is not None:  # vLLM's continue_final_message: the answer goes on from the assistant's text
         if st.faults.reject_prefix:

@@ -28,6 +28,9 @@ class Faults(BaseModel):
     malformed_event_at: int | None = Field(
         default=None, ge=0, le=1_000_000, description="a stream's event at this token is broken JSON"
     )
+    content_filter: bool = Field(
+        default=False, description="refuse every prompt: 400 content_filter, OpenAI's way"
+    )
     reject_prefix: bool = Field(
         default=False, description="refuse continue_final_message (400), as some engines do"
     )

@@ -282,3 +282,31 @@ async def test_where_no_replica_can_go_on_the_client_gets_an_error_event_and_a_c
     events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
     assert status == 200 and "error" in events[-1] and events[-1]["error"]["code"] == "stream_cut", events[-1]
     assert "broke off" in events[-1]["error"]["message"] and b"[DONE]" not in data
+
+
+async def test_a_content_policy_refusal_reaches_the_client_with_the_providers_reason(fleet: Fleet) -> None:
+    """A 400 content_filter is the client's answer: returned as the provider gave it, never retried on
+    another replica or model, and no failure of the replica (its next healthy answer is its own)."""
+    _, headers = await chat(fleet)
+    strict = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[strict].faults = Faults(content_filter=True)
+    before = {name: sim.stats.requests for name, sim in sims.items()}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            fleet.edge_url("eu-west-1") + "v1/chat/completions",
+            json=body,
+            headers={"X-Forwarded-For": CLIENT_IP["london"]},
+        ) as r,
+    ):
+        answer = await r.json()
+        assert r.status == 400 and r.headers["X-Meridian-Attempts"] == "1"
+    assert answer["error"]["code"] == "content_filter" and "content policy" in answer["error"]["message"]
+    assert {n: sim.stats.requests - before[n] for n, sim in sims.items()} == {
+        n: int(n == strict) for n in sims
+    }  # the refusing replica once, nobody else
+    sims[strict].faults = Faults()
+    status, headers = await chat(fleet)
+    assert status == 200 and headers["X-Meridian-Replica"] == strict  # not held against it
