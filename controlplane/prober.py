@@ -80,7 +80,7 @@ class Prober:
         """One health probe: ``probe_path`` (vLLM, SGLang, TGI: /health); a plain OpenAI-compatible server
         (``engine: openai``) has none, so ``GET /v1/models``, where every model it serves must be listed."""
         url = replica.base_url
-        openai = (replica.engine or region.engine) == "openai"
+        openai = region.engine_of(replica) == "openai"
         try:
             async with session.get(url + ("/v1/models" if openai else self.settings.probe_path)) as resp:
                 body = await resp.read()
@@ -109,10 +109,7 @@ class Prober:
     async def scrape(self, session: aiohttp.ClientSession) -> None:
         """One scrape of every replica's engine; the signals go to the store in one write."""
         replicas = [  # a plain OpenAI-compatible server (engine: openai) has no engine metrics to scrape
-            (r.name, rep)
-            for r in self.topology.regions
-            for rep in r.replicas
-            if (rep.engine or r.engine) != "openai"
+            (r.name, rep) for r in self.topology.regions for rep in r.replicas if r.engine_of(rep) != "openai"
         ]
         results = await asyncio.gather(*(self._metrics(session, rep.base_url) for _, rep in replicas))
         fresh: dict[str, str] = {}

@@ -28,7 +28,7 @@ from fleet.keys import (
 )
 from fleet.spend import Window, window
 from fleet.tenants import KEY_PREFIX_LEN, ApiKey, Tenant, decode_keys, decode_tenants, key_digest
-from fleet.usage import UsageRow, decode_hour, merge_edges
+from fleet.usage import UsageRow, decode_hour, edges_to_read, merge_edges
 
 
 class TenantNotFound(Exception):
@@ -232,10 +232,7 @@ class TenantStore:
         hours = range(first_hour, last_hour + 1)
         async with raise_unavailable():
             remembered: Any = await self.redis.smembers(KEY_EDGES)
-        names: list[str | None] = [
-            None,
-            *sorted({*edges, *(e.decode() if isinstance(e, bytes) else e for e in remembered)}),
-        ]
+        names = edges_to_read(edges, remembered)
         async with raise_unavailable(), self.redis.pipeline(transaction=False) as pipe:
             for hour in hours:
                 for edge in names:

@@ -77,6 +77,10 @@ class Region(_Strict):
     def domain(self) -> str:
         return self.failure_domain or self.name
 
+    def engine_of(self, replica: Replica) -> Engine:
+        """The engine ``replica`` runs: its own, else the region's."""
+        return replica.engine or self.engine
+
 
 # OpenAI's inference API: what an edge forwards unless regions.yaml says otherwise
 INFERENCE_ROUTES: dict[str, tuple[str, ...]] = {

@@ -10,7 +10,7 @@ Hours are unix hours (seconds since the epoch // 3600)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 TRAFFIC_RETENTION_S = 35 * 86_400
@@ -108,3 +108,10 @@ def merge_edges(
                 continue
             total.setdefault(at, UsageRow()).merge(row)
     return total, forged
+
+
+def edges_to_read(named: Iterable[str], remembered: Iterable[str | bytes]) -> list[str | None]:
+    """Whose usage and traffic hashes to read: every edge the topology names or the store remembers, and
+    ``None`` for the hashes all edges shared before per-edge users."""
+    seen = {*named, *(e.decode() if isinstance(e, bytes) else e for e in remembered)}
+    return [None, *sorted(seen)]

@@ -44,7 +44,7 @@ def read_store(url: str, regions: Iterable[str], *, days: float, now: float) -> 
     import redis
 
     from fleet.keys import KEY_EDGES, traffic_key
-    from fleet.usage import UsageRow, decode_minute, minute_of, plausible
+    from fleet.usage import UsageRow, decode_minute, edges_to_read, minute_of, plausible
 
     client = redis.Redis.from_url(url, decode_responses=True)
     regions = list(regions)
@@ -52,7 +52,7 @@ def read_store(url: str, regions: Iterable[str], *, days: float, now: float) -> 
     out = []
     try:
         remembered: set[str] = client.smembers(KEY_EDGES)  # type: ignore[assignment]
-        edges: list[str | None] = [None, *sorted({*regions, *remembered})]
+        edges = edges_to_read(regions, remembered)
         keys = [(r, m) for r in regions for m in range(last - int(days * 1440), last + 1)]
         for i in range(0, len(keys), 1000):
             chunk = keys[i : i + 1000]

@@ -359,7 +359,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     job = _job(st, payload, hdrs)
     if isinstance(job, web.Response):
         return job
-    hit = st.faults.models is None or payload.get("model", st.base_model) in st.faults.models
+    hit = hit_model(st, payload)
     limit = st.faults.max_model_len
     if hit and limit is not None and job.prompt_tokens + job.max_tokens > limit:
         st.stats.errors += 1

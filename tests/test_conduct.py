@@ -41,13 +41,10 @@ async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIter
         await f.close()
 
 
-async def stream(fleet: Fleet, tokens: int = 5) -> tuple[int, dict[str, str], bytes, float]:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": tokens,
-        "stream": True,
-    }
+async def post(fleet: Fleet, **fields: Any) -> tuple[int, dict[str, str], bytes, float]:
+    """A chat request from London at the eu-west-1 edge (``fields`` over a 3-token "hi"): status, headers,
+    body and how long it took."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, **fields}
     headers = {"X-Forwarded-For": CLIENT_IP["london"]}
     started = time.monotonic()
     async with (
@@ -56,6 +53,10 @@ async def stream(fleet: Fleet, tokens: int = 5) -> tuple[int, dict[str, str], by
     ):
         data = await r.read()
         return r.status, dict(r.headers), data, time.monotonic() - started
+
+
+async def stream(fleet: Fleet, tokens: int = 5) -> tuple[int, dict[str, str], bytes, float]:
+    return await post(fleet, max_tokens=tokens, stream=True)
 
 
 def replicas(fleet: Fleet) -> dict[str, Any]:
@@ -86,14 +87,8 @@ async def test_a_stream_without_its_first_token_in_time_is_served_by_another_rep
 
 
 async def chat(fleet: Fleet) -> tuple[int, dict[str, str]]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-    headers = {"X-Forwarded-For": CLIENT_IP["london"]}
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(fleet.edge_url("eu-west-1") + "v1/chat/completions", json=body, headers=headers) as r,
-    ):
-        await r.read()
-        return r.status, dict(r.headers)
+    status, headers, _, _ = await post(fleet)
+    return status, headers
 
 
 async def test_a_429_with_retry_after_keeps_new_requests_off_that_replica_until_it_passes(
@@ -239,22 +234,7 @@ async def test_a_stream_cut_after_40_of_60_tokens_reaches_the_client_whole(fleet
     cutting = headers["X-Meridian-Replica"]
     sims = replicas(fleet)
     sims[cutting].faults = Faults(cut_after_tokens=40)
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 60,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            fleet.edge_url("eu-west-1") + "v1/chat/completions",
-            json=body,
-            headers={"X-Forwarded-For": CLIENT_IP["london"]},
-        ) as r,
-    ):
-        data = await r.read()
+    _, _, data, _ = await post(fleet, max_tokens=60, stream=True, stream_options={"include_usage": True})
     events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
     assert data.rstrip().endswith(b"data: [DONE]"), data[-300:]
     words = [e["choices"][0]["delta"].get("content") for e in events if e.get("choices")]
@@ -292,17 +272,9 @@ async def test_a_content_policy_refusal_reaches_the_client_with_the_providers_re
     sims = replicas(fleet)
     sims[strict].faults = Faults(content_filter=True)
     before = {name: sim.stats.requests for name, sim in sims.items()}
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            fleet.edge_url("eu-west-1") + "v1/chat/completions",
-            json=body,
-            headers={"X-Forwarded-For": CLIENT_IP["london"]},
-        ) as r,
-    ):
-        answer = await r.json()
-        assert r.status == 400 and r.headers["X-Meridian-Attempts"] == "1"
+    status, headers, data, _ = await post(fleet)
+    answer = json.loads(data)
+    assert status == 400 and headers["X-Meridian-Attempts"] == "1"
     assert answer["error"]["code"] == "content_filter" and "content policy" in answer["error"]["message"]
     assert {n: sim.stats.requests - before[n] for n, sim in sims.items()} == {
         n: int(n == strict) for n in sims

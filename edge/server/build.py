@@ -243,5 +243,5 @@ def continuable(topo: Topology) -> frozenset[tuple[str, str]]:
         (r.name, rep.name)
         for r in topo.regions
         for rep in r.replicas
-        if (rep.engine or r.engine) in CONTINUING_ENGINES
+        if r.engine_of(rep) in CONTINUING_ENGINES
     )
