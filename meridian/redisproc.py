@@ -54,31 +54,47 @@ def _share(low: int, high: int) -> tuple[int, int]:
     return low + k * step, low + (k + 1) * step
 
 
+class _Cursor:
+    """Hands out this process's ports in turn from a random start, wrapping: a port handed out is not handed
+    out again until the whole share has gone round, so two servers of one fleet, chosen before either binds,
+    never get the same port (a random draw each time collided in about one fleet in a hundred)."""
+
+    def __init__(self) -> None:
+        import random
+
+        self.low, self.high = _share(10000, min(_ephemeral_low(), 65536))
+        self.next = random.Random().randrange(self.low, self.high)
+
+    def take(self, size: int, align: int = 1) -> int:
+        for _ in range((self.high - self.low) // max(1, align)):
+            base = -(-self.next // align) * align
+            if base + size > self.high:
+                base = -(-self.low // align) * align
+            self.next = base + size
+            if all(port_free(p) for p in range(base, base + size)):
+                return base
+        raise RuntimeError(f"no {size} free loopback ports in {self.low}-{self.high}")
+
+
+_cursor: _Cursor | None = None
+
+
+def _ports() -> _Cursor:
+    global _cursor
+    if _cursor is None:
+        _cursor = _Cursor()
+    return _cursor
+
+
 def free_port() -> int:
     """A free loopback port below the ephemeral range: a port the kernel hands out itself can be taken by
     any outgoing connection between this check and the server's bind."""
-    import random
-
-    rng = random.Random()
-    low, high = _share(10000, min(_ephemeral_low(), 65536))
-    for _ in range(1000):
-        port = rng.randrange(low, high)
-        if port_free(port):
-            return port
-    raise RuntimeError(f"no free loopback port in {low}-{high}")
+    return _ports().take(1)
 
 
 def free_block(size: int = 40) -> int:
-    """A base port below the ephemeral range with ``size`` free loopback ports after it."""
-    import random
-
-    rng = random.Random()
-    low, high = _share(10000, min(_ephemeral_low(), 65536))
-    for _ in range(100):
-        base = rng.randrange(low - low % 100 + 100, high - size, 100)
-        if all(port_free(p) for p in range(base, base + size)):
-            return base
-    raise RuntimeError("no free block of ports")
+    """A base port (a multiple of 100) below the ephemeral range, with ``size`` free loopback ports."""
+    return _ports().take(size, align=100)
 
 
 def port_free(port: int) -> bool:
