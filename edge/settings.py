@@ -29,14 +29,18 @@ class TimeoutSet(BaseModel):
         description="until a stream's first event (headers come at once from streaming servers); past it the "
         "attempt is abandoned and the request tried elsewhere (a model's own first_token_timeout_s wins)",
     )
-    idle_s: float = Field(default=60.0, gt=0, description="max gap between stream chunks")
+    idle_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="max gap between stream chunks: a longer stall is a cut (the stream goes on elsewhere)",
+    )
     total_s: float = Field(default=600.0, gt=0, description="one deadline over every attempt")
 
 
 DEFAULT_TIMEOUTS: dict[Priority, TimeoutSet] = {
-    "critical": TimeoutSet(connect_s=0.5, ttfb_s=10.0, first_token_s=5.0, idle_s=30.0, total_s=300.0),
-    "normal": TimeoutSet(connect_s=1.0, ttfb_s=30.0, first_token_s=10.0, idle_s=60.0, total_s=600.0),
-    "batch": TimeoutSet(connect_s=2.0, ttfb_s=120.0, first_token_s=60.0, idle_s=120.0, total_s=3600.0),
+    "critical": TimeoutSet(connect_s=0.5, ttfb_s=10.0, first_token_s=5.0, idle_s=10.0, total_s=300.0),
+    "normal": TimeoutSet(connect_s=1.0, ttfb_s=30.0, first_token_s=10.0, idle_s=15.0, total_s=600.0),
+    "batch": TimeoutSet(connect_s=2.0, ttfb_s=120.0, first_token_s=60.0, idle_s=60.0, total_s=3600.0),
 }
 
 

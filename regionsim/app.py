@@ -68,7 +68,9 @@ class SimState:
     max_lora: int = 4
     adapter_load_ms: float = 200.0
     api_key: str | None = None  # as vLLM's --api-key: /v1/* needs Authorization: Bearer <it>
-    faults: Faults = field(default_factory=Faults)
+    injected: Faults = field(default_factory=Faults)  # read and set as ``faults``
+    down_until: float = 0.0  # monotonic: `down_for_s` ends here
+    failures_left: int = 0  # `fail_first` still to answer
     power: Power = field(default_factory=lambda: Power(on=True))
     ready_at: float = 0.0  # monotonic time a switched-on replica serves from (its cold start)
     notice: tuple[Notice, float] | None = None  # an interruption notice and the unix time the machine goes
@@ -98,6 +100,20 @@ class SimState:
     def serving(self) -> bool:
         """On and past its cold start (off: it finishes what it runs, takes nothing new)."""
         return self.power.on and time.monotonic() >= self.ready_at
+
+    @property
+    def faults(self) -> Faults:
+        return self.injected
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        """New faults; those that last a while (``fail_first``, ``down_for_s``) count from now."""
+        self.injected, self.failures_left = faults, faults.fail_first
+        self.down_until = 0.0 if faults.down_for_s is None else time.monotonic() + faults.down_for_s
+
+    def is_down(self) -> bool:
+        """Every connection is reset: ``down``, or within ``down_for_s`` of the faults being set."""
+        return self.faults.down or time.monotonic() < self.down_until
 
     @property
     def base_model(self) -> str:
@@ -321,7 +337,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     st.stats.trace_ids.append(tid)
     del st.stats.trace_ids[:-1000]
     st.stats.priorities[request.headers.get("X-Meridian-Priority", "-")] += 1
-    if st.faults.down:
+    if st.is_down():
         return await _reset(request)
     hdrs = _sim_headers(st, request)
     if not st.serving:
@@ -338,18 +354,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return vllm_error(
             400, "this simulator streams chat and completions only", "BadRequestError", hdrs, "stream"
         )
-    if st.faults.content_filter and hit_model(st, payload):
-        st.stats.errors += 1
-        said = "The prompt was filtered by the provider's content policy (simulated)."
-        body = {
-            "error": {
-                "message": said,
-                "type": "invalid_request_error",
-                "param": "prompt",
-                "code": "content_filter",
-            }
-        }
-        return web.json_response(body, status=400, headers=hdrs)
+    refused = await _refused(request, st, payload, hdrs)
+    if refused is not None:
+        return refused
     prefix = _prefix(payload)
     if prefix is not None:  # vLLM's continue_final_message: the answer goes on from the assistant's text
         if st.faults.reject_prefix:
@@ -359,24 +366,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
     job = _job(st, payload, hdrs)
     if isinstance(job, web.Response):
         return job
-    hit = hit_model(st, payload)
-    limit = st.faults.max_model_len
-    if hit and limit is not None and job.prompt_tokens + job.max_tokens > limit:
-        st.stats.errors += 1
-        asked = job.prompt_tokens + job.max_tokens
-        said = (
-            f"This model's maximum context length is {limit} tokens. However, you requested {asked} tokens "
-            f"({job.prompt_tokens} in the messages, {job.max_tokens} in the completion). Please reduce the "
-            "length of the messages or completion."
-        )
-        return vllm_error(400, said, "BadRequestError", hdrs)
-    if hit and st.rng.random() < st.faults.error_rate:
-        st.stats.errors += 1
-        f = st.faults
-        if f.retry_after_s is not None:
-            hdrs = {**hdrs, "Retry-After": str(f.retry_after_s)}
-        kind = VLLM_ERROR_TYPES.get(f.error_status, "InternalServerError")
-        return vllm_error(f.error_status, f"simulated {f.error_status}", kind, hdrs)
+    too_long = _over_context(st, payload, job, hdrs)
+    if too_long is not None:
+        return too_long
     if len(st.engine.waiting) >= st.max_queue:
         st.stats.rejected += 1
         return vllm_error(429, "queue full", "TooManyRequestsError", hdrs)
@@ -395,6 +387,56 @@ async def chat(request: web.Request) -> web.StreamResponse:
         st.started.pop(job, None)
         st.engine.finish(job)
         st.pump()
+
+
+async def _refused(
+    request: web.Request, st: SimState, payload: dict[str, Any], hdrs: dict[str, str]
+) -> web.StreamResponse | None:
+    """The injected faults that answer a request for a hit model before any work: a reset, a content-policy
+    refusal, an error (``fail_first``, else at ``error_rate``). None: the request goes on."""
+    if not hit_model(st, payload):
+        return None
+    f = st.faults
+    if f.reset:
+        st.stats.errors += 1
+        return await _reset(request)
+    if f.content_filter:
+        st.stats.errors += 1
+        said = "The prompt was filtered by the provider's content policy (simulated)."
+        body = {
+            "error": {
+                "message": said,
+                "type": "invalid_request_error",
+                "param": "prompt",
+                "code": "content_filter",
+            }
+        }
+        return web.json_response(body, status=400, headers=hdrs)
+    if st.failures_left > 0 or st.rng.random() < f.error_rate:
+        st.failures_left = max(0, st.failures_left - 1)
+        st.stats.errors += 1
+        if f.retry_after_s is not None:
+            hdrs = {**hdrs, "Retry-After": str(f.retry_after_s)}
+        kind = VLLM_ERROR_TYPES.get(f.error_status, "InternalServerError")
+        return vllm_error(f.error_status, f"simulated {f.error_status}", kind, hdrs)
+    return None
+
+
+def _over_context(
+    st: SimState, payload: dict[str, Any], job: Job, hdrs: dict[str, str]
+) -> web.Response | None:
+    """vLLM's 400 when prompt and max_tokens pass the (injected) ``max_model_len``; else None."""
+    limit = st.faults.max_model_len
+    if not hit_model(st, payload) or limit is None or job.prompt_tokens + job.max_tokens <= limit:
+        return None
+    st.stats.errors += 1
+    asked = job.prompt_tokens + job.max_tokens
+    said = (
+        f"This model's maximum context length is {limit} tokens. However, you requested {asked} tokens "
+        f"({job.prompt_tokens} in the messages, {job.max_tokens} in the completion). Please reduce the "
+        "length of the messages or completion."
+    )
+    return vllm_error(400, said, "BadRequestError", hdrs)
 
 
 Shape = Literal["chat", "completion", "response"]
@@ -505,6 +547,11 @@ async def _generate(
                 if cut is not None and i >= cut and request.transport is not None:
                     request.transport.abort()  # the machine went mid-answer: the client sees a reset
                     return resp
+                if i == st.faults.end_after_tokens:  # a truncation dressed as an end
+                    await resp.write_eof()
+                    return resp
+                if i == st.faults.stall_after_tokens:  # the engine stops sending for a while
+                    await asyncio.sleep(st.faults.stall_s)
                 if i == st.faults.malformed_event_at:  # a broken event, then the stream goes on
                     await resp.write(b'data: {"id": "' + rid.encode() + b'", "choices": [\n\n')
                 await resp.write(_chunk(shape, rid, created, model, word + " ", None))
@@ -515,7 +562,8 @@ async def _generate(
                 final = {"id": rid, "object": obj, "created": created, "model": model}
                 final.update(choices=[], usage=usage)
                 await resp.write(b"data: " + json.dumps(final).encode() + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
+            if not st.faults.no_done:
+                await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         finally:
             st.stats.streams_open -= 1
@@ -548,7 +596,7 @@ async def embeddings(request: web.Request) -> web.Response:
     st = request.app[STATE]
     await st.network(request)
     st.stats.requests += 1
-    if st.faults.down:
+    if st.is_down():
         return await _reset(request)
     hdrs = _sim_headers(st, request)
     try:
@@ -579,7 +627,7 @@ async def embeddings(request: web.Request) -> web.Response:
 async def models_list(request: web.Request) -> web.Response:
     st = request.app[STATE]
     await st.network(request)
-    if st.faults.down:
+    if st.is_down():
         return await _reset(request)
     data = [
         {
@@ -599,7 +647,7 @@ async def models_list(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     st = request.app[STATE]
     await st.network(request)
-    if st.faults.down or not st.serving:
+    if st.is_down() or not st.serving:
         return web.Response(status=503, headers=_sim_headers(st, request))
     return web.json_response({"status": "ok"}, headers=_sim_headers(st, request))
 

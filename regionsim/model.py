@@ -40,6 +40,27 @@ class Faults(BaseModel):
         le=1_000_000,
         description="a stream breaks off (connection reset) after this many tokens",
     )
+    fail_first: int = Field(
+        default=0, ge=0, le=1_000_000, description="the next N requests answer error_status, then all is well"
+    )
+    reset: bool = Field(default=False, description="the connection is reset before any header")
+    stall_after_tokens: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="a stream pauses after this many tokens"
+    )
+    stall_s: float = Field(default=3600.0, ge=0.0, le=86_400, description="for this long, then goes on")
+    no_done: bool = Field(default=False, description="a stream ends without its final `data: [DONE]`")
+    end_after_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="a stream ends cleanly after this many tokens: no finish reason, no [DONE]",
+    )
+    down_for_s: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=86_400,
+        description="down (every connection reset) for this long from now, then healthy again",
+    )
 
 
 class Power(BaseModel):

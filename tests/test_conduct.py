@@ -20,8 +20,9 @@ from tests.geodb import CLIENT_IP
 
 MODEL = "llama-3.1-8b-instruct"
 FIRST_TOKEN_S = 0.5
-# every priority's first-token limit short, so a slow replica is given up on quickly
-TIMEOUTS = {p: {"first_token_s": FIRST_TOKEN_S} for p in ("critical", "normal", "batch")}
+IDLE_S = 1.0
+# every priority's first-token and idle limits short, so a slow or stalled replica is given up on quickly
+TIMEOUTS = {p: {"first_token_s": FIRST_TOKEN_S, "idle_s": IDLE_S} for p in ("critical", "normal", "batch")}
 
 
 @pytest.fixture
@@ -282,3 +283,110 @@ async def test_a_content_policy_refusal_reaches_the_client_with_the_providers_re
     sims[strict].faults = Faults()
     status, headers = await chat(fleet)
     assert status == 200 and headers["X-Meridian-Replica"] == strict  # not held against it
+
+
+def served_tokens(data: bytes) -> list[str]:
+    events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+    return [w for e in events for c in e.get("choices", []) if (w := c.get("delta", {}).get("content"))]
+
+
+async def test_a_500_once_is_retried_on_the_other_replica_of_the_region(fleet: Fleet) -> None:
+    """One 500 (the request broke one run): the other replica answers at once; the failing one was asked
+    once and serves the next request itself."""
+    _, headers = await chat(fleet)
+    flaky = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[flaky].faults = Faults(fail_first=1, error_status=500)
+    before = {name: sim.stats.requests for name, sim in sims.items()}
+    status, headers = await chat(fleet)
+    assert status == 200 and headers["X-Meridian-Replica"] != flaky and headers["X-Meridian-Attempts"] == "2"
+    assert {n: sim.stats.requests - before[n] for n, sim in sims.items()} == {n: 1 for n in sims}
+    assert sims[flaky].stats.errors == 1
+
+
+async def test_a_reset_before_any_header_is_retried_on_the_other_replica(fleet: Fleet) -> None:
+    _, headers = await chat(fleet)
+    resetting = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[resetting].faults = Faults(reset=True)
+    before = sims[resetting].stats.requests
+    status, headers = await chat(fleet)
+    assert status == 200 and headers["X-Meridian-Replica"] != resetting
+    assert sims[resetting].stats.requests - before == 1
+    sims[resetting].faults = Faults()
+    assert (await chat(fleet))[0] == 200
+
+
+async def test_a_429_without_retry_after_on_every_replica_falls_back_without_a_tight_loop(
+    fleet: Fleet,
+) -> None:
+    """Every replica of the model refuses (429, no Retry-After): each is asked once, the request falls back
+    to the catalog's next model; the next request does not ask the refusing replicas again at once."""
+    big, small = "llama-3.1-70b-instruct", MODEL  # regions.yaml: the 70b falls back to the 8b
+    sims = replicas(fleet)
+    for sim in sims.values():
+        sim.faults = Faults(error_rate=1.0, error_status=429, models=[big])
+    status, headers, data, _ = await post(fleet, model=big)
+    assert status == 200 and headers["X-Meridian-Model"] == small and json.loads(data)["model"] == small
+    assert sorted(sim.stats.errors for sim in sims.values()) == [1, 1]  # each replica once: bounded
+    status, headers, _, _ = await post(fleet, model=big)
+    assert status == 200 and headers["X-Meridian-Model"] == small
+    assert sum(sim.stats.errors for sim in sims.values()) <= 3  # held: not asked again and again
+
+
+async def test_a_stream_that_stalls_is_cut_at_the_idle_limit_and_goes_on_elsewhere(fleet: Fleet) -> None:
+    """After 3 tokens the replica falls silent: past the idle limit the edge treats it as a cut and the
+    other replica finishes the answer: the client gets every token and [DONE], in about the idle limit."""
+    _, headers, _, _ = await stream(fleet)
+    stalling = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[stalling].faults = Faults(stall_after_tokens=3, stall_s=600)
+    status, _, data, took = await stream(fleet, tokens=8)
+    assert status == 200 and data.rstrip().endswith(b"data: [DONE]"), data[-300:]
+    assert len(served_tokens(data)) == 8 and IDLE_S <= took < IDLE_S + 2.0, took
+    (other,) = set(sims) - {stalling}
+    assert [len(p.split()) for p in sims[other].stats.continued] == [3]
+
+
+async def test_a_whole_stream_without_done_gets_its_done_from_the_edge(fleet: Fleet) -> None:
+    """A server that leaves out `data: [DONE]` after a finished answer: the client's stream still ends as
+    OpenAI's does, and the answer is not treated as a cut (nobody is asked to go on)."""
+    sims = replicas(fleet)
+    for sim in sims.values():
+        sim.faults = Faults(no_done=True)
+    status, headers, data, _ = await stream(fleet, tokens=5)
+    assert status == 200 and data.endswith(b"data: [DONE]\n\n") and len(served_tokens(data)) == 5
+    assert headers["X-Meridian-Attempts"] == "1"
+    assert all(not sim.stats.continued for sim in sims.values())
+
+
+async def test_a_replica_down_for_a_while_is_routed_around_and_back_in_service_after(fleet: Fleet) -> None:
+    """Down for 2 s (every connection reset): the other replica serves meanwhile; within 30 s of its
+    recovery the replica is serving again (half-open probes, not a permanent ejection)."""
+    _, headers = await chat(fleet)
+    down = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[down].faults = Faults(down_for_s=2.0)
+    back_at = time.monotonic() + 2.0
+    for _ in range(5):
+        status, headers = await chat(fleet)
+        assert status == 200 and headers["X-Meridian-Replica"] != down
+
+    async def serving_again() -> bool:
+        return (await chat(fleet))[1]["X-Meridian-Replica"] == down
+
+    await wait_for(serving_again, timeout=32, what="the replica serving again after its recovery")
+    assert time.monotonic() - back_at < 30
+
+
+async def test_a_stream_that_ends_early_without_a_finish_is_a_cut_not_a_success(fleet: Fleet) -> None:
+    """A stream that ends cleanly after 4 of 10 tokens (no finish reason, no [DONE]) is not passed off as
+    whole: it is treated as a cut and the other replica finishes the answer."""
+    _, headers, _, _ = await stream(fleet)
+    short = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[short].faults = Faults(end_after_tokens=4)
+    status, _, data, _ = await stream(fleet, tokens=10)
+    assert status == 200 and data.endswith(b"data: [DONE]\n\n") and len(served_tokens(data)) == 10
+    (other,) = set(sims) - {short}
+    assert [len(p.split()) for p in sims[other].stats.continued] == [4]

@@ -86,18 +86,19 @@ class FakeResponse:
         ctype = "text/event-stream" if b.sse else "application/json"
         self.headers = CIMultiDict({"Content-Type": ctype, "X-Replica": url})
         self.content_type = ctype
-        self.body = b"data: 1\n\n" if b.sse else b'{"ok": true}'
+        self.body = b"data: 1\n\ndata: [DONE]\n\n" if b.sse else b'{"ok": true}'
         self.content_length = None if b.sse else len(self.body)
         self.buffered = 0
         self.complete = not b.sse
         self._b, self._log, self._url = b, log, url
         self._sent = False
 
-    async def readany(self) -> bytes:
+    async def readany(self, within_s: float | None = None) -> bytes:
         if self._sent:
             return b""
         try:
-            await asyncio.sleep(self._b.first_event_after_s)
+            async with asyncio.timeout(within_s):
+                await asyncio.sleep(self._b.first_event_after_s)
         except asyncio.CancelledError:
             self._log.append(f"{self._url} cancelled at first event")
             raise
@@ -329,7 +330,7 @@ async def test_the_hedge_wins_and_the_loser_is_cancelled_and_its_connection_clos
     row = Row({A1: [slow_stream], A2: [slow_stream], B1: [SSE], B2: [SSE]}, hedge_delay_s=0.02)
     rig, resp, body = await rig_for(row)
     assert resp.status == 200 and resp.headers["X-Meridian-Hedged"] == "1"
-    assert resp.headers["X-Meridian-Region"] == "b" and body == b"data: 1\n\n"
+    assert resp.headers["X-Meridian-Region"] == "b" and body == b"data: 1\n\ndata: [DONE]\n\n"
     loser = rig.pool.urls()[0]
     assert f"{loser} cancelled at first event" in rig.pool.log
     assert f"{loser} closed" in rig.pool.log and f"{loser} released" not in rig.pool.log  # not reused

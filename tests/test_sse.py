@@ -39,3 +39,30 @@ def test_a_partial_event_at_the_end_is_dropped_and_counted() -> None:
     assert frames.feed(OK + OK[:20]) == OK
     frames.end()
     assert frames.dropped == 1
+
+
+@pytest.mark.parametrize(
+    ("events", "finished"),
+    [
+        ([b'data: {"choices": [{"delta": {"content": "a"}, "finish_reason": null}]}\n\n'], False),
+        ([b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'], True),
+        (
+            [
+                b'data: {"choices": [{"delta": {}, "finish_reason":"length"}]}\n\n',
+                b'data: {"choices": [], "usage": {"prompt_tokens": 1}}\n\n',
+            ],
+            True,
+        ),
+        (
+            [b'data: {"choices": [{"delta": {"content": "a"}, "finish_reason": null}]}\n\ndata: [DONE]\n\n'],
+            True,
+        ),
+        ([b"data: [DONE]\n\n"], True),
+    ],
+    ids=["cut short", "finish reason", "finish then usage", "done in one chunk", "done"],
+)
+def test_a_stream_says_whether_its_answer_was_whole(events: list[bytes], finished: bool) -> None:
+    frames = EventFrames()
+    for e in events:
+        frames.feed(e)
+    assert frames.finished() is finished

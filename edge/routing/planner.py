@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -231,14 +231,30 @@ class Planner:
         """Replicas of ``region`` a request may go to now: serving in the store (and serving ``model``),
         admitted by the breakers (all serving ones if the breakers admit none: the store's view is the
         fallback)."""
+        serving = self._serving(region, model)
+        return self.outliers.admitted(region, serving, self.clock()) or serving
+
+    def _serving(self, region: str, model: str | None) -> list[str]:
+        """Replicas of ``region`` serving in the store (and serving ``model``)."""
         routes = self.routes
         if routes is None:
             return []
         if model is None or self.topology.catalog.open:
-            serving = routes.serving(region)
-        else:
-            serving = routes.serving_model(region, model)
-        return self.outliers.admitted(region, serving, self.clock()) or serving
+            return routes.serving(region)
+        return routes.serving_model(region, model)
+
+    def refusing(self, regions: Iterable[str], model: str | None) -> bool:
+        """No replica serving ``model`` in ``regions`` is admitted now: each is held (a 429) or ejected by
+        its breaker. A fallback model, if the request has one, is asked before them (never a tight loop on
+        replicas that refuse); a breaker's half-open probe admits one again."""
+        if self.routes is None:
+            return False
+        now = self.clock()
+        for region in regions:
+            serving = self._serving(region, model)
+            if serving and self.outliers.admitted(region, serving, now):
+                return False
+        return True
 
     def choose(self, region: str, exclude: frozenset[str], wanted: Wanted) -> Pick | None:
         """The replica of ``region`` for a request wanting ``wanted``, none of ``exclude``."""

@@ -332,6 +332,9 @@ class Proxy:
         )
         fallbacks = list(self.catalog.fallbacks(wanted.model)) if wanted.model is not None else []
         while True:
+            if fallbacks and self.planner.refusing(plan.decision.order, wanted.model):
+                plan, wanted, body = self._on_error(place, snap, wanted, body, fallbacks)
+                continue
             larger = self._larger(wanted.model, fallbacks)
             answer = await self.forwarder.forward(
                 request,

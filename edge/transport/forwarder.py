@@ -44,7 +44,7 @@ from edge.telemetry.usage import Tally
 from edge.transport.continuation import Sent, Stitch, continuation_body, partial_of
 from edge.transport.hedging import HedgePolicy
 from edge.transport.retry_budget import RetryBudget, backoff_s
-from edge.transport.sse import EventFrames
+from edge.transport.sse import DONE, EventFrames
 from edge.transport.upstream import UpstreamPool, UpstreamResponse, encode_header_text
 
 log = logging.getLogger("meridian.forwarder")
@@ -75,6 +75,13 @@ def _connection_tokens(value: str) -> frozenset[str]:
 BUFFER_LIMIT = 1 << 20  # non-streaming upstream bodies up to this size are sent with Content-Length
 CHAT = "/v1/chat/completions"  # the route whose streams can go on elsewhere after a cut
 ERROR_BODY_LIMIT = 1 << 16  # a 400's body up to this size is read to tell a context error
+OPENAI_STREAMS = (CHAT, "/v1/completions")  # streams that end with `data: [DONE]`
+
+
+class ShortStream(ConnectionError):
+    """A stream ended cleanly before its answer did (no finish reason, no ``[DONE]``): a cut."""
+
+
 STREAM_ERRORS = (OSError, TimeoutError)  # a body read that broke off (the pool raises ConnectionErrors)
 
 
@@ -442,9 +449,8 @@ class Forwarder:
             if outcome.kind == "ok" and upstream.content_type == "text/event-stream":
                 # a streaming server sends its headers at once: the attempt stands or falls on its first event
                 left = min(call.timeouts.first_token_s, call.deadline - t0) - (time.monotonic() - t0)
-                try:
-                    async with asyncio.timeout(max(0.001, left)):
-                        first = await upstream.readany()
+                try:  # the first-token limit, not the idle one, holds until the first event
+                    first = await upstream.readany(within_s=max(0.001, left))
                 except TimeoutError:
                     outcome = FIRST_TOKEN
                     upstream.close()
@@ -641,6 +647,8 @@ class Forwarder:
                     raise TimeoutError("total timeout")
                 if call.standing is not None and call.standing.revoked():
                     return await self._revoked(r, resp)
+            if frames is not None and not frames.done and call.path_qs.startswith(OPENAI_STREAMS):
+                await self._unfinished(resp, frames)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             if request.transport is None or request.transport.is_closing():
                 self.metrics.stream_aborts.labels(region=attempt.region, side="client").inc()
@@ -666,6 +674,16 @@ class Forwarder:
         resp.headers.update(meridian)
         await resp.prepare(call.request)
         return resp
+
+    @staticmethod
+    async def _unfinished(resp: web.StreamResponse, frames: EventFrames) -> None:
+        """A chat or completion stream ended without ``[DONE]``: if its answer was whole (a finish reason
+        went by) the client gets the ``[DONE]`` it expects; else it was cut short (``ShortStream``)."""
+        if frames.passing:
+            return
+        if not frames.finished():
+            raise ShortStream("the stream ended before its answer did")
+        await resp.write(DONE)
 
     def _framed(self, frames: EventFrames | None, attempt: Attempt) -> None:
         """A stream ended: a partial event still held is dropped; what was dropped is counted."""

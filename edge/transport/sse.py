@@ -1,23 +1,35 @@
 """Server-sent events as the edge relays them (pure, no I/O): whole events only, each ``data:`` payload valid
 JSON or ``[DONE]``. A malformed event is dropped and counted; a partial one is held until it completes and
 dropped (counted) if the stream ends first — nothing partial or broken reaches the client. A stream framed
-with CRLF, or one whose events never end, is passed through as it comes (``passing``)."""
+with CRLF, or one whose events never end, is passed through as it comes (``passing``). It also tells whether a
+stream ended as a chat or completion stream should: with ``[DONE]``, or at least with a finish reason."""
 
 from __future__ import annotations
+
+import re
 
 import msgspec
 
 _RAW = msgspec.json.Decoder(msgspec.Raw)  # validates the JSON without building it (~0.3 µs an event)
 MOST_HELD = 1 << 16  # a partial event longer than this: not an event stream we can frame
+DONE = b"data: [DONE]\n\n"
+_FINISHED = re.compile(rb'"finish_reason":\s*"')  # a finish reason set (not null)
 
 
 class EventFrames:
-    __slots__ = ("dropped", "passing", "tail")
+    __slots__ = ("done", "dropped", "last", "passing", "prev", "tail")
 
     def __init__(self) -> None:
         self.tail = b""
         self.dropped = 0
         self.passing = False
+        self.done = False  # `data: [DONE]` went by
+        self.prev = self.last = b""  # the last two pieces passed on
+
+    def finished(self) -> bool:
+        """The stream said its answer was whole: ``[DONE]``, or a finish reason in its last events (a server
+        that leaves ``[DONE]`` out). A stream that ends without either was cut short."""
+        return self.done or any(_FINISHED.search(c) for c in (self.prev, self.last))
 
     def feed(self, chunk: bytes) -> bytes:
         """What of ``chunk`` (and what was held before it) may go to the client now."""
@@ -35,16 +47,19 @@ class EventFrames:
                 return b""
             chunk, self.tail = chunk[: end + 2], chunk[end + 2 :]
         if chunk.count(b"\n\n") == 1:  # one event a chunk, as engines send them
-            if _well_formed(chunk[:-2]):
-                return chunk
-            self.dropped += 1
-            return b""
-        events = chunk.split(b"\n\n")[:-1]
-        kept = [e for e in events if _well_formed(e)]
-        if len(kept) == len(events):
-            return chunk
-        self.dropped += len(events) - len(kept)
-        return b"".join(e + b"\n\n" for e in kept)
+            if not _well_formed(chunk[:-2]):
+                self.dropped += 1
+                return b""
+            self.done = self.done or chunk == DONE
+        else:
+            events = chunk.split(b"\n\n")[:-1]
+            kept = [e for e in events if _well_formed(e)]
+            if len(kept) != len(events):
+                self.dropped += len(events) - len(kept)
+                chunk = b"".join(e + b"\n\n" for e in kept)
+            self.done = self.done or chunk.endswith(DONE)
+        self.prev, self.last = self.last, chunk
+        return chunk
 
     def end(self) -> None:
         """The stream ended: a partial event still held is dropped."""

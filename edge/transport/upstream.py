@@ -219,9 +219,9 @@ class UpstreamResponse:
             self._error = exc
         self._wake()
 
-    async def readany(self) -> bytes:
+    async def readany(self, within_s: float | None = None) -> bytes:
         """The next piece of body as it arrived; b"" at the end. UpstreamError if cut off, TimeoutError when
-        the region stays silent longer than the idle timeout."""
+        the region stays silent longer than ``within_s`` (default: the idle timeout)."""
         while not self._chunks:
             if self.complete:
                 return b""
@@ -229,7 +229,8 @@ class UpstreamResponse:
                 raise self._error
             loop = self._conn.loop
             waiter = self._waiter = loop.create_future()
-            timer = None if self._idle_s is None else loop.call_later(self._idle_s, _expire, waiter)
+            idle_s = self._idle_s if within_s is None else within_s
+            timer = None if idle_s is None else loop.call_later(idle_s, _expire, waiter)
             try:
                 await waiter
             finally:
