@@ -48,6 +48,11 @@ class ModelSpec(BaseModel):
         le=3600,
         description="this model's limit to a stream's first event (a big model's prefill may need longer)",
     )
+    continuation: Literal["prefill", "none"] | None = Field(
+        default=None,
+        description="whether a broken-off stream of this model may go on elsewhere from its partial answer: "
+        "prefill (the servers take continue_final_message), none (never), unset (by each replica's engine)",
+    )
 
     @property
     def is_adapter(self) -> bool:
@@ -95,6 +100,13 @@ class Catalog:
     def first_token_timeout_s(self, model: str | None) -> float | None:
         spec = self.models.get(model) if model is not None else None
         return spec.first_token_timeout_s if spec is not None else None
+
+    def continuation(self, model: str | None) -> bool | None:
+        """Whether ``model``'s streams may be continued (None: the catalog does not say; the engine does)."""
+        spec = self.models.get(model) if model is not None else None
+        if spec is None or spec.continuation is None:
+            return None
+        return spec.continuation == "prefill"
 
     def adapter_base(self, model: str) -> str | None:
         spec = self.models.get(model)

@@ -390,3 +390,30 @@ async def test_a_stream_that_ends_early_without_a_finish_is_a_cut_not_a_success(
     assert status == 200 and data.endswith(b"data: [DONE]\n\n") and len(served_tokens(data)) == 10
     (other,) = set(sims) - {short}
     assert [len(p.split()) for p in sims[other].stats.continued] == [4]
+
+
+async def test_a_model_the_catalog_says_cannot_be_continued_ends_with_the_error_event(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """`continuation: none` in the catalog wins over the engine (vllm would take the prefix): a stream cut
+    after 3 tokens ends with the stream_cut error event, and no replica is asked to go on."""
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        catalog=True,
+        regions=("eu-west-1",),
+        sim_kwargs={"ttft_ms": 1.0},
+        edge_overrides={"timeouts": TIMEOUTS},
+        model_overrides={MODEL: {"continuation": "none"}},
+    )
+    try:
+        _, headers, _, _ = await stream(f)
+        sims = replicas(f)
+        sims[headers["X-Meridian-Replica"]].faults = Faults(cut_after_tokens=3)
+        status, _, data, _ = await stream(f, tokens=10)
+        events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+        assert status == 200 and events[-1]["error"]["code"] == "stream_cut", events[-1]
+        assert all(not sim.stats.continued for sim in sims.values())
+    finally:
+        await f.close()

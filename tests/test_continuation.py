@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from edge.transport.continuation import Stitch, continuation_body, partial_of
+import pytest
+
+from edge.transport.continuation import Continuable, Stitch, continuation_body, partial_of
 
 
 def event(stream_id: str, content: str | None = None, usage: dict[str, int] | None = None) -> bytes:
@@ -36,3 +38,20 @@ def test_the_continuations_events_become_the_original_streams() -> None:
     usage = json.loads(stitch.rewrite(event("new", usage={"prompt_tokens": 52, "completion_tokens": 20}))[6:])
     assert usage["id"] == "orig"
     assert usage["usage"] == {"prompt_tokens": 12, "completion_tokens": 60, "total_tokens": 72}
+
+
+@pytest.mark.parametrize(
+    ("models", "replica", "model", "goes_on"),
+    [
+        (None, ("r", "vllm-1"), "m", True),  # the engine decides
+        (None, ("r", "plain-1"), "m", False),
+        ({"m": False}, ("r", "vllm-1"), "m", False),  # continuation: none wins over the engine
+        ({"m": True}, ("r", "plain-1"), "m", True),  # continuation: prefill wins over the engine
+        ({"m": False}, ("r", "vllm-1"), "other", True),  # another model: the engine again
+        ({"m": False}, ("r", "vllm-1"), None, True),
+    ],
+)
+def test_where_a_stream_may_go_on(
+    models: dict[str, bool] | None, replica: tuple[str, str], model: str | None, goes_on: bool
+) -> None:
+    assert Continuable(frozenset({("r", "vllm-1")}), models).at(*replica, model) is goes_on

@@ -27,6 +27,7 @@ from edge.settings import EdgeSettings
 from edge.telemetry import tracing
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.observed import Observed
+from edge.transport.continuation import Continuable
 from edge.transport.forwarder import Resilience
 from edge.transport.hedging import HedgeBudget, HedgePolicy
 from edge.transport.retry_budget import RetryBudget
@@ -237,11 +238,14 @@ def rtt(settings: EdgeSettings, topo: Topology, pool: UpstreamPool, observed: Ob
 CONTINUING_ENGINES = frozenset({"vllm", "sglang"})  # take continue_final_message with add_generation_prompt
 
 
-def continuable(topo: Topology) -> frozenset[tuple[str, str]]:
-    """Replicas a broken-off chat stream may go on at: their engine continues an assistant's text."""
-    return frozenset(
+def continuable(topo: Topology) -> Continuable:
+    """Where a broken-off chat stream may go on: the catalog's word per model, else the replica's engine."""
+    engines = frozenset(
         (r.name, rep.name)
         for r in topo.regions
         for rep in r.replicas
         if r.engine_of(rep) in CONTINUING_ENGINES
     )
+    catalog = topo.catalog
+    said = {m: ok for m in catalog.models if (ok := catalog.continuation(m)) is not None}
+    return Continuable(engines, said or None)

@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 _ID = re.compile(rb'"id":\s*"([^"]+)"')
 MOST_KEPT = 1 << 20  # a stream longer than this is not continued: its events are not kept
+
+
+@dataclass(frozen=True, slots=True)
+class Continuable:
+    """Where a broken-off stream may go on: a model's own word in the catalog (``continuation:``) wins,
+    else the replica's engine decides (vllm and sglang take ``continue_final_message``)."""
+
+    engines: frozenset[tuple[str, str]] = frozenset()  # (region, replica) whose engine continues
+    models: Mapping[str, bool] | None = None  # model -> the catalog's word, where it says one
+
+    def at(self, region: str, replica: str, model: str | None) -> bool:
+        said = self.models.get(model) if self.models is not None and model is not None else None
+        return (region, replica) in self.engines if said is None else said
 
 
 class Sent:

@@ -41,7 +41,7 @@ from edge.telemetry import tracing
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Tally
-from edge.transport.continuation import Sent, Stitch, continuation_body, partial_of
+from edge.transport.continuation import Continuable, Sent, Stitch, continuation_body, partial_of
 from edge.transport.hedging import HedgePolicy
 from edge.transport.retry_budget import RetryBudget, backoff_s
 from edge.transport.sse import DONE, EventFrames
@@ -75,6 +75,7 @@ def _connection_tokens(value: str) -> frozenset[str]:
 BUFFER_LIMIT = 1 << 20  # non-streaming upstream bodies up to this size are sent with Content-Length
 CHAT = "/v1/chat/completions"  # the route whose streams can go on elsewhere after a cut
 ERROR_BODY_LIMIT = 1 << 16  # a 400's body up to this size is read to tell a context error
+NOWHERE = Continuable()  # no stream goes on elsewhere
 OPENAI_STREAMS = (CHAT, "/v1/completions")  # streams that end with `data: [DONE]`
 
 
@@ -260,7 +261,7 @@ class Forwarder:
         hedging: HedgePolicy,
         edge_region: str,
         replica_header: bool = True,
-        continuable: frozenset[tuple[str, str]] = frozenset(),
+        continuable: Continuable = NOWHERE,
     ) -> None:
         self.replica_header = replica_header
         self.pool = pool
@@ -270,7 +271,7 @@ class Forwarder:
         self.res = resilience
         self.hedging = hedging
         self.edge_region = edge_region
-        self.continuable = continuable  # (region, replica) whose engine takes continue_final_message
+        self.continuable = continuable  # where a broken-off stream may go on
 
     async def forward(
         self,
@@ -772,7 +773,9 @@ class Forwarder:
         nxt = plan.next()
         partial, count, stream_id = partial_of(sent)
         body = continuation_body(call.body, partial, count)
-        if nxt is None or (nxt.region, nxt.replica) not in self.continuable or body is None or not stream_id:
+        if nxt is None or not self.continuable.at(nxt.region, nxt.replica, call.model):
+            return False
+        if body is None or not stream_id:
             return False
         span = self._begin(call, nxt)
         upstream: UpstreamResponse | None = None
