@@ -135,9 +135,23 @@ class EdgeSettings(BaseSettings):
     hedge_fixed_delay_s: float | None = Field(
         default=None, gt=0, description="fixed delay instead of adaptive"
     )
+    hedge_delay_body_multiple: float | None = Field(
+        default=3.0,
+        gt=1,
+        description="the adaptive delay is at most this many times the median time to first byte (the "
+        "stragglers move the quantile, not the median); null: the quantile alone",
+    )
+    hedge_win_refund: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="share of its budget token a hedge gets back when it wins and cancels its primary",
+    )
     hedge_delay_floor_s: float = Field(default=0.02, ge=0)
     hedge_delay_ceiling_s: float = Field(default=2.0, gt=0)
-    hedge_budget_ratio: float = Field(default=0.05, ge=0, le=1, description="hedges per critical request")
+    hedge_budget_ratio: float = Field(
+        default=0.05, ge=0, le=1, description="budget tokens earned per critical request (a hedge costs one)"
+    )
     hedge_budget_burst: float = Field(default=5.0, ge=1)
     hedge_max_backup_utilization: float = Field(default=0.8, gt=0, le=1)
     rtt_probe_interval_s: float = Field(

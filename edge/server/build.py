@@ -106,11 +106,13 @@ def hedging(settings: EdgeSettings) -> HedgePolicy:
         floor_s=settings.hedge_delay_floor_s,
         ceiling_s=settings.hedge_delay_ceiling_s,
         slack=settings.hedge_delay_slack,
+        body_multiple=settings.hedge_delay_body_multiple,
         max_backup_utilization=settings.hedge_max_backup_utilization,
         budget=HedgeBudget(
             ratio=settings.hedge_budget_ratio,
             burst=settings.hedge_budget_burst,
             tokens=settings.hedge_budget_burst,
+            win_refund=settings.hedge_win_refund,
         ),
     )
 

@@ -398,6 +398,8 @@ class Forwarder:
             won.span.set_attribute(tracing.ATTR_WINNER, True)
             if won.attempt.kind == "hedge":
                 self.metrics.hedges.labels(outcome="won", region=won.attempt.region).inc()
+                if any(running[t] is primary for t in pending):  # cancelled before a token: less waste
+                    self.hedging.budget.won()
         return won, failed
 
     async def _cancel_losers(self, pending: set[asyncio.Task[Result]]) -> None:
