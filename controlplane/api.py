@@ -53,7 +53,7 @@ from controlplane.store import (
     VersionConflict,
     is_unavailable,
 )
-from controlplane.tenant_api import TenantController
+from controlplane.tenant_api import TenantController, top_usage
 from controlplane.workers import Workers, open_store
 from fleet.state import RegionState, Topology
 from fleet.topology import load_topology
@@ -310,6 +310,7 @@ ROUTES: list[Any] = [
     RegionController,
     AuditController,
     TenantController,
+    top_usage,
     PoolController,
     healthz,
     readyz,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Litestar
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Reference, Schema
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from fleet.state import RegionState
 from fleet.tenants import ApiKey, Budget, Limits, Priority, Tenant
@@ -204,12 +204,23 @@ class TenantList(BaseModel):
     tenants: list[Tenant]
 
 
+class KeyTerms(BaseModel):
+    """What a new key may carry (the body of POST .../keys is optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="ISO 8601 with a zone; after it every edge refuses the key (401, expired)"
+    )
+
+
 class IssuedKey(BaseModel):
     id: str
     tenant: str
     prefix: str
     key: str = Field(description="the secret: shown this once, stored only as an HMAC digest")
     created_at: float
+    expires_at: float | None = Field(default=None, description="Unix time it expires (null: never)")
 
 
 class KeyList(BaseModel):
@@ -265,6 +276,23 @@ class UsageReport(BaseModel):
     totals: UsageTotals
     daily: list[DailySpend] = Field(default_factory=list, description="spend by day, then model")
     budget: BudgetStanding | None = Field(default=None, description="null: the tenant has no budget")
+
+
+class TenantUse(BaseModel):
+    """One tenant's totals over a span, as ranked by GET /v1/usage/top."""
+
+    tenant: str
+    name: str
+    totals: UsageTotals
+
+
+class TopUsage(BaseModel):
+    start: str = Field(description="the first hour included (UTC)")
+    end: str = Field(description="``to`` (UTC, exclusive)")
+    by: Literal["tokens", "requests", "spend"]
+    tenants: list[TenantUse] = Field(
+        description="most first; tenants with no use in the span, and deleted ones, left out"
+    )
 
 
 class PoolTarget(BaseModel):

@@ -4,8 +4,9 @@ audited; a key's secret is in the answer to its creation and nowhere else."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import State
@@ -23,9 +24,12 @@ from controlplane.schemas import (
     DailySpend,
     IssuedKey,
     KeyList,
+    KeyTerms,
     TenantCreate,
     TenantList,
     TenantPatch,
+    TenantUse,
+    TopUsage,
     UsageRecord,
     UsageReport,
     UsageTotals,
@@ -127,10 +131,17 @@ class TenantController(Controller):
         status_code=201,
         responses={**ONE_TENANT, 403: WRITE_TENANT[403]},
     )
-    async def issue_key(self, tenant_id: str, request: Request[User, str, State], state: State) -> IssuedKey:
+    async def issue_key(
+        self, tenant_id: str, request: Request[User, str, State], state: State, data: KeyTerms | None = None
+    ) -> IssuedKey:
+        expires_at = None if data is None or data.expires_at is None else data.expires_at.timestamp()
+        if expires_at is not None and expires_at <= time.time():
+            raise ValidationException(
+                "expires_at is in the past", extra=[{"key": "expires_at", "source": "body"}]
+            )
         audit = AuditEntry(actor=request.user.name, reason="", action="issue key")
         try:
-            key, secret = await _tenants(state).issue_key(tenant_id, audit)
+            key, secret = await _tenants(state).issue_key(tenant_id, audit, expires_at)
         except TenantNotFound:
             raise NotFoundException(f"unknown tenant '{tenant_id}'") from None
         except KeySecretMissing:
@@ -190,17 +201,7 @@ class TenantController(Controller):
             ),
         ] = None,
     ) -> UsageReport:
-        end_at = _when(end, "to") if end is not None else datetime.now(UTC)
-        start_at = _when(start, "from") if start is not None else end_at - timedelta(hours=24)
-        if start_at >= end_at:
-            raise ValidationException("from must be before to", extra=[{"key": "from", "source": "query"}])
-        if end_at - start_at > MAX_USAGE_SPAN:
-            raise ValidationException(
-                f"from..to spans more than {MAX_USAGE_SPAN.days} days: ask for less",
-                extra=[{"key": "from", "source": "query"}],
-            )
-        first = hour_of(start_at.timestamp())
-        last = hour_of(end_at.timestamp() - 1e-6)
+        first, last, end_at = _span(start, end)
         store = _tenants(state)
         hours = await store.usage(tenant_id, first, last, edges=state.topology.names)
         try:  # 404 for a tenant that never was (a deleted tenant's usage stays for its bills)
@@ -223,6 +224,57 @@ class TenantController(Controller):
                 left_usd=max(0.0, tenant.budget.usd - usd(spent + held)),
             )
         return report
+
+
+def _span(start: str | None, end: str | None) -> tuple[int, int, datetime]:
+    """A report's ``from`` and ``to`` (default: the 24 hours to now) as its first and last hour and its
+    end; 422 naming the parameter when they are not a span a report covers."""
+    end_at = _when(end, "to") if end is not None else datetime.now(UTC)
+    start_at = _when(start, "from") if start is not None else end_at - timedelta(hours=24)
+    if start_at >= end_at:
+        raise ValidationException("from must be before to", extra=[{"key": "from", "source": "query"}])
+    if end_at - start_at > MAX_USAGE_SPAN:
+        raise ValidationException(
+            f"from..to spans more than {MAX_USAGE_SPAN.days} days: ask for less",
+            extra=[{"key": "from", "source": "query"}],
+        )
+    return hour_of(start_at.timestamp()), hour_of(end_at.timestamp() - 1e-6), end_at
+
+
+RANKED_BY: dict[str, Callable[[UsageTotals], float]] = {
+    "tokens": lambda t: t.prompt_tokens + t.completion_tokens,
+    "requests": lambda t: t.requests,
+    "spend": lambda t: t.spend_usd,
+}
+
+
+@get(
+    "/v1/usage/top",
+    guards=[staff_guard],
+    summary="The tenants using most over a span, by tokens, requests or spend",
+    responses={422: WRITE_TENANT[422]},
+)
+async def top_usage(
+    state: State,
+    by: Literal["tokens", "requests", "spend"] = "tokens",
+    n: Annotated[int, Parameter(ge=1, le=1000, description="how many tenants")] = 10,
+    start: Annotated[
+        str | None, Parameter(query="from", required=False, schema_extra={"format": "date-time"})
+    ] = None,
+    end: Annotated[
+        str | None, Parameter(query="to", required=False, schema_extra={"format": "date-time"})
+    ] = None,
+) -> TopUsage:
+    first, last, end_at = _span(start, end)
+    store = _tenants(state)
+    ranked = []
+    for tenant in await store.tenants():
+        hours = await store.usage(tenant.id, first, last, edges=state.topology.names)
+        totals = _report(tenant.id, hours, first, end_at.timestamp()).totals
+        if totals.requests:
+            ranked.append(TenantUse(tenant=tenant.id, name=tenant.name, totals=totals))
+    ranked.sort(key=lambda u: RANKED_BY[by](u.totals), reverse=True)
+    return TopUsage(start=_iso(first * 3600), end=_iso(end_at.timestamp()), by=by, tenants=ranked[:n])
 
 
 def _report(

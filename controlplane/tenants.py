@@ -103,7 +103,9 @@ class TenantStore:
 
         await self._change(tenant_id, gone, audit, drop_keys=True)
 
-    async def issue_key(self, tenant_id: str, audit: AuditEntry) -> tuple[ApiKey, str]:
+    async def issue_key(
+        self, tenant_id: str, audit: AuditEntry, expires_at: float | None = None
+    ) -> tuple[ApiKey, str]:
         if self.secret is None:
             raise KeySecretMissing()
         await self.tenant(tenant_id)
@@ -113,6 +115,7 @@ class TenantStore:
             tenant=tenant_id,
             prefix=secret_key[:KEY_PREFIX_LEN],
             created_at=time.time(),
+            expires_at=expires_at,
         )
         digest, record = key_digest(self.secret, secret_key), key.model_dump_json()
         entry = _entry(tenant_id, audit, None, key.model_dump())

@@ -99,6 +99,10 @@ class ApiKey(BaseModel):
     tenant: str
     prefix: str
     created_at: float = 0.0
+    expires_at: float | None = None  # Unix time after which every edge refuses it (None: never)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 def key_digest(secret: bytes, key: str) -> str:

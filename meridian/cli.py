@@ -19,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +255,34 @@ def _limits(args: argparse.Namespace) -> dict[str, float]:
     return {k: v for k in fields if (v := getattr(args, k)) is not None}
 
 
+UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _expiry(expires_in: str | None, expires_at: str | None) -> str | None:
+    """``--expires-in 90d`` or ``--expires-at ISO`` as the ISO 8601 time the admin API takes."""
+    if expires_at is not None:
+        return expires_at
+    if expires_in is None:
+        return None
+    number, unit = expires_in[:-1], expires_in[-1:]
+    if unit not in UNITS_S or not number.replace(".", "", 1).isdigit():
+        raise SystemExit(
+            f"meridian ctl: --expires-in {expires_in!r}: a number and one of s, m, h, d (e.g. 90d)"
+        )
+    at = datetime.now(UTC) + timedelta(seconds=float(number) * UNITS_S[unit])
+    return at.isoformat(timespec="seconds")
+
+
+def _key_line(k: dict[str, Any]) -> str:
+    expires = k.get("expires_at")
+    until = "never expires" if expires is None else f"expires {_utc(expires)}"
+    return f"{k['id']}  {k['prefix']}…  created {_utc(k['created_at'])}  {until}"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _tenant_ctl(args: argparse.Namespace) -> int:
     """Tenants and their API keys through the admin API (a key's secret is printed once, when issued). A
     tenant is named by its id or its name."""
@@ -265,11 +294,11 @@ def _tenant_ctl(args: argparse.Namespace) -> int:
         return _print_result(status, payload, args, lambda p: "\n".join(map(_tenant_line, p["tenants"])))
     if verb == "keys":
         status, payload = _admin_call(args, "GET", f"/v1/tenants/{args.tenant}/keys")
-        return _print_result(
-            status, payload, args, lambda p: "\n".join(f"{k['id']}  {k['prefix']}…" for k in p["keys"])
-        )
+        return _print_result(status, payload, args, lambda p: "\n".join(map(_key_line, p["keys"])))
     if verb == "key-issue":
-        status, payload = _admin_call(args, "POST", f"/v1/tenants/{args.tenant}/keys")
+        expires = _expiry(args.expires_in, args.expires_at)
+        terms = {"expires_at": expires} if expires else None
+        status, payload = _admin_call(args, "POST", f"/v1/tenants/{args.tenant}/keys", terms)
         return _print_result(
             status,
             payload,
@@ -379,12 +408,13 @@ def _tenant_parsers(ctl_sub: Any) -> None:
         )
         c.add_argument("--budget-period", choices=("day", "month"), default="month")
         c.add_argument("--reason", default="", help="recorded in the audit log")
-    for name, what in (
-        ("tenant-delete", "delete a tenant and its keys"),
-        ("keys", "list a tenant's keys"),
-        ("key-issue", "issue a key (printed once)"),
-    ):
+    for name, what in (("tenant-delete", "delete a tenant and its keys"), ("keys", "list a tenant's keys")):
         ctl_sub.add_parser(name, help=what).add_argument("tenant")
+    issue = ctl_sub.add_parser("key-issue", help="issue a key (printed once)")
+    issue.add_argument("tenant")
+    when = issue.add_mutually_exclusive_group()
+    when.add_argument("--expires-in", default=None, help="e.g. 90d, 12h, 30m: every edge refuses it after")
+    when.add_argument("--expires-at", default=None, help="ISO 8601 with a zone, e.g. 2027-01-01T00:00:00Z")
     usage = ctl_sub.add_parser("usage", help="a tenant's usage per hour, model and region")
     usage.add_argument("tenant")
     usage.add_argument("--from", dest="from", default=None, help="ISO 8601 (default: 24 hours before --to)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,15 @@ async def test_ctl_speaks_in_short_lines_json_on_request_and_errors_in_one_line_
     tenant, _ = await fleet.tenant_key(name="voice")
     code, out, _ = await ctl("key-issue", "Voice")  # by its name (any case) as well as its id
     key_id = out.split("(key ")[1].split()[0]
+    code, out, _ = await ctl("key-issue", "voice", "--expires-in", "90d")
+    assert code == 0 and "(key " in out
+    code, out, _ = await ctl("keys", "voice")
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 2 and sum("never expires" in line for line in lines) == 1, out
+    expiring = next(line for line in lines if "never" not in line)
+    assert f"expires {(datetime.now(UTC) + timedelta(days=90)):%Y-%m-%d}" in expiring, expiring
+    with pytest.raises(SystemExit, match="--expires-in 'soon': a number and one of s, m, h, d"):
+        await ctl("key-issue", "voice", "--expires-in", "soon")  # the program's one line on stderr
     code, out, _ = await ctl("key-revoke", tenant, key_id)
     assert code == 0 and out.strip() == f"revoked key {key_id} of tenant {tenant}"
     code, out, _ = await ctl("tenant-delete", tenant)

@@ -5,10 +5,12 @@ regions ever see a client's key."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet
+from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 REGION_KEY = "region-credential-0123"  # what regions get instead of a client's key
@@ -162,3 +164,36 @@ async def test_a_patch_takes_a_whole_number_written_as_a_float_like_json_schema_
         "PATCH", f"/v1/tenants/{tenant['id']}", body={"limits": {"max_concurrent": 312.0, "rpm": 5.0}}
     )
     assert status == 200 and body["limits"]["max_concurrent"] == 312 and body["limits"]["rpm"] == 5, body
+
+
+async def test_a_key_with_an_expiry_works_until_then_and_is_refused_after_saying_it_expired(
+    fleet: Fleet,
+) -> None:
+    tenant, _, _ = await new_tenant(fleet)
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    status, issued = await fleet.admin(
+        "POST", f"/v1/tenants/{tenant}/keys", body={"expires_at": at.isoformat()}
+    )
+    assert status == 201 and issued["expires_at"] == pytest.approx(at.timestamp())
+    key = issued["key"]
+
+    async def taken() -> bool:
+        return (await chat(fleet, "eu-west-1", key))[0] == 200
+
+    await wait_for(taken, timeout=3, what="the edge to take the new key")
+    status, keys = await fleet.admin("GET", f"/v1/tenants/{tenant}/keys")
+    assert [k["expires_at"] for k in keys["keys"] if k["id"] == issued["id"]] == [issued["expires_at"]]
+
+    async def refused() -> bool:
+        return (await chat(fleet, "eu-west-1", key))[0] == 401
+
+    await wait_for(refused, timeout=5, what="the key refused once it expired")
+    assert time.time() >= at.timestamp()  # not before its time
+    status, body = await chat(fleet, "us-east-1", key)  # every edge
+    assert status == 401 and body["error"]["code"] == "expired_api_key", body
+    assert "expired at" in body["error"]["message"] and key not in body["error"]["message"]
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    status, body = await fleet.admin("POST", f"/v1/tenants/{tenant}/keys", body={"expires_at": past})
+    assert status == 400 and "expires_at" in json.dumps(body), body
+    status, body = await fleet.admin("POST", f"/v1/tenants/{tenant}/keys", body={"expires_at": "2030-01-01"})
+    assert status == 400 and "expires_at" in json.dumps(body), body  # no zone: refused, not guessed

@@ -9,6 +9,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
@@ -58,6 +59,9 @@ class Admitted:
         return prompt_tokens(len(self.body))
 
 
+EXPIRED_CHALLENGE = 'Bearer realm="meridian", error="invalid_token", error_description="the key expired"'
+
+
 class Admission:
     def __init__(
         self,
@@ -96,6 +100,21 @@ class Admission:
             kind="invalid_request_error",
             code="invalid_api_key",
             headers={**self.edge_headers, "WWW-Authenticate": 'Bearer realm="meridian"'},
+        )
+
+    def expired(self, at: float) -> web.Response:
+        """401: the key's ``expires_at`` has passed."""
+        self.metrics.bad_input.labels(what="api_key").inc()
+        when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+        return error(
+            401,
+            f"This API key expired at {when}: ask the operators for a new one",
+            kind="invalid_request_error",
+            code="expired_api_key",
+            headers={
+                **self.edge_headers,
+                "WWW-Authenticate": 'Bearer realm="meridian", error="invalid_token"',
+            },
         )
 
     def keys_stale(self, age_s: float) -> web.Response:

@@ -29,6 +29,7 @@ KNOWN_KEYS = 100_000  # resolved keys remembered between reloads
 class Principal:
     tenant: Tenant
     key_id: str
+    expires_at: float | None = None  # Unix time (None: the key never expires)
 
 
 @dataclass(slots=True)
@@ -113,7 +114,7 @@ class TenantsFeed:
             return  # the other store's newer set landed while this one was read
         tenants = decode_tenants(raw_tenants)
         self.by_digest = {
-            digest: Principal(tenants[key.tenant], key.id)
+            digest: Principal(tenants[key.tenant], key.id, key.expires_at)
             for digest, key in decode_keys(raw_keys).items()
             if key.tenant in tenants
         }

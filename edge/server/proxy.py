@@ -102,6 +102,8 @@ class Proxy:
             principal = self.admission.authenticate(request)
             if principal is None:
                 return self.admission.unauthorized()
+            if principal.expires_at is not None and time.time() >= principal.expires_at:
+                return self.admission.expired(principal.expires_at)
         if path.startswith("/v1/models") and not self.catalog.open:
             return await self.models_view(
                 principal, path.removeprefix("/v1/models").removeprefix("/") or None
