@@ -352,8 +352,34 @@ def _pools(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top(args: argparse.Namespace) -> int:
+    """The tenants using most over the span, as a table (or the JSON with --json)."""
+    span = {k: v for k in ("from", "to") if (v := getattr(args, k))}
+    query = urllib.parse.urlencode({"by": args.by, "n": args.top, **span})
+    status, payload = _admin_call(args, "GET", f"/v1/usage/top?{query}")
+    if status != 200 or args.json:
+        return _print_result(status, payload)
+    _row(f"top {args.top} tenants by {payload['by']} from {payload['start']} to {payload['end']}")
+    _row(
+        f"{'tenant':<16}{'name':<24}{'requests':>10}{'prompt':>12}{'completion':>12}{'errors':>8}{'USD':>11}"
+    )
+    for u in payload["tenants"]:
+        t = u["totals"]
+        _row(
+            f"{u['tenant']:<16}{u['name'][:23]:<24}{t['requests']:>10}{t['prompt_tokens']:>12}"
+            f"{t['completion_tokens']:>12}{t['errors']:>8}{t['spend_usd']:>11.4f}"
+        )
+    if not payload["tenants"]:
+        _row("(no tenant used anything in this span)")
+    return 0
+
+
 def _usage(args: argparse.Namespace) -> int:
     """A tenant's usage per hour, model and region, as a table (or the JSON with --json)."""
+    if args.top is not None:
+        return _top(args)
+    if args.tenant is None:
+        raise SystemExit("meridian ctl usage: name a tenant, or ask for --top N")
     query = urllib.parse.urlencode({k: v for k in ("from", "to") if (v := getattr(args, k))})
     status, payload = _admin_call(args, "GET", f"/v1/tenants/{args.tenant}/usage?{query}")
     if status != 200 or args.json:
@@ -415,8 +441,12 @@ def _tenant_parsers(ctl_sub: Any) -> None:
     when = issue.add_mutually_exclusive_group()
     when.add_argument("--expires-in", default=None, help="e.g. 90d, 12h, 30m: every edge refuses it after")
     when.add_argument("--expires-at", default=None, help="ISO 8601 with a zone, e.g. 2027-01-01T00:00:00Z")
-    usage = ctl_sub.add_parser("usage", help="a tenant's usage per hour, model and region")
-    usage.add_argument("tenant")
+    usage = ctl_sub.add_parser(
+        "usage", help="a tenant's usage per hour, model and region; or --top N: the tenants using most"
+    )
+    usage.add_argument("tenant", nargs="?", default=None)
+    usage.add_argument("--top", type=int, default=None, metavar="N", help="the N tenants using most")
+    usage.add_argument("--by", choices=("tokens", "requests", "spend"), default="tokens")
     usage.add_argument("--from", dest="from", default=None, help="ISO 8601 (default: 24 hours before --to)")
     usage.add_argument("--to", default=None, help="ISO 8601 (default: now)")
     revoke = ctl_sub.add_parser("key-revoke", help="revoke a key (every edge refuses it within a second)")

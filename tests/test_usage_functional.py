@@ -145,3 +145,38 @@ async def test_usage_queries_are_checked(fleet: Fleet) -> None:
     assert status == 404
     status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
     assert status == 200 and body["rows"] == [] and body["totals"]["requests"] == 0
+
+
+async def test_the_tenants_using_most_are_ranked_by_tokens_requests_or_spend(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three tenants: many short requests, few long ones, none at all. By requests the first leads, by
+    tokens the second; the idle one is left out; ``ctl usage --top`` prints the same ranking."""
+    chatty, chatty_key = await fleet.tenant_key(name="chatty")
+    _, wordy_key = await fleet.tenant_key(name="wordy")
+    await fleet.tenant_key(name="idle")
+    for _ in range(4):
+        assert (await call(fleet, "eu-west-1", chatty_key, "london", max_tokens=1))[0] == 200
+    for _ in range(2):
+        assert (await call(fleet, "eu-west-1", wordy_key, "london", max_tokens=40))[0] == 200
+
+    async def ranked(by: str) -> list[str]:
+        status, body = await fleet.admin("GET", f"/v1/usage/top?by={by}&n=5")
+        assert status == 200, body
+        return [u["name"] for u in body["tenants"]]
+
+    async def written() -> bool:
+        _, body = await fleet.admin("GET", "/v1/usage/top?by=requests")
+        return sum(u["totals"]["requests"] for u in body["tenants"]) >= 6
+
+    await wait_for(written, timeout=5, what="the edges to write their usage batches")
+    assert await ranked("requests") == ["chatty", "wordy"]
+    assert await ranked("tokens") == ["wordy", "chatty"]
+    status, body = await fleet.admin("GET", "/v1/usage/top?by=fame")
+    assert status == 400 and "by" in json.dumps(body), body
+    monkeypatch.setenv("MERIDIAN_ADMIN_URL", fleet.admin_url)
+    monkeypatch.setenv("MERIDIAN_TOKEN", fleet.viewer_token)
+    assert await asyncio.to_thread(cli.main, ["ctl", "usage", "--top", "1", "--by", "requests"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[2].split()[:3] == [chatty, "chatty", "4"], lines
+    assert all(len(line) <= 100 for line in lines)
