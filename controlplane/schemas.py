@@ -7,7 +7,7 @@ from typing import Any, Literal
 from litestar import Litestar
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Reference, Schema
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fleet.state import RegionState
 from fleet.tenants import ApiKey, Budget, Limits, Priority, Tenant
@@ -209,8 +209,11 @@ class KeyTerms(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    expires_at: AwareDatetime | None = Field(
-        default=None, description="ISO 8601 with a zone; after it every edge refuses the key (401, expired)"
+    expires_at: str | None = Field(
+        default=None,
+        max_length=64,
+        json_schema_extra={"format": "date-time"},
+        description="ISO 8601 with a zone; after it every edge refuses the key (401, expired)",
     )
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi.spec import Operation, RequestBody
 from litestar.params import Parameter
 
 from controlplane.auth import User, operator_guard, staff_guard
@@ -58,6 +60,15 @@ def _check_models(state: State, models: list[str] | None) -> None:
             f"models: {', '.join(map(repr, unknown))} not in regions.yaml's catalog",
             extra=[{"key": "models", "source": "body"}],
         )
+
+
+@dataclass
+class OptionalBody(Operation):
+    """An operation whose request body may be left out (OpenAPI's ``requestBody.required: false``)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False
 
 
 class TenantController(Controller):
@@ -127,18 +138,15 @@ class TenantController(Controller):
     @post(
         "/{tenant_id:str}/keys",
         guards=[operator_guard],
-        summary="Issue an API key (its secret is shown once)",
+        summary="Issue an API key (its secret is shown once); the body, with its expiry, is optional",
         status_code=201,
-        responses={**ONE_TENANT, 403: WRITE_TENANT[403]},
+        responses={**ONE_TENANT, 403: WRITE_TENANT[403], 422: WRITE_TENANT[422]},
+        operation_class=OptionalBody,
     )
     async def issue_key(
         self, tenant_id: str, request: Request[User, str, State], state: State, data: KeyTerms | None = None
     ) -> IssuedKey:
-        expires_at = None if data is None or data.expires_at is None else data.expires_at.timestamp()
-        if expires_at is not None and expires_at <= time.time():
-            raise ValidationException(
-                "expires_at is in the past", extra=[{"key": "expires_at", "source": "body"}]
-            )
+        expires_at = _expiry(data.expires_at if data is not None else None)
         audit = AuditEntry(actor=request.user.name, reason="", action="issue key")
         try:
             key, secret = await _tenants(state).issue_key(tenant_id, audit, expires_at)
@@ -226,6 +234,28 @@ class TenantController(Controller):
         return report
 
 
+def _expiry(raw: str | None) -> float | None:
+    """A new key's expiry as Unix time; 422 naming ``expires_at`` when it is no ISO 8601 time with a zone,
+    or has passed."""
+    if raw is None:
+        return None
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationException(
+            f"expires_at must be an ISO 8601 time, e.g. 2027-01-01T00:00:00Z (got {raw[:40]!r})",
+            extra=[{"key": "expires_at", "source": "body"}],
+        ) from None
+    if at.tzinfo is None:
+        raise ValidationException(
+            "expires_at needs a zone (e.g. 2027-01-01T00:00:00Z): a time without one is not guessed",
+            extra=[{"key": "expires_at", "source": "body"}],
+        )
+    if at.timestamp() <= time.time():
+        raise ValidationException("expires_at has passed", extra=[{"key": "expires_at", "source": "body"}])
+    return at.timestamp()
+
+
 def _span(start: str | None, end: str | None) -> tuple[int, int, datetime]:
     """A report's ``from`` and ``to`` (default: the 24 hours to now) as its first and last hour and its
     end; 422 naming the parameter when they are not a span a report covers."""
@@ -252,7 +282,7 @@ RANKED_BY: dict[str, Callable[[UsageTotals], float]] = {
     "/v1/usage/top",
     guards=[staff_guard],
     summary="The tenants using most over a span, by tokens, requests or spend",
-    responses={422: WRITE_TENANT[422]},
+    responses={**AUTHENTICATED, 422: WRITE_TENANT[422]},
 )
 async def top_usage(
     state: State,
