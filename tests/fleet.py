@@ -31,7 +31,7 @@ from fleet.acl import CONTROL_PLANE, Credentials, edge_user
 from fleet.state import Topology
 from fleet.topology import load_topology
 from meridian.demo import emulated_rtt, local_topology
-from meridian.redisproc import RedisServer, SentinelServer, free_port
+from meridian.redisproc import RedisServer, SentinelServer, free_port, stop_processes
 from regionsim.app import STATE, SimState
 from regionsim.app import create_app as create_sim
 
@@ -190,10 +190,12 @@ class Fleet:
             self.uvicorn_server.should_exit = True
             await self.uvicorn_task
             self.uvicorn_task = None
-        for rs in [*self.replicas.values(), self.primary]:
-            rs.stop()
+        servers = [*self.replicas.values(), self.primary]
+        stop_processes([rs.proc for rs in servers] + [s.proc for s in self.sentinels])
+        for rs in servers:
+            rs.proc = None
         for sentinel in self.sentinels:
-            sentinel.stop()
+            sentinel.proc = None
 
 
 async def start_fleet(
