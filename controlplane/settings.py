@@ -25,14 +25,19 @@ class AdminToken(BaseModel):
 
 
 class ControlPlaneSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MERIDIAN_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MERIDIAN_", env_file=".env", extra="ignore", use_attribute_docstrings=True
+    )
 
     regions_file: Path = Path("regions.yaml")
+    """the topology file"""
     redis_url: RedisURL = Field(default="redis://127.0.0.1:6379/0", description="the Redis primary")
     redis_username: str | None = Field(default=None, description="ACL user, when the URL carries none")
     redis_password: SecretStr | None = Field(default=None, description="its password (never logged)")
     host: str = "127.0.0.1"
+    """the admin API's address"""
     port: int = Field(default=8700, ge=1, le=65535)
+    """the admin API's port"""
     admin_tokens: list[AdminToken] = Field(
         default_factory=list,
         description='JSON list: [{"name": "alice", "role": "operator", "token": "..."}]',
@@ -43,11 +48,17 @@ class ControlPlaneSettings(BaseSettings):
         description="HMAC secret for API-key digests; the same on every edge (unset: no key can be issued)",
     )
     probe_interval_s: float = Field(default=2.0, ge=0.5, le=300)
+    """health-probe every replica this often"""
     probe_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    """a probe slower than this failed"""
     probe_path: str = "/health"
+    """the health path probed (vLLM, SGLang, TGI: /health; engine openai: GET /v1/models instead)"""
     probe_rise: int = Field(default=2, ge=1, le=20)
+    """consecutive good probes before a replica's health improves"""
     probe_fall: int = Field(default=2, ge=1, le=20)
+    """consecutive bad probes before it worsens"""
     probe_enabled: bool = True
+    """probe at all (off: health only from the edges' observations)"""
     autoscaler: Literal["off", "simulator", "kubernetes"] = Field(
         default="off",
         description="regions.yaml's pools: off; simulator (switch the simulator's replica slots on and off); "
@@ -68,6 +79,7 @@ class ControlPlaneSettings(BaseSettings):
     )
     tls_key_file: FilePath | None = Field(default=None, description="its PEM private key")
     log_level: LogLevel = "INFO"
+    """the log level"""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ControlPlaneSettings:

@@ -62,10 +62,13 @@ DEFAULT_PORT = 8080
 
 
 class EdgeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MERIDIAN_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MERIDIAN_", env_file=".env", extra="ignore", use_attribute_docstrings=True
+    )
 
     region: str = Field(description="the region this edge runs in (a name from regions.yaml)")
     regions_file: Path = Path("regions.yaml")
+    """the topology file"""
     redis_url: RedisURL = Field(
         default="redis://127.0.0.1:6379/0", description="this region's Redis replica (read)"
     )
@@ -77,6 +80,7 @@ class EdgeSettings(BaseSettings):
     )
     redis_password: SecretStr | None = Field(default=None, description="its password (never logged)")
     host: str = "0.0.0.0"
+    """the client listener's address"""
     internal_port: int | None = Field(
         default=None,
         ge=1,
@@ -86,6 +90,7 @@ class EdgeSettings(BaseSettings):
     )
     internal_host: str = Field(default="127.0.0.1", description="the internal listener's address")
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    """the client listener's port"""
     workers: int = Field(default=1, ge=1, le=64, description="processes sharing the port via SO_REUSEPORT")
     geoip_db: Path | None = Field(default=None, description="a GeoIP2/GeoLite2 City .mmdb file")
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
@@ -101,7 +106,9 @@ class EdgeSettings(BaseSettings):
         default=30.0, gt=0, le=3600, description="a request body must arrive within this long, else 408"
     )
     resync_interval_s: float = Field(default=5.0, gt=0, le=300)
+    """re-read the state store this often even without a change notice"""
     observation_interval_s: float = Field(default=1.0, gt=0, le=300)
+    """how often this edge reports what it saw of each region (latency, errors) to the primary"""
     timeouts: dict[Priority, TimeoutSet] = Field(
         default_factory=lambda: dict(DEFAULT_TIMEOUTS),
         description='per priority, JSON: {"critical": {"connect_s": .5, "ttfb_s": 10, "total_s": 300}}',
@@ -115,16 +122,23 @@ class EdgeSettings(BaseSettings):
     retry_budget_ratio: float = Field(default=0.2, ge=0, le=1, description="retries per original request")
     retry_budget_min_per_s: float = Field(default=3.0, ge=0, description="retry floor per second")
     retry_backoff_base_s: float = Field(default=0.005, ge=0)
+    """a retry waits a full-jitter backoff: its base"""
     retry_backoff_cap_s: float = Field(default=0.05, ge=0)
+    """and its cap"""
     outlier_consecutive_failures: int = Field(default=5, ge=1)
+    """a replica's or region's breaker opens after this many failures in a row"""
     outlier_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    """or at this failure rate over its recent attempts"""
     outlier_base_ejection_s: float = Field(default=2.0, gt=0)
+    """the first ejection; each ejection in a row doubles it"""
     outlier_max_ejection_s: float = Field(default=60.0, gt=0)
+    """the longest ejection"""
     outlier_max_ejection_fraction: float = Field(
         default=0.5, ge=0, le=1, description="of a region's replicas"
     )
     outlier_probe_interval_s: float = Field(default=0.5, gt=0, description="half-open probation trickle")
     hedge_enabled: bool = True
+    """hedge critical requests on policy.hedgeable_routes to the backup region"""
     hedge_quantile: float = Field(default=0.95, gt=0, lt=1, description="adaptive delay: this TTFB quantile")
     hedge_delay_slack: float = Field(
         default=0.05,
@@ -148,16 +162,21 @@ class EdgeSettings(BaseSettings):
         description="share of its budget token a hedge gets back when it wins and cancels its primary",
     )
     hedge_delay_floor_s: float = Field(default=0.02, ge=0)
+    """the adaptive hedge delay's lower bound"""
     hedge_delay_ceiling_s: float = Field(default=2.0, gt=0)
+    """its upper bound, and the delay before any history"""
     hedge_budget_ratio: float = Field(
         default=0.05, ge=0, le=1, description="budget tokens earned per critical request (a hedge costs one)"
     )
     hedge_budget_burst: float = Field(default=5.0, ge=1)
+    """budget tokens held at most"""
     hedge_max_backup_utilization: float = Field(default=0.8, gt=0, le=1)
+    """no hedge to a backup region busier than this"""
     rtt_probe_interval_s: float = Field(
         default=2.0, gt=0, le=300, description="this edge's round-trip probe to each region, every this long"
     )
     rtt_probe_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """a round-trip probe slower than this is lost"""
     failback_ramp_s: float = Field(default=30.0, ge=0, description="slow start for a recovered region")
     slow_start_s: float = Field(
         default=30.0, ge=0, description="a replica that joins or comes back ramps to its full share over this"
@@ -225,6 +244,7 @@ class EdgeSettings(BaseSettings):
         "timeout (uvicorn, which vLLM and SGLang use, closes after 5 s), so a request never races a close",
     )
     tracing_exporter: Literal["none", "console", "otlp"] = "none"
+    """where spans go (otlp: the OTEL_EXPORTER_OTLP_* variables say where)"""
     tracing_sample_ratio: float = Field(
         default=0.05,
         ge=0,
@@ -232,7 +252,9 @@ class EdgeSettings(BaseSettings):
         description="share of new traces recorded; a sampled parent is always followed",
     )
     service_name: str = "meridian-edge"
+    """OpenTelemetry's service.name"""
     log_level: LogLevel = "INFO"
+    """the log level"""
 
     @model_validator(mode="after")
     def _auth_needs_the_secret(self) -> EdgeSettings:

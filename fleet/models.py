@@ -31,10 +31,11 @@ Engine = Literal["vllm", "sglang", "tgi", "openai"]  # openai: any other OpenAI-
 class ModelSpec(BaseModel):
     """One servable model: a base model, or a LoRA adapter of one (``base``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     base: str | None = Field(default=None, description="a LoRA adapter's base model")
     context_length: int = Field(default=8192, gt=0)
+    """prompt plus completion tokens the model takes"""
     input_per_mtok: float = Field(default=0.0, ge=0, description="USD per million prompt tokens")
     output_per_mtok: float = Field(default=0.0, ge=0, description="USD per million completion tokens")
     fallbacks: tuple[str, ...] = Field(

@@ -20,13 +20,14 @@ class PoolKey(NamedTuple):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Target(_Strict):
     """What one replica should carry: running + waiting requests (``concurrency``), or KV-cache use."""
 
     metric: Metric = "concurrency"
+    """concurrency (requests in flight per replica) or kv_cache (KV-cache use)"""
     value: float = Field(gt=0, description="per replica: requests, or a KV-cache fraction (0-1]")
 
     @model_validator(mode="after")
@@ -38,9 +39,13 @@ class Target(_Strict):
 
 class PoolSpec(_Strict):
     model: str = Field(min_length=1)
+    """the model the pool's replicas serve"""
     min_replicas: int = Field(default=1, ge=0)
+    """never fewer (0: scale to zero)"""
     max_replicas: int = Field(ge=1)
+    """never more"""
     target: Target
+    """what each replica should carry"""
     on_demand_base: int = Field(default=1, ge=0, description="replicas always on demand")
     max_spot_share: float = Field(
         default=0.0, ge=0, le=1, description="of the replicas, at most this on spot"
@@ -71,12 +76,16 @@ class Autoscaling(_Strict):
     smoothing: float = Field(default=0.5, gt=0, le=1, description="EWMA weight of a new load sample")
     tolerance: float = Field(default=0.1, ge=0, lt=1, description="no change within this ratio of target")
     scale_up_stabilization_s: float = Field(default=0.0, ge=0)
+    """scale up to the highest recommendation over this window (HPA's behavior)"""
     scale_down_stabilization_s: float = Field(default=300.0, ge=0)
+    """scale down to the highest recommendation over this window"""
     scale_up_percent: float = Field(default=100.0, gt=0, description="per period, of the replicas then")
     scale_up_replicas: int = Field(default=4, ge=1, description="per period: whichever allows more")
     scale_up_period_s: float = Field(default=15.0, gt=0)
+    """at most one step up per this long"""
     scale_down_percent: float = Field(default=50.0, gt=0, le=100, description="per period")
     scale_down_period_s: float = Field(default=60.0, gt=0)
+    """at most one step down per this long"""
     panic_threshold: float = Field(
         default=2.0, gt=1, description="load / (replicas x target) at which to panic"
     )

@@ -25,21 +25,25 @@ Health = Literal["up", "degraded", "down"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Location(_Strict):
     """A point on the globe (degrees)."""
 
     lat: float = Field(ge=-90, le=90)
+    """latitude, degrees"""
     lon: float = Field(ge=-180, le=180)
+    """longitude, degrees"""
 
 
 class Replica(_Strict):
     """One serving endpoint (a vLLM/TGI/SGLang deployment) inside a regional cluster."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """the replica's name, unique in its region"""
     url: HttpUrl
+    """its base URL (each URL once in the file)"""
     serves: tuple[str, ...] | None = Field(default=None, description="models served (default: the region's)")
     engine: Engine | None = Field(default=None, description="inference engine (default: the region's)")
 
@@ -52,8 +56,11 @@ class Region(_Strict):
     """A regional cluster as declared in regions.yaml."""
 
     name: str = Field(min_length=1, pattern=r"^[a-z0-9-]+$")
+    """the region's name (its edge's MERIDIAN_REGION)"""
     location: Location
+    """where it is"""
     failure_domain: str = ""
+    """regions sharing one fail together (the backup is taken from another)"""
     capacity: int = Field(gt=0, description="max concurrent requests the region serves")
     weight: int = Field(default=100, ge=0, le=100, description="default traffic dial")
     replicas: tuple[Replica, ...] = Field(
@@ -63,6 +70,8 @@ class Region(_Strict):
         default=None, description="models its replicas serve (default: all)"
     )
     engine: Engine = "vllm"
+    """the serving engine: vllm, sglang, tgi, or openai (a plain OpenAI-compatible server: probed on
+    GET /v1/models, never scraped)"""
     pools: tuple[PoolSpec, ...] = Field(default=(), description="autoscaled pools, one per model")
     cost_ceiling_hour: float | None = Field(default=None, gt=0, description="$ per hour, this region's pools")
 
@@ -96,17 +105,25 @@ class Policy(_Strict):
     """Routing policy knobs shared by every edge."""
 
     default_ttft_ms: float = Field(default=250.0, gt=0)
+    """a region's time to first token before any is measured"""
     fibre_km_per_ms: float = Field(default=200.0, gt=0)
+    """light in fibre: distance to round-trip time"""
     path_inflation: float = Field(default=1.5, ge=1.0)
+    """real paths over great-circle distance"""
     degraded_penalty_ms: float = Field(default=300.0, ge=0)
+    """added to a degraded region's score"""
     max_utilization: float = Field(default=0.97, gt=0, le=1.0)
+    """a region busier than this is not routable"""
     tie_margin: float = Field(default=0.05, ge=0, le=1.0)
+    """regions within this share of the best score are a tie (drawn by softmin)"""
     brownout_min_share: float = Field(default=0.05, ge=0, le=1.0)
+    """the least share of its dial a browned-out region keeps"""
     brownout_tolerance: float = Field(
         default=0.5, ge=0, description="TTFT up to baseline x (1 + this) is normal"
     )
     brownout_min_excess_ms: float = Field(default=50.0, ge=0, description="... and up to baseline + this")
     panic_threshold: float = Field(default=0.5, ge=0, le=1.0)
+    """below this share of routable regions, health is ignored (panic mode)"""
     switch_margin_ratio: float = Field(
         default=0.2, ge=0, description="a challenger must beat the incumbent by this share of its score ..."
     )
@@ -116,7 +133,9 @@ class Policy(_Strict):
         default=30.0, ge=0, description="a client this much nearer (RTT) to another edge was misrouted by DNS"
     )
     pins: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """country or continent code -> the regions its clients must be served in (data residency)"""
     hedgeable_routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+    """the routes critical requests may be hedged on"""
     inference_routes: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: dict(INFERENCE_ROUTES),
         description="path -> methods the edge forwards; anything else is 404 at the edge (engines' admin and "
@@ -143,9 +162,12 @@ class Topology(_Strict):
     """The whole of regions.yaml."""
 
     policy: Policy = Field(default_factory=Policy)
+    """how regions are scored and chosen"""
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="the model catalog (none: open)")
     regions: tuple[Region, ...] = Field(min_length=1)
+    """the regional clusters (at least one)"""
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    """the autoscaler's defaults"""
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
