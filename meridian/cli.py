@@ -467,20 +467,26 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_k8s(args: argparse.Namespace) -> int:
-    """Print (or write, one file per region) the KEDA and Deployment manifests of regions.yaml's pools."""
+    """Print (or write, one file per region) the fleet's manifests — edges, control plane, topology — and
+    the KEDA and Deployment manifests of regions.yaml's pools."""
     import yaml
 
     from fleet.topology import TopologyError, load_topology
     from meridian.k8s import render
+    from meridian.k8s_fleet import render_fleet
 
     try:
         topo = load_topology(Path(args.config))
     except TopologyError as exc:  # names the file and line
         raise SystemExit(f"meridian k8s: {exc}") from None
-    manifests = render(topo, controlplane_url=args.controlplane_url, namespace=args.namespace)
-    if not manifests:
-        raise SystemExit(f"meridian k8s: {args.config} declares no pools (regions[].pools)")
-    for region, docs in manifests.items():
+    if args.home_region is not None and args.home_region not in topo.names:
+        raise SystemExit(f"meridian k8s: --home-region {args.home_region!r} is not a region of {args.config}")
+    image = args.image or f"ghcr.io/meridian/meridian:{importlib.metadata.version('meridian')}"
+    fleet = render_fleet(
+        topo, Path(args.config).read_text(), image=image, namespace=args.namespace, home=args.home_region
+    )
+    pools = render(topo, controlplane_url=args.controlplane_url, namespace=args.namespace)
+    for region, docs in ((r, [*fleet[r], *pools.get(r, [])]) for r in topo.names):
         text = yaml.safe_dump_all(docs, sort_keys=False)
         if args.out:
             out = Path(args.out) / f"{region}.yaml"
@@ -553,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=run_up)
 
     k8s = sub.add_parser(
-        "k8s", help="render KEDA ScaledObjects and Deployment patches for regions.yaml's pools"
+        "k8s", help="render the fleet for Kubernetes: edges, control plane, and KEDA for regions.yaml's pools"
     )
     k8s.add_argument("--config", default="regions.yaml", help="topology file (default: regions.yaml)")
     k8s.add_argument(
@@ -562,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the admin API as KEDA reaches it",
     )
     k8s.add_argument("--namespace", default="meridian")
+    k8s.add_argument("--image", default=None, help="the Meridian image (default: this version's)")
+    k8s.add_argument("--home-region", default=None, help="where the control plane runs (default: the first)")
     k8s.add_argument("--out", default=None, help="write <region>.yaml files here instead of printing")
     k8s.set_defaults(func=run_k8s)
 

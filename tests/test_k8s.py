@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import kubernetes_validate
+import pytest
 import yaml
 
 from fleet.topology import load_topology
@@ -73,8 +75,8 @@ def test_the_command_writes_one_file_per_region(tmp_path: Path) -> None:
     assert cli.main(["k8s", "--config", str(ROOT / "regions.yaml"), "--out", str(tmp_path)]) == 0
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files and all(f.endswith(".yaml") for f in files)
-    docs = list(yaml.safe_load_all((tmp_path / files[0]).read_text()))
-    assert {d["kind"] for d in docs} == {"TriggerAuthentication", "ScaledObject", "Deployment"}
+    kinds = [{d["kind"] for d in yaml.safe_load_all((tmp_path / f).read_text())} for f in files]
+    assert any({"TriggerAuthentication", "ScaledObject", "Deployment"} <= k for k in kinds)  # pools' regions
 
 
 def test_names_are_unique_dns_labels_and_the_patch_keeps_the_containers_arguments() -> None:
@@ -91,3 +93,38 @@ def test_names_are_unique_dns_labels_and_the_patch_keeps_the_containers_argument
     container = patch["spec"]["template"]["spec"]["containers"][0]
     assert "args" not in container  # a strategic merge would replace the whole list
     assert patch["metadata"]["annotations"]["meridian.dev/model"] == region.pools[0].model
+
+
+CUSTOM = {"ServiceMonitor", "ScaledObject", "TriggerAuthentication"}
+NAME = "app.kubernetes.io/name"  # CRDs: not in Kubernetes' own schemas
+
+
+def test_the_whole_fleet_renders_and_validates_against_the_kubernetes_schemas(tmp_path: Path) -> None:
+    """`meridian k8s` renders, per region, an edge (Deployment with readiness on /readyz, Service,
+    PodDisruptionBudget, NetworkPolicy, ServiceMonitor) and the topology; the control plane in the home
+    region only. Every built-in object validates strictly against Kubernetes 1.30's schema; Secrets are
+    referenced, never rendered; every container is non-root on a read-only root filesystem."""
+    assert cli.main(["k8s", "--out", str(tmp_path), "--home-region", "us-east-1", "--image", "m:1"]) == 0
+    topo = load_topology(ROOT / "regions.yaml")
+    for region in topo.names:
+        docs = list(yaml.safe_load_all((tmp_path / f"{region}.yaml").read_text()))
+        kinds = [d["kind"] for d in docs]
+        for kind in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"):
+            assert kind in kinds, (region, kind)
+        assert "Secret" not in kinds
+        control = [
+            d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "meridian-controlplane"
+        ]
+        assert bool(control) == (region == "us-east-1")
+        for doc in docs:  # the fleet's own objects (a pool's Deployment patch is no whole object)
+            if doc["kind"] not in CUSTOM and doc["metadata"].get("labels", {}).get(NAME) == "meridian":
+                kubernetes_validate.validate(doc, "1.30", strict=True)
+        edge = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "meridian-edge")
+        (container,) = edge["spec"]["template"]["spec"]["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e for e in container["env"]}
+        assert env["MERIDIAN_REGION"]["value"] == region
+        assert env["MERIDIAN_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "meridian-edge"
+    with pytest.raises(SystemExit, match="--home-region 'mars-1' is not a region"):
+        cli.main(["k8s", "--out", str(tmp_path), "--home-region", "mars-1"])

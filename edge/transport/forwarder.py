@@ -634,7 +634,8 @@ class Forwarder:
                 await resp.write(first)
                 if sent is not None:
                     sent.add(first)
-            async for piece in upstream:
+            read = upstream.readany
+            while piece := await read():  # no async generator between the pool and the relay
                 chunk = frames.feed(piece) if frames is not None else piece
                 if not chunk:
                     continue
