@@ -15,6 +15,10 @@ data "aws_secretsmanager_secret" "api_key_secret" {
 data "aws_availability_zones" "this" {
   region = var.region
   state  = "available"
+  filter { # the two zones by name: a zone AWS adds later never moves a subnet
+    name   = "zone-name"
+    values = ["${var.region}a", "${var.region}b"]
+  }
 }
 
 locals {
@@ -52,11 +56,19 @@ resource "aws_security_group" "control_plane" {
   }
 
   egress {
-    description = "probes to regional clusters, the Redis primary, AWS APIs"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
+    description = "probes and scrapes of the regional clusters over TLS, AWS APIs"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
     cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  egress {
+    description = "the Redis primary"
+    from_port   = 6379
+    to_port     = 6379
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
   }
 
   tags = var.tags
@@ -132,6 +144,7 @@ resource "aws_elasticache_replication_group" "primary" {
   multi_az_enabled           = true
   transit_encryption_enabled = true
   at_rest_encryption_enabled = true
+  kms_key_id                 = module.vpc_guard.kms_key_arn
   user_group_ids             = [module.redis_users.user_group_id]
   snapshot_retention_limit   = 7 # backups: operator intent survives losing the primary's memory
   subnet_group_name          = aws_elasticache_subnet_group.primary.name
@@ -147,8 +160,12 @@ resource "aws_elasticache_global_replication_group" "state" {
 
 resource "aws_ecs_cluster" "this" {
   region = var.region
-  name   = "meridian-control-plane"
-  tags   = var.tags
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+  name = "meridian-control-plane"
+  tags = var.tags
 }
 
 resource "aws_iam_role" "task_execution" {
@@ -179,11 +196,13 @@ resource "aws_ecs_task_definition" "control_plane" {
   memory                   = 1024
   execution_role_arn       = aws_iam_role.task_execution.arn
   container_definitions = jsonencode([{
-    name         = "controlplane"
-    image        = var.image
-    command      = ["meridian", "controlplane"]
-    essential    = true
-    portMappings = [{ containerPort = 8700, protocol = "tcp" }]
+    name      = "controlplane"
+    image     = var.image
+    command   = ["meridian", "controlplane"]
+    essential = true
+    # nothing writes to the image's filesystem: settings come from the environment, logs go to stdout
+    readonlyRootFilesystem = true
+    portMappings           = [{ containerPort = 8700, protocol = "tcp" }]
     environment = [
       { name = "MERIDIAN_REDIS_URL", value = "rediss://${aws_elasticache_replication_group.primary.primary_endpoint_address}:6379/0" },
       { name = "MERIDIAN_REDIS_USERNAME", value = "meridian-controlplane" },
@@ -202,12 +221,15 @@ resource "aws_ecs_task_definition" "control_plane" {
 }
 
 resource "aws_lb" "admin" {
-  region             = var.region
-  name               = "meridian-admin"
-  internal           = true
-  load_balancer_type = "network"
-  subnets            = aws_subnet.private[*].id
-  tags               = var.tags
+  # checkov:skip=CKV_AWS_91:every admin write is in the audit log (actor, reason, before and after) and the control plane logs each request; NLB logs would need a bucket without a KMS key (log delivery cannot use one) for a second copy of the same facts
+  region                           = var.region
+  enable_deletion_protection       = var.deletion_protection
+  enable_cross_zone_load_balancing = true
+  name                             = "meridian-admin"
+  internal                         = true
+  load_balancer_type               = "network"
+  subnets                          = aws_subnet.private[*].id
+  tags                             = var.tags
 }
 
 resource "aws_lb_target_group" "admin" {
@@ -262,4 +284,26 @@ resource "aws_ecs_service" "control_plane" {
   }
 
   tags = var.tags
+}
+
+module "vpc_guard" {
+  source = "../vpc_guard"
+  region = var.region
+  name   = "control-plane"
+  tags   = var.tags
+}
+
+resource "aws_flow_log" "this" {
+  region          = var.region
+  vpc_id          = aws_vpc.this.id
+  traffic_type    = "ALL"
+  log_destination = module.vpc_guard.flow_log_group_arn
+  iam_role_arn    = module.vpc_guard.flow_log_role_arn
+  tags            = var.tags
+}
+
+resource "aws_default_security_group" "this" { # no rules: nothing can use it by accident
+  region = var.region
+  vpc_id = aws_vpc.this.id
+  tags   = var.tags
 }

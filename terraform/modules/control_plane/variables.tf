@@ -57,3 +57,9 @@ variable "edge_cidrs" {
   description = "CIDRs of the edges' VPCs, allowed to reach the primary on 6379 (observation appends)"
   type        = list(string)
 }
+
+variable "deletion_protection" {
+  description = "the admin load balancer refuses deletion until this is turned off"
+  type        = bool
+  default     = true
+}

@@ -5,11 +5,16 @@
 data "aws_availability_zones" "this" {
   region = var.region
   state  = "available"
+  filter { # the two zones by name: a zone AWS adds later never moves a subnet
+    name   = "zone-name"
+    values = ["${var.region}a", "${var.region}b"]
+  }
 }
 
 locals {
-  azs   = slice(data.aws_availability_zones.this.names, 0, 2)
-  redis = var.is_home ? var.primary_reader_endpoint : aws_elasticache_replication_group.replica[0].primary_endpoint_address
+  egress_why = { 443 = "regional clusters over TLS, AWS APIs", 6379 = "Redis replica and primary", 4317 = "OTLP traces" }
+  azs        = slice(data.aws_availability_zones.this.names, 0, 2)
+  redis      = var.is_home ? var.primary_reader_endpoint : aws_elasticache_replication_group.replica[0].primary_endpoint_address
   edge_environment = {
     MERIDIAN_REGION                = var.region
     MERIDIAN_REGIONS_FILE          = "/etc/meridian/regions.yaml"
@@ -37,11 +42,26 @@ resource "aws_vpc" "this" {
 
 resource "aws_internet_gateway" "this" {
   region = var.region
+  tags   = var.tags
+}
+
+resource "aws_flow_log" "this" {
+  region          = var.region
+  vpc_id          = aws_vpc.this.id
+  traffic_type    = "ALL"
+  log_destination = module.vpc_guard.flow_log_group_arn
+  iam_role_arn    = module.vpc_guard.flow_log_role_arn
+  tags            = var.tags
+}
+
+resource "aws_default_security_group" "this" { # no rules: nothing can use it by accident
+  region = var.region
   vpc_id = aws_vpc.this.id
   tags   = var.tags
 }
 
 resource "aws_subnet" "public" {
+  # checkov:skip=CKV_AWS_130:the edge's public subnets: its tasks take a public IP for egress to ECR and Secrets Manager without a NAT gateway per region; their security group admits only the edge port and the VPC
   count                   = length(local.azs)
   region                  = var.region
   vpc_id                  = aws_vpc.this.id
@@ -92,12 +112,15 @@ resource "aws_security_group" "edge" {
     cidr_blocks = [var.vpc_cidr]
   }
 
-  egress {
-    description = "regional clusters, Redis, telemetry"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
-    cidr_blocks = ["0.0.0.0/0"]
+  dynamic "egress" {
+    for_each = var.egress_ports
+    content {
+      description = "port ${egress.value}: ${lookup(local.egress_why, egress.value, "declared in egress_ports")}"
+      from_port   = egress.value
+      to_port     = egress.value
+      protocol    = "tcp"
+      cidr_blocks = ["0.0.0.0/0"]
+    }
   }
 
   tags = var.tags
@@ -139,6 +162,7 @@ resource "aws_elasticache_replication_group" "replica" {
   automatic_failover_enabled  = true
   transit_encryption_enabled  = true
   at_rest_encryption_enabled  = true
+  kms_key_id                  = module.vpc_guard.kms_key_arn
   user_group_ids              = [module.redis_users.user_group_id]
   subnet_group_name           = aws_elasticache_subnet_group.this[0].name
   security_group_ids          = [aws_security_group.redis[0].id]
@@ -147,8 +171,12 @@ resource "aws_elasticache_replication_group" "replica" {
 
 resource "aws_ecs_cluster" "this" {
   region = var.region
-  name   = "meridian-${var.region}"
-  tags   = var.tags
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+  name = "meridian-${var.region}"
+  tags = var.tags
 }
 
 resource "aws_iam_role" "task_execution" {
@@ -192,12 +220,14 @@ resource "aws_ecs_task_definition" "edge" {
   memory                   = 2048
   execution_role_arn       = aws_iam_role.task_execution.arn
   container_definitions = jsonencode([{
-    name         = "edge"
-    image        = var.image
-    command      = ["meridian", "edge"]
-    essential    = true
-    portMappings = [{ containerPort = var.edge_port, protocol = "tcp" }]
-    environment  = [for k, v in merge(local.edge_environment, { MERIDIAN_REDIS_USERNAME = "meridian-edge-${var.region}" }) : { name = k, value = v }]
+    name      = "edge"
+    image     = var.image
+    command   = ["meridian", "edge"]
+    essential = true
+    # nothing writes to the image's filesystem: settings come from the environment, logs go to stdout
+    readonlyRootFilesystem = true
+    portMappings           = [{ containerPort = var.edge_port, protocol = "tcp" }]
+    environment            = [for k, v in merge(local.edge_environment, { MERIDIAN_REDIS_USERNAME = "meridian-edge-${var.region}" }) : { name = k, value = v }]
     # the edge's ACL password, injected by ECS from Secrets Manager: never in state or task definition
     secrets = [
       { name = "MERIDIAN_REDIS_PASSWORD", valueFrom = "${module.redis_users.secret_arn}:meridian-edge-${var.region}::" },
@@ -214,7 +244,9 @@ resource "aws_ecs_task_definition" "edge" {
 }
 
 resource "aws_lb" "edge" {
+  # checkov:skip=CKV_AWS_91:an NLB logs TLS listeners only and this one passes TCP through to the edges, so there is nothing to log; each request is in the edge's metrics and traces
   region                           = var.region
+  enable_deletion_protection       = var.deletion_protection
   name                             = "meridian-${var.region}"
   load_balancer_type               = "network"
   subnets                          = aws_subnet.public[*].id
@@ -256,6 +288,7 @@ resource "aws_lb_listener" "edge" {
 }
 
 resource "aws_ecs_service" "edge" {
+  # checkov:skip=CKV_AWS_333:a public IP is the edge tasks' egress (ECR, Secrets Manager, other regions) without a NAT gateway per region; ingress is the edge port only, clients arrive through the NLB
   region          = var.region
   name            = "meridian-edge"
   cluster         = aws_ecs_cluster.this.id
@@ -305,4 +338,26 @@ resource "aws_appautoscaling_policy" "edge_cpu" {
       predefined_metric_type = "ECSServiceAverageCPUUtilization"
     }
   }
+}
+
+module "vpc_guard" {
+  source = "../vpc_guard"
+  region = var.region
+  name   = var.region
+  tags   = var.tags
+}
+
+resource "aws_flow_log" "this" {
+  region          = var.region
+  vpc_id          = aws_vpc.this.id
+  traffic_type    = "ALL"
+  log_destination = module.vpc_guard.flow_log_group_arn
+  iam_role_arn    = module.vpc_guard.flow_log_role_arn
+  tags            = var.tags
+}
+
+resource "aws_default_security_group" "this" { # no rules: nothing can use it by accident
+  region = var.region
+  vpc_id = aws_vpc.this.id
+  tags   = var.tags
 }

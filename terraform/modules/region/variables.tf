@@ -98,3 +98,15 @@ variable "redis_users_secret_name" {
   description = "Secrets Manager secret (JSON: ACL user name -> password) for the state store's users"
   type        = string
 }
+
+variable "egress_ports" {
+  description = "TCP ports the edge tasks may reach anywhere: 443 (regional clusters over TLS, AWS APIs), 6379 (Redis), 4317 (OTLP); add a region's plain port (vLLM's 8000) if it serves without TLS"
+  type        = list(number)
+  default     = [443, 6379, 4317]
+}
+
+variable "deletion_protection" {
+  description = "the load balancer refuses deletion until this is turned off"
+  type        = bool
+  default     = true
+}
