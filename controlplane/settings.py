@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.redisconn import RedisURL
+from fleet.secret import Secret
 from fleet.topology import LogLevel
 
 # viewer: reads everything; operator: also writes; pools: KEDA and node agents — reads pools and posts
@@ -21,7 +22,7 @@ class AdminToken(BaseModel):
 
     name: str = Field(min_length=1)
     role: Role
-    token: SecretStr = Field(min_length=16)
+    token: Secret
 
 
 class ControlPlaneSettings(BaseSettings):
@@ -42,9 +43,8 @@ class ControlPlaneSettings(BaseSettings):
         default_factory=list,
         description='JSON list: [{"name": "alice", "role": "operator", "token": "..."}]',
     )
-    key_secret: SecretStr | None = Field(
+    key_secret: Secret | None = Field(
         default=None,
-        min_length=16,
         description="HMAC secret for API-key digests; the same on every edge (unset: no key can be issued)",
     )
     probe_interval_s: float = Field(default=2.0, ge=0.5, le=300)

@@ -1,5 +1,11 @@
-"""`python -m edge`: run one edge (see edge.server.main)."""
+"""`python -m edge`: run one edge (see edge.server.main).
 
-from edge.server.main import main
+Ctrl-C while it starts (its imports take a moment) ends it quietly, as Ctrl-C once it runs does:
+status 130, no traceback."""
 
-raise SystemExit(main())
+try:
+    from edge.server.main import main
+
+    raise SystemExit(main())
+except KeyboardInterrupt:
+    raise SystemExit(130) from None

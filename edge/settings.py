@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fleet.redisconn import RedisURL
+from fleet.secret import Secret
 from fleet.tenants import Priority
 from fleet.topology import LogLevel
 
@@ -203,8 +204,8 @@ class EdgeSettings(BaseSettings):
         "outstanding requests against slow start, engine = the engine's queue and KV cache",
     )
     auth: bool = Field(default=True, description="require an API key (Authorization: Bearer) to be served")
-    key_secret: SecretStr | None = Field(
-        default=None, min_length=16, description="HMAC secret of API-key digests (the control plane's)"
+    key_secret: Secret | None = Field(
+        default=None, description="HMAC secret of API-key digests (the control plane's)"
     )
     region_api_key: SecretStr | None = Field(
         default=None, description="what regions get as Authorization: Bearer (never the client's key)"

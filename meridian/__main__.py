@@ -1,5 +1,11 @@
-"""`python -m meridian`: the `meridian` command."""
+"""`python -m meridian`: the `meridian` command.
 
-from meridian.cli import main
+Ctrl-C while it starts (its imports take a moment) ends it quietly, as Ctrl-C once it runs does:
+status 130, no traceback."""
 
-raise SystemExit(main())
+try:
+    from meridian.cli import main
+
+    raise SystemExit(main())
+except KeyboardInterrupt:
+    raise SystemExit(130) from None

@@ -94,6 +94,8 @@ def _demo_credentials(base_port: int | None) -> dict[str, str]:
     except (OSError, ValueError, KeyError):
         raise SystemExit(f"meridian ctl: no running demo on --base-port {base_port}") from None
     print(f"meridian ctl: the demo at {admin.get('url')}", file=sys.stderr)
+    if "history_url" in ready:
+        admin["history_url"] = ready["history_url"]
     return admin
 
 
@@ -500,12 +502,18 @@ def run_k8s(args: argparse.Namespace) -> int:
 
 def run_capacity(args: argparse.Namespace) -> int:
     """The capacity and cost report from a traffic history (CSV) and regions.yaml's pools."""
+    from redis.exceptions import RedisError
+
     from fleet.redisconn import redact
     from fleet.topology import TopologyError, load_topology
     from meridian.capacity import Assumptions, plan, pools_of
     from meridian.capacity_io import read_csv, read_store
     from meridian.capacity_report import report
 
+    if args.demo:  # the running demo's own history, with its control plane's credentials
+        args.redis = _demo_credentials(args.base_port).get("history_url")
+        if not args.redis:
+            raise SystemExit("meridian capacity: no running demo (start one with `meridian demo`)")
     try:
         topo = load_topology(Path(args.config))
         if args.redis:
@@ -515,6 +523,11 @@ def run_capacity(args: argparse.Namespace) -> int:
             samples = read_csv(Path(args.history))
     except (TopologyError, ValueError, OSError) as exc:
         raise SystemExit(f"meridian capacity: {exc}") from None
+    except RedisError as exc:  # e.g. the ready line's URL, which carries no credentials
+        raise SystemExit(
+            f"meridian capacity: {redact(args.redis or '')} refused: {type(exc).__name__}: {exc}; the URL "
+            "needs the control plane's Redis user and password (for the demo: `meridian capacity --demo`)"
+        ) from None
     a = Assumptions(target_utilization=args.target_utilization, reserved_discount=args.reserved_discount)
     plans = plan(samples, pools_of(topo), a)
     if not plans:
@@ -583,6 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument(
         "--redis", default=None, help="read the traffic the edges recorded in this Redis instead"
     )
+    cap.add_argument(
+        "--demo", action="store_true", help="read the running demo's recorded traffic (its credentials too)"
+    )
+    cap.add_argument("--base-port", type=int, default=None, help="with --demo: the demo on this base port")
     cap.add_argument(
         "--days", type=_between(0.0, 35.0), default=7.0, help="with --redis: how far back (at most 35)"
     )
@@ -675,6 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `meridian ctl … | head`: the reader left, nothing more to say
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C while a command starts or waits: quietly, as the shell expects
+        return 130
     return result
 
 

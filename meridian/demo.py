@@ -219,6 +219,7 @@ class Fleet:
         acl = self.acl
         plan = PortPlan.of(topo, base)
         primary = RedisServer(port=plan.primary, workdir=self.workdir / "redis-primary", acl=acl).start()
+        self.history_url = primary.url_for(CONTROL_PLANE)  # the control plane's user: `meridian capacity`
         self.redis.append(primary)
         replicas = {}
         for region in topo.regions:
@@ -418,8 +419,8 @@ def run(*, config: str, base_port: int, network: bool = True, simulated: bool = 
         fleet.issue_demo_key(ready, stop)
         line = json.dumps(ready)
         fd = os.open(sf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(line + "\n")
+        with os.fdopen(fd, "w") as f:  # the file (its user's only) also says how to read the traffic history
+            f.write(json.dumps({**ready, "history_url": fleet.history_url}) + "\n")
         log.info("fleet ready in %.1fs (work dir %s); Ctrl-C stops it", time.monotonic() - started, workdir)
         print(line, flush=True)
         while not stop.wait(0.5):

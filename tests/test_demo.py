@@ -11,10 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -98,9 +100,35 @@ def test_demo_ready_line_tour_and_clean_stop() -> None:
                 timeout=60,
             )
             assert res.returncode == 0, f"tour command failed: {cmd}\n{res.stdout}\n{res.stderr}"
+        check_capacity(base, ready, env)
+        for url in ready["edges_internal"].values():  # type: ignore[attr-defined]
+            with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            refused = [
+                ln for ln in text.splitlines() if ln.startswith("meridian_edge_snapshots_refused_total{")
+            ]
+            assert all(ln.endswith(" 0.0") for ln in refused), refused  # a fresh fleet refuses no snapshot
     finally:
         if proc.poll() is None:
             stop_and_check_no_orphans(proc)
+
+
+def check_capacity(base: int, ready: dict[str, Any], env: dict[str, str]) -> None:
+    """`meridian capacity --demo` reads the demo's own history with its credentials; the ready line's Redis
+    URL, which carries none, is refused in one line pointing at --demo (not a traceback)."""
+
+    def capacity(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "meridian", "capacity", *args]
+        return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    with tempfile.TemporaryDirectory() as out:
+        res = capacity("--demo", "--base-port", str(base), "--days", "0.01", "--out", out)
+        # the tour's traffic: a report, or (no pool had traffic in it) the one line that says so
+        assert res.returncode == 0 or "has traffic in the traffic recorded" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr, res.stderr
+    res = capacity("--redis", ready["redis"]["primary"], "--out", out)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "--demo" in res.stderr, res.stderr
 
 
 def run_demo_expecting_refusal(base: int) -> subprocess.CompletedProcess[str]:

@@ -638,3 +638,17 @@ async def test_metrics_and_the_route_explainer_can_live_on_an_internal_listener(
                 assert r.status == 404  # the internal listener proxies nothing
     finally:
         await f.close()
+
+
+async def test_the_explainer_says_a_pin_decided_and_why_each_other_region_is_out(fleet: Fleet) -> None:
+    """A Frankfurt client (regions.yaml pins DE to eu-west-1) asked about at the us-east-1 edge: the choice
+    says the residency pin made it, and every other region says it is outside the pin."""
+    async with aiohttp.ClientSession() as s:
+        await warm_up(s, fleet)
+        url = fleet.edge_url("us-east-1") + "_meridian/route"
+        async with s.get(url, params={"ip": CLIENT_IP["frankfurt"]}) as r:
+            body = await r.json()
+    assert body["choice"] == "eu-west-1" and body["pinned"] == ["eu-west-1"]
+    assert body["replica"]["why"].startswith("data-residency pin (eu-west-1)"), body["replica"]
+    out = {x["region"]: x["why_not"] for x in body["scores"] if x["region"] != "eu-west-1"}
+    assert out and all(w == "outside the data-residency pin for DE: eu-west-1" for w in out.values()), out

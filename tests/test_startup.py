@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -151,13 +152,20 @@ def test_an_edge_that_cannot_listen_names_the_setting() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        unknown = "redis://nohost.invalid:6379/0"  # its lookups fail while the start fails
         res = run(
             ["-m", "edge"],
-            {"MERIDIAN_REGION": "us-east-1", "MERIDIAN_HOST": "127.0.0.1", "MERIDIAN_PORT": str(port)},
+            {
+                "MERIDIAN_REGION": "us-east-1",
+                "MERIDIAN_HOST": "127.0.0.1",
+                "MERIDIAN_PORT": str(port),
+                "MERIDIAN_REDIS_URL": unknown,
+                "MERIDIAN_REDIS_PRIMARY_URL": unknown,
+            },
         )
     assert res.returncode == 2, res.stderr
     assert f"127.0.0.1:{port}" in res.stderr and "MERIDIAN_PORT" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # no "Future exception was never retrieved"
 
 
 @pytest.mark.parametrize(
@@ -232,6 +240,46 @@ def test_bad_settings_stop_start_up_with_a_short_message(
     assert res.returncode == 2, res.stderr
     assert names in res.stderr and "Traceback" not in res.stderr and "lax-or-strict" not in res.stderr
     assert len(res.stderr.strip().splitlines()) <= 3, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "env"),
+    [
+        (
+            "controlplane",
+            {"MERIDIAN_ADMIN_TOKENS": '[{"name": "a", "role": "operator", "token": "short-tok"}]'},
+        ),
+        ("edge", {"MERIDIAN_REGION": "us-east-1", "MERIDIAN_KEY_SECRET": "short-sec"}),
+    ],
+    ids=["admin-token", "key-secret"],
+)
+def test_a_short_secret_is_measured_in_characters_and_never_echoed(module: str, env: dict[str, str]) -> None:
+    res = run(["-m", module], env)
+    assert res.returncode == 2, res.stderr
+    assert "must be at least 16 characters long (this one has 9)" in res.stderr, res.stderr
+    assert "short-" not in res.stderr and "items" not in res.stderr
+
+
+@pytest.mark.parametrize("module", ["controlplane", "edge"])
+def test_ctrl_c_while_starting_ends_quietly(module: str) -> None:
+    """Ctrl-C during the imports (the first second): no traceback, the shell's status for an interrupt."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    env.update(MERIDIAN_REGION="us-east-1", MERIDIAN_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+
+    def importing() -> bool:  # pydantic's core is among the first of the component's imports
+        return "pydantic_core" in Path(f"/proc/{proc.pid}/maps").read_text()
+
+    deadline = time.monotonic() + 10
+    while not importing():
+        assert time.monotonic() < deadline, "the component never began its imports"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err  # interrupted, said the shell's way
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
 @contextlib.contextmanager

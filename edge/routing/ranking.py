@@ -612,7 +612,10 @@ class AttemptPlan:
         if d.primary is None or len(tried) >= self.max_attempts:
             return None
         if not tried:
-            return self._in(d.primary, "primary", "best-scored region (after dials)")
+            why = "best-scored region (after dials)"
+            if d.pinned is not None:
+                why = f"data-residency pin ({', '.join(d.pinned)}): the best-scored of them (after dials)"
+            return self._in(d.primary, "primary", why)
         last, kind = tried[-1]
         if kind in MODEL_WIDE:  # every replica of the model would say the same
             return None

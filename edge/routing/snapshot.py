@@ -75,7 +75,9 @@ class SnapshotFeed:
             taken_at=now,
         )
         refusal = None if verdict.refused is None else f"{verdict.refused}: {verdict.detail}"
-        if verdict.refused is not None:
+        if verdict.refused is not None and (self.current is not None or verdict.refused != "incomplete"):
+            # counted: a store that would take a snapshot back; not a store still being seeded (no
+            # snapshot yet, some regions' records not written: every fresh fleet starts so)
             self._on_refused(verdict.refused)
             if refusal != self.refusal:  # say it once per new reason, not every resync
                 (log.info if self.current is None else log.warning)(

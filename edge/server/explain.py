@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -54,9 +55,9 @@ class Explainer:
         wanted = wanted_of(self.catalog, facts.model, facts.key)
         snap = self.feed.current or self.fallback
         plan = self.planner.plan(place, snap, wanted)
-        return web.json_response(
-            {**self._explained(ip, place, snap, plan), **self._choice(facts, plan, snap, wanted)}
-        )
+        body = {**self._explained(ip, place, snap, plan), **self._choice(facts, plan, snap, wanted)}
+        _excluded(body, place)
+        return web.json_response(body)
 
     def _choice(
         self, facts: Inference, plan: AttemptPlan, snap: Snapshot, wanted: Wanted
@@ -122,3 +123,17 @@ class Explainer:
             "scores": scores,
             "candidates": plan.candidates(),
         }
+
+
+def _excluded(body: dict[str, Any], place: ClientPlace) -> None:
+    """Say why a region the scores rate well is no candidate: a data-residency pin, or the model."""
+    pinned, model = body["pinned"], body["model"]
+    serving = None if model is None else model["regions_serving"]
+    for row in body["scores"]:
+        if row["why_not"] is not None:
+            continue
+        if pinned is not None and row["region"] not in pinned:
+            where = place.country or place.continent
+            row["why_not"] = f"outside the data-residency pin for {where}: {', '.join(pinned)}"
+        elif serving is not None and row["region"] not in serving:
+            row["why_not"] = f"does not serve {model['requested']}"

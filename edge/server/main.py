@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -66,11 +67,18 @@ async def serve(
     return runner
 
 
+def _quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """An exception handler for a process that has already said why it stops."""
+
+
 async def _run(settings: EdgeSettings, edge: Edge, *, reuse_port: bool) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    # while starting, a start that fails abandons the store connections it began: their lookups' errors (an
+    # unreachable Redis host, say) would follow the one line that says why, as asyncio's "never retrieved"
+    loop.set_exception_handler(_quiet)
     try:
         runner = await serve(edge, settings.host, settings.port, reuse_port=reuse_port)
     except OSError as exc:
@@ -80,6 +88,7 @@ async def _run(settings: EdgeSettings, edge: Edge, *, reuse_port: bool) -> int:
             file=sys.stderr,
         )
         return 2
+    loop.set_exception_handler(None)  # started: asyncio's own handler again
     log.info(
         "edge %s (pid %d) listening on %s:%d; state from %s%s",
         settings.region,
