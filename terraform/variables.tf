@@ -131,3 +131,14 @@ variable "redis_users_secret_name" {
   type        = string
   default     = "meridian/redis-users"
 }
+
+variable "store_hubs" {
+  type        = list(string)
+  description = "Regions (besides the home region) whose Redis replica joins the ElastiCache Global Datastore; the other regions' edges read the nearest of these or the home region. Empty: the first two other regions by name."
+  default     = []
+
+  validation {
+    condition     = length(var.store_hubs) <= 2
+    error_message = "ElastiCache Global Datastore replicates its primary to at most two other regions: name at most two store_hubs (every other region's edges read the nearest hub)."
+  }
+}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,3 +91,62 @@ async def test_ctl_speaks_in_short_lines_json_on_request_and_errors_in_one_line_
     assert code == 0 and out.strip() == f"revoked key {key_id} of tenant {tenant}"
     code, out, _ = await ctl("tenant-delete", tenant)
     assert code == 0 and out.strip() == f"deleted tenant {tenant} and its keys"
+
+
+def verbs(tenant: str) -> list[list[str]]:
+    """Every ctl verb that talks to the admin API, with arguments that work (``{key}``: filled in later)."""
+    return [
+        ["regions"],
+        ["pools"],
+        ["audit", "--limit", "3"],
+        ["set-weight", "eu-west-1", "90", "--reason", "every verb"],
+        ["drain", "eu-west-1", "--reason", "every verb"],
+        ["undrain", "eu-west-1", "--reason", "every verb"],
+        ["tenants"],
+        ["tenant-set", tenant, "--rpm", "120", "--reason", "every verb"],
+        ["keys", tenant],
+        ["key-issue", tenant, "--expires-in", "1d"],
+        ["key-revoke", tenant, "{key}"],
+        ["usage", tenant],
+        ["usage", "--top", "3"],
+        ["tenant-create", "{name}", "--rpm", "60"],
+        ["tenant-delete", "{name}"],
+    ]
+
+
+async def test_every_verb_speaks_a_short_human_answer_or_json_on_request(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each verb, plain: not JSON, no line over 100 columns; with --json: JSON. A bad argument to each verb
+    that names something: one line on stderr and a non-zero status."""
+    monkeypatch.setenv("MERIDIAN_ADMIN_URL", fleet.admin_url)
+    monkeypatch.setenv("MERIDIAN_TOKEN", fleet.operator_token)
+
+    def ctl(*words: str) -> tuple[int, str, str]:
+        try:
+            code = cli.main(["ctl", *words])
+        except SystemExit as exc:  # what the program prints on stderr before it exits with status 1
+            code = 1
+            print(exc.code, file=sys.stderr)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    tenant, _ = await fleet.tenant_key(name="every-verb")
+    for json_too in (False, True):
+        for words in verbs(tenant):
+            if "{key}" in words:  # a key to revoke: issue one first
+                _, out, _ = await asyncio.to_thread(ctl, "key-issue", tenant, "--json")
+                words = [json.loads(out)["id"] if w == "{key}" else w for w in words]
+            words = [f"made-{json_too}" if w == "{name}" else w for w in words]
+            flags = ["--json"] if json_too else []
+            code, out, err = await asyncio.to_thread(ctl, *words, *flags)
+            assert code == 0, (words, err)
+            if json_too:
+                json.loads(out)
+            else:
+                with pytest.raises(ValueError):
+                    json.loads(out)
+                assert all(len(line) <= 100 for line in out.splitlines()), (words, out)
+    for words in (["set-weight", "mars-1", "5", "--reason", "x"], ["keys", "nobody"], ["usage", "nobody"]):
+        code, out, err = await asyncio.to_thread(ctl, *words)
+        assert code != 0 and out == "" and len(err.strip().splitlines()) == 1, (words, err)

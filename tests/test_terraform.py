@@ -88,13 +88,17 @@ def test_root_reads_regions_yaml_and_loops_the_region_module() -> None:
     assert "yamldecode(file(var.regions_file))" in strip(local["topology"])
     assert strip(local["regions"]).replace(" ", "") == "{forrinlocal.topology.regions:r.name=>r}"
     modules = blocks(main, "module")
-    assert strip(modules["region"]["for_each"]) == "local.regions"
-    assert strip(modules["region"]["source"]) == "./modules/region"
+    # every region is one of the region module's: the home region and the hubs, or a follower of them
+    assert "local.store_regions" in strip(modules["region"]["for_each"])
+    assert "local.follower_regions" in strip(modules["follower"]["for_each"])
+    for name in ("region", "follower"):
+        assert strip(modules[name]["source"]) == "./modules/region"
+    assert "local.regions" in strip(local["others"]) and "local.others" in strip(local["follower_regions"])
     variables = blocks(load(TF / "variables.tf"), "variable")
     assert strip(variables["regions_file"]["default"]) == "../regions.yaml"
     assert (TF / strip(variables["regions_file"]["default"])).resolve() == (ROOT / "regions.yaml").resolve()
     endpoints = strip(modules["global"]["endpoints"])
-    assert "module.region" in endpoints  # DNS records follow the same for_each
+    assert "merge(module.region, module.follower)" in endpoints  # DNS records for every region
 
 
 def region_keys(regions_yaml: Path) -> set[str]:
@@ -306,3 +310,22 @@ def test_the_terraform_passes_checkov_and_every_skip_says_why() -> None:
     assert not failed, "\n".join(failed)
     skips = [m for f in TF.rglob("*.tf") for m in SKIP.finditer(f.read_text())]
     assert all(m.group(2) and len(m.group(2).strip()) > 10 for m in skips), [m.group(0) for m in skips]
+
+
+def test_the_store_layout_fits_the_global_datastore_for_any_number_of_regions() -> None:
+    """At most two hubs (ElastiCache Global Datastore's limit), refused with a message naming it; a region
+    beyond them follows the nearest hub and reads its replica (the hub admits its followers' CIDRs)."""
+    variables = blocks(load(TF / "variables.tf"), "variable")
+    (rule,) = variables["store_hubs"]["validation"]
+    assert strip(rule["condition"]) == "length(var.store_hubs) <= 2"
+    assert "at most two other regions" in strip(rule["error_message"])
+    main = load(TF / "main.tf")
+    layout = resources(main)["terraform_data.store_layout"]["lifecycle"][0]["precondition"]
+    assert any("store_hubs must name regions" in strip(p["error_message"]) for p in layout)
+    follower = blocks(main, "module")["follower"]
+    assert strip(follower["store_role"]) == "follower"
+    assert "local.follows[each.key]" in strip(follower["follow_endpoint"])
+    region = blocks(main, "module")["region"]
+    assert "local.follows" in strip(region["reader_cidrs"])
+    replica = resources(module_doc("region"))["aws_elasticache_replication_group.replica"]
+    assert strip(replica["count"]) == "local.hub ? 1 : 0"

@@ -1,5 +1,6 @@
 # One Meridian region: a small VPC, the edge as an ECS Fargate service behind a network load balancer with
-# CPU autoscaling, and a Redis replica of the global datastore that the edge reads and subscribes to.
+# CPU autoscaling, and (in a hub region) a Redis replica of the global datastore that the edges read and
+# subscribe to; a follower region's edges read the nearest hub's replica instead.
 # Fargate was chosen over an autoscaling group: no AMI to patch, per-task IAM, and scaling in seconds.
 
 data "aws_availability_zones" "this" {
@@ -14,7 +15,8 @@ data "aws_availability_zones" "this" {
 locals {
   egress_why = { 443 = "regional clusters over TLS, AWS APIs", 6379 = "Redis replica and primary", 4317 = "OTLP traces" }
   azs        = slice(data.aws_availability_zones.this.names, 0, 2)
-  redis      = var.is_home ? var.primary_reader_endpoint : aws_elasticache_replication_group.replica[0].primary_endpoint_address
+  hub        = var.store_role == "hub"
+  redis      = { primary = var.primary_reader_endpoint, hub = one(aws_elasticache_replication_group.replica[*].primary_endpoint_address), follower = var.follow_endpoint }[var.store_role]
   edge_environment = {
     MERIDIAN_REGION                = var.region
     MERIDIAN_REGIONS_FILE          = "/etc/meridian/regions.yaml"
@@ -127,7 +129,7 @@ resource "aws_security_group" "edge" {
 }
 
 resource "aws_security_group" "redis" {
-  count       = var.is_home ? 0 : 1
+  count       = local.hub ? 1 : 0
   region      = var.region
   name        = "meridian-redis-${var.region}"
   description = "Redis replica: reachable from the edges only"
@@ -141,11 +143,22 @@ resource "aws_security_group" "redis" {
     security_groups = [aws_security_group.edge.id]
   }
 
+  dynamic "ingress" {
+    for_each = length(var.reader_cidrs) > 0 ? [1] : []
+    content {
+      description = "the edges of the follower regions that read this hub (over the regions' peering)"
+      from_port   = 6379
+      to_port     = 6379
+      protocol    = "tcp"
+      cidr_blocks = var.reader_cidrs
+    }
+  }
+
   tags = var.tags
 }
 
 resource "aws_elasticache_subnet_group" "this" {
-  count      = var.is_home ? 0 : 1
+  count      = local.hub ? 1 : 0
   region     = var.region
   name       = "meridian-${var.region}"
   subnet_ids = aws_subnet.public[*].id
@@ -153,7 +166,7 @@ resource "aws_elasticache_subnet_group" "this" {
 
 # The regional replica of the global datastore (cross-region replication, typically < 1 s lag).
 resource "aws_elasticache_replication_group" "replica" {
-  count                       = var.is_home ? 0 : 1
+  count                       = local.hub ? 1 : 0
   region                      = var.region
   replication_group_id        = "meridian-${var.region}"
   description                 = "Meridian state replica in ${var.region}"

@@ -3,9 +3,20 @@ variable "region" {
   description = "AWS region of this Meridian region (its name in regions.yaml)."
 }
 
-variable "is_home" {
-  type        = bool
-  description = "True in the home region, where the global datastore's primary lives (its reader endpoint serves the edge)."
+variable "store_role" {
+  type        = string
+  description = "The region's part in the state store: primary (the home region: its edges read the primary group's reader), hub (a Global Datastore replica here), follower (its edges read follow_endpoint)."
+
+  validation {
+    condition     = contains(["primary", "hub", "follower"], var.store_role)
+    error_message = "store_role must be primary, hub or follower."
+  }
+}
+
+variable "follow_endpoint" {
+  type        = string
+  description = "A follower's Redis endpoint: the nearest hub's replica or the primary's reader (other roles: unused)."
+  default     = ""
 }
 
 variable "regions_file_content" {
@@ -109,4 +120,10 @@ variable "deletion_protection" {
   description = "the load balancer refuses deletion until this is turned off"
   type        = bool
   default     = true
+}
+
+variable "reader_cidrs" {
+  type        = list(string)
+  description = "A hub's readers beyond its own edges: the VPC CIDRs of the follower regions that read its replica."
+  default     = []
 }
