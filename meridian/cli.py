@@ -169,11 +169,13 @@ def _region_change(p: dict[str, Any]) -> str:
 
 
 def _audit(p: dict[str, Any]) -> str:
-    rows = [f"{'at (UTC)':<20}{'actor':<22}{'what':<34}{'where':<24}why"]
+    """One line an entry, within 100 columns (the reason cut to fit; --json has it whole)."""
+    rows = [f"{'at (UTC)':<20}{'actor':<14}{'what':<30}{'where':<22}why"]
     for e in p["entries"]:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(e["at"])))
-        rows.append(f"{at:<20}{e['actor'][:21]:<22}{e['action'][:33]:<34}{e['region'][:23]:<24}{e['reason']}")
-    return "\n".join(rows)
+        line = f"{at:<20}{e['actor'][:13]:<14}{e['action'][:29]:<30}{e['region'][:21]:<22}{e['reason']}"
+        rows.append(line if len(line) <= 100 else line[:99] + "…")
+    return "\n".join(row.rstrip() for row in rows)
 
 
 def _tenant_line(t: dict[str, Any]) -> str:
@@ -388,13 +390,14 @@ def _usage(args: argparse.Namespace) -> int:
         return _print_result(status, payload)
     _row(f"usage of {payload['tenant']} from {payload['start']} to {payload['end']}")
     _row(
-        f"{'hour':<22}{'model':<28}{'region':<16}{'requests':>9}{'prompt':>10}{'completion':>11}{'errors':>7}"
-        f"{'USD':>11}"
+        f"{'hour (UTC)':<15}{'model':<23}{'region':<15}{'requests':>9}{'prompt':>10}{'completion':>11}"
+        f"{'errors':>7}{'USD':>10}"
     )
     for r in [*payload["rows"], {"hour": "total", "model": "", "region": "", **payload["totals"]}]:
+        hour = r["hour"] if r["hour"] == "total" else r["hour"][:13].replace("T", " ") + "h"
         _row(
-            f"{r['hour']:<22}{r['model'][:27]:<28}{r['region']:<16}{r['requests']:>9}{r['prompt_tokens']:>10}"
-            f"{r['completion_tokens']:>11}{r['errors']:>7}{r['spend_usd']:>11.4f}"
+            f"{hour:<15}{r['model'][:22]:<23}{r['region'][:14]:<15}{r['requests']:>9}{r['prompt_tokens']:>10}"
+            f"{r['completion_tokens']:>11}{r['errors']:>7}{r['spend_usd']:>10.4f}"
         )
     _row(f"\n{'day':<12}{'model':<28}{'requests':>9}{'USD':>11}")
     for d in payload["daily"]:
