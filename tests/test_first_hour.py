@@ -1,0 +1,64 @@
+"""The README's two commands together, as a reader runs them (issue: "the first hour"): demo A on the default
+base port, a second demo B and the whole test suite started beside it, then the guided tour word for word
+against A. Real processes throughout. The nested suite leaves this file out (it would start itself)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meridian.cli import DEFAULT_BASE_PORT
+from meridian.redisproc import free_block, port_free
+from tests.fleet import ROOT
+from tests.test_demo import start_demo, stop_and_check_no_orphans, tour_commands
+
+pytestmark = [pytest.mark.slow, pytest.mark.first_hour]
+
+
+def run_tour(env: dict[str, str]) -> None:
+    """Every tour command exactly as the README prints it (the default ports, `meridian ctl` unaided)."""
+    for cmd in tour_commands():
+        res = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", cmd],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, (
+            f"tour command failed beside a second demo and a test run: {cmd}\n{res.stderr}"
+        )
+
+
+def test_demo_a_then_demo_b_and_the_whole_suite_beside_it_then_the_tour_against_a(tmp_path: Path) -> None:
+    if not all(port_free(p) for p in range(DEFAULT_BASE_PORT, DEFAULT_BASE_PORT + 60)):
+        pytest.skip(f"ports {DEFAULT_BASE_PORT}+ are taken on this machine (a reader's own demo?)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    demo_a, _, _ = start_demo(DEFAULT_BASE_PORT)
+    try:
+        demo_b, _, _ = start_demo(free_block(60))
+        try:
+            suite = subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not first_hour"],
+                cwd=ROOT,
+                env=env,
+                stdout=(tmp_path / "suite.log").open("w"),
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                run_tour(env)  # while the suite runs beside it
+            finally:
+                code = suite.wait(timeout=1800)
+            log = (tmp_path / "suite.log").read_text()
+            assert code == 0, log[-4000:]
+            run_tour(env)  # and again once it is done
+        finally:
+            stop_and_check_no_orphans(demo_b)
+    finally:
+        stop_and_check_no_orphans(demo_a)
