@@ -16,7 +16,7 @@ from meridian.redisproc import free_block, port_free
 from tests.fleet import ROOT
 from tests.test_demo import start_demo, stop_and_check_no_orphans, tour_commands
 
-pytestmark = [pytest.mark.slow, pytest.mark.first_hour]
+pytestmark = [pytest.mark.slow, pytest.mark.first_hour, pytest.mark.timeout(1800)]  # it nests a whole run
 
 
 def run_tour(env: dict[str, str]) -> None:
@@ -53,8 +53,11 @@ def test_demo_a_then_demo_b_and_the_whole_suite_beside_it_then_the_tour_against_
             )
             try:
                 run_tour(env)  # while the suite runs beside it
+                code = suite.wait(timeout=1500)
             finally:
-                code = suite.wait(timeout=1800)
+                if suite.poll() is None:  # the tour failed: the suite is no use now
+                    suite.terminate()
+                    suite.wait(timeout=60)
             log = (tmp_path / "suite.log").read_text()
             assert code == 0, log[-4000:]
             run_tour(env)  # and again once it is done
