@@ -394,7 +394,7 @@ def _usage(args: argparse.Namespace) -> int:
         f"{'errors':>7}{'USD':>10}"
     )
     for r in [*payload["rows"], {"hour": "total", "model": "", "region": "", **payload["totals"]}]:
-        hour = r["hour"] if r["hour"] == "total" else r["hour"][:13].replace("T", " ") + "h"
+        hour = r["hour"] if r["hour"] == "total" else r["hour"][:13] + "h"  # 2026-12-06T12h
         _row(
             f"{hour:<15}{r['model'][:22]:<23}{r['region'][:14]:<15}{r['requests']:>9}{r['prompt_tokens']:>10}"
             f"{r['completion_tokens']:>11}{r['errors']:>7}{r['spend_usd']:>10.4f}"
