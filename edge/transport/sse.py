@@ -37,6 +37,14 @@ class EventFrames:
             return chunk
         if self.tail:
             chunk, self.tail = self.tail + chunk, b""
+        if chunk.startswith(b"data: {") and chunk.find(b"\n") == len(chunk) - 2 and chunk[-1:] == b"\n":
+            try:  # the usual chunk: one single-line JSON event (validated in place, no copy)
+                _RAW.decode(memoryview(chunk)[6:-2])
+            except msgspec.DecodeError:
+                self.dropped += 1
+                return b""
+            self.prev, self.last = self.last, chunk
+            return chunk
         if not chunk.endswith(b"\n\n"):
             end = chunk.rfind(b"\n\n")
             if end < 0:
