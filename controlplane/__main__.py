@@ -1,11 +1,5 @@
-"""`python -m controlplane`: run the control plane (see controlplane.main).
+"""`python -m controlplane`: run the control plane (see controlplane.main); started by `fleet.entry.run`."""
 
-Ctrl-C while it starts (its imports take a moment) ends it quietly, as Ctrl-C once it runs does:
-status 130, no traceback."""
+from fleet.entry import run
 
-try:
-    from controlplane.main import main
-
-    raise SystemExit(main())
-except KeyboardInterrupt:
-    raise SystemExit(130) from None
+run("controlplane.main")

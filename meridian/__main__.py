@@ -1,11 +1,5 @@
-"""`python -m meridian`: the `meridian` command.
+"""`python -m meridian`: the `meridian` command (see meridian.cli); started by `fleet.entry.run`."""
 
-Ctrl-C while it starts (its imports take a moment) ends it quietly, as Ctrl-C once it runs does:
-status 130, no traceback."""
+from fleet.entry import run
 
-try:
-    from meridian.cli import main
-
-    raise SystemExit(main())
-except KeyboardInterrupt:
-    raise SystemExit(130) from None
+run("meridian.cli")

@@ -25,9 +25,9 @@ IDLE_S = 1.0
 TIMEOUTS = {p: {"first_token_s": FIRST_TOKEN_S, "idle_s": IDLE_S} for p in ("critical", "normal", "batch")}
 
 
-@pytest.fixture
-async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
-    f = await start_fleet(
+async def conduct_fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path, **overrides: Any) -> Fleet:
+    """eu-west-1 alone (two replicas), the catalog, fast simulators, short first-token and idle limits."""
+    return await start_fleet(
         tmp_path,
         serve,
         geo_db=geo_db,
@@ -35,7 +35,13 @@ async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIter
         regions=("eu-west-1",),
         sim_kwargs={"ttft_ms": 1.0},
         edge_overrides={"timeouts": TIMEOUTS},
+        **overrides,
     )
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await conduct_fleet(tmp_path, serve, geo_db)
     try:
         yield f
     finally:
@@ -397,16 +403,7 @@ async def test_a_model_the_catalog_says_cannot_be_continued_ends_with_the_error_
 ) -> None:
     """`continuation: none` in the catalog wins over the engine (vllm would take the prefix): a stream cut
     after 3 tokens ends with the stream_cut error event, and no replica is asked to go on."""
-    f = await start_fleet(
-        tmp_path,
-        serve,
-        geo_db=geo_db,
-        catalog=True,
-        regions=("eu-west-1",),
-        sim_kwargs={"ttft_ms": 1.0},
-        edge_overrides={"timeouts": TIMEOUTS},
-        model_overrides={MODEL: {"continuation": "none"}},
-    )
+    f = await conduct_fleet(tmp_path, serve, geo_db, model_overrides={MODEL: {"continuation": "none"}})
     try:
         _, headers, _, _ = await stream(f)
         sims = replicas(f)
