@@ -292,6 +292,7 @@ def checkov_bin() -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the first run on a machine installs checkov into its own venv
 def test_the_terraform_passes_checkov_and_every_skip_says_why() -> None:
     """The IaC scan: no failed check; a check that does not apply is skipped inline, with its reason."""
     done = subprocess.run(
