@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from edge.admission.limits import LEASE_S, SLOTS_TTL_S, TOLERANCE_S
+from edge.server.build import LEASE_TIMEOUT_S
 from tests.conftest import ServerFactory
 from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
@@ -326,7 +327,7 @@ def check(cell: Cell, seen: Seen, stalled: float = 0.0) -> list[str]:
     allowed = rate * seen.elapsed
     owed = rate * max(0.0, seen.elapsed - stalled)
     burst = rate * 1.0 + 1  # the default burst_s: 1 s of the rate (and the permit that starts it)
-    if stalled > LEASE_TIMEOUT_S:  # a stall past the lease call's timeout sends each edge to its local
+    if stalled > LEASE_TIMEOUT_S:  # a stall past the lease's socket timeout sends each edge to its local
         burst *= 2  # share for a while, whose buckets start with a burst of their own (the outage mode)
     most = cell_mean_cost(cell) if dim == "tpm" else 1  # one request past the room (a debt)
     if dim == "tpm" and cell.tokens:
@@ -343,7 +344,6 @@ def check(cell: Cell, seen: Seen, stalled: float = 0.0) -> list[str]:
     return broken
 
 
-LEASE_TIMEOUT_S = 0.5  # edge.admission.limiter: a lease call slower than this falls back to the local share
 STALL_S = 0.1  # a wake-up later than this is a stall of the shared loop (a slow or busy CI machine)
 
 

@@ -36,6 +36,8 @@ from edge.transport.upstream import UpstreamPool
 from fleet.redisconn import connect
 from fleet.state import Region, Snapshot, Topology, initial_state
 
+LEASE_TIMEOUT_S = 1.0  # a limit lease slower than this fails: the edge enforces its local share meanwhile
+
 
 def connect_store(settings: EdgeSettings, url: str, *, socket_timeout: float) -> Redis:
     """A client for one of this edge's Redis URLs, with the ACL user from the settings when set."""
@@ -184,7 +186,9 @@ def tenancy(
     # tenant limits are leased from the primary (the replica cannot take writes)
     failures = m.limits_primary_failures
     limiter = Limiter(
-        client=connect_store(settings, settings.redis_primary_url or settings.redis_url, socket_timeout=1.0),
+        client=connect_store(
+            settings, settings.redis_primary_url or settings.redis_url, socket_timeout=LEASE_TIMEOUT_S
+        ),
         edges=len(topo.regions) * settings.workers,
         on_failure=lambda kind: failures.labels(kind=kind).inc(),
     )

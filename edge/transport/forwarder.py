@@ -427,17 +427,7 @@ class Forwarder:
         upstream: UpstreamResponse | None = None
         first, retry_after, body = None, 0.0, None
         try:
-            upstream = await self.pool.request(
-                attempt.url,
-                call.request.method,
-                call.path_qs,
-                tracing.trace_headers(span),
-                call.body,
-                header_block=call.headers,
-                connect_s=call.timeouts.connect_s,
-                idle_s=call.timeouts.idle_s,
-                ttfb_s=max(0.001, min(call.timeouts.ttfb_s, call.deadline - t0)),
-            )
+            upstream = await self._open(call, attempt, span, call.request.method, call.body)
             outcome = answered(upstream.status)
             if (
                 upstream.status == 400
@@ -471,6 +461,24 @@ class Forwarder:
                 upstream.close()
                 upstream = None
         return Result(attempt, span, outcome, time.monotonic() - t0, upstream, t0, first, retry_after, body)
+
+    async def _open(
+        self, call: Call, attempt: Attempt, span: trace.Span, method: str, body: bytes
+    ) -> UpstreamResponse:
+        """Send one request of ``call`` to ``attempt``'s replica (its span's traceparent, the call's timeouts,
+        the time to first byte bounded by the deadline); returns at the response headers."""
+        t = call.timeouts
+        return await self.pool.request(
+            attempt.url,
+            method,
+            call.path_qs,
+            tracing.trace_headers(span),
+            body,
+            header_block=call.headers,
+            connect_s=t.connect_s,
+            idle_s=t.idle_s,
+            ttfb_s=max(0.001, min(t.ttfb_s, call.deadline - time.monotonic())),
+        )
 
     def _account(self, r: Result, *, judge: bool = True) -> None:
         """One attempt's outcome into the metrics, the hedge windows, the breakers and the observations: the
@@ -783,17 +791,7 @@ class Forwarder:
         span = self._begin(call, nxt)
         upstream: UpstreamResponse | None = None
         try:
-            upstream = await self.pool.request(
-                nxt.url,
-                "POST",
-                call.path_qs,
-                tracing.trace_headers(span),
-                body,
-                header_block=call.headers,
-                connect_s=call.timeouts.connect_s,
-                idle_s=call.timeouts.idle_s,
-                ttfb_s=max(0.001, min(call.timeouts.ttfb_s, call.deadline - time.monotonic())),
-            )
+            upstream = await self._open(call, nxt, span, "POST", body)
             if upstream.status != 200 or upstream.content_type != "text/event-stream":
                 upstream.close()  # e.g. the engine refuses the prefix: the client hears of the original fault
                 upstream = None

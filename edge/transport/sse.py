@@ -54,19 +54,14 @@ class EventFrames:
                 self.tail = chunk
                 return b""
             chunk, self.tail = chunk[: end + 2], chunk[end + 2 :]
-        if chunk.count(b"\n\n") == 1:  # one event a chunk, as engines send them
-            if not _well_formed(chunk[:-2]):
-                self.dropped += 1
-                return b""
-            self.done = self.done or chunk == DONE
-        else:
-            events = chunk.split(b"\n\n")[:-1]
-            kept = [e for e in events if _well_formed(e)]
-            if len(kept) != len(events):
-                self.dropped += len(events) - len(kept)
-                chunk = b"".join(e + b"\n\n" for e in kept)
+        events = chunk.split(b"\n\n")[:-1]  # several events, multi-line ones, [DONE]
+        kept = [e for e in events if _well_formed(e)]
+        if len(kept) != len(events):
+            self.dropped += len(events) - len(kept)
+            chunk = b"".join(e + b"\n\n" for e in kept)
+        if chunk:
             self.done = self.done or chunk.endswith(DONE)
-        self.prev, self.last = self.last, chunk
+            self.prev, self.last = self.last, chunk
         return chunk
 
     def end(self) -> None:
