@@ -26,9 +26,12 @@ class PickPolicy:
     load_factor: float = 1.25  # c: no replica above c x the mean load
     weights: tuple[tuple[str, float], ...] = DEFAULT_WEIGHTS  # scorer -> exponent
     plain: bool = field(init=False, default=True)  # today's weights: the score has a closed form (scorers)
+    # what a request without affinity key or adapter asks: one per policy, not one per request
+    ask: Ask = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plain", self.weights == DEFAULT_WEIGHTS)
+        object.__setattr__(self, "ask", Ask(self))
 
 
 @dataclass(slots=True)  # not frozen: built per candidate per request, and frozen init costs
@@ -66,7 +69,7 @@ class Candidates(Sequence[Candidate]):
 
     def __init__(self, names: Sequence[str], make: Callable[[str], Candidate], *, signalled: bool) -> None:
         self.names, self._make, self.signalled = names, make, signalled
-        self._made: list[Candidate | None] = [None] * len(names)
+        self._made: dict[int, Candidate] = {}  # by index, as made (a dict: most requests look at two)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -78,9 +81,12 @@ class Candidates(Sequence[Candidate]):
     def __getitem__(self, i: int | slice) -> Candidate | Sequence[Candidate]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self.names)))]
-        r = self._made[i]
+        if i < 0:
+            i += len(self.names)
+        made = self._made
+        r = made.get(i)
         if r is None:
-            r = self._made[i] = self._make(self.names[i])
+            r = made[i] = self._make(self.names[i])
         return r
 
     def __iter__(self) -> Iterator[Candidate]:

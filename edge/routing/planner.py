@@ -147,6 +147,7 @@ class Planner:
         self.leads: dict[tuple[tuple[str, ...] | None, frozenset[str] | None], Lead] = {}
         self._places: dict[tuple[int, int], ClientView] = {}
         # (region, model) -> (the signals and route cache it was computed on, when, its pool load)
+        self._bare: dict[str, Callable[[str], Candidate]] = {}  # region -> its candidates from counts alone
         self._loads: dict[tuple[str, str | None], tuple[object, object, float, PoolLoad | None]] = {}
 
     def network(self) -> Network:
@@ -335,9 +336,14 @@ class Planner:
     def candidates(self, region: str, names: list[str]) -> Candidates:
         """What the picker knows of each replica — outstanding requests, fresh signals, slow-start share —
         made when the pipeline looks at it."""
-        now = self.clock()
         outstanding = self.observed.outstanding_in(region)
         signals = self.signals().get(region)
+        if not signals and not self.joined:  # all that is known of each is this edge's own count
+            bare = self._bare.get(region)
+            if bare is None:
+                bare = self._bare[region] = _bare(outstanding)
+            return Candidates(names, bare, signalled=False)
+        now = self.clock()
         tuning, joined = self.tuning, self.joined
 
         def make(name: str) -> Candidate:
@@ -370,3 +376,12 @@ class Planner:
                 share[name] = f
         self._steady = snapshot if share is None else None
         return share
+
+
+def _bare(outstanding: Mapping[str, int]) -> Callable[[str], Candidate]:
+    """A candidate from this edge's own count of requests in flight (a live view of ``outstanding``)."""
+
+    def make(name: str) -> Candidate:
+        return Candidate(name, outstanding.get(name, 0))
+
+    return make

@@ -13,7 +13,6 @@ Inference Extension's shape, filters -> scorers -> picker, one path for every re
 
 from __future__ import annotations
 
-import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,9 +41,8 @@ def pick(
     home to its ring replica when it has not)."""
     if not candidates:
         return None
-    ask = Ask(policy, key, adapter, last) if key is not None or adapter is not None else _plain(policy)
-    pool, notes = _filtered(candidates, ask)
-    why = "".join(f"{n}; " for n in notes) if notes else ""
+    ask = Ask(policy, key, adapter, last) if key is not None or adapter is not None else policy.ask
+    pool, why = _filtered(candidates, ask)
     if key is None:
         return Pick(two_choices(pool, policy, rng).name, why + PLAIN)
     chosen, on_key = bounded_ring(pool, key, ring, policy.load_factor, last)
@@ -54,19 +52,17 @@ def pick(
     return Pick(chosen.name, f"{why}affinity key {'kept where it overflowed' if kept else 'overflowed'}")
 
 
-@functools.lru_cache(maxsize=16)
-def _plain(policy: PickPolicy) -> Ask:
-    """What a request without affinity key or adapter asks (one per policy, not one per request)."""
-    return Ask(policy)
-
-
-def _filtered(pool: Sequence[Candidate], ask: Ask) -> tuple[Sequence[Candidate], list[str]]:
-    notes = []
-    for _, step in FILTERS:
+def _filtered(pool: Sequence[Candidate], ask: Ask) -> tuple[Sequence[Candidate], str]:
+    """What the filters kept, and their notes as the start of the pick's "why"."""
+    why = ""
+    for step in STEPS:
         pool, note = step(pool, ask)
         if note is not None:
-            notes.append(note)
-    return pool, notes
+            why += f"{note}; "
+    return pool, why
+
+
+STEPS = tuple(step for _, step in FILTERS)
 
 
 def explain(candidates: Sequence[Candidate], ask: Ask) -> list[dict[str, object]]:

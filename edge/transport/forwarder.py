@@ -12,8 +12,9 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -462,13 +463,14 @@ class Forwarder:
                 upstream = None
         return Result(attempt, span, outcome, time.monotonic() - t0, upstream, t0, first, retry_after, body)
 
-    async def _open(
+    def _open(
         self, call: Call, attempt: Attempt, span: trace.Span, method: str, body: bytes
-    ) -> UpstreamResponse:
+    ) -> Coroutine[Any, Any, UpstreamResponse]:
         """Send one request of ``call`` to ``attempt``'s replica (its span's traceparent, the call's timeouts,
-        the time to first byte bounded by the deadline); returns at the response headers."""
+        the time to first byte bounded by the deadline); awaited, it returns at the response headers (the
+        pool's own coroutine: no coroutine of its own in between, on every request)."""
         t = call.timeouts
-        return await self.pool.request(
+        return self.pool.request(
             attempt.url,
             method,
             call.path_qs,
