@@ -175,6 +175,7 @@ class Prober:
                 self.starting.add(key)  # not a failure while it starts: the region's health leaves it out
             return
         self.held_down.add(key)
+        self.starting.discard(key)  # switched off before it came up: no longer capacity that is coming
 
         def mutate(s: RegionState) -> RegionState | None:
             if s.replicas.get(replica) == "down":
@@ -209,7 +210,13 @@ class Prober:
             util_moved = abs(s.utilization - utilization) >= threshold or (
                 utilization == 0.0 and s.utilization != 0.0
             )
-            if s.replicas == dict(replicas) and s.health == health and not util_moved:
+            starting = sum(1 for r, _ in self.starting if r == name)
+            if (
+                s.replicas == dict(replicas)
+                and s.health == health
+                and not util_moved
+                and s.starting == starting
+            ):
                 return None
             if s.health != health:
                 log.info("region %s health %s -> %s (replicas %s)", name, s.health, health, dict(replicas))
@@ -218,6 +225,7 @@ class Prober:
                     "replicas": dict(replicas),
                     "health": health,
                     "utilization": round(utilization if util_moved else s.utilization, 4),
+                    "starting": starting,
                 }
             )
 

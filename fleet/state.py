@@ -267,6 +267,7 @@ class RegionState(BaseModel):
     health: Health = "up"
     replicas: dict[str, Health] = Field(default_factory=dict)
     utilization: float = Field(default=0.0, ge=0.0)
+    starting: int = Field(default=0, ge=0)  # replicas switched on and not up yet: capacity that is coming
     latency_ms: float | None = None  # service time: time to first token where the region is (no network)
     latency_source: Literal["engine", "edges"] | None = None  # the engine's TTFT metric, or edges' TTFT - RTT
     baseline_ms: float | None = None  # slow-moving normal TTFT: brown-outs are measured against it
@@ -283,6 +284,17 @@ class RegionState(BaseModel):
     @property
     def routable(self) -> bool:
         return self.weight > 0 and not self.drained and self.health != "down"
+
+    @property
+    def planned_utilization(self) -> float:
+        """Utilization against the capacity the region will have once the replicas it is starting are up
+        (the same load over more replicas): a region scaling up keeps its clients, and wins back those it
+        spilled, instead of losing them to a region that has already scaled."""
+        util = max(0.0, self.utilization)
+        if self.starting <= 0:
+            return util
+        serving = sum(1 for h in self.replicas.values() if h != "down") or 1  # as the prober counts them
+        return util * serving / (serving + self.starting)
 
 
 def initial_state(region: Region, *, now: float) -> RegionState:

@@ -155,10 +155,17 @@ async def test_idle_scales_down_and_a_surge_panics_up_within_the_reaction_time_a
 ) -> None:
     await at(fleet, lambda p: p["current"] == 1, timeout=15, what="the idle pool to come down to its minimum")
     surge = asyncio.create_task(load(fleet, clients=16, seconds=8.0))  # needs 6 replicas at 3 each
+
+    async def coming() -> bool:  # the region's state counts the replicas starting (its capacity coming)
+        status, body = await fleet.admin("GET", f"/v1/regions/{REGION}")
+        return status == 200 and body["starting"] >= 1
+
+    seen_coming = asyncio.create_task(wait_for(coming, timeout=6, interval=0.05, what="replicas starting"))
     started = time.monotonic()
     reaction = await at(
         fleet, lambda p: p["current"] == 6, timeout=6, what="the surge to bring the replicas it needs on"
     )
+    await seen_coming
     served = await surge
     print(f"\nsurge: 1 -> 6 replicas in {reaction:.1f} s")
     assert reaction <= REACTION_S

@@ -80,6 +80,39 @@ def test_utilization_inflates_service_time_like_a_queue() -> None:
     assert d.primary == "us-east-1"  # a nearly saturated region loses London smoothly
 
 
+@pytest.mark.parametrize(
+    ("utilization", "replicas", "starting", "planned"),
+    [
+        (0.9, {"a": "up", "b": "up"}, 0, 0.9),  # nothing coming: as measured
+        (0.9, {"a": "up", "b": "up", "c": "down", "d": "down"}, 2, 0.45),  # two more on the way: half
+        (0.99, {"a": "up", "b": "down"}, 1, 0.495),  # saturated now, not once the second is up
+        (1.2, {"a": "down", "b": "down"}, 2, 0.4),  # scaling from zero: the load over what comes
+        (-0.1, {"a": "up"}, 3, 0.0),  # never below 0
+    ],
+)
+def test_planned_utilization_counts_the_replicas_starting(
+    utilization: float, replicas: dict[str, str], starting: int, planned: float
+) -> None:
+    st = RegionState.model_construct(name="r", utilization=utilization, replicas=replicas, starting=starting)
+    assert st.planned_utilization == pytest.approx(planned)
+
+
+def test_a_region_scaling_up_keeps_its_clients_and_wins_them_back() -> None:
+    """London's region is saturated now: with nothing coming it loses London; with three times as many
+    replicas starting it keeps London (its queue drains once they are up)."""
+    full = {"utilization": 0.98, "replicas": {"euw1-a": "up", "euw1-b": "up"}}
+    spilled = route(snap(eu_west_1=full))
+    assert spilled.primary != "eu-west-1"
+    assert next(s for s in spilled.scores if s.region == "eu-west-1").why_not == "saturated"
+    coming = {f"euw1-{i}": "down" for i in range(6)}  # switched on by the autoscaler, not up yet
+    growing = {**full, "replicas": {"euw1-a": "up", "euw1-b": "up", **coming}}
+    assert route(snap(eu_west_1=growing)).primary != "eu-west-1"  # the same slots, none of them starting
+    kept = route(snap(eu_west_1={**growing, "starting": 6}))
+    assert kept.primary == "eu-west-1"
+    eu = next(s for s in kept.scores if s.region == "eu-west-1")
+    assert eu.utilization == pytest.approx(0.245) and eu.service_ms == pytest.approx(100.0 / 0.755)
+
+
 def test_degraded_pays_a_penalty() -> None:
     d = route(snap(eu_west_1={"health": "degraded"}))
     eu = next(s for s in d.scores if s.region == "eu-west-1")

@@ -7,6 +7,8 @@ whichever region serves it, so regions are ranked on what differs:
 
     network(edge, r) + service(r) / (1 - utilization(r)) + penalty(health(r))
 
+utilization counts the replicas a region is starting (``RegionState.planned_utilization``).
+
 network is this edge's own measured round trip to r (an EWMA of its probes), or before any measurement the
 great-circle distance at fibre speed times a path-inflation factor; it is never averaged with other edges'
 views. service is the region's time to first token where the region is (the engine's TTFT metric, or the
@@ -117,7 +119,7 @@ def score_regions(
                 RegionScore(region.name, False, "not in store", net, measured, 0.0, 0.0, 0.0, 0, math.inf)
             )
             continue
-        util = max(0.0, st.utilization)
+        util = st.planned_utilization  # replicas starting count: capacity that is coming
         base = st.latency_ms if st.latency_ms is not None else unknown_ms
         brownout = 1.0
         baseline = st.baseline_ms or 0.0
