@@ -61,6 +61,7 @@ class Pool:
     spot_gone: dict[str, float] = field(default_factory=dict)  # slot -> until when its spot capacity is gone
     leaving: set[str] = field(default_factory=set)  # interrupted, serving until their replacement does
     ready_at: dict[str, float] = field(default_factory=dict)  # slot -> when its cold start is over
+    down_since: dict[str, float] = field(default_factory=dict)  # slot on and down to the probes, since
     memory: PoolMemory = field(default_factory=lambda: PoolMemory(0))
     load: float | None = None  # smoothed
     absorbed: float = 0.0  # load taken on for drained or down regions, in the last decision
@@ -90,8 +91,10 @@ class Autoscaler:
         registry: CollectorRegistry,
         hold_down: Callable[[str, str, bool], Awaitable[None]],
         clock: Callable[[], float] = time.time,
+        spot_notices: bool = True,
     ) -> None:
         self.hold_down = hold_down  # the prober's: a drained slot is down in the store at once
+        self.spot_notices = spot_notices  # off: a machine's notice is not acted on (it goes when it goes)
         self.topology = topology
         self.policy = topology.autoscaling
         self.store = store
@@ -143,12 +146,14 @@ class Autoscaler:
         self.m_panic = Gauge("meridian_pool_panic", "1 inside a panic window", labels, registry=r)
 
     async def start(self) -> None:
-        """Take over the slots: the pool starts at its slots that are on (all of them at first) within its
-        bounds; every slot's switch set accordingly. The first decision's window remembers this count, so
-        a restart does not scale down at once."""
+        """Take over the slots: the pool starts at its slots that are on (a slot the backend cannot tell
+        about counts as on) within its bounds; every slot's switch set accordingly. The first decision's
+        window remembers this count, so a restart does not scale down at once."""
         now = self.clock()
         for pool in self.pools.values():
-            count = min(max(len(pool.slots), pool.spec.min_replicas), pool.spec.max_replicas)
+            powered = await asyncio.gather(*(self.backend.powered(url) for url in pool.slots.values()))
+            on = sum(1 for p in powered if p is not False)
+            count = min(max(on, pool.spec.min_replicas), pool.spec.max_replicas)
             pool.memory = PoolMemory(0, recommendations=((now, count),))
             await self._apply(pool, *mix(pool.spec, count), now)
             for slot in [s for s in pool.slots if s not in pool.on]:  # beyond max_replicas: off
@@ -177,8 +182,10 @@ class Autoscaler:
     async def step(self) -> dict[PoolKey, ScaleDecision]:
         """One round: load, decisions, ceilings, actuation, records."""
         now = self.clock()
-        await self._notices(now)
-        routable = await self._routable()
+        if self.spot_notices:
+            await self._notices(now)
+        routable, health = await self._regions()
+        await self._replace_failed(health, now)
         self._sample(routable)
         extra = self._absorbed(routable)
         held = await self._held()
@@ -251,12 +258,32 @@ class Autoscaler:
                 now_load = sum(g.kv_usage or 0.0 for g in fresh)
             pool.load = now_load if pool.load is None else alpha * now_load + (1 - alpha) * pool.load
 
-    async def _routable(self) -> dict[str, bool]:
+    async def _regions(self) -> tuple[dict[str, bool], dict[str, Mapping[str, str]]]:
+        """Each region's routability and its replicas' health, from the store ({} when it is out: nobody
+        hands load over, nothing is replaced this round)."""
         try:
             _, regions, _ = await self.store.all()
-        except Exception:  # the store is out: nobody hands load over this round
-            return {}
-        return {name: st.routable for name, st in regions.items()}
+        except Exception:
+            return {}, {}
+        return {n: st.routable for n, st in regions.items()}, {n: st.replicas for n, st in regions.items()}
+
+    async def _replace_failed(self, health: Mapping[str, Mapping[str, str]], now: float) -> None:
+        """A machine that is on, past its cold start, and down to the probes for ``replace_down_after_s``
+        has failed: it is given back and replaced, as a managed instance group replaces an unhealthy VM."""
+        after = self.policy.replace_down_after_s
+        for pool in self.pools.values():
+            replicas = health.get(pool.region, {})
+            for slot in [s for s in pool.on if s not in pool.leaving]:
+                if replicas.get(slot) != "down" or pool.ready_at.get(slot, 0.0) > now:
+                    pool.down_since.pop(slot, None)
+                    continue
+                since = pool.down_since.setdefault(slot, now)
+                if now - since < after:
+                    continue
+                pool.down_since.pop(slot, None)
+                reason = f"{slot} down to the probes for {now - since:.0f} s: replaced"
+                with contextlib.suppress(KeyError, NotServing):
+                    await self.interrupt(pool.region, slot, reason=reason, force=True, now=now)
 
     def _absorbed(self, routable: Mapping[str, bool]) -> dict[PoolKey, float]:
         """Per model, the load of pools in regions that are not routable, handed to the routable ones."""

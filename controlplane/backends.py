@@ -16,6 +16,10 @@ class Backend(Protocol):
 
     async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None: ...
 
+    async def powered(self, url: str) -> bool | None:
+        """Whether the slot's machine is on now (None: the backend cannot tell)."""
+        ...
+
     async def notice(self, url: str) -> str | None:
         """The machine's interruption notice (when it goes), or None."""
         ...
@@ -28,6 +32,9 @@ class NoBackend:
 
     async def switch(self, url: str, *, on: bool, kind: Kind, cold_start_s: float) -> None:
         return None
+
+    async def powered(self, url: str) -> bool | None:
+        return None  # the Deployment's replicas are the HPA's
 
     async def notice(self, url: str) -> str | None:
         return None  # a node agent calls POST /v1/pools/{region}/{model}/interruptions
@@ -51,6 +58,15 @@ class SimulatorBackend:
         body = {"on": on, "cold_start_s": cold_start_s, "capacity": kind}
         async with self._client().post(url + "/_sim/power", json=body) as resp:
             resp.raise_for_status()
+
+    async def powered(self, url: str) -> bool | None:
+        """``GET /_sim/power``: whether the slot's machine is on (None: the slot does not answer)."""
+        try:
+            async with self._client().get(url + "/_sim/power") as resp:
+                resp.raise_for_status()
+                return bool((await resp.json())["on"])
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
+            return None
 
     async def notice(self, url: str) -> str | None:
         """``GET /_sim/notice``: the simulator's spot instance-action metadata (404: none)."""

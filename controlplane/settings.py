@@ -64,6 +64,8 @@ class ControlPlaneSettings(BaseSettings):
         description="regions.yaml's pools: off; simulator (switch the simulator's replica slots on and off); "
         "kubernetes (decide and publish; KEDA scales the Deployments)",
     )
+    spot_notices: bool = True
+    """act on spot interruption notices (drain and replace at once); off only to measure what they buy"""
     signals_interval_s: float = Field(
         default=1.0, ge=0.2, le=60, description="scrape every engine's metrics and publish its signals"
     )

@@ -166,6 +166,7 @@ def _autoscaler(
         backend=backend,
         registry=state.registry,
         hold_down=prober.hold_down,
+        spot_notices=settings.spot_notices,
     )
     state.autoscaler = autoscaler
     return autoscaler

@@ -91,3 +91,5 @@ class Autoscaling(_Strict):
     )
     panic_window_s: float = Field(default=60.0, ge=0, description="no scale-down this long after a panic")
     cost_ceiling_hour: float | None = Field(default=None, gt=0, description="$ per hour, all pools")
+    replace_down_after_s: float = Field(default=60.0, gt=0)
+    """a machine that is on, past its cold start, and down to the probes this long is replaced"""

@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from meridian.pressure.options import add_arguments as add_pressure_arguments
+
 
 def run_controlplane(_: argparse.Namespace) -> int:
     from controlplane.main import main as controlplane_main
@@ -503,6 +505,12 @@ def run_k8s(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pressure(args: argparse.Namespace) -> int:
+    from meridian.pressure.main import run
+
+    return run(args)
+
+
 def run_capacity(args: argparse.Namespace) -> int:
     """The capacity and cost report from a traffic history (CSV) and regions.yaml's pools."""
     from redis.exceptions import RedisError
@@ -619,6 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a reservation's discount",
     )
     cap.set_defaults(func=run_capacity)
+
+    pressure = sub.add_parser(
+        "pressure",
+        help="the ten pressure tests on a real local fleet, open-loop load (Markdown report + PNG plots)",
+    )
+    add_pressure_arguments(pressure)
+    pressure.set_defaults(func=run_pressure)
 
     cp = sub.add_parser("controlplane", help="run the admin API + health prober (settings from MERIDIAN_*)")
     cp.set_defaults(func=run_controlplane)

@@ -185,9 +185,23 @@ def claim_ports(topo: Topology, base: int) -> int:
 
 class Fleet:
     def __init__(
-        self, topo: Topology, base_port: int, workdir: Path, *, network: bool = True, simulated: bool = True
+        self,
+        topo: Topology,
+        base_port: int,
+        workdir: Path,
+        *,
+        network: bool = True,
+        simulated: bool = True,
+        sim_args: tuple[str, ...] = (),
+        sims_off: frozenset[str] = frozenset(),
+        env: dict[str, str] | None = None,
+        log_file: Path | None = None,
     ) -> None:
         self.topo = topo
+        self.sim_args = sim_args  # the simulators' engine (e.g. --max-concurrency), for every region
+        self.sims_off = sims_off  # replica slots whose machine starts switched off (a pool at its minimum)
+        self.env = env or {}  # MERIDIAN_* tuning for every component (under the wiring)
+        self.log_file = log_file  # where the children log (None: this process's stderr)
         self.network = network
         self.simulated = simulated  # False: `meridian up`, the replicas regions.yaml names, as written
         self.real_regions: Path | None = None  # `meridian up`'s regions file, used as it is
@@ -210,8 +224,12 @@ class Fleet:
         # MERIDIAN_* tuning from the caller's environment passes through (e.g. MERIDIAN_HEDGE_QUANTILE);
         # the wiring below (ports, URLs, files, tokens) always wins
         full = {k: v for k, v in os.environ.items() if k != "MERIDIAN_DEMO_TOKEN"}
+        full.update(self.env)
         full.update(env)
-        self.procs.append((name, spawn(argv, env=full, stdout=sys.stderr.fileno())))
+        if self.log_file is not None:
+            self.procs.append((name, spawn(argv, env=full, log=self.log_file)))
+        else:
+            self.procs.append((name, spawn(argv, env=full, stdout=sys.stderr.fileno())))
 
     def start(self) -> dict[str, Any]:
         topo, base = self.topo, self.base
@@ -243,6 +261,10 @@ class Fleet:
             for rep in region.replicas:
                 args += ["--replica", f"{rep.name}=127.0.0.1:{ports[(region.name, rep.name)]}"]
             args += sim_model_args(topo, region.name)
+            args += self.sim_args
+            args += [
+                arg for rep in region.replicas if rep.name in self.sims_off for arg in ("--off", rep.name)
+            ]
             if self.network:  # each region answers each edge after their round trip: the demo has physics
                 for edge, ms in emulated_rtt(topo, region.name).items():
                     args += ["--rtt", f"{edge}={ms:.1f}"]
@@ -259,10 +281,12 @@ class Fleet:
                 "MERIDIAN_REDIS_URL": primary.url_for(CONTROL_PLANE),
                 "MERIDIAN_PORT": str(base),
                 "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
-                "MERIDIAN_PROBE_INTERVAL_S": "1",
+                "MERIDIAN_PROBE_INTERVAL_S": self.env.get("MERIDIAN_PROBE_INTERVAL_S", "1"),
                 "MERIDIAN_KEY_SECRET": self.key_secret,
                 # regions.yaml's pools switch the simulated replicas; real ones are KEDA's (meridian k8s)
-                "MERIDIAN_AUTOSCALER": "simulator" if self.simulated else "off",
+                "MERIDIAN_AUTOSCALER": self.env.get(
+                    "MERIDIAN_AUTOSCALER", "simulator" if self.simulated else "off"
+                ),
             },
         )
         db = geoip_db()
@@ -307,7 +331,12 @@ class Fleet:
             rs.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
         pending = [f"{ready['admin']['url']}/readyz"]
         if self.simulated:  # real replicas are whatever they are: the edges' /readyz says what is routable
-            pending += [u + "/health" for r in ready["regions"].values() for u in r["replicas"]]
+            pending += [
+                u + "/health"
+                for region in self.topo.regions
+                for rep, u in zip(region.replicas, ready["regions"][region.name]["replicas"], strict=True)
+                if rep.name not in self.sims_off  # a machine switched off is up when the autoscaler says
+            ]
             pending += [u + "/readyz" for u in ready["edges"].values()]
         else:
             pending += [u + "/healthz" for u in ready["edges"].values()]

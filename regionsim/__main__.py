@@ -10,7 +10,8 @@ import sys
 
 from aiohttp import web
 
-from regionsim.app import create_app
+from regionsim.app import STATE, create_app
+from regionsim.model import Power
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="REPLICA=M1,M2",
         help="what one replica serves instead (models and adapters; default: every --model and --adapter)",
+    )
+    p.add_argument(
+        "--off",
+        action="append",
+        default=[],
+        metavar="REPLICA",
+        help="a replica whose machine starts switched off (the autoscaler switches it on; repeatable)",
     )
     p.add_argument("--api-key", default=None, help="as vLLM's: the OpenAI routes need this bearer key")
     p.add_argument("--kv-tokens", type=int, default=65_536, help="each replica's KV cache, in tokens")
@@ -95,6 +103,10 @@ async def serve(args: argparse.Namespace) -> None:
     runners = []
     rtt = parse_rtt(args.rtt)
     served = served_models(args)
+    names = {spec.partition("=")[0] for spec in args.replica}
+    for off in args.off:
+        if off not in names:
+            raise SystemExit(f"--off {off!r}: not a --replica of this simulator ({', '.join(sorted(names))})")
     for spec in args.replica:
         name, _, addr = spec.partition("=")
         host, _, port = addr.rpartition(":")
@@ -116,6 +128,8 @@ async def serve(args: argparse.Namespace) -> None:
             prefill_ms_per_1k=args.prefill_ms_per_1k,
             api_key=args.api_key,
         )
+        if name in args.off:
+            app[STATE].power = Power(on=False)
         # handler_cancellation: a client that goes away (a cancelled hedge) stops the generation at once
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await runner.setup()

@@ -691,7 +691,8 @@ async def set_power(request: web.Request) -> web.Response:
         return new
     if new.on and not st.power.on:
         st.ready_at = time.monotonic() + new.cold_start_s
-        _forget_notice(st)  # a new machine
+        _forget_notice(st)  # a new machine: no notice, no fault of the one before
+        st.faults = Faults()
     st.power = new
     return await power(request)
 

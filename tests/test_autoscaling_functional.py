@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from regionsim.model import Faults
 from tests.conftest import ServerFactory
 from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
@@ -182,6 +183,33 @@ async def test_idle_scales_down_and_a_surge_panics_up_within_the_reaction_time_a
     scaled = [e for e in audit["entries"] if e["region"] == f"pool:{REGION}/sim-llm"]
     assert any("panic" in e["reason"] for e in scaled)
     assert time.monotonic() - started < 30
+
+
+async def test_a_machine_that_fails_is_replaced_and_the_pool_serves_at_full_strength_again(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """Two of the pool's three machines fail (down to the probes): after ``replace_down_after_s`` each is
+    given back and another slot starts in its place, so the pool is back at three serving replicas."""
+    steady = {**POOL, "min_replicas": 3, "max_replicas": 6, "on_demand_base": 3}
+    f = await fleet_with(tmp_path, serve, geo_db, steady, replace_down_after_s=1.0)
+    try:
+        await at(f, lambda p: p["current"] == 3, timeout=15, what="the pool at its minimum")
+        failed = sorted((await pool(f))["replicas"])[:2]
+        for replica in failed:
+            f.sim(REGION, replica).faults = Faults(down=True)
+
+        async def replaced() -> bool:
+            _, audit = await f.admin("GET", "/v1/audit?limit=50")
+            done = {e["action"].split()[-1] for e in audit["entries"] if "replaced" in e["reason"]}
+            _, region = await f.admin("GET", f"/v1/regions/{REGION}")
+            up = sum(1 for h in region["replicas"].values() if h == "up")
+            return set(failed) <= done and up >= 3
+
+        await wait_for(replaced, timeout=15, interval=0.1, what="the failed machines replaced")
+        now_on = (await pool(f))["replicas"]
+        assert not set(failed) & set(now_on) and len(now_on) == 3
+    finally:
+        await f.close()
 
 
 @pytest.mark.slow
