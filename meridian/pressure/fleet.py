@@ -250,6 +250,10 @@ class Running:
         async with aiohttp.ClientSession() as s, s.get(self.admin + "/metrics", headers=headers) as r:
             return await r.text()
 
+    async def sim_stats(self, url: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.get(url + "/_sim/stats") as r:
+            return dict(await r.json())
+
     async def sim(self, url: str, path: str, body: Any = None) -> Any:
         async with aiohttp.ClientSession() as s, s.post(url + path, json=body) as r:
             return await r.json()

@@ -26,13 +26,15 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, out: Path) -> int:
     scale = Scale()
     began = time.monotonic()
+    logs = Path(tempfile.mkdtemp(prefix="meridian-pressure-logs-"))  # the fleets' own, kept apart
+    print(f"the fleets log to {logs}", flush=True)
     steps: list[tuple[float, float | None, float]] = []
     if args.saturation:
         sat = float(args.saturation)
     else:
-        sat, steps = await sweep(scale, args.seed, out, args.quick)
+        sat, steps = await sweep(scale, args.seed, logs, args.quick)
     print(f"saturation at the fleet's minimum: {sat:.0f} RPS ({time.monotonic() - began:.0f} s)", flush=True)
-    ctx = Ctx(scale, sat, args.quick, args.seed, out, frozenset(args.control))
+    ctx = Ctx(scale, sat, args.quick, args.seed, logs, frozenset(args.control))
     verdicts: list[Verdict] = []
     for name in args.scenario or list(SCENARIOS):
         t = time.monotonic()

@@ -88,14 +88,16 @@ class Record:
         return dict(sorted(out.items()))
 
     def per_second(self, end: float) -> list[dict[str, float | None]]:
-        """Per second: offered and served RPS, TTFT p50/p95/p99, failures."""
+        """Per second: offered and served RPS, TTFT p50/p95/p99 and the whole answer's p95, failures."""
         rows: list[dict[str, float | None]] = []
         for s in range(int(end) + 1):
             got = self.window(s, s + 1)
             h = histogram(o.ttft_s for o in got if o.ok and o.ttft_s is not None)
+            total = histogram(o.total_s for o in got if o.ok and o.total_s is not None)
             rows.append(
                 {
                     "t": float(s),
+                    "total_p95": quantile(total, 95),
                     "offered": float(len(got)),
                     "served": float(sum(1 for o in got if o.ok)),
                     "failed": float(sum(1 for o in got if not o.ok and o.kind not in CLEAR)),
@@ -106,3 +108,20 @@ class Record:
                 }
             )
         return rows
+
+    def by_kind(self, end: float) -> dict[str, list[float]]:
+        """Per second, the count of each way a request did not succeed ("shed", "cut", "http 500" ...)."""
+        kinds = sorted({o.kind for o in self.outcomes if not o.ok})
+        out = {k: [0.0] * (int(end) + 1) for k in kinds}
+        for o in self.outcomes:
+            if not o.ok and 0 <= o.at < int(end) + 1:
+                out[o.kind][int(o.at)] += 1
+        return out
+
+    def served_per_tenant(self, end: float) -> dict[str, list[float]]:
+        """Per second, each tenant's served requests."""
+        out: dict[str, list[float]] = {}
+        for o in self.outcomes:
+            if o.ok and 0 <= o.at < int(end) + 1:
+                out.setdefault(o.tenant, [0.0] * (int(end) + 1))[int(o.at)] += 1
+        return dict(sorted(out.items()))

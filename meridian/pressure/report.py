@@ -1,6 +1,7 @@
 """The pressure run's report (file output only): a Markdown table, one row per scenario (criteria,
-measured, PASS/FAIL, the mechanism's evidence), and per scenario a PNG over time: offered vs served RPS,
-TTFT p50/p95/p99, failures and refusals, replicas per region (on demand / spot) and cost per hour."""
+measured, PASS/FAIL, the mechanism's evidence), and per scenario a PNG over time: offered vs served RPS
+(per tenant where there are several), requests not served by kind, TTFT p50/p95/p99 and the whole
+answer's p95, replicas per region (on demand / spot) and cost per hour."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def markdown(
         lines.append(f"| | mechanism acted | | {'; '.join(v.evidence)} | {'PASS' if v.acted else 'FAIL'} |")
     passed = sum(v.passed for v in verdicts)
     lines += ["", f"**{passed}/{len(verdicts)} scenarios passed.**", ""]
+    lines += [f"![{v.title}]({v.name}.png)\n" for v in verdicts]
     return "\n".join(lines)
 
 
@@ -58,41 +60,46 @@ def plot(v: Verdict, path: Path) -> None:
     if record is None:
         return
     rows = record.per_second(end)
-    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(9, 12), sharex=True)
     t = [r["t"] for r in rows]
     axes[0].plot(t, [r["offered"] for r in rows], label="offered RPS")
     axes[0].plot(t, [r["served"] for r in rows], label="served RPS")
-    axes[0].plot(t, [r["failed"] for r in rows], label="failed", color="red")
-    axes[0].plot(t, [r["refused"] for r in rows], label="shed / limited", color="orange")
+    tenants = record.served_per_tenant(end)
+    if len(tenants) > 1:  # where it matters: each tenant's share
+        for tenant, served in tenants.items():
+            axes[0].plot(t, served[: len(t)], label=f"served, {tenant}", linestyle="--")
+    for kind, counts in record.by_kind(end).items():
+        axes[1].plot(t, counts[: len(t)], label=kind)
     for q in ("p50", "p95", "p99"):
-        axes[1].plot(t, [r[q] if r[q] is not None else float("nan") for r in rows], label=f"TTFT {q}")
-    axes[1].set_ylabel("s")
+        axes[2].plot(t, [_nan(r[q]) for r in rows], label=f"TTFT {q}")
+    axes[2].plot(t, [_nan(r["total_p95"]) for r in rows], label="whole answer p95", linestyle=":")
+    axes[2].set_ylabel("s")
     st = [s["t"] for s in samples]
     for region in HOME.values():
-        axes[2].step(
+        axes[3].step(
             st,
             [s.get(region, {}).get("on_demand", float("nan")) for s in samples],
             where="post",
             label=f"{region} on demand",
         )
-        axes[2].step(
+        axes[3].step(
             st,
             [s.get(region, {}).get("spot", float("nan")) for s in samples],
             where="post",
             label=f"{region} spot",
             linestyle="--",
         )
-        axes[3].step(
+        axes[4].step(
             st,
             [s.get(region, {}).get("cost", float("nan")) for s in samples],
             where="post",
             label=f"{region} $/h",
         )
-    for ax, title in zip(
-        axes, ("requests per second", "time to first token", "replicas", "cost per hour"), strict=True
-    ):
+    titles = ("requests per second", "requests not served, by kind", "latency", "replicas", "cost per hour")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper right")
         for at, label in series.get("marks", []):
             ax.axvline(at, color="grey", linestyle=":")
             ax.text(at, ax.get_ylim()[1], label, fontsize=7, va="top")
@@ -101,3 +108,7 @@ def plot(v: Verdict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
