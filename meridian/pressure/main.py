@@ -38,10 +38,12 @@ async def _run(args: argparse.Namespace, out: Path) -> int:
     verdicts: list[Verdict] = []
     for name in args.scenario or list(SCENARIOS):
         t = time.monotonic()
+        ctx.offered.clear()
         try:
             v = await SCENARIOS[name](ctx)
         except Exception as exc:  # a scenario that cannot run fails; the others still run
             v = Verdict(name, name, error=f"{type(exc).__name__}: {exc}")
+        v.schedule = " ".join(ctx.offered)
         verdicts.append(v)
         if args.debug:
             for row in v.series.get("samples", []):

@@ -50,6 +50,11 @@ def markdown(
         lines.append(f"| | mechanism acted | | {'; '.join(v.evidence)} | {'PASS' if v.acted else 'FAIL'} |")
     passed = sum(v.passed for v in verdicts)
     lines += ["", f"**{passed}/{len(verdicts)} scenarios passed.**", ""]
+    lines += [
+        "Schedules offered (sha256 of each load's arrivals; the same `--seed` gives the same): "
+        + "; ".join(f"{v.name} {v.schedule}" for v in verdicts),
+        "",
+    ]
     lines += [f"![{v.title}]({v.name}.png)\n" for v in verdicts]
     return "\n".join(lines)
 

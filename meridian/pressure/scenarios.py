@@ -36,6 +36,7 @@ class Ctx:
     seed: int
     logs: Path  # each scenario's fleet logs here
     controls: frozenset[str] = frozenset()  # negative controls: mechanisms switched off
+    offered: list[str] = field(default_factory=list)  # each load's schedule digest, in the order offered
 
     def rng(self, name: str) -> random.Random:
         return random.Random(f"{self.seed}:{name}")
@@ -87,6 +88,7 @@ async def offered(
     model: str = MODEL,
 ) -> Run:
     """Offer ``arrivals`` open-loop, apply ``actions`` at their times, sample the pools and regions."""
+    ctx.offered.append(sch.digest(arrivals))
     target = Target(
         edges={p: run.edge(p) for p in HOME},
         client_ip=CLIENT_IP,

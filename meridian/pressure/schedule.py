@@ -4,6 +4,7 @@ omission) and the same seed offers the same sequence."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -94,3 +95,9 @@ def square(*, low: float, high: float, period_s: float) -> Rate:
 
 def constant(value: float) -> Rate:
     return lambda _t: value
+
+
+def digest(arrivals: Sequence[Arrival]) -> str:
+    """A short fingerprint of a schedule: two runs with the same seed show the same one."""
+    text = "\n".join(f"{a.at:.6f} {a.population} {a.tenant}" for a in arrivals)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -25,6 +25,7 @@ class Verdict:
     acted: bool = False  # the mechanism's own record says it acted
     series: dict[str, Any] = field(default_factory=dict)  # for the plot
     error: str | None = None  # the scenario could not run
+    schedule: str = ""  # the digest of each load it offered (same seed, same digests)
 
     @property
     def passed(self) -> bool:
