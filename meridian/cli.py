@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from meridian.chaos.options import add_arguments as add_chaos_arguments
 from meridian.pressure.options import add_arguments as add_pressure_arguments
 
 
@@ -505,6 +506,12 @@ def run_k8s(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_chaos(args: argparse.Namespace) -> int:
+    from meridian.chaos.main import run
+
+    return run(args)
+
+
 def run_pressure(args: argparse.Namespace) -> int:
     from meridian.pressure.main import run
 
@@ -634,6 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_pressure_arguments(pressure)
     pressure.set_defaults(func=run_pressure)
+
+    chaos = sub.add_parser(
+        "chaos", help="a seeded fault campaign on a real local fleet, and a checker of its recorded history"
+    )
+    add_chaos_arguments(chaos)
+    chaos.set_defaults(func=run_chaos)
 
     cp = sub.add_parser("controlplane", help="run the admin API + health prober (settings from MERIDIAN_*)")
     cp.set_defaults(func=run_controlplane)

@@ -208,6 +208,7 @@ class Fleet:
         self.base = base_port
         self.workdir = workdir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.specs: dict[str, tuple[list[str], dict[str, str]]] = {}  # name -> how it was started
         self.redis: list[RedisServer] = []
         self.token = os.environ.get("MERIDIAN_DEMO_TOKEN") or secrets.token_urlsafe(24)
         # least privilege on the store: a Redis ACL user each for the control plane, every edge, replication
@@ -226,10 +227,24 @@ class Fleet:
         full = {k: v for k, v in os.environ.items() if k != "MERIDIAN_DEMO_TOKEN"}
         full.update(self.env)
         full.update(env)
+        self.specs[name] = (argv, full)
+        self.procs.append((name, self._spawn(argv, full)))
+
+    def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         if self.log_file is not None:
-            self.procs.append((name, spawn(argv, env=full, log=self.log_file)))
-        else:
-            self.procs.append((name, spawn(argv, env=full, stdout=sys.stderr.fileno())))
+            return spawn(argv, env=env, log=self.log_file)
+        return spawn(argv, env=env, stdout=sys.stderr.fileno())
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        """The running child called ``name`` (``controlplane``, ``edge-<region>``, ``sim-<region>``)."""
+        return next(p for n, p in reversed(self.procs) if n == name)
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start child ``name`` again as it was first started (after it died or was killed)."""
+        argv, env = self.specs[name]
+        proc = self._spawn(argv, env)
+        self.procs = [(n, p) for n, p in self.procs if n != name] + [(name, proc)]
+        return proc
 
     def start(self) -> dict[str, Any]:
         topo, base = self.topo, self.base

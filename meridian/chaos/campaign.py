@@ -1,0 +1,216 @@
+"""One fault campaign (I/O): a real local fleet under steady client load and a stream of operator dial
+writes, the seeded fault schedule applied to its processes, each edge's applied snapshot sampled, and
+everything recorded in a ``History`` for the checker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from meridian.chaos.faults import Fault
+from meridian.chaos.history import Applied, History, Request, Sample, Write
+from meridian.pressure import schedule as sch
+from meridian.pressure.drive import Target, drive
+from meridian.pressure.fleet import CLIENT_IP, HOME, MODEL, Knobs, Running, Scale, started
+
+WRITE_EVERY_S = 0.7  # the operator's dial writes, one at a time
+SAMPLE_EVERY_S = 0.1  # each edge's /readyz
+DIALED = "us-east-1"  # the region the operator dials (the other always takes traffic)
+SETTLE_S = 3.0  # after the last fault, before the final state is read
+
+
+@dataclass
+class Campaign:
+    run: Running
+    faults: list[Fault]
+    duration: float
+    rng: random.Random
+    rate: float  # client requests per second, both populations
+    t0: float = 0.0
+    history: History | None = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    async def go(self) -> History:
+        h = self.history = History()
+        keys = {"steady": await self.run.tenant("steady")}
+        target = Target(
+            edges={p: self.run.edge(p) for p in HOME},
+            client_ip=CLIENT_IP,
+            keys=keys,
+            model=MODEL,
+            max_tokens=Scale().tokens,
+        )
+        arrivals = sch.merged(
+            *(
+                sch.poisson(
+                    sch.constant(self.rate / 2),
+                    until=self.duration,
+                    peak=self.rate / 2,
+                    rng=self.rng,
+                    population=p,
+                    tenant="steady",
+                )
+                for p in HOME
+            )
+        )
+        self.incarnation = dict.fromkeys(HOME.values(), 0)
+        self.t0 = time.monotonic()
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(self._writer(stop)),
+            asyncio.create_task(self._sampler(stop)),
+            *(asyncio.create_task(self._apply(f)) for f in self.faults),
+        ]
+        outcomes = await drive(arrivals, target, self.t0)
+        await asyncio.gather(*tasks[2:])
+        await asyncio.sleep(SETTLE_S)
+        stop.set()
+        await asyncio.gather(*tasks[:2])
+        for o in outcomes:
+            edge = HOME[o.population]
+            end = o.at + (o.total_s if o.total_s is not None else 0.0)
+            h.requests.append(Request(o.at, end, edge, o.tenant, o.status, o.kind, o.region))
+        regions = (await self._admin("GET", "/v1/regions"))[1]["regions"]
+        h.final = {r["name"]: int(r["weight"]) for r in regions if "weight" in r}
+        return h
+
+    # --- the operator ---------------------------------------------------------------------------------
+
+    async def _writer(self, stop: asyncio.Event) -> None:
+        """Dial writes one at a time, each recorded with its answer. A dial of 0 is not written while the
+        other region may be down by the schedule (with both out, no region could serve: that is allowed,
+        but not what this campaign tests)."""
+        assert self.history is not None
+        while not stop.is_set():
+            t = self.now()
+            other_down = any(
+                f.kind == "region-down" and f.at - 1.0 <= t + 4.0 and t - 1.0 <= f.end for f in self.faults
+            )
+            weight = self.rng.choice([20, 60, 100] if other_down else [0, 20, 60, 100])
+            start = self.now()
+            status, _ = await self._admin(
+                "PATCH", f"/v1/regions/{DIALED}", {"weight": weight, "reason": "chaos"}
+            )
+            self.history.writes.append(Write(start, self.now(), DIALED, weight, status))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), WRITE_EVERY_S)
+
+    async def _admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.run.token}"}
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as s,
+                s.request(method, self.run.admin + path, json=body, headers=headers) as r,
+            ):
+                return r.status, await r.json(content_type=None)
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return 0, None
+
+    # --- the edges' applied snapshots -----------------------------------------------------------------
+
+    async def _sampler(self, stop: asyncio.Event) -> None:
+        assert self.history is not None
+        timeout = aiohttp.ClientTimeout(total=0.3)
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            while not stop.is_set():
+                for edge, url in self.run.ready["edges"].items():
+                    incarnation = self.incarnation[edge]
+                    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                        async with s.get(url + "/readyz") as r:
+                            body = await r.json()
+                        self.history.samples.append(
+                            Sample(
+                                self.now(),
+                                edge,
+                                incarnation,
+                                body.get("snapshot_epoch"),
+                                body.get("snapshot_version"),
+                            )
+                        )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
+
+    # --- the faults -----------------------------------------------------------------------------------
+
+    async def _apply(self, f: Fault) -> None:
+        assert self.history is not None
+        await asyncio.sleep(max(0.0, self.t0 + f.at - time.monotonic()))
+        start = self.now()
+        undo = await self._inflict(f)
+        await asyncio.sleep(f.duration)
+        await undo()
+        self.history.faults.append(Applied(start, self.now(), f.kind, f.target))
+
+    async def _inflict(self, f: Fault) -> Any:
+        fleet = self.run.fleet
+        kind, region = f.kind, f.target
+        if kind in ("primary-kill", "primary-wipe"):
+            primary = fleet.redis[0]
+            assert primary.proc is not None
+            primary.proc.kill()
+            primary.proc.wait()
+            if kind == "primary-wipe":
+                for item in primary.workdir.iterdir():
+                    if item.name != "users.acl" and not item.name.endswith(".log"):
+                        shutil.rmtree(item) if item.is_dir() else item.unlink()
+            return lambda: asyncio.to_thread(primary.start)
+        if kind in ("replica-kill", "replica-pause"):
+            replica = self._replica(region)
+            assert replica.proc is not None
+            if kind == "replica-pause":
+                pid = replica.proc.pid
+                os.kill(pid, signal.SIGSTOP)
+                return lambda: _resume(pid)
+            replica.proc.kill()
+            replica.proc.wait()
+            return lambda: asyncio.to_thread(replica.start)
+        if kind in ("edge-kill", "controlplane-kill"):
+            name = "controlplane" if kind == "controlplane-kill" else f"edge-{region}"
+            proc = fleet.process(name)
+            proc.kill()
+            proc.wait()
+
+            async def restart() -> None:
+                fleet.restart(name)
+                if kind == "edge-kill":
+                    self.incarnation[region] += 1
+
+            return restart
+        slots = list(self.run.slots(region).values())
+        body = {"down": True} if kind == "region-down" else {"extra_latency_ms": 300}
+        await asyncio.gather(*(self.run.sim(u, "/_sim/faults", body) for u in slots))
+
+        async def clear() -> None:
+            await asyncio.gather(*(self.run.sim(u, "/_sim/faults", {}) for u in slots))
+
+        return clear
+
+    def _replica(self, region: str) -> Any:
+        names = [r.name for r in self.run.topo.regions]
+        return self.run.fleet.redis[1 + names.index(region)]
+
+
+async def _resume(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def fleet(logs: Path) -> Any:
+    """The campaign's fleet: the pressure tests' (two regions, the shipped ACL users and persistence, the
+    autoscaler on the simulator backend), pools at their minimum."""
+    async with started(Scale(), Knobs(), logs / "chaos.log") as run:
+        yield run

@@ -1,0 +1,53 @@
+"""The campaign's fault schedule (pure, no I/O; takes the random source): which fault, on what, when and for
+how long, drawn from a seed — the same seed, the same schedule."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# kind -> what it is done to
+KINDS: dict[str, str] = {
+    "primary-kill": "the Redis primary: kill -9, restarted from its AOF after the fault's duration",
+    "primary-wipe": "the Redis primary: kill -9, restarted empty (its AOF and snapshot gone)",
+    "replica-kill": "a region's Redis replica: kill -9, restarted",
+    "replica-pause": "a region's Redis replica: SIGSTOP (it falls behind), SIGCONT after",
+    "edge-kill": "a region's edge: kill -9, restarted",
+    "controlplane-kill": "the control plane: kill -9, restarted",
+    "region-down": "every simulated replica of a region refuses (down), back after",
+    "region-slow": "every simulated replica of a region answers 300 ms late, normal after",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    at: float  # seconds from the campaign's start
+    kind: str
+    target: str  # a region's name, or "" for the primary and the control plane
+    duration: float
+
+    @property
+    def end(self) -> float:
+        return self.at + self.duration
+
+
+def schedule(
+    rng: random.Random,
+    *,
+    steps: int,
+    duration: float,
+    regions: Sequence[str],
+    kinds: Sequence[str] = tuple(KINDS),
+    settle_s: float = 3.0,
+) -> list[Fault]:
+    """``steps`` faults over ``duration`` s (none in the first or the last ``settle_s``), each lasting 1-4 s;
+    faults of different kinds may overlap (a primary restarts while a replica is paused)."""
+    out = []
+    for _ in range(steps):
+        kind = rng.choice(list(kinds))
+        target = "" if kind.startswith(("primary", "controlplane")) else rng.choice(list(regions))
+        length = rng.uniform(1.0, 4.0)
+        at = rng.uniform(settle_s, max(settle_s, duration - settle_s - length))
+        out.append(Fault(round(at, 3), kind, target, round(length, 3)))
+    return sorted(out, key=lambda f: f.at)

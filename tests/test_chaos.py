@@ -1,0 +1,98 @@
+"""The fault campaign's pure parts: the seeded schedule, the history's round trip, and the checker — each
+invariant passes a good history and fails a crafted bad one (a checker that cannot fail proves nothing)."""
+
+from __future__ import annotations
+
+import random
+
+from meridian.chaos.checker import PROPAGATION_S, check, dial_zero, errors, intent, monotonic
+from meridian.chaos.faults import KINDS, schedule
+from meridian.chaos.history import Applied, History, Request, Sample, Write
+
+EU, US = "eu-west-1", "us-east-1"
+
+
+def ok(start: float, edge: str = EU, region: str = EU, kind: str = "ok", status: int = 200) -> Request:
+    return Request(start, start + 0.3, edge, "steady", status, kind, region)
+
+
+def good() -> History:
+    return History(
+        requests=[ok(1.0), ok(2.0, edge=US, region=US), ok(9.0)],
+        writes=[Write(1.0, 1.1, US, 0, 200), Write(5.0, 5.1, US, 60, 200), Write(6.0, 8.0, US, 100, 0)],
+        samples=[Sample(t, EU, 0, 1, v) for t, v in ((1.0, 3), (2.0, 4), (3.0, 4))],
+        faults=[Applied(4.0, 6.0, "controlplane-kill", "")],
+        final={US: 100, EU: 100},
+    )
+
+
+def test_the_same_seed_draws_the_same_faults_inside_the_campaign() -> None:
+    a = schedule(random.Random(3), steps=12, duration=60.0, regions=[EU, US])
+    assert a == schedule(random.Random(3), steps=12, duration=60.0, regions=[EU, US])
+    assert a != schedule(random.Random(4), steps=12, duration=60.0, regions=[EU, US])
+    assert all(3.0 <= f.at and f.end <= 57.0 and f.kind in KINDS for f in a)
+    assert [f.at for f in a] == sorted(f.at for f in a)
+
+
+def test_a_history_reads_back_as_written() -> None:
+    h = good()
+    assert History.read(list(h.lines())) == h
+
+
+def test_a_good_history_passes_every_invariant() -> None:
+    assert [v.passed for v in check(good())] == [True, True, True, True]
+
+
+def test_a_lost_acknowledged_write_fails_intent() -> None:
+    h = good()
+    h.final[US] = 0  # the last acknowledged write set 60, the unanswered one after it 100: 0 is lost intent
+    v = intent(h)
+    assert not v.passed and "final weight 0" in v.violations[0]
+    h.final[US] = 60  # the acknowledged one stood: fine
+    assert intent(h).passed
+
+
+def test_a_snapshot_going_backwards_fails_and_a_restart_starts_over() -> None:
+    h = good()
+    h.samples.append(Sample(4.0, EU, 0, 1, 2))
+    v = monotonic(h)
+    assert not v.passed and "back to (1, 2)" in v.violations[0]
+    h.samples[-1] = Sample(4.0, EU, 1, 1, 2)  # another incarnation: a restarted edge starts over
+    assert monotonic(h).passed
+    h.samples.append(Sample(5.0, EU, 1, 2, 1))  # a new epoch outranks any version of the old one
+    assert monotonic(h).passed
+
+
+def test_traffic_to_a_region_past_the_bound_after_its_dial_zero_fails() -> None:
+    h = good()
+    late = 1.1 + PROPAGATION_S + 0.5
+    h.requests.append(ok(late, edge=US, region=US))
+    v = dial_zero(h, {})
+    assert not v.passed and f"{late:.2f} s" in v.violations[0]
+    h.requests[-1] = ok(1.1 + PROPAGATION_S - 0.5, edge=US, region=US)  # within the bound
+    assert dial_zero(h, {}).passed
+
+
+def test_the_bound_counts_from_when_the_edges_store_path_is_whole_again() -> None:
+    h = good()
+    h.writes = h.writes[:1]  # the dial 0 stands to the end
+    h.faults.append(Applied(0.5, 3.0, "replica-pause", US))  # US's edge read a frozen replica until 3.0
+    h.requests.append(ok(3.0 + PROPAGATION_S - 0.2, edge=US, region=US))
+    assert dial_zero(h, {}).passed
+    h.requests.append(ok(3.0 + PROPAGATION_S + 0.2, edge=US, region=US))
+    assert not dial_zero(h, {}).passed
+
+
+def test_an_unexplained_error_or_any_500_fails_and_a_killed_edges_cut_is_allowed() -> None:
+    h = good()
+    h.requests.append(ok(7.0, kind="upstream", status=502))
+    v = errors(h)
+    assert not v.passed and "no fault explains it" in v.violations[0]
+    h = good()
+    h.requests.append(ok(7.0, kind="http 500", status=500))
+    assert not errors(h).passed
+    h = good()
+    h.faults.append(Applied(6.9, 8.0, "edge-kill", EU))
+    h.requests.append(ok(7.0, kind="cut", status=200))
+    h.requests.append(ok(7.5, kind="shed", status=503))  # shed with a clear answer is allowed anyway
+    assert errors(h).passed
