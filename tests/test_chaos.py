@@ -30,7 +30,7 @@ def test_the_same_seed_draws_the_same_faults_inside_the_campaign() -> None:
     a = schedule(random.Random(3), steps=12, duration=60.0, regions=[EU, US])
     assert a == schedule(random.Random(3), steps=12, duration=60.0, regions=[EU, US])
     assert a != schedule(random.Random(4), steps=12, duration=60.0, regions=[EU, US])
-    assert all(3.0 <= f.at and f.end <= 57.0 and f.kind in KINDS for f in a)
+    assert all(f.at >= 3.0 and f.end <= 57.0 and f.kind in KINDS for f in a)
     assert [f.at for f in a] == sorted(f.at for f in a)
 
 

@@ -41,13 +41,32 @@ def schedule(
     kinds: Sequence[str] = tuple(KINDS),
     settle_s: float = 3.0,
 ) -> list[Fault]:
-    """``steps`` faults over ``duration`` s (none in the first or the last ``settle_s``), each lasting 1-4 s;
-    faults of different kinds may overlap (a primary restarts while a replica is paused)."""
-    out = []
-    for _ in range(steps):
+    """``steps`` faults over ``duration`` s (none in the first or the last ``settle_s``), each lasting 1-4 s.
+    Faults on different things may overlap (a primary restarts while a replica is paused); two on the same
+    thing do not (one process is killed once), and no two regions are down at once (then no region could
+    serve: allowed, but not what a campaign tests)."""
+    out: list[Fault] = []
+    for _ in range(steps * 20):
+        if len(out) == steps:
+            break
         kind = rng.choice(list(kinds))
         target = "" if kind.startswith(("primary", "controlplane")) else rng.choice(list(regions))
         length = rng.uniform(1.0, 4.0)
         at = rng.uniform(settle_s, max(settle_s, duration - settle_s - length))
-        out.append(Fault(round(at, 3), kind, target, round(length, 3)))
+        f = Fault(round(at, 3), kind, target, round(length, 3))
+        if not any(_clash(f, g) for g in out):
+            out.append(f)
     return sorted(out, key=lambda f: f.at)
+
+
+def _thing(f: Fault) -> str:
+    """What a fault is done to: faults on one thing never overlap."""
+    if f.kind.startswith("primary"):
+        return "primary"
+    if f.kind.startswith("region"):
+        return "regions"  # one region down (or slow) at a time
+    return f"{f.kind.split('-')[0]}:{f.target}"
+
+
+def _clash(a: Fault, b: Fault) -> bool:
+    return _thing(a) == _thing(b) and a.at < b.end + 0.5 and b.at < a.end + 0.5

@@ -17,6 +17,7 @@ from meridian.chaos.checker import check
 from meridian.chaos.faults import KINDS, schedule
 from meridian.chaos.history import History
 from meridian.chaos.options import add_arguments
+from meridian.chaos.plot import timeline
 from meridian.pressure.fleet import HOME
 
 
@@ -60,6 +61,7 @@ def _report(h: History, out: Path) -> int:
         f"requests: {len(h.requests)} ({dict(sorted(errors.items()))} not ok); writes: {len(h.writes)} "
         f"({acked} acknowledged); snapshot samples: {len(h.samples)}",
     ]
+    timeline(h, out / "timeline.png")
     verdicts = check(h)
     for v in verdicts:
         lines.append(f"{'PASS' if v.passed else 'FAIL'} {v.invariant} ({v.checked} checked)")

@@ -1,0 +1,32 @@
+"""The CI fault campaign: a fixed seed, a short campaign on a real local fleet (the Redis primary killed and
+restarted from its AOF and empty, replicas killed and paused, edges and the control plane killed and
+restarted, regions down and slow) under client load and the operator's dial writes; every invariant of the
+checker holds over its history. Runs on its own (`-m campaign`), as `.ci/run` does."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from meridian.chaos.checker import check
+from meridian.chaos.history import History
+from meridian.chaos.main import run
+
+SEED = 7
+
+
+@pytest.mark.campaign
+@pytest.mark.timeout(240)
+def test_a_short_campaign_keeps_every_invariant(tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        seed=SEED, steps=6, duration=45.0, rate=6.0, kind=None, out=str(tmp_path), check=None
+    )
+    code = run(args)
+    history = History.read((tmp_path / "history.jsonl").read_text().splitlines())
+    verdicts = check(history)
+    print("\n" + (tmp_path / "verdict.txt").read_text())
+    assert len(history.faults) == 6 and history.requests and history.writes and history.samples
+    assert all(v.passed for v in verdicts), [x for v in verdicts for x in v.violations[:3]]
+    assert code == 0
