@@ -50,6 +50,7 @@ class Prober:
         self.write_trouble: dict[str, str] = {}  # region -> why its last write failed (logged once)
         self.scrapes = 0
         self.latest: dict[tuple[str, str], EngineSignals] = {}  # replica -> its last good scrape
+        self.seeded = False  # the tracks start from the store's view (taken once, before the first round)
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -121,7 +122,23 @@ class Prober:
         if fresh:
             await self.store.publish_signals(fresh)
 
+    async def seed(self) -> None:
+        """Start each replica's track from the store's view of it, not from "up": a control plane that
+        restarts must not call up, for the two probes it takes to see otherwise, a replica the store has
+        down — switched off by the autoscaler, drained, or failed — or edges send it requests it refuses
+        (found by the fault campaign, seed 2)."""
+        try:
+            _, regions, _ = await self.store.all()
+        except StoreError:
+            return  # the next round tries again
+        for name, st in regions.items():
+            for replica, health in st.replicas.items():
+                self.tracks.setdefault((name, replica), Track(health=health))
+        self.seeded = True
+
     async def round(self, session: aiohttp.ClientSession) -> None:
+        if not self.seeded:
+            await self.seed()
         jobs = [(region, replica) for region in self.topology.regions for replica in region.replicas]
         results = await asyncio.gather(*(self._probe(session, region, rep) for region, rep in jobs))
         self.rounds += 1  # probes taken (what tests wait on)

@@ -80,8 +80,8 @@ class Campaign:
         await asyncio.gather(*tasks[:2])
         for o in outcomes:
             edge = HOME[o.population]
-            end = o.at + (o.total_s if o.total_s is not None else 0.0)
-            h.requests.append(Request(o.at, end, edge, o.tenant, o.status, o.kind, o.region))
+            end = o.at + (o.ended_s if o.ended_s is not None else 0.0)
+            h.requests.append(Request(o.at, end, edge, o.tenant, o.status, o.kind, o.region, o.detail))
         regions = (await self._admin("GET", "/v1/regions"))[1]["regions"]
         h.final = {r["name"]: int(r["weight"]) for r in regions if "weight" in r}
         return h

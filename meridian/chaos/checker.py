@@ -132,7 +132,7 @@ def errors(h: History) -> Verdict:
         v.passed = False
         v.violations.append(
             f"{r.kind} (status {r.status}) at edge {r.edge}, {r.start:.2f}-{r.end:.2f} s: "
-            f"{_during(h.faults, r) or 'no fault explains it'}"
+            f"{_during(h.faults, r) or 'no fault explains it'}" + (f" [{r.detail}]" if r.detail else "")
         )
     return v
 

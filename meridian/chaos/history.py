@@ -18,6 +18,7 @@ class Request:
     status: int  # 0: no answer
     kind: str  # the load generator's class: ok, limited, shed, upstream, cut, connect, timeout, http N
     region: str | None  # the region that served it (X-Meridian-Region)
+    detail: str = ""  # an error's message
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,13 +71,23 @@ async def _one(session: aiohttp.ClientSession, a: Arrival, target: Target, start
                 text += chunk
             end = time.monotonic() - due
             kind = "ok" if text.rstrip().endswith(b"data: [DONE]") and b'"error"' not in text else "cut"
-            return Outcome(a.at, a.population, a.tenant, 200, kind, region, first, end)
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-        return Outcome(a.at, a.population, a.tenant, 200, "cut", None, first, None)
-    except TimeoutError:
-        return Outcome(a.at, a.population, a.tenant, 0, "timeout", None, first, None)
-    except (aiohttp.ClientError, OSError):
-        return Outcome(a.at, a.population, a.tenant, 0, "connect", None, None, None)
+            return Outcome(a.at, a.population, a.tenant, 200, kind, region, first, end, "", end)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        return _broken(a, "cut", 200, first, due, exc)
+    except TimeoutError as exc:
+        return _broken(a, "timeout", 0, first, due, exc)
+    except (aiohttp.ClientError, OSError) as exc:
+        return _broken(a, "connect", 0, None, due, exc)
+
+
+def _broken(
+    a: Arrival, kind: str, status: int, first: float | None, due: float, exc: BaseException
+) -> Outcome:
+    """No whole answer: when it ended (the latency is the time until it broke, not a success's)."""
+    detail = f"{type(exc).__name__}: {exc}"[:160]
+    return Outcome(
+        a.at, a.population, a.tenant, status, kind, None, first, None, detail, time.monotonic() - due
+    )
 
 
 def _refused(a: Arrival, status: int, raw: bytes, region: str | None, took: float) -> Outcome:
@@ -96,4 +106,4 @@ def _refused(a: Arrival, status: int, raw: bytes, region: str | None, took: floa
         kind = "upstream"
     else:
         kind = f"http {status}"
-    return Outcome(a.at, a.population, a.tenant, status, kind, region, None, took, detail)
+    return Outcome(a.at, a.population, a.tenant, status, kind, region, None, took, detail, took)

@@ -25,6 +25,7 @@ class Outcome:
     ttft_s: float | None  # scheduled time to the first event
     total_s: float | None  # scheduled time to the end
     detail: str = ""  # an error's message (its start)
+    ended_s: float | None = None  # scheduled time to when it ended, whatever the end (None: never recorded)
 
     @property
     def ok(self) -> bool:
