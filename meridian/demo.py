@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,12 +197,15 @@ class Fleet:
         sims_off: frozenset[str] = frozenset(),
         env: dict[str, str] | None = None,
         log_file: Path | None = None,
+        via: Callable[[str, str], str] | None = None,
     ) -> None:
         self.topo = topo
         self.sim_args = sim_args  # the simulators' engine (e.g. --max-concurrency), for every region
         self.sims_off = sims_off  # replica slots whose machine starts switched off (a pool at its minimum)
         self.env = env or {}  # MERIDIAN_* tuning for every component (under the wiring)
         self.log_file = log_file  # where the children log (None: this process's stderr)
+        # (link, Redis URL) -> the URL a component dials for it (a fault campaign's proxy; default: as is)
+        self.via = via or (lambda _link, url: url)
         self.network = network
         self.simulated = simulated  # False: `meridian up`, the replicas regions.yaml names, as written
         self.real_regions: Path | None = None  # `meridian up`'s regions file, used as it is
@@ -293,7 +297,7 @@ class Fleet:
             [py, "-m", "controlplane"],
             {
                 "MERIDIAN_REGIONS_FILE": str(regions_file),
-                "MERIDIAN_REDIS_URL": primary.url_for(CONTROL_PLANE),
+                "MERIDIAN_REDIS_URL": self.via("controlplane-primary", primary.url_for(CONTROL_PLANE)),
                 "MERIDIAN_PORT": str(base),
                 "MERIDIAN_ADMIN_TOKENS": json.dumps(tokens),
                 "MERIDIAN_PROBE_INTERVAL_S": self.env.get("MERIDIAN_PROBE_INTERVAL_S", "1"),
@@ -312,8 +316,12 @@ class Fleet:
                 {
                     "MERIDIAN_REGION": region.name,
                     "MERIDIAN_REGIONS_FILE": str(regions_file),
-                    "MERIDIAN_REDIS_URL": replicas[region.name].url_for(edge_user(region.name)),
-                    "MERIDIAN_REDIS_PRIMARY_URL": primary.url_for(edge_user(region.name)),
+                    "MERIDIAN_REDIS_URL": self.via(
+                        f"edge-{region.name}-replica", replicas[region.name].url_for(edge_user(region.name))
+                    ),
+                    "MERIDIAN_REDIS_PRIMARY_URL": self.via(
+                        f"edge-{region.name}-primary", primary.url_for(edge_user(region.name))
+                    ),
                     "MERIDIAN_HOST": "127.0.0.1",
                     "MERIDIAN_PORT": str(plan.edges[region.name]),
                     "MERIDIAN_INTERNAL_PORT": str(plan.internal[region.name]),

@@ -17,21 +17,27 @@ from typing import Any
 
 import aiohttp
 
+from fleet.state import Topology
 from meridian.chaos.faults import Fault
 from meridian.chaos.history import Applied, History, Request, Sample, Write
+from meridian.chaos.proxy import FaultProxy
+from meridian.demo import PortPlan
 from meridian.pressure import schedule as sch
 from meridian.pressure.drive import Target, drive
-from meridian.pressure.fleet import CLIENT_IP, HOME, MODEL, Knobs, Running, Scale, started
+from meridian.pressure.fleet import CLIENT_IP, HOME, MODEL, Knobs, Running, Scale, started, topology
+from meridian.redisproc import free_block
 
 WRITE_EVERY_S = 0.7  # the operator's dial writes, one at a time
 SAMPLE_EVERY_S = 0.1  # each edge's /readyz
 DIALED = "us-east-1"  # the region the operator dials (the other always takes traffic)
 SETTLE_S = 3.0  # after the last fault, before the final state is read
+LINK_LATENCY_S = 0.2  # a link-latency fault's delay, each way
 
 
 @dataclass
 class Campaign:
     run: Running
+    links: dict[str, FaultProxy]
     faults: list[Fault]
     duration: float
     rng: random.Random
@@ -177,6 +183,17 @@ class Campaign:
             replica.proc.kill()
             replica.proc.wait()
             return lambda: asyncio.to_thread(replica.start)
+        if kind.startswith("link"):
+            proxy = self.links["controlplane-primary" if not region else f"edge-{region}-replica"]
+            if kind == "link-reset":
+                proxy.reset()
+                return _nothing
+            proxy.set("partition" if kind == "link-partition" else "latency", LINK_LATENCY_S)
+
+            async def heal() -> None:
+                proxy.set("pass")
+
+            return heal
         if kind in ("edge-kill", "controlplane-kill"):
             name = "controlplane" if kind == "controlplane-kill" else f"edge-{region}"
             proc = fleet.process(name)
@@ -203,6 +220,10 @@ class Campaign:
         return self.run.fleet.redis[1 + names.index(region)]
 
 
+async def _nothing() -> None:
+    return None
+
+
 async def _resume(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)
@@ -211,6 +232,24 @@ async def _resume(pid: int) -> None:
 @contextlib.asynccontextmanager
 async def fleet(logs: Path) -> Any:
     """The campaign's fleet: the pressure tests' (two regions, the shipped ACL users and persistence, the
-    autoscaler on the simulator backend), pools at their minimum."""
-    async with started(Scale(), Knobs(), logs / "chaos.log") as run:
-        yield run
+    autoscaler on the simulator backend), pools at their minimum; every Redis link of a component through a
+    TCP fault proxy the campaign controls. Yields (the running fleet, link name -> its proxy)."""
+    scale, knobs = Scale(), Knobs()
+    base = free_block(80)
+    plan = PortPlan.of(Topology.model_validate(topology(scale, knobs)), base)
+    targets = {"controlplane-primary": plan.primary}
+    for region, port in plan.replicas.items():
+        targets[f"edge-{region}-replica"] = port
+        targets[f"edge-{region}-primary"] = plan.primary
+    links = {name: await FaultProxy("127.0.0.1", port).start() for name, port in targets.items()}
+
+    def via(link: str, url: str) -> str:
+        proxy = links.get(link)
+        return url if proxy is None else url.replace(f":{proxy.target[1]}/", f":{proxy.port}/")
+
+    try:
+        async with started(scale, knobs, logs / "chaos.log", base=base, via=via) as run:
+            yield run, links
+    finally:
+        for proxy in links.values():
+            await proxy.close()

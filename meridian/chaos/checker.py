@@ -22,6 +22,7 @@ PROPAGATION_S = 2.0  # a dial reaches every edge within this of the store being 
 ALLOWED = frozenset({"ok", "limited", "shed"})
 CUT_BY_EDGE = frozenset({"connect", "cut", "timeout"})  # what a killed edge does to its clients' requests
 STORE_PATH = ("primary-kill", "primary-wipe", "replica-kill", "replica-pause", "controlplane-kill")
+LINKS = ("link-latency", "link-reset", "link-partition")  # on an edge's link to its replica: its store path
 
 
 @dataclass
@@ -108,9 +109,8 @@ def _store_whole_after(faults: list[Applied], since: float, region: str) -> floa
     [since, ...) in a chain (a fault starting while another is on extends the outage)."""
     whole = since
     for f in sorted(faults, key=lambda f: f.start):
-        if f.kind not in STORE_PATH and not (f.kind == "edge-kill" and f.target == region):
-            continue
-        if f.kind.startswith("replica") and f.target != region:
+        on_path = f.kind in STORE_PATH or (f.kind in ("edge-kill", *LINKS) and f.target == region)
+        if not on_path or (f.kind.startswith("replica") and f.target != region):
             continue
         if f.start <= whole and f.end > whole:
             whole = f.end

@@ -17,6 +17,10 @@ KINDS: dict[str, str] = {
     "controlplane-kill": "the control plane: kill -9, restarted",
     "region-down": "every simulated replica of a region refuses (down), back after",
     "region-slow": "every simulated replica of a region answers 300 ms late, normal after",
+    "link-latency": "a Redis link (an edge's to its replica, or the control plane's to the primary): +200 ms "
+    "each way, through the campaign's TCP fault proxy",
+    "link-reset": "a Redis link: every open connection reset at once (the link works again after)",
+    "link-partition": "a Redis link: every connection reset and new ones refused for the fault's duration",
 }
 
 
@@ -50,7 +54,10 @@ def schedule(
         if len(out) == steps:
             break
         kind = rng.choice(list(kinds))
-        target = "" if kind.startswith(("primary", "controlplane")) else rng.choice(list(regions))
+        if kind.startswith("link"):  # "": the control plane's link to the primary
+            target = rng.choice(["", *regions])
+        else:
+            target = "" if kind.startswith(("primary", "controlplane")) else rng.choice(list(regions))
         length = rng.uniform(1.0, 4.0)
         at = rng.uniform(settle_s, max(settle_s, duration - settle_s - length))
         f = Fault(round(at, 3), kind, target, round(length, 3))
@@ -65,6 +72,8 @@ def _thing(f: Fault) -> str:
         return "primary"
     if f.kind.startswith("region"):
         return "regions"  # one region down (or slow) at a time
+    if f.kind.startswith("link"):
+        return f"link:{f.target}"
     return f"{f.kind.split('-')[0]}:{f.target}"
 
 

@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,8 +260,16 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def started(scale: Scale, knobs: Knobs, log_file: Path) -> AsyncIterator[Running]:
-    """A fresh fleet for one scenario; stopped (every process, every file) when the scenario ends."""
+async def started(
+    scale: Scale,
+    knobs: Knobs,
+    log_file: Path,
+    *,
+    base: int | None = None,
+    via: Callable[[str, str], str] | None = None,
+) -> AsyncIterator[Running]:
+    """A fresh fleet for one scenario; stopped (every process, every file) when the scenario ends. ``base``:
+    its base port (see ``meridian.demo.PortPlan``); ``via``: how a component dials a Redis link."""
     data = topology(scale, knobs)
     workdir = Path(tempfile.mkdtemp(prefix="meridian-pressure-"))
     config = workdir / "regions.yaml"
@@ -290,12 +298,13 @@ async def started(scale: Scale, knobs: Knobs, log_file: Path) -> AsyncIterator[R
     )
     fleet = Fleet(
         topo,
-        free_block(80),
+        base if base is not None else free_block(80),
         workdir,
         sim_args=sim_args,
         sims_off=beyond_minimum(topo),
         env=env,
         log_file=log_file,
+        via=via,
     )
     stop = threading.Event()
     try:
