@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import random
 
-from meridian.chaos.checker import PROPAGATION_S, check, dial_zero, errors, intent, monotonic
+from meridian.chaos.checker import PROPAGATION_S, check, dial_zero, errors, intent, monotonic, revoked
 from meridian.chaos.faults import KINDS, schedule
-from meridian.chaos.history import Applied, History, Request, Sample, Write
+from meridian.chaos.history import Applied, History, Request, Revoke, Sample, Write
 
 EU, US = "eu-west-1", "us-east-1"
 
@@ -22,6 +22,7 @@ def good() -> History:
         writes=[Write(1.0, 1.1, US, 0, 200), Write(5.0, 5.1, US, 60, 200), Write(6.0, 8.0, US, 100, 0)],
         samples=[Sample(t, EU, 0, 1, v) for t, v in ((1.0, 3), (2.0, 4), (3.0, 4))],
         faults=[Applied(4.0, 6.0, "controlplane-kill", "")],
+        revokes=[Revoke(3.0, 3.1, "gone", 204)],
         final={US: 100, EU: 100},
     )
 
@@ -40,7 +41,7 @@ def test_a_history_reads_back_as_written() -> None:
 
 
 def test_a_good_history_passes_every_invariant() -> None:
-    assert [v.passed for v in check(good())] == [True, True, True, True]
+    assert [v.passed for v in check(good())] == [True] * 5
 
 
 def test_a_lost_acknowledged_write_fails_intent() -> None:
@@ -96,3 +97,18 @@ def test_an_unexplained_error_or_any_500_fails_and_a_killed_edges_cut_is_allowed
     h.requests.append(ok(7.0, kind="cut", status=200))
     h.requests.append(ok(7.5, kind="shed", status=503))  # shed with a clear answer is allowed anyway
     assert errors(h).passed
+
+
+def test_a_revoked_key_accepted_past_the_bound_fails_and_refusals_after_it_are_allowed() -> None:
+    h = good()
+    refused = Request(3.5, 3.6, EU, "gone", 401, "http 401", None)
+    h.requests.append(refused)  # refused after its revocation: allowed, not an error
+    assert revoked(h, {}).passed and errors(h).passed
+    late = 3.1 + PROPAGATION_S + 0.5
+    h.requests.append(Request(late, late + 0.3, EU, "gone", 200, "ok", EU))
+    v = revoked(h, {})
+    assert not v.passed and "answered 200" in v.violations[0]
+    h.requests[-1] = Request(3.1 + PROPAGATION_S - 0.5, 4.0, EU, "gone", 200, "ok", EU)  # within the bound
+    assert revoked(h, {}).passed
+    h.requests.append(Request(2.0, 2.1, EU, "gone", 401, "http 401", None))  # refused before it was revoked
+    assert not errors(h).passed

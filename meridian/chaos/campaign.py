@@ -19,7 +19,7 @@ import aiohttp
 
 from fleet.state import Topology
 from meridian.chaos.faults import Fault
-from meridian.chaos.history import Applied, History, Request, Sample, Write
+from meridian.chaos.history import Applied, History, Request, Revoke, Sample, Write
 from meridian.chaos.proxy import FaultProxy
 from meridian.demo import PortPlan
 from meridian.pressure import schedule as sch
@@ -31,6 +31,7 @@ WRITE_EVERY_S = 0.7  # the operator's dial writes, one at a time
 SAMPLE_EVERY_S = 0.1  # each edge's /readyz
 DIALED = "us-east-1"  # the region the operator dials (the other always takes traffic)
 SETTLE_S = 3.0  # after the last fault, before the final state is read
+REVOKED = "revoked"  # the tenant whose key the operator revokes half way
 LINK_LATENCY_S = 0.2  # a link-latency fault's delay, each way
 
 
@@ -51,6 +52,7 @@ class Campaign:
     async def go(self) -> History:
         h = self.history = History()
         keys = {"steady": await self.run.tenant("steady")}
+        revoked_id, keys[REVOKED], key_id = await self._tenant_with_key(REVOKED)
         target = Target(
             edges={p: self.run.edge(p) for p in HOME},
             client_ip=CLIENT_IP,
@@ -71,12 +73,24 @@ class Campaign:
                 for p in HOME
             )
         )
+        arrivals = sch.merged(  # the revoked tenant's key, used throughout from London
+            arrivals,
+            sch.poisson(
+                sch.constant(1.0),
+                until=self.duration,
+                peak=1.0,
+                rng=self.rng,
+                population="london",
+                tenant=REVOKED,
+            ),
+        )
         self.incarnation = dict.fromkeys(HOME.values(), 0)
         self.t0 = time.monotonic()
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(self._writer(stop)),
             asyncio.create_task(self._sampler(stop)),
+            asyncio.create_task(self._revoke(revoked_id, key_id, self.duration / 2)),
             *(asyncio.create_task(self._apply(f)) for f in self.faults),
         ]
         outcomes = await drive(arrivals, target, self.t0)
@@ -112,6 +126,21 @@ class Campaign:
             self.history.writes.append(Write(start, self.now(), DIALED, weight, status))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), WRITE_EVERY_S)
+
+    async def _tenant_with_key(self, name: str) -> tuple[str, str, str]:
+        """A tenant and its one key: (tenant id, the key's secret, the key's id)."""
+        _, tenant = await self._admin("POST", "/v1/tenants", {"name": name, "reason": "chaos"})
+        _, key = await self._admin("POST", f"/v1/tenants/{tenant['id']}/keys")
+        await self.run.tenant("key-probe")  # returns once every edge takes a newer key: this one too
+        return str(tenant["id"]), str(key["key"]), str(key["id"])
+
+    async def _revoke(self, tenant_id: str, key_id: str, at: float) -> None:
+        """The operator revokes the tenant's key half way through (its answer recorded)."""
+        assert self.history is not None
+        await asyncio.sleep(max(0.0, self.t0 + at - time.monotonic()))
+        start = self.now()
+        status, _ = await self._admin("DELETE", f"/v1/tenants/{tenant_id}/keys/{key_id}")
+        self.history.revokes.append(Revoke(start, self.now(), REVOKED, status))
 
     async def _admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.run.token}"}

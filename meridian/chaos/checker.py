@@ -8,7 +8,8 @@ first violations it found.
 3. dial zero: after a dial 0 is acknowledged, no request that starts later than the propagation bound —
    counted from when the edge's store path was whole again — is served by that region, while 0 stands;
 4. errors: every request that failed is explained by a fault the design allows to fail it (its edge was
-   down, or shedding with a clear answer), and no edge answered 500.
+   down, or shedding with a clear answer, or its key was revoked), and no edge answered 500;
+5. revoked: a revoked key is refused for every request that starts past the bound after the revocation.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Verdict:
 
 def check(h: History, edges: Mapping[str, str] | None = None) -> list[Verdict]:
     """Every invariant's verdict. ``edges``: edge -> the region whose replica it reads (itself by default)."""
-    return [intent(h), monotonic(h), dial_zero(h, edges or {}), errors(h)]
+    return [intent(h), monotonic(h), dial_zero(h, edges or {}), errors(h), revoked(h, edges or {})]
 
 
 def intent(h: History) -> Verdict:
@@ -117,12 +118,34 @@ def _store_whole_after(faults: list[Applied], since: float, region: str) -> floa
     return whole
 
 
+def revoked(h: History, edges: Mapping[str, str]) -> Verdict:
+    """5. A revoked key is refused (401) for every request that starts later than the propagation bound
+    after its revocation was acknowledged (counted from when the edge's store path was whole again)."""
+    v = Verdict(f"5 no revoked key accepted {PROPAGATION_S:g} s after its revocation", True, 0)
+    for k in (k for k in h.revokes if k.acked):
+        for r in h.requests:
+            if r.tenant != k.tenant or r.start <= k.end:
+                continue
+            v.checked += 1
+            whole = _store_whole_after(h.faults, k.end, edges.get(r.edge, r.edge))
+            if r.status != 401 and r.start > whole + PROPAGATION_S:
+                v.passed = False
+                v.violations.append(
+                    f"tenant {k.tenant}'s key, revoked at {k.end:.2f} s, was answered {r.status} at edge "
+                    f"{r.edge} at {r.start:.2f} s (store path whole from {whole:.2f} s)"
+                )
+    return v
+
+
 def errors(h: History) -> Verdict:
     v = Verdict("4 only the errors the design allows", True, 0)
+    revoked_at = {k.tenant: k.start for k in h.revokes}
     for r in h.requests:
         v.checked += 1
         if r.kind in ALLOWED:
             continue
+        if r.status == 401 and r.tenant in revoked_at and r.start >= revoked_at[r.tenant]:
+            continue  # its key was revoked: refused, as it must be
         if r.status == 500:
             v.passed = False
             v.violations.append(f"edge {r.edge} answered 500 at {r.start:.2f} s")

@@ -35,6 +35,20 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class Revoke:
+    """An API key's revocation, with its answer (the key is ``tenant``'s only one)."""
+
+    start: float
+    end: float
+    tenant: str
+    status: int
+
+    @property
+    def acked(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     at: float
     edge: str
@@ -59,10 +73,11 @@ class History:
     writes: list[Write] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     faults: list[Applied] = field(default_factory=list)
+    revokes: list[Revoke] = field(default_factory=list)
     final: dict[str, int] = field(default_factory=dict)  # region -> its weight in the store at the end
 
     def lines(self) -> Iterator[str]:
-        for name in ("requests", "writes", "samples", "faults"):
+        for name in ("requests", "writes", "samples", "faults", "revokes"):
             for item in getattr(self, name):
                 yield json.dumps({"type": name, **asdict(item)})
         yield json.dumps({"type": "final", "weights": self.final})
@@ -70,7 +85,13 @@ class History:
     @classmethod
     def read(cls, lines: Iterable[str]) -> History:
         h = cls()
-        kinds: dict[str, Any] = {"requests": Request, "writes": Write, "samples": Sample, "faults": Applied}
+        kinds: dict[str, Any] = {
+            "requests": Request,
+            "writes": Write,
+            "samples": Sample,
+            "faults": Applied,
+            "revokes": Revoke,
+        }
         for line in lines:
             row = json.loads(line)
             kind = row.pop("type")
