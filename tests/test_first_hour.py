@@ -45,7 +45,16 @@ def test_demo_a_then_demo_b_and_the_whole_suite_beside_it_then_the_tour_against_
         demo_b, _, _ = start_demo(free_block(60))
         try:
             suite = subprocess.Popen(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not first_hour"],
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "-m",
+                    "not first_hour and not campaign",
+                ],
                 cwd=ROOT,
                 env=env,
                 stdout=(tmp_path / "suite.log").open("w"),
