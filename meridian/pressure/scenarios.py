@@ -401,10 +401,13 @@ async def region_failure(ctx: Ctx) -> Verdict:
     v.check("failed requests after failover", "0", fmt_pct(failed), failed == 0.0)
     v.check("failed requests while failing over", "<= 5 %", fmt_pct(window), window <= 0.05)
     v.acted = down is not None
-    v.evidence.append(
-        f"{EU} marked down {fmt_s(down)} after the failure, up again at {back - at:.1f} s (its machines "
-        f"replaced); London's traffic moved to {US} meanwhile"
-    )
+    if down is None:
+        v.evidence.append(f"{EU} never marked down after the failure")
+    else:
+        v.evidence.append(
+            f"{EU} marked down {fmt_s(down)} after the failure, up again at {back - at:.1f} s (its machines "
+            f"replaced); London's traffic moved to {US} meanwhile"
+        )
     v.series = {"record": rec, "samples": r.samples, "end": end, "marks": [(at, f"{EU} down")]}
     return v
 
