@@ -266,7 +266,14 @@ def test_ctrl_c_while_starting_ends_quietly(module: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
     env.update(MERIDIAN_REGION="us-east-1", MERIDIAN_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     proc = subprocess.Popen(
-        [sys.executable, "-m", module], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", module],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as a terminal's Ctrl-C finds it: a runner started in the background (`cmd &` in a script) hands
+        # its children SIGINT ignored, and Python then never raises KeyboardInterrupt
+        preexec_fn=_default_sigint,
     )
 
     def importing() -> bool:  # pydantic's core is among the first of the component's imports
@@ -280,6 +287,10 @@ def test_ctrl_c_while_starting_ends_quietly(module: str) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err  # interrupted, said the shell's way
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
