@@ -15,7 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
+from edge.admission.limiter import Limiter
+from fleet.acl import edge_user
+from fleet.tenants import Limits, Tenant
 from tests.conftest import ServerFactory
 from tests.fleet import Fleet, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
@@ -231,3 +235,30 @@ async def test_a_refusal_at_one_edge_follows_what_another_edge_spent(fleet: Flee
             body = await r.json()
             assert r.status == 429, body  # the other edge never served this tenant: the primary says no
             assert int(r.headers["Retry-After"]) >= 5 and body["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_a_holding_lowered_while_requests_arrive_is_never_granted_twice(fleet: Fleet) -> None:
+    """Found by the eight-process test under load: an edge lowering its holding (its renewal, or idle spare
+    going back) let requests take the slots it was giving back while the primary answered, and the primary
+    then granted those slots to another edge: 5 in flight for a limit of 3."""
+    tenant = Tenant(id="t-race", name="race", limits=Limits(max_concurrent=3))
+    url = fleet.primary.url_for(edge_user(EDGE))
+    a, b = (Limiter(client=aioredis.from_url(url), edges=2) for _ in range(2))
+    try:
+        tickets = [(await a.enter(tenant))[1] for _ in range(3)]  # edge a holds the whole limit
+        for ticket in tickets[1:]:
+            assert ticket is not None
+            a.leave(ticket)  # one still in use, two idle (not yet enough to give back)
+        slots = a.slots[tenant.id]
+        assert (slots.held, slots.in_use) == (3, 1)
+        lowering = asyncio.create_task(a._hold(tenant.id, slots, 1))  # its renewal: down to what is in use
+        await asyncio.sleep(0)  # the lowering call is on its way to the primary
+        arrivals = [asyncio.create_task(a.enter(tenant)) for _ in range(2)]  # two requests arrive meanwhile
+        await lowering
+        admitted_a = sum(ticket is not None for _, ticket in await asyncio.gather(*arrivals))
+        admitted_b = sum([(await b.enter(tenant))[1] is not None for _ in range(3)])  # another edge asks
+    finally:
+        for limiter in (a, b):
+            await limiter.client.aclose()
+    assert slots.in_use <= slots.held, (slots.in_use, slots.held)
+    assert 1 + admitted_a + admitted_b <= 3, (admitted_a, admitted_b)

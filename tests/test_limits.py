@@ -70,4 +70,6 @@ def test_concurrent_slots_are_held_used_and_given_back() -> None:
     assert s.release() == 2 + 2  # 8 idle > twice the spare: down to what is in use plus the spare
     s.held = 4
     assert s.release() is None  # 3 idle: kept
-    assert [s.take_local(edges=20) for _ in range(3)] == [True, True, False]  # 40 / 20 edges
+    assert [s.take_local(edges=20) for _ in range(3)] == [True, False, False]  # 40 / 20 edges, 1 in use
+    s.release()
+    assert s.take_local(edges=20) and not s.take_local(edges=20)  # nothing in use: the share is 2

@@ -170,11 +170,14 @@ class Limiter:
 
     async def _hold(self, tenant: str, slots: Slots, want: int | None) -> None:
         """Set this edge's holding (None: what it needs now). One call at a time per tenant, the amount
-        decided when it is its turn: an answer never lowers the holding below what is in use."""
+        decided when it is its turn: an answer never lowers the holding below what is in use, and what is
+        given back is not spent here while the primary answers."""
         lock = self._locks.setdefault(tenant, asyncio.Lock())
         async with lock:
             need = slots.in_use + slots.waiting
             amount = max(need, slots.wanted() if want is None else want)
+            # slots being given back are not taken while the primary answers: it may grant them elsewhere
+            slots.held = min(slots.held, amount)
             try:
                 granted = await self.slots_script(
                     keys=[limit_key(tenant, "concurrent")],

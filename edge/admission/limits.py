@@ -255,7 +255,9 @@ class Slots:
         return None
 
     def take_local(self, edges: int) -> bool:
-        if self.local < max(1, self.limit // edges):
+        """A slot of this edge's share while the primary cannot be asked; requests still running on held
+        slots count toward it (the primary may already have given those slots to the other edges)."""
+        if self.local + self.in_use < max(1, self.limit // edges):
             self.local += 1
             return True
         return False
