@@ -3,17 +3,29 @@ invariant passes a good history and fails a crafted bad one (a checker that cann
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
-from meridian.chaos.checker import PROPAGATION_S, check, dial_zero, errors, intent, monotonic, revoked
+from meridian.chaos.checker import (
+    PROPAGATION_S,
+    check,
+    dial_zero,
+    errors,
+    intent,
+    ledger,
+    limited,
+    monotonic,
+    revoked,
+)
 from meridian.chaos.faults import KINDS, schedule
-from meridian.chaos.history import Applied, History, Request, Revoke, Sample, Write
+from meridian.chaos.history import Applied, History, Ledger, Limit, Request, Revoke, Sample, Write
+from meridian.chaos.shrink import shrink
 
 EU, US = "eu-west-1", "us-east-1"
 
 
 def ok(start: float, edge: str = EU, region: str = EU, kind: str = "ok", status: int = 200) -> Request:
-    return Request(start, start + 0.3, edge, "steady", status, kind, region)
+    return Request(start, start + 0.3, edge, "steady", status, kind, region, tokens=20)
 
 
 def good() -> History:
@@ -23,6 +35,8 @@ def good() -> History:
         samples=[Sample(t, EU, 0, 1, v) for t, v in ((1.0, 3), (2.0, 4), (3.0, 4))],
         faults=[Applied(4.0, 6.0, "controlplane-kill", "")],
         revokes=[Revoke(3.0, 3.1, "gone", 204)],
+        limits=[Limit("steady", rpm=60, burst_s=1.0)],
+        ledgers=[Ledger("steady", served=3, tokens=60)],
         final={US: 100, EU: 100},
     )
 
@@ -41,7 +55,7 @@ def test_a_history_reads_back_as_written() -> None:
 
 
 def test_a_good_history_passes_every_invariant() -> None:
-    assert [v.passed for v in check(good())] == [True] * 5
+    assert [v.passed for v in check(good())] == [True] * 7
 
 
 def test_a_lost_acknowledged_write_fails_intent() -> None:
@@ -103,12 +117,61 @@ def test_a_revoked_key_accepted_past_the_bound_fails_and_refusals_after_it_are_a
     h = good()
     refused = Request(3.5, 3.6, EU, "gone", 401, "http 401", None)
     h.requests.append(refused)  # refused after its revocation: allowed, not an error
+    streaming = Request(
+        2.9, 3.3, EU, "gone", 200, "cut", EU, "The API key was revoked while this answer streamed"
+    )
+    h.requests.append(streaming)  # streaming when it was revoked: ended with the error event, allowed
     assert revoked(h, {}).passed and errors(h).passed
+    h.requests[-1] = dataclasses.replace(streaming, detail="")  # cut with no reason: not allowed
+    assert not errors(h).passed
+    h.requests.pop()
     late = 3.1 + PROPAGATION_S + 0.5
     h.requests.append(Request(late, late + 0.3, EU, "gone", 200, "ok", EU))
     v = revoked(h, {})
     assert not v.passed and "answered 200" in v.violations[0]
+    h.requests[-1] = Request(late, late + 0.3, EU, "gone", 0, "connect", None)  # its edge down: no answer
+    assert revoked(h, {}).passed  # not accepted
     h.requests[-1] = Request(3.1 + PROPAGATION_S - 0.5, 4.0, EU, "gone", 200, "ok", EU)  # within the bound
     assert revoked(h, {}).passed
     h.requests.append(Request(2.0, 2.1, EU, "gone", 401, "http 401", None))  # refused before it was revoked
     assert not errors(h).passed
+
+
+def test_a_tenant_served_over_its_rpm_in_a_window_fails_but_not_where_its_edges_had_the_local_share() -> None:
+    # rpm 60: 1 a second; over 10 s, 10 + 1 of burst + 1 lease (one edge) + 1 = 13 at most; 30 served
+    over = [ok(t / 3) for t in range(3, 36)]
+    h = History(requests=over, limits=[Limit("steady", rpm=60, burst_s=1.0)])
+    assert not limited(h).passed and "bound 13" in limited(h).violations[0]
+    assert limited(History(requests=over[::3], limits=h.limits)).passed  # 11 in 10 s: within
+    cut = dataclasses.replace(h, faults=[Applied(5.0, 8.0, "link-partition", f"{EU}:primary")])
+    assert limited(cut).checked == 0 and limited(cut).passed  # every window touches the edge's outage
+
+
+def test_a_ledger_short_of_the_answers_or_over_them_fails_and_a_killed_edges_rows_may_be_missing() -> None:
+    h = good()
+    assert ledger(h).passed and ledger(h).checked == 1
+    short = dataclasses.replace(h, ledgers=[Ledger("steady", served=2, tokens=40)])
+    assert not ledger(short).passed and "2 answers" in ledger(short).violations[0]
+    double = dataclasses.replace(h, ledgers=[Ledger("steady", served=4, tokens=80)])  # a batch sent twice
+    assert not ledger(double).passed
+    killed = dataclasses.replace(short, faults=[Applied(9.5, 10.0, "edge-kill", EU)])  # held 9.0's row
+    assert ledger(killed).passed
+    wiped = dataclasses.replace(
+        h, ledgers=[Ledger("steady", served=1, tokens=20)], faults=[Applied(5.0, 6.0, "primary-wipe", "")]
+    )
+    assert ledger(wiped).passed  # the two answers written before the wipe are gone with it
+
+
+def test_shrinking_finds_the_faults_that_fail_together_within_its_runs() -> None:
+    faults = list(range(12))
+    calls: list[list[int]] = []
+
+    def fails(candidate: list[int]) -> bool:
+        calls.append(candidate)
+        return 3 in candidate and 8 in candidate  # the failure needs both
+
+    found, used = shrink(faults, fails, runs=40)
+    assert found == [3, 8] and used == len(calls) <= 40
+    assert shrink(faults, lambda c: 5 in c, runs=40)[0] == [5]
+    assert shrink(faults, fails, runs=3)[1] == 3  # a bounded search stops at its runs, still failing
+    assert fails(shrink(faults, fails, runs=3)[0])

@@ -13,6 +13,7 @@ import pytest
 from meridian.chaos.checker import check
 from meridian.chaos.history import History
 from meridian.chaos.main import run
+from meridian.chaos.options import add_arguments
 
 SEED = 7
 
@@ -20,8 +21,10 @@ SEED = 7
 @pytest.mark.campaign
 @pytest.mark.timeout(240)
 def test_a_short_campaign_keeps_every_invariant(tmp_path: Path) -> None:
-    args = argparse.Namespace(
-        seed=SEED, steps=6, duration=45.0, rate=6.0, kind=None, out=str(tmp_path), check=None
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--seed", str(SEED), "--steps", "6", "--duration", "45", "--rate", "6", "--out", str(tmp_path)]
     )
     code = run(args)
     history = History.read((tmp_path / "history.jsonl").read_text().splitlines())

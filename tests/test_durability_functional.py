@@ -15,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from edge.server.app import Edge
+from edge.server.main import serve as serve_edge
 from fleet.keys import KEY_API_KEYS, KEY_AUDIT, KEY_TENANTS
 from meridian.redisproc import free_port
 from tests.conftest import ServerFactory
@@ -215,6 +217,49 @@ async def test_an_edge_that_cannot_confirm_keys_stops_admitting_and_says_so(
 
             await wait_for(admitted, timeout=10, interval=0.1, what="the key admitted again after the thaw")
     finally:
+        await f.close()
+
+
+async def test_an_edge_started_before_it_could_load_keys_says_retry_not_wrong_key(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """Found by the fault campaign (seed 11): an edge restarted while its stores were slow answered a valid
+    key 401 "incorrect API key" until its key set loaded. Until then it answers 503 api_keys_loading (a
+    client retries, or another edge serves), and the key works once the set is in."""
+    f = await start_fleet(
+        tmp_path, serve, geo_db=geo_db, auth=True, regions=("eu-west-1",), sim_kwargs={"ttft_ms": 1.0}
+    )
+    frozen = [f.replicas["eu-west-1"].proc, f.primary.proc]
+    late = None
+    try:
+        _, key = await f.tenant_key()
+        for proc in frozen:
+            assert proc is not None
+            os.kill(proc.pid, signal.SIGSTOP)
+        first = f.edges["eu-west-1"].edge
+        late = Edge(first.settings, topology=first.topology)  # a restarted edge: its stores not answering
+        runner = await serve_edge(late, "127.0.0.1", 0, shutdown_timeout=2.0)
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+        hdrs = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, json=CHAT, headers=hdrs) as r:
+                body = await r.json()
+                assert r.status == 503 and body["error"]["code"] == "api_keys_loading", body
+                assert r.headers["Retry-After"] == "1"
+            for proc in frozen:
+                assert proc is not None
+                os.kill(proc.pid, signal.SIGCONT)
+
+            async def served() -> bool:
+                async with s.post(url, json=CHAT, headers=hdrs) as r:
+                    return r.status == 200
+
+            await wait_for(served, timeout=10, interval=0.1, what="the key served once the set loaded")
+        await runner.cleanup()
+    finally:
+        for proc in frozen:
+            if proc is not None:
+                os.kill(proc.pid, signal.SIGCONT)
         await f.close()
 
 

@@ -117,6 +117,17 @@ class Admission:
             },
         )
 
+    def keys_loading(self) -> web.Response:
+        """503: this edge has not read its key set yet (starting while its stores are slow or away)."""
+        self.metrics.keys_stale.inc()
+        return error(
+            503,
+            "this edge has not loaded its API keys yet (starting): retry, another edge may serve",
+            kind="overloaded_error",
+            code="api_keys_loading",
+            headers={**self.edge_headers, "Retry-After": "1"},
+        )
+
     def keys_stale(self, age_s: float) -> web.Response:
         """503: the key set could not be confirmed for longer than the bound (fail closed)."""
         self.metrics.keys_stale.inc()

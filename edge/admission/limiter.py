@@ -21,14 +21,21 @@ import redis.asyncio as aioredis
 from multidict import istr
 from redis.exceptions import RedisError, ResponseError
 
-from edge.admission.limits import EDGES_SCRIPT, LEASE_SCRIPT, SLOTS_SCRIPT, SLOTS_TTL_S, Bucket, Slots
+from edge.admission.limits import (
+    EDGES_SCRIPT,
+    LEASE_SCRIPT,
+    OUTAGE_RETRY_S,
+    SLOTS_SCRIPT,
+    SLOTS_TTL_S,
+    Bucket,
+    Slots,
+)
 from fleet.keys import KEY_LIVE_EDGES, limit_key
 from fleet.redisconn import raise_if_cancelling
 from fleet.tenants import Limits, Tenant
 
 log = logging.getLogger("meridian.limits")
 
-OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
 REGISTER_S = 1.0  # an edge process renews its registration this often (it lapses after 3 missed)
 DIMENSIONS = (("requests", "rpm"), ("tokens", "tpm"))
 HEADERS_TTL_S = 0.1  # an admitted answer's rate-limit headers are at most this old

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 LEASE_S = 0.25  # a lease holds this much of the tenant's global rate
 LEASE_TTL_S = 2.0  # unused leased permits older than this go back to the primary (a debt is always paid)
+OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
 TOLERANCE_S = 1.0  # default GCRA burst tolerance: this much of the rate may arrive at once
 
 # KEYS[1]: the tenant's hash {tat: theoretical arrival time (ms), iv: the emission interval it was kept at}.

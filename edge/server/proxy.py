@@ -96,8 +96,10 @@ class Proxy:
         if methods is None or request.method not in methods:
             return self._not_forwarded(request, methods)
         principal = None
-        if self.admission.tenants is not None:
-            if (stale := self.admission.tenants.stale_for()) is not None:
+        if (tenants := self.admission.tenants) is not None:
+            if not tenants.loaded.is_set():  # not "wrong key": the set is not in yet (a client retries)
+                return self.admission.keys_loading()
+            if (stale := tenants.stale_for()) is not None:
                 return self.admission.keys_stale(stale)
             principal = self.admission.authenticate(request)
             if principal is None:

@@ -164,7 +164,8 @@ class EdgeMetrics:
         )
         self.keys_stale = Counter(
             "meridian_edge_keys_stale_refusals",
-            "Requests refused because the API keys could not be confirmed within MERIDIAN_TENANTS_MAX_AGE_S",
+            "Requests refused because the API keys were not loaded yet or could not be confirmed within "
+            "MERIDIAN_TENANTS_MAX_AGE_S",
             registry=r,
         )
         self.rate_limited = Counter(

@@ -19,7 +19,7 @@ import aiohttp
 
 from fleet.state import Topology
 from meridian.chaos.faults import Fault
-from meridian.chaos.history import Applied, History, Request, Revoke, Sample, Write
+from meridian.chaos.history import Applied, History, Ledger, Limit, Request, Revoke, Sample, Write
 from meridian.chaos.proxy import FaultProxy
 from meridian.demo import PortPlan
 from meridian.pressure import schedule as sch
@@ -32,6 +32,7 @@ SAMPLE_EVERY_S = 0.1  # each edge's /readyz
 DIALED = "us-east-1"  # the region the operator dials (the other always takes traffic)
 SETTLE_S = 3.0  # after the last fault, before the final state is read
 REVOKED = "revoked"  # the tenant whose key the operator revokes half way
+CAPPED, CAPPED_RPM = "capped", 120  # a tenant offered twice its requests-per-minute limit throughout
 LINK_LATENCY_S = 0.2  # a link-latency fault's delay, each way
 
 
@@ -51,7 +52,10 @@ class Campaign:
 
     async def go(self) -> History:
         h = self.history = History()
-        keys = {"steady": await self.run.tenant("steady")}
+        keys = {
+            "steady": await self.run.tenant("steady"),
+            CAPPED: await self.run.tenant(CAPPED, rpm=CAPPED_RPM),
+        }
         revoked_id, keys[REVOKED], key_id = await self._tenant_with_key(REVOKED)
         target = Target(
             edges={p: self.run.edge(p) for p in HOME},
@@ -72,6 +76,20 @@ class Campaign:
                 )
                 for p in HOME
             )
+        )
+        arrivals = sch.merged(  # the capped tenant at twice its limit, from both cities
+            arrivals,
+            *(
+                sch.poisson(
+                    sch.constant(CAPPED_RPM / 60),
+                    until=self.duration,
+                    peak=CAPPED_RPM / 60,
+                    rng=self.rng,
+                    population=p,
+                    tenant=CAPPED,
+                )
+                for p in HOME
+            ),
         )
         arrivals = sch.merged(  # the revoked tenant's key, used throughout from London
             arrivals,
@@ -101,10 +119,22 @@ class Campaign:
         for o in outcomes:
             edge = HOME[o.population]
             end = o.at + (o.ended_s if o.ended_s is not None else 0.0)
-            h.requests.append(Request(o.at, end, edge, o.tenant, o.status, o.kind, o.region, o.detail))
+            h.requests.append(
+                Request(o.at, end, edge, o.tenant, o.status, o.kind, o.region, o.detail, o.tokens)
+            )
         regions = (await self._admin("GET", "/v1/regions"))[1]["regions"]
         h.final = {r["name"]: int(r["weight"]) for r in regions if "weight" in r}
+        h.limits.append(Limit(CAPPED, CAPPED_RPM, 1.0))
+        for name in ("steady", CAPPED):
+            h.ledgers.append(await self._ledger(name))
         return h
+
+    async def _ledger(self, tenant: str) -> Ledger:
+        """The tenant's usage ledger as the admin API reports it (answers that did not fail, tokens)."""
+        status, body = await self._admin("GET", f"/v1/tenants/{self.run.tenant_ids[tenant]}/usage")
+        t = body["totals"] if status == 200 else {}
+        served = int(t.get("requests", -1)) - int(t.get("errors", 0))
+        return Ledger(tenant, served, int(t.get("prompt_tokens", 0)) + int(t.get("completion_tokens", 0)))
 
     # --- the operator ---------------------------------------------------------------------------------
 
@@ -213,7 +243,8 @@ class Campaign:
             replica.proc.wait()
             return lambda: asyncio.to_thread(replica.start)
         if kind.startswith("link"):
-            proxy = self.links["controlplane-primary" if not region else f"edge-{region}-replica"]
+            edge, _, upstream = region.partition(":")
+            proxy = self.links[f"edge-{edge}-{upstream or 'replica'}" if edge else "controlplane-primary"]
             if kind == "link-reset":
                 proxy.reset()
                 return _nothing

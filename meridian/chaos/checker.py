@@ -9,7 +9,11 @@ first violations it found.
    counted from when the edge's store path was whole again — is served by that region, while 0 stands;
 4. errors: every request that failed is explained by a fault the design allows to fail it (its edge was
    down, or shedding with a clear answer, or its key was revoked), and no edge answered 500;
-5. revoked: a revoked key is refused for every request that starts past the bound after the revocation.
+5. revoked and limited: a revoked key is refused for every request that starts past the bound after the
+   revocation; a tenant's rpm admits no more than its rate (plus its burst and the edges' leases) in any
+   window, outside the primary outages where the design hands each edge its local share;
+6. ledger: each tenant's usage ledger holds every answer served (requests and tokens), give or take the
+   answers whose rows an edge held when it was killed, or that a wiped primary lost.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meridian.chaos.history import Applied, History, Request
+from edge.admission.limits import LEASE_S, OUTAGE_RETRY_S
+from meridian.chaos.history import Applied, History, Limit, Request
 
 PROPAGATION_S = 2.0  # a dial reaches every edge within this of the store being reachable (stated bound)
 ALLOWED = frozenset({"ok", "limited", "shed"})
 CUT_BY_EDGE = frozenset({"connect", "cut", "timeout"})  # what a killed edge does to its clients' requests
 STORE_PATH = ("primary-kill", "primary-wipe", "replica-kill", "replica-pause", "controlplane-kill")
 LINKS = ("link-latency", "link-reset", "link-partition")  # on an edge's link to its replica: its store path
+PRIMARY_LINK = ":primary"  # a link fault's target suffix: an edge's link to the primary (limits, usage)
+LIMIT_WINDOW_S = 10.0  # the windows a tenant's admitted requests are counted in
 
 
 @dataclass
@@ -36,7 +43,15 @@ class Verdict:
 
 def check(h: History, edges: Mapping[str, str] | None = None) -> list[Verdict]:
     """Every invariant's verdict. ``edges``: edge -> the region whose replica it reads (itself by default)."""
-    return [intent(h), monotonic(h), dial_zero(h, edges or {}), errors(h), revoked(h, edges or {})]
+    return [
+        intent(h),
+        monotonic(h),
+        dial_zero(h, edges or {}),
+        errors(h),
+        revoked(h, edges or {}),
+        limited(h),
+        ledger(h),
+    ]
 
 
 def intent(h: History) -> Verdict:
@@ -128,7 +143,7 @@ def revoked(h: History, edges: Mapping[str, str]) -> Verdict:
                 continue
             v.checked += 1
             whole = _store_whole_after(h.faults, k.end, edges.get(r.edge, r.edge))
-            if r.status != 401 and r.start > whole + PROPAGATION_S:
+            if r.status not in (0, 401) and r.start > whole + PROPAGATION_S:  # 0: no answer, not accepted
                 v.passed = False
                 v.violations.append(
                     f"tenant {k.tenant}'s key, revoked at {k.end:.2f} s, was answered {r.status} at edge "
@@ -144,8 +159,11 @@ def errors(h: History) -> Verdict:
         v.checked += 1
         if r.kind in ALLOWED:
             continue
-        if r.status == 401 and r.tenant in revoked_at and r.start >= revoked_at[r.tenant]:
-            continue  # its key was revoked: refused, as it must be
+        if r.tenant in revoked_at and r.end >= revoked_at[r.tenant]:
+            if r.status == 401 and r.start >= revoked_at[r.tenant]:
+                continue  # its key was revoked: refused, as it must be
+            if r.kind == "cut" and "revoked" in r.detail:
+                continue  # streaming when its key was revoked: ended with an error event, as designed
         if r.status == 500:
             v.passed = False
             v.violations.append(f"edge {r.edge} answered 500 at {r.start:.2f} s")
@@ -169,3 +187,104 @@ def _edge_down(faults: list[Applied], r: Request) -> bool:
 
 def _during(faults: list[Applied], r: Request) -> str:
     return ", ".join(f"{f.kind} {f.target}".strip() for f in faults if f.start <= r.end and r.start <= f.end)
+
+
+def limited(h: History) -> Verdict:
+    """5, limits: the answers served to a tenant that started and ended inside a window of
+    ``LIMIT_WINDOW_S`` number at most its rate over the window and its burst, plus one lease per edge and
+    one; windows that touch a primary outage (or an edge's link to it cut, plus ``OUTAGE_RETRY_S``) are left
+    out: there each edge enforces its local share, by design."""
+    v = Verdict(f"5 no tenant served over its rpm in any {LIMIT_WINDOW_S:g} s window", True, 0)
+    edges = len({r.edge for r in h.requests}) or 1
+    outages = [
+        (f.start, f.end + OUTAGE_RETRY_S)
+        for f in h.faults
+        if f.kind.startswith("primary") or (f.kind in LINKS and f.target.endswith(PRIMARY_LINK))
+    ]
+    end = max((r.end for r in h.requests), default=0.0)
+    for limit in h.limits:
+        served = sorted((r.start, r.end) for r in h.requests if r.tenant == limit.tenant and r.kind == "ok")
+        bound = _limit_bound(limit, edges)
+        a = 0.0
+        while a + LIMIT_WINDOW_S <= end:
+            b = a + LIMIT_WINDOW_S
+            if not any(s < b and a < e for s, e in outages):
+                v.checked += 1
+                n = sum(1 for s, e in served if a <= s and e <= b)
+                if n > bound:
+                    v.passed = False
+                    v.violations.append(
+                        f"tenant {limit.tenant} (rpm {limit.rpm}) was served {n} requests in "
+                        f"{a:.0f}-{b:.0f} s (bound {bound:.0f})"
+                    )
+            a += 1.0
+    return v
+
+
+def _limit_bound(limit: Limit, edges: int) -> float:
+    rate = limit.rpm / 60.0
+    return rate * (LIMIT_WINDOW_S + limit.burst_s) + edges * max(1.0, rate * LEASE_S) + 1
+
+
+def ledger(h: History) -> Verdict:
+    """6. Each tenant's ledger: the answers it was served that surely reached it at most, and those plus the
+    ones that may have (an edge killed holding their rows; a primary wiped while they were on their way;
+    streams cut, or served with no usage, at the largest answer's tokens) at least."""
+    v = Verdict("6 the usage ledger equals the answers' usage", True, 0)
+    for book in h.ledgers:
+        mine = [r for r in h.requests if r.tenant == book.tenant]
+        cap = max((r.tokens or 0 for r in mine), default=0)
+        sure = [0, 0]  # answers, tokens
+        maybe = [0, 0]
+        for r in mine:
+            if r.kind == "ok":
+                fate = _fate(h, r)
+                if fate == "sure" and r.tokens is not None:
+                    sure[0] += 1
+                    sure[1] += r.tokens
+                elif fate != "out":
+                    maybe[0] += 1
+                    maybe[1] += r.tokens if r.tokens is not None else cap
+            elif r.status in (0, 200, 502, 503, 504):  # may have been admitted and charged its prompt
+                maybe[1] += cap
+        v.checked += 1
+        for what, got, low, high in (
+            ("answers", book.served, sure[0], sure[0] + maybe[0]),
+            ("tokens", book.tokens, sure[1], sure[1] + maybe[1]),
+        ):
+            if not low <= got <= high:
+                v.passed = False
+                v.violations.append(
+                    f"tenant {book.tenant}'s ledger holds {got} {what}; its answers say {low} for sure, "
+                    f"{high} at most"
+                )
+    return v
+
+
+def _fate(h: History, r: Request) -> str:
+    """Whether a served answer's row surely reached the ledger ("sure"), surely not ("out": written, then
+    its primary wiped), or may have ("maybe")."""
+    flushed = _flushed_by(h, r.edge, r.end)
+    for f in h.faults:
+        if f.kind == "edge-kill" and f.target == r.edge and r.end <= f.start <= flushed:
+            return "maybe"  # the edge held its row when it was killed
+    fate = "sure"
+    for f in h.faults:
+        if f.kind == "primary-wipe" and r.end < f.start:
+            fate = "out" if flushed < f.start else "maybe"
+    return fate
+
+
+def _flushed_by(h: History, edge: str, ended: float) -> float:
+    """When a row from an answer that ended at ``ended`` was written at the latest: the next flush after it
+    at which the edge's path to the primary is whole (a second of slack each time)."""
+    blocked = sorted(
+        (f.start, f.end + 1.0)
+        for f in h.faults
+        if f.kind.startswith("primary") or (f.kind in LINKS and f.target == edge + PRIMARY_LINK)
+    )
+    at = ended + h.flush_s + 1.0
+    for start, end in blocked:
+        if start <= at <= end:
+            at = end + h.flush_s + 1.0
+    return at

@@ -17,8 +17,8 @@ KINDS: dict[str, str] = {
     "controlplane-kill": "the control plane: kill -9, restarted",
     "region-down": "every simulated replica of a region refuses (down), back after",
     "region-slow": "every simulated replica of a region answers 300 ms late, normal after",
-    "link-latency": "a Redis link (an edge's to its replica, or the control plane's to the primary): +200 ms "
-    "each way, through the campaign's TCP fault proxy",
+    "link-latency": "a Redis link (an edge's to its replica or to the primary, or the control plane's to the "
+    "primary): +200 ms each way, through the campaign's TCP fault proxy",
     "link-reset": "a Redis link: every open connection reset at once (the link works again after)",
     "link-partition": "a Redis link: every connection reset and new ones refused for the fault's duration",
 }
@@ -54,8 +54,8 @@ def schedule(
         if len(out) == steps:
             break
         kind = rng.choice(list(kinds))
-        if kind.startswith("link"):  # "": the control plane's link to the primary
-            target = rng.choice(["", *regions])
+        if kind.startswith("link"):  # "": the control plane's to the primary; "r:primary": r's edge's
+            target = rng.choice(["", *regions, *(f"{r}:primary" for r in regions)])
         else:
             target = "" if kind.startswith(("primary", "controlplane")) else rng.choice(list(regions))
         length = rng.uniform(1.0, 4.0)

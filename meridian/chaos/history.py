@@ -19,6 +19,7 @@ class Request:
     kind: str  # the load generator's class: ok, limited, shed, upstream, cut, connect, timeout, http N
     region: str | None  # the region that served it (X-Meridian-Region)
     detail: str = ""  # an error's message
+    tokens: int | None = None  # prompt + completion tokens of the answer's usage (None: no usage came)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,25 @@ class Applied:
     target: str
 
 
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A tenant's requests-per-minute limit as the campaign set it."""
+
+    tenant: str
+    rpm: int
+    burst_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """A tenant's usage ledger at the end (GET /v1/tenants/{id}/usage): requests that did not fail, and
+    prompt + completion tokens."""
+
+    tenant: str
+    served: int
+    tokens: int
+
+
 @dataclass
 class History:
     requests: list[Request] = field(default_factory=list)
@@ -74,29 +94,37 @@ class History:
     samples: list[Sample] = field(default_factory=list)
     faults: list[Applied] = field(default_factory=list)
     revokes: list[Revoke] = field(default_factory=list)
+    limits: list[Limit] = field(default_factory=list)
+    ledgers: list[Ledger] = field(default_factory=list)
+    flush_s: float = 1.0  # how often each edge writes its usage rows (observation_interval_s)
     final: dict[str, int] = field(default_factory=dict)  # region -> its weight in the store at the end
 
     def lines(self) -> Iterator[str]:
-        for name in ("requests", "writes", "samples", "faults", "revokes"):
+        for name in KINDS:
             for item in getattr(self, name):
                 yield json.dumps({"type": name, **asdict(item)})
-        yield json.dumps({"type": "final", "weights": self.final})
+        yield json.dumps({"type": "final", "weights": self.final, "flush_s": self.flush_s})
 
     @classmethod
     def read(cls, lines: Iterable[str]) -> History:
         h = cls()
-        kinds: dict[str, Any] = {
-            "requests": Request,
-            "writes": Write,
-            "samples": Sample,
-            "faults": Applied,
-            "revokes": Revoke,
-        }
         for line in lines:
             row = json.loads(line)
             kind = row.pop("type")
             if kind == "final":
                 h.final = {k: int(v) for k, v in row["weights"].items()}
+                h.flush_s = float(row.get("flush_s", h.flush_s))
             else:
-                getattr(h, kind).append(kinds[kind](**row))
+                getattr(h, kind).append(KINDS[kind](**row))
         return h
+
+
+KINDS: dict[str, Any] = {
+    "requests": Request,
+    "writes": Write,
+    "samples": Sample,
+    "faults": Applied,
+    "revokes": Revoke,
+    "limits": Limit,
+    "ledgers": Ledger,
+}

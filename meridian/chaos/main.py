@@ -14,10 +14,11 @@ from pathlib import Path
 
 from meridian.chaos.campaign import Campaign, fleet
 from meridian.chaos.checker import check
-from meridian.chaos.faults import KINDS, schedule
+from meridian.chaos.faults import KINDS, Fault, schedule
 from meridian.chaos.history import History
 from meridian.chaos.options import add_arguments
 from meridian.chaos.plot import timeline
+from meridian.chaos.shrink import shrink
 from meridian.pressure.fleet import HOME
 
 
@@ -25,22 +26,37 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="meridian-chaos-"))
     out.mkdir(parents=True, exist_ok=True)
     if args.check:
-        history = History.read(Path(args.check).read_text().splitlines())
-    else:
-        history = asyncio.run(_campaign(args, out))
-        (out / "history.jsonl").write_text("\n".join(history.lines()) + "\n")
-    return _report(history, out)
-
-
-async def _campaign(args: argparse.Namespace, out: Path) -> History:
-    rng = random.Random(args.seed)
+        return _report(History.read(Path(args.check).read_text().splitlines()), out)
     faults = schedule(
-        rng,
+        random.Random(args.seed),
         steps=args.steps,
         duration=args.duration,
         regions=list(HOME.values()),
         kinds=args.kind or tuple(KINDS),
     )
+    history = asyncio.run(_campaign(args, faults))
+    (out / "history.jsonl").write_text("\n".join(history.lines()) + "\n")
+    code = _report(history, out)
+    if code and args.shrink:
+        _shrink(args, faults, {v.invariant for v in check(history) if not v.passed}, out)
+    return code
+
+
+def _shrink(args: argparse.Namespace, faults: list[Fault], failed: set[str], out: Path) -> None:
+    """Rerun the campaign with fewer faults until none can be left out and ``failed`` still fails."""
+
+    def fails(candidate: list[Fault]) -> bool:
+        print(f"shrinking: {len(candidate)} of {len(faults)} faults", flush=True)
+        history = asyncio.run(_campaign(args, candidate))
+        return bool(failed & {v.invariant for v in check(history) if not v.passed})
+
+    shortest, runs = shrink(faults, fails, runs=args.shrink)
+    text = "\n".join(f"{f.at:7.2f} s  {f.duration:5.2f} s  {f.kind} {f.target}".rstrip() for f in shortest)
+    (out / "shortest.txt").write_text(text + "\n")
+    print(f"shortest failing schedule ({len(shortest)} of {len(faults)} faults, {runs} runs):\n{text}")
+
+
+async def _campaign(args: argparse.Namespace, faults: list[Fault]) -> History:
     for f in faults:
         print(f"  fault at {f.at:6.2f} s for {f.duration:.2f} s: {f.kind} {f.target}", flush=True)
     logs = Path(tempfile.mkdtemp(prefix="meridian-chaos-logs-"))
@@ -62,6 +78,7 @@ def _report(h: History, out: Path) -> int:
         f"requests: {len(h.requests)} ({dict(sorted(errors.items()))} not ok); writes: {len(h.writes)} "
         f"({acked} acknowledged); snapshot samples: {len(h.samples)}",
     ]
+    lines += [f"ledger {b.tenant}: {b.served} answers, {b.tokens} tokens" for b in h.ledgers]
     timeline(h, out / "timeline.png")
     verdicts = check(h)
     for v in verdicts:

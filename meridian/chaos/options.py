@@ -15,3 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", action="append", choices=sorted(KINDS), help="only these faults (repeatable)")
     p.add_argument("--out", default=None, help="where the history and the verdict go")
     p.add_argument("--check", default=None, metavar="HISTORY", help="only check a recorded history")
+    p.add_argument(
+        "--shrink",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="when an invariant fails, rerun with fewer faults (at most RUNS campaigns) to find the shortest "
+        "schedule that still fails it",
+    )

@@ -5,6 +5,7 @@ classified and timed from the schedule."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,7 @@ async def _one(session: aiohttp.ClientSession, a: Arrival, target: Target, start
         "model": target.model,
         "stream": True,
         "max_tokens": target.max_tokens,
+        "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": f"pressure {a.population} {a.at:.3f}"}],
     }
     headers = {
@@ -71,13 +73,36 @@ async def _one(session: aiohttp.ClientSession, a: Arrival, target: Target, start
                 text += chunk
             end = time.monotonic() - due
             kind = "ok" if text.rstrip().endswith(b"data: [DONE]") and b'"error"' not in text else "cut"
-            return Outcome(a.at, a.population, a.tenant, 200, kind, region, first, end, "", end)
+            detail = _stream_error(text) if kind == "cut" else ""
+            return Outcome(
+                a.at, a.population, a.tenant, 200, kind, region, first, end, detail, end, _tokens(text)
+            )
     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
         return _broken(a, "cut", 200, first, due, exc)
     except TimeoutError as exc:
         return _broken(a, "timeout", 0, first, due, exc)
     except (aiohttp.ClientError, OSError) as exc:
         return _broken(a, "connect", 0, None, due, exc)
+
+
+def _stream_error(text: bytes) -> str:
+    """The message of the error event a stream ended with ("": none, it was cut short)."""
+    for line in reversed(text.split(b"\n")):
+        if line.startswith(b"data: {") and b'"error"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                return str(json.loads(line[6:])["error"]["message"])[:160]
+    return ""
+
+
+def _tokens(text: bytes) -> int | None:
+    """Prompt + completion tokens from a stream's usage chunk (the last event carrying one)."""
+    for line in reversed(text.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                usage = json.loads(line[6:])["usage"]
+                if usage:
+                    return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
+    return None
 
 
 def _broken(
@@ -90,6 +115,10 @@ def _broken(
     )
 
 
+# refusals with a clear, retryable answer: shed, a model starting, an edge whose key set is not in (yet)
+SHED_CODES = frozenset({"overloaded", "model_starting", "api_keys_loading", "api_keys_stale"})
+
+
 def _refused(a: Arrival, status: int, raw: bytes, region: str | None, took: float) -> Outcome:
     """A non-200 answer, by what it says: refused with a clear answer (OpenAI's error shape) or failed."""
     try:
@@ -100,7 +129,7 @@ def _refused(a: Arrival, status: int, raw: bytes, region: str | None, took: floa
         code, detail = None, raw[:160].decode(errors="replace")
     if status == 429 and code == "rate_limit_exceeded":
         kind = "limited"
-    elif status in (429, 503) and code in ("overloaded", "model_starting"):
+    elif status in (429, 503) and code in SHED_CODES:
         kind = "shed"
     elif status in (502, 503, 504):
         kind = "upstream"

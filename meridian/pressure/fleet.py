@@ -159,6 +159,7 @@ class Running:
     fleet: Fleet
     ready: dict[str, Any]
     topo: Topology
+    tenant_ids: dict[str, str] = field(default_factory=dict)  # name -> id, of the tenants made here
 
     @property
     def admin(self) -> str:
@@ -205,6 +206,7 @@ class Running:
                 "reason": "pressure",
             },
         )
+        self.tenant_ids[name] = str(tenant["id"])
         key = str((await self.call("POST", f"/v1/tenants/{tenant['id']}/keys"))["key"])
         async with aiohttp.ClientSession() as s:
             for url in self.ready["edges"].values():

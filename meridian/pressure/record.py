@@ -26,6 +26,7 @@ class Outcome:
     total_s: float | None  # scheduled time to the end
     detail: str = ""  # an error's message (its start)
     ended_s: float | None = None  # scheduled time to when it ended, whatever the end (None: never recorded)
+    tokens: int | None = None  # prompt + completion tokens of the answer's usage chunk (None: none came)
 
     @property
     def ok(self) -> bool:
