@@ -8,6 +8,7 @@ B+10 and one replica per region on B+11.., simulated replicas from B+20 on, the 
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -243,10 +244,11 @@ class Fleet:
         """The running child called ``name`` (``controlplane``, ``edge-<region>``, ``sim-<region>``)."""
         return next(p for n, p in reversed(self.procs) if n == name)
 
-    def restart(self, name: str) -> subprocess.Popen[bytes]:
-        """Start child ``name`` again as it was first started (after it died or was killed)."""
-        argv, env = self.specs[name]
-        proc = self._spawn(argv, env)
+    def restart(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start child ``name`` again as it was first started (after it died or was killed), with ``env``
+        added to its environment this once (e.g. the fault campaign's skewed clock)."""
+        argv, first = self.specs[name]
+        proc = self._spawn(argv, {**first, **(env or {})})
         self.procs = [(n, p) for n, p in self.procs if n != name] + [(name, proc)]
         return proc
 
@@ -315,7 +317,7 @@ class Fleet:
                 [py, "-m", "edge"],
                 {
                     "MERIDIAN_REGION": region.name,
-                    "MERIDIAN_REGIONS_FILE": str(regions_file),
+                    "MERIDIAN_REGIONS_FILE": str(self._edge_regions(region.name, local, regions_file)),
                     "MERIDIAN_REDIS_URL": self.via(
                         f"edge-{region.name}-replica", replicas[region.name].url_for(edge_user(region.name))
                     ),
@@ -347,6 +349,23 @@ class Fleet:
             "redis": {"primary": primary.url, "replicas": {k: v.url for k, v in replicas.items()}},
             "_n": n,
         }
+
+    def _edge_regions(self, edge: str, local: dict[str, Any], shared: Path) -> Path:
+        """The regions file ``edge`` reads: the fleet's, unless ``via`` puts something (the fault campaign's
+        proxy) on its links to the simulated replicas: then its own, each replica's URL as this edge dials
+        it (link ``edge-<edge>-region-<region>-<replica>``)."""
+        data = copy.deepcopy(local)
+        changed = False
+        for region in data["regions"] if self.simulated else ():
+            for rep in region["replicas"]:
+                url = self.via(f"edge-{edge}-region-{region['name']}-{rep['name']}", rep["url"])
+                changed |= url != rep["url"]
+                rep["url"] = url
+        if not changed:
+            return shared
+        path = self.workdir / f"regions.{edge}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
 
     def wait_ready(self, ready: dict[str, Any], stop: threading.Event) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

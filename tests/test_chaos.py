@@ -111,6 +111,13 @@ def test_an_unexplained_error_or_any_500_fails_and_a_killed_edges_cut_is_allowed
     h.requests.append(ok(7.0, kind="cut", status=200))
     h.requests.append(ok(7.5, kind="shed", status=503))  # shed with a clear answer is allowed anyway
     assert errors(h).passed
+    h = good()
+    h.requests.append(ok(7.0, edge=US, region=US, kind="cut"))  # a stream in flight on a link cut to US
+    assert not errors(h).passed
+    h.faults.append(Applied(7.2, 8.0, "link-reset", f"{US}:{US}"))
+    assert errors(h).passed
+    h.requests.append(ok(7.5, edge=US, kind="upstream", status=502))  # not in flight: it should go to EU
+    assert not errors(h).passed
 
 
 def test_a_revoked_key_accepted_past_the_bound_fails_and_refusals_after_it_are_allowed() -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -34,6 +36,8 @@ SETTLE_S = 3.0  # after the last fault, before the final state is read
 REVOKED = "revoked"  # the tenant whose key the operator revokes half way
 CAPPED, CAPPED_RPM = "capped", 120  # a tenant offered twice its requests-per-minute limit throughout
 LINK_LATENCY_S = 0.2  # a link-latency fault's delay, each way
+SKEW = "+90s"  # an edge-skew fault's clock offset (libfaketime's FAKETIME)
+FAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)  # apt: faketime
 
 
 @dataclass
@@ -146,7 +150,7 @@ class Campaign:
         while not stop.is_set():
             t = self.now()
             other_down = any(
-                f.kind == "region-down" and f.at - 1.0 <= t + 4.0 and t - 1.0 <= f.end for f in self.faults
+                _takes_a_region_out(f) and f.at - 1.0 <= t + 4.0 and t - 1.0 <= f.end for f in self.faults
             )
             weight = self.rng.choice([20, 60, 100] if other_down else [0, 20, 60, 100])
             start = self.now()
@@ -243,26 +247,35 @@ class Campaign:
             replica.proc.wait()
             return lambda: asyncio.to_thread(replica.start)
         if kind.startswith("link"):
-            edge, _, upstream = region.partition(":")
-            proxy = self.links[f"edge-{edge}-{upstream or 'replica'}" if edge else "controlplane-primary"]
-            if kind == "link-reset":
-                proxy.reset()
-                return _nothing
-            proxy.set("partition" if kind == "link-partition" else "latency", LINK_LATENCY_S)
+            proxies = self._links(region)
+            for proxy in proxies:
+                if kind == "link-reset":
+                    proxy.reset()
+                else:
+                    proxy.set("partition" if kind == "link-partition" else "latency", LINK_LATENCY_S)
 
             async def heal() -> None:
-                proxy.set("pass")
+                for proxy in proxies:
+                    proxy.set("pass")
 
             return heal
-        if kind in ("edge-kill", "controlplane-kill"):
+        if kind in ("edge-kill", "controlplane-kill", "edge-skew"):
             name = "controlplane" if kind == "controlplane-kill" else f"edge-{region}"
             proc = fleet.process(name)
             proc.kill()
             proc.wait()
+            if kind == "edge-skew":  # on skewed clocks for the fault's duration, then on true time again
+                assert FAKETIME is not None
+                fleet.restart(name, {"LD_PRELOAD": FAKETIME, "FAKETIME": SKEW})
+                self.incarnation[region] += 1
 
             async def restart() -> None:
+                if kind == "edge-skew":
+                    skewed = fleet.process(name)
+                    skewed.kill()
+                    await asyncio.to_thread(skewed.wait)
                 fleet.restart(name)
-                if kind == "edge-kill":
+                if kind != "controlplane-kill":
                     self.incarnation[region] += 1
 
             return restart
@@ -275,13 +288,25 @@ class Campaign:
 
         return clear
 
+    def _links(self, target: str) -> list[FaultProxy]:
+        """A link fault's proxies: "" the control plane's to the primary; "e" edge e's to its replica;
+        "e:primary" its to the primary; "e:r" its to every simulated replica of region r."""
+        edge, _, upstream = target.partition(":")
+        if not edge:
+            return [self.links["controlplane-primary"]]
+        if upstream in ("", "primary"):
+            return [self.links[f"edge-{edge}-{upstream or 'replica'}"]]
+        return [p for name, p in self.links.items() if name.startswith(f"edge-{edge}-region-{upstream}-")]
+
     def _replica(self, region: str) -> Any:
         names = [r.name for r in self.run.topo.regions]
         return self.run.fleet.redis[1 + names.index(region)]
 
 
-async def _nothing() -> None:
-    return None
+def _takes_a_region_out(f: Fault) -> bool:
+    """A region down, or an edge cut off from one: with a dial of 0 on the other, no region could serve."""
+    end = f.target.partition(":")[2]
+    return f.kind == "region-down" or (f.kind == "link-partition" and end not in ("", "primary"))
 
 
 async def _resume(pid: int) -> None:
@@ -301,11 +326,13 @@ async def fleet(logs: Path) -> Any:
     for region, port in plan.replicas.items():
         targets[f"edge-{region}-replica"] = port
         targets[f"edge-{region}-primary"] = plan.primary
+        for (served, replica), sim in plan.sims.items():  # each edge's link to each simulated replica
+            targets[f"edge-{region}-region-{served}-{replica}"] = sim
     links = {name: await FaultProxy("127.0.0.1", port).start() for name, port in targets.items()}
 
     def via(link: str, url: str) -> str:
         proxy = links.get(link)
-        return url if proxy is None else url.replace(f":{proxy.target[1]}/", f":{proxy.port}/")
+        return url if proxy is None else re.sub(rf":{proxy.target[1]}(?=/|$)", f":{proxy.port}", url)
 
     try:
         async with started(scale, knobs, logs / "chaos.log", base=base, via=via) as run:

@@ -29,6 +29,7 @@ ALLOWED = frozenset({"ok", "limited", "shed"})
 CUT_BY_EDGE = frozenset({"connect", "cut", "timeout"})  # what a killed edge does to its clients' requests
 STORE_PATH = ("primary-kill", "primary-wipe", "replica-kill", "replica-pause", "controlplane-kill")
 LINKS = ("link-latency", "link-reset", "link-partition")  # on an edge's link to its replica: its store path
+RESTARTS = ("edge-kill", "edge-skew")  # faults that kill an edge (a skewed one is killed again at its end)
 PRIMARY_LINK = ":primary"  # a link fault's target suffix: an edge's link to the primary (limits, usage)
 LIMIT_WINDOW_S = 10.0  # the windows a tenant's admitted requests are counted in
 
@@ -125,7 +126,7 @@ def _store_whole_after(faults: list[Applied], since: float, region: str) -> floa
     [since, ...) in a chain (a fault starting while another is on extends the outage)."""
     whole = since
     for f in sorted(faults, key=lambda f: f.start):
-        on_path = f.kind in STORE_PATH or (f.kind in ("edge-kill", *LINKS) and f.target == region)
+        on_path = f.kind in STORE_PATH or (f.kind in (*RESTARTS, *LINKS) and f.target == region)
         if not on_path or (f.kind.startswith("replica") and f.target != region):
             continue
         if f.start <= whole and f.end > whole:
@@ -170,6 +171,8 @@ def errors(h: History) -> Verdict:
             continue
         if r.kind in CUT_BY_EDGE and _edge_down(h.faults, r):
             continue
+        if r.kind == "cut" and _link_cut(h.faults, r):
+            continue
         v.passed = False
         v.violations.append(
             f"{r.kind} (status {r.status}) at edge {r.edge}, {r.start:.2f}-{r.end:.2f} s: "
@@ -179,8 +182,21 @@ def errors(h: History) -> Verdict:
 
 
 def _edge_down(faults: list[Applied], r: Request) -> bool:
+    """Its edge was killed (or restarted skewed, and back) while it was in flight or being sent."""
     return any(
-        f.kind == "edge-kill" and f.target == r.edge and f.start <= r.end and r.start <= f.end + 1.0
+        f.kind in RESTARTS and f.target == r.edge and f.start <= r.end and r.start <= f.end + 1.0
+        for f in faults
+    )
+
+
+def _link_cut(faults: list[Applied], r: Request) -> bool:
+    """Its stream was on a link to a region that was reset or partitioned while it was in flight (the edge
+    cannot retry a stream that has begun: the client sees it end with an error event)."""
+    return any(
+        f.kind in ("link-reset", "link-partition")
+        and f.target.partition(":")[0] == r.edge
+        and f.target.partition(":")[2] not in ("", "primary")
+        and r.start <= f.start <= r.end + 0.5
         for f in faults
     )
 
@@ -266,7 +282,8 @@ def _fate(h: History, r: Request) -> str:
     its primary wiped), or may have ("maybe")."""
     flushed = _flushed_by(h, r.edge, r.end)
     for f in h.faults:
-        if f.kind == "edge-kill" and f.target == r.edge and r.end <= f.start <= flushed:
+        killed = (f.start, f.end) if f.kind == "edge-skew" else (f.start,)  # skewed: killed at both ends
+        if f.kind in RESTARTS and f.target == r.edge and any(r.end <= k <= flushed for k in killed):
             return "maybe"  # the edge held its row when it was killed
     fate = "sure"
     for f in h.faults:

@@ -14,13 +14,15 @@ KINDS: dict[str, str] = {
     "replica-kill": "a region's Redis replica: kill -9, restarted",
     "replica-pause": "a region's Redis replica: SIGSTOP (it falls behind), SIGCONT after",
     "edge-kill": "a region's edge: kill -9, restarted",
+    "edge-skew": "a region's edge: kill -9, restarted with its clocks 90 s ahead (libfaketime: wall and "
+    "monotonic), restarted on true time after (only where libfaketime is installed)",
     "controlplane-kill": "the control plane: kill -9, restarted",
     "region-down": "every simulated replica of a region refuses (down), back after",
     "region-slow": "every simulated replica of a region answers 300 ms late, normal after",
-    "link-latency": "a Redis link (an edge's to its replica or to the primary, or the control plane's to the "
-    "primary): +200 ms each way, through the campaign's TCP fault proxy",
-    "link-reset": "a Redis link: every open connection reset at once (the link works again after)",
-    "link-partition": "a Redis link: every connection reset and new ones refused for the fault's duration",
+    "link-latency": "a link (an edge's to its Redis replica, the primary or a region's replicas; the control "
+    "plane's to the primary): +200 ms each way, through the campaign's TCP fault proxy",
+    "link-reset": "a link: every open connection reset at once (the link works again after)",
+    "link-partition": "a link: every connection reset and new ones refused for the fault's duration",
 }
 
 
@@ -45,7 +47,8 @@ def schedule(
     kinds: Sequence[str] = tuple(KINDS),
     settle_s: float = 3.0,
 ) -> list[Fault]:
-    """``steps`` faults over ``duration`` s (none in the first or the last ``settle_s``), each lasting 1-4 s.
+    """``steps`` faults over ``duration`` s (none in the first or the last ``settle_s``), each lasting 1-4 s
+    (an edge on a skewed clock 6-12 s, so it serves a while).
     Faults on different things may overlap (a primary restarts while a replica is paused); two on the same
     thing do not (one process is killed once), and no two regions are down at once (then no region could
     serve: allowed, but not what a campaign tests)."""
@@ -54,11 +57,15 @@ def schedule(
         if len(out) == steps:
             break
         kind = rng.choice(list(kinds))
-        if kind.startswith("link"):  # "": the control plane's to the primary; "r:primary": r's edge's
-            target = rng.choice(["", *regions, *(f"{r}:primary" for r in regions)])
+        if kind.startswith("link"):  # "": the control plane's to the primary; "e": edge e's to its
+            # replica; "e:primary": to the primary; "e:r": to region r's simulated replicas
+            ends = ["primary", *regions]
+            target = rng.choice(["", *regions, *(f"{e}:{end}" for e in regions for end in ends)])
         else:
             target = "" if kind.startswith(("primary", "controlplane")) else rng.choice(list(regions))
-        length = rng.uniform(1.0, 4.0)
+        length = (
+            rng.uniform(6.0, 12.0) if kind == "edge-skew" else rng.uniform(1.0, 4.0)
+        )  # skewed: serves a while
         at = rng.uniform(settle_s, max(settle_s, duration - settle_s - length))
         f = Fault(round(at, 3), kind, target, round(length, 3))
         if not any(_clash(f, g) for g in out):
@@ -72,8 +79,9 @@ def _thing(f: Fault) -> str:
         return "primary"
     if f.kind.startswith("region"):
         return "regions"  # one region down (or slow) at a time
-    if f.kind.startswith("link"):
-        return f"link:{f.target}"
+    if f.kind.startswith("link"):  # a link to a region counts as the region's fault: one region out at a time
+        end = f.target.partition(":")[2]
+        return "regions" if end not in ("", "primary") else f"link:{f.target}"
     return f"{f.kind.split('-')[0]}:{f.target}"
 
 

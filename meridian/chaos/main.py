@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from meridian.chaos.campaign import Campaign, fleet
+from meridian.chaos.campaign import FAKETIME, Campaign, fleet
 from meridian.chaos.checker import check
 from meridian.chaos.faults import KINDS, Fault, schedule
 from meridian.chaos.history import History
@@ -27,12 +27,15 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.check:
         return _report(History.read(Path(args.check).read_text().splitlines()), out)
+    if "edge-skew" in (args.kind or ()) and FAKETIME is None:
+        print("meridian chaos: edge-skew needs libfaketime (apt install faketime)", file=sys.stderr)
+        return 2
     faults = schedule(
         random.Random(args.seed),
         steps=args.steps,
         duration=args.duration,
         regions=list(HOME.values()),
-        kinds=args.kind or tuple(KINDS),
+        kinds=args.kind or tuple(k for k in KINDS if k != "edge-skew" or FAKETIME),
     )
     history = asyncio.run(_campaign(args, faults))
     (out / "history.jsonl").write_text("\n".join(history.lines()) + "\n")
