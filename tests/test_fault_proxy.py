@@ -1,5 +1,6 @@
-"""The campaign's TCP fault proxy on loopback: it passes bytes both ways, delays them when told, and a
-partition resets what is open and refuses what comes until it heals."""
+"""The campaign's TCP fault proxy on loopback: it passes bytes both ways, delays them when told, holds lost
+segments for their retransmission timeouts, and a partition resets what is open and refuses what comes until
+it heals."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ async def test_the_proxy_passes_delays_and_partitions(echo: int) -> None:
         proxy.set("latency", 0.2)
         got, slow = await roundtrip(proxy.port)
         assert got == b"ping" and slow >= 0.4 > fast  # 0.2 s each way
+        proxy.set("loss", loss=1.0 - 1e-9)  # every segment lost until its timeouts add up to a few seconds
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(roundtrip(proxy.port), 0.5)
+        proxy.set("loss", loss=0.0)
+        got, lossless = await roundtrip(proxy.port)
+        assert got == b"ping" and lossless < 0.2
         proxy.set("pass")
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(b"x")

@@ -36,6 +36,7 @@ SETTLE_S = 3.0  # after the last fault, before the final state is read
 REVOKED = "revoked"  # the tenant whose key the operator revokes half way
 CAPPED, CAPPED_RPM = "capped", 120  # a tenant offered twice its requests-per-minute limit throughout
 LINK_LATENCY_S = 0.2  # a link-latency fault's delay, each way
+LINK_LOSS = 0.2  # a link-loss fault's share of segments lost
 SKEW = "+90s"  # an edge-skew fault's clock offset (libfaketime's FAKETIME)
 FAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)  # apt: faketime
 
@@ -251,6 +252,8 @@ class Campaign:
             for proxy in proxies:
                 if kind == "link-reset":
                     proxy.reset()
+                elif kind == "link-loss":
+                    proxy.set("loss", loss=LINK_LOSS)
                 else:
                     proxy.set("partition" if kind == "link-partition" else "latency", LINK_LATENCY_S)
 
@@ -315,7 +318,7 @@ async def _resume(pid: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def fleet(logs: Path) -> Any:
+async def fleet(logs: Path, seed: int = 0) -> Any:
     """The campaign's fleet: the pressure tests' (two regions, the shipped ACL users and persistence, the
     autoscaler on the simulator backend), pools at their minimum; every Redis link of a component through a
     TCP fault proxy the campaign controls. Yields (the running fleet, link name -> its proxy)."""
@@ -328,7 +331,8 @@ async def fleet(logs: Path) -> Any:
         targets[f"edge-{region}-primary"] = plan.primary
         for (served, replica), sim in plan.sims.items():  # each edge's link to each simulated replica
             targets[f"edge-{region}-region-{served}-{replica}"] = sim
-    links = {name: await FaultProxy("127.0.0.1", port).start() for name, port in targets.items()}
+    rng = random.Random(seed)
+    links = {name: await FaultProxy("127.0.0.1", port, rng).start() for name, port in targets.items()}
 
     def via(link: str, url: str) -> str:
         proxy = links.get(link)

@@ -28,7 +28,8 @@ PROPAGATION_S = 2.0  # a dial reaches every edge within this of the store being 
 ALLOWED = frozenset({"ok", "limited", "shed"})
 CUT_BY_EDGE = frozenset({"connect", "cut", "timeout"})  # what a killed edge does to its clients' requests
 STORE_PATH = ("primary-kill", "primary-wipe", "replica-kill", "replica-pause", "controlplane-kill")
-LINKS = ("link-latency", "link-reset", "link-partition")  # on an edge's link to its replica: its store path
+# faults on a link; on an edge's link to its replica, on its store path
+LINKS = ("link-latency", "link-loss", "link-reset", "link-partition")
 RESTARTS = ("edge-kill", "edge-skew")  # faults that kill an edge (a skewed one is killed again at its end)
 PRIMARY_LINK = ":primary"  # a link fault's target suffix: an edge's link to the primary (limits, usage)
 LIMIT_WINDOW_S = 10.0  # the windows a tenant's admitted requests are counted in

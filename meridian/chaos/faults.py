@@ -21,6 +21,8 @@ KINDS: dict[str, str] = {
     "region-slow": "every simulated replica of a region answers 300 ms late, normal after",
     "link-latency": "a link (an edge's to its Redis replica, the primary or a region's replicas; the control "
     "plane's to the primary): +200 ms each way, through the campaign's TCP fault proxy",
+    "link-loss": "a link: 20 % of its segments lost (each held a retransmission timeout, 0.2 s doubling "
+    "while lost again, and everything behind it)",
     "link-reset": "a link: every open connection reset at once (the link works again after)",
     "link-partition": "a link: every connection reset and new ones refused for the fault's duration",
 }

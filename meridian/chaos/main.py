@@ -65,7 +65,7 @@ async def _campaign(args: argparse.Namespace, faults: list[Fault]) -> History:
     logs = Path(tempfile.mkdtemp(prefix="meridian-chaos-logs-"))
     print(f"the fleet logs to {logs}", flush=True)
     began = time.monotonic()
-    async with fleet(logs) as (running, links):
+    async with fleet(logs, args.seed) as (running, links):
         campaign = Campaign(running, links, faults, args.duration, random.Random(args.seed + 1), args.rate)
         history = await campaign.go()
     print(f"campaign: {time.monotonic() - began:.0f} s", flush=True)

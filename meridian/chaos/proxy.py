@@ -1,22 +1,28 @@
 """A TCP fault proxy (I/O): one listening port in front of one target, passing bytes both ways until told to
-add latency, reset every connection, or partition (reset what is open and refuse what comes). The campaign
-puts one on each link it faults, so network faults need no privileges (no ``tc``, no namespaces)."""
+add latency, lose packets (what TCP shows of loss: a share of the segments held for a retransmission timeout,
+and everything behind them), reset every connection, or partition (reset what is open and refuse what comes).
+The campaign puts one on each link it faults, so network faults need no privileges (no ``tc``, no
+namespaces)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from typing import Literal
 
-Mode = Literal["pass", "latency", "partition"]
+Mode = Literal["pass", "latency", "loss", "partition"]
 CHUNK = 65536
+RTO_S = 0.2  # Linux's minimum retransmission timeout: what a lost segment costs at least
 
 
 class FaultProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, rng: random.Random | None = None) -> None:
         self.target = (target_host, target_port)
         self.mode: Mode = "pass"
         self.latency_s = 0.0
+        self.loss = 0.0  # in "loss": the share of segments lost (each held RTO_S, doubling while lost again)
+        self.rng = rng or random.Random(0)
         self.port = 0
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
@@ -26,9 +32,9 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    def set(self, mode: Mode, latency_s: float = 0.0) -> None:
+    def set(self, mode: Mode, latency_s: float = 0.0, loss: float = 0.0) -> None:
         """Change what the link does; a partition resets every open connection at once."""
-        self.mode, self.latency_s = mode, latency_s
+        self.mode, self.latency_s, self.loss = mode, latency_s, loss
         if mode == "partition":
             self.reset()
 
@@ -64,6 +70,10 @@ class FaultProxy:
             while data := await reader.read(CHUNK):
                 if self.mode == "latency" and self.latency_s:
                     await asyncio.sleep(self.latency_s)
+                rto = RTO_S
+                while self.mode == "loss" and self.rng.random() < self.loss:  # lost, retransmitted later
+                    await asyncio.sleep(rto)
+                    rto = min(2 * rto, 3.0)
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):
