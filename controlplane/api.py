@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from litestar import Controller, Litestar, Request, Response, get, patch
+from litestar import Controller, Litestar, Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import (
     ClientException,
@@ -26,19 +27,24 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import Parameter
 from litestar.plugins.pydantic import PydanticPlugin
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.exceptions import RedisError
 
+from controlplane import console
 from controlplane.auth import TokenAuth, User, operator_guard, staff_guard
 from controlplane.pool_api import PoolController
+from controlplane.runs import Runs
 from controlplane.schemas import (
     AUTHENTICATED,
     QUERY,
     READ_REGION,
     WRITE_REGION,
     AuditPage,
+    DrainRequest,
     InvalidRegion,
     RegionChange,
     RegionList,
     RegionPatch,
+    RunList,
     document_rules,
 )
 from controlplane.settings import ControlPlaneSettings
@@ -49,10 +55,12 @@ from controlplane.store import (
     StateStore,
     StoreBehind,
     StoreBusy,
+    StoreError,
     StoreUnavailable,
     VersionConflict,
     is_unavailable,
 )
+from controlplane.switch import SwitchRun
 from controlplane.tenant_api import TenantController, top_usage
 from controlplane.workers import Workers, open_store
 from fleet.state import RegionState, Topology
@@ -145,6 +153,7 @@ class RegionController(Controller):
             ),
         ] = "*",
     ) -> Response[RegionChange]:
+        asked = time.time()
         if data.weight is None and data.drained is None:
             raise ValidationException(
                 "nothing to change: give weight and/or drained",
@@ -175,7 +184,56 @@ class RegionController(Controller):
                 f"If-Match {expected} is stale: region '{name}' is at version {exc.current}"
             ) from None
         log.info("%s set %s on %s (%s)", request.user.name, action, name, printable(data.reason))
+        await _record_switch(state, before, after, request.user.name, data.reason, asked)
         return Response(RegionChange(before=before, after=after), headers=_etag(after))
+
+    @post(
+        "/{name:str}/drain",
+        guards=[operator_guard],
+        summary="Drain a region over a countdown: its dial walks down to 0, then it is drained",
+        status_code=202,
+        responses=WRITE_REGION,
+    )
+    async def drain_region(
+        self, name: str, data: DrainRequest, request: Request[User, str, State], state: State
+    ) -> SwitchRun:
+        runs: Runs = state.runs
+        try:
+            run = await runs.drain(name, data.over_s, request.user.name, data.reason)
+        except RegionNotFound:
+            raise NotFoundException(f"unknown region '{name}'") from None
+        log.info(
+            "%s drains %s over %.0f s (%s)", request.user.name, name, data.over_s, printable(data.reason)
+        )
+        return run
+
+
+class RunController(Controller):
+    path = "/v1/runs"
+    tags = ["regions"]
+    guards = [staff_guard]
+
+    @get(
+        "/",
+        summary="Region switch runs (drains, dials to 0): asked when, applied by each edge when",
+        responses=AUTHENTICATED,
+    )
+    async def list_runs(self, state: State) -> RunList:
+        runs: Runs = state.runs
+        return RunList(runs=await runs.all())
+
+
+async def _record_switch(
+    state: State, before: RegionState, after: RegionState, actor: str, reason: str, asked: float
+) -> None:
+    """A write that took a region out becomes a switch run; the write has landed whatever happens here."""
+    runs: Runs | None = getattr(state, "runs", None)
+    if runs is None:
+        return
+    try:
+        await runs.switched(before, after, actor, reason, asked)
+    except (StoreError, RedisError, OSError) as exc:
+        log.warning("switch run for %s not recorded: %s", after.name, exc)
 
 
 class AuditController(Controller):
@@ -308,6 +366,7 @@ OPENAPI = OpenAPIConfig(
 
 ROUTES: list[Any] = [
     RegionController,
+    RunController,
     AuditController,
     TenantController,
     top_usage,
@@ -315,6 +374,7 @@ ROUTES: list[Any] = [
     healthz,
     readyz,
     metrics,
+    *console.ROUTES,
 ]
 
 

@@ -9,10 +9,24 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Reference, Schema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from controlplane.switch import SwitchRun
 from fleet.state import RegionState
 from fleet.tenants import ApiKey, Budget, Limits, Priority, Tenant
 
 TENANT_CHANGES = ("name", "limits", "priority", "max_priority", "models", "budget")
+
+
+class DrainRequest(BaseModel):
+    """A drain over a countdown: the dial steps down to 0 over ``over_s``, then the region is drained."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, description="why; recorded with every step")
+    over_s: float = Field(ge=1, le=86_400, description="the countdown, seconds (e.g. 60)")
+
+
+class RunList(BaseModel):
+    runs: list[SwitchRun] = Field(description="newest first")
 
 
 class RegionPatch(BaseModel):

@@ -18,6 +18,7 @@ from controlplane.autoscaler import Autoscaler
 from controlplane.backends import Backend, NoBackend, SimulatorBackend
 from controlplane.intake import Intake, PassiveBook
 from controlplane.prober import Prober
+from controlplane.runs import Runs
 from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StateStore, StoreError
@@ -65,6 +66,7 @@ class Workers:
     intake: Intake
     autoscaler: Autoscaler | None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    runs: Runs | None = None
 
     @classmethod
     def start(cls, settings: ControlPlaneSettings, topo: Topology, state: State) -> Workers:
@@ -77,6 +79,7 @@ class Workers:
         state.intake = intake = Intake(settings=settings, store=store, book=book, service=service)
         intake.names = frozenset(topo.names)
         w = cls(prober, intake, _autoscaler(settings, topo, store, prober, state))
+        state.runs = w.runs = Runs(store, topo)
         w.tasks.append(asyncio.create_task(_seed_until_done(settings, state), name="seed"))
         w.tasks.append(asyncio.create_task(w._after_seed(settings, state), name="workers"))
         w.tasks.append(asyncio.create_task(_keep(store, state), name="keeper"))
@@ -85,6 +88,8 @@ class Workers:
     async def _after_seed(self, settings: ControlPlaneSettings, state: State) -> None:
         await state.seeded.wait()
         workers = [self.intake.run()]
+        if self.runs is not None:
+            workers.append(self.runs.run())
         if self.autoscaler is not None:
             workers.append(self.autoscaler.run())
         if settings.probe_enabled:

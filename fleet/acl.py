@@ -35,6 +35,7 @@ from fleet.keys import (
     KEY_TRAFFIC,
     KEY_USAGE,
     KEY_WAKE,
+    applied_key,
     observations_key,
 )
 
@@ -66,6 +67,7 @@ def edge_rule(edge: str) -> str:
     so one edge's patterns never match another's keys)."""
     return (
         f"resetchannels &{CHANNEL_CHANGES} %R~{KEY_PREFIX}:state:* %W~{observations_key(edge)} "
+        f"%W~{applied_key(edge)} "
         f"~{KEY_LIMITS}:* ~{KEY_USAGE}:{edge}:* ~{KEY_TRAFFIC}:{edge}:* ~{KEY_WAKE}:* -@all +@read "
         "+@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load "
         "+hincrby +expire +hset +hdel +pexpire +time"

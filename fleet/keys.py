@@ -20,10 +20,12 @@ KEY_TENANTS_VERSION = f"{KEY_PREFIX}:state:tenants_version"  # raised by every c
 
 # the control plane's own
 KEY_AUDIT = f"{KEY_PREFIX}:audit"
+KEY_RUNS = f"{KEY_PREFIX}:runs"  # hash: run id -> SwitchRun JSON (a drain or switch, when edges applied it)
 KEY_EDGES = f"{KEY_PREFIX}:edges"  # a set: every edge the topology ever named (whose usage keys to read)
 
 # written by the edges, each in its own name
 KEY_OBSERVATIONS = f"{KEY_PREFIX}:observations"  # + ":<edge>": one stream per edge
+KEY_APPLIED = f"{KEY_PREFIX}:applied"  # + ":<edge>": hash epoch, version, at (ms): what the edge last applied
 KEY_USAGE = f"{KEY_PREFIX}:usage"  # + ":<edge>:<tenant>:<hour>"
 KEY_TRAFFIC = f"{KEY_PREFIX}:traffic"  # + ":<edge>:<region>:<minute>": what capacity planning reads
 KEY_WAKE = f"{KEY_PREFIX}:wake"  # + ":<region>:<model>": requests held for a pool at zero
@@ -32,6 +34,11 @@ KEY_WAKE = f"{KEY_PREFIX}:wake"  # + ":<region>:<model>": requests held for a po
 KEY_LIMITS = f"{KEY_PREFIX}:limits"
 KEY_LIVE_EDGES = f"{KEY_LIMITS}:edges"  # hash: edge process id -> expiry (ms): the live edge processes
 KEY_BUDGETS = f"{KEY_LIMITS}:budget"  # + ":<tenant>:<period id>": the period's spend and holds
+
+
+def applied_key(edge: str) -> str:
+    """The hash ``edge`` writes the (epoch, version) it last applied to, and when."""
+    return f"{KEY_APPLIED}:{edge}"
 
 
 def observations_key(edge: str) -> str:

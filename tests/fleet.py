@@ -355,7 +355,13 @@ async def _build(
         fleet.admin_app = create_admin(cp_settings, topology=topo)
         port = free_port()
         config = uvicorn.Config(
-            fleet.admin_app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+            fleet.admin_app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            loop="asyncio",
+            timeout_graceful_shutdown=2,  # as controlplane.main runs it: open console streams end
         )
         fleet.uvicorn_server = uvicorn.Server(config)
         fleet.uvicorn_task = asyncio.create_task(fleet.uvicorn_server.serve())

@@ -43,6 +43,7 @@ class SnapshotFeed:
         self.refusal: str | None = None  # why the store's latest state was not taken (None: it was)
         self._unreachable: str | None = None  # the last connection error logged
         self.current: Snapshot | None = None
+        self.applied_at = 0.0  # wall time ``current`` was applied (reported: when a switch reached this edge)
         self.confirmed_at: float | None = None  # monotonic time of the last successful read
         self.connected = False
         self._news = asyncio.Event()  # set (and replaced) whenever ``current`` changes
@@ -94,6 +95,7 @@ class SnapshotFeed:
         if verdict.snapshot is not self.current:
             self._news.set()
             self._news = asyncio.Event()
+            self.applied_at = time.time()
         self.current = verdict.snapshot
 
     async def run(self) -> None:

@@ -183,6 +183,7 @@ class Edge:
                 observed=self.observed,
                 interval_s=settings.observation_interval_s,
                 dropped=self.metrics.observations_dropped,
+                applied=self._applied,
             )
             self._tasks.append(asyncio.create_task(self.reporter.run(), name="reporter"))
         if self.ledger is not None:
@@ -296,6 +297,10 @@ class Edge:
 
     async def healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "edge": self.settings.region})
+
+    def _applied(self) -> tuple[int, int, float] | None:
+        snap = self.feed.current
+        return None if snap is None else (snap.epoch, snap.version, self.feed.applied_at)
 
     async def readyz(self, request: web.BaseRequest) -> web.Response:
         feed = self.feed

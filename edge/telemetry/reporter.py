@@ -1,12 +1,14 @@
 """Batches to the Redis primary (I/O): every interval, this edge's per-region observations (XADD to its own
-observation stream, best effort: a failed batch is counted and dropped) and its usage ledger (HINCRBY into
-its own hash per tenant and hour; a failed batch goes back into the ledger and is sent with the next).
-Failures are never raised into the data plane."""
+observation stream, best effort: a failed batch is counted and dropped) and the snapshot it applied last,
+with when (its own hash: the control plane's switch runs read when each edge applied a change); and its usage
+ledger (HINCRBY into its own hash per tenant and hour; a failed batch goes back into the ledger and is sent
+with the next). Failures are never raised into the data plane."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -15,7 +17,7 @@ from redis.exceptions import RedisError
 
 from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Ledger
-from fleet.keys import observations_key, traffic_key, usage_key
+from fleet.keys import applied_key, observations_key, traffic_key, usage_key
 from fleet.redisconn import raise_if_cancelling
 from fleet.usage import COUNTERS, RETENTION_S, TRAFFIC_RETENTION_S, UsageRow, usage_field
 
@@ -26,9 +28,18 @@ STREAM_MAXLEN = 100_000
 
 class Reporter:
     def __init__(
-        self, *, client: aioredis.Redis, edge: str, observed: Observed, interval_s: float, dropped: Counter
+        self,
+        *,
+        client: aioredis.Redis,
+        edge: str,
+        observed: Observed,
+        interval_s: float,
+        dropped: Counter,
+        applied: Callable[[], tuple[int, int, float] | None] = lambda: None,
     ) -> None:
         self.client = client
+        self.applied = applied  # (epoch, version, wall time applied) of the current snapshot
+        self._reported: tuple[int, int, float] | None = None
         self.dropped = dropped  # rows that could not be sent (meridian_edge_observations_dropped_total)
         self.edge = edge
         self.observed = observed
@@ -57,10 +68,26 @@ class Reporter:
             self.dropped.inc(len(batch))
             log.debug("observation batch dropped: %s", exc)
 
+    async def report_applied(self) -> None:
+        """The snapshot this edge applied last, and when, once per change."""
+        now = self.applied()
+        if now is None or now == self._reported:
+            return
+        epoch, version, at = now
+        try:
+            await self.client.hset(
+                applied_key(self.edge), mapping={"epoch": epoch, "version": version, "at": int(at * 1000)}
+            )
+            self._reported = now
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            log.debug("applied snapshot not reported: %s", exc)
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             await self.flush()
+            await self.report_applied()
 
 
 class UsageWriter:

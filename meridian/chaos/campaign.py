@@ -267,12 +267,14 @@ class Campaign:
             proc = fleet.process(name)
             proc.kill()
             proc.wait()
+            url = self.run.admin if kind == "controlplane-kill" else self.run.ready["edges"][region]
             if kind == "edge-skew":  # on skewed clocks for the fault's duration, then on true time again
                 assert FAKETIME is not None
                 fleet.restart(name, {"LD_PRELOAD": FAKETIME, "FAKETIME": SKEW})
                 self.incarnation[region] += 1
+                await _listening(url)
 
-            async def restart() -> None:
+            async def restart() -> None:  # the fault lasts until the process listens again
                 if kind == "edge-skew":
                     skewed = fleet.process(name)
                     skewed.kill()
@@ -280,6 +282,7 @@ class Campaign:
                 fleet.restart(name)
                 if kind != "controlplane-kill":
                     self.incarnation[region] += 1
+                await _listening(url)
 
             return restart
         slots = list(self.run.slots(region).values())
@@ -304,6 +307,20 @@ class Campaign:
     def _replica(self, region: str) -> Any:
         names = [r.name for r in self.run.topo.regions]
         return self.run.fleet.redis[1 + names.index(region)]
+
+
+async def _listening(url: str, timeout: float = 30.0) -> None:
+    """Until a restarted process accepts connections on ``url``'s port (or ``timeout`` passed)."""
+    host, port = url.split("//", 1)[1].split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, int(port.split("/")[0]))
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
 
 
 def _takes_a_region_out(f: Fault) -> bool:

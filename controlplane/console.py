@@ -1,0 +1,168 @@
+"""The operator console (I/O): its page and assets, shipped in the package (``controlplane/console/``, no
+build step, no CDN) and served under a strict Content-Security-Policy; who a token belongs to; and one
+server-sent-events stream per browser with the topology, the regions, their traffic, the audit log and the
+switch runs as they change (the console's writes go through the admin API, with If-Match and a reason)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from redis.exceptions import RedisError
+
+from controlplane.auth import User, staff_guard
+from controlplane.runs import Runs
+from controlplane.schemas import AuditPage
+from controlplane.store import StateStore, StoreError, StoreUnavailable
+from fleet.keys import traffic_key
+from fleet.state import Topology
+from fleet.usage import minute_of
+
+log = logging.getLogger("meridian.console")
+
+ASSETS_DIR = Path(__file__).parent / "console"
+ASSETS = {  # name -> content type: nothing else under /console is served
+    "index.html": "text/html; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+    "world.svg": "image/svg+xml",
+    "icon.svg": "image/svg+xml",
+}
+# no inline script or style, nothing from elsewhere, no framing, no forms posting anywhere
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+TICK_S = 1.0  # the stream reads the store this often and sends what changed
+HEARTBEAT_S = 15.0  # a comment at least this often, so proxies keep an idle stream open
+AUDIT_ROWS = 200
+
+
+@get("/console", exclude_from_auth=True, include_in_schema=False)
+async def console_page() -> Response[bytes]:
+    return _asset("index.html")
+
+
+@get("/console/{asset:str}", exclude_from_auth=True, include_in_schema=False)
+async def console_asset(asset: str) -> Response[bytes]:
+    return _asset(asset)
+
+
+def _asset(name: str) -> Response[bytes]:
+    if name not in ASSETS:
+        raise NotFoundException(f"no console asset '{name}'")
+    body = (ASSETS_DIR / name).read_bytes()
+    return Response(body, media_type=ASSETS[name], headers=HEADERS)
+
+
+@get("/v1/session", summary="Who the presented token belongs to: its name and role")
+async def session(request: Request[User, str, State]) -> dict[str, str]:
+    return {"name": request.user.name, "role": request.user.role}
+
+
+@get(
+    "/v1/events",
+    guards=[staff_guard],
+    summary="Server-sent events for the console: topology (once), regions, traffic (requests per region in "
+    "the last minute), audit (the newest rows) and store (reachable or not), each when it changes",
+)
+async def events(state: State) -> ServerSentEvent:
+    runs = getattr(state, "runs", None)
+    changes = _changes(state.store, state.topology, runs)
+    return ServerSentEvent(changes, headers={"Cache-Control": "no-store"})
+
+
+async def _changes(
+    store: StateStore, topo: Topology, runs: Runs | None
+) -> AsyncIterator[ServerSentEventMessage]:
+    """The stream: each kind of news sent when it differs from what this browser last got."""
+    yield _message("topology", _topology(topo))
+    last: dict[str, str] = {}
+    beat = time.monotonic()
+    while True:
+        news = await _read(store, topo, runs)
+        for kind, body in news.items():
+            data = json.dumps(body, separators=(",", ":"), sort_keys=True)
+            if last.get(kind) != data:
+                last[kind] = data
+                beat = time.monotonic()
+                yield ServerSentEventMessage(data=data, event=kind)
+        if time.monotonic() - beat >= HEARTBEAT_S:
+            beat = time.monotonic()
+            yield ServerSentEventMessage(comment="heartbeat")
+        await asyncio.sleep(TICK_S)
+
+
+async def _read(store: StateStore, topo: Topology, runs: Runs | None) -> dict[str, Any]:
+    try:
+        version, regions, invalid = await store.all()
+        audit = await store.audit_log(limit=AUDIT_ROWS)
+        traffic = await _traffic(store, topo)
+        switches = await runs.all() if runs is not None else []
+    except (StoreError, RedisError, OSError) as exc:
+        return {"store": {"ok": False, "error": str(exc)}}
+    listed = [regions[n].model_dump(mode="json") for n in topo.names if n in regions]
+    listed += [{"name": n, "invalid": invalid[n]} for n in topo.names if n in invalid]
+    return {
+        "store": {"ok": True},
+        "regions": {"version": version, "regions": listed},
+        "traffic": traffic,
+        "audit": AuditPage.model_validate({"entries": audit}).model_dump(mode="json"),
+        "runs": {
+            "edges": len(topo.names),
+            "runs": [
+                {**r.model_dump(mode="json"), "recovery_s": r.recovery_s(len(topo.names))} for r in switches
+            ],
+        },
+    }
+
+
+async def _traffic(store: StateStore, topo: Topology) -> dict[str, int]:
+    """Requests each region answered over the last minute, as every edge counted them (its usage rows)."""
+    now = minute_of(time.time())
+    keys = [(r, traffic_key(e, r, m)) for r in topo.names for e in topo.names for m in (now - 1, now)]
+    try:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for _, key in keys:
+                pipe.hgetall(key)
+            rows = await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(str(exc)) from exc
+    out = dict.fromkeys(topo.names, 0)
+    for (region, _), row in zip(keys, rows, strict=True):
+        for field, value in row.items():
+            name = field.decode() if isinstance(field, bytes) else str(field)
+            if name.startswith("requests|"):
+                out[region] += int(value)
+    return out
+
+
+def _topology(topo: Topology) -> dict[str, Any]:
+    return {
+        "regions": [
+            {"name": r.name, "lat": r.location.lat, "lon": r.location.lon, "replicas": len(r.replicas)}
+            for r in topo.regions
+        ]
+    }
+
+
+def _message(kind: str, body: Any) -> ServerSentEventMessage:
+    return ServerSentEventMessage(data=json.dumps(body, separators=(",", ":")), event=kind)
+
+
+ROUTES: list[Any] = [console_page, console_asset, session, events]

@@ -1,0 +1,311 @@
+"""The operator console in a real browser: Debian's headless Chromium driven by Selenium against a real
+fleet (four regions, the control plane serving /console, edges routing on what it writes). Each test signs
+in with a real token and works the page as an operator or viewer would; the screenshots in docs/console/ are
+written by these runs (1280x800 and a phone's 390x844)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+
+from tests.conftest import ServerFactory
+from tests.fleet import Fleet, start_fleet, wait_for
+from tests.geodb import CLIENT_IP
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or DRIVER is None,
+        reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
+    ),
+]
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "console"
+CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path, serve, geo_db=geo_db, auth=True, sim_kwargs={"ttft_ms": 1.0})
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+async def run(fn: Callable[..., Any], *args: Any) -> Any:
+    """Selenium blocks: each step runs in a thread, so the fleet sharing this event loop keeps serving."""
+    return await asyncio.to_thread(fn, *args)
+
+
+def until(driver: Any, condition: Callable[[Any], Any], timeout: float = 5.0, what: str = "") -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(  # the live views re-render as news comes: an element read may be replaced
+        driver, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(condition, message=what)
+
+
+def sign_in(driver: Any, url: str, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url + "/console")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#login-form button[type=submit]").click()
+    until(driver, lambda d: d.find_element(By.ID, "live").text == "live", 10, "the live stream")
+    until(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sites .site")) == 4, 5, "four sites")
+
+
+def view(driver: Any, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f'nav button[data-view="{name}"]').click()
+    until(driver, lambda d: d.find_element(By.ID, f"view-{name}").is_displayed(), 2, f"the {name} view")
+
+
+def card(driver: Any, region: str) -> Any:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, f'#cards [data-region="{region}"]')
+
+
+def set_dial(driver: Any, region: str, value: int, reason: str) -> None:
+    """Moves the dial with the keyboard (Home, then Right 5 at a time) and applies it with a reason."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    c = card(driver, region)
+    dial = c.find_element(By.CSS_SELECTOR, ".dial")
+    dial.send_keys(Keys.HOME)
+    for _ in range(value // 5):
+        dial.send_keys(Keys.ARROW_RIGHT)
+    c.find_element(By.CSS_SELECTOR, ".reason").send_keys(reason)
+    c.find_element(By.CSS_SELECTOR, ".apply").click()
+
+
+def severe(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+async def served_by(fleet: Fleet, key: str, edge: str, city: str) -> str | None:
+    headers = {"X-Forwarded-For": CLIENT_IP[city], "Authorization": f"Bearer {key}"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(fleet.edge_url(edge) + "v1/chat/completions", json=CHAT, headers=headers) as r,
+    ):
+        await r.read()
+        return r.headers.get("X-Meridian-Region")
+
+
+def shoot(driver: Any, name: str) -> None:
+    """The view as it is, at the desktop size and at a phone's, into the docs."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.set_window_size(1280, 800)
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    driver.set_window_size(390, 844)
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(SHOTS / f"{name}-phone.png"))
+    driver.set_window_size(1280, 800)
+
+
+def accessibility(driver: Any) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is."""
+    from axe_selenium_python import Axe
+
+    axe = Axe(driver)
+    axe.inject()
+    found = axe.run()
+    return [
+        f"{v['id']}: {v['help']} ({len(v['nodes'])} nodes)"
+        for v in found["violations"]
+        if v.get("impact") in ("serious", "critical")
+    ]
+
+
+async def test_the_console_loads_clean_shows_every_region_and_each_view_is_accessible(
+    fleet: Fleet, browser: Any
+) -> None:
+    await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+    broken: list[str] = []
+    for name in ("map", "regions", "audit", "tenants"):
+        await run(view, browser, name)
+        broken += [f"{name}: {v}" for v in await run(accessibility, browser)]
+        await run(shoot, browser, name)
+    assert not broken, broken
+    assert await run(severe, browser) == []  # no console errors, no CSP violation
+    headers = await run(lambda: browser.execute_script("return document.contentType"))
+    assert headers == "text/html"
+
+
+async def test_a_dial_to_zero_moves_london_off_eu_west_1_within_2_s_and_is_audited(
+    fleet: Fleet, browser: Any
+) -> None:
+    _, key = await fleet.tenant_key()
+    assert await served_by(fleet, key, "eu-west-1", "london") == "eu-west-1"
+    await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+    await run(view, browser, "regions")
+    started = time.monotonic()
+    await run(set_dial, browser, "eu-west-1", 0, "console test: move London off eu-west-1")
+
+    async def moved() -> bool:
+        return await served_by(fleet, key, "eu-west-1", "london") not in ("eu-west-1", None)
+
+    await wait_for(moved, timeout=2.0, interval=0.05, what="London served elsewhere")
+    print(
+        f"\ndial 0 in the console: London served elsewhere {time.monotonic() - started:.2f} s after the click"
+    )
+    await run(view, browser, "audit")
+
+    def audited(d: Any) -> bool:
+        from selenium.webdriver.common.by import By
+
+        rows = d.find_elements(By.CSS_SELECTOR, "#audit tbody tr")
+        return any("move London off eu-west-1" in r.text and "weight=0" in r.text for r in rows)
+
+    await run(until, browser, audited, 3.0, "the audit row")
+    await run(view, browser, "runs")
+
+    def every_edge_applied(d: Any) -> str | None:
+        from selenium.webdriver.common.by import By
+
+        for row in d.find_elements(By.CSS_SELECTOR, "#runs tbody tr"):
+            cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+            if cells[0] == "eu-west-1" and cells[1] == "switch" and cells[5].startswith("4/4"):
+                return cells[6]
+        return None
+
+    recovery = await run(until, browser, every_edge_applied, 5.0, "the switch run: every edge applied it")
+    print(f"switch run: every edge applied the dial 0 within {recovery} of the click")
+    assert float(recovery.removesuffix(" s")) < 2.0
+
+
+async def test_a_one_minute_drain_walks_the_dial_down_and_traffic_follows(fleet: Fleet, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, key = await fleet.tenant_key()
+    await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+    await run(view, browser, "regions")
+    c = await run(card, browser, "eu-west-1")
+    await run(
+        lambda: c.find_element(By.CSS_SELECTOR, ".reason").send_keys("console test: drain over a minute")
+    )
+    await run(lambda: c.find_element(By.CSS_SELECTOR, ".start-drain").click())
+    await run(
+        until,
+        browser,
+        lambda d: "walks to 0 in" in c.find_element(By.CSS_SELECTOR, ".countdown").text,
+        3.0,
+        "countdown",
+    )
+
+    async def walked_to_70() -> bool:
+        status, region = await fleet.admin("GET", "/v1/regions/eu-west-1")
+        return status == 200 and region["weight"] <= 70
+
+    await wait_for(walked_to_70, timeout=25, interval=0.5, what="the dial walking down to 70")
+    served = [await served_by(fleet, key, "eu-west-1", "london") for _ in range(60)]
+    share = served.count("eu-west-1") / len(served)
+    print(f"\ndrain over 60 s: dial at 70 or below after ~18 s, London's share at eu-west-1 {share:.0%}")
+    assert share < 0.9, served  # the traffic follows the dial (100 % before the drain)
+    _, page = await fleet.admin("GET", "/v1/audit?region=eu-west-1")
+    assert any(e["action"].startswith("drain countdown") for e in page["entries"]), page
+
+
+async def test_a_viewer_sees_everything_and_can_change_nothing(fleet: Fleet, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    await run(sign_in, browser, fleet.admin_url, fleet.viewer_token)
+    await run(view, browser, "regions")
+    c = await run(card, browser, "eu-west-1")
+    controls = await run(lambda: c.find_elements(By.CSS_SELECTOR, "input, button"))
+    assert controls and all([not await run(x.is_enabled) for x in controls])
+    forged = await run(
+        browser.execute_script,
+        """return fetch('/v1/regions/eu-west-1', {method: 'PATCH', headers: {'Authorization':
+           'Bearer ' + sessionStorage.getItem('meridian-token'), 'Content-Type': 'application/json'},
+           body: JSON.stringify({weight: 0, reason: 'forged'})}).then(r => r.status)""",
+    )
+    assert forged == 403
+    status, region = await fleet.admin("GET", "/v1/regions/eu-west-1")
+    assert status == 200 and region["weight"] == 100
+
+
+async def test_a_stale_edit_shows_the_conflict_and_the_current_value(fleet: Fleet, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+    await run(view, browser, "regions")
+    c = await run(card, browser, "us-east-1")
+    await run(lambda: c.find_element(By.CSS_SELECTOR, ".dial").send_keys(Keys.ARROW_LEFT))  # editing: 95
+    status, _ = await fleet.admin(
+        "PATCH", "/v1/regions/us-east-1", body={"weight": 40, "reason": "meanwhile"}
+    )
+    assert status == 200
+    await run(lambda: c.find_element(By.CSS_SELECTOR, ".reason").send_keys("stale edit"))
+    await run(lambda: c.find_element(By.CSS_SELECTOR, ".apply").click())
+    result = await run(
+        until,
+        browser,
+        lambda d: "Conflict" in c.find_element(By.CSS_SELECTOR, ".result").text and c,
+        3.0,
+        "conflict",
+    )
+    text = await run(lambda: result.find_element(By.CSS_SELECTOR, ".result").text)
+    assert "dial 40" in text, text
+    status, region = await fleet.admin("GET", "/v1/regions/us-east-1")
+    assert region["weight"] == 40  # the stale edit did not land
+
+
+async def test_the_console_reconnects_after_a_control_plane_restart(fleet: Fleet, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+    server, task = fleet.uvicorn_server, fleet.uvicorn_task
+    assert server is not None and task is not None
+    server.should_exit = True
+    await task
+    await run(until, browser, lambda d: d.find_element(By.ID, "live").text == "reconnecting…", 5.0, "offline")
+    config = server.config
+    fleet.uvicorn_server = uvicorn.Server(config)
+    fleet.uvicorn_task = asyncio.create_task(fleet.uvicorn_server.serve())
+    await run(until, browser, lambda d: d.find_element(By.ID, "live").text == "live", 10.0, "live again")
+    status, _ = await fleet.admin(
+        "PATCH", "/v1/regions/ap-southeast-1", body={"weight": 35, "reason": "after"}
+    )
+    assert status == 200
+
+    def shows_35(d: Any) -> bool:
+        row = d.find_element(By.CSS_SELECTOR, '#map-table tr[data-region="ap-southeast-1"]')
+        return row.find_elements(By.TAG_NAME, "td")[1].text == "35"
+
+    await run(until, browser, shows_35, 5.0, "the change after the restart")
