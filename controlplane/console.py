@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from controlplane.auth import User, staff_guard
 from controlplane.runs import Runs
-from controlplane.schemas import AuditPage
+from controlplane.schemas import AUTHENTICATED, STAFF, AuditPage
 from controlplane.store import StateStore, StoreError, StoreUnavailable
 from fleet.keys import traffic_key
 from fleet.state import Topology
@@ -70,7 +70,11 @@ def _asset(name: str) -> Response[bytes]:
     return Response(body, media_type=ASSETS[name], headers=HEADERS)
 
 
-@get("/v1/session", summary="Who the presented token belongs to: its name and role")
+@get(
+    "/v1/session",
+    summary="Who the presented token belongs to: its name and role",
+    responses={401: AUTHENTICATED[401]},
+)
 async def session(request: Request[User, str, State]) -> dict[str, str]:
     return {"name": request.user.name, "role": request.user.role}
 
@@ -78,6 +82,8 @@ async def session(request: Request[User, str, State]) -> dict[str, str]:
 @get(
     "/v1/events",
     guards=[staff_guard],
+    media_type="text/event-stream",
+    responses=STAFF,
     summary="Server-sent events for the console: topology (once), regions, traffic (requests per region in "
     "the last minute), audit (the newest rows) and store (reachable or not), each when it changes",
 )

@@ -99,6 +99,7 @@ AUTHENTICATED = {
     401: _error("missing or unknown bearer token"),
     503: _error("the state store cannot answer now (busy, being restored, or its primary down); Retry-After"),
 }
+STAFF = {**AUTHENTICATED, 403: _error("the token's role may not read this (needs viewer or operator)")}
 ONE_REGION = {**AUTHENTICATED, 404: _error("unknown region")}
 READ_REGION = {**ONE_REGION, 409: _error("the region's stored record is invalid: PATCH it to repair")}
 WRITE_REGION = {
@@ -119,6 +120,7 @@ def document_rules(app: Litestar, models: list[str] | None) -> None:
     schemas = app.openapi_schema.components.schemas or {}
     for name in (
         "RegionPatch",
+        "DrainRequest",
         "TenantCreate",
         "TenantPatch",
         "Limits",

@@ -3,6 +3,8 @@ which edges applied its change and the measured recovery time."""
 
 from __future__ import annotations
 
+import itertools
+
 from controlplane.switch import SwitchRun, applied_by, countdown_weight
 
 
@@ -11,7 +13,7 @@ def test_a_countdown_walks_the_dial_down_in_steps_and_ends_at_zero() -> None:
     assert walk == [100, 95, 90, 50, 5, 5, 0, 0]
     assert countdown_weight(40, 60.0, 0) == 40 and countdown_weight(40, 60.0, 30) == 20
     assert countdown_weight(100, 0.0, 0) == 0  # no countdown: at once
-    assert all(a >= b for a, b in zip(walk, walk[1:], strict=False))  # never back up
+    assert all(a >= b for a, b in itertools.pairwise(walk))  # never back up
 
 
 def test_a_run_counts_the_edges_that_applied_its_change_and_its_recovery_time() -> None:
