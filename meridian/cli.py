@@ -194,6 +194,12 @@ def run_ctl(args: argparse.Namespace) -> int:
     demo = {} if explicit else _demo_credentials(args.base_port)
     args.url = args.url or env_url or demo.get("url", "http://127.0.0.1:7100")
     args.token = env_token or demo.get("token", "")
+    if args.ctl == "token":  # the running demo's admin token: the console's sign-in
+        token = demo.get("viewer_token" if args.viewer else "token")
+        if not token:
+            raise SystemExit("meridian ctl: no running demo to print a token of")
+        print(token)
+        return 0
     if args.ctl == "api-key":  # the running demo's client key, for curl -H "Authorization: Bearer ..."
         if not demo.get("api_key"):
             raise SystemExit("meridian ctl: no running demo with an API key (keys: meridian ctl key-issue)")
@@ -415,6 +421,8 @@ def _usage(args: argparse.Namespace) -> int:
 
 def _tenant_parsers(ctl_sub: Any) -> None:
     ctl_sub.add_parser("api-key", help="print the running demo's client API key")
+    token = ctl_sub.add_parser("token", help="print the running demo's operator token (console sign-in)")
+    token.add_argument("--viewer", action="store_true", help="the viewer's token (sees, cannot change)")
     ctl_sub.add_parser("tenants", help="list tenants")
     create = ctl_sub.add_parser("tenant-create", help="create a tenant")
     create.add_argument("name")

@@ -334,7 +334,11 @@ class Fleet:
             )
         return {
             "ready": True,
-            "admin": {"url": f"http://127.0.0.1:{base}", "token": self.token},
+            "admin": {
+                "url": f"http://127.0.0.1:{base}",
+                "token": self.token,
+                "viewer_token": self.viewer_token,
+            },
             "edges": {name: f"http://127.0.0.1:{p}" for name, p in plan.edges.items()},
             "edges_internal": {name: f"http://127.0.0.1:{p}" for name, p in plan.internal.items()},
             "regions": {

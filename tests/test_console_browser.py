@@ -156,7 +156,7 @@ async def test_the_console_loads_clean_shows_every_region_and_each_view_is_acces
 ) -> None:
     await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
     broken: list[str] = []
-    for name in ("map", "regions", "audit", "tenants"):
+    for name in ("map", "regions", "runs", "audit", "tenants"):
         await run(view, browser, name)
         broken += [f"{name}: {v}" for v in await run(accessibility, browser)]
         await run(shoot, browser, name)

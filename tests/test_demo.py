@@ -85,7 +85,12 @@ def test_demo_ready_line_tour_and_clean_stop() -> None:
         assert took < 30
         assert ready["ready"] is True
         assert set(ready["edges"]) == {"us-east-1", "us-west-2", "eu-west-1", "ap-southeast-1"}  # type: ignore[arg-type]
-        assert ready["admin"] == {"url": f"http://127.0.0.1:{base}", "token": ready["admin"]["token"]}  # type: ignore[index]
+        admin = ready["admin"]
+        assert admin == {
+            "url": f"http://127.0.0.1:{base}",
+            "token": admin["token"],
+            "viewer_token": admin["viewer_token"],
+        }  # type: ignore[index]
         assert all(len(r["replicas"]) >= 2 for r in ready["regions"].values())  # type: ignore[attr-defined]
         assert set(ready["redis"]["replicas"]) == set(ready["edges"])  # type: ignore[index, arg-type]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
@@ -101,6 +106,7 @@ def test_demo_ready_line_tour_and_clean_stop() -> None:
             )
             assert res.returncode == 0, f"tour command failed: {cmd}\n{res.stdout}\n{res.stderr}"
         check_capacity(base, ready, env)
+        check_console(base, ready, env)
         for url in ready["edges_internal"].values():  # type: ignore[attr-defined]
             with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
                 text = r.read().decode()
@@ -111,6 +117,23 @@ def test_demo_ready_line_tour_and_clean_stop() -> None:
     finally:
         if proc.poll() is None:
             stop_and_check_no_orphans(proc)
+
+
+def check_console(base: int, ready: dict[str, Any], env: dict[str, str]) -> None:
+    """The README's console paragraph: the page is served at the admin URL, and `meridian ctl token` prints
+    the operator's token and `--viewer` the viewer's, which sign in as those roles."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{base}/console", timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/html")
+        assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    for flag, role in (([], "operator"), (["--viewer"], "viewer")):
+        argv = [sys.executable, "-m", "meridian", "ctl", "--base-port", str(base), "token", *flag]
+        res = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{base}/v1/session", headers={"Authorization": f"Bearer {res.stdout.strip()}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert json.load(r)["role"] == role
 
 
 def check_capacity(base: int, ready: dict[str, Any], env: dict[str, str]) -> None:
