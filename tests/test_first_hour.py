@@ -1,6 +1,9 @@
 """The README's two commands together, as a reader runs them (issue: "the first hour"): demo A on the default
-base port, a second demo B and the whole test suite started beside it, then the guided tour word for word
-against A. Real processes throughout. The nested suite leaves this file out (it would start itself)."""
+base port, a second demo B and the test suite started beside it, then the guided tour word for word against
+A. Real processes throughout. The nested suite leaves this file out (it would start itself), the campaign,
+and the tests marked slow: what it checks is that the suite's fleets and the demos' do not collide (ports,
+files, processes), which the fast tests' fleets show as well; CI runs the whole suite on its own just before
+(`.ci/run`), so the slow ones are not run twice for nothing."""
 
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def test_demo_a_then_demo_b_and_the_whole_suite_beside_it_then_the_tour_against_
                     "-p",
                     "no:cacheprovider",
                     "-m",
-                    "not first_hour and not campaign",
+                    "not first_hour and not campaign and not slow",
                 ],
                 cwd=ROOT,
                 env=env,
