@@ -108,6 +108,9 @@ class EdgeSettings(BaseSettings):
     )
     resync_interval_s: float = Field(default=5.0, gt=0, le=300)
     """re-read the state store this often even without a change notice"""
+    access_log: bool = False
+    """one log line per answer (logger meridian.access: client, request line, status, bytes, seconds and its
+    x-request-id, the trace id); off by default: it costs a log record per request"""
     observation_interval_s: float = Field(default=1.0, gt=0, le=300)
     """how often this edge reports what it saw of each region (latency, errors) to the primary"""
     timeouts: dict[Priority, TimeoutSet] = Field(

@@ -29,6 +29,7 @@ from edge.server.explain import Explainer
 from edge.server.proxy import Proxy
 from edge.settings import EdgeSettings
 from edge.telemetry import tracing
+from edge.telemetry.answer import EdgeRequest
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.observed import Observed
 from edge.telemetry.reporter import Reporter, UsageWriter
@@ -45,6 +46,8 @@ KEEPALIVE_S = 75.0  # idle client connections (aiohttp's run_app default)
 ADMIN_METHODS = frozenset({"GET", "HEAD"})
 HTTP_VERSIONS = frozenset({HttpVersion10, HttpVersion11})
 SERVER_NAME = "meridian-edge"
+# MERIDIAN_ACCESS_LOG: one line per answer (client, request line, status, bytes, seconds, its x-request-id)
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf x-request-id=%{x-request-id}o'
 
 
 class Edge:
@@ -237,8 +240,9 @@ class Edge:
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> web.BaseRequest:
-        """aiohttp's request factory, with the edge's body limit."""
-        return web.BaseRequest(
+        """aiohttp's request factory: the edge's request (its id and timings on every answer), with the
+        edge's body limit."""
+        return EdgeRequest(
             message,
             payload,
             protocol,
@@ -246,16 +250,18 @@ class Edge:
             task,
             task.get_loop(),
             client_max_size=self.settings.max_body_bytes,
-        )
+        ).start()
 
     def server(self) -> web.Server:
         """aiohttp's low-level server answering with this edge (inside the running loop). Responses name the
         edge as their Server, not the Python and aiohttp versions behind it (aiohttp's default)."""
         web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]
+        access = self.settings.access_log
         return web.Server(
             self.handle,
             request_factory=self.make_request,
-            access_log=None,
+            access_log=logging.getLogger("meridian.access") if access else None,
+            access_log_format=ACCESS_LOG_FORMAT,
             keepalive_timeout=KEEPALIVE_S,
             handler_cancellation=True,  # a client that leaves cancels its request: held, queued or sent
         )

@@ -25,6 +25,7 @@ from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
 from edge.settings import EdgeSettings, TimeoutSet
 from edge.telemetry import tracing
+from edge.telemetry.answer import EdgeRequest
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.usage import Ledger
 from edge.transport.forwarder import Forwarded, Forwarder, upstream_headers
@@ -119,6 +120,8 @@ class Proxy:
             client = trace.get_current_span(tracing.PROPAGATOR.extract(headers)).get_span_context()
             links = [trace.Link(client)] if client.is_valid else None
             span = self.sampler.left_out() or self._server_span(request, None, links=links)
+        if isinstance(request, EdgeRequest):  # its answer's x-request-id: the trace id
+            request.request_id = format(span.get_span_context().trace_id, "032x")
         try:
             resp = await self._proxy(request, span, principal)
         except web.HTTPException:

@@ -39,6 +39,7 @@ from edge.routing.outlier import OutlierDetector
 from edge.routing.ranking import Attempt, AttemptPlan
 from edge.settings import TimeoutSet
 from edge.telemetry import tracing
+from edge.telemetry.answer import EdgeRequest
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Tally
@@ -425,6 +426,9 @@ class Forwarder:
         connection is closed."""
         span = self._begin(call, attempt)
         t0 = time.monotonic()
+        request = call.request
+        if isinstance(request, EdgeRequest) and request.sent_at is None:
+            request.sent_at = t0  # Server-Timing: the edge's own time ends here
         upstream: UpstreamResponse | None = None
         first, retry_after, body = None, 0.0, None
         try:
@@ -547,7 +551,10 @@ class Forwarder:
         """Committed: the client's first byte goes first, this attempt's bookkeeping right after it (next loop
         turn, or when the relay ends, whichever is sooner)."""
         book = _Once(self._committed, r)
-        call.request.task.get_loop().call_soon(book)
+        request = call.request
+        if isinstance(request, EdgeRequest):
+            request.upstream_s = r.ttfb  # Server-Timing: the answering upstream's time to first byte
+        request.task.get_loop().call_soon(book)
         try:
             resp = await self._relay(call, r)
         finally:
