@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+import psutil
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from meridian.redisproc import free_block
@@ -115,3 +123,98 @@ def single_edge(
     finally:
         stop_process(edge)
         redis.stop()
+
+
+# --- shared by bench/proxy and bench/gateways: the reference proxy, the load, the CPU it costs -------------
+
+
+def ensure_tools() -> None:
+    if shutil.which("nginx") and shutil.which("wrk"):
+        return
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "nginx-light", "wrk"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+
+
+def nginx_conf(
+    work: Path,
+    *,
+    listen: int,
+    body: str | None = None,
+    upstream: int | None = None,
+    also: tuple[int, ...] = (),
+) -> Path:
+    """nginx, one worker: answering ``body`` itself, or proxying to ``upstream`` (HTTP/1.1 keep-alive to it,
+    buffering off, so a stream passes event by event)."""
+    conf = work / f"nginx-{listen}.conf"
+    if body is not None:
+        location = f'location / {{ default_type text/plain; return 200 "{body}"; }}'
+        location += f' location /v1/ {{ default_type text/plain; return 200 "{body}"; }}'
+    else:
+        location = (
+            'location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; '
+            "proxy_buffering off; }"
+        )
+    pool = f"upstream up {{ server 127.0.0.1:{upstream}; keepalive 256; }}" if upstream else ""
+    listens = "".join(f"listen 127.0.0.1:{x} reuseport; " for x in (listen, *also))
+    conf.write_text(
+        f"worker_processes 1; daemon off; pid {work}/nginx-{listen}.pid; "
+        f"error_log {work}/nginx-{listen}.err warn;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{ access_log off; keepalive_requests 100000; {pool} server {{ {listens}{location} }} }}\n"
+    )
+    return conf
+
+
+def wrk(url: str, *, conns: int, duration: int, script: Path) -> tuple[float, int]:
+    """(req/s, requests completed)"""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    n = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        print(f"  warning: {url}: {non2xx.group(1)} non-2xx responses", file=sys.stderr)
+    return (float(m.group(1)) if m else 0.0), (int(n.group(1)) if n else 0)
+
+
+def cpu_seconds(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+async def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(url) as r:
+                    if r.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+def local_regions(tree: Path, out: Path, upstream_ports: tuple[int, ...], *, catalog: bool) -> Path:
+    """``tree``'s regions.yaml with every replica pointed at the local upstream, each at a port of its own
+    (one server listening on all of them: a replica URL may appear once). Without ``catalog`` the model
+    catalog is left out: GET /v1/models is then proxied (with a catalog the edge answers it itself)."""
+    topo = yaml.safe_load((tree / "regions.yaml").read_text())
+    if not catalog:
+        topo.pop("models", None)
+        for region in topo["regions"]:
+            region.pop("serves", None)
+    ports = iter(upstream_ports)
+    for region in topo["regions"]:
+        for rep in region["replicas"]:
+            rep["url"] = f"http://127.0.0.1:{next(ports)}"
+    out.write_text(yaml.safe_dump(topo))
+    return out
