@@ -23,7 +23,7 @@ from controlplane.auth import User, staff_guard
 from controlplane.runs import Runs
 from controlplane.schemas import AUTHENTICATED, STAFF, AuditPage
 from controlplane.store import StateStore, StoreError, StoreUnavailable
-from fleet.keys import traffic_key
+from fleet.keys import KEY_POOLS, KEY_SIGNALS, traffic_key
 from fleet.state import Topology
 from fleet.usage import minute_of
 
@@ -120,6 +120,7 @@ async def _read(store: StateStore, topo: Topology, runs: Runs | None) -> dict[st
         audit = await store.audit_log(limit=AUDIT_ROWS)
         traffic = await _traffic(store, topo)
         switches = await runs.all() if runs is not None else []
+        pools, signals = await _fleet(store)
     except (StoreError, RedisError, OSError) as exc:
         return {"store": {"ok": False, "error": str(exc)}}
     listed = [regions[n].model_dump(mode="json") for n in topo.names if n in regions]
@@ -129,6 +130,8 @@ async def _read(store: StateStore, topo: Topology, runs: Runs | None) -> dict[st
         "regions": {"version": version, "regions": listed},
         "traffic": traffic,
         "audit": AuditPage.model_validate({"entries": audit}).model_dump(mode="json"),
+        "pools": pools,
+        "signals": signals,
         "runs": {
             "edges": len(topo.names),
             "runs": [
@@ -156,6 +159,22 @@ async def _traffic(store: StateStore, topo: Topology) -> dict[str, int]:
             if name.startswith("requests|"):
                 out[region] += int(value)
     return out
+
+
+async def _fleet(store: StateStore) -> tuple[list[Any], dict[str, Any]]:
+    """Every autoscaled pool as the autoscaler last published it, and each replica's engine signals
+    ("region/replica" -> running, waiting, KV cache use, when scraped)."""
+    async with store.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(KEY_POOLS)
+        pipe.hgetall(KEY_SIGNALS)
+        raw_pools, raw_signals = await pipe.execute()
+    pools = sorted((json.loads(v) for v in raw_pools.values()), key=lambda p: (p["region"], p["model"]))
+    signals = {}
+    for k, v in raw_signals.items():
+        s = json.loads(v)
+        name = k.decode() if isinstance(k, bytes) else str(k)
+        signals[name] = {f: s.get(f) for f in ("running", "waiting", "kv_usage", "at")}
+    return pools, signals
 
 
 def _topology(topo: Topology) -> dict[str, Any]:

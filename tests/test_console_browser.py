@@ -162,6 +162,15 @@ async def test_the_console_loads_clean_shows_every_region_and_each_view_is_acces
         await run(shoot, browser, name)
     assert not broken, broken
     assert await run(severe, browser) == []  # no console errors, no CSP violation
+    await run(view, browser, "regions")
+
+    def replicas_listed(d: Any) -> bool:
+        from selenium.webdriver.common.by import By
+
+        rows = card(d, "eu-west-1").find_elements(By.CSS_SELECTOR, ".replicas tbody tr")
+        return len(rows) == 2 and all("up" in r.text for r in rows)
+
+    await run(until, browser, replicas_listed, 3.0, "eu-west-1's two replicas, up")
     headers = await run(lambda: browser.execute_script("return document.contentType"))
     assert headers == "text/html"
 

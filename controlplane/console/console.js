@@ -4,7 +4,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const state = { token: null, role: null, topology: [], regions: {}, traffic: {}, audit: [], editing: {},
-  runs: [], edges: 0 };
+  runs: [], edges: 0, pools: [], signals: {} };
 const HEALTH = { up: "up", degraded: "degraded", down: "down" };
 
 function el(tag, attrs = {}, ...children) {
@@ -131,6 +131,8 @@ function dispatch(block) {
     renderAll();
   } else if (kind === "traffic") { state.traffic = body; renderMap(); }
   else if (kind === "audit") { state.audit = body.entries; renderAudit(); }
+  else if (kind === "pools") { state.pools = body; renderFleet(); }
+  else if (kind === "signals") { state.signals = body; renderFleet(); }
   else if (kind === "runs") { state.runs = body.runs; state.edges = body.edges; renderRuns(); renderCountdowns(); }
   else if (kind === "store") live(body.ok, body.ok ? "live" : "store unavailable");
 }
@@ -143,7 +145,7 @@ function colour(r) {
   return HEALTH[r.health] || "down";
 }
 
-function renderAll() { renderMap(); renderCards(); renderAuditFilter(); }
+function renderAll() { renderMap(); renderCards(); renderFleet(); renderAuditFilter(); }
 
 function renderMap() {
   const sites = $("#sites");
@@ -169,6 +171,25 @@ function renderMap() {
       el("td", { text: r && r.latency_ms != null ? `${Math.round(r.latency_ms)} ms` : "—" })));
   }
   $("#map-table tbody").replaceChildren(...rows);
+}
+
+function renderFleet() {
+  for (const t of state.topology) {
+    const card = document.querySelector(`#cards [data-region="${t.name}"]`);
+    const r = state.regions[t.name];
+    if (!card || !r || r.invalid) continue;
+    const rows = Object.entries(r.replicas || {}).map(([rep, health]) => {
+      const s = state.signals[`${t.name}/${rep}`] || {};
+      return el("tr", {}, el("th", { scope: "row", text: rep }), el("td", { class: HEALTH[health] || "down", text: health }),
+        el("td", { text: s.running == null ? "—" : `${s.running}` }), el("td", { text: s.waiting == null ? "—" : `${s.waiting}` }),
+        el("td", { text: s.kv_usage == null ? "—" : `${Math.round(s.kv_usage * 100)} %` }));
+    });
+    card.querySelector(".replicas tbody").replaceChildren(...rows);
+    const pools = state.pools.filter((p) => p.region === t.name).map((p) => el("li", {
+      text: `${p.model}: ${p.current} on, ${p.desired} wanted (${p.min}–${p.max}); ${p.spot} spot, ` +
+        `${p.on_demand} on-demand; $${p.cost_per_hour.toFixed(2)}/h${p.cost_capped ? " (cost ceiling)" : ""}` }));
+    card.querySelector(".pools").replaceChildren(...pools);
+  }
 }
 
 function renderCards() {
@@ -216,6 +237,13 @@ function buildCard(name) {
         disabled: readOnly }),
       el("button", { type: "button", class: "start-drain", disabled: readOnly, text: "Start drain" })),
     el("p", { class: "countdown", role: "status", "aria-live": "polite" }),
+    el("table", { class: "replicas" },
+      el("caption", { text: `${name}: replicas` }),
+      el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Replica" }), el("th", { scope: "col", text: "Health" }),
+        el("th", { scope: "col", text: "Run" }), el("th", { scope: "col", text: "Wait" }),
+        el("th", { scope: "col", text: "KV" }))),
+      el("tbody", {})),
+    el("ul", { class: "pools", "aria-label": `${name}: pools` }),
     el("p", { class: "result", role: "status", "aria-live": "polite" }));
   const dial = card.querySelector(".dial");
   dial.addEventListener("input", () => {
