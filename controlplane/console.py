@@ -11,19 +11,20 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from litestar import Request, Response, get
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, ServiceUnavailableException
+from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from redis.exceptions import RedisError
 
-from controlplane.auth import User, staff_guard
+from controlplane.auth import User, operator_guard, staff_guard
 from controlplane.runs import Runs
-from controlplane.schemas import AUTHENTICATED, STAFF, AuditPage
+from controlplane.schemas import AUTHENTICATED, CANCEL, STAFF, AuditPage
 from controlplane.store import StateStore, StoreError, StoreUnavailable
-from fleet.keys import KEY_POOLS, KEY_SIGNALS, traffic_key
+from fleet.keys import KEY_POOLS, KEY_SIGNALS, active_key, cancel_key, traffic_key
 from fleet.state import Topology
 from fleet.usage import minute_of
 
@@ -121,6 +122,7 @@ async def _read(store: StateStore, topo: Topology, runs: Runs | None) -> dict[st
         traffic = await _traffic(store, topo)
         switches = await runs.all() if runs is not None else []
         pools, signals = await _fleet(store)
+        active = await _active(store, topo)
     except (StoreError, RedisError, OSError) as exc:
         return {"store": {"ok": False, "error": str(exc)}}
     listed = [regions[n].model_dump(mode="json") for n in topo.names if n in regions]
@@ -131,6 +133,7 @@ async def _read(store: StateStore, topo: Topology, runs: Runs | None) -> dict[st
         "traffic": traffic,
         "audit": AuditPage.model_validate({"entries": audit}).model_dump(mode="json"),
         "pools": pools,
+        "active": active,
         "signals": signals,
         "runs": {
             "edges": len(topo.names),
@@ -177,6 +180,44 @@ async def _fleet(store: StateStore) -> tuple[list[Any], dict[str, Any]]:
     return pools, signals
 
 
+async def _active(store: StateStore, topo: Topology) -> dict[str, list[Any]]:
+    """Each edge's requests in flight as it last published them (none: an edge that stopped publishing)."""
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for edge in topo.names:
+            pipe.hget(active_key(edge), "data")
+        rows = await pipe.execute()
+    return {edge: json.loads(raw) if raw else [] for edge, raw in zip(topo.names, rows, strict=True)}
+
+
+@post(
+    "/v1/active/{edge:str}/{key:str}/cancel",
+    guards=[operator_guard],
+    status_code=202,
+    summary="Cancel a request in flight at an edge (the edge ends it within its report interval, ~1 s)",
+    responses=CANCEL,
+)
+async def cancel_request(
+    edge: str,
+    key: Annotated[str, Parameter(pattern=r"^[0-9a-f]{1,16}$", description="the request's key at its edge")],
+    request: Request[User, str, State],
+    state: State,
+) -> dict[str, Any]:
+    topo: Topology = state.topology
+    if edge not in topo.names:
+        raise NotFoundException(f"unknown edge '{edge}'")
+    store: StateStore = state.store
+    now = time.time()
+    try:
+        async with store.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(cancel_key(edge), key, int(now * 1000))
+            pipe.pexpire(cancel_key(edge), 60_000)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailableException("state store primary unavailable: try again") from exc
+    log.info("%s cancels request %s at edge %s", request.user.name, key, edge)
+    return {"edge": edge, "key": key, "asked_at": now}
+
+
 def _topology(topo: Topology) -> dict[str, Any]:
     return {
         "regions": [
@@ -190,4 +231,4 @@ def _message(kind: str, body: Any) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=json.dumps(body, separators=(",", ":")), event=kind)
 
 
-ROUTES: list[Any] = [console_page, console_asset, session, events]
+ROUTES: list[Any] = [console_page, console_asset, session, events, cancel_request]

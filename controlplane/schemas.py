@@ -101,6 +101,12 @@ AUTHENTICATED = {
 }
 STAFF = {**AUTHENTICATED, 403: _error("the token's role may not read this (needs viewer or operator)")}
 ONE_REGION = {**AUTHENTICATED, 404: _error("unknown region")}
+CANCEL = {
+    **AUTHENTICATED,
+    403: _error("the token's role may not cancel requests (needs operator)"),
+    404: _error("unknown edge"),
+    422: _error("the request key is not one an edge gives (hex)"),
+}
 READ_REGION = {**ONE_REGION, 409: _error("the region's stored record is invalid: PATCH it to repair")}
 WRITE_REGION = {
     **ONE_REGION,

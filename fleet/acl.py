@@ -35,7 +35,9 @@ from fleet.keys import (
     KEY_TRAFFIC,
     KEY_USAGE,
     KEY_WAKE,
+    active_key,
     applied_key,
+    cancel_key,
     observations_key,
 )
 
@@ -67,7 +69,7 @@ def edge_rule(edge: str) -> str:
     so one edge's patterns never match another's keys)."""
     return (
         f"resetchannels &{CHANNEL_CHANGES} %R~{KEY_PREFIX}:state:* %W~{observations_key(edge)} "
-        f"%W~{applied_key(edge)} "
+        f"%W~{applied_key(edge)} %W~{active_key(edge)} ~{cancel_key(edge)} "
         f"~{KEY_LIMITS}:* ~{KEY_USAGE}:{edge}:* ~{KEY_TRAFFIC}:{edge}:* ~{KEY_WAKE}:* -@all +@read "
         "+@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load "
         "+hincrby +expire +hset +hdel +pexpire +time"

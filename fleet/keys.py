@@ -26,6 +26,8 @@ KEY_EDGES = f"{KEY_PREFIX}:edges"  # a set: every edge the topology ever named (
 # written by the edges, each in its own name
 KEY_OBSERVATIONS = f"{KEY_PREFIX}:observations"  # + ":<edge>": one stream per edge
 KEY_APPLIED = f"{KEY_PREFIX}:applied"  # + ":<edge>": hash epoch, version, at (ms): what the edge last applied
+KEY_ACTIVE = f"{KEY_PREFIX}:active"  # + ":<edge>": hash data (JSON: its requests in flight), at (ms)
+KEY_CANCEL = f"{KEY_PREFIX}:cancel"  # + ":<edge>": hash request key -> asked at (ms), by an operator
 KEY_USAGE = f"{KEY_PREFIX}:usage"  # + ":<edge>:<tenant>:<hour>"
 KEY_TRAFFIC = f"{KEY_PREFIX}:traffic"  # + ":<edge>:<region>:<minute>": what capacity planning reads
 KEY_WAKE = f"{KEY_PREFIX}:wake"  # + ":<region>:<model>": requests held for a pool at zero
@@ -34,6 +36,16 @@ KEY_WAKE = f"{KEY_PREFIX}:wake"  # + ":<region>:<model>": requests held for a po
 KEY_LIMITS = f"{KEY_PREFIX}:limits"
 KEY_LIVE_EDGES = f"{KEY_LIMITS}:edges"  # hash: edge process id -> expiry (ms): the live edge processes
 KEY_BUDGETS = f"{KEY_LIMITS}:budget"  # + ":<tenant>:<period id>": the period's spend and holds
+
+
+def active_key(edge: str) -> str:
+    """The hash ``edge`` publishes its requests in flight to (the console's view)."""
+    return f"{KEY_ACTIVE}:{edge}"
+
+
+def cancel_key(edge: str) -> str:
+    """The hash of ``edge``'s requests an operator asked to cancel (the edge reads and clears it)."""
+    return f"{KEY_CANCEL}:{edge}"
 
 
 def applied_key(edge: str) -> str:

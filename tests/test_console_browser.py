@@ -156,7 +156,7 @@ async def test_the_console_loads_clean_shows_every_region_and_each_view_is_acces
 ) -> None:
     await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
     broken: list[str] = []
-    for name in ("map", "regions", "runs", "audit", "tenants"):
+    for name in ("map", "regions", "active", "runs", "audit", "tenants"):
         await run(view, browser, name)
         broken += [f"{name}: {v}" for v in await run(accessibility, browser)]
         await run(shoot, browser, name)
@@ -318,3 +318,50 @@ async def test_the_console_reconnects_after_a_control_plane_restart(fleet: Fleet
         return row.find_elements(By.TAG_NAME, "td")[1].text == "35"
 
     await run(until, browser, shows_35, 5.0, "the change after the restart")
+
+
+async def test_a_long_stream_shows_in_active_requests_and_an_operators_cancel_ends_it(
+    fleet: Fleet, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, key = await fleet.tenant_key()
+    for region in fleet.sims:
+        for rep in fleet.sims[region]:
+            sim = fleet.sim(region, rep)
+            sim.model = type(sim.model)(ttft_ms=1, per_token_ms=100)  # 300 tokens: a 30 s stream
+    await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+    await run(view, browser, "active")
+    headers = {"X-Forwarded-For": CLIENT_IP["london"], "Authorization": f"Bearer {key}"}
+    body = {**CHAT, "stream": True, "max_tokens": 300}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(fleet.edge_url("eu-west-1") + "v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        rid = r.headers["x-request-id"]
+        await r.content.readuntil(b"\n\n")  # streaming
+        started = time.monotonic()
+
+        def listed(d: Any) -> Any:
+            rows = d.find_elements(By.CSS_SELECTOR, f'#active tbody tr[data-request="{rid}"]')
+            return rows[0] if rows and "stream" in rows[0].text and "eu-west-1" in rows[0].text else None
+
+        row = await run(until, browser, listed, 5.0, "the stream in Active requests")
+        await run(lambda: row.find_element(By.TAG_NAME, "button").click())
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with asyncio.timeout(5):
+                await r.read()  # cut short, not 30 s of tokens
+        ended = time.monotonic() - started
+    print(f"\nan operator's cancel ended the stream {ended:.1f} s after it was listed (its tokens: 30 s)")
+    assert ended < 5
+
+    def gone(d: Any) -> bool:
+        return not d.find_elements(By.CSS_SELECTOR, f'#active tbody tr[data-request="{rid}"]')
+
+    await run(until, browser, gone, 5.0, "the cancelled request gone from the list")
+    sims = [fleet.sim(region, rep) for region in fleet.sims for rep in fleet.sims[region]]
+
+    async def upstream_let_go() -> bool:
+        return sum(len(x.engine.running) + len(x.engine.waiting) for x in sims) == 0
+
+    await wait_for(upstream_let_go, timeout=3, what="the region's engine to drop the cancelled request")

@@ -4,7 +4,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const state = { token: null, role: null, topology: [], regions: {}, traffic: {}, audit: [], editing: {},
-  runs: [], edges: 0, pools: [], signals: {} };
+  runs: [], edges: 0, pools: [], signals: {}, active: {} };
 const HEALTH = { up: "up", degraded: "degraded", down: "down" };
 
 function el(tag, attrs = {}, ...children) {
@@ -131,6 +131,7 @@ function dispatch(block) {
     renderAll();
   } else if (kind === "traffic") { state.traffic = body; renderMap(); }
   else if (kind === "audit") { state.audit = body.entries; renderAudit(); }
+  else if (kind === "active") { state.active = body; renderActive(); }
   else if (kind === "pools") { state.pools = body; renderFleet(); }
   else if (kind === "signals") { state.signals = body; renderFleet(); }
   else if (kind === "runs") { state.runs = body.runs; state.edges = body.edges; renderRuns(); renderCountdowns(); }
@@ -329,6 +330,28 @@ function renderCountdowns() {
     card.querySelector(".countdown").textContent = run
       ? `Draining: the dial walks to 0 in ${Math.max(0, Math.ceil(run.asked_at + run.over_s - now))} s` : "";
   }
+}
+
+function renderActive() {
+  const now = Date.now() / 1000;
+  const rows = [];
+  for (const [edge, list] of Object.entries(state.active)) {
+    for (const a of list) {
+      const cancel = el("button", { type: "button", disabled: state.role !== "operator", text: "Cancel",
+        "aria-label": `Cancel request ${a.request_id} at ${edge}` });
+      cancel.addEventListener("click", async () => {
+        const r = await api("POST", `/v1/active/${encodeURIComponent(edge)}/${encodeURIComponent(a.id)}/cancel`);
+        $("#cancelled").textContent = r.status === 202
+          ? `Asked ${edge} to cancel ${a.request_id}: it ends within a second.` : `Refused (${r.status}).`;
+      });
+      rows.push(el("tr", { "data-request": a.request_id || "" },
+        el("th", { scope: "row", text: edge }), el("td", { text: `${Math.max(0, now - a.since).toFixed(1)} s` }),
+        el("td", { text: a.tenant || "—" }), el("td", { text: a.model || "—" }), el("td", { text: a.region || "—" }),
+        el("td", { text: a.replica || "—" }), el("td", { text: a.stream ? "stream" : "" }),
+        el("td", { class: "rid", text: a.request_id || "" }), el("td", {}, cancel)));
+    }
+  }
+  $("#active tbody").replaceChildren(...rows);
 }
 
 function clock(t) { return new Date(t * 1000).toISOString().slice(11, 19); }

@@ -187,6 +187,7 @@ class Edge:
                 interval_s=settings.observation_interval_s,
                 dropped=self.metrics.observations_dropped,
                 applied=self._applied,
+                active=self.proxy.active,
             )
             self._tasks.append(asyncio.create_task(self.reporter.run(), name="reporter"))
         if self.ledger is not None:

@@ -25,6 +25,7 @@ from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
 from edge.settings import EdgeSettings, TimeoutSet
 from edge.telemetry import tracing
+from edge.telemetry.active import Active
 from edge.telemetry.answer import EdgeRequest
 from edge.telemetry.metrics import EdgeMetrics
 from edge.telemetry.usage import Ledger
@@ -77,6 +78,7 @@ class Proxy:
         self.sampler = sampler
         self.hedgeable = frozenset(hedgeable_routes) if settings.hedge_enabled else frozenset()
         self.edge_headers = {"X-Meridian-Edge": settings.region}
+        self.active = Active()  # the requests in flight here (the console's view, an operator's cancel)
         self.routes = {path: frozenset(methods) for path, methods in inference_routes.items()}
         self.catalog = catalog
         self.admission = admission
@@ -120,8 +122,10 @@ class Proxy:
             client = trace.get_current_span(tracing.PROPAGATOR.extract(headers)).get_span_context()
             links = [trace.Link(client)] if client.is_valid else None
             span = self.sampler.left_out() or self._server_span(request, None, links=links)
+        key = None
         if isinstance(request, EdgeRequest):  # its answer's x-request-id: the trace id
             request.request_id = format(span.get_span_context().trace_id, "032x")
+            key = self.active.add(request)
         try:
             resp = await self._proxy(request, span, principal)
         except web.HTTPException:
@@ -139,6 +143,9 @@ class Proxy:
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             span.end()
             return internal_error(request)
+        finally:
+            if key is not None:  # no longer in flight
+                del self.active.requests[key]
         if span.is_recording():
             span.set_attribute("http.response.status_code", resp.status)
             if resp.status >= 500:
@@ -195,6 +202,8 @@ class Proxy:
         admitted = await self.admission.admit(request, principal)
         if isinstance(admitted, web.StreamResponse):
             return admitted
+        if isinstance(request, EdgeRequest):
+            request.admitted = admitted  # the console's active requests: its tenant and model
         span.set_attribute(tracing.ATTR_PRIORITY, admitted.priority)
         if admitted.tenant is not None:
             span.set_attribute(tracing.ATTR_TENANT, admitted.tenant.id)  # its id: never the key

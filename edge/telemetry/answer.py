@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from aiohttp import web
 from multidict import istr
@@ -20,15 +21,21 @@ class EdgeRequest(web.BaseRequest):
     """aiohttp's request, with when it began, its id once the proxy knows its trace, and when its first
     attempt left and what the answering upstream took to its first byte (set by the forwarder)."""
 
-    ATTRS = web.BaseRequest.ATTRS | frozenset(["began", "request_id", "sent_at", "upstream_s"])
+    ATTRS = web.BaseRequest.ATTRS | frozenset(
+        ["began", "request_id", "sent_at", "upstream_s", "admitted", "served", "streaming"]
+    )
     began: float
     request_id: str | None
     sent_at: float | None  # monotonic time the first attempt left
     upstream_s: float | None  # the answering attempt's time to its first byte, seconds
+    admitted: Any  # its admission's terms (tenant, model), once admitted: what the console shows
+    served: tuple[str, str] | None  # (region, replica) of the attempt it committed to
+    streaming: bool
 
     def start(self) -> EdgeRequest:
         self.began = time.monotonic()
-        self.request_id = self.sent_at = self.upstream_s = None
+        self.request_id = self.sent_at = self.upstream_s = self.admitted = self.served = None
+        self.streaming = False
         return self
 
     def timing(self) -> str:

@@ -7,7 +7,9 @@ with the next). Failures are never raised into the data plane."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +17,10 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from edge.telemetry.active import Active
 from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Ledger
-from fleet.keys import applied_key, observations_key, traffic_key, usage_key
+from fleet.keys import active_key, applied_key, cancel_key, observations_key, traffic_key, usage_key
 from fleet.redisconn import raise_if_cancelling
 from fleet.usage import COUNTERS, RETENTION_S, TRAFFIC_RETENTION_S, UsageRow, usage_field
 
@@ -36,7 +39,9 @@ class Reporter:
         interval_s: float,
         dropped: Counter,
         applied: Callable[[], tuple[int, int, float] | None] = lambda: None,
+        active: Active | None = None,
     ) -> None:
+        self.active = active  # its requests in flight: published each interval, an operator's cancels read
         self.client = client
         self.applied = applied  # (epoch, version, wall time applied) of the current snapshot
         self._reported: tuple[int, int, float] | None = None
@@ -83,11 +88,35 @@ class Reporter:
             raise_if_cancelling(exc)
             log.debug("applied snapshot not reported: %s", exc)
 
+    async def report_active(self) -> None:
+        """The requests in flight here, for the console (gone within a few intervals if this edge stops),
+        and the cancels operators asked for: each found request's task is cancelled, every one cleared."""
+        if self.active is None:
+            return
+        now = time.monotonic()
+        data = json.dumps(self.active.snapshot(now, time.time()), separators=(",", ":"))
+        key, cancels = active_key(self.edge), cancel_key(self.edge)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping={"data": data, "at": int(time.time() * 1000)})
+                pipe.pexpire(key, int(max(3.0, 3 * self.interval_s) * 1000))
+                pipe.hgetall(cancels)
+                *_, asked = await pipe.execute()
+            if asked:
+                for request in asked:
+                    if self.active.cancel(request.decode() if isinstance(request, bytes) else request):
+                        log.info("request %s cancelled by an operator", request)
+                await self.client.hdel(cancels, *asked)
+        except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
+            log.debug("requests in flight not reported: %s", exc)
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             await self.flush()
             await self.report_applied()
+            await self.report_active()
 
 
 class UsageWriter:

@@ -554,6 +554,8 @@ class Forwarder:
         request = call.request
         if isinstance(request, EdgeRequest):
             request.upstream_s = r.ttfb  # Server-Timing: the answering upstream's time to first byte
+            request.served = (r.attempt.region, r.attempt.replica)
+            request.streaming = r.upstream is not None and r.upstream.content_type == "text/event-stream"
         request.task.get_loop().call_soon(book)
         try:
             resp = await self._relay(call, r)

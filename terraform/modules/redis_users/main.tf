@@ -13,7 +13,7 @@ locals {
   # one user per edge (named by its region), writing in its own name only: every replication group holds
   # every edge's user (an edge writes to the primary's group and reads its own region's)
   edge_rules = {
-    for e in var.edges : "meridian-edge-${e}" => "resetchannels &meridian:state:changes %R~meridian:state:* %W~meridian:observations:${e} %W~meridian:applied:${e} ~meridian:limits:* ~meridian:usage:${e}:* ~meridian:traffic:${e}:* ~meridian:wake:* -@all +@read +@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire +hset +hdel +pexpire +time"
+    for e in var.edges : "meridian-edge-${e}" => "resetchannels &meridian:state:changes %R~meridian:state:* %W~meridian:observations:${e} %W~meridian:applied:${e} %W~meridian:active:${e} ~meridian:cancel:${e} ~meridian:limits:* ~meridian:usage:${e}:* ~meridian:traffic:${e}:* ~meridian:wake:* -@all +@read +@connection +subscribe +unsubscribe +multi +exec +discard +xadd +evalsha +eval +script|load +hincrby +expire +hset +hdel +pexpire +time"
   }
 }
 
