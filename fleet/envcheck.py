@@ -13,6 +13,7 @@ PREFIX = "MERIDIAN_"
 SETTINGS: frozenset[str] = frozenset(
     PREFIX + name
     for name in [
+        "ACCESS_LOG",
         "ADMIN_TOKENS",
         "AFFINITY_LOAD_FACTOR",
         "AUTH",

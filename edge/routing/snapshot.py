@@ -5,6 +5,7 @@ it is decided by ``edge.routing.acceptance`` (never older, never partial, bad re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ log = logging.getLogger("meridian.snapshot")
 
 
 CLOSE_TIMEOUT_S = 1.0
+FIRST_SNAPSHOT_S = 2.0  # a first snapshot from the primary: this long at most per try
 
 
 class SnapshotFeed:
@@ -34,8 +36,10 @@ class SnapshotFeed:
         topology: tuple[str, ...],
         connect: Callable[[str], aioredis.Redis],
         on_refused: Callable[[str], None] = lambda reason: None,
+        first_from: str | None = None,
     ) -> None:
         self.url = url
+        self.first_from = first_from  # the primary: a first snapshot from it while the replica cannot answer
         self.resync_interval_s = resync_interval_s
         self.topology = topology
         self._connect = connect
@@ -98,6 +102,26 @@ class SnapshotFeed:
             self.applied_at = time.time()
         self.current = verdict.snapshot
 
+    async def _first_snapshot(self, url: str) -> None:
+        """An edge that has never had a snapshot and whose replica cannot answer takes one from the primary
+        (once per failed try, bounded), rather than route on regions.yaml alone — which knows nothing of
+        dials, drains, or replicas switched off. The replica is followed again as soon as it answers; a
+        snapshot older than this one is refused as ever."""
+        client = self._connect(url)
+        try:
+            async with asyncio.timeout(FIRST_SNAPSHOT_S):
+                await self.load(client)
+            if self.current is not None:
+                log.info(
+                    "took a first snapshot from the primary at %s (the replica cannot answer)", redact(url)
+                )
+        except (RedisError, OSError, ValueError, TimeoutError) as exc:
+            raise_if_cancelling(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await client.aclose()
+
     async def run(self) -> None:
         backoff = 0.05
         while True:
@@ -134,6 +158,8 @@ class SnapshotFeed:
                     )
                 self._unreachable = str(exc)
                 self.connected = False
+                if self.current is None and self.first_from is not None:
+                    await self._first_snapshot(self.first_from)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:

@@ -141,6 +141,7 @@ def snapshot_feed(settings: EdgeSettings, topo: Topology, on_refused: Callable[[
         topology=topo.names,
         connect=lambda url: connect_store(settings, url, socket_timeout=2.0),
         on_refused=on_refused,
+        first_from=settings.redis_primary_url,
     )
 
 
