@@ -266,28 +266,31 @@ async def test_an_edge_started_before_it_could_load_keys_says_retry_not_wrong_ke
 async def test_an_edge_started_while_its_replica_is_frozen_takes_its_first_snapshot_from_the_primary(
     tmp_path: Path, serve: ServerFactory, geo_db: Path
 ) -> None:
-    """Found by the fault campaign (seed 101): an edge restarted while its replica was paused routed on
-    regions.yaml alone — every replica "up" — and sent requests to replicas the autoscaler had switched off
-    (503s to clients). With no snapshot yet and its replica not answering, it now takes one from the
-    primary: the dials, drains and replica health in force."""
-    f = await start_fleet(tmp_path, serve, geo_db=geo_db, regions=("eu-west-1",), sim_kwargs={"ttft_ms": 1.0})
+    """Found by the fault campaign (seed 101): an edge restarted while its Redis replica was paused routed on
+    regions.yaml alone — every replica "up", every dial 100 — and sent requests to replicas the autoscaler
+    had switched off (503s). With no snapshot yet and a replica slow to answer, it now takes its first
+    snapshot from the primary within half a second, and holds a request that comes first until it has one:
+    the first London request after the restart already obeys eu-west-1's dial of 0."""
+    f = await start_fleet(
+        tmp_path, serve, geo_db=geo_db, regions=("eu-west-1", "us-east-1"), sim_kwargs={"ttft_ms": 1.0}
+    )
     replica = f.replicas["eu-west-1"].proc
-    late = None
     try:
-        status, _ = await f.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 40, "reason": "in force"})
+        status, _ = await f.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 0, "reason": "in force"})
         assert status == 200
         assert replica is not None
         os.kill(replica.pid, signal.SIGSTOP)
         first = f.edges["eu-west-1"].edge
         late = Edge(first.settings, topology=first.topology)  # a restarted edge, its replica frozen
         runner = await serve_edge(late, "127.0.0.1", 0, shutdown_timeout=2.0)
-
-        async def has_snapshot() -> bool:
-            return late is not None and late.feed.current is not None
-
-        await wait_for(has_snapshot, timeout=6, what="a first snapshot while the replica is frozen")
-        assert late.feed.current is not None
-        assert late.feed.current.regions["eu-west-1"].weight == 40  # the store's, not regions.yaml's 100
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(url, json=CHAT, headers={"X-Forwarded-For": CLIENT_IP["london"]}) as r,
+        ):
+            await r.read()
+            assert r.status == 200 and r.headers["X-Meridian-Region"] == "us-east-1", dict(r.headers)
+        assert late.feed.current is not None and late.feed.current.regions["eu-west-1"].weight == 0
         await runner.cleanup()
     finally:
         if replica is not None:

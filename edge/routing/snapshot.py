@@ -23,6 +23,7 @@ log = logging.getLogger("meridian.snapshot")
 
 CLOSE_TIMEOUT_S = 1.0
 FIRST_SNAPSHOT_S = 2.0  # a first snapshot from the primary: this long at most per try
+FIRST_REPLICA_S = 0.5  # with no snapshot yet, a replica slower than this to answer: the primary's first
 
 
 class SnapshotFeed:
@@ -128,8 +129,10 @@ class SnapshotFeed:
             client = self._connect(self.url)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CHANNEL_CHANGES)
-                await self.load(client)
+                first = self.current is None and self.first_from is not None
+                async with asyncio.timeout(FIRST_REPLICA_S if first else None):  # then try the primary
+                    await pubsub.subscribe(CHANNEL_CHANGES)
+                    await self.load(client)
                 if not self.connected:
                     log.info("following the state store at %s", redact(self.url))
                 self.connected = True

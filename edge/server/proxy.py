@@ -4,6 +4,8 @@ forwarder; its usage goes to the ledger when it ends."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
 import math
@@ -35,6 +37,8 @@ from fleet.models import Catalog
 from fleet.pools import PoolKey
 from fleet.state import Snapshot
 from fleet.tenants import Priority
+
+FIRST_SNAPSHOT_WAIT_S = 1.0  # an edge just started holds a request this long at most for its first snapshot
 
 
 def with_model(body: bytes, model: str) -> bytes:
@@ -79,6 +83,7 @@ class Proxy:
         self.hedgeable = frozenset(hedgeable_routes) if settings.hedge_enabled else frozenset()
         self.edge_headers = {"X-Meridian-Edge": settings.region}
         self.active = Active()  # the requests in flight here (the console's view, an operator's cancel)
+        self.started = time.monotonic()
         self.routes = {path: frozenset(methods) for path, methods in inference_routes.items()}
         self.catalog = catalog
         self.admission = admission
@@ -242,10 +247,20 @@ class Proxy:
             )
         return prompt, completion
 
+    async def _first_snapshot(self) -> Snapshot | None:
+        """An edge just started holds a request up to ``FIRST_SNAPSHOT_WAIT_S`` for its first snapshot rather
+        than route on regions.yaml alone, which knows no dial, drain or replica switched off."""
+        if time.monotonic() - self.started > FIRST_SNAPSHOT_WAIT_S:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_SNAPSHOT_WAIT_S):
+                await self.feed.news()
+        return self.feed.current
+
     async def _route(self, request: web.BaseRequest, span: trace.Span, admitted: Admitted) -> Forwarded:
         """Locate the client, plan the request, hold it while its pool is saturated, and forward it."""
         ip, place = self._locate(request, span)
-        snap = self.feed.current
+        snap = self.feed.current or await self._first_snapshot()
         if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
             self.metrics.fallback.inc()
             snap = self.fallback
