@@ -6,25 +6,28 @@ switch runs as they change (the console's writes go through the admin API, with 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
+import aiohttp
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.exceptions import NotFoundException, ServiceUnavailableException
+from litestar.exceptions import NotFoundException, ServiceUnavailableException, ValidationException
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from redis.exceptions import RedisError
 
 from controlplane.auth import User, operator_guard, staff_guard
 from controlplane.runs import Runs
-from controlplane.schemas import AUTHENTICATED, CANCEL, STAFF, AuditPage
+from controlplane.schemas import AUTHENTICATED, CANCEL, EXPLAIN, STAFF, AuditPage
 from controlplane.store import StateStore, StoreError, StoreUnavailable
-from fleet.keys import KEY_POOLS, KEY_SIGNALS, active_key, cancel_key, traffic_key
+from fleet.keys import KEY_POOLS, KEY_SIGNALS, active_key, applied_key, cancel_key, traffic_key
 from fleet.state import Topology
 from fleet.usage import minute_of
 
@@ -52,6 +55,7 @@ HEADERS = {
 TICK_S = 1.0  # the stream reads the store this often and sends what changed
 HEARTBEAT_S = 15.0  # a comment at least this often, so proxies keep an idle stream open
 AUDIT_ROWS = 200
+EXPLAIN_S = 2.0  # each edge's explainer: this long at most
 
 
 @get("/console", exclude_from_auth=True, include_in_schema=False)
@@ -231,4 +235,54 @@ def _message(kind: str, body: Any) -> ServerSentEventMessage:
     return ServerSentEventMessage(data=json.dumps(body, separators=(",", ":")), event=kind)
 
 
-ROUTES: list[Any] = [console_page, console_asset, session, events, cancel_request]
+@get(
+    "/v1/explain",
+    guards=[staff_guard],
+    summary="Each edge's route explainer for one client: where a request from ``ip`` (for ``model``, with "
+    "``session`` as its affinity key) would go from that edge, and why",
+    responses=EXPLAIN,
+)
+async def explain(
+    state: State,
+    ip: Annotated[
+        str,
+        Parameter(
+            description="the client's address, e.g. 81.2.69.142 (London); IPv6 too",
+            schema_extra={"format": "ipv4"},
+        ),
+    ],
+    model: Annotated[str | None, Parameter(required=False, description="the model it asks for")] = None,
+    session: Annotated[str | None, Parameter(required=False, description="its X-Session-Id")] = None,
+) -> dict[str, Any]:
+    try:
+        ipaddress.ip_address(ip.strip())
+    except ValueError:
+        raise ValidationException(
+            f"ip is not an IP address: {ip[:64]!r}", extra=[{"key": "ip", "source": "query"}]
+        ) from None
+    topo: Topology = state.topology
+    store: StateStore = state.store
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for edge in topo.names:
+            pipe.hget(applied_key(edge), "explain")
+        urls = [(u.decode() if isinstance(u, bytes) else u) or None for u in await pipe.execute()]
+    query = {k: v for k, v in (("ip", ip.strip()), ("model", model), ("session", session)) if v}
+    timeout = aiohttp.ClientTimeout(total=EXPLAIN_S)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        answers = await asyncio.gather(*(_ask(http, url, query) for url in urls))
+    return {"ip": ip.strip(), "edges": dict(zip(topo.names, answers, strict=True))}
+
+
+async def _ask(http: aiohttp.ClientSession, url: str | None, query: dict[str, str]) -> dict[str, Any]:
+    """One edge's explainer at the address it published (its scheme, host and port: the path is ours)."""
+    parts = urlsplit(url) if url else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+        return {"error": "this edge has not said where its explainer listens"}
+    try:
+        async with http.get(f"{parts.scheme}://{parts.netloc}/_meridian/route", params=query) as r:
+            return {"status": r.status, "answer": await r.json(content_type=None)}
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"error": f"the edge's explainer did not answer: {type(exc).__name__}"}
+
+
+ROUTES: list[Any] = [console_page, console_asset, session, events, cancel_request, explain]

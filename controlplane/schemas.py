@@ -101,6 +101,11 @@ AUTHENTICATED = {
 }
 STAFF = {**AUTHENTICATED, 403: _error("the token's role may not read this (needs viewer or operator)")}
 ONE_REGION = {**AUTHENTICATED, 404: _error("unknown region")}
+EXPLAIN = {
+    **AUTHENTICATED,
+    403: _error("the token's role may not read this (needs viewer or operator)"),
+    422: _error("ip is not an IP address"),
+}
 CANCEL = {
     **AUTHENTICATED,
     403: _error("the token's role may not cancel requests (needs operator)"),

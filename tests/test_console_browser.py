@@ -156,7 +156,7 @@ async def test_the_console_loads_clean_shows_every_region_and_each_view_is_acces
 ) -> None:
     await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
     broken: list[str] = []
-    for name in ("map", "regions", "active", "runs", "audit", "tenants"):
+    for name in ("map", "regions", "explain", "active", "runs", "audit", "tenants"):
         await run(view, browser, name)
         broken += [f"{name}: {v}" for v in await run(accessibility, browser)]
         await run(shoot, browser, name)
@@ -178,12 +178,28 @@ async def test_the_console_loads_clean_shows_every_region_and_each_view_is_acces
 async def test_a_dial_to_zero_moves_london_off_eu_west_1_within_2_s_and_is_audited(
     fleet: Fleet, browser: Any
 ) -> None:
+    from selenium.webdriver.common.by import By
+
     _, key = await fleet.tenant_key()
     assert await served_by(fleet, key, "eu-west-1", "london") == "eu-west-1"
     await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+    await run(view, browser, "explain")
+    await run(lambda: browser.find_element(By.CSS_SELECTOR, "#explain-form button[type=submit]").click())
+
+    def london_at(region: str) -> Callable[[Any], bool]:
+        def answered(d: Any) -> bool:  # the eu-west-1 edge's explainer answer for a London client
+            found = d.find_elements(By.CSS_SELECTOR, '#explained [data-edge="eu-west-1"]')
+            return bool(found) and found[0].get_attribute("data-choice") == region
+
+        return answered
+
+    await run(until, browser, london_at("eu-west-1"), 5.0, "the explainer: London at eu-west-1")
     await run(view, browser, "regions")
     started = time.monotonic()
     await run(set_dial, browser, "eu-west-1", 0, "console test: move London off eu-west-1")
+    await run(view, browser, "explain")
+    await run(until, browser, lambda d: not london_at("eu-west-1")(d), 2.0, "the explainer's answer changed")
+    print(f"\nthe explainer's answer for London changed {time.monotonic() - started:.2f} s after the click")
 
     async def moved() -> bool:
         return await served_by(fleet, key, "eu-west-1", "london") not in ("eu-west-1", None)

@@ -4,7 +4,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const state = { token: null, role: null, topology: [], regions: {}, traffic: {}, audit: [], editing: {},
-  runs: [], edges: 0, pools: [], signals: {}, active: {} };
+  runs: [], edges: 0, pools: [], signals: {}, active: {}, explaining: null };
 const HEALTH = { up: "up", degraded: "degraded", down: "down" };
 
 function el(tag, attrs = {}, ...children) {
@@ -129,12 +129,16 @@ function dispatch(block) {
   else if (kind === "regions") {
     state.regions = Object.fromEntries(body.regions.map((r) => [r.name, r]));
     renderAll();
+    if (state.explaining) explain();
   } else if (kind === "traffic") { state.traffic = body; renderMap(); }
   else if (kind === "audit") { state.audit = body.entries; renderAudit(); }
   else if (kind === "active") { state.active = body; renderActive(); }
   else if (kind === "pools") { state.pools = body; renderFleet(); }
   else if (kind === "signals") { state.signals = body; renderFleet(); }
-  else if (kind === "runs") { state.runs = body.runs; state.edges = body.edges; renderRuns(); renderCountdowns(); }
+  else if (kind === "runs") {  // edges reporting what they applied: the explainer's answers may have changed
+    state.runs = body.runs; state.edges = body.edges; renderRuns(); renderCountdowns();
+    if (state.explaining) explain();
+  }
   else if (kind === "store") live(body.ok, body.ok ? "live" : "store unavailable");
 }
 
@@ -248,12 +252,12 @@ function buildCard(name) {
     el("p", { class: "result", role: "status", "aria-live": "polite" }));
   const dial = card.querySelector(".dial");
   dial.addEventListener("input", () => {
-    state.editing[name] = state.editing[name] || { version: state.regions[name]?.version };
+    state.editing[name] = state.editing[name] || startEdit(name);
     card.querySelector(".dial-value").textContent = dial.value;
   });
   const drain = card.querySelector(".drain");
   drain.addEventListener("click", () => {
-    state.editing[name] = state.editing[name] || { version: state.regions[name]?.version };
+    state.editing[name] = state.editing[name] || startEdit(name);
     const on = drain.getAttribute("aria-checked") !== "true";
     drain.setAttribute("aria-checked", String(on));
     drain.textContent = on ? "on" : "off";
@@ -277,18 +281,31 @@ function fillCard(card, r) {
   drain.textContent = r.drained ? "on" : "off";
 }
 
+function startEdit(name) {
+  const r = state.regions[name] || {};
+  return { version: r.version, weight: r.weight, drained: r.drained };
+}
+
 async function apply(name, card) {
   const result = card.querySelector(".result");
   const reason = card.querySelector(".reason").value.trim();
   if (!reason) { result.textContent = "Give a reason: it goes to the audit log."; result.className = "result error"; return; }
-  const edit = state.editing[name] || { version: state.regions[name]?.version };
+  const edit = state.editing[name] || startEdit(name);
   const body = {
     reason,
     weight: Number(card.querySelector(".dial").value),
     drained: card.querySelector(".drain").getAttribute("aria-checked") === "true",
   };
-  const { status, data } = await api("PATCH", `/v1/regions/${encodeURIComponent(name)}`, body,
-    { "If-Match": `"${edit.version}"` });
+  const path = `/v1/regions/${encodeURIComponent(name)}`;
+  let { status, data } = await api("PATCH", path, body, { "If-Match": `"${edit.version}"` });
+  for (let i = 0; status === 412 && i < 3; i++) {
+    // the record moved on: a conflict only if someone changed what this edit changes (the dial, the drain);
+    // the prober's own writes (health, latency) bump the version too, and are not one
+    const now = (await api("GET", path)).data;
+    if (now.weight !== edit.weight || now.drained !== edit.drained) break;
+    edit.version = now.version;
+    ({ status, data } = await api("PATCH", path, body, { "If-Match": `"${now.version}"` }));
+  }
   if (status === 200) {
     delete state.editing[name];
     result.className = "result";
@@ -352,6 +369,43 @@ function renderActive() {
     }
   }
   $("#active tbody").replaceChildren(...rows);
+}
+
+let explained = 0;  // the newest explainer call: an older answer arriving later is not shown
+
+async function explain() {
+  const q = state.explaining;
+  const mine = ++explained;
+  const params = new URLSearchParams(Object.entries(q).filter(([, v]) => v));
+  const { status, data } = await api("GET", `/v1/explain?${params}`);
+  if (mine !== explained) return;
+  const out = $("#explained");
+  if (status !== 200) {
+    out.replaceChildren(el("p", { class: "error", text: `Refused (${status}): ${data && data.detail}` }));
+    return;
+  }
+  const blocks = [];
+  for (const [edge, got] of Object.entries(data.edges)) {
+    const a = got.answer;
+    if (!a || got.status !== 200) {
+      blocks.push(el("p", { "data-edge": edge, text: `${edge}: ${got.error || (a && a.error && a.error.message) || got.status}` }));
+      continue;
+    }
+    const rows = (a.scores || []).map((s) => el("tr", {},
+      el("th", { scope: "row", text: s.region }), el("td", { text: s.why_not || (s.routable ? "routable" : "not routable") }),
+      el("td", { text: `${s.network_ms}` }), el("td", { text: `${s.service_ms}` }),
+      el("td", { text: `${Math.round(s.utilization * 100)} %` }), el("td", { text: `${s.weight}` }),
+      el("td", { text: s.score_ms == null ? "—" : `${s.score_ms}` }),
+      el("td", { text: s.end_to_end_ms == null ? "—" : `${s.end_to_end_ms}` })));
+    const replica = a.replica ? ` on ${a.replica.replica} (${a.replica.why})` : "";
+    blocks.push(el("section", { class: "explained", "data-edge": edge, "data-choice": a.choice || "" },
+      el("h3", { text: `edge ${edge}: ${a.choice || "no region"}${replica}` }),
+      el("table", {}, el("caption", { text: `${edge}: score components per region (ms)` }),
+        el("thead", {}, el("tr", {}, ...["Region", "Standing", "Network", "Service", "Utilization", "Dial", "Score",
+          "End to end"].map((h) => el("th", { scope: "col", text: h })))),
+        el("tbody", {}, ...rows))));
+  }
+  out.replaceChildren(...blocks);
 }
 
 function clock(t) { return new Date(t * 1000).toISOString().slice(11, 19); }
@@ -438,6 +492,12 @@ $("#login-form").addEventListener("submit", (e) => {
   signIn($("#token").value.trim()).then((ok) => { if (ok) $("#token").value = ""; });
 });
 $("#signout").addEventListener("click", signOut);
+$("#explain-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.explaining = { ip: $("#explain-ip").value.trim(), model: $("#explain-model").value.trim(),
+    session: $("#explain-session").value.trim() };
+  explain();
+});
 for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.view));
 $("#audit-region").addEventListener("change", renderAudit);
 $("#audit-q").addEventListener("input", renderAudit);

@@ -96,6 +96,7 @@ class Edge:
         self.proxy = self._request_path(rng)
         self.rtt = build.rtt(settings, topo, self.pool, self.observed)
         self.reporter = self._primary = self._usage_client = None  # opened by start()
+        self.explain_url: str | None = None  # where its route explainer listens (set when it serves)
         self._tasks, self._cleanups = [], []
         self._endpoints()
 
@@ -305,9 +306,11 @@ class Edge:
     async def healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "edge": self.settings.region})
 
-    def _applied(self) -> tuple[int, int, float] | None:
+    def _applied(self) -> tuple[int, int, float, str] | None:
         snap = self.feed.current
-        return None if snap is None else (snap.epoch, snap.version, self.feed.applied_at)
+        if snap is None:
+            return None
+        return snap.epoch, snap.version, self.feed.applied_at, self.explain_url or ""
 
     async def readyz(self, request: web.BaseRequest) -> web.Response:
         feed = self.feed

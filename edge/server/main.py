@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -52,6 +53,7 @@ async def serve(
     settings = edge.settings
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        edge.explain_url = _url(host, runner.addresses[0][1])  # the explainer is public without an internal
         if settings.internal_port is not None:
             internal = web.ServerRunner(edge.internal_server(), shutdown_timeout=2.0)
             await internal.setup()
@@ -60,11 +62,18 @@ async def serve(
                 internal, settings.internal_host, settings.internal_port, reuse_port=reuse_port
             )
             await site.start()
+            edge.explain_url = _url(settings.internal_host, settings.internal_port)
     except BaseException:
         await runner.cleanup()
         await edge.stop()
         raise
     return runner
+
+
+def _url(host: str, port: int) -> str:
+    """How the control plane reaches a listener of this edge (a wildcard address: this host's name)."""
+    reachable = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{reachable}]' if ':' in reachable else reachable}:{port}"
 
 
 def _quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

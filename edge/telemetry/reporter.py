@@ -38,13 +38,13 @@ class Reporter:
         observed: Observed,
         interval_s: float,
         dropped: Counter,
-        applied: Callable[[], tuple[int, int, float] | None] = lambda: None,
+        applied: Callable[[], tuple[int, int, float, str] | None] = lambda: None,
         active: Active | None = None,
     ) -> None:
         self.active = active  # its requests in flight: published each interval, an operator's cancels read
         self.client = client
-        self.applied = applied  # (epoch, version, wall time applied) of the current snapshot
-        self._reported: tuple[int, int, float] | None = None
+        self.applied = applied  # (epoch, version, wall time applied) of the current snapshot, explainer URL
+        self._reported: tuple[int, int, float, str] | None = None
         self.dropped = dropped  # rows that could not be sent (meridian_edge_observations_dropped_total)
         self.edge = edge
         self.observed = observed
@@ -74,14 +74,16 @@ class Reporter:
             log.debug("observation batch dropped: %s", exc)
 
     async def report_applied(self) -> None:
-        """The snapshot this edge applied last, and when, once per change."""
+        """The snapshot this edge applied last, and when (and where its route explainer listens), once per
+        change."""
         now = self.applied()
         if now is None or now == self._reported:
             return
-        epoch, version, at = now
+        epoch, version, at, explain = now
         try:
             await self.client.hset(
-                applied_key(self.edge), mapping={"epoch": epoch, "version": version, "at": int(at * 1000)}
+                applied_key(self.edge),
+                mapping={"epoch": epoch, "version": version, "at": int(at * 1000), "explain": explain},
             )
             self._reported = now
         except (RedisError, OSError) as exc:
