@@ -14,14 +14,15 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from controlplane.store import AuditEntry, StateStore, StoreError
-from controlplane.switch import SwitchRun, applied_by, countdown_weight
-from fleet.keys import KEY_RUNS, applied_key
+from controlplane.switch import SwitchRun, applied_by, countdown_weight, traffic_stopped
+from fleet.keys import KEY_RUNS, applied_key, observations_key
 from fleet.state import RegionState, Topology
 
 log = logging.getLogger("meridian.runs")
 
 TICK_S = 0.5
 KEEP = 50  # runs kept (the newest)
+QUIET_S = 3.0  # a region's traffic is at 0 once no edge has reported a request to it for this long
 FOLLOW_S = 300.0  # how long after its last change a run keeps looking for edges that have not applied it
 
 
@@ -83,10 +84,30 @@ class Runs:
         for run in await self.all():
             if run.version is None:
                 await self._step(run, now)
-            elif len(run.applied) < len(self.edges) and run.done_at and now - run.done_at < FOLLOW_S:
-                applied = applied_by(run, await self._reports())
-                if applied != run.applied:
-                    await self.save(run.model_copy(update={"applied": applied}))
+            elif run.done_at and now - run.done_at < FOLLOW_S and not self._settled(run):
+                update: dict[str, Any] = {"applied": applied_by(run, await self._reports())}
+                if run.traffic_zero_at is None:
+                    seen = await self._requests_to(run.region, run.done_at)
+                    update["traffic_zero_at"] = traffic_stopped(run.done_at, seen, now, QUIET_S)
+                if any(getattr(run, k) != v for k, v in update.items()):
+                    await self.save(run.model_copy(update=update))
+
+    def _settled(self, run: SwitchRun) -> bool:
+        return len(run.applied) >= len(self.edges) and run.traffic_zero_at is not None
+
+    async def _requests_to(self, region: str, since: float) -> list[float]:
+        """When edges reported requests to ``region`` after ``since`` (their observation batches)."""
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for edge in self.edges:
+                pipe.xrange(observations_key(edge), min=f"{int(since * 1000)}", count=1000)
+            batches = await pipe.execute()
+        seen = []
+        for entries in batches:
+            for entry_id, fields in entries:
+                f = {_text(k): _text(v) for k, v in fields.items()}
+                if f.get("region") == region and float(f.get("requests", 0)):
+                    seen.append(int(_text(entry_id).split("-")[0]) / 1000)  # the batch's time (ms id)
+        return seen
 
     async def _step(self, run: SwitchRun, now: float) -> None:
         """One step of a drain's countdown: the dial down to where it stands now; at the end 0, drained."""
@@ -128,3 +149,7 @@ class Runs:
             except (StoreError, RedisError, OSError) as exc:
                 log.debug("switch runs: store unavailable: %s", exc)
             await asyncio.sleep(TICK_S)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

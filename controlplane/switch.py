@@ -31,12 +31,23 @@ class SwitchRun(BaseModel):
     applied: dict[str, float] = Field(
         default_factory=dict, description="edge -> unix time by which it had applied the last change"
     )
+    traffic_zero_at: float | None = Field(
+        default=None, description="unix time of the last request any edge sent the region after the change"
+    )
 
     def recovery_s(self, edges: int) -> float | None:
         """Seconds from being asked to every one of ``edges`` edges having applied it (None: not yet)."""
         if self.done_at is None or len(self.applied) < edges:
             return None
         return max(self.applied.values()) - self.asked_at
+
+
+def traffic_stopped(done_at: float, seen: list[float], now: float, quiet_s: float) -> float | None:
+    """When the region's traffic reached 0 after a change that landed at ``done_at``: the last time an edge
+    reported a request to it (``seen``: report times), once nothing has come for ``quiet_s`` (None: traffic
+    still comes, or not long enough quiet to say)."""
+    last = max([done_at, *(t for t in seen if t > done_at)])
+    return last if now - last >= quiet_s else None
 
 
 def countdown_weight(from_weight: int, over_s: float, elapsed: float) -> int:

@@ -232,6 +232,18 @@ async def test_a_dial_to_zero_moves_london_off_eu_west_1_within_2_s_and_is_audit
     print(f"switch run: every edge applied the dial 0 within {recovery} of the click")
     assert float(recovery.removesuffix(" s")) < 2.0
 
+    def traffic_stopped(d: Any) -> str | None:
+        from selenium.webdriver.common.by import By
+
+        for row in d.find_elements(By.CSS_SELECTOR, "#runs tbody tr"):
+            cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+            if cells[0] == "eu-west-1" and cells[7] != "—":
+                return cells[7]
+        return None
+
+    zero = await run(until, browser, traffic_stopped, 8.0, "the switch run: the region's traffic at 0")
+    print(f"switch run: eu-west-1's traffic reached 0 at {zero} of the click")
+
 
 async def test_a_one_minute_drain_walks_the_dial_down_and_traffic_follows(fleet: Fleet, browser: Any) -> None:
     from selenium.webdriver.common.by import By

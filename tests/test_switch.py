@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from controlplane.switch import SwitchRun, applied_by, countdown_weight
+from controlplane.switch import SwitchRun, applied_by, countdown_weight, traffic_stopped
 
 
 def test_a_countdown_walks_the_dial_down_in_steps_and_ends_at_zero() -> None:
@@ -27,3 +27,9 @@ def test_a_run_counts_the_edges_that_applied_its_change_and_its_recovery_time() 
     seen = applied_by(run, {"a": (8, 102.0), "b": (7, 100.9), "c": (9, 101.5)})
     assert seen == {"a": 100.4, "b": 100.9, "c": 101.5}  # a's earliest time is kept
     assert run.model_copy(update={"applied": seen}).recovery_s(edges=3) == 101.5 - 100.0
+
+
+def test_traffic_reached_zero_at_the_last_request_once_quiet_long_enough() -> None:
+    assert traffic_stopped(100.0, [99.0, 100.4, 101.2], now=103.0, quiet_s=3.0) is None  # 1.8 s quiet only
+    assert traffic_stopped(100.0, [99.0, 100.4, 101.2], now=104.3, quiet_s=3.0) == 101.2
+    assert traffic_stopped(100.0, [98.0], now=103.5, quiet_s=3.0) == 100.0  # none after: zero at once

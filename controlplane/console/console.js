@@ -421,7 +421,8 @@ function renderRuns() {
       el("td", { text: `${r.actor}: ${r.reason}` }),
       el("td", { text: r.done_at ? `+${(r.done_at - r.asked_at).toFixed(2)} s` : "walking" }),
       el("td", { text: `${applied.length}/${state.edges}${last ? ` by +${(last - r.asked_at).toFixed(2)} s` : ""}` }),
-      el("td", { class: "recovery", text: r.recovery_s === null ? "—" : `${r.recovery_s.toFixed(2)} s` }));
+      el("td", { class: "recovery", text: r.recovery_s === null ? "—" : `${r.recovery_s.toFixed(2)} s` }),
+      el("td", { class: "zero", text: r.traffic_zero_at == null ? "—" : `+${(r.traffic_zero_at - r.asked_at).toFixed(2)} s` }));
   });
   $("#runs tbody").replaceChildren(...rows);
 }
