@@ -253,6 +253,14 @@ async def explain(
     ],
     model: Annotated[str | None, Parameter(required=False, description="the model it asks for")] = None,
     session: Annotated[str | None, Parameter(required=False, description="its X-Session-Id")] = None,
+    what_if: Annotated[
+        str | None,
+        Parameter(
+            required=False,
+            pattern=r"^[a-z0-9-]{1,63}=(100|[1-9]?[0-9])$",
+            description="region=dial, e.g. eu-west-1=0: each edge also says what it would choose then",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     try:
         ipaddress.ip_address(ip.strip())
@@ -266,7 +274,8 @@ async def explain(
         for edge in topo.names:
             pipe.hget(applied_key(edge), "explain")
         urls = [(u.decode() if isinstance(u, bytes) else u) or None for u in await pipe.execute()]
-    query = {k: v for k, v in (("ip", ip.strip()), ("model", model), ("session", session)) if v}
+    asked = (("ip", ip.strip()), ("model", model), ("session", session), ("what_if", what_if))
+    query = {k: v for k, v in asked if v}
     timeout = aiohttp.ClientTimeout(total=EXPLAIN_S)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         answers = await asyncio.gather(*(_ask(http, url, query) for url in urls))

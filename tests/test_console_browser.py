@@ -194,6 +194,18 @@ async def test_a_dial_to_zero_moves_london_off_eu_west_1_within_2_s_and_is_audit
         return answered
 
     await run(until, browser, london_at("eu-west-1"), 5.0, "the explainer: London at eu-west-1")
+    whatif = await run(browser.find_element, By.ID, "explain-whatif")
+    await run(whatif.send_keys, "eu-west-1=0")
+    await run(lambda: browser.find_element(By.CSS_SELECTOR, "#explain-form button[type=submit]").click())
+
+    def imagined_elsewhere(d: Any) -> bool:  # the what-if: elsewhere, while the answer in force stays
+        found = d.find_elements(By.CSS_SELECTOR, '#explained [data-edge="eu-west-1"]')
+        return bool(found) and found[0].get_attribute("data-what-if") not in ("", "eu-west-1")
+
+    await run(
+        until, browser, imagined_elsewhere, 5.0, "the what-if: London elsewhere if eu-west-1's dial were 0"
+    )
+    assert await run(london_at("eu-west-1"), browser)
     await run(view, browser, "regions")
     started = time.monotonic()
     await run(set_dial, browser, "eu-west-1", 0, "console test: move London off eu-west-1")

@@ -398,8 +398,11 @@ async function explain() {
       el("td", { text: s.score_ms == null ? "—" : `${s.score_ms}` }),
       el("td", { text: s.end_to_end_ms == null ? "—" : `${s.end_to_end_ms}` })));
     const replica = a.replica ? ` on ${a.replica.replica} (${a.replica.why})` : "";
-    blocks.push(el("section", { class: "explained", "data-edge": edge, "data-choice": a.choice || "" },
+    const imagined = a.what_if ? `what if ${a.what_if.dial}: ${a.what_if.choice || "no region"}` : "";
+    blocks.push(el("section", { class: "explained", "data-edge": edge, "data-choice": a.choice || "",
+      "data-what-if": a.what_if ? a.what_if.choice || "" : "" },
       el("h3", { text: `edge ${edge}: ${a.choice || "no region"}${replica}` }),
+      el("p", { class: "what-if", text: imagined }),
       el("table", {}, el("caption", { text: `${edge}: score components per region (ms)` }),
         el("thead", {}, el("tr", {}, ...["Region", "Standing", "Network", "Service", "Utilization", "Dial", "Score",
           "End to end"].map((h) => el("th", { scope: "col", text: h })))),
@@ -496,7 +499,7 @@ $("#signout").addEventListener("click", signOut);
 $("#explain-form").addEventListener("submit", (e) => {
   e.preventDefault();
   state.explaining = { ip: $("#explain-ip").value.trim(), model: $("#explain-model").value.trim(),
-    session: $("#explain-session").value.trim() };
+    session: $("#explain-session").value.trim(), what_if: $("#explain-whatif").value.trim() };
   explain();
 });
 for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.view));

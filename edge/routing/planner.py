@@ -202,6 +202,20 @@ class Planner:
             self.leads[group] = lead
         return draw(ranking, self.rng, None if lead is None else lead.region)
 
+    def imagine(self, place: Place, snapshot: Snapshot, model: str | None = None) -> Decision:
+        """The decision a hypothetical ``snapshot`` would give (the explainer's what-if), leaving this
+        planner's route cache, holds and failback state as they are; the dial draw on a fixed seed."""
+        now = self.clock()
+        shares = {n: f for n in snapshot.regions if (f := self.failback.share(n, now)) != 1.0}
+        ranking = RouteCache(self.topology, snapshot, self.network()).ranking(
+            country=place.country,
+            continent=place.continent,
+            excluded=self.outliers.ejected_regions(now),
+            share=shares or None,
+            model=None if self.topology.catalog.open else model,
+        )
+        return draw(ranking, random.Random(0), None)
+
     def client_view(self, place: Place) -> ClientView:
         """The client's round-trip estimate to this edge and to the nearest edge (memoised per cell)."""
         loc = place.location

@@ -4,6 +4,7 @@ estimate per region, the choice, the replica and every candidate with its engine
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from dataclasses import dataclass
@@ -57,6 +58,17 @@ class Explainer:
         plan = self.planner.plan(place, snap, wanted)
         body = {**self._explained(ip, place, snap, plan), **self._choice(facts, plan, snap, wanted)}
         _excluded(body, place)
+        if (asked_dial := q.get("what_if")) is not None:
+            imagined = _with_dial(snap, asked_dial)
+            if isinstance(imagined, str):
+                return error(400, imagined, kind="meridian_bad_input")
+            d = self.planner.imagine(place, imagined, wanted.model)
+            body["what_if"] = {
+                "dial": asked_dial,
+                "choice": d.primary,
+                "backup": d.backup,
+                "order": list(d.order),
+            }
         return web.json_response(body)
 
     def _choice(
@@ -123,6 +135,16 @@ class Explainer:
             "scores": scores,
             "candidates": plan.candidates(),
         }
+
+
+def _with_dial(snap: Snapshot, asked: str) -> Snapshot | str:
+    """``snap`` with one region's dial changed (``region=weight``), or why that cannot be."""
+    region, _, raw = asked.partition("=")
+    state = snap.regions.get(region.strip())
+    if state is None or not raw.strip().isdigit() or not 0 <= int(raw) <= 100:
+        return f"query parameter 'what_if' must be region=dial (0-100) of a known region: {asked[:64]!r}"
+    regions = {**snap.regions, state.name: state.model_copy(update={"weight": int(raw)})}
+    return dataclasses.replace(snap, regions=regions)
 
 
 def _excluded(body: dict[str, Any], place: ClientPlace) -> None:
