@@ -138,6 +138,9 @@ def test_a_revoked_key_accepted_past_the_bound_fails_and_refusals_after_it_are_a
     assert not v.passed and "answered 200" in v.violations[0]
     h.requests[-1] = Request(late, late + 0.3, EU, "gone", 0, "connect", None)  # its edge down: no answer
     assert revoked(h, {}).passed  # not accepted
+    loading = "this edge has not loaded its API keys yet (starting): retry, another edge may serve"
+    h.requests[-1] = Request(late, late + 0.1, EU, "gone", 503, "shed", None, loading)  # just restarted
+    assert revoked(h, {}).passed  # turned away before its key was looked at: not accepted either
     h.requests[-1] = Request(3.1 + PROPAGATION_S - 0.5, 4.0, EU, "gone", 200, "ok", EU)  # within the bound
     assert revoked(h, {}).passed
     h.requests.append(Request(2.0, 2.1, EU, "gone", 401, "http 401", None))  # refused before it was revoked
