@@ -27,7 +27,15 @@ from controlplane.auth import User, operator_guard, staff_guard
 from controlplane.runs import Runs
 from controlplane.schemas import AUTHENTICATED, CANCEL, EXPLAIN, STAFF, AuditPage
 from controlplane.store import StateStore, StoreError, StoreUnavailable
-from fleet.keys import KEY_POOLS, KEY_SIGNALS, active_key, applied_key, cancel_key, traffic_key
+from fleet.keys import (
+    KEY_POOLS,
+    KEY_SIGNALS,
+    active_key,
+    applied_key,
+    cancel_key,
+    observations_key,
+    traffic_key,
+)
 from fleet.state import Topology
 from fleet.usage import minute_of
 
@@ -127,6 +135,7 @@ async def _read(store: StateStore, topo: Topology, runs: Runs | None) -> dict[st
         switches = await runs.all() if runs is not None else []
         pools, signals = await _fleet(store)
         active = await _active(store, topo)
+        flows = await _flows(store, topo)
     except (StoreError, RedisError, OSError) as exc:
         return {"store": {"ok": False, "error": str(exc)}}
     listed = [regions[n].model_dump(mode="json") for n in topo.names if n in regions]
@@ -138,6 +147,7 @@ async def _read(store: StateStore, topo: Topology, runs: Runs | None) -> dict[st
         "audit": AuditPage.model_validate({"entries": audit}).model_dump(mode="json"),
         "pools": pools,
         "active": active,
+        "flows": flows,
         "signals": signals,
         "runs": {
             "edges": len(topo.names),
@@ -182,6 +192,30 @@ async def _fleet(store: StateStore) -> tuple[list[Any], dict[str, Any]]:
         name = k.decode() if isinstance(k, bytes) else str(k)
         signals[name] = {f: s.get(f) for f in ("running", "waiting", "kv_usage", "at")}
     return pools, signals
+
+
+async def _flows(store: StateStore, topo: Topology) -> dict[str, dict[str, int]]:
+    """Requests answered over the last minute from each client continent by each region, as the edges
+    counted them in their observation batches (``from:<continent>``)."""
+    since = int((time.time() - 60) * 1000)
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for edge in topo.names:
+            pipe.xrange(observations_key(edge), min=str(since), count=2000)
+        batches = await pipe.execute()
+    out: dict[str, dict[str, int]] = {}
+    for entries in batches:
+        for _, fields in entries:
+            row = {_text(k): _text(v) for k, v in fields.items()}
+            region = row.get("region", "")
+            for key, value in row.items():
+                if key.startswith("from:") and region:
+                    into = out.setdefault(key.removeprefix("from:"), {})
+                    into[region] = into.get(region, 0) + int(float(value))
+    return out
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _active(store: StateStore, topo: Topology) -> dict[str, list[Any]]:

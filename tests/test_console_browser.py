@@ -154,7 +154,18 @@ def accessibility(driver: Any) -> list[str]:
 async def test_the_console_loads_clean_shows_every_region_and_each_view_is_accessible(
     fleet: Fleet, browser: Any
 ) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, key = await fleet.tenant_key()
+    for _ in range(3):  # London's clients, served in Dublin: a flow on the map
+        assert await served_by(fleet, key, "eu-west-1", "london") == "eu-west-1"
     await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+
+    def flow_drawn(d: Any) -> bool:
+        rows = d.find_elements(By.CSS_SELECTOR, '#flows-table tr[data-flow="EU>eu-west-1"]')
+        return bool(rows) and bool(d.find_elements(By.CSS_SELECTOR, "#flows path.flow"))
+
+    await run(until, browser, flow_drawn, 5.0, "the flow from Europe's clients to eu-west-1")
     broken: list[str] = []
     for name in ("map", "regions", "explain", "active", "runs", "audit", "tenants"):
         await run(view, browser, name)

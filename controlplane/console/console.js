@@ -4,7 +4,10 @@
 
 const $ = (sel) => document.querySelector(sel);
 const state = { token: null, role: null, topology: [], regions: {}, traffic: {}, audit: [], editing: {},
-  runs: [], edges: 0, pools: [], signals: {}, active: {}, explaining: null };
+  runs: [], edges: 0, pools: [], signals: {}, active: {}, explaining: null, flows: {} };
+// where each continent's clients are drawn from (GeoIP continent codes)
+const CONTINENTS = { AF: [5, 20], AN: [-75, 0], AS: [35, 95], EU: [50, 12], NA: [42, -100], OC: [-25, 135],
+  SA: [-15, -60] };
 const HEALTH = { up: "up", degraded: "degraded", down: "down" };
 
 function el(tag, attrs = {}, ...children) {
@@ -132,6 +135,7 @@ function dispatch(block) {
     if (state.explaining) explain();
   } else if (kind === "traffic") { state.traffic = body; renderMap(); }
   else if (kind === "audit") { state.audit = body.entries; renderAudit(); }
+  else if (kind === "flows") { state.flows = body; renderFlows(); }
   else if (kind === "active") { state.active = body; renderActive(); }
   else if (kind === "pools") { state.pools = body; renderFleet(); }
   else if (kind === "signals") { state.signals = body; renderFleet(); }
@@ -195,6 +199,25 @@ function renderFleet() {
         `${p.on_demand} on-demand; $${p.cost_per_hour.toFixed(2)}/h${p.cost_capped ? " (cost ceiling)" : ""}` }));
     card.querySelector(".pools").replaceChildren(...pools);
   }
+}
+
+function renderFlows() {
+  const lines = [], rows = [];
+  const site = Object.fromEntries(state.topology.map((t) => [t.name, [t.lon + 180, 90 - t.lat]]));
+  for (const [continent, to] of Object.entries(state.flows)) {
+    for (const [region, n] of Object.entries(to)) {
+      rows.push(el("tr", { "data-flow": `${continent}>${region}` }, el("th", { scope: "row", text: continent }),
+        el("td", { text: region }), el("td", { text: `${n}` })));
+      const from = CONTINENTS[continent];
+      if (!from || !site[region]) continue;
+      const [x0, y0] = [from[1] + 180, 90 - from[0]], [x1, y1] = site[region];
+      const bend = `${(x0 + x1) / 2},${Math.min(y0, y1) - 12}`;
+      lines.push(svg("path", { d: `M${x0},${y0} Q${bend} ${x1},${y1}`, class: "flow",
+        "stroke-width": Math.min(3, 0.4 + Math.log10(1 + n)) }));
+    }
+  }
+  $("#flows").replaceChildren(...lines);
+  $("#flows-table tbody").replaceChildren(...rows);
 }
 
 function renderCards() {

@@ -260,6 +260,8 @@ class Proxy:
     async def _route(self, request: web.BaseRequest, span: trace.Span, admitted: Admitted) -> Forwarded:
         """Locate the client, plan the request, hold it while its pool is saturated, and forward it."""
         ip, place = self._locate(request, span)
+        if isinstance(request, EdgeRequest):
+            request.continent = place.continent
         snap = self.feed.current or await self._first_snapshot()
         if snap is None:  # never reached the store: route on regions.yaml alone (nearest region first)
             self.metrics.fallback.inc()

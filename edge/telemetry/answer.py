@@ -22,7 +22,7 @@ class EdgeRequest(web.BaseRequest):
     attempt left and what the answering upstream took to its first byte (set by the forwarder)."""
 
     ATTRS = web.BaseRequest.ATTRS | frozenset(
-        ["began", "request_id", "sent_at", "upstream_s", "admitted", "served", "streaming"]
+        ["began", "request_id", "sent_at", "upstream_s", "admitted", "served", "streaming", "continent"]
     )
     began: float
     request_id: str | None
@@ -31,11 +31,13 @@ class EdgeRequest(web.BaseRequest):
     admitted: Any  # its admission's terms (tenant, model), once admitted: what the console shows
     served: tuple[str, str] | None  # (region, replica) of the attempt it committed to
     streaming: bool
+    continent: str | None  # where its client is (GeoIP), once located
 
     def start(self) -> EdgeRequest:
         self.began = time.monotonic()
         self.request_id = self.sent_at = self.upstream_s = self.admitted = self.served = None
         self.streaming = False
+        self.continent = None
         return self
 
     def timing(self) -> str:

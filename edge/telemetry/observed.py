@@ -17,6 +17,7 @@ def _per_replica() -> defaultdict[str, int]:
 class RegionCounters:
     requests: int = 0
     errors: int = 0
+    origins: dict[str, int] = field(default_factory=dict)  # client continent -> requests committed here
     service_sum_ms: float = 0.0  # time to first token minus this edge's round trip, summed since the drain
     service_n: int = 0
 
@@ -52,6 +53,14 @@ class Observed:
         c.requests += 1
         if error:
             c.errors += 1
+
+    def served(self, region: str, continent: str | None) -> None:
+        """A request from a client on ``continent`` was answered from ``region`` (the console's flows)."""
+        c = self.counters.get(region)
+        if c is None:
+            c = self.counters[region] = RegionCounters()
+        key = continent or "unknown"
+        c.origins[key] = c.origins.get(key, 0) + 1
 
     def first_token(self, region: str, ttft_ms: float) -> None:
         """A stream's first event arrived ``ttft_ms`` after the attempt left: the region's service time is
@@ -89,7 +98,9 @@ class Observed:
                 row["service_samples"] = float(c.service_n)
             if region in self.rtt:
                 row["rtt_ms"] = self.rtt[region]
+            row.update({f"from:{k}": float(n) for k, n in c.origins.items()})
             out[region] = row
+            c.origins = {}
             c.requests = c.errors = c.service_n = 0
             c.service_sum_ms = 0.0
         return out

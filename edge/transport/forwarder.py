@@ -555,6 +555,7 @@ class Forwarder:
         if isinstance(request, EdgeRequest):
             request.upstream_s = r.ttfb  # Server-Timing: the answering upstream's time to first byte
             request.served = (r.attempt.region, r.attempt.replica)
+            self.observed.served(r.attempt.region, request.continent)
             request.streaming = r.upstream is not None and r.upstream.content_type == "text/event-stream"
         request.task.get_loop().call_soon(book)
         try:
