@@ -166,6 +166,20 @@ async def test_the_console_loads_clean_shows_every_region_and_each_view_is_acces
         return bool(rows) and bool(d.find_elements(By.CSS_SELECTOR, "#flows path.flow"))
 
     await run(until, browser, flow_drawn, 5.0, "the flow from Europe's clients to eu-west-1")
+    await run(view, browser, "tenants")
+
+    def used_by_model(d: Any) -> bool:  # the tenant's three answers, by the model it used
+        return any("sim-llm" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#by-model tbody tr"))
+
+    await run(until, browser, used_by_model, 8.0, "the tenant's use by model")
+    await run(view, browser, "explain")
+    await run(lambda: browser.find_element(By.CSS_SELECTOR, "#explain-form button[type=submit]").click())
+
+    def steps_shown(d: Any) -> bool:  # the replica choice, step by step, at the eu-west-1 edge
+        found = d.find_elements(By.CSS_SELECTOR, '#explained [data-edge="eu-west-1"] ol.steps li')
+        return any(li.text.startswith("picker:") for li in found)
+
+    await run(until, browser, steps_shown, 5.0, "the replica choice's steps")
     broken: list[str] = []
     for name in ("map", "regions", "explain", "active", "runs", "audit", "tenants"):
         await run(view, browser, name)

@@ -135,7 +135,7 @@ function dispatch(block) {
     if (state.explaining) explain();
   } else if (kind === "traffic") { state.traffic = body; renderMap(); }
   else if (kind === "audit") { state.audit = body.entries; renderAudit(); }
-  else if (kind === "flows") { state.flows = body; renderFlows(); }
+  else if (kind === "flows") { state.flows = body; renderFlows(); renderMap(); }
   else if (kind === "active") { state.active = body; renderActive(); }
   else if (kind === "pools") { state.pools = body; renderFleet(); }
   else if (kind === "signals") { state.signals = body; renderFleet(); }
@@ -156,6 +156,11 @@ function colour(r) {
 
 function renderAll() { renderMap(); renderCards(); renderFleet(); renderAuditFilter(); }
 
+function rps(region) {  // requests a second over the last minute, from the edges' flow counts
+  const n = Object.values(state.flows).reduce((sum, to) => sum + (to[region] || 0), 0);
+  return (n / 60).toFixed(1);
+}
+
 function renderMap() {
   const sites = $("#sites");
   sites.replaceChildren();
@@ -166,7 +171,7 @@ function renderMap() {
     const g = svg("g", { class: `site ${colour(r)}`, "data-region": t.name });
     g.append(svg("circle", { cx: x, cy: y, r: 2.6, class: colour(r) }));
     const label = svg("text", { x: x + 3.2, y: y + 1.4 });
-    label.textContent = `${t.name} · ${state.traffic[t.name] ?? 0}/min`;
+    label.textContent = `${t.name} · ${rps(t.name)} req/s`;
     const title = svg("title");
     title.textContent = `${t.name}: ${r ? r.health : "unknown"}, dial ${r ? r.weight : "?"}`;
     g.append(label, title);
@@ -422,6 +427,8 @@ async function explain() {
       el("td", { text: s.end_to_end_ms == null ? "—" : `${s.end_to_end_ms}` })));
     const replica = a.replica ? ` on ${a.replica.replica} (${a.replica.why})` : "";
     const imagined = a.what_if ? `what if ${a.what_if.dial}: ${a.what_if.choice || "no region"}` : "";
+    const chosen = (a.candidates || []).find((c) => c.region === a.choice);
+    const steps = (chosen ? chosen.steps || [] : []).map((s) => el("li", { text: describeStep(s) }));
     blocks.push(el("section", { class: "explained", "data-edge": edge, "data-choice": a.choice || "",
       "data-what-if": a.what_if ? a.what_if.choice || "" : "" },
       el("h3", { text: `edge ${edge}: ${a.choice || "no region"}${replica}` }),
@@ -429,9 +436,21 @@ async function explain() {
       el("table", {}, el("caption", { text: `${edge}: score components per region (ms)` }),
         el("thead", {}, el("tr", {}, ...["Region", "Standing", "Network", "Service", "Utilization", "Dial", "Score",
           "End to end"].map((h) => el("th", { scope: "col", text: h })))),
-        el("tbody", {}, ...rows))));
+        el("tbody", {}, ...rows)),
+      el("p", { text: `Replica choice in ${a.choice || "—"}, step by step:` }),
+      el("ol", { class: "steps" }, ...steps)));
   }
   out.replaceChildren(...blocks);
+}
+
+function describeStep(s) {
+  if (s.filter) return `${s.filter}: kept ${s.kept.join(", ") || "none"}${s.note ? ` (${s.note})` : ""}`;
+  if (s.scores) {
+    return "scores: " + Object.entries(s.scores).map(([r, v]) => `${r} ${Object.entries(v)
+      .map(([k, x]) => `${k} ${typeof x === "number" ? x.toFixed(2) : x}`).join(" ")}`).join("; ");
+  }
+  if (s.picker) return `picker: ${s.picker}`;
+  return JSON.stringify(s);
 }
 
 function clock(t) { return new Date(t * 1000).toISOString().slice(11, 19); }
@@ -481,6 +500,23 @@ async function loadTenants() {
       el("th", { scope: "row", text: t.name }), el("td", { text: `${t.totals.requests}` }),
       el("td", { text: `${t.totals.prompt_tokens + t.totals.completion_tokens}` }),
       el("td", { text: `$${t.totals.spend_usd.toFixed(4)}` }))));
+  }
+  if (top.status === 200) {
+    const byModel = [];
+    for (const t of top.data.tenants.slice(0, 5)) {
+      const u = await api("GET", `/v1/tenants/${encodeURIComponent(t.tenant)}/usage`);
+      const models = {};
+      for (const row of u.status === 200 ? u.data.rows : []) {
+        const m = models[row.model] || (models[row.model] = { tokens: 0, spend: 0 });
+        m.tokens += row.prompt_tokens + row.completion_tokens;
+        m.spend += row.spend_usd;
+      }
+      for (const [model, m] of Object.entries(models)) {
+        byModel.push(el("tr", {}, el("th", { scope: "row", text: t.name }), el("td", { text: model }),
+          el("td", { text: `${m.tokens}` }), el("td", { text: `$${m.spend.toFixed(4)}` })));
+      }
+    }
+    $("#by-model tbody").replaceChildren(...byModel);
   }
   if (list.status !== 200) return;
   const rows = [];
