@@ -118,15 +118,7 @@ class Proxy:
             return await self.models_view(
                 principal, path.removeprefix("/v1/models").removeprefix("/") or None
             )
-        headers = request.headers
-        if "traceparent" not in headers:
-            span = self.sampler.left_out() or self._server_span(request, None)
-        elif self._trusts_trace_of(request):  # a peer of ours: its sampling decision is followed
-            span = self._server_span(request, tracing.PROPAGATOR.extract(headers))
-        else:  # a client's trace context: linked, but our own sampler decides (and pays)
-            client = trace.get_current_span(tracing.PROPAGATOR.extract(headers)).get_span_context()
-            links = [trace.Link(client)] if client.is_valid else None
-            span = self.sampler.left_out() or self._server_span(request, None, links=links)
+        span = self._request_span(request)
         key = None
         if isinstance(request, EdgeRequest):  # its answer's x-request-id: the trace id
             request.request_id = format(span.get_span_context().trace_id, "032x")
@@ -185,6 +177,18 @@ class Proxy:
         except ValueError:
             return False
         return any(peer in net for net in networks)
+
+    def _request_span(self, request: web.BaseRequest) -> trace.Span:
+        """The request's span: sampled by our own sampler, or following a trusted peer's decision; a
+        client's own trace context is linked, never obeyed."""
+        headers = request.headers
+        if "traceparent" not in headers:
+            return self.sampler.left_out() or self._server_span(request, None)
+        if self._trusts_trace_of(request):  # a peer of ours: its sampling decision is followed
+            return self._server_span(request, tracing.PROPAGATOR.extract(headers))
+        client = trace.get_current_span(tracing.PROPAGATOR.extract(headers)).get_span_context()
+        links = [trace.Link(client)] if client.is_valid else None
+        return self.sampler.left_out() or self._server_span(request, None, links=links)
 
     def _server_span(
         self, request: web.BaseRequest, parent: Context | None, *, links: list[trace.Link] | None = None
