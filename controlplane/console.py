@@ -33,7 +33,6 @@ from fleet.keys import (
     active_key,
     applied_key,
     cancel_key,
-    observations_key,
     traffic_key,
 )
 from fleet.state import Topology
@@ -197,25 +196,14 @@ async def _fleet(store: StateStore) -> tuple[list[Any], dict[str, Any]]:
 async def _flows(store: StateStore, topo: Topology) -> dict[str, dict[str, int]]:
     """Requests answered over the last minute from each client continent by each region, as the edges
     counted them in their observation batches (``from:<continent>``)."""
-    since = int((time.time() - 60) * 1000)
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for edge in topo.names:
-            pipe.xrange(observations_key(edge), min=str(since), count=2000)
-        batches = await pipe.execute()
     out: dict[str, dict[str, int]] = {}
-    for entries in batches:
-        for _, fields in entries:
-            row = {_text(k): _text(v) for k, v in fields.items()}
-            region = row.get("region", "")
-            for key, value in row.items():
-                if key.startswith("from:") and region:
-                    into = out.setdefault(key.removeprefix("from:"), {})
-                    into[region] = into.get(region, 0) + int(float(value))
+    for row in await store.observations_since(topo.names, time.time() - 60):
+        region = row.get("region", "")
+        for key, value in row.items():
+            if key.startswith("from:") and region:
+                into = out.setdefault(key.removeprefix("from:"), {})
+                into[region] = into.get(region, 0) + int(float(value))
     return out
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _active(store: StateStore, topo: Topology) -> dict[str, list[Any]]:

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from controlplane.store import AuditEntry, StateStore, StoreError
 from controlplane.switch import SwitchRun, applied_by, countdown_weight, traffic_stopped
-from fleet.keys import KEY_RUNS, applied_key, observations_key
+from fleet.keys import KEY_RUNS, applied_key
 from fleet.state import RegionState, Topology
 
 log = logging.getLogger("meridian.runs")
@@ -97,17 +97,8 @@ class Runs:
 
     async def _requests_to(self, region: str, since: float) -> list[float]:
         """When edges reported requests to ``region`` after ``since`` (their observation batches)."""
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for edge in self.edges:
-                pipe.xrange(observations_key(edge), min=f"{int(since * 1000)}", count=1000)
-            batches = await pipe.execute()
-        seen = []
-        for entries in batches:
-            for entry_id, fields in entries:
-                f = {_text(k): _text(v) for k, v in fields.items()}
-                if f.get("region") == region and float(f.get("requests", 0)):
-                    seen.append(int(_text(entry_id).split("-")[0]) / 1000)  # the batch's time (ms id)
-        return seen
+        rows = await self.store.observations_since(self.edges, since)
+        return [float(r["at"]) for r in rows if r.get("region") == region and float(r.get("requests", 0))]
 
     async def _step(self, run: SwitchRun, now: float) -> None:
         """One step of a drain's countdown: the dial down to where it stands now; at the end 0, drained."""
@@ -149,7 +140,3 @@ class Runs:
             except (StoreError, RedisError, OSError) as exc:
                 log.debug("switch runs: store unavailable: %s", exc)
             await asyncio.sleep(TICK_S)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -472,6 +472,20 @@ class StateStore:
             cursors[edge] = _text(last[0][0]) if last else "0-0"
         return cursors
 
+    async def observations_since(self, edges: Sequence[str], since: float) -> list[dict[str, str]]:
+        """The edges' observation rows reported after unix time ``since`` (each with its ``edge``, and
+        ``at``: the batch's unix time, from its stream id)."""
+        async with raise_unavailable(), self.redis.pipeline(transaction=False) as pipe:
+            for edge in edges:
+                pipe.xrange(observations_key(edge), min=str(int(since * 1000)), count=2000)
+            batches: list[Any] = await pipe.execute()
+        out: list[dict[str, str]] = []
+        for edge, entries in zip(edges, batches, strict=True):
+            for entry_id, fields in entries:
+                at = str(int(_text(entry_id).split("-")[0]) / 1000)
+                out.append({_text(k): _text(v) for k, v in fields.items()} | {"edge": edge, "at": at})
+        return out
+
     async def read_observations(
         self, cursors: dict[str, str], *, block_ms: int
     ) -> tuple[dict[str, str], list[dict[str, str]]]:
