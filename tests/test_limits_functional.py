@@ -188,16 +188,18 @@ async def test_over_a_minute_rpm_and_tpm_hold_within_five_percent_both_ways(flee
         drive(fleet, by_requests, seconds, per_edge=2, edges=edges),
         drive(fleet, by_tokens, seconds, per_edge=2, edges=edges),
     )
-    minutes = (time.monotonic() - started) / 60
+    # requests are offered for ``seconds``; the wall time also holds the last ones' answers (seconds
+    # under a loaded CI machine), so "under" is judged on the offered window and "over" on the wall time
+    offered, minutes = seconds / 60, (time.monotonic() - started) / 60
     used = tokens[200] * (2 + 2)  # the simulator's usage per request: 2 prompt and 2 completion tokens
     print(
-        f"\none minute, 4 edges: {requests[200]} requests passed for {rpm} rpm "
-        f"({requests[200] / (rpm * minutes) - 1:+.1%}), "
-        f"{used} tokens for {tpm} tpm ({used / (tpm * minutes) - 1:+.1%})"
+        f"\none minute ({minutes * 60:.1f} s wall), 4 edges: {requests[200]} requests passed for {rpm} rpm "
+        f"({requests[200] / (rpm * offered) - 1:+.1%}), "
+        f"{used} tokens for {tpm} tpm ({used / (tpm * offered) - 1:+.1%})"
     )
     assert requests[429] > requests[200] and tokens[429] > tokens[200]  # both were offered well over
-    assert 0.95 * rpm * minutes <= requests[200] <= 1.05 * rpm * minutes, requests
-    assert 0.95 * tpm * minutes <= used <= 1.05 * tpm * minutes, tokens
+    assert 0.95 * rpm * offered <= requests[200] <= 1.05 * rpm * minutes, requests
+    assert 0.95 * tpm * offered <= used <= 1.05 * tpm * minutes, tokens
 
 
 # ---- the matrix: never under, never over, under the shipped ACL users, 2 edge processes per region ----
