@@ -77,3 +77,23 @@ async def test_refusals_and_the_edges_own_answers_carry_an_id_and_the_edges_time
             async with s.get(fleet.edge_url(EDGE) + "healthz") as r:
                 ids.add(r.headers["x-request-id"])
         assert len(ids) == 3  # one per answer, never reused
+
+
+async def test_a_streams_access_log_line_counts_every_event_the_client_got(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream's events after the first go to the client from the region connection's callback, around
+    aiohttp's writer: the access log's byte count (aiohttp's, from its writer) still counts all of them."""
+    caplog.set_level(logging.INFO, logger="meridian.access")
+    hdrs = {"X-Forwarded-For": CLIENT_IP["london"]}
+    body = {**CHAT, "stream": True, "max_tokens": 60}
+    url = fleet.edge_url(EDGE) + "v1/chat/completions"
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=hdrs) as r:
+        events = await r.read()
+        rid = r.headers["x-request-id"]
+    assert events.count(b"\n\ndata: ") >= 60 and events.endswith(b"data: [DONE]\n\n")
+    line = next(rec.getMessage() for rec in caplog.records if f"x-request-id={rid}" in rec.getMessage())
+    logged = int(line.split('" ')[1].split()[1])  # %s %b after the request line
+    framing = events.count(b"\n\n") * len(b"ff\r\n\r\n") + len(b"0\r\n\r\n")  # each event its own chunk
+    headers = 1024  # aiohttp counts the status line and headers too (they left with the first event)
+    assert len(events) <= logged <= len(events) + framing + headers, (len(events), logged, line)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,12 @@ class FakeResponse:
 
     async def read(self) -> bytes:
         return await self.readany()
+
+    async def pump(self, sink: Callable[[bytes], bool]) -> bool:
+        while chunk := await self.readany():
+            if sink(chunk):
+                return False
+        return True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while chunk := await self.readany():

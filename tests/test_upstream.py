@@ -1,5 +1,6 @@
 """The upstream connection pool against real servers on loopback: reuse, body framings, cut-offs, timeouts,
-cancellation, the connection limit and read-side flow control."""
+cancellation, the connection limit, read-side flow control and the relay's pump (pieces handed over from the
+connection's callback)."""
 
 from __future__ import annotations
 
@@ -342,3 +343,90 @@ async def test_headers_reach_the_region_as_the_client_sent_them(
     resp.release()
     assert len(heads) == 1 and heads[0].startswith(b"POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1:")
     assert block + b"\r\ntraceparent: 00-ab\r\nContent-Length: 2\r\n\r\n" in heads[0]
+
+
+def _events(server_go: asyncio.Event, n: int, *, then_silent: bool = False) -> Handler:
+    """A region streaming ``n`` chunked events once ``server_go`` is set, each flushed on its own."""
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+        )
+        await writer.drain()
+        await server_go.wait()
+        for i in range(n):
+            event = b"data: %d\n\n" % i
+            writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.005)  # one read per event on the edge's side
+        if then_silent:
+            await asyncio.sleep(30)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    return stream
+
+
+async def test_pump_hands_each_piece_over_from_the_connections_callback(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    """The relay's per-event path: pieces reach the sink from the connection's data callback (no task
+    runs it: no future and no task switch per event), in order, and the pump ends with the body."""
+    go = asyncio.Event()
+    resp = await pool.request(await raw_server(_events(go, 10)), "GET", "/", [], b"", connect_s=1, idle_s=5)
+    got: list[bytes] = []
+    in_task: list[bool] = []
+
+    def sink(piece: bytes) -> bool:
+        got.append(piece)
+        in_task.append(asyncio.current_task() is not None)
+        return False
+
+    go.set()
+    assert await resp.pump(sink) is True
+    assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(10))
+    assert not any(in_task), in_task  # every piece from the callback, none from the pumping task
+    resp.release()
+    assert pool.open_connections == 1
+
+
+async def test_pump_hands_back_when_asked_and_what_came_meanwhile_follows_in_order(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    go = asyncio.Event()
+    resp = await pool.request(await raw_server(_events(go, 8)), "GET", "/", [], b"", connect_s=1, idle_s=5)
+    got: list[bytes] = []
+    go.set()
+    assert await resp.pump(lambda piece: got.append(piece) is None) is False  # handed back at once
+    assert got == [b"data: 0\n\n"]
+    await poll(lambda: resp.buffered > 0 or resp.complete)  # the region went on meanwhile: kept
+    assert await resp.pump(lambda piece: got.append(piece) is not None) is True
+    assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(8))
+
+
+async def test_pump_raises_what_the_sink_raised_and_times_out_a_silent_region(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    go = asyncio.Event()
+    base = await raw_server(_events(go, 2, then_silent=True))
+    resp = await pool.request(base, "GET", "/", [], b"", connect_s=1, idle_s=5)
+
+    def broken(piece: bytes) -> bool:
+        raise ConnectionResetError("the client went away")
+
+    go.set()
+    with pytest.raises(ConnectionResetError, match="client went away"):
+        await resp.pump(broken)
+    resp.close()
+
+    go2 = asyncio.Event()
+    resp = await pool.request(
+        await raw_server(_events(go2, 2, then_silent=True)), "GET", "/", [], b"", connect_s=1, idle_s=0.2
+    )
+    go2.set()
+    got: list[bytes] = []
+    with pytest.raises(TimeoutError):
+        await resp.pump(lambda piece: got.append(piece) is not None)
+    assert len(got) == 2  # both events, then the idle timeout
+    resp.close()

@@ -45,6 +45,7 @@ from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Tally
 from edge.transport.continuation import Continuable, Sent, Stitch, continuation_body, partial_of
 from edge.transport.hedging import HedgePolicy
+from edge.transport.relay import EventPump
 from edge.transport.retry_budget import RetryBudget, backoff_s
 from edge.transport.sse import DONE, EventFrames
 from edge.transport.upstream import UpstreamPool, UpstreamResponse, encode_header_text
@@ -599,6 +600,8 @@ class Forwarder:
             h["X-Meridian-Region"] = attempt.region
             if self.replica_header:
                 h["X-Meridian-Replica"] = attempt.replica
+            if call.hedged:
+                h["X-Meridian-Hedged"] = "1"
         if call.model is not None:
             h["X-Meridian-Model"] = call.model
         if call.extra:
@@ -631,8 +634,6 @@ class Forwarder:
         upstream, attempt = r.upstream, r.attempt
         assert upstream is not None
         meridian = self._meridian_headers(call, attempt)
-        if call.hedged:
-            meridian["X-Meridian-Hedged"] = "1"
         length = upstream.content_length
         streaming = upstream.content_type == "text/event-stream" or length is None or length > BUFFER_LIMIT
         if not streaming and r.first is None:
@@ -643,42 +644,44 @@ class Forwarder:
         tally = call.tally if events else None
         frames = EventFrames() if events else None  # whole, well-formed events only
         sent = Sent() if events and call.path_qs.startswith(CHAT) else None
+        pump: EventPump | None = None
+        first, read = r.first, upstream.readany
         try:
-            first = frames.feed(r.first) if frames is not None and r.first else r.first
-            if first:  # a stream's first event: its time to first byte ran to it
-                if timed:
-                    self.observed.first_token(attempt.region, r.ttfb * 1000.0)
-                    timed = False
-                if tally is not None:
-                    tally.chunk(first)
-                await resp.write(first)
-                if sent is not None:
-                    sent.add(first)
-            read = upstream.readany
-            while piece := await read():  # no async generator between the pool and the relay
+            while True:
+                if pump is not None:  # the rest of an event stream, from the connection's callback
+                    if await upstream.pump(pump):
+                        break
+                    if pump.overdue:
+                        raise TimeoutError("total timeout")
+                    if pump.revoked:
+                        return await self._revoked(r, resp)
+                    await request.writer.drain()  # a slow client: the region's events wait meanwhile
+                    continue
+                piece, first = first or await read(), None  # no async generator between pool and relay
+                if not piece:
+                    break
                 chunk = frames.feed(piece) if frames is not None else piece
                 if not chunk:
                     continue
                 if timed:  # the stream's first event: the region's time to first token, as seen from here
-                    self.observed.first_token(attempt.region, (time.monotonic() - r.started) * 1000.0)
+                    at = r.ttfb if piece is r.first else time.monotonic() - r.started
+                    self.observed.first_token(attempt.region, at * 1000.0)
                     timed = False
                 if tally is not None:  # tokens counted as they flow
                     tally.chunk(chunk)
-                await resp.write(chunk)
+                await resp.write(chunk)  # aiohttp's write: the first one carries the headers held for it
                 if sent is not None:  # what the client has, should the region break off (bounded)
                     sent.add(chunk)
                 if time.monotonic() > call.deadline:
                     raise TimeoutError("total timeout")
                 if call.standing is not None and call.standing.revoked():
                     return await self._revoked(r, resp)
+                pump = self._pump(call, frames, tally, sent)
             if frames is not None and not frames.done and call.path_qs.startswith(OPENAI_STREAMS):
                 await self._unfinished(resp, frames)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             if request.transport is None or request.transport.is_closing():
-                self.metrics.stream_aborts.labels(region=attempt.region, side="client").inc()
-                r.span.set_attribute(tracing.ATTR_OUTCOME, "client went away")
-                upstream.close()  # stop the region generating tokens nobody reads
-                return resp
+                return self._client_left(r, resp)
             return await self._broke_off(call, r, exc, resp, sent)
         except STREAM_ERRORS as exc:
             return await self._broke_off(call, r, exc, resp, sent)
@@ -686,6 +689,26 @@ class Forwarder:
             self._framed(frames, attempt)
         await resp.write_eof()
         return resp
+
+    def _client_left(self, r: Result, resp: web.StreamResponse) -> web.StreamResponse:
+        """The client went away mid-stream: counted, and the region stops generating tokens nobody reads."""
+        assert r.upstream is not None
+        self.metrics.stream_aborts.labels(region=r.attempt.region, side="client").inc()
+        r.span.set_attribute(tracing.ATTR_OUTCOME, "client went away")
+        r.upstream.close()
+        return resp
+
+    @staticmethod
+    def _pump(
+        call: Call, frames: EventFrames | None, tally: Tally | None, sent: Sent | None
+    ) -> EventPump | None:
+        """Once an event stream's first event went out through aiohttp (with the headers held for it), the
+        rest goes from the region's connection callback straight to the client."""
+        if frames is None:
+            return None
+        return EventPump.of(
+            call.request, frames, deadline=call.deadline, tally=tally, sent=sent, standing=call.standing
+        )
 
     async def _prepared(
         self, call: Call, r: Result, upstream: UpstreamResponse, meridian: dict[str, str]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -153,10 +153,15 @@ class UpstreamResponse:
         "_chunks",
         "_conn",
         "_error",
+        "_handed_back",
         "_idle_s",
+        "_last",
         "_paused",
         "_released",
+        "_sink",
+        "_sink_error",
         "_waiter",
+        "_watchdog",
         "complete",
         "headers",
         "keep_alive",
@@ -175,6 +180,11 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._paused = False
         self._idle_s: float | None = None
+        self._last = 0.0  # when body last arrived (the idle timeout's watchdog reads it)
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._sink: Callable[[bytes], bool] | None = None  # ``pump``'s: pieces go to it as they arrive
+        self._sink_error: BaseException | None = None
+        self._handed_back = False  # the sink asked for the pumping task
         self._released = False
 
     @property
@@ -203,6 +213,17 @@ class UpstreamResponse:
             w.set_result(None)
 
     def _feed(self, data: bytes) -> None:
+        self._last = time.monotonic()
+        sink = self._sink
+        if sink is not None:  # ``pump``: straight on, from this callback (no buffer, no task switch)
+            try:
+                handed_back = sink(data)
+            except Exception as exc:  # the pumping task raises it
+                self._sink_error, handed_back = exc, True
+            if handed_back:
+                self._sink, self._handed_back = None, True
+                self._wake()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER and not self._paused and self._conn.transport is not None:
@@ -212,7 +233,26 @@ class UpstreamResponse:
 
     def _finish(self) -> None:
         self.complete = True
+        self._unwatch()
         self._wake()
+
+    def _watch(self) -> None:
+        """The idle timeout's one timer per silence, not one per piece of body: when it fires, the read
+        waiting fails if the region has been silent ``_idle_s``, else the timer is set for the rest."""
+        self._watchdog = None
+        waiter, idle_s = self._waiter, self._idle_s
+        if waiter is None or waiter.done() or idle_s is None:  # not waiting: the next wait sets it again
+            return
+        silent = time.monotonic() - self._last
+        if silent >= idle_s:
+            _expire(waiter)
+        else:
+            self._watchdog = self._conn.loop.call_later(idle_s - silent, self._watch)
+
+    def _unwatch(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -229,20 +269,58 @@ class UpstreamResponse:
                 raise self._error
             loop = self._conn.loop
             waiter = self._waiter = loop.create_future()
-            idle_s = self._idle_s if within_s is None else within_s
-            timer = None if idle_s is None else loop.call_later(idle_s, _expire, waiter)
+            timer = None
+            if within_s is not None:
+                timer = loop.call_later(within_s, _expire, waiter)
+            elif self._idle_s is not None and self._watchdog is None:
+                self._last = time.monotonic()  # silence counts from this wait at the earliest
+                self._watchdog = loop.call_later(self._idle_s, self._watch)
             try:
                 await waiter
             finally:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
+        return self._take()
+
+    def _take(self) -> bytes:
         data = self._chunks.popleft()
         self._buffered -= len(data)
         if self._paused and self._buffered < LOW_WATER and self._conn.transport is not None:
             self._paused = False
             self._conn.transport.resume_reading()
         return data
+
+    async def pump(self, sink: Callable[[bytes], bool]) -> bool:
+        """The body's pieces to ``sink`` as they arrive, called from the connection's own callback: no
+        buffer, no future and no task switch per piece (a stream's relay, event by event). True when the
+        body ended; False when ``sink`` returned True (it needs the task: a slow client, a deadline), and
+        later pieces wait here until ``pump`` or ``readany`` is called again. What ``sink`` raises, the
+        region's errors and the idle timeout are raised here."""
+        while True:
+            while self._chunks:  # what arrived while nobody pumped goes first, in order
+                if sink(self._take()):
+                    return False
+            if self.complete:
+                return True
+            if self._error is not None:
+                raise self._error
+            loop = self._conn.loop
+            waiter = self._waiter = loop.create_future()
+            if self._idle_s is not None and self._watchdog is None:
+                self._last = time.monotonic()
+                self._watchdog = loop.call_later(self._idle_s, self._watch)
+            self._sink = sink
+            try:
+                await waiter
+            finally:
+                self._sink = self._waiter = None
+            handed_back, self._handed_back = self._handed_back, False
+            if self._sink_error is not None:
+                exc, self._sink_error = self._sink_error, None
+                raise exc
+            if handed_back:
+                return False
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -257,6 +335,7 @@ class UpstreamResponse:
 
     def close(self) -> None:
         """Drop the connection (the region sees the client leave and stops generating)."""
+        self._unwatch()
         if not self._released:
             self._released = True
             self._conn.close()
@@ -264,6 +343,7 @@ class UpstreamResponse:
 
     def release(self) -> None:
         """Done with this response: a finished keep-alive exchange returns its connection to the pool."""
+        self._unwatch()
         if self._released:
             return
         if not (self.complete and self.keep_alive and not self._chunks) or self._conn.closed:
