@@ -1,12 +1,15 @@
 """The operator console in a real browser: Debian's headless Chromium driven by Selenium against a real
 fleet (four regions, the control plane serving /console, edges routing on what it writes). Each test signs
-in with a real token and works the page as an operator or viewer would; the screenshots in docs/console/ are
-written by these runs (1280x800 and a phone's 390x844)."""
+in with a real token and works the page as an operator or viewer would; each view's screenshots (1280x800
+and a phone's 390x844) go to a temporary folder, or to CONSOLE_SHOTS when set (`CONSOLE_SHOTS=docs/console`
+writes the docs' pictures), so a test run leaves the tree as it was."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ pytestmark = [
         reason="needs Debian's chromium and chromium-driver (.ci/run installs them)",
     ),
 ]
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "console"
+SHOTS = Path(os.environ.get("CONSOLE_SHOTS") or Path(tempfile.gettempdir()) / "meridian-console-shots")
 CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
@@ -126,7 +129,7 @@ async def served_by(fleet: Fleet, key: str, edge: str, city: str) -> str | None:
 
 
 def shoot(driver: Any, name: str) -> None:
-    """The view as it is, at the desktop size and at a phone's, into the docs."""
+    """The view as it is, at the desktop size and at a phone's (the docs' pictures with CONSOLE_SHOTS)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.set_window_size(1280, 800)
     driver.execute_script("window.scrollTo(0, 0)")
