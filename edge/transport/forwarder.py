@@ -45,7 +45,7 @@ from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Tally
 from edge.transport.continuation import Continuable, Sent, Stitch, continuation_body, partial_of
 from edge.transport.hedging import HedgePolicy
-from edge.transport.relay import EventPump
+from edge.transport.relay import Relay
 from edge.transport.retry_budget import RetryBudget, backoff_s
 from edge.transport.sse import DONE, EventFrames
 from edge.transport.upstream import UpstreamPool, UpstreamResponse, encode_header_text
@@ -644,39 +644,33 @@ class Forwarder:
         tally = call.tally if events else None
         frames = EventFrames() if events else None  # whole, well-formed events only
         sent = Sent() if events and call.path_qs.startswith(CHAT) else None
-        pump: EventPump | None = None
-        first, read = r.first, upstream.readany
+        relay = Relay(frames, deadline=call.deadline, tally=tally, sent=sent, standing=call.standing)
+        pumping, first, read = False, r.first, upstream.readany
         try:
             while True:
-                if pump is not None:  # the rest of an event stream, from the connection's callback
-                    if await upstream.pump(pump):
+                if pumping:  # the rest of an event stream, written from the connection's callback
+                    if await upstream.pump(relay):
                         break
-                    if pump.overdue:
-                        raise TimeoutError("total timeout")
-                    if pump.revoked:
-                        return await self._revoked(r, resp)
-                    await request.writer.drain()  # a slow client: the region's events wait meanwhile
-                    continue
-                piece, first = first or await read(), None  # no async generator between pool and relay
-                if not piece:
-                    break
-                chunk = frames.feed(piece) if frames is not None else piece
-                if not chunk:
-                    continue
-                if timed:  # the stream's first event: the region's time to first token, as seen from here
-                    at = r.ttfb if piece is r.first else time.monotonic() - r.started
-                    self.observed.first_token(attempt.region, at * 1000.0)
-                    timed = False
-                if tally is not None:  # tokens counted as they flow
-                    tally.chunk(chunk)
-                await resp.write(chunk)  # aiohttp's write: the first one carries the headers held for it
-                if sent is not None:  # what the client has, should the region break off (bounded)
-                    sent.add(chunk)
-                if time.monotonic() > call.deadline:
+                    if not (relay.overdue or relay.revoked):
+                        await request.writer.drain()  # a slow client: the region's events wait meanwhile
+                else:
+                    piece, first = first or await read(), None  # no async generator between pool and relay
+                    if not piece:
+                        break
+                    chunk = relay.frame(piece)
+                    if not chunk:
+                        continue
+                    if timed:  # the stream's first event: the region's time to first token, seen from here
+                        at = r.ttfb if piece is r.first else time.monotonic() - r.started
+                        self.observed.first_token(attempt.region, at * 1000.0)
+                        timed = False
+                    await resp.write(chunk)  # aiohttp's write: the first one carries the headers held for it
+                    relay.wrote(chunk)
+                    pumping = relay.direct(request)
+                if relay.overdue:
                     raise TimeoutError("total timeout")
-                if call.standing is not None and call.standing.revoked():
+                if relay.revoked:
                     return await self._revoked(r, resp)
-                pump = self._pump(call, frames, tally, sent)
             if frames is not None and not frames.done and call.path_qs.startswith(OPENAI_STREAMS):
                 await self._unfinished(resp, frames)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
@@ -697,18 +691,6 @@ class Forwarder:
         r.span.set_attribute(tracing.ATTR_OUTCOME, "client went away")
         r.upstream.close()
         return resp
-
-    @staticmethod
-    def _pump(
-        call: Call, frames: EventFrames | None, tally: Tally | None, sent: Sent | None
-    ) -> EventPump | None:
-        """Once an event stream's first event went out through aiohttp (with the headers held for it), the
-        rest goes from the region's connection callback straight to the client."""
-        if frames is None:
-            return None
-        return EventPump.of(
-            call.request, frames, deadline=call.deadline, tally=tally, sent=sent, standing=call.standing
-        )
 
     async def _prepared(
         self, call: Call, r: Result, upstream: UpstreamResponse, meridian: dict[str, str]

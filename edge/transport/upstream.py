@@ -249,6 +249,13 @@ class UpstreamResponse:
         else:
             self._watchdog = self._conn.loop.call_later(idle_s - silent, self._watch)
 
+    def _arm(self) -> None:
+        """A read starts waiting: the idle timeout's watchdog set, unless one already runs (silence counts
+        from this wait at the earliest)."""
+        if self._idle_s is not None and self._watchdog is None:
+            self._last = time.monotonic()
+            self._watchdog = self._conn.loop.call_later(self._idle_s, self._watch)
+
     def _unwatch(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -272,9 +279,8 @@ class UpstreamResponse:
             timer = None
             if within_s is not None:
                 timer = loop.call_later(within_s, _expire, waiter)
-            elif self._idle_s is not None and self._watchdog is None:
-                self._last = time.monotonic()  # silence counts from this wait at the earliest
-                self._watchdog = loop.call_later(self._idle_s, self._watch)
+            else:
+                self._arm()
             try:
                 await waiter
             finally:
@@ -305,11 +311,8 @@ class UpstreamResponse:
                 return True
             if self._error is not None:
                 raise self._error
-            loop = self._conn.loop
-            waiter = self._waiter = loop.create_future()
-            if self._idle_s is not None and self._watchdog is None:
-                self._last = time.monotonic()
-                self._watchdog = loop.call_later(self._idle_s, self._watch)
+            waiter = self._waiter = self._conn.loop.create_future()
+            self._arm()
             self._sink = sink
             try:
                 await waiter
