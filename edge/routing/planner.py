@@ -20,6 +20,7 @@ from edge.routing.ranking import (
     Decision,
     Lead,
     Network,
+    Ranking,
     RouteCache,
     distance_network,
     draw,
@@ -188,13 +189,7 @@ class Planner:
     def decide(self, place: Place, snapshot: Snapshot, model: str | None = None) -> Decision:
         """Primary, backup and order of regions for a client at ``place`` (the primary held per pin group)."""
         now = self.clock()
-        ranking = self.cache(snapshot).ranking(
-            country=place.country,
-            continent=place.continent,
-            excluded=self.outliers.ejected_regions(now),
-            share=self._shares(snapshot, now),
-            model=None if self.topology.catalog.open else model,
-        )
+        ranking = self._ranking(self.cache(snapshot), place, model, now, self._shares(snapshot, now))
         group = (ranking.pinned, ranking.serving)
         old = self.leads.get(group)
         lead = hold(old, ranking, now=now, rng=self.rng)
@@ -207,14 +202,21 @@ class Planner:
         planner's route cache, holds and failback state as they are; the dial draw on a fixed seed."""
         now = self.clock()
         shares = {n: f for n in snapshot.regions if (f := self.failback.share(n, now)) != 1.0}
-        ranking = RouteCache(self.topology, snapshot, self.network()).ranking(
+        routes = RouteCache(self.topology, snapshot, self.network())
+        return draw(self._ranking(routes, place, model, now, shares or None), random.Random(0), None)
+
+    def _ranking(
+        self, routes: RouteCache, place: Place, model: str | None, now: float, share: dict[str, float] | None
+    ) -> Ranking:
+        """The regions ranked for a client at ``place`` and ``model`` (none where the catalog is open),
+        without the ejected ones."""
+        return routes.ranking(
             country=place.country,
             continent=place.continent,
             excluded=self.outliers.ejected_regions(now),
-            share=shares or None,
+            share=share,
             model=None if self.topology.catalog.open else model,
         )
-        return draw(ranking, random.Random(0), None)
 
     def client_view(self, place: Place) -> ClientView:
         """The client's round-trip estimate to this edge and to the nearest edge (memoised per cell)."""

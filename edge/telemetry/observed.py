@@ -45,29 +45,29 @@ class Observed:
         """Requests in flight per replica of ``region`` (a live view: read it, do not keep it)."""
         return self.outstanding[region]
 
-    def record(self, region: str, *, error: bool) -> None:
-        """One attempt's outcome in ``region``."""
+    def _counters(self, region: str) -> RegionCounters:
         c = self.counters.get(region)
         if c is None:
             c = self.counters[region] = RegionCounters()
+        return c
+
+    def record(self, region: str, *, error: bool) -> None:
+        """One attempt's outcome in ``region``."""
+        c = self._counters(region)
         c.requests += 1
         if error:
             c.errors += 1
 
     def served(self, region: str, continent: str | None) -> None:
         """A request from a client on ``continent`` was answered from ``region`` (the console's flows)."""
-        c = self.counters.get(region)
-        if c is None:
-            c = self.counters[region] = RegionCounters()
+        c = self._counters(region)
         key = continent or "unknown"
         c.origins[key] = c.origins.get(key, 0) + 1
 
     def first_token(self, region: str, ttft_ms: float) -> None:
         """A stream's first event arrived ``ttft_ms`` after the attempt left: the region's service time is
         that minus this edge's own round trip to it (what every edge reports alike)."""
-        c = self.counters.get(region)
-        if c is None:
-            c = self.counters[region] = RegionCounters()
+        c = self._counters(region)
         c.service_sum_ms += max(0.0, ttft_ms - self.rtt_ms(region))
         c.service_n += 1
 
