@@ -28,7 +28,6 @@ from controlplane.runs import Runs
 from controlplane.schemas import AUTHENTICATED, CANCEL, EXPLAIN, STAFF, AuditPage
 from controlplane.store import StateStore, StoreError, StoreUnavailable
 from fleet.keys import (
-    KEY_POOLS,
     KEY_SIGNALS,
     active_key,
     applied_key,
@@ -180,11 +179,9 @@ async def _traffic(store: StateStore, topo: Topology) -> dict[str, int]:
 async def _fleet(store: StateStore) -> tuple[list[Any], dict[str, Any]]:
     """Every autoscaled pool as the autoscaler last published it, and each replica's engine signals
     ("region/replica" -> running, waiting, KV cache use, when scraped)."""
-    async with store.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(KEY_POOLS)
-        pipe.hgetall(KEY_SIGNALS)
-        raw_pools, raw_signals = await pipe.execute()
-    pools = sorted((json.loads(v) for v in raw_pools.values()), key=lambda p: (p["region"], p["model"]))
+    raw_pools = await store.pools()
+    raw_signals = await store.redis.hgetall(KEY_SIGNALS)
+    pools = sorted(raw_pools.values(), key=lambda p: (p["region"], p["model"]))
     signals = {}
     for k, v in raw_signals.items():
         s = json.loads(v)

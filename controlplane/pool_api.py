@@ -4,9 +4,6 @@ interruption notices (operators, or a node agent with a pools token)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
@@ -22,19 +19,16 @@ from controlplane.schemas import (
     PoolList,
     PoolStatus,
 )
-from controlplane.store import StateStore, raise_unavailable
-from fleet.keys import KEY_POOLS
+from controlplane.store import StateStore
 from fleet.pools import PoolKey
 
 
 async def _statuses(state: State) -> dict[str, PoolStatus]:
     store: StateStore = state.store
-    async with raise_unavailable():
-        raw: Any = await store.redis.hgetall(KEY_POOLS)
     out = {}
-    for k, v in raw.items():
+    for k, v in (await store.pools()).items():
         try:
-            out[k.decode() if isinstance(k, bytes) else k] = PoolStatus.model_validate(json.loads(v))
+            out[k] = PoolStatus.model_validate(v)
         except ValueError:
             continue
     return out

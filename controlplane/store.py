@@ -30,6 +30,7 @@ from fleet.keys import (
     KEY_AUDIT,
     KEY_EDGES,
     KEY_EPOCH,
+    KEY_POOLS,
     KEY_REGIONS,
     KEY_SIGNALS,
     KEY_TENANTS,
@@ -460,6 +461,19 @@ class StateStore:
             await self.redis.hset(KEY_SIGNALS, mapping=dict[Any, Any](records))
         except _UNAVAILABLE as exc:
             raise _classify(exc) from exc
+
+    async def pools(self) -> dict[str, dict[str, Any]]:
+        """Every autoscaled pool as the autoscaler last published it, by "region/model" (a record that is
+        not JSON is left out)."""
+        async with raise_unavailable():
+            raw: dict[Any, Any] = await self.redis.hgetall(KEY_POOLS)
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[_text(k)] = json.loads(v)
+            except ValueError:
+                continue
+        return out
 
     async def observation_cursors(self, edges: Sequence[str]) -> dict[str, str]:
         """Where each edge's observation stream ends now (read from there on: what came before is old)."""
