@@ -184,9 +184,17 @@ def wrk(url: str, *, conns: int, duration: int, script: Path) -> tuple[float, in
     return (float(m.group(1)) if m else 0.0), (int(n.group(1)) if n else 0)
 
 
-def cpu_seconds(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system seconds of a process (``children``: and of its children, a gateway forking workers)."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in (proc, *(proc.children(recursive=True) if children else ())):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 async def wait_http(url: str, timeout: float = 20) -> None:
