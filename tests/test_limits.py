@@ -43,6 +43,23 @@ def test_a_lease_is_never_overdrawn_and_a_debt_is_never_forgiven() -> None:
     assert b.held == 25 and b.carry(101.0) == 0
 
 
+def test_what_every_process_holds_idle_leaves_half_the_burst_to_the_arrivals() -> None:
+    """Leased permits not yet spent are charged at the primary: were the processes' idle leases to fill the
+    burst, a process running short would be refused while the tenant is under its rate."""
+    for edges in (1, 2, 4, 8, 16, 32):
+        b = Bucket(limit=60_000, edges=edges)  # 1,000 tokens a second, 1 s of burst
+        held = 0.0
+        for _ in range(200):  # one process: leases asked for at half of one, refunds of 7 tokens kept
+            if b.needs_lease(0.0) and not b.carry(0.0):
+                b.granted(b.lease_size(), 0, 0.0, now=0.0)
+            b.refund(7)
+            if b.carry(0.0):
+                b.granted(0, b.carry(0.0), 0.0, now=0.0)
+            held = max(held, b.held)
+        assert held <= 2 * b.lease_size()
+        assert edges * held <= 0.5 * 1000 + 2 * edges, (edges, b.lease_size())  # ceil: a permit each
+
+
 def test_the_local_share_is_the_limit_over_the_edges() -> None:
     b = Bucket(limit=2400)  # 40 a second; 4 edges: 10 a second each, 1 s of tolerance
     passed = sum(b.local_share(1, t / 1000, edges=4) for t in range(0, 3000, 5))  # 200 a second offered

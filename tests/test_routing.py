@@ -423,24 +423,30 @@ def test_route_cache_keys_on_ejections_and_shares() -> None:
 
 # --- the latency model: this edge's network, the region's service, a primary held against noise ---------
 
-TWIN = Topology.model_validate(
-    {
-        "policy": {"tie_margin": 0.05},
-        "regions": [
-            {
-                "name": name,
-                "location": {"lat": 50, "lon": 0},  # the same place: only service times separate them
-                "failure_domain": name,
-                "capacity": 10,
-                "replicas": [
-                    {"name": f"{name}1", "url": f"http://{name}1"},
-                    {"name": f"{name}2", "url": f"http://{name}2"},
-                ],
-            }
-            for name in ("a", "b")
-        ],
-    }
-)
+
+def same_place(*names: str) -> Topology:
+    return Topology.model_validate(
+        {
+            "policy": {"tie_margin": 0.05},
+            "regions": [
+                {
+                    "name": name,
+                    "location": {"lat": 50, "lon": 0},  # the same place: only service times separate them
+                    "failure_domain": name,
+                    "capacity": 10,
+                    "replicas": [
+                        {"name": f"{name}1", "url": f"http://{name}1"},
+                        {"name": f"{name}2", "url": f"http://{name}2"},
+                    ],
+                }
+                for name in names
+            ],
+        }
+    )
+
+
+TWIN = same_place("a", "b")
+TRIO = same_place("a", "b", "c")
 
 
 class Clock:
@@ -475,6 +481,12 @@ def twin(a: float, b: float, **a_state: object) -> Snapshot:
             "b": RegionState(name="b", latency_ms=b),
         },
     )
+
+
+def trio(a: float, b: float, c: float, **a_state: object) -> Snapshot:
+    states = {"a": RegionState(name="a", latency_ms=a).model_copy(update=a_state)}
+    states |= {n: RegionState(name=n, latency_ms=ms) for n, ms in (("b", b), ("c", c))}
+    return Snapshot(version=1, regions=states)
 
 
 PLACE = ClientPlace(Location(lat=50, lon=0), None, None, "geoip")
@@ -555,12 +567,42 @@ def test_a_better_region_takes_over_only_after_the_hold() -> None:
     clock = Clock()
     p = planner(TWIN, "a", clock)
     assert p.decide(PLACE, twin(100.0, 150.0)).primary == "a"
+    clock.now += TWIN.policy.switch_hold_s  # a lead held past its draw's settling
     better = twin(200.0, 100.0)  # b is now better by 100 ms, more than the 20 ms and 20 % margin
     assert p.decide(PLACE, better).primary == "a"  # the challenger's hold starts
     clock.now += TWIN.policy.switch_hold_s - 0.1
     assert p.decide(PLACE, better).primary == "a"
     clock.now += 0.2
     assert p.decide(PLACE, better).primary == "b"
+
+
+def test_a_primary_forced_by_a_loss_yields_once_to_a_region_better_by_more_than_the_tie() -> None:
+    """Its region fails and the draw lands on the second best (its numbers at that moment were noise): the
+    switch margin (20 ms and 20 %) would hold it there for good; a drawn lead settles once instead."""
+    clock = Clock()
+    p = planner(TRIO, "a", clock)
+    assert p.decide(PLACE, trio(100.0, 130.0, 140.0)).primary == "a"
+    clock.now += 60.0
+    assert p.decide(PLACE, trio(100.0, 140.0, 130.0, health="down")).primary == "c"  # c, at that moment
+    settled = trio(100.0, 120.0, 135.0, health="down")  # b better by 11 %: past the tie, within the margin
+    assert p.decide(PLACE, settled).primary == "c"  # the settling hold starts
+    clock.now += TRIO.policy.settle_hold_s
+    assert p.decide(PLACE, settled).primary == "b"
+    clock.now += 1.0
+    assert p.decide(PLACE, trio(100.0, 135.0, 120.0, health="down")).primary == "b"  # once: held now
+    clock.now += TRIO.policy.switch_hold_s
+    assert p.decide(PLACE, trio(100.0, 135.0, 120.0, health="down")).primary == "b"
+    assert p.decide(PLACE, trio(100.0, 135.0, 120.0)).primary == "a"  # the region it stood in for is back
+
+
+def test_a_drawn_primary_settles_only_within_the_switch_hold() -> None:
+    clock = Clock()
+    p = planner(TWIN, "a", clock)
+    assert p.decide(PLACE, twin(100.0, 130.0)).primary == "a"
+    clock.now += TWIN.policy.switch_hold_s
+    for _ in range(10):  # b better by 9 % for 10 s: within the switch margin, held
+        clock.now += 1.0
+        assert p.decide(PLACE, twin(110.0, 100.0)).primary == "a"
 
 
 def test_a_residency_pin_beats_latency() -> None:

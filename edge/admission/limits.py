@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-LEASE_S = 0.25  # a lease holds this much of the tenant's global rate
+LEASE_S = 0.25  # a lease holds this much of the tenant's global rate ...
+LEASE_BURST_SHARE = 0.25  # ... at most this much of the burst over the edge processes sharing it
 LEASE_TTL_S = 2.0  # unused leased permits older than this go back to the primary (a debt is always paid)
 OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
 TOLERANCE_S = 1.0  # default GCRA burst tolerance: this much of the rate may arrive at once
@@ -77,10 +78,15 @@ class Bucket:
         self.share(self.edges)
 
     def share(self, edges: int) -> None:
-        """``edges`` processes share the limit. A lease is ``LEASE_S`` of the rate, less when many share it,
-        so what all of them hold at once stays within the burst (over any window: the rate plus the burst)."""
+        """``edges`` processes share the limit. A lease is ``LEASE_S`` of the rate, less when many share it:
+        leased permits not yet spent are charged at the primary, so what every process holds idle comes out
+        of the burst the tenant's own arrivals need. Each holds up to two leases (the next is asked for at
+        half of one; kept refunds are given back above two), so together at most half the burst is held
+        (a quarter at the usual moment); the other half absorbs the arrivals' variation."""
         self.edges = edges
-        self.lease = max(1, math.ceil(self.limit / 60.0 * min(LEASE_S, self.burst_s / edges)))
+        self.lease = max(
+            1, math.ceil(self.limit / 60.0 * min(LEASE_S, LEASE_BURST_SHARE * self.burst_s / edges))
+        )
 
     @property
     def interval_s(self) -> float:

@@ -19,8 +19,10 @@ decide before scoring. The primary is held: it changes at once when it stops bei
 drain, dial 0, saturation, ejection), otherwise only when another region has been better by more than
 ``switch_margin_ms`` and ``switch_margin_ratio`` of its score for ``switch_hold_s``. A new primary among
 near-equal leaders (within ``tie_margin``) is chosen by a softmin draw, so edges sharing the same numbers do
-not herd. The operator dials are applied as probabilities along the order, which honours them exactly in
-aggregate: a dial of 50 keeps half of a region's traffic and passes the rest to the next choice.
+not herd; a drawn primary saw one moment, so within ``switch_hold_s`` it yields once to a region better by
+more than ``tie_margin`` for ``settle_hold_s``. The operator dials are applied as probabilities along the
+order, which honours them exactly in aggregate: a dial of 50 keeps half of a region's traffic and passes the
+rest to the next choice.
 """
 
 from __future__ import annotations
@@ -355,43 +357,61 @@ class Lead:
     """The primary this edge holds for one pin group, and the challenger timing its hold (if any). A lead
     chosen on estimates (a term not measured yet) is not firm: it follows the ranking until measured. A lead
     that took over because its predecessor stopped being a candidate remembers it (``displaced``): when that
-    region is a candidate again and scores better, it takes the lead back at once (failback, not a switch)."""
+    region is a candidate again and scores better, it takes the lead back at once (failback, not a switch).
+    A drawn lead (a first choice, or one forced by its predecessor's loss) was chosen on the numbers of one
+    moment, the noisiest when a region has just failed and its traffic is moving: until ``settle_until`` it
+    yields once to a region better by more than the tie margin for ``settle_hold_s``, then it is held like
+    any other."""
 
     region: str
     firm: bool = True
     challenger: str | None = None
     since: float = 0.0
     displaced: str | None = None
+    settle_until: float = 0.0
 
 
 def hold(lead: Lead | None, ranking: Ranking, *, now: float, rng: random.Random) -> Lead | None:
     """Which region leads ``ranking`` now. The incumbent keeps the lead unless it stopped being a candidate
     (down, drained, dial 0, saturated, ejected, not pinned: it moves at once, and moves back at once when
     the region returns), or another region has been better by more than the switch margin for
-    ``switch_hold_s``. A new lead among near-equal leaders is a softmin draw (anti-herding)."""
+    ``switch_hold_s``. A new lead among near-equal leaders is a softmin draw (anti-herding); within
+    ``switch_hold_s`` of the draw it yields once to a region better by more than the tie margin for
+    ``settle_hold_s``."""
     ranked = ranking.ranked
     if not ranked:
         return lead  # nothing routable: remember the lead for when something is
     if lead is not None and lead.firm and lead.challenger is None and ranked[0].region == lead.region:
         return lead  # the steady state: the held primary is still the best
     inc = None if lead is None else ranking.score(lead.region)
+    p = ranking.policy
     if lead is None or inc is None:
         first = _draw_order(ranked, ranking.tier, ranking.temperature, rng)[0]
-        return Lead(first.region, _firm(ranking, first), displaced=None if lead is None else lead.region)
+        displaced = None if lead is None else lead.region
+        return Lead(
+            first.region, _firm(ranking, first), displaced=displaced, settle_until=now + p.switch_hold_s
+        )
     back = None if lead.displaced is None else ranking.score(lead.displaced)
     if back is not None and back.score_ms < inc.score_ms:  # the region it stood in for is back
         return Lead(back.region, _firm(ranking, back))
-    best, p = ranked[0], ranking.policy
+    best = ranked[0]
     if not lead.firm:  # chosen on estimates: follow the ranking until the choice stands on measurements
         if best.region != lead.region and best.score_ms < inc.score_ms:
             return Lead(best.region, _firm(ranking, best), displaced=lead.displaced)
         return replace(lead, firm=True) if _firm(ranking, inc) else lead
-    margin = max(p.switch_margin_ms, p.switch_margin_ratio * inc.score_ms)
+    settling = now < lead.settle_until  # a drawn lead: the tie margin, a short hold, and once only
+    margin = (
+        p.tie_margin * inc.score_ms
+        if settling
+        else max(p.switch_margin_ms, p.switch_margin_ratio * inc.score_ms)
+    )
     if best.region == lead.region or inc.score_ms - best.score_ms <= margin:
         return lead if lead.challenger is None else replace(lead, challenger=None)
     if lead.challenger != best.region:
         return replace(lead, challenger=best.region, since=now)
-    return Lead(best.region) if now - lead.since >= p.switch_hold_s else lead
+    if now - lead.since < (p.settle_hold_s if settling else p.switch_hold_s):
+        return lead
+    return Lead(best.region, displaced=lead.displaced if settling else None)
 
 
 def _firm(ranking: Ranking, lead: RegionScore) -> bool:

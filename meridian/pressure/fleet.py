@@ -111,6 +111,7 @@ def topology(scale: Scale, knobs: Knobs) -> dict[str, Any]:
             **base.policy.model_dump(mode="json"),
             "pins": {},
             "switch_hold_s": scale.s(base.policy.switch_hold_s),
+            "settle_hold_s": scale.s(base.policy.settle_hold_s),
         },
         "models": {MODEL: prices, COLD_MODEL: prices},
         "autoscaling": {
