@@ -132,8 +132,8 @@ class Policy(_Strict):
     settle_hold_s: float = Field(
         default=0.5,
         ge=0,
-        description="a drawn primary (first, or forced by a loss) yields once within switch_hold_s to a "
-        "region better by more than tie_margin for this long",
+        description="a primary forced by a loss yields once within switch_hold_s to a region better by more "
+        "than tie_margin for this long",
     )
     misroute_margin_ms: float = Field(
         default=30.0, ge=0, description="a client this much nearer (RTT) to another edge was misrouted by DNS"

@@ -19,8 +19,8 @@ decide before scoring. The primary is held: it changes at once when it stops bei
 drain, dial 0, saturation, ejection), otherwise only when another region has been better by more than
 ``switch_margin_ms`` and ``switch_margin_ratio`` of its score for ``switch_hold_s``. A new primary among
 near-equal leaders (within ``tie_margin``) is chosen by a softmin draw, so edges sharing the same numbers do
-not herd; a drawn primary saw one moment, so within ``switch_hold_s`` it yields once to a region better by
-more than ``tie_margin`` for ``settle_hold_s``. The operator dials are applied as probabilities along the
+not herd; one forced by a loss saw one moment, so within ``switch_hold_s`` it yields once to a region better
+by more than ``tie_margin`` for ``settle_hold_s``. The operator dials are applied as probabilities along the
 order, which honours them exactly in aggregate: a dial of 50 keeps half of a region's traffic and passes the
 rest to the next choice.
 """
@@ -358,10 +358,9 @@ class Lead:
     chosen on estimates (a term not measured yet) is not firm: it follows the ranking until measured. A lead
     that took over because its predecessor stopped being a candidate remembers it (``displaced``): when that
     region is a candidate again and scores better, it takes the lead back at once (failback, not a switch).
-    A drawn lead (a first choice, or one forced by its predecessor's loss) was chosen on the numbers of one
-    moment, the noisiest when a region has just failed and its traffic is moving: until ``settle_until`` it
-    yields once to a region better by more than the tie margin for ``settle_hold_s``, then it is held like
-    any other."""
+    A lead forced by its predecessor's loss was drawn on the numbers of one moment, the noisiest (a region
+    has just failed, its traffic is moving): until ``settle_until`` it yields once to a region better by
+    more than the tie margin for ``settle_hold_s``, then it is held like any other."""
 
     region: str
     firm: bool = True
@@ -375,8 +374,8 @@ def hold(lead: Lead | None, ranking: Ranking, *, now: float, rng: random.Random)
     """Which region leads ``ranking`` now. The incumbent keeps the lead unless it stopped being a candidate
     (down, drained, dial 0, saturated, ejected, not pinned: it moves at once, and moves back at once when
     the region returns), or another region has been better by more than the switch margin for
-    ``switch_hold_s``. A new lead among near-equal leaders is a softmin draw (anti-herding); within
-    ``switch_hold_s`` of the draw it yields once to a region better by more than the tie margin for
+    ``switch_hold_s``. A new lead among near-equal leaders is a softmin draw (anti-herding); one forced by
+    a loss yields once, within ``switch_hold_s``, to a region better by more than the tie margin for
     ``settle_hold_s``."""
     ranked = ranking.ranked
     if not ranked:
@@ -387,9 +386,10 @@ def hold(lead: Lead | None, ranking: Ranking, *, now: float, rng: random.Random)
     p = ranking.policy
     if lead is None or inc is None:
         first = _draw_order(ranked, ranking.tier, ranking.temperature, rng)[0]
-        displaced = None if lead is None else lead.region
+        if lead is None:  # the first choice: held like any other once measured
+            return Lead(first.region, _firm(ranking, first))
         return Lead(
-            first.region, _firm(ranking, first), displaced=displaced, settle_until=now + p.switch_hold_s
+            first.region, _firm(ranking, first), displaced=lead.region, settle_until=now + p.switch_hold_s
         )
     back = None if lead.displaced is None else ranking.score(lead.displaced)
     if back is not None and back.score_ms < inc.score_ms:  # the region it stood in for is back
@@ -399,7 +399,7 @@ def hold(lead: Lead | None, ranking: Ranking, *, now: float, rng: random.Random)
         if best.region != lead.region and best.score_ms < inc.score_ms:
             return Lead(best.region, _firm(ranking, best), displaced=lead.displaced)
         return replace(lead, firm=True) if _firm(ranking, inc) else lead
-    settling = now < lead.settle_until  # a drawn lead: the tie margin, a short hold, and once only
+    settling = now < lead.settle_until  # a lead forced by a loss: the tie margin, a short hold, once only
     margin = (
         p.tie_margin * inc.score_ms
         if settling
