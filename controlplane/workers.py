@@ -25,6 +25,7 @@ from controlplane.store import StateStore, StoreError
 from controlplane.tenants import TenantStore
 from fleet.redisconn import connect, raise_if_cancelling, redact
 from fleet.state import Topology
+from fleet.tasks import stop_tasks
 
 log = logging.getLogger("meridian.api")
 
@@ -102,11 +103,7 @@ class Workers:
         if self.autoscaler is not None:
             self.autoscaler.stop()
             await self.autoscaler.close()
-        for t in self.tasks:
-            t.cancel()
-        # bounded: a task whose cancel a Redis client swallowed never hangs the shutdown
-        _, stuck = await asyncio.wait(self.tasks, timeout=SHUTDOWN_TASKS_S)
-        for t in stuck:
+        for t in await stop_tasks(self.tasks, SHUTDOWN_TASKS_S):  # bounded: shutting down always finishes
             log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
 
 

@@ -180,3 +180,29 @@ async def test_the_tenants_using_most_are_ranked_by_tokens_requests_or_spend(
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[2].split()[:3] == [chatty, "chatty", "4"], lines
     assert all(len(line) <= 100 for line in lines)
+
+
+async def test_an_edge_that_stops_writes_its_last_usage_batch(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """The writer's batches are a minute apart here: what the edge ledgered since its last one is written
+    by its stop, after its background tasks have ended."""
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        auth=True,
+        regions=("eu-west-1",),
+        sim_kwargs={"ttft_ms": 1.0},
+        edge_overrides={"observation_interval_s": 60.0},
+    )
+    try:
+        tenant, key = await f.tenant_key({"tpm": 1_000_000})
+        assert (await call(f, "eu-west-1", key, "london", max_tokens=4))[0] == 200
+        _, before = await f.admin("GET", f"/v1/tenants/{tenant}/usage")
+        assert before["totals"]["requests"] == 0  # not written yet: the next batch is a minute away
+        await f.edges["eu-west-1"].close()
+        _, after = await f.admin("GET", f"/v1/tenants/{tenant}/usage")
+        assert after["totals"]["requests"] == 1 and after["totals"]["completion_tokens"] == 4
+    finally:
+        await f.close()

@@ -37,6 +37,7 @@ from edge.telemetry.usage import Ledger
 from edge.transport.forwarder import Forwarder
 from edge.transport.upstream import UpstreamPool
 from fleet.state import Topology
+from fleet.tasks import stop_tasks
 from fleet.topology import load_topology
 
 log = logging.getLogger("meridian.edge")
@@ -57,6 +58,7 @@ class Edge:
     reporter: Reporter | None
     _primary: Redis | None
     _usage_client: Redis | None
+    _usage_writer: UsageWriter | None
     _tasks: list[asyncio.Task[None]]
     _cleanups: list[Callable[[], Awaitable[None]]]
 
@@ -95,7 +97,7 @@ class Edge:
         self.waker = build.waker(settings, topo, metrics)
         self.proxy = self._request_path(rng)
         self.rtt = build.rtt(settings, topo, self.pool, self.observed)
-        self.reporter = self._primary = self._usage_client = None  # opened by start()
+        self.reporter = self._primary = self._usage_client = self._usage_writer = None  # opened by start()
         self.explain_url: str | None = None  # where its route explainer listens (set when it serves)
         self._tasks, self._cleanups = [], []
         self._endpoints()
@@ -195,7 +197,7 @@ class Edge:
             self._usage_client = build.connect_store(
                 settings, settings.redis_primary_url or settings.redis_url, socket_timeout=1.0
             )
-            writer = UsageWriter(
+            writer = self._usage_writer = UsageWriter(
                 client=self._usage_client,
                 edge=settings.region,
                 ledger=self.ledger,
@@ -213,12 +215,10 @@ class Edge:
         for cleanup in cleanups:
             await cleanup()
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_TASKS_S)
-            for t in stuck:  # shutting down must finish even if a Redis client swallowed its cancel
-                log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
+        for t in await stop_tasks(tasks, SHUTDOWN_TASKS_S):  # bounded: shutting down always finishes
+            log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
+        if self._usage_writer is not None:  # one last batch, so a clean shutdown loses no usage
+            await self._usage_writer.flush()
         await self.gate.close()
         await self.waker.close()
         await self.pool.close()

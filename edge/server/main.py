@@ -45,9 +45,9 @@ def settle_gc() -> None:
 async def serve(
     edge: Edge, host: str, port: int, *, reuse_port: bool = False, shutdown_timeout: float = SHUTDOWN_S
 ) -> web.ServerRunner:
-    """Start the edge's background work and listen; the caller stops with ``runner.cleanup()`` then
+    """Listen, then start the edge's background work (a port that cannot be had stops the start before
+    anything else has run, so its line is the only one); the caller stops with ``runner.cleanup()`` then
     ``edge.stop()``."""
-    await edge.start()
     runner = web.ServerRunner(edge.server(), shutdown_timeout=shutdown_timeout)
     await runner.setup()
     settings = edge.settings
@@ -63,6 +63,7 @@ async def serve(
             )
             await site.start()
             edge.explain_url = _url(settings.internal_host, settings.internal_port)
+        await edge.start()
     except BaseException:
         await runner.cleanup()
         await edge.stop()

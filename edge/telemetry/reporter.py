@@ -172,9 +172,7 @@ class UsageWriter:
             log.debug("usage batch kept for the next try: %s", exc)
 
     async def run(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(self.interval_s)
-                await self.flush()
-        finally:  # stopping: one last batch, so a clean shutdown loses no usage
-            await asyncio.shield(self.flush())
+        """A batch every interval; the edge's stop sends the last one (after this task has ended)."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()
