@@ -2,7 +2,7 @@
 on a fleet running the shipped Redis ACL users: a lease never overdrawn, a debt carried to the primary, a
 reservation the client cannot lower, bad max_tokens refused with the field named, a limit change at once,
 an abandoned request letting go of its slot, /v1/models per tenant, the capped priority forwarded, and
-partial tenant updates."""
+partial tenant updates, and requests that arrive together sharing a small lease."""
 
 from __future__ import annotations
 
@@ -262,3 +262,19 @@ async def test_a_holding_lowered_while_requests_arrive_is_never_granted_twice(fl
             await limiter.client.aclose()
     assert slots.in_use <= slots.held, (slots.in_use, slots.held)
     assert 1 + admitted_a + admitted_b <= 3, (admitted_a, admitted_b)
+
+
+async def test_requests_arriving_together_on_a_small_lease_are_refused_only_by_the_primary(
+    fleet: Fleet,
+) -> None:
+    """Found by the paced sweep after a stall of the shared loop: a burst at one edge process waited on one
+    lease of one permit, the first took it, and the others — after a second shared lease went the same way —
+    were refused with the tenant far under its rate and the primary never asked for them."""
+    tenant = Tenant(id="t-burst", name="burst", limits=Limits(rpm=600))  # 10 a second, 1 s of burst
+    limiter = Limiter(client=aioredis.from_url(fleet.primary.url_for(edge_user(EDGE))), edges=8)
+    try:
+        assert limiter._bucket(tenant, "requests", 600).lease_size() == 1
+        verdicts = await asyncio.gather(*(limiter.admit(tenant, 0) for _ in range(8)))
+    finally:
+        await limiter.client.aclose()
+    assert [v.admitted for v in verdicts] == [True] * 8, [v.refused for v in verdicts]

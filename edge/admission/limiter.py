@@ -309,14 +309,16 @@ class Limiter:
 
     async def _spend(self, tenant: str, name: str, bucket: Bucket, cost: float) -> bool:
         """Too little held (or the primary is out): the local share, or a lease of what is missing on the
-        request path (a lease another request already asked for first, then one's own)."""
-        for _ in range(2):
+        request path — a lease another request already asked for first, then one's own, which the primary
+        grants to this request whole or refuses (nothing runs between its answer and the take): a burst
+        sharing a small lease is refused only by the primary's word."""
+        for own in (False, True):
             now = self.clock()
             if now < self.outage_until:
                 return bucket.local_share(cost, now, self.edges)
             if now < bucket.refused_at + bucket.wait_s:
                 return False
-            await self._lease(tenant, name, bucket, cost)
+            await self._lease(tenant, name, bucket, cost, own=own)
             now = self.clock()
             if now < self.outage_until:
                 return bucket.local_share(cost, now, self.edges)
@@ -330,11 +332,15 @@ class Limiter:
         """The next lease, in the background, before this one runs out."""
         self._background(self._lease(tenant, name, bucket, 0))
 
-    async def _lease(self, tenant: str, name: str, bucket: Bucket, cost: float) -> None:
+    async def _lease(self, tenant: str, name: str, bucket: Bucket, cost: float, *, own: bool = False) -> None:
         """One lease from the primary; a request that finds one already asked for waits for that one (a
         burst of requests on an empty bucket costs one round trip, not one each, and cannot run the
-        tenant's theoretical arrival time past the tolerance with leases nobody needed)."""
+        tenant's theoretical arrival time past the tolerance with leases nobody needed) unless it asks for
+        its ``own`` (the shared one went to others)."""
         pending = self._pending.get((tenant, name))
+        if pending is not None and own:
+            await self._ask(tenant, name, bucket, cost)
+            return
         if pending is not None:
             await asyncio.shield(pending)
             return
