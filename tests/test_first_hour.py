@@ -74,6 +74,8 @@ def test_demo_a_then_demo_b_and_the_whole_suite_beside_it_then_the_tour_against_
                     "-m",
                     "pytest",
                     "-q",
+                    "-n",
+                    "2",  # the load it was measured with beside two demos (the README's run uses 3)
                     "-p",
                     "no:cacheprovider",
                     "-m",
