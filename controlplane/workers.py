@@ -103,8 +103,7 @@ class Workers:
         if self.autoscaler is not None:
             self.autoscaler.stop()
             await self.autoscaler.close()
-        for t in await stop_tasks(self.tasks, SHUTDOWN_TASKS_S):  # bounded: shutting down always finishes
-            log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
+        await stop_tasks(self.tasks, SHUTDOWN_TASKS_S)  # bounded: shutting down always finishes
 
 
 async def _seed_until_done(settings: ControlPlaneSettings, state: State) -> None:

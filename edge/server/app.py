@@ -215,8 +215,7 @@ class Edge:
         for cleanup in cleanups:
             await cleanup()
         tasks, self._tasks = self._tasks, []
-        for t in await stop_tasks(tasks, SHUTDOWN_TASKS_S):  # bounded: shutting down always finishes
-            log.warning("background task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
+        await stop_tasks(tasks, SHUTDOWN_TASKS_S)  # bounded: shutting down always finishes
         if self._usage_writer is not None:  # one last batch, so a clean shutdown loses no usage
             await self._usage_writer.flush()
         await self.gate.close()
