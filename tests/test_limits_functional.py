@@ -234,11 +234,13 @@ class Seen:
     tokens: int = 0  # usage of the admitted answers
     other: Counter[int] = field(default_factory=Counter)
     elapsed: float = 0.0
-    offered: list[tuple[float, int]] = field(default_factory=list)  # (sent at, cost: a request, or its usage)
+    # (when, cost): a request, or its token reservation as sent and the excess refunded as its answer ends
+    offered: list[tuple[float, int]] = field(default_factory=list)
 
     def peak(self, rate: float) -> float:
         """The most the offered cost ran above ``rate`` over any window (the arrivals' own burst): a paced
-        client at 0.9x whose requests vary in size (10 to 200 tokens) still has windows above the rate."""
+        client at 0.9x whose requests vary in size (10 to 200 tokens) still has windows above the rate, and
+        the reservations of requests in flight count until their answers end."""
         peak, low, total = 0.0, math.inf, 0.0
         for at, cost in sorted(self.offered):
             low = min(low, total - rate * at)  # the lowest point of (offered - rate x time) before this one
@@ -283,9 +285,15 @@ async def run_cell(fleet: Fleet, cell: Cell, key: str, rng: random.Random) -> Se
     async def one(s: aiohttp.ClientSession, url: str) -> None:
         lo, hi = cell.tokens or (2, 2)
         body = {**CHAT, "max_tokens": rng.randint(lo, hi)}
-        seen.offered.append((time.monotonic(), 2 + body["max_tokens"] if "tpm" in cell.limits else 1))
+        tokens = "tpm" in cell.limits
+        # the limiter charges a request's reservation (its prompt estimated from the body) as it arrives,
+        # and refunds the reservation's excess over the usage when the answer ends
+        charged = len(json.dumps(body).encode()) // 4 + body["max_tokens"] if tokens else 1
+        seen.offered.append((time.monotonic(), charged))
         async with s.post(url, json=body, headers=headers) as r:
             answer = await r.read()
+            if tokens:
+                seen.offered.append((time.monotonic(), 2 + body["max_tokens"] - charged))
             if r.status == 200:
                 seen.admitted += 1
                 seen.tokens += json.loads(answer)["usage"]["total_tokens"]
