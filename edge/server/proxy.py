@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import math
 import time
 
 from aiohttp import web
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from edge.admission.admit import Admission, Admitted
 from edge.admission.gate import Gate, Shed
@@ -60,8 +58,7 @@ class Proxy:
         hedging: HedgePolicy,
         forwarder: Forwarder,
         metrics: EdgeMetrics,
-        tracer: trace.Tracer,
-        sampler: tracing.HeadSampler,
+        spans: tracing.RequestSpans,
         hedgeable_routes: tuple[str, ...],
         inference_routes: dict[str, tuple[str, ...]],
         catalog: Catalog,
@@ -78,8 +75,7 @@ class Proxy:
         self.hedging = hedging
         self.forwarder = forwarder
         self.metrics = metrics
-        self.tracer = tracer
-        self.sampler = sampler
+        self.spans = spans
         self.hedgeable = frozenset(hedgeable_routes) if settings.hedge_enabled else frozenset()
         self.edge_headers = {"X-Meridian-Edge": settings.region}
         self.active = Active()  # the requests in flight here (the console's view, an operator's cancel)
@@ -118,7 +114,7 @@ class Proxy:
             return await self.models_view(
                 principal, path.removeprefix("/v1/models").removeprefix("/") or None
             )
-        span = self._request_span(request)
+        span = self.spans.start(request)
         key = None
         if isinstance(request, EdgeRequest):  # its answer's x-request-id: the trace id
             request.request_id = format(span.get_span_context().trace_id, "032x")
@@ -166,43 +162,6 @@ class Proxy:
             f"{request.path} answers {allow} only",
             kind="invalid_request_error",
             headers={**self.edge_headers, "Allow": allow},
-        )
-
-    def _trusts_trace_of(self, request: web.BaseRequest) -> bool:
-        networks = self.settings.tracing_trusted_peers
-        if not networks or request.remote is None:
-            return False
-        try:
-            peer = ipaddress.ip_address(request.remote)
-        except ValueError:
-            return False
-        return any(peer in net for net in networks)
-
-    def _request_span(self, request: web.BaseRequest) -> trace.Span:
-        """The request's span: sampled by our own sampler, or following a trusted peer's decision; a
-        client's own trace context is linked, never obeyed."""
-        headers = request.headers
-        if "traceparent" not in headers:
-            return self.sampler.left_out() or self._server_span(request, None)
-        if self._trusts_trace_of(request):  # a peer of ours: its sampling decision is followed
-            return self._server_span(request, tracing.PROPAGATOR.extract(headers))
-        client = trace.get_current_span(tracing.PROPAGATOR.extract(headers)).get_span_context()
-        links = [trace.Link(client)] if client.is_valid else None
-        return self.sampler.left_out() or self._server_span(request, None, links=links)
-
-    def _server_span(
-        self, request: web.BaseRequest, parent: Context | None, *, links: list[trace.Link] | None = None
-    ) -> trace.Span:
-        return self.tracer.start_span(
-            tracing.SPAN_SERVER,
-            context=parent,
-            links=links,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": request.method,
-                "url.path": request.path,
-                tracing.ATTR_EDGE: self.settings.region,
-            },
         )
 
     async def _proxy(

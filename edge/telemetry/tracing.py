@@ -1,18 +1,35 @@
-"""Tracing set-up (I/O at start-up only): the TracerProvider and exporter chosen by settings, the W3C
-propagator, and the span and attribute names every edge uses."""
+"""Tracing: the set-up (I/O at start-up only: the TracerProvider and exporter chosen by settings), the W3C
+propagator, the span and attribute names every edge uses, and each request's span (sampled here, or as a
+trusted peer decided)."""
 
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import random
 import sys
+from collections.abc import Sequence
 
+from aiohttp import web
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags, set_span_in_context
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from edge.settings import IPNetwork
 
 PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -60,6 +77,48 @@ class HeadSampler:
             trace_id=bits(128) or 1, span_id=bits(64) or 1, is_remote=False, trace_flags=TraceFlags(0)
         )
         return NonRecordingSpan(ctx)
+
+
+class RequestSpans:
+    """Each request's server span: sampled by ``sampler``, or following the decision of a peer in
+    ``trusted`` (another edge, a gateway of ours); a client's own trace context is linked, never obeyed."""
+
+    def __init__(self, tracer: Tracer, sampler: HeadSampler, trusted: Sequence[IPNetwork], edge: str) -> None:
+        self.tracer, self.sampler, self.trusted, self.edge = tracer, sampler, tuple(trusted), edge
+
+    def start(self, request: web.BaseRequest) -> Span:
+        headers = request.headers
+        if "traceparent" not in headers:
+            return self.sampler.left_out() or self._server_span(request, None)
+        if self._trusts(request.remote):  # a peer of ours: its sampling decision is followed
+            return self._server_span(request, PROPAGATOR.extract(headers))
+        client = get_current_span(PROPAGATOR.extract(headers)).get_span_context()
+        links = [Link(client)] if client.is_valid else None
+        return self.sampler.left_out() or self._server_span(request, None, links=links)
+
+    def _trusts(self, remote: str | None) -> bool:
+        if not self.trusted or remote is None:
+            return False
+        try:
+            peer = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        return any(peer in net for net in self.trusted)
+
+    def _server_span(
+        self, request: web.BaseRequest, parent: Context | None, *, links: list[Link] | None = None
+    ) -> Span:
+        return self.tracer.start_span(
+            SPAN_SERVER,
+            context=parent,
+            links=links,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "url.path": request.path,
+                ATTR_EDGE: self.edge,
+            },
+        )
 
 
 def make_tracer_provider(*, service_name: str, region: str, exporter: str) -> TracerProvider:
