@@ -19,10 +19,11 @@ from edge.admission.gate import Gate, Shed
 from edge.admission.geo import ClientLocator, ClientPlace, IPAddress
 from edge.admission.tenants import Principal
 from edge.admission.wake import Waker
-from edge.errors import error, internal_error, unknown_model
+from edge.errors import error, internal_error
 from edge.routing.planner import Planner, Wanted, wanted_of
 from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
+from edge.server.models import ModelList
 from edge.settings import EdgeSettings, TimeoutSet
 from edge.telemetry import tracing
 from edge.telemetry.active import Active
@@ -86,6 +87,14 @@ class Proxy:
         self.gate = gate
         self.ledger = ledger  # None: no usage accounting (authentication off)
         self.waker = waker  # holds requests for pools that scaled to zero
+        self.models = ModelList(
+            feed=feed,
+            fallback=fallback,
+            planner=planner,
+            catalog=catalog,
+            admission=admission,
+            metrics=metrics,
+        )
         self._model_timeouts: dict[tuple[Priority, float], TimeoutSet] = {}  # (priority, a model's limit)
         key = settings.region_api_key
         self.region_credential = None if key is None else key.get_secret_value()
@@ -111,7 +120,7 @@ class Proxy:
             if principal.expires_at is not None and time.time() >= principal.expires_at:
                 return self.admission.expired(principal.expires_at)
         if path.startswith("/v1/models") and not self.catalog.open:
-            return await self.models_view(
+            return await self.models.answer(
                 principal, path.removeprefix("/v1/models").removeprefix("/") or None
             )
         span = self.spans.start(request)
@@ -432,47 +441,6 @@ class Proxy:
                 self.metrics.child(self.metrics.model_fallbacks, wanted.model, other).inc()
                 return alt_plan, alt, with_model(body, other)
         return plan, wanted, body
-
-    async def models_view(self, principal: Principal | None, one: str | None = None) -> web.Response:
-        """The models routable now that the caller may use, in OpenAI's list format, each with the regions
-        that serve it; ``one``: that model alone (404 ``model_not_found`` when it is not among them). A
-        tenant's listing counts as one of its requests (``rpm``; 429 when over)."""
-        tenant = None if principal is None else principal.tenant
-        limiter = self.admission.limiter
-        headers = self.edge_headers
-        if tenant is not None and limiter is not None and tenant.limits.rpm is not None:
-            verdict = limiter.admit_held(tenant, 0) or await limiter.admit(tenant, 0)
-            if not verdict.admitted:
-                return self.admission.rate_limited(tenant, verdict)
-            headers = {**headers, **verdict.headers}
-        if tenant is not None:
-            self.metrics.tenants.outcome(tenant.id, "ok")
-        snap = self.feed.current or self.fallback
-        routes = self.planner.cache(snap)
-        data = []
-        for name, spec in self.catalog.models.items():
-            if (tenant is not None and not tenant.may_use(name)) or (one is not None and name != one):
-                continue
-            regions = sorted(
-                r for r in routes.regions_serving(name) if (st := snap.regions.get(r)) and st.routable
-            )
-            if regions:
-                meridian = {"regions": regions, "base": spec.base, "context_length": spec.context_length}
-                meridian["fallbacks"] = list(spec.fallbacks)
-                data.append(
-                    {
-                        "id": name,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "meridian",
-                        "meridian": meridian,
-                    }
-                )
-        if one is None:
-            return web.json_response({"object": "list", "data": data}, headers=headers)
-        if not data:
-            return unknown_model(one).response(headers)
-        return web.json_response(data[0], headers=headers)
 
     def _hedge_delay(
         self, request: web.BaseRequest, priority: Priority, plan: AttemptPlan, snap: Snapshot
