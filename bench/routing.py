@@ -2,10 +2,11 @@
 
 Run: python -m pytest bench/routing.py --benchmark-only -p no:cacheprovider -n 0
 One decision = score every region from this edge, hold the primary, apply dials, choose the backup, then
-pick a replica (the edge's filters -> scorers -> picker: power of two choices here). Two cases: the edge's
+pick a replica (the edge's filters -> scorers -> picker: power of two choices here). Three cases: the edge's
 steady state (the planner's route cache already holds the plan for this snapshot and network: the hold
-check, the per-request draw and the planner's own replica choice run) and a cold decision (a new snapshot
-or network view: full scoring).
+check, the per-request draw and the planner's own replica choice run), the same for requests with an
+affinity key (a session or prompt_cache_key: the bounded-load ring, 1,000 sessions) and a cold decision (a
+new snapshot or network view: full scoring).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from edge.routing import ranking as routing
 from edge.routing.candidates import Candidate, Candidates, Pick, PickPolicy, Ring
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
-from edge.routing.planner import NOTHING, Planner, ReplicaChoice
+from edge.routing.planner import NOTHING, Planner, ReplicaChoice, Wanted
 from edge.routing.ranking import Chooser
 from edge.routing.replicas import pick
 from edge.telemetry.observed import Observed
@@ -120,6 +121,29 @@ def test_routing_decision_planned(benchmark: Any) -> None:
     result = benchmark(lambda: first_replica(planner.decide(PLACES[next(counter) % 64], SNAP), rng, chooser))
     assert result is not None
     assert planner.routes is not None and planner.routes.misses == 1  # one plan, then only hits
+
+
+def test_routing_decision_planned_with_an_affinity_key(benchmark: Any) -> None:
+    rng = random.Random(7)
+    planner = Planner(
+        topology=TOPO,
+        edge=TOPO.regions[0].name,
+        outliers=OutlierDetector(),
+        failback=Failback(),
+        observed=Observed(),
+        rng=rng,
+        clock=time.monotonic,
+        max_attempts=3,
+    )
+    sessions = [ReplicaChoice(planner, Wanted(key=rng.getrandbits(64))) for _ in range(1000)]
+    counter = iter(range(10**9))
+
+    def decide() -> str:
+        i = next(counter)
+        return first_replica(planner.decide(PLACES[i % 64], SNAP), rng, sessions[i % 1000])
+
+    assert benchmark(decide) is not None
+    assert planner.affinity["hit"] > 0  # the ring chose: each key's own replica had room
 
 
 def test_routing_decision_cold(benchmark: Any) -> None:

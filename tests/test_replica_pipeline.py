@@ -105,6 +105,29 @@ def test_the_bounded_ring_sends_a_key_home_and_overflows_it_when_home_is_full() 
     assert moved.name != home.name and not on_key
 
 
+def test_a_keys_walk_is_every_replica_once_in_ring_order_from_its_place() -> None:
+    names = [f"r{i}" for i in range(17)]
+    ring = Ring(names)
+    points = sorted((p, n) for p, n in zip(ring._points, ring._names, strict=True))
+    rng = random.Random(3)
+    for key in [0, 2**64 - 1, points[0][0], points[-1][0], *(rng.getrandbits(64) for _ in range(200))]:
+        start = next((i for i, (p, _) in enumerate(points) if p >= key), 0)  # the key's place, wrapping
+        along = [n for _, n in points[start:] + points[:start]]
+        expected = list(dict.fromkeys(along))  # distinct, in the order met
+        assert list(ring.walk(key)) == expected
+        assert ring.walk(key) is ring.walk(key)  # made once per starting point
+    assert Ring([]).walk(42) == ()
+
+
+def test_the_bounded_ring_skips_replicas_that_are_not_candidates() -> None:
+    ring = Ring(["a", "b", "c"])
+    home, _ = pickers.bounded_ring([Candidate(n, 0) for n in "abc"], 777, ring, 1.25, None)
+    others = [Candidate(n, 0) for n in "abc" if n != home.name]
+    chosen, on_key = pickers.bounded_ring(others, 777, ring, 1.25, None)
+    assert chosen.name == next(n for n in ring.walk(777) if n != home.name)  # the next along the ring
+    assert on_key  # the first candidate along the ring is the key's own while its home is gone
+
+
 def test_lazy_candidates_are_made_only_when_looked_at() -> None:
     made: list[str] = []
 

@@ -104,25 +104,34 @@ def signalled(pool: Sequence[Candidate]) -> bool:
 class Ring:
     """A consistent-hash ring over a region's replicas (every replica the topology declares)."""
 
-    __slots__ = ("_names", "_points")
+    __slots__ = ("_distinct", "_names", "_points", "_walks")
 
     def __init__(self, names: Sequence[str], vnodes: int = VNODES) -> None:
         points = sorted((_h(f"{name}#{i}"), name) for name in names for i in range(vnodes))
         self._points = [p for p, _ in points]
         self._names = [n for _, n in points]
+        self._distinct = len(set(self._names))
+        self._walks: dict[int, tuple[str, ...]] = {}  # by starting point: at most one per point
 
-    def walk(self, key: int) -> Iterator[str]:
-        """Distinct replicas in ring order from the key's place."""
+    def walk(self, key: int) -> tuple[str, ...]:
+        """Distinct replicas in ring order from the key's place (made once per starting point)."""
         n = len(self._points)
         if not n:
-            return
+            return ()
         start = bisect.bisect_left(self._points, key) % n
-        seen: set[str] = set()
+        hit = self._walks.get(start)
+        if hit is None:
+            hit = self._walks[start] = self._walk_from(start)
+        return hit
+
+    def _walk_from(self, start: int) -> tuple[str, ...]:
+        names, n, distinct = self._names, len(self._names), self._distinct
+        seen: dict[str, None] = {}  # insertion-ordered
         for i in range(n):
-            name = self._names[(start + i) % n]
-            if name not in seen:
-                seen.add(name)
-                yield name
+            seen.setdefault(names[(start + i) % n])
+            if len(seen) == distinct:  # every replica met: the rest of the ring repeats them
+                break
+        return tuple(seen)
 
 
 def slow_start_share(joined_at: float | None, now: float, *, window_s: float, floor: float = 0.1) -> float:

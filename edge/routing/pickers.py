@@ -40,13 +40,15 @@ def bounded_ring(
     def room(r: Candidate) -> bool:
         return r.outstanding < max(1, math.ceil(mean_next * r.share))
 
-    walk = [by_name[n] for n in ring.walk(key) if n in by_name]  # a non-candidate is skipped, as if gone
     kept = by_name.get(last) if last is not None else None
     if kept is not None and room(kept):  # the conversation's newest prefix is there
         return kept, False
-    if room(walk[0]):
-        return walk[0], True
-    for r in walk[1:]:
+    home = True  # the first candidate along the ring is the key's own replica
+    for name in ring.walk(key):
+        r = by_name.get(name)
+        if r is None:  # a non-candidate is skipped, as if gone
+            continue
         if room(r):
-            return r, False
+            return r, home
+        home = False
     return min(pool, key=lambda r: (r.outstanding + 1) / r.share), False
