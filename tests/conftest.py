@@ -17,28 +17,6 @@ from tests.fleet import Fleet, ServerFactory, start_fleet
 from tests.geodb import build_city_db
 
 
-@pytest.hookimpl(trylast=True)  # after -m has deselected: the order of what runs
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist the tests marked slow run first, spread over the workers: work stealing hands each worker a
-    contiguous share of the collection and runs it in order, so a long test collected late would be the
-    run's tail while the others sit idle."""
-    workers = config.getoption("numprocesses", default=None)
-    if not isinstance(workers, int) or workers < 2:
-        return
-    slow = [it for it in items if it.get_closest_marker("slow")]
-    rest = iter([it for it in items if not it.get_closest_marker("slow")])
-    ordered: list[pytest.Item] = []
-    left = len(items)
-    for k in range(workers):  # the shares as xdist cuts them: what is left over the workers left
-        size = left // (workers - k)
-        share = slow[k::workers]
-        ordered += share + [next(rest) for _ in range(max(0, size - len(share)))]
-        left -= size
-    ordered += list(rest)
-    if len(ordered) == len(items):  # every test once (more slow tests than a share holds: left as they were)
-        items[:] = ordered
-
-
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key in list(os.environ):
