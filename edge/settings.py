@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edge.peers import IPNetwork
 from fleet.redisconn import RedisURL
 from fleet.secret import Secret
 from fleet.tenants import Priority
 from fleet.topology import LogLevel
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TimeoutSet(BaseModel):

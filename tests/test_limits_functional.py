@@ -97,11 +97,17 @@ async def test_a_refusal_is_openais_429_and_every_answer_carries_the_rate_header
     assert h["x-ratelimit-reset-requests"].endswith("s")
 
 
+def reservation(body: dict[str, Any]) -> int:
+    """The tokens the edge reserves for ``body`` as it arrives: its bytes / 4 (the prompt's estimate) plus its
+    max_tokens (aiohttp's ``json=`` sends ``json.dumps``'s bytes)."""
+    return len(json.dumps(body).encode()) // 4 + int(body["max_tokens"])
+
+
 async def test_tokens_per_minute_count_each_requests_real_usage(fleet: Fleet) -> None:
     key = await tenant_key(fleet, {"tpm": 6_000})  # 100 a second; each request reserves ~26, uses 4
     seconds = 4.0
     statuses = await drive(fleet, key, seconds, per_edge=2, edges=["eu-west-1", "us-east-1"])
-    reserved = len(json.dumps(CHAT).encode()) // 4 + 2  # body bytes / 4 + max_tokens
+    reserved = reservation(CHAT)
     used = 2 + 2  # the simulator's usage: "<|user|>hi" is 2 prompt tokens, then 2 completion tokens
     print(f"\ntpm 6000, {seconds:g} s: {statuses[200]} passed ({statuses[200] * used} tokens used)")
     assert statuses[429] > 0
@@ -288,7 +294,7 @@ async def run_cell(fleet: Fleet, cell: Cell, key: str, rng: random.Random) -> Se
         tokens = "tpm" in cell.limits
         # the limiter charges a request's reservation (its prompt estimated from the body) as it arrives,
         # and refunds the reservation's excess over the usage when the answer ends
-        charged = len(json.dumps(body).encode()) // 4 + body["max_tokens"] if tokens else 1
+        charged = reservation(body) if tokens else 1
         seen.offered.append((time.monotonic(), charged))
         async with s.post(url, json=body, headers=headers) as r:
             answer = await r.read()

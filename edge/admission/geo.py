@@ -13,10 +13,8 @@ import geoip2.database
 import geoip2.errors
 import maxminddb
 
-from edge.settings import IPNetwork
+from edge.peers import IPAddress, IPNetwork, is_trusted, parse_address
 from fleet.state import Location
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class GeoDatabaseError(RuntimeError):
@@ -36,18 +34,6 @@ class ClientPlace:
     source: str  # "geoip" | "edge-default"
 
 
-def _parse(value: str) -> IPAddress | None:
-    v = value.strip()
-    if v.startswith("[") and "]" in v:  # [v6]:port
-        v = v[1 : v.index("]")]
-    elif v.count(":") == 1 and "." in v:  # v4:port
-        v = v.split(":", 1)[0]
-    try:
-        return ipaddress.ip_address(v)
-    except ValueError:
-        return None
-
-
 def client_ip(
     peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
 ) -> IPAddress | None:
@@ -56,24 +42,18 @@ def client_ip(
     Walking right to left, every hop that is itself a trusted proxy is skipped; the first untrusted hop is
     the client. A malformed hop stops the walk: the last address we could verify is used instead.
     """
-    addr = _parse(peer) if peer else None
-    if addr is None or not _is_trusted(addr, trusted) or not forwarded_for:
+    addr = parse_address(peer) if peer else None
+    if addr is None or not is_trusted(addr, trusted) or not forwarded_for:
         return addr
     hops = [h for header in forwarded_for for h in header.split(",")]
     for hop in reversed(hops):
-        parsed = _parse(hop)
+        parsed = parse_address(hop)
         if parsed is None:
             return addr
         addr = parsed
-        if not _is_trusted(parsed, trusted):
+        if not is_trusted(parsed, trusted):
             return parsed
     return addr
-
-
-def _is_trusted(addr: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr.version == net.version and addr in net for net in trusted)
 
 
 def is_public(addr: IPAddress) -> bool:

@@ -25,10 +25,10 @@ class ModelList:
         catalog: Catalog,
         admission: Admission,
         metrics: EdgeMetrics,
+        edge_headers: dict[str, str],
     ) -> None:
         self.feed, self.fallback, self.planner, self.catalog = feed, fallback, planner, catalog
-        self.admission, self.metrics = admission, metrics
-        self.edge_headers = {"X-Meridian-Edge": planner.edge}
+        self.admission, self.metrics, self.edge_headers = admission, metrics, edge_headers
 
     async def answer(self, principal: Principal | None, one: str | None = None) -> web.Response:
         """The models routable now that the caller may use, in OpenAI's list format, each with the regions

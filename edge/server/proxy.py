@@ -16,10 +16,11 @@ from opentelemetry.trace import Status, StatusCode
 
 from edge.admission.admit import Admission, Admitted
 from edge.admission.gate import Gate, Shed
-from edge.admission.geo import ClientLocator, ClientPlace, IPAddress
+from edge.admission.geo import ClientLocator, ClientPlace
 from edge.admission.tenants import Principal
 from edge.admission.wake import Waker
 from edge.errors import error, internal_error
+from edge.peers import IPAddress
 from edge.routing.planner import Planner, Wanted, wanted_of
 from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
@@ -94,6 +95,7 @@ class Proxy:
             catalog=catalog,
             admission=admission,
             metrics=metrics,
+            edge_headers=self.edge_headers,
         )
         self._model_timeouts: dict[tuple[Priority, float], TimeoutSet] = {}  # (priority, a model's limit)
         key = settings.region_api_key

@@ -5,7 +5,6 @@ trusted peer decided)."""
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import random
 import sys
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from edge.settings import IPNetwork
+from edge.peers import IPNetwork, trusted_peer
 
 PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -90,20 +89,11 @@ class RequestSpans:
         headers = request.headers
         if "traceparent" not in headers:
             return self.sampler.left_out() or self._server_span(request, None)
-        if self._trusts(request.remote):  # a peer of ours: its sampling decision is followed
+        if trusted_peer(request.remote, self.trusted):  # a peer of ours: its sampling decision is followed
             return self._server_span(request, PROPAGATOR.extract(headers))
         client = get_current_span(PROPAGATOR.extract(headers)).get_span_context()
         links = [Link(client)] if client.is_valid else None
         return self.sampler.left_out() or self._server_span(request, None, links=links)
-
-    def _trusts(self, remote: str | None) -> bool:
-        if not self.trusted or remote is None:
-            return False
-        try:
-            peer = ipaddress.ip_address(remote)
-        except ValueError:
-            return False
-        return any(peer in net for net in self.trusted)
 
     def _server_span(
         self, request: web.BaseRequest, parent: Context | None, *, links: list[Link] | None = None
