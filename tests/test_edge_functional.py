@@ -241,9 +241,10 @@ async def test_dial_of_fifty_sends_half_to_the_next_best_region(fleet: Fleet) ->
         ) as r:
             eu = next(x for x in (await r.json())["scores"] if x["region"] == "eu-west-1")
     print(f"\ndial 50 over 2000 London requests: {dict(served)}")
-    # the other half goes to the next best region (a probe stalled by a busy machine may reorder the two
-    # runners-up for a moment: at most 1 % elsewhere)
-    assert {"eu-west-1", "us-east-1"} <= set(served) and served["us-east-1"] >= 0.99 * (
+    # the other half goes to the next best region. A probe stalled by a busy machine may bring the two
+    # runners-up within the tie margin for a moment, and the softmin then gives the third up to 12 % of
+    # that moment's traffic: 2.5 % of the half was seen under CI's first hour (the suite beside two demos)
+    assert {"eu-west-1", "us-east-1"} <= set(served) and served["us-east-1"] >= 0.95 * (
         2000 - served["eu-west-1"]
     )
     # only the dial should have moved traffic: a brown-out or a failback ramp would too (say which)
