@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
@@ -92,6 +92,27 @@ class Candidates(Sequence[Candidate]):
     def __iter__(self) -> Iterator[Candidate]:
         for i in range(len(self.names)):
             yield self[i]
+
+
+class Counts(Candidates):
+    """A region's candidates when all that is known of each is this edge's count of requests in flight
+    there: each made from the live count when looked at (cheap and the same on a second look, so nothing
+    is kept), and the view itself reused by every request while the region's replica list stands."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self, names: Sequence[str], outstanding: Mapping[str, int]) -> None:
+        self.names, self.signalled, self._count = names, False, outstanding.get
+
+    @overload
+    def __getitem__(self, i: int) -> Candidate: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Candidate]: ...
+    def __getitem__(self, i: int | slice) -> Candidate | Sequence[Candidate]:
+        if type(i) is int:
+            name = self.names[i]
+            return Candidate(name, self._count(name, 0))
+        return [self[j] for j in range(*i.indices(len(self.names)))]  # type: ignore[union-attr]
 
 
 def signalled(pool: Sequence[Candidate]) -> bool:

@@ -12,7 +12,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edge.routing.candidates import Ask, Candidate, Candidates, Pick, PickPolicy, Ring, slow_start_share
+from edge.routing.candidates import (
+    Ask,
+    Candidate,
+    Candidates,
+    Counts,
+    Pick,
+    PickPolicy,
+    Ring,
+    slow_start_share,
+)
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
 from edge.routing.ranking import (
@@ -148,7 +157,7 @@ class Planner:
         self.leads: dict[tuple[tuple[str, ...] | None, frozenset[str] | None], Lead] = {}
         self._places: dict[tuple[int, int], ClientView] = {}
         # (region, model) -> (the signals and route cache it was computed on, when, its pool load)
-        self._bare: dict[str, Callable[[str], Candidate]] = {}  # region -> its candidates from counts alone
+        self._counts: dict[str, Counts] = {}  # region -> its candidates from counts alone (its last list)
         self._loads: dict[tuple[str, str | None], tuple[object, object, float, PoolLoad | None]] = {}
 
     def network(self) -> Network:
@@ -355,10 +364,10 @@ class Planner:
         outstanding = self.observed.outstanding_in(region)
         signals = self.signals().get(region)
         if not signals and not self.joined:  # all that is known of each is this edge's own count
-            bare = self._bare.get(region)
-            if bare is None:
-                bare = self._bare[region] = _bare(outstanding)
-            return Candidates(names, bare, signalled=False)
+            counts = self._counts.get(region)
+            if counts is None or counts.names is not names:
+                counts = self._counts[region] = Counts(names, outstanding)
+            return counts
         now = self.clock()
         tuning, joined = self.tuning, self.joined
 
@@ -392,12 +401,3 @@ class Planner:
                 share[name] = f
         self._steady = snapshot if share is None else None
         return share
-
-
-def _bare(outstanding: Mapping[str, int]) -> Callable[[str], Candidate]:
-    """A candidate from this edge's own count of requests in flight (a live view of ``outstanding``)."""
-
-    def make(name: str) -> Candidate:
-        return Candidate(name, outstanding.get(name, 0))
-
-    return make

@@ -279,9 +279,14 @@ class Ranking:
     walk: tuple[float, ...] | None = None
     outcomes: list[Decision | None] = field(default_factory=list)  # filled on first use
     led: dict[str, Ranking] = field(default_factory=dict)  # this ranking with another region held first
+    by_region: dict[str, RegionScore] = field(init=False, repr=False, compare=False)  # of ``ranked``
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_region", {s.region: s for s in self.ranked})
 
     def score(self, region: str) -> RegionScore | None:
-        return next((s for s in self.ranked if s.region == region), None)
+        """``region``'s place in the ranking (None: not a candidate); asked by the hold on every request."""
+        return self.by_region.get(region)
 
 
 def _decision(order: Sequence[RegionScore], chosen: RegionScore | None, ranking: Ranking) -> Decision:

@@ -42,7 +42,11 @@ def pick(
     if not candidates:
         return None
     ask = Ask(policy, key, adapter, last) if key is not None or adapter is not None else policy.ask
-    pool, why = _filtered(candidates, ask)
+    pool, why = candidates, ""
+    for step in STEPS:  # the filters, each keeping what it keeps, their notes the start of the "why"
+        pool, note = step(pool, ask)
+        if note is not None:
+            why += f"{note}; "
     if key is None:
         return Pick(two_choices(pool, policy, rng).name, why + PLAIN)
     chosen, on_key = bounded_ring(pool, key, ring, policy.load_factor, last)
@@ -50,16 +54,6 @@ def pick(
         return Pick(chosen.name, f"{why}affinity key", True)
     kept = chosen.name == last
     return Pick(chosen.name, f"{why}affinity key {'kept where it overflowed' if kept else 'overflowed'}")
-
-
-def _filtered(pool: Sequence[Candidate], ask: Ask) -> tuple[Sequence[Candidate], str]:
-    """What the filters kept, and their notes as the start of the pick's "why"."""
-    why = ""
-    for step in STEPS:
-        pool, note = step(pool, ask)
-        if note is not None:
-            why += f"{note}; "
-    return pool, why
 
 
 STEPS = tuple(step for _, step in FILTERS)
