@@ -7,7 +7,7 @@ import random
 import pytest
 
 from edge.routing import filters, pickers, scorers
-from edge.routing.candidates import Ask, Candidate, Candidates, PickPolicy, Ring
+from edge.routing.candidates import Ask, Candidate, Candidates, Counts, PickPolicy, Ring
 from edge.routing.replicas import explain, pick
 from fleet.signals import EngineSignals
 
@@ -138,6 +138,16 @@ def test_lazy_candidates_are_made_only_when_looked_at() -> None:
     pool = Candidates([f"r{i}" for i in range(50)], make, signalled=False)
     chosen = pick(pool, key=None, adapter=None, ring=Ring([]), policy=POLICY, rng=random.Random(1))
     assert chosen is not None and len(made) == 2  # the two draws, not the region's fifty
+
+
+def test_a_count_only_view_reads_the_live_counts_on_every_look() -> None:
+    outstanding = {"a": 3}
+    pool = Counts(["a", "b"], outstanding)
+    assert [(r.name, r.outstanding) for r in pool] == [("a", 3), ("b", 0)] and not pool.signalled
+    outstanding["b"] = 5  # a request left for b: the same view, reused by the next request, sees it
+    assert pool[1].outstanding == 5 and pool[-1].name == "b" and names(pool[0:2]) == ["a", "b"]
+    chosen = pick(pool, key=None, adapter=None, ring=Ring([]), policy=POLICY, rng=random.Random(1))
+    assert chosen is not None and chosen.replica == "a"  # 3 in flight against 5: the two draws compare
 
 
 def test_explain_shows_what_each_step_kept_and_every_raw_rating() -> None:
