@@ -117,8 +117,9 @@ class Counts(Candidates):
 
 def signalled(pool: Sequence[Candidate]) -> bool:
     """Whether any candidate has fresh engine signals (without making a lazy pool's replicas)."""
-    if isinstance(pool, Candidates):
-        return pool.signalled
+    known: bool | None = getattr(pool, "signalled", None)  # a lazy pool knows (an ABC isinstance costs 3x)
+    if known is not None:
+        return known
     return any(r.signals is not None for r in pool)
 
 

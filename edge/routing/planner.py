@@ -198,7 +198,8 @@ class Planner:
     def decide(self, place: Place, snapshot: Snapshot, model: str | None = None) -> Decision:
         """Primary, backup and order of regions for a client at ``place`` (the primary held per pin group)."""
         now = self.clock()
-        ranking = self._ranking(self.cache(snapshot), place, model, now, self._shares(snapshot, now))
+        share = None if self._steady is snapshot else self._shares(snapshot, now)  # steady: every region full
+        ranking = self._ranking(self.cache(snapshot), place, model, now, share)
         group = (ranking.pinned, ranking.serving)
         old = self.leads.get(group)
         lead = hold(old, ranking, now=now, rng=self.rng)
@@ -386,9 +387,7 @@ class Planner:
 
     def _shares(self, snapshot: Snapshot, now: float) -> dict[str, float] | None:
         """Regions below full share (recovering or held down), or None when every region is at full share:
-        a steady fleet reuses its plans."""
-        if self._steady is snapshot:
-            return None
+        a steady fleet reuses its plans (``decide`` asks only while the snapshot is not known steady)."""
         share: dict[str, float] | None = None
         failback = self.failback
         for name, st in snapshot.regions.items():
