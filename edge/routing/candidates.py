@@ -112,7 +112,7 @@ class Counts(Candidates):
         if type(i) is int:
             name = self.names[i]
             return Candidate(name, self._count(name, 0))
-        return [self[j] for j in range(*i.indices(len(self.names)))]  # type: ignore[union-attr]
+        return super().__getitem__(i)  # a slice: the base's, looking at each through this
 
 
 def signalled(pool: Sequence[Candidate]) -> bool:
