@@ -276,8 +276,12 @@ def test_ctrl_c_while_starting_ends_quietly(module: str) -> None:
         preexec_fn=_default_sigint,
     )
 
-    def importing() -> bool:  # pydantic's core is among the first of the component's imports
-        return "pydantic_core" in Path(f"/proc/{proc.pid}/maps").read_text()
+    def importing() -> bool:
+        # the component's own process: until the exec, the forked child is a copy of this one (pydantic
+        # loaded, SIGINT already at its default: a signal then kills it, status -2); read before the maps
+        if b"-m\0" + module.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            return False
+        return "pydantic_core" in Path(f"/proc/{proc.pid}/maps").read_text()  # among its first imports
 
     deadline = time.monotonic() + 10
     while not importing():
