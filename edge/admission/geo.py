@@ -147,9 +147,10 @@ class GeoLocator:
 
 
 class ClientLocator:
-    """Who and where a request's client is: ``client_ip`` then ``GeoLocator.locate``, cached by what the
-    request carried (peer address and X-Forwarded-For text: hashing strings is cheaper than parsing
-    addresses, ~10 µs each, and matching them against networks on every request)."""
+    """Who and where a request's client is: ``client_ip`` (as text, what the upstream headers and the
+    explainer carry) then ``GeoLocator.locate``, cached by what the request carried (peer address and
+    X-Forwarded-For text: hashing strings is cheaper than parsing addresses, ~10 µs each, matching them
+    against networks, and writing them back out, ~1 µs, on every request)."""
 
     MAX_KEY_TEXT = 256  # longer X-Forwarded-For chains are resolved uncached
 
@@ -158,7 +159,7 @@ class ClientLocator:
         self.trusted = tuple(trusted)
         self._cached = lru_cache(maxsize=cache_size)(self._resolve)
 
-    def resolve(self, peer: str | None, forwarded_for: Sequence[str]) -> tuple[IPAddress | None, ClientPlace]:
+    def resolve(self, peer: str | None, forwarded_for: Sequence[str]) -> tuple[str | None, ClientPlace]:
         if not forwarded_for:
             return self._cached(peer, ())
         hops = tuple(forwarded_for)
@@ -166,11 +167,9 @@ class ClientLocator:
             return self._resolve(peer, hops)
         return self._cached(peer, hops)
 
-    def _resolve(
-        self, peer: str | None, forwarded_for: tuple[str, ...]
-    ) -> tuple[IPAddress | None, ClientPlace]:
+    def _resolve(self, peer: str | None, forwarded_for: tuple[str, ...]) -> tuple[str | None, ClientPlace]:
         ip = client_ip(peer, forwarded_for, self.trusted)
-        return ip, self.geo.locate(ip)
+        return (None if ip is None else str(ip)), self.geo.locate(ip)
 
 
 def open_reader(path: Path) -> geoip2.database.Reader:

@@ -103,7 +103,27 @@ class ReplicaChoice:
         return self.planner.replicas(region, self.wanted.model)
 
     def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
-        return self.planner.choose(region, exclude, self.wanted)
+        """The replica of ``region`` for this request, none of ``exclude``."""
+        planner, wanted = self.planner, self.wanted
+        names = planner.replicas(region, wanted.model)
+        if exclude:
+            names = [n for n in names if n not in exclude]
+        if not names:
+            return None
+        key = wanted.key
+        chosen = pick(
+            planner.candidates(region, names),
+            key=key,
+            adapter=wanted.adapter,
+            ring=planner.rings[region],
+            policy=planner.tuning.pick,
+            rng=planner.rng,
+            last=None if key is None else planner.overflowed.get((region, key)),
+        )
+        if chosen is not None and key is not None:
+            planner.affinity["hit" if chosen.affinity else "overflow"] += 1
+            planner.remember(region, key, None if chosen.affinity else chosen.replica)
+        return chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,28 +303,6 @@ class Planner:
                 return False
         return True
 
-    def choose(self, region: str, exclude: frozenset[str], wanted: Wanted) -> Pick | None:
-        """The replica of ``region`` for a request wanting ``wanted``, none of ``exclude``."""
-        names = self.replicas(region, wanted.model)
-        if exclude:
-            names = [n for n in names if n not in exclude]
-        if not names:
-            return None
-        key = wanted.key
-        chosen = pick(
-            self.candidates(region, names),
-            key=key,
-            adapter=wanted.adapter,
-            ring=self.rings[region],
-            policy=self.tuning.pick,
-            rng=self.rng,
-            last=None if key is None else self.overflowed.get((region, key)),
-        )
-        if chosen is not None and key is not None:
-            self.affinity["hit" if chosen.affinity else "overflow"] += 1
-            self._remember(region, key, None if chosen.affinity else chosen.replica)
-        return chosen
-
     def steps(self, region: str, wanted: Wanted) -> list[dict[str, object]]:
         """The replica choice's steps for a request wanting ``wanted`` in ``region`` (the route explainer)."""
         names = self.replicas(region, wanted.model)
@@ -327,7 +325,7 @@ class Planner:
         self._loads[(region, model)] = (signals, self.routes, now, load)
         return load
 
-    def _remember(self, region: str, key: int, replica: str | None) -> None:
+    def remember(self, region: str, key: int, replica: str | None) -> None:
         """Where an overflowed key went (its conversation's newest prefix is cached there); bounded LRU."""
         memory = self.overflowed
         if replica is None:
@@ -362,13 +360,13 @@ class Planner:
     def candidates(self, region: str, names: list[str]) -> Candidates:
         """What the picker knows of each replica — outstanding requests, fresh signals, slow-start share —
         made when the pipeline looks at it."""
-        outstanding = self.observed.outstanding_in(region)
         signals = self.signals().get(region)
         if not signals and not self.joined:  # all that is known of each is this edge's own count
             counts = self._counts.get(region)
             if counts is None or counts.names is not names:
-                counts = self._counts[region] = Counts(names, outstanding)
+                counts = self._counts[region] = Counts(names, self.observed.outstanding_in(region))
             return counts
+        outstanding = self.observed.outstanding_in(region)
         now = self.clock()
         tuning, joined = self.tuning, self.joined
 

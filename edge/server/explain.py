@@ -42,12 +42,12 @@ class Explainer:
             ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         else:
             try:
-                ip = ipaddress.ip_address(raw.strip())
+                addr = ipaddress.ip_address(raw.strip())
             except ValueError:
                 return error(
                     400, f"query parameter 'ip' is not an IP address: {raw[:64]!r}", kind="meridian_bad_input"
                 )
-            place = self.geo.locate(ip)
+            ip, place = str(addr), self.geo.locate(addr)
         q = request.query
         asked = {"model": q.get("model"), "prompt_cache_key": q.get("key")}
         facts = read(json.dumps({k: v for k, v in asked.items() if v}).encode(), q.get("session"))
@@ -99,7 +99,7 @@ class Explainer:
         }
 
     def _explained(
-        self, ip: object, place: ClientPlace, snap: Snapshot, plan: AttemptPlan
+        self, ip: str | None, place: ClientPlace, snap: Snapshot, plan: AttemptPlan
     ) -> dict[str, object]:
         """The route explainer's answer: where the client is, the end-to-end estimate per region (client to
         this edge + this edge to the region + service), the choice, and whether DNS sent it here wrongly."""
@@ -113,7 +113,7 @@ class Explainer:
                 row["end_to_end_ms"] = round(view.client_edge_ms + s.score_ms, 2)
             scores.append(row)
         return {
-            "ip": str(ip) if ip else None,
+            "ip": ip,
             "location": {
                 "lat": place.location.lat,
                 "lon": place.location.lon,

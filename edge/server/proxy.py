@@ -20,7 +20,6 @@ from edge.admission.geo import ClientLocator, ClientPlace
 from edge.admission.tenants import Principal
 from edge.admission.wake import Waker
 from edge.errors import error, internal_error
-from edge.peers import IPAddress
 from edge.routing.planner import Planner, Wanted, wanted_of
 from edge.routing.ranking import AttemptPlan
 from edge.routing.snapshot import SnapshotFeed
@@ -179,7 +178,7 @@ class Proxy:
         self, request: web.BaseRequest, span: trace.Span, principal: Principal | None
     ) -> web.StreamResponse:
         admitted = await self.admission.admit(request, principal)
-        if isinstance(admitted, web.StreamResponse):
+        if not isinstance(admitted, Admitted):  # the refusal (an answer is a mapping: its ABC check is dear)
             return admitted
         if isinstance(request, EdgeRequest):
             request.admitted = admitted  # the console's active requests: its tenant and model
@@ -241,7 +240,7 @@ class Proxy:
             self.metrics.fallback.inc()
             snap = self.fallback
         planned = await self._plan(place, snap, admitted)
-        if isinstance(planned, web.StreamResponse):
+        if not isinstance(planned, tuple):  # the answer when no region can take it
             return Forwarded.local(planned)
         plan, wanted, body = planned
         primary = plan.decision.primary
@@ -276,7 +275,7 @@ class Proxy:
             hit = self._model_timeouts[(priority, own)] = base.model_copy(update={"first_token_s": own})
         return hit
 
-    def _locate(self, request: web.BaseRequest, span: trace.Span) -> tuple[IPAddress | None, ClientPlace]:
+    def _locate(self, request: web.BaseRequest, span: trace.Span) -> tuple[str | None, ClientPlace]:
         """Where the client is (its peer, trusted X-Forwarded-For); counts it when geo-DNS misrouted it."""
         ip, place = self.clients.resolve(request.remote, request.headers.getall("X-Forwarded-For", ()))
         if place.country:
@@ -319,7 +318,7 @@ class Proxy:
         request: web.BaseRequest,
         span: trace.Span,
         admitted: Admitted,
-        ip: IPAddress | None,
+        ip: str | None,
         place: ClientPlace,
         snap: Snapshot,
         plan: AttemptPlan,
@@ -331,7 +330,7 @@ class Proxy:
         priority = admitted.priority
         headers = upstream_headers(
             request.headers,
-            client_ip=str(ip) if ip else None,
+            client_ip=ip,
             edge=self.settings.region,
             credential=self.region_credential,
             keep_authorization=self.admission.tenants is None,
