@@ -25,7 +25,7 @@ may break every replica: it is not worth a region's round trip).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Kind = Literal[
@@ -47,21 +47,16 @@ class Outcome:
     breaker_failure: bool  # counts against the replica's and region's breakers
     client_status: int  # what the client gets when this outcome is final and there is no response to relay
     detail: str  # for error bodies and span status
+    # derived once when made (an answered status's outcome is made once, then read on every request)
+    committable: bool = field(init=False)  # the region's answer goes to the client as it is
+    failed: bool = field(init=False)  # an error for the client (usage counts it): all but an answer < 400
+    label: str = field(init=False)  # the metric label: the status when the region answered, else the kind
 
-    @property
-    def committable(self) -> bool:
-        """The region's answer goes to the client as it is (nothing to retry)."""
-        return self.status is not None and not self.retry
-
-    @property
-    def failed(self) -> bool:
-        """An error for the client (usage counts it): anything but a region's answer below 400."""
-        return self.kind != "ok" or self.status is None or self.status >= 400
-
-    @property
-    def label(self) -> str:
-        """The metric label: the status when the region answered, else the kind."""
-        return str(self.status) if self.status is not None else self.kind
+    def __post_init__(self) -> None:
+        status = self.status
+        object.__setattr__(self, "committable", status is not None and not self.retry)
+        object.__setattr__(self, "failed", self.kind != "ok" or status is None or status >= 400)
+        object.__setattr__(self, "label", str(status) if status is not None else self.kind)
 
 
 def _make(kind: Kind, status: int | None, detail: str, client_status: int) -> Outcome:

@@ -127,7 +127,7 @@ class Proxy:
         span = self.spans.start(request)
         key = None
         if isinstance(request, EdgeRequest):  # its answer's x-request-id: the trace id
-            request.request_id = format(span.get_span_context().trace_id, "032x")
+            request.request_id = tracing.trace_hex(span)
             key = self.active.add(request)
         try:
             resp = await self._proxy(request, span, principal)

@@ -73,9 +73,29 @@ class HeadSampler:
             return None
         bits = self.rng.getrandbits
         ctx = SpanContext(
-            trace_id=bits(128) or 1, span_id=bits(64) or 1, is_remote=False, trace_flags=TraceFlags(0)
+            trace_id=bits(128) or 1, span_id=bits(64) or 1, is_remote=False, trace_flags=UNSAMPLED
         )
-        return NonRecordingSpan(ctx)
+        return LeftOut(ctx)
+
+
+UNSAMPLED = TraceFlags(0)
+
+
+class LeftOut(NonRecordingSpan):
+    """An unsampled request's stand-in span, its ids written out once: the request id (its trace id) and
+    the traceparent every attempt sends upstream."""
+
+    def __init__(self, context: SpanContext) -> None:
+        super().__init__(context)
+        self.trace_hex = f"{context.trace_id:032x}"
+        self.headers = (("traceparent", f"00-{self.trace_hex}-{context.span_id:016x}-00"),)
+
+
+def trace_hex(span: Span) -> str:
+    """``span``'s trace id as 32 hex digits (a request's id)."""
+    if type(span) is LeftOut:
+        return span.trace_hex
+    return f"{span.get_span_context().trace_id:032x}"
 
 
 class RequestSpans:
@@ -133,9 +153,11 @@ def make_tracer_provider(*, service_name: str, region: str, exporter: str) -> Tr
     return provider
 
 
-def trace_headers(span: Span) -> list[tuple[str, str]]:
+def trace_headers(span: Span) -> Sequence[tuple[str, str]]:
     """W3C headers carrying ``span``'s context upstream; formatted directly when there is no tracestate
     (what the propagator would write, for a fraction of its cost on every request)."""
+    if type(span) is LeftOut:
+        return span.headers
     ctx = span.get_span_context()
     if not ctx.is_valid:
         return []
