@@ -90,7 +90,7 @@ class TwoChoices:
     def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
         out = OUTSTANDING[region]
         names = [n for n in REPLICAS[region] if n not in exclude]
-        made = Candidates(names, lambda n: Candidate(n, out.get(n, 0)), signalled=False)
+        made = Candidates(names, lambda n: Candidate(n, out.get(n, 0)), signalled=False, outstanding=out)
         return pick(made, key=None, adapter=None, ring=RING, policy=POLICY, rng=self.rng)
 
 

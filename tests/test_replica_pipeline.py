@@ -135,9 +135,32 @@ def test_lazy_candidates_are_made_only_when_looked_at() -> None:
         made.append(name)
         return Candidate(name, 0)
 
-    pool = Candidates([f"r{i}" for i in range(50)], make, signalled=False)
+    pool = Candidates([f"r{i}" for i in range(50)], make, signalled=False, outstanding={})
     chosen = pick(pool, key=None, adapter=None, ring=Ring([]), policy=POLICY, rng=random.Random(1))
     assert chosen is not None and len(made) == 2  # the two draws, not the region's fifty
+
+
+def test_the_bounded_ring_makes_only_the_replicas_its_walk_looks_at() -> None:
+    names_ = [f"r{i}" for i in range(50)]
+    outstanding = {n: i % 4 for i, n in enumerate(names_)}
+    ring = Ring(names_)
+    made: list[str] = []
+
+    def make(name: str) -> Candidate:
+        made.append(name)
+        return Candidate(name, outstanding[name])
+
+    for key in (1, 2**40, 2**63 + 5, 2**64 - 3):
+        made.clear()
+        lazy = Candidates(names_, make, signalled=False, outstanding=outstanding)
+        plain = [Candidate(n, outstanding[n]) for n in names_]
+        got, want = (
+            pickers.bounded_ring(lazy, key, ring, 1.25, None),
+            pickers.bounded_ring(plain, key, ring, 1.25, None),
+        )
+        assert (got[0].name, got[1]) == (want[0].name, want[1])  # the same choice as over made replicas
+        walk = ring.walk(key)
+        assert made == list(walk[: walk.index(got[0].name) + 1])  # the walk up to its choice, not all fifty
 
 
 def test_a_count_only_view_reads_the_live_counts_on_every_look() -> None:

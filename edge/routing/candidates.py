@@ -51,7 +51,7 @@ class Pick:
     affinity: bool = False  # chosen by its key's place on the ring (not overflowed to another)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request with an affinity key or adapter (frozen init costs 3x)
 class Ask:
     """What one request asks of the replica choice in one region."""
 
@@ -63,13 +63,22 @@ class Ask:
 
 class Candidates(Sequence[Candidate]):
     """A region's candidate replicas, each made on first look (``make``); ``signalled``: whether any has
-    fresh engine signals."""
+    fresh engine signals; ``outstanding``: this edge's requests in flight per replica (the ring's bound is
+    summed from it without making every replica)."""
 
-    __slots__ = ("_made", "_make", "names", "signalled")
+    __slots__ = ("_index", "_made", "_make", "names", "outstanding", "signalled")
 
-    def __init__(self, names: Sequence[str], make: Callable[[str], Candidate], *, signalled: bool) -> None:
-        self.names, self._make, self.signalled = names, make, signalled
+    def __init__(
+        self,
+        names: Sequence[str],
+        make: Callable[[str], Candidate],
+        *,
+        signalled: bool,
+        outstanding: Mapping[str, int],
+    ) -> None:
+        self.names, self._make, self.signalled, self.outstanding = names, make, signalled, outstanding
         self._made: dict[int, Candidate] = {}  # by index, as made (a dict: most requests look at two)
+        self._index: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -93,6 +102,19 @@ class Candidates(Sequence[Candidate]):
         for i in range(len(self.names)):
             yield self[i]
 
+    def named(self, name: str) -> Candidate | None:
+        """The candidate called ``name`` (None: not one of them), made alone."""
+        index = self._index
+        if index is None:
+            index = self._index = {n: i for i, n in enumerate(self.names)}
+        i = index.get(name)
+        return None if i is None else self[i]
+
+    def outstanding_sum(self) -> int:
+        """This edge's requests in flight over all the candidates."""
+        count = self.outstanding.get
+        return sum([count(n, 0) for n in self.names])
+
 
 class Counts(Candidates):
     """A region's candidates when all that is known of each is this edge's count of requests in flight
@@ -102,7 +124,8 @@ class Counts(Candidates):
     __slots__ = ("_count",)
 
     def __init__(self, names: Sequence[str], outstanding: Mapping[str, int]) -> None:
-        self.names, self.signalled, self._count = names, False, outstanding.get
+        self.names, self.signalled, self.outstanding, self._count = names, False, outstanding, outstanding.get
+        self._index = None
 
     @overload
     def __getitem__(self, i: int) -> Candidate: ...

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
-from edge.routing.candidates import Candidate, PickPolicy, Ring
+from edge.routing.candidates import Candidate, Candidates, PickPolicy, Ring
 from edge.routing.scorers import score
 
 
@@ -32,20 +33,25 @@ def bounded_ring(
     pool: Sequence[Candidate], key: int, ring: Ring, c: float, last: str | None
 ) -> tuple[Candidate, bool]:
     """A replica with room under the bound: where the key last overflowed to (its newest prefix is there),
-    else the key's own replica, else the next along the ring. True when it is the key's own replica."""
-    by_name = {r.name: r for r in pool}
-    total = sum(r.outstanding for r in pool)
+    else the key's own replica, else the next along the ring. True when it is the key's own replica. A lazy
+    pool makes only the replicas the walk looks at (usually one), not all of them twice."""
+    named: Callable[[str], Candidate | None]
+    if hasattr(pool, "named"):  # a lazy pool (an ABC isinstance costs 3x)
+        lazy = cast(Candidates, pool)
+        named, total = lazy.named, lazy.outstanding_sum()
+    else:
+        named, total = {r.name: r for r in pool}.get, sum(r.outstanding for r in pool)
     mean_next = c * (total + 1) / len(pool)
 
     def room(r: Candidate) -> bool:
         return r.outstanding < max(1, math.ceil(mean_next * r.share))
 
-    kept = by_name.get(last) if last is not None else None
+    kept = named(last) if last is not None else None
     if kept is not None and room(kept):  # the conversation's newest prefix is there
         return kept, False
     home = True  # the first candidate along the ring is the key's own replica
     for name in ring.walk(key):
-        r = by_name.get(name)
+        r = named(name)
         if r is None:  # a non-candidate is skipped, as if gone
             continue
         if room(r):

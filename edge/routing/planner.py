@@ -381,7 +381,7 @@ class Planner:
             )
             return Candidate(name, outstanding.get(name, 0), fresh, share)
 
-        return Candidates(names, make, signalled=bool(signals))
+        return Candidates(names, make, signalled=bool(signals), outstanding=outstanding)
 
     def _shares(self, snapshot: Snapshot, now: float) -> dict[str, float] | None:
         """Regions below full share (recovering or held down), or None when every region is at full share:
