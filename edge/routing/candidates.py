@@ -118,8 +118,9 @@ class Candidates(Sequence[Candidate]):
 
 class Counts(Candidates):
     """A region's candidates when all that is known of each is this edge's count of requests in flight
-    there: each made from the live count when looked at (cheap and the same on a second look, so nothing
-    is kept), and the view itself reused by every request while the region's replica list stands."""
+    there: each made from the live count when looked at (cheap and the same on a second look, so no
+    candidate is kept), and the view itself — with its by-name index — reused by every request while the
+    region's replica list stands."""
 
     __slots__ = ("_count",)
 
