@@ -15,7 +15,7 @@ from edge.admission.request import BodyError, read
 from edge.routing.candidates import Candidate, PickPolicy, Ring, slow_start_share
 from edge.routing.failback import Failback
 from edge.routing.outlier import OutlierDetector
-from edge.routing.planner import Planner, ReplicaChoice, ReplicaTuning, Wanted
+from edge.routing.planner import Planner, ReplicaTuning, Wanted
 from edge.routing.replicas import pick
 from edge.telemetry.observed import Observed
 from fleet.signals import EngineSignals
@@ -231,7 +231,7 @@ def test_the_planner_ignores_stale_signals() -> None:
     planner.cache(Snapshot(version=1, regions={r.name: initial_state(r, now=0.0) for r in topo.regions}))
     got = {r.name: r.signals for r in planner.candidates("eu-west-1", ["euw1-a", "euw1-b"])}
     assert got["euw1-a"] == full and got["euw1-b"] is None  # 1 s old is used, 20 s old is not
-    chosen = ReplicaChoice(planner, Wanted()).choose("eu-west-1", frozenset())
+    chosen = planner.choose("eu-west-1", frozenset(), Wanted())
     assert chosen is not None and chosen.replica == "euw1-b"  # the stale one's load is not believed
 
 

@@ -103,27 +103,7 @@ class ReplicaChoice:
         return self.planner.replicas(region, self.wanted.model)
 
     def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
-        """The replica of ``region`` for this request, none of ``exclude``."""
-        planner, wanted = self.planner, self.wanted
-        names = planner.replicas(region, wanted.model)
-        if exclude:
-            names = [n for n in names if n not in exclude]
-        if not names:
-            return None
-        key = wanted.key
-        chosen = pick(
-            planner.candidates(region, names),
-            key=key,
-            adapter=wanted.adapter,
-            ring=planner.rings[region],
-            policy=planner.tuning.pick,
-            rng=planner.rng,
-            last=None if key is None else planner.overflowed.get((region, key)),
-        )
-        if chosen is not None and key is not None:
-            planner.affinity["hit" if chosen.affinity else "overflow"] += 1
-            planner.remember(region, key, None if chosen.affinity else chosen.replica)
-        return chosen
+        return self.planner.choose(region, exclude, self.wanted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +283,28 @@ class Planner:
                 return False
         return True
 
+    def choose(self, region: str, exclude: frozenset[str], wanted: Wanted) -> Pick | None:
+        """The replica of ``region`` for a request wanting ``wanted``, none of ``exclude``."""
+        names = self.replicas(region, wanted.model)
+        if exclude:
+            names = [n for n in names if n not in exclude]
+        if not names:
+            return None
+        key = wanted.key
+        chosen = pick(
+            self.candidates(region, names),
+            key=key,
+            adapter=wanted.adapter,
+            ring=self.rings[region],
+            policy=self.tuning.pick,
+            rng=self.rng,
+            last=None if key is None else self.overflowed.get((region, key)),
+        )
+        if chosen is not None and key is not None:
+            self.affinity["hit" if chosen.affinity else "overflow"] += 1
+            self._remember(region, key, None if chosen.affinity else chosen.replica)
+        return chosen
+
     def steps(self, region: str, wanted: Wanted) -> list[dict[str, object]]:
         """The replica choice's steps for a request wanting ``wanted`` in ``region`` (the route explainer)."""
         names = self.replicas(region, wanted.model)
@@ -325,7 +327,7 @@ class Planner:
         self._loads[(region, model)] = (signals, self.routes, now, load)
         return load
 
-    def remember(self, region: str, key: int, replica: str | None) -> None:
+    def _remember(self, region: str, key: int, replica: str | None) -> None:
         """Where an overflowed key went (its conversation's newest prefix is cached there); bounded LRU."""
         memory = self.overflowed
         if replica is None:
