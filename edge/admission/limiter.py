@@ -47,7 +47,7 @@ HEADER_NAMES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (a frozen dataclass's init costs 3x)
 class Verdict:
     admitted: bool
     headers: dict[str, str]

@@ -49,7 +49,7 @@ class BodyError(ValueError):
         self.param = param
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (a frozen dataclass's init costs 3x)
 class Inference:
     model: str | None
     key: int | None  # the affinity key, 64 bits (None: nothing to be sticky on)

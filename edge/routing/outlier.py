@@ -147,7 +147,9 @@ class OutlierDetector:
     def record(self, region: str, replica: str, ok: bool, *, now: float, replica_count: int) -> list[str]:
         """Returns what was ejected by this outcome ("replica", "region")."""
         out = []
-        b = self.replicas.setdefault((region, replica), Breaker())
+        b = self.replicas.get((region, replica))
+        if b is None:  # not setdefault: a Breaker made per outcome only to be thrown away
+            b = self.replicas[(region, replica)] = Breaker()
         may = True
         if not ok:  # only a failure can eject; counting the region's ejected replicas is O(replicas)
             ejected_now = sum(
@@ -163,7 +165,9 @@ class OutlierDetector:
             br.phase == "closed" for (reg, _), br in self.replicas.items() if reg == region
         ):
             self._replica_trouble.discard(region)  # the region's last replica breaker closed again
-        rb = self.regions.setdefault(region, Breaker())
+        rb = self.regions.get(region)
+        if rb is None:
+            rb = self.regions[region] = Breaker()
         if rb.record(ok, now=now, policy=self.policy):
             out.append("region")
         if rb.phase != "closed":

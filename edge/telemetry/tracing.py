@@ -72,10 +72,7 @@ class HeadSampler:
         if self.ratio >= 1.0 or self.rng.random() < self.ratio:
             return None
         bits = self.rng.getrandbits
-        ctx = SpanContext(
-            trace_id=bits(128) or 1, span_id=bits(64) or 1, is_remote=False, trace_flags=UNSAMPLED
-        )
-        return LeftOut(ctx)
+        return LeftOut(bits(128) or 1, bits(64) or 1)
 
 
 UNSAMPLED = TraceFlags(0)
@@ -83,12 +80,23 @@ UNSAMPLED = TraceFlags(0)
 
 class LeftOut(NonRecordingSpan):
     """An unsampled request's stand-in span, its ids written out once: the request id (its trace id) and
-    the traceparent every attempt sends upstream."""
+    the traceparent every attempt sends upstream. Its ``SpanContext`` is made only when asked for (a
+    child span, a propagator): most requests never ask, and making one costs more than the rest."""
 
-    def __init__(self, context: SpanContext) -> None:
-        super().__init__(context)
-        self.trace_hex = f"{context.trace_id:032x}"
-        self.headers = (("traceparent", f"00-{self.trace_hex}-{context.span_id:016x}-00"),)
+    def __init__(self, trace_id: int, span_id: int) -> None:  # the base's context: lazily, below
+        self.ids = (trace_id, span_id)
+        self.trace_hex = f"{trace_id:032x}"
+        self.headers = (("traceparent", f"00-{self.trace_hex}-{span_id:016x}-00"),)
+        self.context: SpanContext | None = None
+
+    def get_span_context(self) -> SpanContext:
+        if self.context is None:
+            trace_id, span_id = self.ids
+            self.context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=UNSAMPLED)
+        return self.context
+
+    def __repr__(self) -> str:
+        return f"LeftOut(trace_id={self.trace_hex})"
 
 
 def trace_hex(span: Span) -> str:

@@ -130,7 +130,7 @@ class Exhausted:
     cause: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (a frozen dataclass's init costs 3x)
 class Forwarded:
     """What a request got: the response, the region that answered (None: none did) and whether it is an
     error for the client — decided by the outcome sink (``edge.routing.outcome``), also for a stream the
@@ -550,7 +550,8 @@ class Forwarder:
 
     async def _commit(self, call: Call, r: Result) -> Forwarded:
         """Committed: the client's first byte goes first, this attempt's bookkeeping right after it (next loop
-        turn, or when the relay ends, whichever is sooner)."""
+        turn, or when the relay ends, whichever is sooner: at once for an answer whose body is all in, as its
+        relay waits for nothing)."""
         book = _Once(self._committed, r)
         request = call.request
         if isinstance(request, EdgeRequest):
@@ -558,7 +559,8 @@ class Forwarder:
             request.served = (r.attempt.region, r.attempt.replica)
             self.observed.served(r.attempt.region, request.continent)
             request.streaming = r.upstream is not None and r.upstream.content_type == "text/event-stream"
-        request.task.get_loop().call_soon(book)
+        if r.upstream is not None and not r.upstream.complete:
+            request.task.get_loop().call_soon(book)
         try:
             resp = await self._relay(call, r)
         finally:

@@ -163,6 +163,8 @@ class UpstreamResponse:
         "_waiter",
         "_watchdog",
         "complete",
+        "content_length",
+        "content_type",
         "headers",
         "keep_alive",
         "status",
@@ -171,6 +173,10 @@ class UpstreamResponse:
     def __init__(self, conn: _Conn, status: int, headers: CIMultiDict[str]) -> None:
         self.status = status
         self.headers = headers
+        raw = headers.get("Content-Type")  # both read once: the forwarder asks several times a request
+        self.content_type = raw.partition(";")[0].strip().lower() if raw else "application/octet-stream"
+        raw = headers.get("Content-Length")
+        self.content_length = int(raw) if raw is not None and raw.isdigit() else None
         self.keep_alive = False
         self.complete = False
         self._conn = conn
@@ -186,16 +192,6 @@ class UpstreamResponse:
         self._sink_error: BaseException | None = None
         self._handed_back = False  # the sink asked for the pumping task
         self._released = False
-
-    @property
-    def content_type(self) -> str:
-        raw = self.headers.get("Content-Type")
-        return raw.partition(";")[0].strip().lower() if raw else "application/octet-stream"
-
-    @property
-    def content_length(self) -> int | None:
-        raw = self.headers.get("Content-Length")
-        return int(raw) if raw is not None and raw.isdigit() else None
 
     @property
     def buffered(self) -> int:
