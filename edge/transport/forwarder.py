@@ -494,12 +494,12 @@ class Forwarder:
         attempt, span, outcome = r.attempt, r.span, r.outcome
         if outcome.status is not None:
             span.set_attribute("http.response.status_code", outcome.status)
-            self.metrics.child(self.metrics.ttfb, attempt.region).observe(r.ttfb)
+            self.metrics.counts.first_byte(attempt.region, r.ttfb)
             if outcome.kind == "ok":
                 self.hedging.observe(attempt.region, r.ttfb)
         if judge:
             self._judge(r)
-        self.metrics.child(self.metrics.attempts, attempt.region, attempt.kind, outcome.label).inc()
+        self.metrics.counts.attempt(attempt.region, attempt.kind, outcome.label)
         span.set_attribute(tracing.ATTR_OUTCOME, outcome.label)
         if outcome.breaker_failure or outcome.kind == "error":
             span.set_status(Status(StatusCode.ERROR, outcome.detail))
@@ -571,14 +571,14 @@ class Forwarder:
 
     def _committed(self, r: Result) -> None:
         self._account(r, judge=False)
-        self.metrics.child(self.metrics.requests, r.attempt.region, r.outcome.label).inc()
+        self.metrics.counts.request(r.attempt.region, r.outcome.label)
         r.span.set_attribute("meridian.committed", True)
 
     async def _give_up(self, call: Call, last: Result | None) -> Forwarded:
         """No attempt committed: the last region's own answer when it gave one (a 503 that could not be
         retried), else an error in OpenAI's shape with the status the last outcome calls for."""
         if last is not None and last.upstream is not None:
-            self.metrics.child(self.metrics.requests, last.attempt.region, last.outcome.label).inc()
+            self.metrics.counts.request(last.attempt.region, last.outcome.label)
             last.span.set_attribute("meridian.committed", True)
             try:
                 resp = await self._relay(call, last)
@@ -591,7 +591,7 @@ class Forwarder:
         else:  # nothing answered: the deadline ran out in a race, or no region had a replica to try
             outcome = TIMEOUT if call.sent else NO_REPLICA
         status, detail = outcome.client_status, outcome.detail
-        self.metrics.requests.labels(region="none", code=str(status)).inc()
+        self.metrics.counts.request("none", str(status))
         message = f"no upstream could take the request: {detail}"
         answer = error(status, message, kind="meridian_upstream", headers=self._meridian_headers(call, None))
         return Forwarded(answer, None, True)
@@ -824,7 +824,7 @@ class Forwarder:
                     await resp.write(chunk)
             await resp.write_eof()
             self._record(nxt, True)
-            self.metrics.child(self.metrics.attempts, nxt.region, "continuation", "200").inc()
+            self.metrics.counts.attempt(nxt.region, "continuation", "200")
             return True
         except (OSError, TimeoutError, aiohttp.ClientError):
             if upstream is not None:
