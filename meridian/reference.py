@@ -172,14 +172,15 @@ def admin_api() -> str:
 def _metric_rows(registry: Any) -> Iterator[str]:
     yield "| metric | type | labels | what it counts |"
     yield "|---|---|---|---|"
-    collectors = sorted(registry._collector_to_names, key=lambda c: getattr(c, "_name", ""))
-    for c in collectors:
-        kind = getattr(c, "_type", None)
-        if kind is None:
-            continue
-        name = c._name + ("_total" if kind == "counter" else "")
-        labels = ", ".join(f"`{n}`" for n in getattr(c, "_labelnames", ()))
-        yield f"| `{name}` | {kind} | {labels} | {_cell(c._documentation)} |"
+    rows: list[tuple[str, str, tuple[str, ...], str]] = []
+    for c in registry._collector_to_names:
+        if hasattr(c, "FAMILIES"):  # a collector of ours: plain counts on the request path
+            rows += [(f.name, f.kind, f.labels, f.help) for f in c.FAMILIES]
+        elif (kind := getattr(c, "_type", None)) is not None:
+            rows.append((c._name, kind, tuple(getattr(c, "_labelnames", ())), c._documentation))
+    for name, kind, labels, doc in sorted(rows):
+        shown = ", ".join(f"`{n}`" for n in labels)
+        yield f"| `{name}{'_total' if kind == 'counter' else ''}` | {kind} | {shown} | {_cell(doc)} |"
 
 
 def metrics() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -22,9 +22,46 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 TTFB_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
+class Family(NamedTuple):
+    """One metric a collector of ours exports (its name without ``_total``): what the reference page lists."""
+
+    name: str
+    kind: Literal["counter", "histogram"]
+    labels: tuple[str, ...]
+    help: str
+
+
+def _counter(family: Family, counts: dict[Any, int], shown: Callable[[int], float] = float) -> Metric:
+    metric = CounterMetricFamily(family.name, family.help, labels=family.labels)
+    for labels, n in list(counts.items()):
+        metric.add_metric(labels, shown(n))
+    return metric
+
+
 class RequestCounters(Collector):
     """Requests, attempts and the regions' time to first byte, each request's three counts: plain dict counts
     on the request path (no lock, no child lookup), turned into Prometheus families when scraped."""
+
+    FAMILIES = (
+        Family(
+            "meridian_edge_requests",
+            "counter",
+            ("region", "code"),
+            "Client requests by serving region and status",
+        ),
+        Family(
+            "meridian_edge_upstream_attempts",
+            "counter",
+            ("region", "kind", "outcome"),
+            "Upstream attempts by region and outcome",
+        ),
+        Family(
+            "meridian_edge_upstream_ttfb_seconds",
+            "histogram",
+            ("region",),
+            "Time to upstream response headers",
+        ),
+    )
 
     def __init__(self, buckets: tuple[float, ...] = TTFB_BUCKETS) -> None:
         self.buckets = buckets
@@ -48,23 +85,10 @@ class RequestCounters(Collector):
         row[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "meridian_edge_requests",
-            "Client requests by serving region and status",
-            labels=["region", "code"],
-        )
-        for (region, code), n in list(self.requests.items()):
-            requests.add_metric([region, code], n)
-        attempts = CounterMetricFamily(
-            "meridian_edge_upstream_attempts",
-            "Upstream attempts by region and outcome",
-            labels=["region", "kind", "outcome"],
-        )
-        for (region, kind, outcome), n in list(self.attempts.items()):
-            attempts.add_metric([region, kind, outcome], n)
-        ttfb = HistogramMetricFamily(
-            "meridian_edge_upstream_ttfb_seconds", "Time to upstream response headers", labels=["region"]
-        )
+        requests, attempts, first_byte = self.FAMILIES
+        yield _counter(requests, self.requests)
+        yield _counter(attempts, self.attempts)
+        ttfb = HistogramMetricFamily(first_byte.name, first_byte.help, labels=first_byte.labels)
         bounds = [go_float(b) for b in (*self.buckets, math.inf)]
         for region, row in list(self.ttfb.items()):
             cumulative, buckets = 0.0, list[tuple[str, float]]()
@@ -72,8 +96,6 @@ class RequestCounters(Collector):
                 cumulative += count
                 buckets.append((bound, cumulative))
             ttfb.add_metric([region], buckets, sum_value=row[-1])
-        yield requests
-        yield attempts
         yield ttfb
 
 
@@ -81,6 +103,28 @@ class TenantCounters(Collector):
     """Per-tenant requests by outcome and tokens by kind: plain dict counts on the request path (no lock, no
     label lookup), turned into Prometheus counters at scrape time. The first ``MAX_TENANT_LABELS`` tenants
     have their own label, the rest are counted under "other" (bounded cardinality)."""
+
+    FAMILIES = (
+        Family(
+            "meridian_edge_tenant_requests",
+            "counter",
+            ("tenant", "outcome"),
+            f"Requests per tenant by outcome (ok, error, rate_limited, shed); {MAX_TENANT_LABELS} tenants at "
+            "most have their own label, the rest are 'other'",
+        ),
+        Family(
+            "meridian_edge_tenant_tokens",
+            "counter",
+            ("tenant", "kind"),
+            "Tokens per tenant (prompt, completion), as the answers reported or the streams counted",
+        ),
+        Family(
+            "meridian_edge_tenant_spend_usd",
+            "counter",
+            ("tenant", "model"),
+            "What each tenant's answers cost at the catalog's prices, per model (the models of the catalog)",
+        ),
+    )
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str], int] = {}
@@ -113,31 +157,10 @@ class TenantCounters(Collector):
             self.spend[(label, model)] = self.spend.get((label, model), 0) + spend_nusd
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "meridian_edge_tenant_requests",
-            f"Requests per tenant by outcome (ok, error, rate_limited, shed); {MAX_TENANT_LABELS} tenants at "
-            "most have their own label, the rest are 'other'",
-            labels=["tenant", "outcome"],
-        )
-        for (tenant, outcome), n in list(self.requests.items()):
-            requests.add_metric([tenant, outcome], n)
-        tokens = CounterMetricFamily(
-            "meridian_edge_tenant_tokens",
-            "Tokens per tenant (prompt, completion), as the answers reported or the streams counted",
-            labels=["tenant", "kind"],
-        )
-        for (tenant, kind), n in list(self.tokens.items()):
-            tokens.add_metric([tenant, kind], n)
-        spend = CounterMetricFamily(
-            "meridian_edge_tenant_spend_usd",
-            "What each tenant's answers cost at the catalog's prices, per model (the models of the catalog)",
-            labels=["tenant", "model"],
-        )
-        for (tenant, model), n in list(self.spend.items()):
-            spend.add_metric([tenant, model], n / 1e9)
-        yield requests
-        yield tokens
-        yield spend
+        requests, tokens, spend = self.FAMILIES
+        yield _counter(requests, self.requests)
+        yield _counter(tokens, self.tokens)
+        yield _counter(spend, self.spend, lambda nusd: nusd / 1e9)
 
 
 class EdgeMetrics:
