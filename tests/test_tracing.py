@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from edge.telemetry.tracing import HeadSampler
+from edge.telemetry.tracing import HeadSampler, trace_hex
 
 
 def test_head_sampler_keeps_its_ratio_and_left_out_requests_still_carry_a_context() -> None:
@@ -14,8 +14,9 @@ def test_head_sampler_keeps_its_ratio_and_left_out_requests_still_carry_a_contex
     assert 1800 <= kept <= 2200  # 25 % of 8000, within ~5 sigma
     stand_ins = [o for o in outcomes if o is not None]
     assert not any(s.is_recording() for s in stand_ins)
-    ctx = stand_ins[0].get_span_context()
+    ctx = stand_ins[0].get_span_context()  # made when asked for, from the ids written out at once
     assert ctx.is_valid and not ctx.trace_flags.sampled
+    assert trace_hex(stand_ins[0]) == f"{ctx.trace_id:032x}" and stand_ins[0].get_span_context() is ctx
     assert len({s.get_span_context().trace_id for s in stand_ins}) == len(stand_ins)
 
 
