@@ -36,6 +36,11 @@ def run_tour(env: dict[str, str]) -> None:
             text=True,
             timeout=60,
         )
+        if res.returncode != 0 and " | grep" in cmd:  # what the grep did not find: the answer itself
+            seen = subprocess.run(
+                ["bash", "-c", cmd.split(" | grep")[0]], cwd=ROOT, env=env, capture_output=True, text=True
+            )
+            res.stderr += f"\nbefore its grep, run again:\n{seen.stdout[:3000]}{seen.stderr[:1000]}"
         assert res.returncode == 0, (
             f"tour command failed beside a second demo and a test run: {cmd}\n{res.stderr}"
         )

@@ -38,8 +38,8 @@ class EventFrames:
         if self.tail:
             chunk, self.tail = self.tail + chunk, b""
         if chunk.startswith(b"data: {") and chunk.find(b"\n") == len(chunk) - 2 and chunk[-1:] == b"\n":
-            try:  # the usual chunk: one single-line JSON event (validated in place, no copy)
-                _RAW.decode(memoryview(chunk)[6:-2])
+            try:  # the usual chunk: one single-line JSON event (a copy of ~150 bytes costs less than a view)
+                _RAW.decode(chunk[6:-2])
             except msgspec.DecodeError:
                 self.dropped += 1
                 return b""
