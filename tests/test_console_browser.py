@@ -203,6 +203,25 @@ async def test_the_console_loads_clean_shows_every_region_and_each_view_is_acces
     assert headers == "text/html"
 
 
+async def test_the_tenants_view_shows_use_that_arrives_while_it_is_open(fleet: Fleet, browser: Any) -> None:
+    """An operator watching the tenants view sees a tenant's use as the edges report it, without leaving
+    the view (its usage tables refresh while it is shown)."""
+    from selenium.webdriver.common.by import By
+
+    _, key = await fleet.tenant_key()
+    await run(sign_in, browser, fleet.admin_url, fleet.operator_token)
+    await run(view, browser, "tenants")
+    rows = await run(lambda: browser.find_elements(By.CSS_SELECTOR, "#by-model tbody tr"))
+    assert not any("sim-llm" in r.text for r in rows)  # nothing used yet when the view opened
+    for _ in range(3):
+        assert await served_by(fleet, key, "eu-west-1", "london") == "eu-west-1"
+
+    def used_by_model(d: Any) -> bool:
+        return any("sim-llm" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#by-model tbody tr"))
+
+    await run(until, browser, used_by_model, 12.0, "the tenant's use, arrived while the view was open")
+
+
 async def test_a_dial_to_zero_moves_london_off_eu_west_1_within_2_s_and_is_audited(
     fleet: Fleet, browser: Any
 ) -> None:

@@ -9,6 +9,7 @@ const state = { token: null, role: null, topology: [], regions: {}, traffic: {},
 const CONTINENTS = { AF: [5, 20], AN: [-75, 0], AS: [35, 95], EU: [50, 12], NA: [42, -100], OC: [-25, 135],
   SA: [-15, -60] };
 const HEALTH = { up: "up", degraded: "degraded", down: "down" };
+const USAGE_REFRESH_MS = 5000; // the tenants view's usage tables: the edges report theirs every second or so
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -494,7 +495,12 @@ function renderAudit() {
 // --- tenants ----------------------------------------------------------------------------------------------
 
 async function loadTenants() {
-  const [top, list] = await Promise.all([api("GET", "/v1/usage/top?by=tokens&n=10"), api("GET", "/v1/tenants")]);
+  await Promise.all([loadUsage(), loadTenantList()]);
+}
+
+// the top tenants and their use by model: what the edges have reported so far (refreshed while shown)
+async function loadUsage() {
+  const top = await api("GET", "/v1/usage/top?by=tokens&n=10");
   if (top.status === 200) {
     $("#top tbody").replaceChildren(...top.data.tenants.map((t) => el("tr", {},
       el("th", { scope: "row", text: t.name }), el("td", { text: `${t.totals.requests}` }),
@@ -518,6 +524,10 @@ async function loadTenants() {
     }
     $("#by-model tbody").replaceChildren(...byModel);
   }
+}
+
+async function loadTenantList() {
+  const list = await api("GET", "/v1/tenants");
   if (list.status !== 200) return;
   const rows = [];
   for (const t of list.data.tenants) {
@@ -565,5 +575,6 @@ for (const b of document.querySelectorAll("nav button")) b.addEventListener("cli
 $("#audit-region").addEventListener("change", renderAudit);
 $("#audit-q").addEventListener("input", renderAudit);
 setInterval(renderCountdowns, 1000);
+setInterval(() => { if (state.token && !$("#view-tenants").hidden) loadUsage(); }, USAGE_REFRESH_MS);
 const kept = sessionStorage.getItem("meridian-token");
 if (kept) signIn(kept);
