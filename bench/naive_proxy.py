@@ -65,25 +65,29 @@ def main() -> None:
         try:
             await resp.prepare(request)
             first = await r.readany()
+            end = b""
             if first:
                 await resp.write(first)  # aiohttp's write: with the headers held for it
-                if not await pumped(request, r):
+                if (tail := await pumped(request, r)) is None:
                     async for chunk in r:
                         await resp.write(chunk)
-            await resp.write_eof()
+                else:
+                    end = tail
+            await resp.write_eof(end)  # what came with the body's end goes out with it, as the edge does
         except ConnectionResetError:
             r.close()
             return resp
         r.release()
         return resp
 
-    async def pumped(request: web.BaseRequest, r: UpstreamResponse) -> bool:
+    async def pumped(request: web.BaseRequest, r: UpstreamResponse) -> bytes | None:
         """An event stream's later pieces written as HTTP/1.1 chunks from the region connection's callback,
-        as the edge relays them (no framing, counting or checks); False: not an event stream."""
+        one write per read from the region, as the edge relays them (no framing, counting or checks); what
+        came with the body's end is returned, for the response's last write. None: not an event stream."""
         writer, transport = request.writer, request.transport
         event_stream = r.headers.get("Content-Type", "").startswith("text/event-stream")
         if not event_stream or transport is None or not getattr(writer, "chunked", False):
-            return False
+            return None
 
         def sink(piece: bytes) -> bool:
             if transport.is_closing():
@@ -91,8 +95,7 @@ def main() -> None:
             transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
             return False
 
-        await r.pump(sink)
-        return True
+        return await r.pump(sink) or b""  # never None: this sink never hands the stream back
 
     async def serve_floor() -> None:
         runner = web.ServerRunner(web.Server(floor, access_log=None))

@@ -108,11 +108,11 @@ class FakeResponse:
     async def read(self) -> bytes:
         return await self.readany()
 
-    async def pump(self, sink: Callable[[bytes], bool]) -> bool:
+    async def pump(self, sink: Callable[[bytes], bool]) -> bytes | None:
         while chunk := await self.readany():
             if sink(chunk):
-                return False
-        return True
+                return None
+        return b""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while chunk := await self.readany():

@@ -384,7 +384,7 @@ async def test_pump_hands_each_piece_over_from_the_connections_callback(
         return False
 
     go.set()
-    assert await resp.pump(sink) is True
+    assert await resp.pump(sink) == b""  # the body's end came on its own: nothing came with it
     assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(10))
     assert not any(in_task), in_task  # every piece from the callback, none from the pumping task
     resp.release()
@@ -398,11 +398,53 @@ async def test_pump_hands_back_when_asked_and_what_came_meanwhile_follows_in_ord
     resp = await pool.request(await raw_server(_events(go, 8)), "GET", "/", [], b"", connect_s=1, idle_s=5)
     got: list[bytes] = []
     go.set()
-    assert await resp.pump(lambda piece: got.append(piece) is None) is False  # handed back at once
+    assert await resp.pump(lambda piece: got.append(piece) is None) is None  # handed back at once
     assert got == [b"data: 0\n\n"]
     await poll(lambda: resp.buffered > 0 or resp.complete)  # the region went on meanwhile: kept
-    assert await resp.pump(lambda piece: got.append(piece) is not None) is True
-    assert b"".join(got) == b"".join(b"data: %d\n\n" % i for i in range(8))
+    tail = await resp.pump(lambda piece: got.append(piece) is not None)
+    assert tail is not None
+    assert b"".join(got) + tail == b"".join(b"data: %d\n\n" % i for i in range(8))
+
+
+async def test_pump_gives_what_one_read_brought_in_one_piece_and_keeps_the_bodys_end_for_the_caller(
+    raw_server: Callable[[Handler], Awaitable[str]], pool: UpstreamPool
+) -> None:
+    """One write to the client per read from the region (as nginx relays): three events that arrive
+    together reach the sink as one piece; the last events, arriving with the body's end, are not given to
+    the sink but returned, so the relay writes them with the stream's end in one write."""
+    go, more = asyncio.Event(), asyncio.Event()
+
+    def chunk(*events: bytes) -> bytes:
+        return b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in events)
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
+        )
+        await writer.drain()
+        await go.wait()
+        writer.write(chunk(b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"))  # one write: one read
+        await writer.drain()
+        await more.wait()
+        writer.write(chunk(b"data: 3\n\n", b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+
+    resp = await pool.request(await raw_server(stream), "GET", "/", [], b"", connect_s=1, idle_s=5)
+    got: list[bytes] = []
+
+    def sink(piece: bytes) -> bool:
+        got.append(piece)
+        more.set()
+        return False
+
+    go.set()
+    tail = await resp.pump(sink)
+    assert got == [b"data: 0\n\ndata: 1\n\ndata: 2\n\n"]  # three events, one piece, one sink call
+    assert tail == b"data: 3\n\ndata: [DONE]\n\n"  # came with the end: the caller's last write
+    assert resp.complete
+    resp.release()
+    assert pool.open_connections == 1
 
 
 async def test_pump_raises_what_the_sink_raised_and_times_out_a_silent_region(

@@ -647,11 +647,13 @@ class Forwarder:
         frames = EventFrames() if events else None  # whole, well-formed events only
         sent = Sent() if events and call.path_qs.startswith(CHAT) else None
         relay = Relay(frames, deadline=call.deadline, tally=tally, sent=sent, standing=call.standing)
-        pumping, first, read = False, r.first, upstream.readany
+        pumping, first, read, end = False, r.first, upstream.readany, b""
         try:
             while True:
                 if pumping:  # the rest of an event stream, written from the connection's callback
-                    if await upstream.pump(relay):
+                    tail = await upstream.pump(relay)
+                    if tail is not None:  # what came with the stream's end goes out with it
+                        end = relay.frame(tail)
                         break
                     if not (relay.overdue or relay.revoked):
                         await request.writer.drain()  # a slow client: the region's events wait meanwhile
@@ -674,7 +676,8 @@ class Forwarder:
                 if relay.revoked:
                     return await self._revoked(r, resp)
             if frames is not None and not frames.done and call.path_qs.startswith(OPENAI_STREAMS):
-                await self._unfinished(resp, frames)
+                end += self._unfinished(frames)
+            await resp.write_eof(end)  # the last events, the [DONE] and the stream's end: one write
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             if request.transport is None or request.transport.is_closing():
                 return self._client_left(r, resp)
@@ -683,7 +686,6 @@ class Forwarder:
             return await self._broke_off(call, r, exc, resp, sent)
         finally:
             self._framed(frames, attempt)
-        await resp.write_eof()
         return resp
 
     def _client_left(self, r: Result, resp: web.StreamResponse) -> web.StreamResponse:
@@ -707,14 +709,14 @@ class Forwarder:
         return resp
 
     @staticmethod
-    async def _unfinished(resp: web.StreamResponse, frames: EventFrames) -> None:
+    def _unfinished(frames: EventFrames) -> bytes:
         """A chat or completion stream ended without ``[DONE]``: if its answer was whole (a finish reason
-        went by) the client gets the ``[DONE]`` it expects; else it was cut short (``ShortStream``)."""
+        went by) the ``[DONE]`` the client expects, to write; else it was cut short (``ShortStream``)."""
         if frames.passing:
-            return
+            return b""
         if not frames.finished():
             raise ShortStream("the stream ended before its answer did")
-        await resp.write(DONE)
+        return DONE
 
     def _framed(self, frames: EventFrames | None, attempt: Attempt) -> None:
         """A stream ended: a partial event still held is dropped; what was dropped is counted."""

@@ -93,6 +93,9 @@ class _Conn(asyncio.Protocol):
             self._protocol_error("unexpected upgrade")
         except httptools.HttpParserError as exc:
             self._protocol_error(str(exc))
+        resp = self.response
+        if resp is not None and resp._held:  # what this read brought, to ``pump``'s sink in one piece
+            resp._flush()
 
     def _protocol_error(self, why: str) -> None:
         err = UpstreamProtocolError(f"bad response from {self.origin[0]}:{self.origin[1]}: {why}")
@@ -154,6 +157,7 @@ class UpstreamResponse:
         "_conn",
         "_error",
         "_handed_back",
+        "_held",
         "_idle_s",
         "_last",
         "_paused",
@@ -188,7 +192,8 @@ class UpstreamResponse:
         self._idle_s: float | None = None
         self._last = 0.0  # when body last arrived (the idle timeout's watchdog reads it)
         self._watchdog: asyncio.TimerHandle | None = None
-        self._sink: Callable[[bytes], bool] | None = None  # ``pump``'s: pieces go to it as they arrive
+        self._sink: Callable[[bytes], bool] | None = None  # ``pump``'s: each read's pieces go to it
+        self._held: list[bytes] = []  # a read's pieces for the sink, until the read has all been parsed
         self._sink_error: BaseException | None = None
         self._handed_back = False  # the sink asked for the pumping task
         self._released = False
@@ -210,15 +215,8 @@ class UpstreamResponse:
 
     def _feed(self, data: bytes) -> None:
         self._last = time.monotonic()
-        sink = self._sink
-        if sink is not None:  # ``pump``: straight on, from this callback (no buffer, no task switch)
-            try:
-                handed_back = sink(data)
-            except Exception as exc:  # the pumping task raises it
-                self._sink_error, handed_back = exc, True
-            if handed_back:
-                self._sink, self._handed_back = None, True
-                self._wake()
+        if self._sink is not None:  # ``pump``: for its sink when this read is parsed (one write per read)
+            self._held.append(data)
             return
         self._chunks.append(data)
         self._buffered += len(data)
@@ -227,7 +225,35 @@ class UpstreamResponse:
             self._conn.transport.pause_reading()
         self._wake()
 
+    def _flush(self) -> None:
+        """The end of a read from the region: its pieces to ``pump``'s sink, in one piece (as nginx writes
+        what one read brought in one write), straight from this callback: no buffer, no task switch."""
+        held, sink = self._held, self._sink
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        if sink is None:  # pragma: no cover - held only while a sink is set, flushed in the same callback
+            self._chunks.append(data)
+            self._buffered += len(data)
+            return
+        try:
+            handed_back = sink(data)
+        except Exception as exc:  # the pumping task raises it
+            self._sink_error, handed_back = exc, True
+        if handed_back:
+            self._sink, self._handed_back = None, True
+            self._wake()
+
+    def _keep_held(self) -> None:
+        """The body ended or broke off in the read being parsed: its pieces wait for the pumping task (the
+        end of a stream goes out with the stream's last write)."""
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            self._chunks.append(data)
+            self._buffered += len(data)
+
     def _finish(self) -> None:
+        self._keep_held()
         self.complete = True
         self._unwatch()
         self._wake()
@@ -258,6 +284,7 @@ class UpstreamResponse:
             self._watchdog = None
 
     def _fail(self, exc: BaseException) -> None:
+        self._keep_held()
         if self._error is None:
             self._error = exc
         self._wake()
@@ -293,18 +320,20 @@ class UpstreamResponse:
             self._conn.transport.resume_reading()
         return data
 
-    async def pump(self, sink: Callable[[bytes], bool]) -> bool:
-        """The body's pieces to ``sink`` as they arrive, called from the connection's own callback: no
-        buffer, no future and no task switch per piece (a stream's relay, event by event). True when the
-        body ended; False when ``sink`` returned True (it needs the task: a slow client, a deadline), and
-        later pieces wait here until ``pump`` or ``readany`` is called again. What ``sink`` raises, the
-        region's errors and the idle timeout are raised here."""
+    async def pump(self, sink: Callable[[bytes], bool]) -> bytes | None:
+        """The body to ``sink`` as it arrives, what each read from the region brought in one piece, called
+        from the connection's own callback: no buffer, no future and no task switch per piece (a stream's
+        relay, event by event). When the body has ended: the pieces that came with its end, not given to
+        ``sink`` (the caller writes them with its own end: one write); None when ``sink`` returned True (it
+        needs the task: a slow client, a deadline), and later pieces wait here until ``pump`` or
+        ``readany`` is called again. What ``sink`` raises, the region's errors and the idle timeout are
+        raised here."""
         while True:
+            if self.complete:
+                return self._rest()
             while self._chunks:  # what arrived while nobody pumped goes first, in order
                 if sink(self._take()):
-                    return False
-            if self.complete:
-                return True
+                    return None
             if self._error is not None:
                 raise self._error
             waiter = self._waiter = self._conn.loop.create_future()
@@ -319,7 +348,17 @@ class UpstreamResponse:
                 exc, self._sink_error = self._sink_error, None
                 raise exc
             if handed_back:
-                return False
+                return None
+
+    def _rest(self) -> bytes:
+        """Every piece not yet read, as one."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return data
 
     async def read(self) -> bytes:
         """The whole body."""
