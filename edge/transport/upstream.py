@@ -160,6 +160,7 @@ class UpstreamResponse:
         "_held",
         "_idle_s",
         "_last",
+        "_more",
         "_paused",
         "_released",
         "_sink",
@@ -193,7 +194,8 @@ class UpstreamResponse:
         self._last = 0.0  # when body last arrived (the idle timeout's watchdog reads it)
         self._watchdog: asyncio.TimerHandle | None = None
         self._sink: Callable[[bytes], bool] | None = None  # ``pump``'s: each read's pieces go to it
-        self._held: list[bytes] = []  # a read's pieces for the sink, until the read has all been parsed
+        self._held = b""  # a read's body for the sink, until the read has all been parsed: its first
+        self._more: list[bytes] = []  # piece, and the rest (joined once, not piece by piece)
         self._sink_error: BaseException | None = None
         self._handed_back = False  # the sink asked for the pumping task
         self._released = False
@@ -216,7 +218,10 @@ class UpstreamResponse:
     def _feed(self, data: bytes) -> None:
         self._last = time.monotonic()
         if self._sink is not None:  # ``pump``: for its sink when this read is parsed (one write per read)
-            self._held.append(data)
+            if self._held:
+                self._more.append(data)
+            else:
+                self._held = data
             return
         self._chunks.append(data)
         self._buffered += len(data)
@@ -228,9 +233,7 @@ class UpstreamResponse:
     def _flush(self) -> None:
         """The end of a read from the region: its pieces to ``pump``'s sink, in one piece (as nginx writes
         what one read brought in one write), straight from this callback: no buffer, no task switch."""
-        held, sink = self._held, self._sink
-        data = held[0] if len(held) == 1 else b"".join(held)
-        held.clear()
+        data, sink = self._take_held(), self._sink
         if sink is None:  # pragma: no cover - held only while a sink is set, flushed in the same callback
             self._chunks.append(data)
             self._buffered += len(data)
@@ -247,10 +250,16 @@ class UpstreamResponse:
         """The body ended or broke off in the read being parsed: its pieces wait for the pumping task (the
         end of a stream goes out with the stream's last write)."""
         if self._held:
-            data = b"".join(self._held)
-            self._held.clear()
+            data = self._take_held()
             self._chunks.append(data)
             self._buffered += len(data)
+
+    def _take_held(self) -> bytes:
+        data, self._held = self._held, b""
+        if self._more:
+            data = b"".join((data, *self._more))
+            self._more.clear()
+        return data
 
     def _finish(self) -> None:
         self._keep_held()
