@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -374,6 +376,62 @@ async def test_a_streams_status_line_goes_with_its_first_event(fleet: Fleet) -> 
             assert await asyncio.wait_for(r.content.readuntil(b"\n\n"), 5) == b'data: {"first": true}\n\n'
         finally:
             r.release()
+
+
+def _sse_chunks(*events: bytes) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in events)
+
+
+async def test_a_streams_events_that_arrive_together_leave_together_and_its_end_with_its_last_events(
+    fleet: Fleet,
+) -> None:
+    """One write to the client per read from the region (what nginx does): events that reach the edge in one
+    read leave in one HTTP chunk, and the events that come with the stream's end leave with its end, not one
+    chunk (and one system call) each. Read off the client's own bytes: chunk boundaries survive TCP."""
+    seen = [asyncio.Event(), asyncio.Event()]  # the client has read its first chunk, its second
+    events = [b'data: {"choices": [{"delta": {"content": "t%d"}}]}\n\n' % i for i in range(4)]
+    finish = b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\n'
+
+    async def bursty(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        resp = aiohttp.web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        transport = request.transport
+        assert transport is not None
+        transport.write(_sse_chunks(events[0]))
+        await seen[0].wait()
+        transport.write(_sse_chunks(*events[1:]))  # three HTTP chunks in one write: one read at the edge
+        await seen[1].wait()
+        transport.write(_sse_chunks(finish, b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        transport.close()  # the body is whole: nothing more on this connection
+        return resp
+
+    for rep in fleet.sims["eu-west-1"]:
+        for route in fleet.sims["eu-west-1"][rep].app.router.routes():
+            if route.resource is not None and route.resource.canonical == "/v1/chat/completions":
+                route._handler = bursty  # type: ignore[attr-defined]
+    url = urlsplit(fleet.edge_url("eu-west-1"))
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+            b"X-Forwarded-For: %b\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%b"
+            % (CLIENT_IP["london"].encode(), len(body), body)
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower(), head
+        chunks: list[bytes] = []
+        while True:
+            size = int(await asyncio.wait_for(reader.readline(), 5), 16)
+            data = await asyncio.wait_for(reader.readexactly(size + 2), 5)
+            if size == 0:
+                break
+            chunks.append(data[:-2])
+            seen[min(len(chunks), 2) - 1].set()
+    finally:
+        writer.close()
+    assert chunks == [events[0], b"".join(events[1:]), finish + b"data: [DONE]\n\n"], chunks
 
 
 async def test_client_sent_internal_headers_are_stripped(fleet: Fleet) -> None:
