@@ -594,6 +594,48 @@ def test_a_primary_forced_by_a_loss_yields_once_to_a_region_better_by_more_than_
     assert p.decide(PLACE, trio(100.0, 135.0, 120.0)).primary == "a"  # the region it stood in for is back
 
 
+def _scored(region: str, score_ms: float, *, measured: bool = True) -> routing.RegionScore:
+    return routing.RegionScore(
+        region, True, None, score_ms, measured, 0.0, 0.0, 0.0, 100.0, score_ms, service_measured=True
+    )
+
+
+def _ranked(*scores: routing.RegionScore) -> routing.Ranking:
+    ranked = tuple(sorted(scores, key=lambda s: s.score_ms))
+    return routing.Ranking(ranked, ranked, 0, 1.0, None, False, {}, TRIO.policy)
+
+
+def test_a_lead_forced_by_a_loss_keeps_its_settling_while_it_follows_estimates() -> None:
+    """The failover a CI run caught: the region fails, the new lead is chosen on estimates, then follows a
+    region whose estimate is 0.1 ms better than its own first measurement — that region's first measurement
+    comes in a little better still (noise) and the lead is held. It must still settle: when the first
+    region proves better by more than the tie margin for ``settle_hold_s`` within the window, the lead goes
+    back to it (without the window it would wait for the switch margin, 20 %, for ``switch_hold_s``)."""
+    rng, policy, now = random.Random(0), TRIO.policy, 100.0
+    lead = routing.hold(
+        routing.Lead("gone"),
+        _ranked(_scored("b", 107.0, measured=False), _scored("c", 135.0, measured=False)),
+        now=now,
+        rng=rng,
+    )
+    assert lead is not None and lead.region == "b" and now < lead.settle_until  # forced by a loss: settling
+    now += 0.2
+    lead = routing.hold(
+        lead, _ranked(_scored("b", 69.2), _scored("c", 69.1, measured=False)), now=now, rng=rng
+    )
+    assert lead is not None and lead.region == "c" and not lead.firm  # follows the better estimate
+    now += 0.2
+    lead = routing.hold(lead, _ranked(_scored("b", 69.2), _scored("c", 68.9)), now=now, rng=rng)
+    assert lead is not None and lead.region == "c" and lead.firm  # measured, and held
+    proven = _ranked(_scored("b", 69.0), _scored("c", 109.9))  # b better by far more than the tie (5 %)
+    now += 0.2
+    lead = routing.hold(lead, proven, now=now, rng=rng)
+    assert lead is not None and lead.region == "c"  # the settling hold starts
+    now += policy.settle_hold_s
+    lead = routing.hold(lead, proven, now=now, rng=rng)
+    assert lead is not None and lead.region == "b"  # within switch_hold_s of the loss: settled on b
+
+
 def test_a_residency_pin_beats_latency() -> None:
     topo = Topology.model_validate(
         {**TOPO.model_dump(), "policy": {**TOPO.policy.model_dump(), "pins": {"EU": ["eu-west-1"]}}}

@@ -401,8 +401,10 @@ def hold(lead: Lead | None, ranking: Ranking, *, now: float, rng: random.Random)
         return Lead(back.region, _firm(ranking, back))
     best = ranked[0]
     if not lead.firm:  # chosen on estimates: follow the ranking until the choice stands on measurements
-        if best.region != lead.region and best.score_ms < inc.score_ms:
-            return Lead(best.region, _firm(ranking, best), displaced=lead.displaced)
+        if best.region != lead.region and best.score_ms < inc.score_ms:  # still settling, if it was
+            return Lead(
+                best.region, _firm(ranking, best), displaced=lead.displaced, settle_until=lead.settle_until
+            )
         return replace(lead, firm=True) if _firm(ranking, inc) else lead
     settling = now < lead.settle_until  # a lead forced by a loss: the tie margin, a short hold, once only
     margin = (
