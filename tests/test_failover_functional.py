@@ -45,6 +45,17 @@ async def route_state(fleet: Fleet) -> str:
     return f"regions: {states}\nLondon at the eu-west-1 edge: {explained[:3000]}"
 
 
+async def _measured_ahead(fleet: Fleet, region: str, other: str) -> bool:
+    """The London edge scores ``region`` better than ``other`` by more than the switch margin (its own view:
+    what moves a held primary)."""
+    url = fleet.edge_url("eu-west-1") + "_meridian/route"
+    async with aiohttp.ClientSession() as s, s.get(url, params={"ip": CLIENT_IP["london"]}) as r:
+        scores = {row["region"]: row["score_ms"] for row in (await r.json())["scores"]}
+    policy = fleet.topology.policy
+    margin = max(policy.switch_margin_ms, policy.switch_margin_ratio * scores[other])
+    return scores[other] - scores[region] > margin
+
+
 async def metric(fleet: Fleet, edge: str, name: str) -> float:
     async with aiohttp.ClientSession() as s, s.get(fleet.edge_url(edge) + "metrics") as r:
         text = await r.text()
@@ -83,7 +94,13 @@ async def test_whole_region_down_under_load_no_client_error(fleet: Fleet) -> Non
     assert "eu-west-1" not in after
     why = await route_state(fleet)  # what the control plane and the London edge saw, should this fail
     assert set(after) <= {"us-east-1", "us-west-2"}, why
-    assert after.get("us-east-1", 0) > 0.5 * sum(after.values()), why
+    # Virginia is the backup when the London edge measures it so: its probes put it 7 ms nearer than Oregon
+    # (a quarter of the real round trips), which a loaded machine's event-loop lag can cancel for the moment
+    # of the failover; the lead drawn then is held unless another region is better by more than the switch
+    # margin (20 %), by design. So: Oregon may hold London only while Virginia is not that much better as
+    # measured (the hold rules themselves are tested with fixed numbers in test_routing.py)
+    if await _measured_ahead(fleet, "us-east-1", "us-west-2"):
+        assert after.get("us-east-1", 0) > 0.5 * sum(after.values()), why
     assert last_eu < 1.0
     ejections = await metric(fleet, "eu-west-1", "meridian_edge_ejections_total")
     assert ejections >= 1  # the London edge ejected the region passively
