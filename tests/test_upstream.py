@@ -345,15 +345,18 @@ async def test_headers_reach_the_region_as_the_client_sent_them(
     assert block + b"\r\ntraceparent: 00-ab\r\nContent-Length: 2\r\n\r\n" in heads[0]
 
 
+async def _stream_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the request's head; answer with a chunked event stream's head."""
+    await _read_head(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n")
+    await writer.drain()
+
+
 def _events(server_go: asyncio.Event, n: int, *, then_silent: bool = False) -> Handler:
     """A region streaming ``n`` chunked events once ``server_go`` is set, each flushed on its own."""
 
     async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
-        )
-        await writer.drain()
+        await _stream_head(reader, writer)
         await server_go.wait()
         for i in range(n):
             event = b"data: %d\n\n" % i
@@ -418,11 +421,7 @@ async def test_pump_gives_what_one_read_brought_in_one_piece_and_keeps_the_bodys
         return b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in events)
 
     async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n"
-        )
-        await writer.drain()
+        await _stream_head(reader, writer)
         await go.wait()
         writer.write(chunk(b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"))  # one write: one read
         await writer.drain()
