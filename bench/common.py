@@ -211,6 +211,23 @@ async def wait_http(url: str, timeout: float = 20) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
+def add_worktree(rev: str, where: Path) -> Path:
+    """A temporary git worktree of revision ``rev`` at ``where`` (a ``--baseline``); an unknown revision stops
+    the benchmark with git's own words, not a traceback."""
+    made = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: {made.stderr.strip() or 'git worktree add failed'}")
+    return where
+
+
+def remove_worktree(where: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)], check=False)
+
+
 def local_regions(tree: Path, out: Path, upstream_ports: tuple[int, ...], *, catalog: bool) -> Path:
     """``tree``'s regions.yaml with every replica pointed at the local upstream, each at a port of its own
     (one server listening on all of them: a replica URL may appear once). Without ``catalog`` the model

@@ -4,6 +4,7 @@ primary loss. Real redis-server, simulators and edges over loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from pathlib import Path
@@ -33,24 +34,26 @@ def set_region_faults(fleet: Fleet, region: str, faults: Faults) -> None:
         fleet.sim(region, rep).faults = faults
 
 
+async def london_route(fleet: Fleet) -> str:
+    """The London edge's route explanation for a London client (JSON)."""
+    url = fleet.edge_url("eu-west-1") + "_meridian/route"
+    async with aiohttp.ClientSession() as s, s.get(url, params={"ip": CLIENT_IP["london"]}) as r:
+        return await r.text()
+
+
 async def route_state(fleet: Fleet) -> str:
     """The regions' stored health and replicas, and the London edge's route explanation for London."""
     _, regions = await fleet.admin("GET", "/v1/regions")
     states = {
         r["name"]: (r.get("health"), r.get("replicas"), r.get("latency_ms")) for r in regions["regions"]
     }
-    url = fleet.edge_url("eu-west-1") + "_meridian/route"
-    async with aiohttp.ClientSession() as s, s.get(url, params={"ip": CLIENT_IP["london"]}) as r:
-        explained = await r.text()
-    return f"regions: {states}\nLondon at the eu-west-1 edge: {explained[:3000]}"
+    return f"regions: {states}\nLondon at the eu-west-1 edge: {(await london_route(fleet))[:3000]}"
 
 
 async def _measured_ahead(fleet: Fleet, region: str, other: str) -> bool:
     """The London edge scores ``region`` better than ``other`` by more than the switch margin (its own view:
     what moves a held primary)."""
-    url = fleet.edge_url("eu-west-1") + "_meridian/route"
-    async with aiohttp.ClientSession() as s, s.get(url, params={"ip": CLIENT_IP["london"]}) as r:
-        scores = {row["region"]: row["score_ms"] for row in (await r.json())["scores"]}
+    scores = {row["region"]: row["score_ms"] for row in json.loads(await london_route(fleet))["scores"]}
     policy = fleet.topology.policy
     margin = max(policy.switch_margin_ms, policy.switch_margin_ratio * scores[other])
     return scores[other] - scores[region] > margin

@@ -233,11 +233,11 @@ class UpstreamResponse:
     def _flush(self) -> None:
         """The end of a read from the region: its pieces to ``pump``'s sink, in one piece (as nginx writes
         what one read brought in one write), straight from this callback: no buffer, no task switch."""
-        data, sink = self._take_held(), self._sink
+        sink = self._sink
         if sink is None:  # pragma: no cover - held only while a sink is set, flushed in the same callback
-            self._chunks.append(data)
-            self._buffered += len(data)
+            self._keep_held()
             return
+        data = self._take_held()
         try:
             handed_back = sink(data)
         except Exception as exc:  # the pumping task raises it
