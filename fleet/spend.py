@@ -135,6 +135,7 @@ class Purse:
     spent: int = 0  # the primary's last word: the period's spend
     held_all: int = 0  # the primary's last word: what every live edge process holds
     used_at: float = 0.0
+    last: int = 0  # the last request's reservation (sizes a top-up)
     waiting: int = 0  # reserved by requests waiting for a call to the primary in flight
     window_at: float = 0.0  # this process's recent spending rate: the current window's start
     window_cost: int = 0  # ... and what was reserved in it
@@ -153,7 +154,7 @@ class Purse:
         if self.free < cost:
             return False
         self.in_use += cost
-        self.used_at = now
+        self.used_at, self.last = now, cost
         if now - self.window_at >= PURSE_S:
             elapsed = now - self.window_at
             self.rate = self.window_cost / elapsed if elapsed < 2 * PURSE_S else 0.0
@@ -173,6 +174,18 @@ class Purse:
         target = max(PURSE_REQUESTS * cost, int(self.rate * PURSE_S))
         want = target if target <= room else cost * (room // max(1, cost))
         return max(waiting, want), waiting, one
+
+    def ahead(self, edges: int, now: float) -> int:
+        """What to top the purse up by with the next settlement (one call a ``PURSE_S`` or so): back to two
+        ``PURSE_S`` of this process's recent reserving, at least ``PURSE_REQUESTS`` of its last request,
+        so a steady stream of requests never waits for a call (0: enough is free, the purse went unused
+        for ``PURSE_S`` or was refused a moment ago, or the budget is near its end: there a request asks
+        for itself)."""
+        left = self.budget if self.left is None else self.left
+        target = max(PURSE_REQUESTS * self.last, int(2 * self.rate * PURSE_S))
+        if now - self.used_at >= PURSE_S or self.free >= target or now - self.refused_at < REFUSAL_S:
+            return 0
+        return 0 if target > left // (2 * max(1, edges)) else target - self.free
 
     def refused(self, cost: int, now: float) -> bool:
         """The primary could not grant this much (or less) a moment ago: no need to ask again so soon."""

@@ -1,13 +1,15 @@
 """Spend budgets on a fleet of four edges under the shipped Redis ACL users: 100 concurrent streamed requests
 for a tenant whose budget covers about 30 of them overspend it by at most one request's maximum cost, the
 rest are refused 429 ``budget_exceeded`` in OpenAI's shape, and the spend recorded (budget, usage API,
-Prometheus) is the answers' usage at the catalog's prices."""
+Prometheus) is the answers' usage at the catalog's prices; a steady tenant's requests do not wait for the
+primary (leases and purses held ahead)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.admission.limits import prompt_tokens
+from edge.admission.limits import LEASE_TTL_S, prompt_tokens
 from fleet.models import cost_nusd
 from meridian import cli
 from tests.conftest import ServerFactory
@@ -169,3 +171,53 @@ async def test_a_budget_is_set_changed_and_cleared_by_patch_and_bad_budgets_are_
         status, body = await fleet.admin("PATCH", f"/v1/tenants/{tenant}", body={"budget": bad})
         assert status in (400, 422), (bad, body)
         assert "budget" in json.dumps(body), body
+
+
+async def primary_waits(s: aiohttp.ClientSession, fleet: Fleet, region: str) -> dict[str, float]:
+    """The edge's count of requests that waited for the limits authority, by what they waited for."""
+    async with s.get(fleet.edges[region].make_url("/metrics")) as m:
+        return {
+            sample.labels["what"]: sample.value
+            for family in text_string_to_metric_families(await m.text())
+            for sample in family.samples
+            if sample.name == "meridian_edge_limits_primary_waits_total"
+        }
+
+
+async def test_a_steady_tenant_waits_for_the_primary_only_at_its_start(fleet: Fleet) -> None:
+    """Leases and the budget's purse are held ahead: past the first requests, a tenant sending steadily
+    through one edge never waits for the primary, also when its first lease, far from spent, passes the
+    age at which an unused lease goes back (LEASE_TTL_S) and as the purse's reservations are paid; once
+    it stops, its leases go back and are not replaced."""
+    tenant, key = await fleet.tenant_key(
+        limits={"rpm": 6_000_000, "tpm": 10**9}, budget={"usd": 1_000.0, "period": "day"}
+    )
+    region = next(iter(fleet.edges))
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    body = {k: v for k, v in BODY.items() if not k.startswith("stream")}  # its real cost near its reservation
+    url = fleet.edge_url(region) + "v1/chat/completions"
+
+    async def steadily(s: aiohttp.ClientSession, until: float) -> int:
+        n = 0
+        while time.monotonic() < until:
+            async with s.post(url, json=body, headers=headers) as r:
+                assert r.status == 200, await r.text()
+                n += 1
+        return n
+
+    async with aiohttp.ClientSession() as s:
+        start = time.monotonic()
+        await asyncio.gather(*(steadily(s, start + 1.5) for _ in range(8)))  # the purse learns the rate
+        before = await primary_waits(s, fleet, region)
+        assert before.get("lease", 0) >= 1 and before.get("budget", 0) >= 1  # the first ones waited
+        served = sum(await asyncio.gather(*(steadily(s, start + 1.5 + LEASE_TTL_S) for _ in range(8))))
+        after = await primary_waits(s, fleet, region)
+    assert served > 40
+    assert after == before, (served, before, after)
+    limiter = fleet.edges[region].edge.limiter
+    assert limiter is not None
+
+    async def given_back() -> bool:  # idle now: what it holds goes back, and no new lease replaces it
+        return all(b.held < 1 for (t, _), b in limiter.buckets.items() if t == tenant)
+
+    await wait_for(given_back, timeout=LEASE_TTL_S + 3.0, what="the idle tenant's leases to go back")

@@ -1,9 +1,10 @@
-"""The edge's view of a tenant limit (pure): leases spent locally, asked for ahead, dropped when stale; the
+"""The edge's view of a tenant limit (pure): leases spent locally, asked for ahead, renewed in use, given back
+when stale; the
 local share while the primary is unreachable; the token reservation."""
 
 from __future__ import annotations
 
-from edge.admission.limits import LEASE_TTL_S, Bucket, Slots, prompt_tokens, reservation
+from edge.admission.limits import LEASE_RENEW_S, LEASE_TTL_S, Bucket, Slots, prompt_tokens, reservation
 
 
 def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:
@@ -21,6 +22,19 @@ def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> No
     b.granted(5, 0, 0.0, now=1.0)
     later = 1.0 + LEASE_TTL_S + 0.1
     assert not b.take(1, later) and b.carry(later) == -5  # a lease unused this long goes back whole
+
+
+def test_a_lease_in_use_is_renewed_before_it_goes_stale_and_an_idle_one_is_not() -> None:
+    b = Bucket(limit=600_000)  # a lease of 2,500: far more than a lone client spends in LEASE_TTL_S
+    b.granted(b.lease, 0, 0.0, now=0.0)
+    assert b.take(1, 0.1) and not b.aging(0.1)  # young
+    late = LEASE_RENEW_S + 0.05
+    assert b.take(1, late) and b.aging(late + 0.01)  # in use and past LEASE_RENEW_S: renew it
+    assert b.carry(late, renew=True) == -(b.lease - 2)  # what is held goes back, the next lease replaces it
+    assert not b.aging(late + LEASE_RENEW_S)  # unused since: not renewed ...
+    assert b.stale(LEASE_TTL_S + 0.1) and b.carry(LEASE_TTL_S + 0.1) == -(b.lease - 2)  # ... it goes back
+    b.granted(0, 0, 1.0, now=late)  # Redis said to wait: no renewal meanwhile
+    assert b.take(1, late + 0.1) and not b.aging(late + 0.2)
 
 
 def test_a_lease_is_never_overdrawn_and_a_debt_is_never_forgiven() -> None:

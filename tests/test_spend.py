@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fleet.models import cost_nusd, per_token_nusd, usd
-from fleet.spend import PURSE_IDLE_S, REFUSAL_S, Purse, window
+from fleet.spend import PURSE_IDLE_S, PURSE_S, REFUSAL_S, Purse, window
 
 
 def at(*parts: int) -> float:
@@ -52,3 +52,18 @@ def test_a_refusal_is_remembered_briefly_and_the_outage_share_is_of_what_was_lef
     p.settle(25, 20, now=12.0, share=True)
     due = p.settlement(now=12.0)
     assert (due.release, due.paid) == (0, 20)  # never reserved on the primary: paid, nothing let go
+
+
+def test_a_purse_in_use_is_topped_up_ahead_to_two_seconds_of_its_reserving() -> None:
+    p = Purse(budget=10**9)
+    p.granted(1000, spent=0, held_all=1000)
+    assert p.take(100, now=0.0) and p.ahead(edges=2, now=0.05) == 0  # 900 free: more than 4 requests
+    assert all(p.take(100, now=0.1 * i) for i in range(1, 9))  # 900 reserved in the first second ...
+    assert p.take(100, now=1.0) and p.rate == 900.0  # ... known when the next take closes its window
+    p.settle(100, 100, now=1.0)
+    assert p.free == 0  # held 1000: 900 in use, 100 owed
+    assert p.ahead(edges=2, now=1.0) == 1800  # back up to 2 s of 900 a second
+    assert p.ahead(edges=2, now=1.0 + PURSE_S) == 0  # unused for a second: left to go back idle
+    p.granted(0, spent=10**9 - 3000, held_all=1000, need=100, now=1.0)
+    assert p.ahead(edges=2, now=1.0) == 0  # refused a moment ago
+    assert p.ahead(edges=2, now=1.0 + REFUSAL_S) == 0  # and 2,000 left: 1,800 is above half a share of it

@@ -1,8 +1,9 @@
 """Tenant spend budgets at the edge (I/O): each budgeted tenant's purse (``fleet.spend.Purse``) reserved on
 the Redis primary (``BUDGET_SCRIPT``), requests reserved from it locally before they are sent and settled on
-their real cost when they end; settlements paid every ``FLUSH_S`` and with every call; an idle purse given
-back. While the primary is unreachable an edge process reserves on its share (1 / live edge processes) of
-what the primary last said was left."""
+their real cost when they end; settlements paid, and purses in use topped up ahead, every ``FLUSH_S``
+and with every call (a request waits for the primary only when a burst outruns its purse); an idle purse
+given back. While the primary is unreachable an edge process reserves on its share (1 / live edge
+processes) of what the primary last said was left."""
 
 from __future__ import annotations
 
@@ -79,9 +80,13 @@ class Budgets:
             self.ttls[key] = ttl_ms(w, now)
         elif purse.budget != nusd:  # the operator changed it: what is held and owed stays
             purse.rebudget(nusd)
+        waited = False
         while not purse.refused(cost, self.mono()):
             if purse.take(cost, self.mono()):
                 return Hold(key, cost)
+            if not waited and self.mono() >= self.limiter.outage_until:
+                waited = True
+                self.limiter.waited("budget")
             if self.mono() < self.limiter.outage_until:
                 if purse.take_share(cost, self.limiter.edges, self.mono()):
                     return Hold(key, cost, share=True)
@@ -113,21 +118,25 @@ class Budgets:
             await self.flush()
 
     async def flush(self) -> None:
-        """Pay what ended requests cost and give back idle purses, one call per purse with any due."""
+        """Pay what ended requests cost, top up purses in use and give back idle ones: one call per purse
+        with anything to do."""
         if self.mono() < self.limiter.outage_until:
             return
         for key, purse in list(self.purses.items()):
-            if purse.due(self.mono()) and key not in self._pending:
-                await self._call(key, purse, 0)
+            if key in self._pending:
+                continue
+            ahead = purse.ahead(self.limiter.edges, self.mono())
+            if ahead or purse.due(self.mono()):
+                await self._call(key, purse, 0, ahead=ahead)
         if len(self.purses) > MAX_PURSES:
             self.purses = {k: p for k, p in self.purses.items() if p.held or p.unheld or p.outage_in_use}
 
-    async def _call(self, key: str, purse: Purse, cost: int) -> int | None:
-        """One call to the primary: a top-up for a request of ``cost`` (0: none) and what is due; what it
-        granted, None when the primary could not be asked."""
+    async def _call(self, key: str, purse: Purse, cost: int, *, ahead: int = 0) -> int | None:
+        """One call to the primary: a top-up for a request of ``cost`` (0: none but ``ahead``, before any
+        request lacks it) and what is due; what it granted, None when the primary could not be asked."""
         done = asyncio.get_running_loop().create_future()
         self._pending[key] = done
-        want, waiting, need = purse.ask(cost, self.limiter.edges) if cost else (0, 0, 0)
+        want, waiting, need = purse.ask(cost, self.limiter.edges) if cost else (ahead, 0, 0)
         due = purse.settlement(self.mono())
         try:
             granted, spent, held = await self.script(

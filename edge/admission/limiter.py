@@ -80,10 +80,13 @@ class Limiter:
         edges: int,
         clock: Callable[[], float] = time.monotonic,
         on_failure: Callable[[str], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.edges = max(1, edges)  # edge processes sharing the limits: the registry's count once read
         self.on_failure = on_failure  # told "refused" or "unreachable" for each failed call to the primary
+        # told "lease", "slots" or "budget" for each request that waits for a call to the primary
+        self.on_wait = on_wait
         self.clock = clock
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.backlog: dict[tuple[str, str], tuple[float, float]] = {}  # -> (Redis's TAT - now, when) s
@@ -152,6 +155,7 @@ class Limiter:
         if slots is None or slots.limit != limit:
             slots = self.slots[tenant.id] = Slots(limit)
         if self.clock() >= self.outage_until and not slots.take():
+            self.waited("slots")
             slots.waiting += 1
             try:
                 await self._hold(tenant.id, slots, None)
@@ -209,8 +213,9 @@ class Limiter:
             await self._register()
             now = self.clock()
             for (tenant, name), bucket in list(self.buckets.items()):
-                if bucket.stale(now) and not bucket.asking:  # a lease nobody here spends goes back
-                    self._lease_ahead(tenant, name, bucket)
+                # a lease nobody here spends goes back; one in use is renewed before it goes stale
+                if (bucket.stale(now) or bucket.aging(now)) and not bucket.asking:
+                    self._lease_ahead(tenant, name, bucket, renew=True)
             if self.clock() - renewed >= SLOTS_TTL_S / 3:
                 renewed = self.clock()
                 for tenant, slots in list(self.slots.items()):
@@ -318,6 +323,8 @@ class Limiter:
                 return bucket.local_share(cost, now, self.edges)
             if now < bucket.refused_at + bucket.wait_s:
                 return False
+            if not own:
+                self.waited("lease")
             await self._lease(tenant, name, bucket, cost, own=own)
             now = self.clock()
             if now < self.outage_until:
@@ -328,11 +335,18 @@ class Limiter:
                 return True
         return False
 
-    def _lease_ahead(self, tenant: str, name: str, bucket: Bucket) -> None:
-        """The next lease, in the background, before this one runs out."""
-        self._background(self._lease(tenant, name, bucket, 0))
+    def waited(self, what: str) -> None:
+        """A request waits for a call to the primary (what the edge did not hold ahead)."""
+        if self.on_wait is not None:
+            self.on_wait(what)
 
-    async def _lease(self, tenant: str, name: str, bucket: Bucket, cost: float, *, own: bool = False) -> None:
+    def _lease_ahead(self, tenant: str, name: str, bucket: Bucket, *, renew: bool = False) -> None:
+        """The next lease, in the background, before this one runs out (``renew``: in place of this one)."""
+        self._background(self._lease(tenant, name, bucket, 0, renew=renew))
+
+    async def _lease(
+        self, tenant: str, name: str, bucket: Bucket, cost: float, *, own: bool = False, renew: bool = False
+    ) -> None:
         """One lease from the primary; a request that finds one already asked for waits for that one (a
         burst of requests on an empty bucket costs one round trip, not one each, and cannot run the
         tenant's theoretical arrival time past the tolerance with leases nobody needed) unless it asks for
@@ -347,17 +361,17 @@ class Limiter:
         done = asyncio.get_running_loop().create_future()
         self._pending[(tenant, name)] = done
         try:
-            await self._ask(tenant, name, bucket, cost)
+            await self._ask(tenant, name, bucket, cost, renew=renew)
         finally:
             del self._pending[(tenant, name)]
             done.set_result(None)
 
-    async def _ask(self, tenant: str, name: str, bucket: Bucket, cost: float) -> None:
+    async def _ask(self, tenant: str, name: str, bucket: Bucket, cost: float, *, renew: bool = False) -> None:
         """Lease at least what ``cost`` lacks (granted whole while the tenant has any room: a request above
         the burst is not refused forever, its excess is the tenant's debt), and settle this edge's carry."""
         bucket.asking = True
         asked = now = self.clock()
-        need, carry = bucket.shortfall(cost, now) if cost else 0, bucket.carry(now)
+        need, carry = bucket.shortfall(cost, now) if cost else 0, bucket.carry(now, renew=renew)
         interval_ms = 60_000.0 / bucket.limit
         try:
             granted, wait_ms, backlog_ms = await self.script(
@@ -365,7 +379,7 @@ class Limiter:
                 args=[
                     repr(interval_ms),
                     bucket.tolerance_s() * 1000.0,
-                    max(bucket.lease, need),
+                    0 if not cost and bucket.stale(now) else max(bucket.lease, need),  # stale: back only
                     need,
                     carry,
                 ],

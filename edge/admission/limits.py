@@ -5,9 +5,9 @@ An edge does not ask Redis per request: it holds a *lease* of permits per (tenan
 global budget in one atomic step (``LEASE_SCRIPT``), spends them locally, and asks for the next lease
 before the last runs out. Redis grants a lease only while the tenant's theoretical arrival time is within
 the tolerance of now, so across all edges at most ``limit`` per minute pass, plus the tolerance (1 s of
-the rate) and one lease per edge in flight. A lease an edge does not use within ``LEASE_TTL_S`` is dropped
-(spent): the price of not asking per request is at most that much under-admission when a tenant's
-traffic stops.
+the rate) and one lease per edge in flight. A lease an edge does not use within ``LEASE_TTL_S`` goes back;
+one in use is renewed before then (given back and replaced in one step, in the background), so a request
+waits for the primary only when the edge holds too little for it.
 
 When the primary cannot be reached the edge enforces a local share of each limit (limit / number of
 edges) on its own clock, so a Redis outage neither opens the gate nor closes it.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 LEASE_S = 0.25  # a lease holds this much of the tenant's global rate ...
 LEASE_BURST_SHARE = 0.25  # ... at most this much of the burst over the edge processes sharing it
 LEASE_TTL_S = 2.0  # unused leased permits older than this go back to the primary (a debt is always paid)
+LEASE_RENEW_S = 0.5  # a lease in use is renewed in the background once this old, before it goes stale
 OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
 TOLERANCE_S = 1.0  # default GCRA burst tolerance: this much of the rate may arrive at once
 
@@ -67,6 +68,7 @@ class Bucket:
     burst_s: float = TOLERANCE_S  # how much of the rate may arrive at once
     held: float = 0.0  # leased permits not yet spent; below 0, a debt this edge owes the primary
     leased_at: float = 0.0  # monotonic time of the last lease
+    spent_at: float = -math.inf  # ... and of the last permit spent from it
     wait_s: float = 0.0  # Redis's word: no permit for this long after ``refused_at``
     refused_at: float = -math.inf
     asking: bool = False  # a lease request is in flight
@@ -101,7 +103,7 @@ class Bucket:
 
     def stale(self, now: float) -> bool:
         """Leased permits unused for ``LEASE_TTL_S``: not spent here any more, given back (``carry``)."""
-        return self.held > 0 and now - self.leased_at > LEASE_TTL_S
+        return self.held >= 1 and now - self.leased_at > LEASE_TTL_S
 
     def take(self, cost: float, now: float) -> bool:
         """Spend ``cost`` leased permits if this edge holds all of them, fresh (never overdrawn: a cost
@@ -109,20 +111,32 @@ class Bucket:
         if self.held < cost or self.stale(now):
             return False
         self.held -= cost
+        self.spent_at = now
         return True
+
+    def aging(self, now: float) -> bool:
+        """A lease in use for ``LEASE_RENEW_S``: renewed in the background before it goes stale (a lease
+        larger than what the edge spends in ``LEASE_TTL_S`` would otherwise go stale in use, and a request
+        would wait for the next one), not while Redis said to wait."""
+        return (
+            self.held > 0
+            and now - self.leased_at > LEASE_RENEW_S
+            and now - self.spent_at < LEASE_RENEW_S
+            and now >= self.refused_at + self.wait_s
+        )
 
     def shortfall(self, cost: float, now: float) -> int:
         """Permits to lease before ``cost`` can be spent (a stale lease goes back, it does not count)."""
         held = 0.0 if self.stale(now) else max(0.0, self.held)
         return max(0, math.ceil(cost - held))
 
-    def carry(self, now: float) -> int:
+    def carry(self, now: float, *, renew: bool = False) -> int:
         """Permits to settle with the primary: a debt (spent beyond what was leased: usage above its
         reservation) to charge, or (negative) to give back: settled reservations beyond what a lease holds,
-        or a stale lease whole."""
+        or a stale lease whole (and one being ``renew``-ed: the next lease replaces it)."""
         if self.held < 0:
             return math.ceil(-self.held)
-        if self.stale(now):
+        if renew or self.stale(now):
             return -math.floor(self.held)
         return -math.floor(self.held - self.lease) if self.held > 2 * self.lease else 0
 

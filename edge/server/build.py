@@ -185,13 +185,14 @@ def tenancy(
         primary_url=settings.redis_primary_url,
     )
     # tenant limits are leased from the primary (the replica cannot take writes)
-    failures = m.limits_primary_failures
+    failures, waits = m.limits_primary_failures, m.limits_primary_waits
     limiter = Limiter(
         client=connect_store(
             settings, settings.redis_primary_url or settings.redis_url, socket_timeout=LEASE_TIMEOUT_S
         ),
         edges=len(topo.regions) * settings.workers,
         on_failure=lambda kind: failures.labels(kind=kind).inc(),
+        on_wait=lambda what: waits.labels(what=what).inc(),
     )
     return tenants, limiter, Budgets(limiter)
 

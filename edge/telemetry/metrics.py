@@ -228,6 +228,13 @@ class EdgeMetrics:
             ["kind"],
             registry=r,
         )
+        self.limits_primary_waits = Counter(
+            "meridian_edge_limits_primary_waits",
+            "Requests that waited for a call to the limits authority (the Redis primary) before going on: "
+            "a lease, a concurrent slot or a budget top-up this edge did not hold ahead",
+            ["what"],
+            registry=r,
+        )
         self.keys_stale = Counter(
             "meridian_edge_keys_stale_refusals",
             "Requests refused because the API keys were not loaded yet or could not be confirmed within "
