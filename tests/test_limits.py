@@ -28,13 +28,14 @@ def test_a_lease_in_use_is_renewed_before_it_goes_stale_and_an_idle_one_is_not()
     b = Bucket(limit=600_000)  # a lease of 2,500: far more than a lone client spends in LEASE_TTL_S
     b.granted(b.lease, 0, 0.0, now=0.0)
     assert b.take(1, 0.1) and not b.aging(0.1)  # young
-    late = LEASE_RENEW_S + 0.05
-    assert b.take(1, late) and b.aging(late + 0.01)  # in use and past LEASE_RENEW_S: renew it
-    assert b.carry(late, renew=True) == -(b.lease - 2)  # what is held goes back, the next lease replaces it
-    assert not b.aging(late + LEASE_RENEW_S)  # unused since: not renewed ...
-    assert b.stale(LEASE_TTL_S + 0.1) and b.carry(LEASE_TTL_S + 0.1) == -(b.lease - 2)  # ... it goes back
-    b.granted(0, 0, 1.0, now=late)  # Redis said to wait: no renewal meanwhile
-    assert b.take(1, late + 0.1) and not b.aging(late + 0.2)
+    late = LEASE_RENEW_S + 0.1
+    assert b.aging(late)  # spent from and past LEASE_RENEW_S: renew it
+    assert b.carry(late, renew=True) == -(b.lease - 1)  # what is held goes back, the next lease replaces it
+    idle = 0.1 + LEASE_TTL_S
+    assert not b.aging(idle)  # unused for LEASE_TTL_S: not renewed ...
+    assert b.stale(idle) and b.carry(idle) == -(b.lease - 1)  # ... it goes back
+    b.granted(0, 0, 1.0, now=0.2)  # Redis said to wait: no renewal meanwhile
+    assert not b.aging(late) and b.aging(1.2)
 
 
 def test_a_lease_is_never_overdrawn_and_a_debt_is_never_forgiven() -> None:

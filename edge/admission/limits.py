@@ -115,13 +115,14 @@ class Bucket:
         return True
 
     def aging(self, now: float) -> bool:
-        """A lease in use for ``LEASE_RENEW_S``: renewed in the background before it goes stale (a lease
-        larger than what the edge spends in ``LEASE_TTL_S`` would otherwise go stale in use, and a request
-        would wait for the next one), not while Redis said to wait."""
+        """A lease older than ``LEASE_RENEW_S`` and spent from within ``LEASE_TTL_S``: renewed in the
+        background before it goes stale (a lease larger than what the edge spends in ``LEASE_TTL_S`` would
+        otherwise go stale in use, and a request would wait for the next one), not while Redis said to
+        wait."""
         return (
-            self.held > 0
+            self.held >= 1
             and now - self.leased_at > LEASE_RENEW_S
-            and now - self.spent_at < LEASE_RENEW_S
+            and now - self.spent_at < LEASE_TTL_S
             and now >= self.refused_at + self.wait_s
         )
 
