@@ -1,10 +1,9 @@
-"""The edge's view of a tenant limit (pure): leases spent locally, asked for ahead, renewed in use, given back
-when stale; the
-local share while the primary is unreachable; the token reservation."""
+"""The edge's view of a tenant limit (pure): leases spent locally, asked for ahead, given back when unused;
+the local share while the primary is unreachable; the token reservation."""
 
 from __future__ import annotations
 
-from edge.admission.limits import LEASE_RENEW_S, LEASE_TTL_S, Bucket, Slots, prompt_tokens, reservation
+from edge.admission.limits import LEASE_TTL_S, Bucket, Slots, prompt_tokens, reservation
 
 
 def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:
@@ -24,18 +23,13 @@ def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> No
     assert not b.take(1, later) and b.carry(later) == -5  # a lease unused this long goes back whole
 
 
-def test_a_lease_in_use_is_renewed_before_it_goes_stale_and_an_idle_one_is_not() -> None:
+def test_a_lease_in_use_never_goes_stale_however_old_and_an_unused_one_does() -> None:
     b = Bucket(limit=600_000)  # a lease of 2,500: far more than a lone client spends in LEASE_TTL_S
     b.granted(b.lease, 0, 0.0, now=0.0)
-    assert b.take(1, 0.1) and not b.aging(0.1)  # young
-    late = LEASE_RENEW_S + 0.1
-    assert b.aging(late)  # spent from and past LEASE_RENEW_S: renew it
-    assert b.carry(late, renew=True) == -(b.lease - 1)  # what is held goes back, the next lease replaces it
-    idle = 0.1 + LEASE_TTL_S
-    assert not b.aging(idle)  # unused for LEASE_TTL_S: not renewed ...
-    assert b.stale(idle) and b.carry(idle) == -(b.lease - 1)  # ... it goes back
-    b.granted(0, 0, 1.0, now=0.2)  # Redis said to wait: no renewal meanwhile
-    assert not b.aging(late) and b.aging(1.2)
+    for t in range(1, 11):  # one request a second for 10 s: the lease is old, never unused for long
+        assert b.take(1, float(t)) and not b.stale(float(t)) and not b.needs_lease(float(t))
+    idle = 10.0 + LEASE_TTL_S + 0.1
+    assert b.stale(idle) and not b.take(1, idle) and b.carry(idle) == -(b.lease - 10)  # unused: it goes back
 
 
 def test_a_lease_is_never_overdrawn_and_a_debt_is_never_forgiven() -> None:

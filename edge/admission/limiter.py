@@ -213,9 +213,8 @@ class Limiter:
             await self._register()
             now = self.clock()
             for (tenant, name), bucket in list(self.buckets.items()):
-                # a lease nobody here spends goes back; one in use is renewed before it goes stale
-                if (bucket.stale(now) or bucket.aging(now)) and not bucket.asking:
-                    self._lease_ahead(tenant, name, bucket, renew=True)
+                if bucket.stale(now) and not bucket.asking:  # a lease nobody here spends goes back
+                    self._lease_ahead(tenant, name, bucket)
             if self.clock() - renewed >= SLOTS_TTL_S / 3:
                 renewed = self.clock()
                 for tenant, slots in list(self.slots.items()):
@@ -340,13 +339,11 @@ class Limiter:
         if self.on_wait is not None:
             self.on_wait(what)
 
-    def _lease_ahead(self, tenant: str, name: str, bucket: Bucket, *, renew: bool = False) -> None:
-        """The next lease, in the background, before this one runs out (``renew``: in place of this one)."""
-        self._background(self._lease(tenant, name, bucket, 0, renew=renew))
+    def _lease_ahead(self, tenant: str, name: str, bucket: Bucket) -> None:
+        """The next lease, in the background, before this one runs out (a stale one: given back only)."""
+        self._background(self._lease(tenant, name, bucket, 0))
 
-    async def _lease(
-        self, tenant: str, name: str, bucket: Bucket, cost: float, *, own: bool = False, renew: bool = False
-    ) -> None:
+    async def _lease(self, tenant: str, name: str, bucket: Bucket, cost: float, *, own: bool = False) -> None:
         """One lease from the primary; a request that finds one already asked for waits for that one (a
         burst of requests on an empty bucket costs one round trip, not one each, and cannot run the
         tenant's theoretical arrival time past the tolerance with leases nobody needed) unless it asks for
@@ -361,17 +358,17 @@ class Limiter:
         done = asyncio.get_running_loop().create_future()
         self._pending[(tenant, name)] = done
         try:
-            await self._ask(tenant, name, bucket, cost, renew=renew)
+            await self._ask(tenant, name, bucket, cost)
         finally:
             del self._pending[(tenant, name)]
             done.set_result(None)
 
-    async def _ask(self, tenant: str, name: str, bucket: Bucket, cost: float, *, renew: bool = False) -> None:
+    async def _ask(self, tenant: str, name: str, bucket: Bucket, cost: float) -> None:
         """Lease at least what ``cost`` lacks (granted whole while the tenant has any room: a request above
         the burst is not refused forever, its excess is the tenant's debt), and settle this edge's carry."""
         bucket.asking = True
         asked = now = self.clock()
-        need, carry = bucket.shortfall(cost, now) if cost else 0, bucket.carry(now, renew=renew)
+        need, carry = bucket.shortfall(cost, now) if cost else 0, bucket.carry(now)
         interval_ms = 60_000.0 / bucket.limit
         try:
             granted, wait_ms, backlog_ms = await self.script(

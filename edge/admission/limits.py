@@ -5,9 +5,9 @@ An edge does not ask Redis per request: it holds a *lease* of permits per (tenan
 global budget in one atomic step (``LEASE_SCRIPT``), spends them locally, and asks for the next lease
 before the last runs out. Redis grants a lease only while the tenant's theoretical arrival time is within
 the tolerance of now, so across all edges at most ``limit`` per minute pass, plus the tolerance (1 s of
-the rate) and one lease per edge in flight. A lease an edge does not use within ``LEASE_TTL_S`` goes back;
-one in use is renewed before then (given back and replaced in one step, in the background), so a request
-waits for the primary only when the edge holds too little for it.
+the rate) and one lease per edge in flight. A lease an edge does not spend from for ``LEASE_TTL_S`` goes back
+(one in use stays until it is spent, however old: what an edge holds is bounded by the lease's size, not
+its age), so a request waits for the primary only when the edge holds too little for it.
 
 When the primary cannot be reached the edge enforces a local share of each limit (limit / number of
 edges) on its own clock, so a Redis outage neither opens the gate nor closes it.
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 LEASE_S = 0.25  # a lease holds this much of the tenant's global rate ...
 LEASE_BURST_SHARE = 0.25  # ... at most this much of the burst over the edge processes sharing it
-LEASE_TTL_S = 2.0  # unused leased permits older than this go back to the primary (a debt is always paid)
-LEASE_RENEW_S = 0.5  # a lease in use is renewed in the background once this old, before it goes stale
+LEASE_TTL_S = 2.0  # leased permits unused this long go back to the primary (a debt is always paid)
 OUTAGE_RETRY_S = 1.0  # after a failed lease, the local share decides this long before the primary is tried
 TOLERANCE_S = 1.0  # default GCRA burst tolerance: this much of the rate may arrive at once
 
@@ -102,8 +101,9 @@ class Bucket:
         return max(self.burst_s, self.lease * self.interval_s)
 
     def stale(self, now: float) -> bool:
-        """Leased permits unused for ``LEASE_TTL_S``: not spent here any more, given back (``carry``)."""
-        return self.held >= 1 and now - self.leased_at > LEASE_TTL_S
+        """Leased permits neither spent from nor topped up for ``LEASE_TTL_S``: not spent here any more,
+        given back (``carry``)."""
+        return self.held >= 1 and now - max(self.leased_at, self.spent_at) > LEASE_TTL_S
 
     def take(self, cost: float, now: float) -> bool:
         """Spend ``cost`` leased permits if this edge holds all of them, fresh (never overdrawn: a cost
@@ -114,30 +114,18 @@ class Bucket:
         self.spent_at = now
         return True
 
-    def aging(self, now: float) -> bool:
-        """A lease older than ``LEASE_RENEW_S`` and spent from within ``LEASE_TTL_S``: renewed in the
-        background before it goes stale (a lease larger than what the edge spends in ``LEASE_TTL_S`` would
-        otherwise go stale in use, and a request would wait for the next one), not while Redis said to
-        wait."""
-        return (
-            self.held >= 1
-            and now - self.leased_at > LEASE_RENEW_S
-            and now - self.spent_at < LEASE_TTL_S
-            and now >= self.refused_at + self.wait_s
-        )
-
     def shortfall(self, cost: float, now: float) -> int:
         """Permits to lease before ``cost`` can be spent (a stale lease goes back, it does not count)."""
         held = 0.0 if self.stale(now) else max(0.0, self.held)
         return max(0, math.ceil(cost - held))
 
-    def carry(self, now: float, *, renew: bool = False) -> int:
+    def carry(self, now: float) -> int:
         """Permits to settle with the primary: a debt (spent beyond what was leased: usage above its
         reservation) to charge, or (negative) to give back: settled reservations beyond what a lease holds,
-        or a stale lease whole (and one being ``renew``-ed: the next lease replaces it)."""
+        or a stale lease whole."""
         if self.held < 0:
             return math.ceil(-self.held)
-        if renew or self.stale(now):
+        if self.stale(now):
             return -math.floor(self.held)
         return -math.floor(self.held - self.lease) if self.held > 2 * self.lease else 0
 
