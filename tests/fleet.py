@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.api import create_app as create_admin
 from controlplane.settings import AdminToken, ControlPlaneSettings
@@ -105,6 +106,17 @@ class Fleet:
 
     def edge_url(self, region: str) -> str:
         return str(self.edges[region].make_url("/"))
+
+    async def primary_waits(self, region: str) -> dict[str, float]:
+        """The region's edge's count of requests that waited for the limits authority, by what for (its
+        ``/metrics``)."""
+        async with aiohttp.ClientSession() as s, s.get(self.edges[region].make_url("/metrics")) as m:
+            return {
+                sample.labels["what"]: sample.value
+                for family in text_string_to_metric_families(await m.text())
+                for sample in family.samples
+                if sample.name == "meridian_edge_limits_primary_waits_total"
+            }
 
     async def admin(
         self,

@@ -173,17 +173,6 @@ async def test_a_budget_is_set_changed_and_cleared_by_patch_and_bad_budgets_are_
         assert "budget" in json.dumps(body), body
 
 
-async def primary_waits(s: aiohttp.ClientSession, fleet: Fleet, region: str) -> dict[str, float]:
-    """The edge's count of requests that waited for the limits authority, by what they waited for."""
-    async with s.get(fleet.edges[region].make_url("/metrics")) as m:
-        return {
-            sample.labels["what"]: sample.value
-            for family in text_string_to_metric_families(await m.text())
-            for sample in family.samples
-            if sample.name == "meridian_edge_limits_primary_waits_total"
-        }
-
-
 async def test_a_steady_tenant_waits_for_the_primary_only_at_its_start(fleet: Fleet) -> None:
     """Leases and the budget's purse are held ahead: past the first requests, a tenant sending steadily
     through one edge never waits for the primary, also when its first lease, far from spent, passes the
@@ -208,10 +197,10 @@ async def test_a_steady_tenant_waits_for_the_primary_only_at_its_start(fleet: Fl
     async with aiohttp.ClientSession() as s:
         start = time.monotonic()
         await asyncio.gather(*(steadily(s, start + 1.5) for _ in range(8)))  # the purse learns the rate
-        before = await primary_waits(s, fleet, region)
+        before = await fleet.primary_waits(region)
         assert before.get("lease", 0) >= 1 and before.get("budget", 0) >= 1  # the first ones waited
         served = sum(await asyncio.gather(*(steadily(s, start + 1.5 + LEASE_TTL_S) for _ in range(8))))
-        after = await primary_waits(s, fleet, region)
+        after = await fleet.primary_waits(region)
     assert served > 40
     assert after == before, (served, before, after)
     limiter = fleet.edges[region].edge.limiter

@@ -89,7 +89,10 @@ def test_concurrent_slots_are_held_used_and_given_back() -> None:
     s = Slots(limit=40)  # spare: 2
     assert not s.take() and s.wanted() == 2
     s.held = 3
-    assert s.take() and s.take() and s.take() and not s.take()
+    assert s.take() and s.take() and not s.needs_more() and s.take() and s.needs_more()  # the last spare
+    s.asking = True
+    assert not s.needs_more() and not s.take()  # one call at a time
+    s.asking = False
     s.waiting = 2
     assert s.wanted() == 3 + 2 + 2  # in use, waiting, spare
     s.waiting, s.held = 0, 10

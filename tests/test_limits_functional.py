@@ -162,6 +162,45 @@ async def test_concurrent_requests_hold_across_edges_and_slots_come_back(fleet: 
         assert later[200] == 4, later  # the whole limit, at one edge, once the first ones finished
 
 
+async def test_a_concurrency_ramp_waits_for_the_primary_only_at_its_start(fleet: Fleet) -> None:
+    """The request that takes an edge's last spare slot has more asked for ahead: a tenant's requests
+    arriving one after another, each while the others still run, wait for the primary only the first time
+    (before, once every spare + 1 requests)."""
+    tenant, key = await fleet.tenant_key({"max_concurrent": 40})  # 2 spare slots
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    sims = [fleet.sim(region, rep) for region in fleet.sims for rep in fleet.sims[region]]
+    for sim in sims:
+        sim.model = type(sim.model)(ttft_ms=5_000, per_token_ms=5)  # every request stays until cancelled
+    limiter = fleet.edges["eu-west-1"].edge.limiter
+    assert limiter is not None
+
+    async def one(s: aiohttp.ClientSession) -> None:
+        async with s.post(
+            fleet.edge_url("eu-west-1") + "v1/chat/completions", json=CHAT, headers=headers
+        ) as r:
+            await r.read()
+
+    async with aiohttp.ClientSession() as s:
+        running = []
+        try:
+            for n in range(1, 11):
+                running.append(asyncio.create_task(one(s)))
+
+                async def settled(n: int = n) -> bool:  # at the replicas, and no holding asked for meanwhile
+                    slots = limiter.slots.get(tenant)
+                    return (
+                        sum(len(sim.inflight) for sim in sims) >= n and slots is not None and not slots.asking
+                    )
+
+                await wait_for(settled, timeout=5, what=f"{n} requests running")
+            waits = await fleet.primary_waits("eu-west-1")
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+    assert waits.get("slots") == 1, waits
+
+
 async def test_a_buffered_answer_is_charged_its_real_usage_not_the_reservation(fleet: Fleet) -> None:
     # no max_tokens: each request reserves ~1,040 tokens (the 1,024 cap), the simulator uses about 12
     key = await tenant_key(fleet, {"tpm": 3_000})  # 50 tokens a second, 1 s of tolerance

@@ -167,7 +167,16 @@ class Limiter:
             if not slots.take_local(self.edges):
                 return Verdict(False, self.headers(tenant), 1.0, "concurrent"), None
             return None, Ticket(tenant.id, slots, local=True)
+        if slots.needs_more():
+            slots.asking = True
+            self._background(self._hold_ahead(tenant.id, slots))
         return None, Ticket(tenant.id, slots, local=False)
+
+    async def _hold_ahead(self, tenant: str, slots: Slots) -> None:
+        try:
+            await self._hold(tenant, slots, None)
+        finally:
+            slots.asking = False
 
     def leave(self, ticket: Ticket) -> None:
         """The request holding ``ticket`` is done: its slot is free (and idle spare may go back)."""

@@ -236,13 +236,15 @@ class Slots:
     """This edge's share of a tenant's concurrent-request limit: slots held (granted by the primary) and in
     use. It holds what it uses plus a few spare, asks for more when it has none spare, gives spare back when
     it holds more than twice the spare it keeps, and all of it once idle for a renewal period: a burst at one
-    edge may find up to spare x (edges - 1) slots idle elsewhere for that long."""
+    edge may find up to spare x (edges - 1) slots idle elsewhere for that long. The request that takes the
+    last spare slot has more asked for in the background."""
 
     limit: int
     held: int = 0
     in_use: int = 0
     waiting: int = 0  # requests waiting for the primary's answer to a bigger holding
     local: int = 0  # in use under the local share (the primary unreachable)
+    asking: bool = False  # a bigger holding asked for ahead, in the background
 
     def spare(self) -> int:
         return max(1, self.limit // 20)
@@ -252,6 +254,11 @@ class Slots:
             self.in_use += 1
             return True
         return False
+
+    def needs_more(self) -> bool:
+        """The last spare slot was just taken: ask for more ahead (one call at a time), so the next request
+        does not wait for the primary."""
+        return not self.asking and self.in_use >= self.held and self.held < self.limit
 
     def wanted(self) -> int:
         """What to hold: what is in use, what waits for a slot, and the spare."""
