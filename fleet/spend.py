@@ -169,11 +169,18 @@ class Purse:
         another edge could have used)."""
         one = max(0, cost - self.free)
         waiting = max(one, cost + self.waiting - self.free)
-        left = self.budget if self.left is None else self.left
-        room = max(0, left // (2 * max(1, edges)))
-        target = max(PURSE_REQUESTS * cost, int(self.rate * PURSE_S))
+        room, target = self._room(edges), self._target(cost, PURSE_S)
         want = target if target <= room else cost * (room // max(1, cost))
         return max(waiting, want), waiting, one
+
+    def _room(self, edges: int) -> int:
+        """Half of this process's share of what the primary last said was left: the most a purse holds."""
+        left = self.budget if self.left is None else self.left
+        return max(0, left // (2 * max(1, edges)))
+
+    def _target(self, cost: int, seconds: float) -> int:
+        """A purse of what this process reserves in ``seconds``, at least ``PURSE_REQUESTS`` of ``cost``."""
+        return max(PURSE_REQUESTS * cost, int(self.rate * seconds))
 
     def ahead(self, edges: int, now: float) -> int:
         """What to top the purse up by with the next settlement (one call a ``PURSE_S`` or so): back to two
@@ -181,11 +188,10 @@ class Purse:
         so a steady stream of requests never waits for a call (0: enough is free, the purse went unused
         for ``PURSE_S`` or was refused a moment ago, or the budget is near its end: there a request asks
         for itself)."""
-        left = self.budget if self.left is None else self.left
-        target = max(PURSE_REQUESTS * self.last, int(2 * self.rate * PURSE_S))
+        target = self._target(self.last, 2 * PURSE_S)
         if now - self.used_at >= PURSE_S or self.free >= target or now - self.refused_at < REFUSAL_S:
             return 0
-        return 0 if target > left // (2 * max(1, edges)) else target - self.free
+        return 0 if target > self._room(edges) else target - self.free
 
     def refused(self, cost: int, now: float) -> bool:
         """The primary could not grant this much (or less) a moment ago: no need to ask again so soon."""

@@ -30,6 +30,7 @@ def test_a_lease_in_use_never_goes_stale_however_old_and_an_unused_one_does() ->
         assert b.take(1, float(t)) and not b.stale(float(t)) and not b.needs_lease(float(t))
     idle = 10.0 + LEASE_TTL_S + 0.1
     assert b.stale(idle) and not b.take(1, idle) and b.carry(idle) == -(b.lease - 10)  # unused: it goes back
+    assert b.asked(0, idle) == 0 and b.asked(3, idle) == b.lease  # alone, unless a request needs permits
 
 
 def test_a_lease_is_never_overdrawn_and_a_debt_is_never_forgiven() -> None:

@@ -84,13 +84,13 @@ class Budgets:
         while not purse.refused(cost, self.mono()):
             if purse.take(cost, self.mono()):
                 return Hold(key, cost)
-            if not waited and self.mono() >= self.limiter.outage_until:
-                waited = True
-                self.limiter.waited("budget")
             if self.mono() < self.limiter.outage_until:
                 if purse.take_share(cost, self.limiter.edges, self.mono()):
                     return Hold(key, cost, share=True)
                 break
+            if not waited:  # counted once, however many calls it waits for
+                waited = True
+                self.limiter.waited("budget")
             pending = self._pending.get(key)
             if pending is not None:  # the call in flight asked for this one too, or the next one will
                 purse.waiting += cost

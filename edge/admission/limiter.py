@@ -385,7 +385,7 @@ class Limiter:
                 args=[
                     repr(interval_ms),
                     bucket.tolerance_s() * 1000.0,
-                    0 if not cost and bucket.stale(now) else max(bucket.lease, need),  # stale: back only
+                    bucket.asked(need, now),
                     need,
                     carry,
                 ],

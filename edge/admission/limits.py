@@ -66,8 +66,7 @@ class Bucket:
     limit: int  # per minute, across every edge
     burst_s: float = TOLERANCE_S  # how much of the rate may arrive at once
     held: float = 0.0  # leased permits not yet spent; below 0, a debt this edge owes the primary
-    leased_at: float = 0.0  # monotonic time of the last lease
-    spent_at: float = -math.inf  # ... and of the last permit spent from it
+    used_at: float = 0.0  # monotonic time of the last lease or the last permit spent from it
     wait_s: float = 0.0  # Redis's word: no permit for this long after ``refused_at``
     refused_at: float = -math.inf
     asking: bool = False  # a lease request is in flight
@@ -103,7 +102,7 @@ class Bucket:
     def stale(self, now: float) -> bool:
         """Leased permits neither spent from nor topped up for ``LEASE_TTL_S``: not spent here any more,
         given back (``carry``)."""
-        return self.held >= 1 and now - max(self.leased_at, self.spent_at) > LEASE_TTL_S
+        return self.held >= 1 and now - self.used_at > LEASE_TTL_S
 
     def take(self, cost: float, now: float) -> bool:
         """Spend ``cost`` leased permits if this edge holds all of them, fresh (never overdrawn: a cost
@@ -111,8 +110,13 @@ class Bucket:
         if self.held < cost or self.stale(now):
             return False
         self.held -= cost
-        self.spent_at = now
+        self.used_at = now
         return True
+
+    def asked(self, need: int, now: float) -> int:
+        """Permits to ask the primary for, ``need`` of them for the request asking (0: none, a lease asked
+        ahead): a lease, or the need when larger; a stale lease asked ahead of nothing goes back alone."""
+        return 0 if not need and self.stale(now) else max(self.lease, need)
 
     def shortfall(self, cost: float, now: float) -> int:
         """Permits to lease before ``cost`` can be spent (a stale lease goes back, it does not count)."""
@@ -147,7 +151,7 @@ class Bucket:
         self.asking = False
         self.held += permits + carried
         if permits:
-            self.leased_at = now
+            self.used_at = now
             self.refused_at, self.wait_s = -math.inf, 0.0
         else:
             self.refused_at, self.wait_s = (now if asked is None else asked), wait_s
