@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 from controlplane.api import create_app as create_admin
 from controlplane.settings import AdminToken, ControlPlaneSettings
@@ -63,6 +64,18 @@ async def wait_for(
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def edge_counts(metrics_url: str | URL, counter: str, label: str) -> dict[str, float]:
+    """An edge's ``meridian_edge_<counter>_total`` by one label, read from its ``/metrics``."""
+    name = f"meridian_edge_{counter}_total"
+    async with aiohttp.ClientSession() as s, s.get(metrics_url) as m:
+        return {
+            sample.labels[label]: sample.value
+            for family in text_string_to_metric_families(await m.text())
+            for sample in family.samples
+            if sample.name == name
+        }
 
 
 @dataclass
@@ -108,15 +121,8 @@ class Fleet:
         return str(self.edges[region].make_url("/"))
 
     async def primary_waits(self, region: str) -> dict[str, float]:
-        """The region's edge's count of requests that waited for the limits authority, by what for (its
-        ``/metrics``)."""
-        async with aiohttp.ClientSession() as s, s.get(self.edges[region].make_url("/metrics")) as m:
-            return {
-                sample.labels["what"]: sample.value
-                for family in text_string_to_metric_families(await m.text())
-                for sample in family.samples
-                if sample.name == "meridian_edge_limits_primary_waits_total"
-            }
+        """The region's edge's count of requests that waited for the limits authority, by what for."""
+        return await edge_counts(self.edges[region].make_url("/metrics"), "limits_primary_waits", "what")
 
     async def admin(
         self,
