@@ -345,6 +345,7 @@ async def _build(
                 )
             )
             sims.setdefault(region.name, {})[rep.name] = server
+            assert server.port is not None  # started: the kernel gave it a port
             ports[(region.name, rep.name)] = server.port
     topo = Topology.model_validate(local_topology(base, ports))
     fleet.topology = topo
@@ -409,9 +410,9 @@ async def _build(
         for _ in range(processes):  # each its own Edge: its own limiter, registration and connections
             edge = Edge(settings, topology=topo, tracer_provider=provider)
             runner = await serve_edge(edge, "127.0.0.1", 0, shutdown_timeout=2.0)  # the kernel picks the port
-            served = ServedEdge(edge, runner, runner.addresses[0][1])
-            fleet.processes.setdefault(name, []).append(served)
-            fleet.edges.setdefault(name, served)
+            process = ServedEdge(edge, runner, runner.addresses[0][1])
+            fleet.processes.setdefault(name, []).append(process)
+            fleet.edges.setdefault(name, process)
     if control_plane:
         await fleet.wait_edges_ready()
 

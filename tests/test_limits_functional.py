@@ -21,8 +21,7 @@ import pytest
 
 from edge.admission.limits import LEASE_S, SLOTS_TTL_S, TOLERANCE_S, Bucket
 from edge.server.build import LEASE_TIMEOUT_S
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, edge_counts, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, edge_counts, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -337,7 +336,8 @@ async def run_cell(fleet: Fleet, cell: Cell, key: str, rng: random.Random) -> Se
 
     async def one(s: aiohttp.ClientSession, url: str) -> None:
         lo, hi = cell.tokens or (2, 2)
-        body = {**CHAT, "max_tokens": rng.randint(lo, hi)}
+        max_tokens = rng.randint(lo, hi)
+        body = {**CHAT, "max_tokens": max_tokens}
         tokens = "tpm" in cell.limits
         # the limiter charges a request's reservation (its prompt estimated from the body) as it arrives,
         # and refunds the reservation's excess over the usage when the answer ends
@@ -346,7 +346,7 @@ async def run_cell(fleet: Fleet, cell: Cell, key: str, rng: random.Random) -> Se
         async with s.post(url, json=body, headers=headers) as r:
             answer = await r.read()
             if tokens:
-                seen.offered.append((time.monotonic(), 2 + body["max_tokens"] - charged))
+                seen.offered.append((time.monotonic(), 2 + max_tokens - charged))
             if r.status == 200:
                 seen.admitted += 1
                 seen.tokens += json.loads(answer)["usage"]["total_tokens"]
