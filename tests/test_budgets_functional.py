@@ -185,6 +185,8 @@ async def test_a_steady_tenant_waits_for_the_primary_only_at_its_start(fleet: Fl
     headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
     body = {k: v for k, v in BODY.items() if not k.startswith("stream")}  # its real cost near its reservation
     url = fleet.edge_url(region) + "v1/chat/completions"
+    for sim in (fleet.sim(r, rep) for r in fleet.sims for rep in fleet.sims[r]):
+        sim.model = type(sim.model)(ttft_ms=5, per_token_ms=1)  # ~0.1 s a request: 100+ in the steady 2 s
 
     async def steadily(s: aiohttp.ClientSession, until: float) -> int:
         n = 0

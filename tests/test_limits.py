@@ -3,7 +3,7 @@ the local share while the primary is unreachable; the token reservation."""
 
 from __future__ import annotations
 
-from edge.admission.limits import LEASE_TTL_S, Bucket, Slots, prompt_tokens, reservation
+from edge.admission.limits import LEASE_TTL_S, SLOTS_RECHECK_S, Bucket, Slots, prompt_tokens, reservation
 
 
 def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:
@@ -103,3 +103,11 @@ def test_concurrent_slots_are_held_used_and_given_back() -> None:
     assert [s.take_local(edges=20) for _ in range(3)] == [True, False, False]  # 40 / 20 edges, 1 in use
     s.release()
     assert s.take_local(edges=20) and not s.take_local(edges=20)  # nothing in use: the share is 2
+
+
+def test_after_the_primary_had_no_slot_it_is_not_asked_again_for_a_moment() -> None:
+    s = Slots(limit=3)
+    assert not s.refused(now=0.0)  # never refused: ask
+    s.refused_at = 0.0
+    assert s.refused(now=0.0) and s.refused(now=SLOTS_RECHECK_S * 0.9)
+    assert not s.refused(now=SLOTS_RECHECK_S)  # then the primary is asked again

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
-from edge.admission.limits import LEASE_S, SLOTS_TTL_S, TOLERANCE_S, Bucket
+from edge.admission.limits import LEASE_S, SLOTS_RECHECK_S, SLOTS_TTL_S, TOLERANCE_S, Bucket
 from edge.server.build import LEASE_TIMEOUT_S
 from tests.fleet import Fleet, ServerFactory, edge_counts, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
@@ -198,6 +198,59 @@ async def test_a_concurrency_ramp_waits_for_the_primary_only_at_its_start(fleet:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
     assert waits.get("slots") == 1, waits
+
+
+async def test_a_flood_past_the_concurrency_limit_is_refused_without_a_call_per_request(fleet: Fleet) -> None:
+    """Once the primary had no slot for a request, the edge refuses the next ones without asking it again for
+    ``SLOTS_RECHECK_S``: 100 requests past a limit of 1 at once cost a call or two, not 100; and the slot,
+    once free, serves again."""
+    key = (await fleet.tenant_key({"max_concurrent": 1}))[1]
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    sims = [fleet.sim(region, rep) for region in fleet.sims for rep in fleet.sims[region]]
+    for sim in sims:
+        sim.model = type(sim.model)(ttft_ms=5_000, per_token_ms=5)  # the first request stays until cancelled
+    url = fleet.edge_url("eu-west-1") + "v1/chat/completions"
+
+    async def status(s: aiohttp.ClientSession) -> int:
+        async with s.post(url, json={**CHAT, "max_tokens": 2}, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        holder = asyncio.create_task(status(s))
+        try:
+            await wait_for(lambda: sum(len(sim.inflight) for sim in sims) == 1, timeout=5, what="1 running")
+            before = await asyncio.to_thread(script_calls, fleet)
+            started = time.monotonic()
+            flood = Counter(await asyncio.gather(*(status(s) for _ in range(100))))
+            elapsed = time.monotonic() - started
+            asked = await asyncio.to_thread(script_calls, fleet) - before
+        finally:
+            holder.cancel()
+            await asyncio.gather(holder, return_exceptions=True)
+        for sim in sims:
+            sim.model = type(sim.model)(ttft_ms=1, per_token_ms=1)
+        served = []
+
+        async def served_again() -> bool:
+            served.append(await status(s))
+            return served[-1] == 200
+
+        await wait_for(served_again, timeout=5, what="the freed slot serving")
+    print(f"\n100 requests past a concurrency limit of 1: {asked} script calls in {elapsed:.2f} s")
+    assert flood == {429: 100}, flood
+    # the script calls of every edge (registrations, once a second each, included) while the flood lasted
+    assert asked <= 4 * (1 + elapsed) + 1 + elapsed / SLOTS_RECHECK_S and asked < 50, (asked, elapsed)
+
+
+def script_calls(fleet: Fleet) -> int:
+    """How many scripts the primary has run (its ``INFO commandstats``)."""
+    r = fleet.primary.client(decode=True)
+    try:
+        stats = r.info("commandstats")
+    finally:
+        r.close()
+    return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 async def test_a_buffered_answer_is_charged_its_real_usage_not_the_reservation(fleet: Fleet) -> None:

@@ -155,6 +155,8 @@ class Limiter:
         if slots is None or slots.limit != limit:
             slots = self.slots[tenant.id] = Slots(limit)
         if self.clock() >= self.outage_until and not slots.take():
+            if slots.refused(self.clock()):  # the primary just had none: no call per refused request
+                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), None
             self.waited("slots")
             slots.waiting += 1
             try:
@@ -194,6 +196,8 @@ class Limiter:
         given back is not spent here while the primary answers."""
         lock = self._locks.setdefault(tenant, asyncio.Lock())
         async with lock:
+            if want is None and (slots.in_use < slots.held or slots.refused(self.clock())):
+                return  # answered while this waited: a slot is free here, or the primary has none
             need = slots.in_use + slots.waiting
             amount = max(need, slots.wanted() if want is None else want)
             # slots being given back are not taken while the primary answers: it may grant them elsewhere
@@ -208,6 +212,8 @@ class Limiter:
                 self.outage(exc)
                 return
             slots.held = int(granted)
+            if slots.held < need:  # a request waiting here gets no slot
+                slots.refused_at = self.clock()
 
     def start(self) -> None:
         """Register this edge process and keep its holdings alive, in the background, until ``close``."""

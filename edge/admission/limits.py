@@ -218,6 +218,7 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
 return grant
 """
 SLOTS_TTL_S = 10.0  # a holding not renewed for this long is another edge's to take
+SLOTS_RECHECK_S = 0.05  # the primary had no slot for a request waiting here: not asked again before this
 
 # KEYS[1]: hash of edge process id -> expiry (ms); ARGV: this process's id, how long its registration lives
 # (ms). Registers it, forgets the expired, returns how many are live (the outage share's denominator).
@@ -241,7 +242,9 @@ class Slots:
     use. It holds what it uses plus a few spare, asks for more when it has none spare, gives spare back when
     it holds more than twice the spare it keeps, and all of it once idle for a renewal period: a burst at one
     edge may find up to spare x (edges - 1) slots idle elsewhere for that long. The request that takes the
-    last spare slot has more asked for in the background."""
+    last spare slot has more asked for in the background. When the primary had no slot for a request waiting
+    here, the next ones that find none held are refused without asking it again for ``SLOTS_RECHECK_S``: a
+    tenant flooding past its limit costs the primary a call per edge that often, not one per request."""
 
     limit: int
     held: int = 0
@@ -249,6 +252,7 @@ class Slots:
     waiting: int = 0  # requests waiting for the primary's answer to a bigger holding
     local: int = 0  # in use under the local share (the primary unreachable)
     asking: bool = False  # a bigger holding asked for ahead, in the background
+    refused_at: float = -math.inf  # when the primary last had no slot for a request waiting here
 
     def spare(self) -> int:
         return max(1, self.limit // 20)
@@ -258,6 +262,10 @@ class Slots:
             self.in_use += 1
             return True
         return False
+
+    def refused(self, now: float) -> bool:
+        """The primary had no slot for a request waiting here a moment ago: do not ask it again yet."""
+        return now - self.refused_at < SLOTS_RECHECK_S
 
     def needs_more(self) -> bool:
         """The last spare slot was just taken: ask for more ahead (one call at a time), so the next request
