@@ -19,8 +19,10 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
+from edge.admission.limiter import REGISTER_S
 from edge.admission.limits import LEASE_S, SLOTS_RECHECK_S, SLOTS_TTL_S, TOLERANCE_S, Bucket
 from edge.server.build import LEASE_TIMEOUT_S
+from fleet.acl import edge_user
 from tests.fleet import Fleet, ServerFactory, edge_counts, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
@@ -135,6 +137,32 @@ async def test_with_the_primary_down_each_edge_enforces_its_share(fleet: Fleet) 
     )
     assert statuses[429] > statuses[200], statuses  # not open
     assert 0.8 * share * 3.0 <= statuses[200] <= share * (3.0 + TOLERANCE_S) + 40 * LEASE_S + 2, statuses
+
+
+async def test_a_primary_refusing_the_limit_scripts_is_told_apart_and_the_share_serves(fleet: Fleet) -> None:
+    """The shipped failure this wave began with: the edge's Redis user may not run the limit scripts (NOPERM).
+    Every refused call counts as kind="refused" (what MeridianLimitsRefusedByPrimary alerts on), never as an
+    outage; the edge serves on its share meanwhile; once the user is fixed, the refusals stop."""
+    key = await tenant_key(fleet, {"rpm": 2400})
+    metrics = fleet.edges["eu-west-1"].make_url("/metrics")
+    ops = fleet.primary.client()
+    try:
+        ops.acl_setuser(edge_user("eu-west-1"), enabled=True, commands=["-evalsha", "-eval"])
+        statuses = await drive(fleet, key, 0.5, per_edge=1, edges=["eu-west-1"])
+        broken = await edge_counts(metrics, "limits_primary_failures", "kind")
+        ops.acl_setuser(edge_user("eu-west-1"), enabled=True, commands=["+evalsha", "+eval"])
+    finally:
+        ops.close()
+    assert statuses[200] >= 1, statuses  # the edge's share served
+    assert broken.get("refused", 0) >= 1 and "unreachable" not in broken, broken
+    seen = [broken["refused"]]
+
+    async def refusals_stopped() -> bool:  # polled every registration (1 s): unchanged across one
+        seen.append((await edge_counts(metrics, "limits_primary_failures", "kind"))["refused"])
+        return seen[-1] == seen[-2]
+
+    await wait_for(refusals_stopped, timeout=10, interval=1.5 * REGISTER_S, what="refusals to stop")
+    assert (await drive(fleet, key, 0.5, per_edge=1, edges=["eu-west-1"]))[200] >= 1
 
 
 async def test_concurrent_requests_hold_across_edges_and_slots_come_back(fleet: Fleet) -> None:
