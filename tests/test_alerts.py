@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from markdown.extensions.toc import slugify
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "docs" / "alerts.rules.yml"
@@ -35,9 +36,8 @@ def exported() -> dict[str, set[str]]:
 
 
 def slugs(doc: Path) -> set[str]:
-    """The anchors MkDocs gives a page's headings."""
-    heads = re.findall(r"^#+ (.+)$", doc.read_text(), flags=re.M)
-    return {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in heads}
+    """The anchors MkDocs gives a page's headings (Python-Markdown's toc extension)."""
+    return {slugify(h, "-") for h in re.findall(r"^#+ (.+)$", doc.read_text(), flags=re.M)}
 
 
 def test_every_alert_names_exported_metrics_and_labels() -> None:

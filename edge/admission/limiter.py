@@ -154,25 +154,35 @@ class Limiter:
         slots = self.slots.get(tenant.id)
         if slots is None or slots.limit != limit:
             slots = self.slots[tenant.id] = Slots(limit)
-        if self.clock() >= self.outage_until and not slots.take():
-            if slots.refused(self.clock()):  # the primary just had none: no call per refused request
-                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), None
-            self.waited("slots")
-            slots.waiting += 1
-            try:
-                await self._hold(tenant.id, slots, None)
-            finally:
-                slots.waiting -= 1
-            if self.clock() >= self.outage_until and not slots.take():
-                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), None
+        # none held is free: ask for more, unless the primary just had none (no call per refusal)
+        if (
+            self.clock() >= self.outage_until
+            and not slots.take()
+            and (slots.refused(self.clock()) or not await self._more(tenant.id, slots))
+        ):
+            return self._at_limit(tenant), None
         if self.clock() < self.outage_until:
             if not slots.take_local(self.edges):
-                return Verdict(False, self.headers(tenant), 1.0, "concurrent"), None
+                return self._at_limit(tenant), None
             return None, Ticket(tenant.id, slots, local=True)
         if slots.needs_more():
             slots.asking = True
             self._background(self._hold_ahead(tenant.id, slots))
         return None, Ticket(tenant.id, slots, local=False)
+
+    async def _more(self, tenant: str, slots: Slots) -> bool:
+        """No slot held is free: wait for a bigger holding. True when a slot of it is this request's, or the
+        primary went out meanwhile (the local share decides)."""
+        self.waited("slots")
+        slots.waiting += 1
+        try:
+            await self._hold(tenant, slots, None)
+        finally:
+            slots.waiting -= 1
+        return self.clock() < self.outage_until or slots.take()
+
+    def _at_limit(self, tenant: Tenant) -> Verdict:
+        return Verdict(False, self.headers(tenant), 1.0, "concurrent")
 
     async def _hold_ahead(self, tenant: str, slots: Slots) -> None:
         try:
