@@ -47,6 +47,6 @@ def main() -> int:
         loop="uvloop",
         access_log=False,
         timeout_graceful_shutdown=2,
-        **settings.uvicorn_tls(),  # type: ignore[arg-type]
+        **settings.uvicorn_tls(),
     )
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +15,13 @@ from fleet.topology import LogLevel
 # viewer: reads everything; operator: also writes; pools: KEDA and node agents — reads pools and posts
 # interruption notices, nothing else
 Role = Literal["viewer", "operator", "pools"]
+
+
+class UvicornTLS(TypedDict, total=False):
+    """The keyword arguments uvicorn takes for TLS (none: plain HTTP)."""
+
+    ssl_certfile: str
+    ssl_keyfile: str
 
 
 class AdminToken(BaseModel):
@@ -91,7 +98,7 @@ class ControlPlaneSettings(BaseSettings):
             )
         return self
 
-    def uvicorn_tls(self) -> dict[str, str]:
+    def uvicorn_tls(self) -> UvicornTLS:
         """uvicorn's TLS options (none: plain HTTP, for a TLS-terminating load balancer in front)."""
         if self.tls_cert_file is None or self.tls_key_file is None:
             return {}

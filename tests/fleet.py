@@ -10,7 +10,7 @@ import json
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,7 @@ class Fleet:
 
     async def tenant_key(
         self,
-        limits: dict[str, int] | None = None,
+        limits: Mapping[str, float] | None = None,
         *,
         name: str | None = None,
         priority: str = "normal",

@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from fleet.pools import PoolKey
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 REGION = "eu-west-1"
-POOL = (REGION, None)  # the open world: one pool per region
+POOL = PoolKey(REGION, None)  # the open world: one pool per region
 QUEUE = {
     "critical": {"size": 8, "wait_s": 30},
     "normal": {"size": 8, "wait_s": 30},

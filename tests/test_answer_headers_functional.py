@@ -13,8 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet
+from tests.fleet import Fleet, ServerFactory, start_fleet
 from tests.geodb import CLIENT_IP
 
 EDGE = "eu-west-1"

@@ -16,12 +16,11 @@ import aiohttp
 import pytest
 
 from regionsim.model import Faults
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 REGION = "eu-west-1"
-POOL = {
+POOL: dict[str, Any] = {  # the pool as the admin API takes it
     "model": "sim-llm",
     "min_replicas": 1,
     "max_replicas": 6,
@@ -420,7 +419,7 @@ async def test_a_drained_region_hands_its_load_and_the_others_scale_ahead_of_the
             seen.append(await pool(f, other))
             p = seen[-1]
             own = math.ceil(p["load"] / POOL["target"]["value"])
-            return p["absorbed"] > 0 and p["desired"] > max(before, own)
+            return bool(p["absorbed"] > 0 and p["desired"] > max(before, own))
 
         try:
             waited = await wait_for(

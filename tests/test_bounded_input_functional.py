@@ -13,8 +13,7 @@ import aiohttp
 import pytest
 
 from meridian import cli
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet
+from tests.fleet import Fleet, ServerFactory, start_fleet
 from tests.geodb import CLIENT_IP
 
 

@@ -21,8 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.admission.limits import LEASE_TTL_S, prompt_tokens
 from fleet.models import cost_nusd
 from meridian import cli
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 MODEL = "llama-3.1-8b-instruct"  # regions.yaml: $0.10 per million prompt tokens, $0.20 per million completion
@@ -111,7 +110,7 @@ async def test_concurrent_streams_cannot_overspend_and_spend_is_usage_at_catalog
 
         async def settled() -> bool:
             r = await report()
-            return r["budget"]["held_usd"] == 0 and r["totals"]["requests"] >= len(served)
+            return bool(r["budget"]["held_usd"] == 0 and r["totals"]["requests"] >= len(served))
 
         # what the edges' purses hold idle goes back within 2 s: what is left is served to the last request
         for i in range(10):

@@ -11,8 +11,7 @@ from controlplane.intake import PassiveBook
 from controlplane.prober import Prober
 from controlplane.service import ServiceTracker
 from regionsim.model import Power
-from tests.conftest import ServerFactory
-from tests.fleet import start_fleet, wait_for
+from tests.fleet import ServerFactory, start_fleet, wait_for
 
 REGION = "eu-west-1"
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from meridian import cli
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet
+from tests.fleet import Fleet, ServerFactory, start_fleet
 
 
 def test_ctl_options_are_taken_wherever_they_are_written() -> None:

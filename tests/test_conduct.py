@@ -14,8 +14,7 @@ import aiohttp
 import pytest
 
 from regionsim.model import Faults
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 MODEL = "llama-3.1-8b-instruct"
@@ -187,7 +186,7 @@ async def test_a_plain_openai_compatible_server_is_probed_on_its_model_list_and_
         for server in f.sims["eu-west-1"].values():
             for route in server.app.router.routes():
                 if route.resource is not None and route.resource.canonical in ("/health", "/metrics"):
-                    route._handler = not_here  # type: ignore[attr-defined]
+                    route._handler = not_here
         prober = f.admin_app.state.prober
         start = prober.rounds
 

@@ -19,8 +19,7 @@ import aiohttp
 import pytest
 import uvicorn
 
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -284,7 +283,7 @@ async def test_a_dial_to_zero_moves_london_off_eu_west_1_within_2_s_and_is_audit
         for row in d.find_elements(By.CSS_SELECTOR, "#runs tbody tr"):
             cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
             if cells[0] == "eu-west-1" and cells[1] == "switch" and cells[5].startswith("4/4"):
-                return cells[6]
+                return str(cells[6])
         return None
 
     recovery = await run(until, browser, every_edge_applied, 5.0, "the switch run: every edge applied it")
@@ -297,7 +296,7 @@ async def test_a_dial_to_zero_moves_london_off_eu_west_1_within_2_s_and_is_audit
         for row in d.find_elements(By.CSS_SELECTOR, "#runs tbody tr"):
             cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
             if cells[0] == "eu-west-1" and cells[7] != "—":
-                return cells[7]
+                return str(cells[7])
         return None
 
     zero = await run(until, browser, traffic_stopped, 8.0, "the switch run: the region's traffic at 0")
@@ -402,7 +401,7 @@ async def test_the_console_reconnects_after_a_control_plane_restart(fleet: Fleet
 
     def shows_35(d: Any) -> bool:
         row = d.find_element(By.CSS_SELECTOR, '#map-table tr[data-region="ap-southeast-1"]')
-        return row.find_elements(By.TAG_NAME, "td")[1].text == "35"
+        return bool(row.find_elements(By.TAG_NAME, "td")[1].text == "35")
 
     await run(until, browser, shows_35, 5.0, "the change after the restart")
 

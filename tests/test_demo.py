@@ -36,7 +36,7 @@ def tour_commands() -> list[str]:
     return [ln for ln in block.group(1).splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def start_demo(base_port: int) -> tuple[subprocess.Popen[str], dict[str, object], float]:
+def start_demo(base_port: int) -> tuple[subprocess.Popen[str], dict[str, Any], float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "meridian", "demo", "--base-port", str(base_port)],
@@ -102,15 +102,15 @@ def test_demo_ready_line_tour_and_clean_stop() -> None:
         print(f"\ndemo ready in {took:.1f} s")
         assert took < 30
         assert ready["ready"] is True
-        assert set(ready["edges"]) == {"us-east-1", "us-west-2", "eu-west-1", "ap-southeast-1"}  # type: ignore[arg-type]
+        assert set(ready["edges"]) == {"us-east-1", "us-west-2", "eu-west-1", "ap-southeast-1"}
         admin = ready["admin"]
         assert admin == {
             "url": f"http://127.0.0.1:{base}",
             "token": admin["token"],
             "viewer_token": admin["viewer_token"],
-        }  # type: ignore[index]
-        assert all(len(r["replicas"]) >= 2 for r in ready["regions"].values())  # type: ignore[attr-defined]
-        assert set(ready["redis"]["replicas"]) == set(ready["edges"])  # type: ignore[index, arg-type]
+        }
+        assert all(len(r["replicas"]) >= 2 for r in ready["regions"].values())
+        assert set(ready["redis"]["replicas"]) == set(ready["edges"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         for cmd in tour_commands():
@@ -118,7 +118,7 @@ def test_demo_ready_line_tour_and_clean_stop() -> None:
             assert res.returncode == 0, f"tour command failed: {cmd}\n{res.stdout}\n{res.stderr}"
         check_capacity(base, ready, env)
         check_console(base, ready, env)
-        for url in ready["edges_internal"].values():  # type: ignore[attr-defined]
+        for url in ready["edges_internal"].values():
             with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
                 text = r.read().decode()
             refused = [
@@ -183,7 +183,7 @@ def test_demo_on_another_base_port_stops_cleanly_on_sigterm() -> None:
     base = free_block()
     proc, ready, _ = start_demo(base)
     try:
-        assert ready["admin"]["url"] == f"http://127.0.0.1:{base}"  # type: ignore[index]
+        assert ready["admin"]["url"] == f"http://127.0.0.1:{base}"
         before = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         second = run_demo_expecting_refusal(base)
         assert second.returncode == 2, second.stderr
@@ -191,7 +191,7 @@ def test_demo_on_another_base_port_stops_cleanly_on_sigterm() -> None:
         assert "Traceback" not in second.stderr
         after = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
         assert after == before  # nothing of the first demo was stopped or replaced
-        for url in [ready["admin"]["url"], *ready["edges"].values()]:  # type: ignore[index, attr-defined]
+        for url in [ready["admin"]["url"], *ready["edges"].values()]:
             with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
                 assert resp.status == 200
         assert state_file(base).exists()  # the refused demo removed nothing of the running one's

@@ -11,6 +11,7 @@ import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,8 +20,7 @@ from edge.server.app import Edge
 from edge.server.main import serve as serve_edge
 from fleet.keys import KEY_API_KEYS, KEY_AUDIT, KEY_TENANTS
 from meridian.redisproc import free_port
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -38,7 +38,7 @@ async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIter
         await f.close()
 
 
-def stored(fleet: Fleet) -> dict[str, object]:
+def stored(fleet: Fleet) -> dict[str, Any]:
     """What the primary holds of the writes this test makes (read as the tests' own ops user)."""
     r = fleet.primary.client(decode=True)
     try:
@@ -47,7 +47,7 @@ def stored(fleet: Fleet) -> dict[str, object]:
         return {
             "tenants": r.hgetall(KEY_TENANTS),
             "keys": r.hgetall(KEY_API_KEYS),
-            "audit": [entry_id for entry_id, _ in r.xrange(KEY_AUDIT)],
+            "audit": [entry_id for entry_id, _ in r.xrange(KEY_AUDIT) or []],
             "usage": usage,
             "limits": limits,
         }
@@ -71,23 +71,23 @@ async def burst(fleet: Fleet, s: aiohttp.ClientSession, n: int) -> None:
 
     async def usage_taken() -> bool:
         got = await asyncio.to_thread(stored, fleet)
-        return any(k.startswith(f"meridian:usage:eu-west-1:{tenant}:") for k in got["usage"])  # type: ignore[attr-defined]
+        return any(k.startswith(f"meridian:usage:eu-west-1:{tenant}:") for k in got["usage"])
 
     await wait_for(usage_taken, timeout=5, what="the edge's usage batch on the primary")
 
 
-def lost(before: dict[str, object], after: dict[str, object]) -> dict[str, object]:
+def lost(before: dict[str, Any], after: dict[str, Any]) -> dict[str, object]:
     """What ``before`` had that ``after`` lacks (limit state only by key: an edge may give a lease back
     in between; everything else by value)."""
     out: dict[str, object] = {}
     for what, was in before.items():
         now = after[what]
         if isinstance(was, list):
-            missing: object = [x for x in was if x not in now]  # type: ignore[operator]
+            missing: object = [x for x in was if x not in now]
         elif what == "limits":
-            missing = sorted(set(was) - set(now))  # type: ignore[arg-type]
+            missing = sorted(set(was) - set(now))
         else:
-            missing = {k: v for k, v in was.items() if now.get(k) != v}  # type: ignore[attr-defined]
+            missing = {k: v for k, v in was.items() if now.get(k) != v}
         if missing:
             out[what] = missing
     return out
@@ -104,7 +104,7 @@ async def test_every_acknowledged_write_survives_a_sigkill_of_the_primary(fleet:
             await asyncio.to_thread(fleet.primary.wait_ready)
             after = await asyncio.to_thread(stored, fleet)
             assert not lost(before, after), (n, lost(before, after))
-    assert len(after["tenants"]) == ROUNDS  # type: ignore[arg-type]
+    assert len(after["tenants"]) == ROUNDS
 
 
 async def test_the_default_user_that_replays_the_aof_is_no_one_elses(fleet: Fleet) -> None:

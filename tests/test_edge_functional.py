@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 from opentelemetry.trace import SpanKind
 
 from edge.telemetry import tracing
@@ -32,7 +33,7 @@ async def ask(
     *,
     body: object = CHAT,
     headers: dict[str, str] | None = None,
-) -> tuple[int, aiohttp.typedefs.LooseHeaders, bytes]:
+) -> tuple[int, CIMultiDictProxy[str], bytes]:
     hdrs = {"X-Forwarded-For": ip} if ip else {}
     hdrs.update(headers or {})
     async with session.post(edge + "v1/chat/completions", json=body, headers=hdrs) as r:
@@ -70,7 +71,7 @@ async def test_clients_on_five_continents_are_served_by_their_nearest_edges_regi
     async with aiohttp.ClientSession() as s:
         await warm_up(s, fleet)
         for place, edge in NEAREST_EDGE.items():
-            served = Counter()
+            served: Counter[str] = Counter()
             for _ in range(50):
                 status, headers, body = await ask(s, fleet.edge_url(edge), CLIENT_IP[place])
                 assert status == 200, body
@@ -107,7 +108,7 @@ async def test_a_london_client_at_a_far_edge_is_served_there_unless_pinned(
         try:
             async with aiohttp.ClientSession() as s:
                 await warm_up(s, f)
-                served = Counter()
+                served: Counter[str] = Counter()
                 for _ in range(50):
                     _, headers, _ = await ask(s, f.edge_url("us-east-1"), CLIENT_IP["london"])
                     served[headers["X-Meridian-Region"]] += 1
@@ -222,7 +223,8 @@ async def test_dial_of_fifty_sends_half_to_the_next_best_region(fleet: Fleet) ->
             aiohttp.ClientSession() as s,
             s.get(fleet.edge_url("eu-west-1") + "_meridian/route", params={"ip": CLIENT_IP["london"]}) as r,
         ):
-            return next(x for x in (await r.json())["scores"] if x["region"] == "eu-west-1")["weight"] == 50
+            row = next(x for x in (await r.json())["scores"] if x["region"] == "eu-west-1")
+            return bool(row["weight"] == 50)
 
     await wait_for(applied, timeout=2, what="dial 50 on the edge")
     served: Counter[str] = Counter()
@@ -358,7 +360,7 @@ async def test_a_streams_status_line_goes_with_its_first_event(fleet: Fleet) -> 
     for rep in fleet.sims["eu-west-1"]:
         for route in fleet.sims["eu-west-1"][rep].app.router.routes():
             if route.resource is not None and route.resource.canonical == "/v1/chat/completions":
-                route._handler = slow_stream  # type: ignore[attr-defined]
+                route._handler = slow_stream
     async with aiohttp.ClientSession() as s:
         pending = asyncio.ensure_future(
             s.post(
@@ -409,7 +411,7 @@ async def test_a_streams_events_that_arrive_together_leave_together_and_its_end_
     for rep in fleet.sims["eu-west-1"]:
         for route in fleet.sims["eu-west-1"][rep].app.router.routes():
             if route.resource is not None and route.resource.canonical == "/v1/chat/completions":
-                route._handler = bursty  # type: ignore[attr-defined]
+                route._handler = bursty
     url = urlsplit(fleet.edge_url("eu-west-1"))
     body = json.dumps({**CHAT, "stream": True}).encode()
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
@@ -445,7 +447,7 @@ async def test_client_sent_internal_headers_are_stripped(fleet: Fleet) -> None:
     # swap the handler the simulator's router resolves (the simulator is the upstream, not Meridian)
     for route in sim_app.router.routes():
         if route.resource is not None and route.resource.canonical == "/v1/models":
-            route._handler = capture  # type: ignore[attr-defined]
+            route._handler = capture
     for rep in fleet.sims["eu-west-1"]:
         if rep != "euw1-a":
             fleet.sim("eu-west-1", rep).faults = type(fleet.sim("eu-west-1", rep).faults)(down=True)

@@ -56,7 +56,7 @@ async def _measured_ahead(fleet: Fleet, region: str, other: str) -> bool:
     scores = {row["region"]: row["score_ms"] for row in json.loads(await london_route(fleet))["scores"]}
     policy = fleet.topology.policy
     margin = max(policy.switch_margin_ms, policy.switch_margin_ratio * scores[other])
-    return scores[other] - scores[region] > margin
+    return bool(scores[other] - scores[region] > margin)
 
 
 async def metric(fleet: Fleet, edge: str, name: str) -> float:

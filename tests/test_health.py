@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from controlplane.health import Signal, Track, fold_region, observe
+from fleet.state import Health
 
 
-def run(signals: list[Signal], *, start: str = "up", rise: int = 2, fall: int = 3) -> list[str]:
-    t = Track(health=start)  # type: ignore[arg-type]
+def run(signals: list[Signal], *, start: Health = "up", rise: int = 2, fall: int = 3) -> list[Health]:
+    t = Track(health=start)
     out = []
     for s in signals:
         t = observe(t, s, rise=rise, fall=fall)
@@ -28,7 +29,7 @@ def run(signals: list[Signal], *, start: str = "up", rise: int = 2, fall: int = 
         (["fail", "fail", "fail"], "degraded", ["degraded", "degraded", "down"]),
     ],
 )
-def test_hysteresis(signals: list[Signal], start: str, expected: list[str]) -> None:
+def test_hysteresis(signals: list[Signal], start: Health, expected: list[Health]) -> None:
     assert run(signals, start=start) == expected
 
 
@@ -43,12 +44,12 @@ def test_hysteresis(signals: list[Signal], start: str, expected: list[str]) -> N
         ({}, "down"),
     ],
 )
-def test_fold_region(replicas: dict[str, str], expected: str) -> None:
-    assert fold_region(replicas) == expected  # type: ignore[arg-type]
+def test_fold_region(replicas: dict[str, Health], expected: Health) -> None:
+    assert fold_region(replicas) == expected
 
 
 def test_replicas_the_autoscaler_switched_off_or_is_starting_are_not_failures() -> None:
-    replicas = {"a": "up", "b": "down", "c": "down", "d": "down"}
+    replicas: dict[str, Health] = {"a": "up", "b": "down", "c": "down", "d": "down"}
     assert fold_region(replicas) == "degraded"  # three of four failed
     assert fold_region(replicas, off={"b", "c", "d"}) == "up"  # scaled down to one: it is all there is
     assert fold_region({"a": "down", "b": "down"}, off={"a", "b"}) == "down"  # at zero: nothing serves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 from edge.transport.hedging import HedgeBudget, HedgePolicy, QuantileWindow, hedge_delay
@@ -14,12 +15,12 @@ def test_delay_is_the_quantile_plus_slack_within_floor_and_ceiling() -> None:
         w.add(0.050 + rng.random() * 0.008)  # the normal body: 50-58 ms
     est = w.estimate()
     assert est is not None and 0.0565 <= est <= 0.058
-    kw = {"fixed_s": None, "floor_s": 0.02, "ceiling_s": 2.0}
-    assert hedge_delay(est, slack=0.0, **kw) == est  # type: ignore[arg-type]
-    assert hedge_delay(est, slack=0.05, **kw) > 0.058  # past every normal request: no hedge wasted on them  # type: ignore[arg-type]
-    assert hedge_delay(0.001, slack=0.05, **kw) == 0.02  # type: ignore[arg-type]
-    assert hedge_delay(5.0, slack=0.05, **kw) == 2.0  # type: ignore[arg-type]
-    assert hedge_delay(None, slack=0.05, **kw) == 2.0  # type: ignore[arg-type]
+    delay = functools.partial(hedge_delay, fixed_s=None, floor_s=0.02, ceiling_s=2.0)
+    assert delay(est, slack=0.0) == est
+    assert delay(est, slack=0.05) > 0.058  # past every normal request: no hedge wasted on them
+    assert delay(0.001, slack=0.05) == 0.02
+    assert delay(5.0, slack=0.05) == 2.0
+    assert delay(None, slack=0.05) == 2.0
     assert hedge_delay(est, fixed_s=0.1, floor_s=0.02, ceiling_s=2.0, slack=0.05) == 0.1
 
 

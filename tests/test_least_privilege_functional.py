@@ -34,8 +34,7 @@ from fleet.keys import (
 )
 from fleet.usage import hour_of, usage_field
 from meridian.redisproc import free_port
-from tests.conftest import ServerFactory
-from tests.fleet import ROOT, Fleet, start_fleet, wait_for
+from tests.fleet import ROOT, Fleet, ServerFactory, start_fleet, wait_for
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ import redis.asyncio as aioredis
 from edge.admission.limiter import Limiter
 from fleet.acl import edge_user
 from fleet.tenants import Limits, Tenant
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 CHAT = {"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -11,8 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 BIG = "llama-3.1-70b-instruct"  # served in us-east-1 and eu-west-1 only

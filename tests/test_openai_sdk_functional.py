@@ -9,9 +9,9 @@ from pathlib import Path
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet
+from tests.fleet import Fleet, ServerFactory, start_fleet
 from tests.geodb import CLIENT_IP
 
 MODEL = "llama-3.1-8b-instruct"
@@ -58,14 +58,14 @@ async def test_models_list_and_retrieve(fleet: Fleet) -> None:
 
 async def test_chat_whole_and_streamed_with_usage(fleet: Fleet) -> None:
     sdk = await client(fleet)
-    hi = [{"role": "user", "content": "hi"}]
-    whole = await sdk.chat.completions.create(model=MODEL, messages=hi, max_tokens=5)  # type: ignore[arg-type]
+    hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    whole = await sdk.chat.completions.create(model=MODEL, messages=hi, max_tokens=5)
     assert whole.choices[0].message.content and whole.choices[0].finish_reason == "length"
     assert whole.usage is not None and whole.usage.completion_tokens == 5
     parts, usage = [], None
     stream = await sdk.chat.completions.create(
         model=MODEL,
-        messages=hi,  # type: ignore[arg-type]
+        messages=hi,
         max_tokens=5,
         stream=True,
         stream_options={"include_usage": True},
@@ -95,19 +95,19 @@ async def test_completions_embeddings_and_responses(fleet: Fleet) -> None:
 
 
 async def test_errors_are_the_sdks_own_exception_types(fleet: Fleet) -> None:
-    hi = [{"role": "user", "content": "hi"}]
+    hi: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
     stranger = await client(fleet, key="mk-not-a-key")
     with pytest.raises(openai.AuthenticationError):
-        await stranger.chat.completions.create(model=MODEL, messages=hi)  # type: ignore[arg-type]
+        await stranger.chat.completions.create(model=MODEL, messages=hi)
     sdk = await client(fleet)
     with pytest.raises(openai.NotFoundError) as missing:
-        await sdk.chat.completions.create(model="no-such-model", messages=hi)  # type: ignore[arg-type]
+        await sdk.chat.completions.create(model="no-such-model", messages=hi)
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        await sdk.chat.completions.create(model=MODEL, messages=hi, max_tokens=10**9)  # type: ignore[arg-type]
+        await sdk.chat.completions.create(model=MODEL, messages=hi, max_tokens=10**9)
     assert bad.value.param == "max_tokens"
     limited = await client(fleet, key=(await fleet.tenant_key({"rpm": 1}))[1])
     with pytest.raises(openai.RateLimitError) as over:  # one request a minute: the second or third is over
         for _ in range(3):
-            await limited.chat.completions.create(model=MODEL, messages=hi, max_tokens=1)  # type: ignore[arg-type]
+            await limited.chat.completions.create(model=MODEL, messages=hi, max_tokens=1)
     assert over.value.code == "rate_limit_exceeded"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,24 @@ def tool(name: str) -> str:
 def test_tool_passes(argv: list[str]) -> None:
     res = subprocess.run([tool(argv[0]), *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+
+
+def test_the_bench_scripts_pass_mypy_strict(tmp_path: Path) -> None:
+    """The bench scripts (bench/proxy, bench/gateways, ...: Python without the .py, so outside the packages
+    mypy checks above) are checked one by one, each a ``__main__`` beside bench/common.py."""
+    scripts = sorted(p for p in (ROOT / "bench").iterdir() if p.is_file() and not p.suffix)
+    assert len(scripts) >= 9, scripts
+    env = {**os.environ, "MYPYPATH": str(ROOT / "bench")}
+    for script in scripts:
+        res = subprocess.run(
+            [tool("mypy"), "--cache-dir", str(tmp_path), str(script)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
 
 
 def test_no_function_in_the_edge_or_the_control_plane_is_over_sixty_lines() -> None:

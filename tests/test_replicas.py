@@ -140,7 +140,7 @@ def test_slow_start_ramps_a_joining_replica_from_the_floor() -> None:
     assert slow_start_share(100.0, 115.0, window_s=30) == pytest.approx(0.5)
     assert slow_start_share(100.0, 200.0, window_s=30) == 1.0
     # a ramping replica takes a small share of keyless traffic while its peers have the same load
-    got = Counter()
+    got: Counter[str] = Counter()
     rng = random.Random(2)
     load = {"new": 0, "old": 0}
     for _ in range(2000):

@@ -26,7 +26,7 @@ def test_breaker_opens_after_consecutive_failures_and_probes_in_half_open() -> N
     b = Breaker()
     assert not b.record(False, now=0.0, policy=POLICY)
     assert not b.record(False, now=0.1, policy=POLICY)
-    assert b.record(False, now=0.2, policy=POLICY) and b.phase == "open"
+    assert (b.record(False, now=0.2, policy=POLICY), b.phase) == (True, "open")
     assert not b.admits(1.0, POLICY) and b.ejected(1.0, POLICY)
     assert b.admits(2.3, POLICY)  # ejection over: one probation request may be planned
     assert b.admits(2.3, POLICY)  # asking again spends nothing
@@ -34,12 +34,12 @@ def test_breaker_opens_after_consecutive_failures_and_probes_in_half_open() -> N
     assert b.phase == "half_open"
     assert not b.admits(2.4, POLICY)  # the trickle: one per probe interval
     assert b.admits(2.8, POLICY)
-    assert b.record(False, now=2.5, policy=POLICY) and b.phase == "open"  # probe failed: open, twice as long
+    assert (b.record(False, now=2.5, policy=POLICY), b.phase) == (True, "open")  # probe failed: twice as long
     assert b.open_until == pytest.approx(2.5 + 4.0)
     assert b.admits(6.6, POLICY)
     b.sent(6.6, POLICY)
     assert b.record(True, now=6.7, policy=POLICY) is False
-    assert b.phase == "closed" and not b.ejected(6.8, POLICY)
+    assert (b.phase, b.ejected(6.8, POLICY)) == ("closed", False)
 
 
 def test_breaker_opens_on_failure_rate_over_the_window() -> None:

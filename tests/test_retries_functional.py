@@ -12,8 +12,7 @@ import aiohttp
 import pytest
 
 from regionsim.model import Faults
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet
+from tests.fleet import Fleet, ServerFactory, start_fleet
 from tests.geodb import CLIENT_IP
 
 BIG, SMALL = "llama-3.1-70b-instruct", "llama-3.1-8b-instruct"  # regions.yaml: BIG falls back to SMALL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Mapping
 
 import pytest
 
@@ -18,7 +19,7 @@ from edge.routing.outlier import OutlierDetector
 from edge.routing.planner import Planner
 from edge.routing.replicas import pick
 from edge.telemetry.observed import Observed
-from fleet.state import Location, RegionState, Snapshot, Topology
+from fleet.state import Health, Location, RegionState, Snapshot, Topology
 from fleet.topology import load_topology
 from tests.fleet import ROOT
 
@@ -27,7 +28,7 @@ LONDON = Location(lat=51.51, lon=-0.09)
 NEW_YORK = Location(lat=40.71, lon=-74.0)
 
 
-def snap(**overrides: dict[str, object]) -> Snapshot:
+def snap(**overrides: Mapping[str, object]) -> Snapshot:
     regions = {}
     for r in TOPO.regions:
         st = RegionState(name=r.name, replicas={rep.name: "up" for rep in r.replicas}, latency_ms=100.0)
@@ -40,16 +41,23 @@ def net(edge: Location, topo: Topology = TOPO) -> routing.Network:
     return routing.distance_network(topo, edge)
 
 
-def route(s: Snapshot, client: Location = LONDON, seed: int = 0, **kw: object) -> routing.Decision:
+def route(
+    s: Snapshot,
+    client: Location = LONDON,
+    seed: int = 0,
+    *,
+    country: str | None = None,
+    continent: str | None = None,
+) -> routing.Decision:
     """A client at its nearest edge (an edge standing where the client is)."""
     return routing.route(
         topology=TOPO,
         snapshot=s,
         network=net(client),
-        country=kw.get("country"),  # type: ignore[arg-type]
-        continent=kw.get("continent"),
+        country=country,
+        continent=continent,
         rng=random.Random(seed),
-    )  # type: ignore[arg-type]
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,7 +99,7 @@ def test_utilization_inflates_service_time_like_a_queue() -> None:
     ],
 )
 def test_planned_utilization_counts_the_replicas_starting(
-    utilization: float, replicas: dict[str, str], starting: int, planned: float
+    utilization: float, replicas: dict[str, Health], starting: int, planned: float
 ) -> None:
     st = RegionState.model_construct(name="r", utilization=utilization, replicas=replicas, starting=starting)
     assert st.planned_utilization == pytest.approx(planned)
@@ -518,9 +526,9 @@ def test_the_engine_figure_wins_over_the_edges_while_fresh() -> None:
     tracker = ServiceTracker()
     tracker.engine("eu-west-1", 40.0, now=0.0)
     tracker.edges("eu-west-1", 400.0, now=1.0)  # an edge with a stale or wrong round trip
-    assert tracker.value["eu-west-1"] == 40.0 and tracker.source["eu-west-1"] == "engine"
+    assert (tracker.value["eu-west-1"], tracker.source["eu-west-1"]) == (40.0, "engine")
     tracker.edges("eu-west-1", 60.0, now=60.0)  # the engine went quiet: the edges' figure is used
-    assert tracker.value["eu-west-1"] == 60.0 and tracker.source["eu-west-1"] == "edges"
+    assert (tracker.value["eu-west-1"], tracker.source["eu-west-1"]) == (60.0, "edges")
 
 
 def test_one_edge_cannot_move_a_regions_service_time_the_others_see() -> None:
@@ -541,7 +549,8 @@ def test_one_edge_cannot_move_a_regions_service_time_the_others_see() -> None:
 def test_twenty_percent_noise_never_flips_the_primary_between_regions_50_ms_apart() -> None:
     clock, noise = Clock(), random.Random(11)
     p = planner(TWIN, "a", clock)
-    primaries, raw_best = Counter(), Counter()
+    primaries: Counter[str | None] = Counter()
+    raw_best: Counter[str] = Counter()
     for _ in range(1000):
         clock.now += 1.0
         s = twin(200.0 * noise.uniform(0.8, 1.2), 250.0 * noise.uniform(0.8, 1.2))

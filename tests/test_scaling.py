@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from controlplane.scaling import PoolMemory, ScaleDecision, absorbed, commit, decide, mix, within_ceilings
-from fleet.pools import Autoscaling, PoolSpec, Target
+from fleet.pools import Autoscaling, PoolKey, PoolSpec, Target
 
 POLICY = Autoscaling(
     tolerance=0.1,
@@ -160,7 +160,7 @@ def test_a_drained_regions_load_goes_to_the_others_in_proportion() -> None:
 
 
 def test_cost_ceilings_are_never_exceeded_and_say_so() -> None:
-    a, b = ("us-east-1", "m"), ("eu-west-1", "m")
+    a, b = PoolKey("us-east-1", "m"), PoolKey("eu-west-1", "m")
     specs = {a: SPEC, b: SPEC}
     runaway = {k: step(PoolMemory(2), 10_000, 0.0) for k in specs}  # both ask for 20
     held = within_ceilings(

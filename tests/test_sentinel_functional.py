@@ -23,8 +23,8 @@ async def test_sentinel_failover_restores_admin_writes(
     try:
 
         async def sentinels_see_replicas() -> bool:
-            out = f.sentinels[0].proc is not None and _info(f.sentinels[0].port)
-            return bool(out) and int(out.get("num-slaves", 0)) >= 3
+            out = _info(f.sentinels[0].port) if f.sentinels[0].proc is not None else {}
+            return int(out.get("num-slaves", 0)) >= 3
 
         await wait_for(sentinels_see_replicas, timeout=15, what="sentinels to discover the replicas")
         london = {"london": (f.edge_url("us-east-1"), CLIENT_IP["london"])}

@@ -8,8 +8,8 @@ from fleet.models import cost_nusd, per_token_nusd, usd
 from fleet.spend import PURSE_IDLE_S, PURSE_S, REFUSAL_S, Purse, window
 
 
-def at(*parts: int) -> float:
-    return datetime(*parts, tzinfo=UTC).timestamp()  # type: ignore[arg-type]
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 def test_a_day_ends_at_the_next_utc_midnight_and_a_month_at_its_last_day() -> None:

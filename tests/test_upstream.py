@@ -53,6 +53,16 @@ async def pool() -> AsyncIterator[UpstreamPool]:
     await p.close()
 
 
+def keep(got: list[bytes], *, hand_back: bool = False) -> Callable[[bytes], bool]:
+    """A ``pump`` sink that keeps each piece in ``got``; True (hand the stream back) when ``hand_back``."""
+
+    def sink(piece: bytes) -> bool:
+        got.append(piece)
+        return hand_back
+
+    return sink
+
+
 async def test_keep_alive_reuses_one_connection_and_sends_method_path_headers_body(
     serve: ServerFactory, pool: UpstreamPool
 ) -> None:
@@ -401,10 +411,10 @@ async def test_pump_hands_back_when_asked_and_what_came_meanwhile_follows_in_ord
     resp = await pool.request(await raw_server(_events(go, 8)), "GET", "/", [], b"", connect_s=1, idle_s=5)
     got: list[bytes] = []
     go.set()
-    assert await resp.pump(lambda piece: got.append(piece) is None) is None  # handed back at once
+    assert await resp.pump(keep(got, hand_back=True)) is None  # handed back at once
     assert got == [b"data: 0\n\n"]
     await poll(lambda: resp.buffered > 0 or resp.complete)  # the region went on meanwhile: kept
-    tail = await resp.pump(lambda piece: got.append(piece) is not None)
+    tail = await resp.pump(keep(got))
     assert tail is not None
     assert b"".join(got) + tail == b"".join(b"data: %d\n\n" % i for i in range(8))
 
@@ -468,6 +478,6 @@ async def test_pump_raises_what_the_sink_raised_and_times_out_a_silent_region(
     go2.set()
     got: list[bytes] = []
     with pytest.raises(TimeoutError):
-        await resp.pump(lambda piece: got.append(piece) is not None)
+        await resp.pump(keep(got))
     assert len(got) == 2  # both events, then the idle timeout
     resp.close()

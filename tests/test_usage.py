@@ -58,7 +58,11 @@ def test_the_ledger_keeps_rows_per_tenant_model_region_and_hour_and_takes_back_a
 
 
 def test_a_stored_hour_decodes_even_when_the_model_name_holds_the_separator() -> None:
-    raw = {usage_field("us-east-1", "requests", "org|model:v2"): "3", "junk": "1", "r|bogus|m": "2"}
+    raw: dict[str | bytes, str | bytes] = {
+        usage_field("us-east-1", "requests", "org|model:v2"): "3",
+        "junk": "1",
+        "r|bogus|m": "2",
+    }
     assert decode_hour(raw) == {("org|model:v2", "us-east-1"): UsageRow(requests=3)}
 
 

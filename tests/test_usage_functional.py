@@ -19,8 +19,7 @@ import pytest
 from fleet.acl import CONTROL_PLANE
 from meridian import cli
 from meridian.capacity_io import read_store
-from tests.conftest import ServerFactory
-from tests.fleet import Fleet, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 
@@ -167,7 +166,7 @@ async def test_the_tenants_using_most_are_ranked_by_tokens_requests_or_spend(
 
     async def written() -> bool:
         _, body = await fleet.admin("GET", "/v1/usage/top?by=requests")
-        return sum(u["totals"]["requests"] for u in body["tenants"]) >= 6
+        return bool(sum(u["totals"]["requests"] for u in body["tenants"]) >= 6)
 
     await wait_for(written, timeout=5, what="the edges to write their usage batches")
     assert await ranked("requests") == ["chatty", "wordy"]

@@ -8,6 +8,7 @@ import asyncio
 
 from edge.admission.wake import Waker
 from edge.telemetry.metrics import EdgeMetrics
+from fleet.pools import PoolKey
 from fleet.state import Snapshot, Topology, initial_state
 from fleet.topology import parse_topology
 from fleet.wake import MOST_HELD, WAKE_FRESH_S, wake_mark, woken
@@ -38,6 +39,14 @@ RTT = {"near": 5.0, "far": 160.0, "fixed": 70.0}
 
 def topology() -> Topology:
     return parse_topology(TOPOLOGY)
+
+
+NEAR_M = PoolKey("near", "m")
+
+
+def never_ready() -> str | None:
+    """A pool whose first replica never comes."""
+    return None
 
 
 def waker(**kw: float) -> Waker:
@@ -75,16 +84,16 @@ async def test_a_held_request_goes_on_news_once_ready_and_is_bounded_in_number_a
     w = waker(hold_s=0.2, max_held=1)
     news = asyncio.Event()
     ready: list[str] = []
-    first = asyncio.create_task(w.hold(("near", "m"), lambda: ready[0] if ready else None, news.wait))
+    first = asyncio.create_task(w.hold(NEAR_M, lambda: ready[0] if ready else None, news.wait))
     await asyncio.sleep(0)
-    assert w.held[("near", "m")] == 1
-    assert await w.hold(("near", "m"), lambda: "plan", news.wait) is None  # beyond max_held: at once
+    assert w.held[NEAR_M] == 1
+    assert await w.hold(NEAR_M, lambda: "plan", news.wait) is None  # beyond max_held: at once
     assert outcome(w, "full") == 1
     ready.append("plan")
     news.set()
     assert await first == "plan" and outcome(w, "served") == 1
-    assert w.held[("near", "m")] == 0
-    assert await w.hold(("near", "m"), lambda: None, asyncio.Event().wait) is None  # never ready: 0.2 s
+    assert w.held[NEAR_M] == 0
+    assert await w.hold(NEAR_M, never_ready, asyncio.Event().wait) is None  # never ready: 0.2 s
     assert outcome(w, "timeout") == 1
 
 
@@ -110,14 +119,14 @@ def test_forged_wake_marks_cannot_keep_a_pool_awake_or_count_without_bound() -> 
 async def test_one_tenant_holds_at_most_half_and_a_cancelled_hold_lets_go_at_once() -> None:
     w = waker(max_held=4)
     never = asyncio.Event()
-    hog = [asyncio.create_task(w.hold(("near", "m"), lambda: None, never.wait, "hog")) for _ in range(3)]
+    hog = [asyncio.create_task(w.hold(NEAR_M, never_ready, never.wait, "hog")) for _ in range(3)]
     await asyncio.sleep(0)
     assert w.by_tenant == {"hog": 2} and outcome(w, "full") == 1  # its third: beyond its half, at once
     assert await hog[2] is None
-    other = asyncio.create_task(w.hold(("near", "m"), lambda: None, never.wait, "other"))
+    other = asyncio.create_task(w.hold(NEAR_M, never_ready, never.wait, "other"))
     await asyncio.sleep(0)
     assert w.by_tenant == {"hog": 2, "other": 1}  # another tenant finds room
     for t in [*hog[:2], other]:  # their clients left: the handlers are cancelled
         t.cancel()
     await asyncio.gather(*hog[:2], other, return_exceptions=True)
-    assert w.by_tenant == {} and w.held[("near", "m")] == 0
+    assert w.by_tenant == {} and w.held[NEAR_M] == 0

@@ -74,7 +74,7 @@ class Waker:
         self,
         pool: PoolKey,
         ready: Callable[[], T | None],
-        news: Callable[[], Awaitable[None]],
+        news: Callable[[], Awaitable[object]],
         tenant: str | None = None,
     ) -> T | None:
         """Hold one request of ``tenant`` for ``pool``'s first replica: ``ready()`` (its plan once a region
