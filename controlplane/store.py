@@ -179,12 +179,13 @@ class StateStore:
     async def seed(self, topology: Topology, *, now: float) -> list[str]:
         """Create regions missing from the store, drop regions no longer in the topology.
 
-        Existing regions keep their operator state (weight, drain) across control-plane restarts.
+        Existing regions keep their operator state (weight, drain) across control-plane restarts. A store
+        with no state at all (no epoch) starts a new epoch: see ``_initialise``.
         Returns the names of regions that changed.
         """
         changed: list[str] = []
         try:
-            await self.redis.setnx(KEY_EPOCH, 1)
+            await self._initialise(now)
             await self.redis.sadd(KEY_EDGES, *topology.names)  # kept: their usage is read after they go
             existing = await self.redis.hkeys(KEY_REGIONS)
             have = {_text(k) for k in existing}
@@ -202,6 +203,32 @@ class StateStore:
         except _UNAVAILABLE as exc:
             raise _classify(exc) from exc
         return changed
+
+    async def _initialise(self, now: float) -> None:
+        """A store with no epoch holds no state: a new store, or one that lost its state while this control
+        plane had no copy to put back (its primary's data and the control plane's memory lost together).
+        Its epoch is the time in milliseconds: newer than any epoch before it, so edges still holding a
+        snapshot or key set of the old epoch take what the store holds from now on, rather than refusing
+        every later change as older until its version caught up (seed 201 of the fault campaign)."""
+        epoch = max(1, int(now * 1000))
+        if not await self.redis.set(KEY_EPOCH, epoch, nx=True):
+            return
+        log.warning(
+            "state store held no state (no epoch) and the control plane had no copy: started epoch %d with "
+            "regions.yaml's regions and no tenants or keys; if the store held state before, it was lost "
+            "(docs/runbooks.md: the state store lost its state)",
+            epoch,
+        )
+        await self.append_audit(
+            AuditEntry(
+                actor="meridian-controlplane",
+                reason="the store held no state and the control plane no copy of it: a new epoch, regions "
+                "from regions.yaml, no tenants or keys",
+                action="initialise",
+            ),
+            region="*",
+            after={"epoch": epoch},
+        )
 
     async def all(self) -> tuple[int, dict[str, RegionState], dict[str, str]]:
         """(version, valid regions, invalid regions and what is wrong with each)."""

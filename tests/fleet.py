@@ -111,6 +111,7 @@ class Fleet:
     uvicorn_server: uvicorn.Server | None = None
     uvicorn_task: asyncio.Task[None] | None = None
     admin_app: Any = None
+    cp_settings: ControlPlaneSettings | None = None
 
     def sim(self, region: str, replica: str | None = None) -> SimState:
         servers = self.sims[region]
@@ -192,6 +193,15 @@ class Fleet:
                         return r.status == 200
 
                 await wait_for(ready, timeout=10, what=f"edge {region} ready")
+
+    async def restart_control_plane(self, while_down: Callable[[], Awaitable[None]]) -> None:
+        """The control plane stopped (its copy of the store's state goes with it), ``while_down`` run, and
+        a new one started on the same port and settings, as a restarted process would be."""
+        assert self.uvicorn_server is not None and self.uvicorn_task is not None and self.cp_settings
+        self.uvicorn_server.should_exit = True
+        await self.uvicorn_task
+        await while_down()
+        await _serve_control_plane(self, self.cp_settings, port=int(self.admin_url.rsplit(":", 1)[1]))
 
     async def close(self) -> None:
         """Everything down; then a full garbage collection, so the next test's event loop (every part of a
@@ -374,22 +384,7 @@ async def _build(
             key_secret=KEY_SECRET,
             **(cp_overrides or {}),
         )
-        fleet.admin_app = create_admin(cp_settings, topology=topo)
-        port = free_port()
-        config = uvicorn.Config(
-            fleet.admin_app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="on",
-            loop="asyncio",
-            timeout_graceful_shutdown=2,  # as controlplane.main runs it: open console streams end
-        )
-        fleet.uvicorn_server = uvicorn.Server(config)
-        fleet.uvicorn_task = asyncio.create_task(fleet.uvicorn_server.serve())
-        fleet.admin_url = f"http://127.0.0.1:{port}"
-        await wait_for(lambda: _started(fleet), timeout=10, what="admin API to start")
-        await fleet.wait_seeded()
+        await _serve_control_plane(fleet, cp_settings, port=free_port())
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(fleet.exporter))
     for name in edges if edges is not None else topo.names:
@@ -415,6 +410,26 @@ async def _build(
             fleet.edges.setdefault(name, process)
     if control_plane:
         await fleet.wait_edges_ready()
+
+
+async def _serve_control_plane(fleet: Fleet, settings: ControlPlaneSettings, *, port: int) -> None:
+    """The control plane (the admin API, its prober, keeper and intake) served in-process on ``port``."""
+    fleet.cp_settings = settings
+    fleet.admin_app = create_admin(settings, topology=fleet.topology)
+    config = uvicorn.Config(
+        fleet.admin_app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        timeout_graceful_shutdown=2,  # as controlplane.main runs it: open console streams end
+    )
+    fleet.uvicorn_server = uvicorn.Server(config)
+    fleet.uvicorn_task = asyncio.create_task(fleet.uvicorn_server.serve())
+    fleet.admin_url = f"http://127.0.0.1:{port}"
+    await wait_for(lambda: _started(fleet), timeout=10, what="admin API to start")
+    await fleet.wait_seeded()
 
 
 async def _started(fleet: Fleet) -> bool:

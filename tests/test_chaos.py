@@ -49,6 +49,22 @@ def test_the_same_seed_draws_the_same_faults_inside_the_campaign() -> None:
     assert [f.at for f in a] == sorted(f.at for f in a)
 
 
+def test_the_primary_is_never_wiped_while_the_control_plane_restarts() -> None:
+    """Seed 201's schedule lost the store's state and the control plane's copy together (a wipe 0.2 s
+    before the restarted control plane came up): a loss by design, kept out of campaigns; every other pair
+    of kinds still overlaps."""
+    seen = set()
+    for seed in range(300):
+        faults = schedule(random.Random(seed), steps=36, duration=300.0, regions=[EU, US])
+        for f in faults:
+            for g in faults:
+                if f is not g and f.at < g.end + 2.0 and g.at < f.end + 2.0:
+                    seen.add(frozenset((f.kind, g.kind)))
+    assert frozenset(("primary-wipe", "controlplane-kill")) not in seen
+    assert frozenset(("primary-kill", "controlplane-kill")) in seen
+    assert frozenset(("primary-wipe", "replica-kill")) in seen
+
+
 def test_a_history_reads_back_as_written() -> None:
     h = good()
     assert History.read(list(h.lines())) == h

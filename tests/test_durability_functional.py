@@ -334,3 +334,75 @@ async def test_a_replica_that_lost_its_primary_cannot_keep_a_revoked_key_alive(
                 assert await status() == 401
     finally:
         await f.close()
+
+
+async def test_a_store_lost_with_the_control_planes_copy_starts_a_new_epoch_every_edge_takes(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """Found by the fault campaign (seed 201): the control plane restarted while the primary was down, and
+    the primary came back empty — the store's state and the control plane's copy of it lost together. The
+    new control plane seeded the empty store at epoch 1 from version 1, behind every running edge, so they
+    refused each later state as older: a dial written after it never reached them, a key issued after it
+    was refused there, and a restarted edge refused every old key. The store now starts a new epoch (audited
+    `initialise`): every edge, the running one and a restarted one, takes what it holds from then on."""
+    f = await start_fleet(
+        tmp_path, serve, geo_db=geo_db, auth=True, regions=("eu-west-1",), sim_kwargs={"ttft_ms": 1.0}
+    )
+    edge = f.edges["eu-west-1"].edge
+    try:
+        _, old_key = await f.tenant_key({"rpm": 600}, name="before the loss")
+        for weight in (90, 80, 70, 60, 50, 40):  # the edge well ahead of what a fresh store's versions reach
+            status, _ = await f.admin(
+                "PATCH", "/v1/regions/eu-west-1", body={"weight": weight, "reason": "x"}
+            )
+            assert status == 200
+
+        async def applied(weight: int) -> bool:
+            current = edge.feed.current
+            return current is not None and current.regions["eu-west-1"].weight == weight
+
+        await wait_for(lambda: applied(40), timeout=5, what="the edge to apply the dials")
+        assert edge.feed.current is not None
+        before = edge.feed.current.position
+
+        async def lose_the_store() -> None:
+            f.primary.kill()
+            shutil.rmtree(f.primary.workdir / "appendonlydir")  # it comes back empty
+            f.primary.start()
+            await asyncio.to_thread(f.primary.wait_ready)
+
+        await f.restart_control_plane(lose_the_store)
+        status, _ = await f.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 25, "reason": "after"})
+        assert status == 200
+        await wait_for(lambda: applied(25), timeout=5, what="the running edge to take a dial written after")
+        assert edge.feed.current is not None and edge.feed.current.epoch > before[0], (
+            before,
+            edge.feed.current,
+        )
+        _, audit = await f.admin("GET", "/v1/audit?limit=50")
+        assert [e for e in audit["entries"] if e["action"] == "initialise"], audit
+        _, new_key = await f.tenant_key({"rpm": 600}, name="after the loss")
+        late = Edge(edge.settings, topology=edge.topology)  # a restarted edge
+        runner = await serve_edge(late, "127.0.0.1", 0, shutdown_timeout=2.0)
+        try:
+            for url in (f.edge_url("eu-west-1"), f"http://127.0.0.1:{runner.addresses[0][1]}/"):
+
+                async def keys_agree(url: str = url) -> bool:
+                    return await _status(url, new_key) == 200 and await _status(url, old_key) == 401
+
+                await wait_for(keys_agree, timeout=5, what=f"{url}: the new key served, the lost one refused")
+        finally:
+            await runner.cleanup()
+            await late.stop()
+    finally:
+        await f.close()
+
+
+async def _status(edge_url: str, key: str) -> int:
+    hdrs = {"X-Forwarded-For": CLIENT_IP["london"], "Authorization": f"Bearer {key}"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(edge_url + "v1/chat/completions", json=CHAT, headers=hdrs) as r,
+    ):
+        await r.read()
+        return r.status

@@ -165,7 +165,7 @@ class Admission:
             return admitted
         tenant = admitted.tenant = principal.tenant
         assert self.tenants is not None
-        admitted.standing = Standing(self.tenants, principal.key_id, self.tenants.version)
+        admitted.standing = Standing(self.tenants, principal.key_id, self.tenants.generation)
         limits, limiter = tenant.limits, self.limiter
         if limiter is None:
             return admitted

@@ -1,5 +1,6 @@
 """Who is calling (I/O at the edge): follow the tenants and API-key digests the control plane publishes
-(one GET of their version on this region's Redis replica every ``poll_s``, a full read when it moved; the
+(one read of their position, the state's epoch and the set's version, on this region's Redis replica every
+``poll_s``, a full read when it moved; the
 same on the primary, so a replica that answers but lost its link to the primary cannot hold a revoked key
 alive), and resolve a presented key to its tenant by its HMAC digest. A revoked key stops working on the
 next poll (0.5 s by default); through Redis trouble the last good set stays, for at most ``max_age_s``:
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from edge.polling import poll
-from fleet.keys import KEY_API_KEYS, KEY_TENANTS, KEY_TENANTS_VERSION
+from fleet.keys import KEY_API_KEYS, KEY_EPOCH, KEY_TENANTS, KEY_TENANTS_VERSION
 from fleet.tenants import Tenant, decode_keys, decode_tenants, key_digest
 
 log = logging.getLogger("meridian.tenants")
@@ -39,13 +40,13 @@ class Standing:
 
     feed: TenantsFeed
     key_id: str
-    version: int | None
+    generation: int
 
     def revoked(self) -> bool:
         feed = self.feed
-        if feed.version == self.version:
+        if feed.generation == self.generation:
             return False
-        self.version = feed.version
+        self.generation = feed.generation
         return self.key_id not in feed.key_ids
 
 
@@ -71,7 +72,10 @@ class TenantsFeed:
         self._connect = connect
         self.by_digest: dict[str, Principal] = {}
         self.tenants: dict[str, Tenant] = {}
-        self.version: int | None = None
+        # (epoch, version) of the set held: a store re-initialised after it lost its state starts a new epoch,
+        # and its set (empty, or what the operators issued since) is newer than any of the old epoch's
+        self.position: tuple[int, int] | None = None
+        self.generation = 0  # sets loaded here: a standing key is looked up again only when it moved
         self.key_ids: frozenset[str] = frozenset()  # the keys that hold now
         self._known: dict[str, Principal] = {}
         self.loaded = asyncio.Event()
@@ -100,17 +104,18 @@ class TenantsFeed:
         version, read it whole when it does. Both stores are followed at once: a read that finds a version
         no newer than the one held (the other store got there first) changes nothing."""
         asked = self.clock()
-        version = int(await client.get(KEY_TENANTS_VERSION) or 0)
-        if self.version is not None and version <= self.version:
+        position = _position(*await client.mget(KEY_EPOCH, KEY_TENANTS_VERSION))
+        if self.position is not None and position <= self.position:
             self.confirmed_at = max(asked, self.confirmed_at or asked)
             return  # unchanged, or a store that came back empty or old: the last good set stays
         async with client.pipeline(transaction=True) as pipe:
+            pipe.get(KEY_EPOCH)
             pipe.get(KEY_TENANTS_VERSION)
             pipe.hgetall(KEY_TENANTS)
             pipe.hgetall(KEY_API_KEYS)
-            raw_version, raw_tenants, raw_keys = await pipe.execute()
-        version = int(raw_version or 0)
-        if self.version is not None and version <= self.version:
+            raw_epoch, raw_version, raw_tenants, raw_keys = await pipe.execute()
+        position = _position(raw_epoch, raw_version)
+        if self.position is not None and position <= self.position:
             return  # the other store's newer set landed while this one was read
         tenants = decode_tenants(raw_tenants)
         self.by_digest = {
@@ -121,7 +126,8 @@ class TenantsFeed:
         self.tenants = tenants
         self.key_ids = frozenset(p.key_id for p in self.by_digest.values())
         self._known = {}  # a revoked key must not be remembered past the reload that dropped it
-        self.version = version
+        self.position = position
+        self.generation += 1
         self.confirmed_at = max(asked, self.confirmed_at or asked)
         self.loaded.set()
 
@@ -135,3 +141,8 @@ class TenantsFeed:
                 for url, what in stores
             )
         )
+
+
+def _position(epoch: bytes | str | None, version: bytes | str | None) -> tuple[int, int]:
+    """A key set's place in the store's history (a store with no state: (0, 0), older than any)."""
+    return int(epoch or 0), int(version or 0)
