@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -166,12 +167,42 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+@dataclass(frozen=True)
+class StoreMetrics:
+    """What the control plane found the store in and did about it."""
+
+    events: Counter
+    epoch: Gauge
+
+    @classmethod
+    def register(cls, registry: CollectorRegistry | None = None) -> StoreMetrics:
+        events = Counter(
+            "meridian_store_events",
+            "State store events the control plane acted on: restore (the store came back empty or behind, "
+            "its copy put back), initialise (the store held no state and there was no copy: a new epoch)",
+            ["event"],
+            registry=registry,
+        )
+        for event in ("restore", "initialise"):
+            events.labels(event=event)  # at 0 from the first scrape: the first one counts as an increase
+        epoch = Gauge(
+            "meridian_store_epoch_seconds",
+            "When the store's state began: its epoch, set when a store with no state was initialised (Unix "
+            "seconds; a store from before epochs were times reads near 0)",
+            registry=registry,
+        )
+        return cls(events, epoch)
+
+
 class StateStore:
     """The control plane's handle on the Redis primary."""
 
-    def __init__(self, client: aioredis.Redis, *, topology: Topology | None = None) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, topology: Topology | None = None, metrics: StoreMetrics | None = None
+    ) -> None:
         self.redis = client
         self.topology = topology
+        self.metrics = StoreMetrics.register() if metrics is None else metrics
         self.copy: StateCopy | None = None  # None until the first full read
         self._writing = asyncio.Lock()
         self.restores = 0
@@ -213,6 +244,7 @@ class StateStore:
         epoch = max(1, int(now * 1000))
         if not await self.redis.set(KEY_EPOCH, epoch, nx=True):
             return
+        self.metrics.events.labels(event="initialise").inc()
         log.warning(
             "state store held no state (no epoch) and the control plane had no copy: started epoch %d with "
             "regions.yaml's regions and no tenants or keys; if the store held state before, it was lost "
@@ -369,6 +401,7 @@ class StateStore:
                 pipe.hgetall(KEY_API_KEYS)
                 epoch_raw, version_raw, raw, tenants_version, tenants, keys = await pipe.execute()
             position = (int(epoch_raw or 0), int(version_raw or 0))
+            self.metrics.epoch.set(position[0] / 1000)
             copy = self.copy
             have = {_text(k) for k in raw}
             lost = [n for n in (copy.regions if copy else {}) if n not in have and self._declared(n)]
@@ -444,6 +477,7 @@ class StateStore:
         copy.audit.clear()
         await self._mirror_audit(copy)
         self.restores += 1
+        self.metrics.events.labels(event="restore").inc()
 
     async def append_audit(
         self, entry: AuditEntry, *, region: str, before: object = None, after: object = None

@@ -190,11 +190,13 @@ def metrics() -> str:
     from prometheus_client import CollectorRegistry
 
     from controlplane.autoscaler import Autoscaler
+    from controlplane.store import StoreMetrics
     from edge.telemetry.metrics import EdgeMetrics
 
     edge = EdgeMetrics(snapshot_age=float, snapshot_version=float, store_connected=float)
-    pools = CollectorRegistry()
+    pools, store = CollectorRegistry(), CollectorRegistry()
     Autoscaler._metrics(SimpleNamespace(), pools)  # type: ignore[arg-type]
+    StoreMetrics.register(store)
     lines = [
         "# Metrics reference",
         "",
@@ -206,6 +208,10 @@ def metrics() -> str:
         "## Edge",
         "",
         *_metric_rows(edge.registry),
+        "",
+        "## Control plane: the state store",
+        "",
+        *_metric_rows(store),
         "",
         "## Control plane: autoscaled pools",
         "",

@@ -9,12 +9,14 @@ import asyncio
 import os
 import shutil
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge.server.app import Edge
 from edge.server.main import serve as serve_edge
@@ -148,6 +150,14 @@ async def revocation_round(fleet: Fleet, s: aiohttp.ClientSession, n: int) -> No
         return bool(store.restores > restores)
 
     await wait_for(restored, timeout=10, what="the control plane to put its copy back")
+    _, text = await fleet.admin("GET", "/metrics")  # what MeridianStateStoreRestored tickets on
+    counted = [
+        s.value
+        for m in text_string_to_metric_families(text)
+        for s in m.samples
+        if (s.name, s.labels) == ("meridian_store_events_total", {"event": "restore"})
+    ]
+    assert counted == [float(store.restores)], counted
     status, listed = await fleet.admin("GET", f"/v1/tenants/{tenant}/keys")
     assert [k["id"] for k in listed["keys"]] == [issued["id"]], listed  # K1 stays revoked
     status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}")
@@ -381,6 +391,14 @@ async def test_a_store_lost_with_the_control_planes_copy_starts_a_new_epoch_ever
         )
         _, audit = await f.admin("GET", "/v1/audit?limit=50")
         assert [e for e in audit["entries"] if e["action"] == "initialise"], audit
+        _, text = await f.admin("GET", "/metrics")  # what MeridianStateStoreInitialised pages on
+        samples = {
+            (s.name, s.labels.get("event")): s.value
+            for m in text_string_to_metric_families(text)
+            for s in m.samples
+        }
+        assert samples[("meridian_store_events_total", "initialise")] == 1.0, samples
+        assert abs(samples[("meridian_store_epoch_seconds", None)] - time.time()) < 60, samples
         _, new_key = await f.tenant_key({"rpm": 600}, name="after the loss")
         late = Edge(edge.settings, topology=edge.topology)  # a restarted edge
         runner = await serve_edge(late, "127.0.0.1", 0, shutdown_timeout=2.0)
