@@ -32,6 +32,7 @@ from fleet.keys import (
     KEY_EDGES,
     KEY_EPOCH,
     KEY_POOLS,
+    KEY_PREFIX,
     KEY_REGIONS,
     KEY_SIGNALS,
     KEY_TENANTS,
@@ -242,14 +243,22 @@ class StateStore:
         snapshot or key set of the old epoch take what the store holds from now on, rather than refusing
         every later change as older until its version caught up (seed 201 of the fault campaign)."""
         epoch = max(1, int(now * 1000))
+        lived = False  # edges' writes (registrations, usage, observations): a store that lost its state
+        async for _ in self.redis.scan_iter(match=f"{KEY_PREFIX}:*", count=100):
+            lived = True
+            break
         if not await self.redis.set(KEY_EPOCH, epoch, nx=True):
             return
         self.metrics.events.labels(event="initialise").inc()
-        log.warning(
+        log.log(
+            logging.WARNING if lived else logging.INFO,
             "state store held no state (no epoch) and the control plane had no copy: started epoch %d with "
-            "regions.yaml's regions and no tenants or keys; if the store held state before, it was lost "
-            "(docs/runbooks.md: the state store lost its state)",
+            "regions.yaml's regions and no tenants or keys; %s",
             epoch,
+            "edges wrote to it already, so it held state before and lost it (docs/runbooks.md: the state "
+            "store lost its state)"
+            if lived
+            else "a new store",
         )
         await self.append_audit(
             AuditEntry(

@@ -347,7 +347,7 @@ async def test_a_replica_that_lost_its_primary_cannot_keep_a_revoked_key_alive(
 
 
 async def test_a_store_lost_with_the_control_planes_copy_starts_a_new_epoch_every_edge_takes(
-    tmp_path: Path, serve: ServerFactory, geo_db: Path
+    tmp_path: Path, serve: ServerFactory, geo_db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found by the fault campaign (seed 201): the control plane restarted while the primary was down, and
     the primary came back empty — the store's state and the control plane's copy of it lost together. The
@@ -381,7 +381,14 @@ async def test_a_store_lost_with_the_control_planes_copy_starts_a_new_epoch_ever
             f.primary.start()
             await asyncio.to_thread(f.primary.wait_ready)
 
+            async def edges_wrote() -> bool:  # their registrations, every second: it held state before
+                return bool(await asyncio.to_thread(lambda: f.primary.client().keys("meridian:*")))
+
+            await wait_for(edges_wrote, timeout=5, what="the edges to write to the empty primary")
+
         await f.restart_control_plane(lose_the_store)
+        said = [r for r in caplog.records if "held state before and lost it" in r.getMessage()]
+        assert [r.levelname for r in said] == ["WARNING"], caplog.text[-2000:]
         status, _ = await f.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": 25, "reason": "after"})
         assert status == 200
         await wait_for(lambda: applied(25), timeout=5, what="the running edge to take a dial written after")
