@@ -56,6 +56,7 @@ from controlplane.store import (
     StoreBehind,
     StoreBusy,
     StoreError,
+    StoreMetrics,
     StoreUnavailable,
     VersionConflict,
     is_unavailable,
@@ -393,9 +394,10 @@ def create_app(settings: ControlPlaneSettings, *, topology: Topology | None = No
             await client.aclose()
 
     state = {"settings": settings, "topology": topo, "tokens": list(settings.admin_tokens)}
+    registry = CollectorRegistry()  # once per app: its lifespan may run again (a restart in place)
     app = Litestar(
         route_handlers=ROUTES,
-        state=State({**state, "registry": CollectorRegistry()}),
+        state=State({**state, "registry": registry, "store_metrics": StoreMetrics.register(registry)}),
         middleware=[DefineMiddleware(TokenAuth, exclude=["^/schema"])],
         lifespan=[lifespan],
         before_request=_answer_options,

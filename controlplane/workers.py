@@ -21,7 +21,7 @@ from controlplane.prober import Prober
 from controlplane.runs import Runs
 from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
-from controlplane.store import StateStore, StoreError, StoreMetrics
+from controlplane.store import StateStore, StoreError
 from controlplane.tenants import TenantStore
 from fleet.redisconn import connect, raise_if_cancelling, redact
 from fleet.state import Topology
@@ -43,7 +43,7 @@ def open_store(settings: ControlPlaneSettings, topo: Topology, state: State) -> 
         username=settings.redis_username,
         password=None if password is None else password.get_secret_value(),
     )
-    state.store = store = StateStore(client, topology=topo, metrics=StoreMetrics.register(state.registry))
+    state.store = store = StateStore(client, topology=topo, metrics=state.store_metrics)
     key = None if secret is None else secret.get_secret_value().encode()
     state.tenants = TenantStore(client, secret=key, state=store)
     state.seeded = asyncio.Event()
