@@ -15,24 +15,15 @@ import pytest
 import yaml
 from markdown.extensions.toc import slugify
 
+from tests.metrics_reference import exported, unknown
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "docs" / "alerts.rules.yml"
-SCRAPE_LABELS = {"instance", "job"}  # added by Prometheus to every series it scrapes
 PROMTOOL = shutil.which("promtool")
 
 
 def rules() -> list[dict[str, Any]]:
     return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
-
-
-def exported() -> dict[str, set[str]]:
-    """Metric name -> its labels, from the metrics reference's tables."""
-    out: dict[str, set[str]] = {}
-    for line in (ROOT / "docs" / "reference" / "metrics.md").read_text().splitlines():
-        m = re.match(r"\| `(meridian_\w+)` \| \w+ \| ([^|]*) \|", line)
-        if m:
-            out[m.group(1)] = set(re.findall(r"`(\w+)`", m.group(2)))
-    return out
 
 
 def slugs(doc: Path) -> set[str]:
@@ -44,19 +35,7 @@ def test_every_alert_names_exported_metrics_and_labels() -> None:
     metrics = exported()
     assert len(metrics) > 40  # the reference was read
     for rule in rules():
-        expr = rule["expr"]
-        selectors = re.findall(r"(meridian_\w+)(\{[^}]*\})?", expr)
-        assert selectors, rule["alert"]
-        names = set()
-        for name, matchers in selectors:
-            assert name in metrics, f"{rule['alert']}: {name} is not exported"
-            names.add(name)
-            for label in re.findall(r"(\w+)\s*=~?", matchers):
-                assert label in metrics[name] | SCRAPE_LABELS, f"{rule['alert']}: {name} has no label {label}"
-        for grouped in re.findall(r"by \(([^)]*)\)", expr):
-            for label in (x.strip() for x in grouped.split(",")):
-                known = set().union(*(metrics[n] for n in names)) | SCRAPE_LABELS
-                assert label in known, f"{rule['alert']}: grouped by {label}, which no metric of it has"
+        assert not unknown(rule["expr"], metrics), (rule["alert"], unknown(rule["expr"], metrics))
 
 
 def test_every_alert_has_a_severity_a_summary_and_a_runbook_that_exists() -> None:
