@@ -1,11 +1,10 @@
 """Who is calling (I/O at the edge): follow the tenants and API-key digests the control plane publishes
-(one read of their position, the state's epoch and the set's version, on this region's Redis replica every
-``poll_s``, a full read when it moved; the
-same on the primary, so a replica that answers but lost its link to the primary cannot hold a revoked key
-alive), and resolve a presented key to its tenant by its HMAC digest. A revoked key stops working on the
-next poll (0.5 s by default); through Redis trouble the last good set stays, for at most ``max_age_s``:
-then the set is stale and the edge admits no one (fail closed: a key revoked meanwhile must not keep
-working)."""
+(one read of their position — the state's epoch and the set's version — on this region's Redis replica
+every ``poll_s``, a full read when it moved; the same on the primary, so a replica that answers but lost its
+link to the primary cannot hold a revoked key alive), and resolve a presented key to its tenant by its HMAC
+digest. A revoked key stops working on the next poll (0.5 s by default); through Redis trouble the last
+good set stays, for at most ``max_age_s``: then the set is stale and the edge admits no one (fail closed: a
+key revoked meanwhile must not keep working)."""
 
 from __future__ import annotations
 
