@@ -28,11 +28,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fleet.keys import (
     CHANNEL_CHANGES,
     KEY_API_KEYS,
+    KEY_APPLIED,
     KEY_AUDIT,
     KEY_EDGES,
     KEY_EPOCH,
     KEY_POOLS,
-    KEY_PREFIX,
     KEY_REGIONS,
     KEY_SIGNALS,
     KEY_TENANTS,
@@ -243,8 +243,8 @@ class StateStore:
         snapshot or key set of the old epoch take what the store holds from now on, rather than refusing
         every later change as older until its version caught up (seed 201 of the fault campaign)."""
         epoch = max(1, int(now * 1000))
-        lived = False  # edges' writes (registrations, usage, observations): a store that lost its state
-        async for _ in self.redis.scan_iter(match=f"{KEY_PREFIX}:*", count=100):
+        lived = False  # an edge reported a snapshot it applied: the store held state before
+        async for _ in self.redis.scan_iter(match=f"{KEY_APPLIED}:*", count=100):
             lived = True
             break
         if not await self.redis.set(KEY_EPOCH, epoch, nx=True):
@@ -255,8 +255,8 @@ class StateStore:
             "state store held no state (no epoch) and the control plane had no copy: started epoch %d with "
             "regions.yaml's regions and no tenants or keys; %s",
             epoch,
-            "edges wrote to it already, so it held state before and lost it (docs/runbooks.md: the state "
-            "store lost its state)"
+            "edges hold snapshots of an earlier state, so it held state before and lost it "
+            "(docs/runbooks.md: the state store lost its state)"
             if lived
             else "a new store",
         )

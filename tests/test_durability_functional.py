@@ -381,10 +381,10 @@ async def test_a_store_lost_with_the_control_planes_copy_starts_a_new_epoch_ever
             f.primary.start()
             await asyncio.to_thread(f.primary.wait_ready)
 
-            async def edges_wrote() -> bool:  # their registrations, every second: it held state before
-                return bool(await asyncio.to_thread(lambda: f.primary.client().keys("meridian:*")))
+            async def edges_reported() -> bool:  # each one's applied snapshot, every interval: it lived
+                return bool(await asyncio.to_thread(lambda: f.primary.client().keys("meridian:applied:*")))
 
-            await wait_for(edges_wrote, timeout=5, what="the edges to write to the empty primary")
+            await wait_for(edges_reported, timeout=5, what="the edges to report their snapshots again")
 
         await f.restart_control_plane(lose_the_store)
         said = [r for r in caplog.records if "held state before and lost it" in r.getMessage()]

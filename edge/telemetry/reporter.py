@@ -44,7 +44,6 @@ class Reporter:
         self.active = active  # its requests in flight: published each interval, an operator's cancels read
         self.client = client
         self.applied = applied  # (epoch, version, wall time applied) of the current snapshot, explainer URL
-        self._reported: tuple[int, int, float, str] | None = None
         self.dropped = dropped  # rows that could not be sent (meridian_edge_observations_dropped_total)
         self.edge = edge
         self.observed = observed
@@ -74,10 +73,12 @@ class Reporter:
             log.debug("observation batch dropped: %s", exc)
 
     async def report_applied(self) -> None:
-        """The snapshot this edge applied last, and when (and where its route explainer listens), once per
-        change."""
+        """The snapshot this edge applied last, and when (and where its route explainer listens), every
+        interval, not only when it changes: a primary that lost its data has it back within an interval,
+        and a control plane that finds no state there but this knows the store lived before (a loss, not a
+        new store)."""
         now = self.applied()
-        if now is None or now == self._reported:
+        if now is None:
             return
         epoch, version, at, explain = now
         try:
@@ -85,7 +86,6 @@ class Reporter:
                 applied_key(self.edge),
                 mapping={"epoch": epoch, "version": version, "at": int(at * 1000), "explain": explain},
             )
-            self._reported = now
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             log.debug("applied snapshot not reported: %s", exc)
