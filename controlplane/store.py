@@ -243,12 +243,12 @@ class StateStore:
         snapshot or key set of the old epoch take what the store holds from now on, rather than refusing
         every later change as older until its version caught up (seed 201 of the fault campaign)."""
         epoch = max(1, int(now * 1000))
+        if not await self.redis.set(KEY_EPOCH, epoch, nx=True):
+            return
         lived = False  # an edge reported a snapshot it applied: the store held state before
         async for _ in self.redis.scan_iter(match=f"{KEY_APPLIED}:*", count=100):
             lived = True
             break
-        if not await self.redis.set(KEY_EPOCH, epoch, nx=True):
-            return
         self.metrics.events.labels(event="initialise").inc()
         log.log(
             logging.WARNING if lived else logging.INFO,
