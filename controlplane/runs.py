@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from controlplane.store import AuditEntry, StateStore, StoreError
 from controlplane.switch import SwitchRun, applied_by, countdown_weight, traffic_stopped
-from fleet.keys import KEY_RUNS, applied_key
+from fleet.keys import KEY_RUNS
 from fleet.state import RegionState, Topology
 
 log = logging.getLogger("meridian.runs")
@@ -117,16 +117,8 @@ class Runs:
             await self.save(run.model_copy(update={"version": after.version, "done_at": now}))
 
     async def _reports(self) -> dict[str, tuple[int, float]]:
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for edge in self.edges:
-                pipe.hgetall(applied_key(edge))
-            rows = await pipe.execute()
-        out = {}
-        for edge, row in zip(self.edges, rows, strict=True):
-            fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in row.items()}
-            if "version" in fields and "at" in fields:
-                out[edge] = (int(fields["version"]), int(fields["at"]) / 1000)
-        return out
+        reports = await self.store.applied(self.edges)
+        return {edge: (r.position[1], r.at) for edge, r in reports.items()}
 
     async def _trim(self) -> None:
         runs = await self.all()

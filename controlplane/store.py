@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fleet.keys import (
     CHANNEL_CHANGES,
     KEY_API_KEYS,
-    KEY_APPLIED,
     KEY_AUDIT,
     KEY_EDGES,
     KEY_EPOCH,
@@ -38,15 +37,19 @@ from fleet.keys import (
     KEY_TENANTS,
     KEY_TENANTS_VERSION,
     KEY_VERSION,
+    applied_key,
     observations_key,
 )
 from fleet.state import (
+    Applied,
     Region,
     RegionState,
     Topology,
     change_message,
     decode_records,
     initial_state,
+    next_epoch,
+    went_back,
     why_invalid,
 )
 
@@ -180,16 +183,19 @@ class StoreMetrics:
         events = Counter(
             "meridian_store_events",
             "State store events the control plane acted on: restore (the store came back empty or behind, "
-            "its copy put back), initialise (the store held no state and there was no copy: a new epoch)",
+            "its copy put back), initialise (the store held no state and there was no copy: a new epoch), "
+            "new_epoch (the store went back behind what edges applied and there was no copy: a new epoch "
+            "over what it holds)",
             ["event"],
             registry=registry,
         )
-        for event in ("restore", "initialise"):
+        for event in ("restore", "initialise", "new_epoch"):
             events.labels(event=event)  # at 0 from the first scrape: the first one counts as an increase
         epoch = Gauge(
             "meridian_store_epoch_seconds",
-            "When the store's state began: its epoch, set when a store with no state was initialised (Unix "
-            "seconds; a store from before epochs were times reads near 0)",
+            "When the store's state began: its epoch, set when a store with no state was initialised or one "
+            "behind the edges started a new epoch (Unix seconds; a store from before epochs were times reads "
+            "near 0)",
             registry=registry,
         )
         return cls(events, epoch)
@@ -217,7 +223,7 @@ class StateStore:
         """
         changed: list[str] = []
         try:
-            await self._initialise(now)
+            await self._initialise(now, topology.names)
             await self.redis.sadd(KEY_EDGES, *topology.names)  # kept: their usage is read after they go
             existing = await self.redis.hkeys(KEY_REGIONS)
             have = {_text(k) for k in existing}
@@ -236,28 +242,25 @@ class StateStore:
             raise _classify(exc) from exc
         return changed
 
-    async def _initialise(self, now: float) -> None:
+    async def _initialise(self, now: float, edges: Sequence[str]) -> None:
         """A store with no epoch holds no state: a new store, or one that lost its state while this control
         plane had no copy to put back (its primary's data and the control plane's memory lost together).
-        Its epoch is the time in milliseconds: newer than any epoch before it, so edges still holding a
-        snapshot or key set of the old epoch take what the store holds from now on, rather than refusing
-        every later change as older until its version caught up (seed 201 of the fault campaign)."""
-        epoch = max(1, int(now * 1000))
+        Its epoch is newer than any epoch before it (``next_epoch``), so edges still holding a snapshot or
+        key set of the old epoch take what the store holds from now on, rather than refusing every later
+        change as older until its version caught up (seed 201 of the fault campaign)."""
+        reports = await self.applied(edges)  # an edge reported a snapshot it applied: the store held state
+        epoch = next_epoch(now, reports)
         if not await self.redis.set(KEY_EPOCH, epoch, nx=True):
             return
-        lived = False  # an edge reported a snapshot it applied: the store held state before
-        async for _ in self.redis.scan_iter(match=f"{KEY_APPLIED}:*", count=100):
-            lived = True
-            break
         self.metrics.events.labels(event="initialise").inc()
         log.log(
-            logging.WARNING if lived else logging.INFO,
+            logging.WARNING if reports else logging.INFO,
             "state store held no state (no epoch) and the control plane had no copy: started epoch %d with "
             "regions.yaml's regions and no tenants or keys; %s",
             epoch,
             "edges hold snapshots of an earlier state, so it held state before and lost it "
             "(docs/runbooks.md: the state store lost its state)"
-            if lived
+            if reports
             else "a new store",
         )
         await self.append_audit(
@@ -270,6 +273,16 @@ class StateStore:
             region="*",
             after={"epoch": epoch},
         )
+
+    async def applied(self, edges: Iterable[str]) -> dict[str, Applied]:
+        """What each of ``edges`` reported it applied last (an edge that reported nothing is left out)."""
+        names = list(edges)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for edge in names:
+                pipe.hgetall(applied_key(edge))
+            rows = await pipe.execute()
+        reports = {edge: Applied.parse(row) for edge, row in zip(names, rows, strict=True)}
+        return {edge: r for edge, r in reports.items() if r is not None}
 
     async def all(self) -> tuple[int, dict[str, RegionState], dict[str, str]]:
         """(version, valid regions, invalid regions and what is wrong with each)."""
@@ -392,43 +405,94 @@ class StateStore:
         async with self._writing:
             yield self.copy
 
-    async def check(self) -> bool:
-        """Compare the store with the copy: put the copy back if the store is behind it (returns True),
-        else refresh the copy from the store. Takes the writers' turn: a write acknowledged while the
-        store was read would otherwise be missing from the copy until the next check."""
+    async def check(self) -> str | None:
+        """Compare the store with the copy: put the copy back if the store is behind it ("restore"); else
+        refresh the copy from the store, and start a new epoch over what it holds if an edge applied a state
+        newer than it ("new_epoch"); else None. Takes the writers' turn: a write acknowledged while the store
+        was read would otherwise be missing from the copy until the next check."""
         async with self._writing:
-            return await self._check()
+            try:
+                return await self._check()
+            except _UNAVAILABLE as exc:
+                raise _classify(exc) from exc
 
-    async def _check(self) -> bool:
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.get(KEY_EPOCH)
-                pipe.get(KEY_VERSION)
-                pipe.hgetall(KEY_REGIONS)
-                pipe.get(KEY_TENANTS_VERSION)
-                pipe.hgetall(KEY_TENANTS)
-                pipe.hgetall(KEY_API_KEYS)
-                epoch_raw, version_raw, raw, tenants_version, tenants, keys = await pipe.execute()
-            position = (int(epoch_raw or 0), int(version_raw or 0))
-            self.metrics.epoch.set(position[0] / 1000)
-            copy = self.copy
-            have = {_text(k) for k in raw}
-            lost = [n for n in (copy.regions if copy else {}) if n not in have and self._declared(n)]
-            tenants_behind = copy is not None and int(tenants_version or 0) < copy.tenants_version
-            if copy is not None and (position < copy.position or lost or tenants_behind):
-                await self._restore(copy, found=position)
-                return True
-            if copy is None:
-                copy = self.copy = StateCopy()
-            copy.epoch, copy.version = max(copy.position, position)
-            copy.regions = {_text(k): _text(v) for k, v in raw.items()}
-            copy.tenants_version = int(tenants_version or 0)
-            copy.tenants = {_text(k): _text(v) for k, v in tenants.items()}
-            copy.api_keys = {_text(k): _text(v) for k, v in keys.items()}
-            await self._mirror_audit(copy)
-        except _UNAVAILABLE as exc:
-            raise _classify(exc) from exc
-        return False
+    async def _check(self) -> str | None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(KEY_EPOCH)
+            pipe.get(KEY_VERSION)
+            pipe.hgetall(KEY_REGIONS)
+            pipe.get(KEY_TENANTS_VERSION)
+            pipe.hgetall(KEY_TENANTS)
+            pipe.hgetall(KEY_API_KEYS)
+            pipe.smembers(KEY_EDGES)
+            epoch_raw, version_raw, raw, tenants_version, tenants, keys, edges = await pipe.execute()
+        position = (int(epoch_raw or 0), int(version_raw or 0))
+        self.metrics.epoch.set(position[0] / 1000)
+        copy = self.copy
+        have = {_text(k) for k in raw}
+        lost = [n for n in (copy.regions if copy else {}) if n not in have and self._declared(n)]
+        tenants_behind = copy is not None and int(tenants_version or 0) < copy.tenants_version
+        if copy is not None and (position < copy.position or lost or tenants_behind):
+            await self._restore(copy, found=position)
+            return "restore"
+        if copy is None:
+            copy = self.copy = StateCopy()
+        copy.epoch, copy.version = max(copy.position, position)
+        copy.regions = {_text(k): _text(v) for k, v in raw.items()}
+        copy.tenants_version = int(tenants_version or 0)
+        copy.tenants = {_text(k): _text(v) for k, v in tenants.items()}
+        copy.api_keys = {_text(k): _text(v) for k, v in keys.items()}
+        await self._mirror_audit(copy)
+        reports = await self.applied(sorted(_text(e) for e in edges))
+        behind = went_back(position, (position[0], copy.tenants_version), reports)
+        if behind is not None and await self._new_epoch(copy, behind, reports):
+            return "new_epoch"
+        return None
+
+    async def _new_epoch(
+        self, copy: StateCopy, behind: tuple[str, str], reports: Mapping[str, Applied]
+    ) -> bool:
+        """The store is behind what an edge applied, and the copy (made from the store: this control plane
+        started after it went back) cannot put it right: restored from an older backup, or it lost writes
+        while the control plane restarted. Every edge would refuse each later change as older until the
+        store's versions passed theirs — a dial, a drain or a revocation acknowledged and not applied — so
+        what the store holds starts a new epoch, which every edge takes. False: the store moved meanwhile."""
+        found = copy.position
+        epoch = next_epoch(time.time(), reports, after=found[0])
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(KEY_EPOCH, KEY_VERSION, KEY_TENANTS_VERSION)
+            now = [int(await pipe.get(k) or 0) for k in (KEY_EPOCH, KEY_VERSION, KEY_TENANTS_VERSION)]
+            if now != [*found, copy.tenants_version]:
+                return False
+            pipe.multi()
+            pipe.set(KEY_EPOCH, epoch)
+            pipe.incr(KEY_VERSION)
+            pipe.incr(KEY_TENANTS_VERSION)
+            pipe.xadd(
+                KEY_AUDIT,
+                dict[Any, Any](_new_epoch_entry(found, epoch, behind)),
+                maxlen=AUDIT_MAXLEN,
+                approximate=True,
+            )
+            pipe.publish(CHANNEL_CHANGES, change_message(version=found[1] + 1, region="*"))
+            try:
+                _, version, tenants_version, *_ = await pipe.execute()
+            except WatchError:
+                return False
+        log.warning(
+            "state store is behind what edge %s applied (%s; the store at epoch/version %d/%d) and the "
+            "control plane had no copy to put back: restored from an older backup, or writes lost. Started "
+            "epoch %d over what it holds, which every edge takes: changes made after the store's state "
+            "(dials, drains, revocations) are undone (docs/runbooks.md: the state store lost its state)",
+            *behind,
+            *found,
+            epoch,
+        )
+        copy.epoch, copy.version, copy.tenants_version = epoch, int(version), int(tenants_version)
+        await self._mirror_audit(copy)
+        self.metrics.events.labels(event="new_epoch").inc()
+        self.metrics.epoch.set(epoch / 1000)
+        return True
 
     def _declared(self, name: str) -> bool:
         return self.topology is None or self.topology.region(name) is not None
@@ -586,6 +650,21 @@ class StateStore:
                 cursors[edge] = _text(entry_id)
                 out.append({_text(k): _text(v) for k, v in fields.items()} | {"edge": edge})
         return cursors, out
+
+
+def _new_epoch_entry(found: tuple[int, int], epoch: int, behind: tuple[str, str]) -> dict[str, str]:
+    edge, what = behind
+    return {
+        "at": f"{time.time():.3f}",
+        "actor": "meridian-controlplane",
+        "reason": f"the store at epoch/version {found[0]}/{found[1]} is behind what edge {edge} applied "
+        f"({what}): restored from an older backup or writes lost; a new epoch over what it holds, which "
+        "every edge takes",
+        "action": "new-epoch",
+        "region": "*",
+        "before": json.dumps({"epoch": found[0], "version": found[1]}),
+        "after": json.dumps({"epoch": epoch, "version": found[1] + 1}),
+    }
 
 
 def _audit_entry(entry_id: str, f: dict[str, str]) -> dict[str, Any]:

@@ -140,7 +140,7 @@ async def _keep(store: StateStore, state: State) -> None:
     await state.seeded.wait()
     while True:
         try:
-            if await store.check():
+            if await store.check() == "restore":
                 log.warning("state store restored from the control plane's copy (restore %d)", store.restores)
         except StoreError as exc:
             raise_if_cancelling(exc)  # redis-py may turn our cancellation into a connection error

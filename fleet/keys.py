@@ -25,7 +25,7 @@ KEY_EDGES = f"{KEY_PREFIX}:edges"  # a set: every edge the topology ever named (
 
 # written by the edges, each in its own name
 KEY_OBSERVATIONS = f"{KEY_PREFIX}:observations"  # + ":<edge>": one stream per edge
-KEY_APPLIED = f"{KEY_PREFIX}:applied"  # + ":<edge>": hash epoch, version, at (ms): what the edge last applied
+KEY_APPLIED = f"{KEY_PREFIX}:applied"  # + ":<edge>": hash (fleet.state.Applied): what the edge last applied
 KEY_ACTIVE = f"{KEY_PREFIX}:active"  # + ":<edge>": hash data (JSON: its requests in flight), at (ms)
 KEY_CANCEL = f"{KEY_PREFIX}:cancel"  # + ":<edge>": hash request key -> asked at (ms), by an operator
 KEY_USAGE = f"{KEY_PREFIX}:usage"  # + ":<edge>:<tenant>:<hour>"
@@ -49,7 +49,7 @@ def cancel_key(edge: str) -> str:
 
 
 def applied_key(edge: str) -> str:
-    """The hash ``edge`` writes the (epoch, version) it last applied to, and when."""
+    """The hash ``edge`` writes what it last applied to (``fleet.state.Applied``): positions, when."""
     return f"{KEY_APPLIED}:{edge}"
 
 

@@ -1,8 +1,9 @@
 """The shared contract between control plane and edges (pure, no I/O).
 
 Topology (what regions.yaml declares), RegionState (what the store holds per region), Snapshot (what an
-edge routes on), and their JSON encoding (the Redis key names are in fleet.keys). Both sides import it; it
-imports neither.
+edge routes on), Applied (what an edge reports it applied), their encoding (the Redis key names are in
+fleet.keys), and how positions order: what is newer, whether the store went back. Both sides import it;
+it imports neither.
 """
 
 from __future__ import annotations
@@ -330,6 +331,64 @@ class Snapshot:
     def position(self) -> tuple[int, int]:
         """(epoch, version): snapshots are ordered by it; an edge never goes back."""
         return self.epoch, self.version
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one edge reports it applied last (the hash ``fleet.keys.applied_key`` names, re-written every
+    observation interval): its snapshot's position and when it applied it, its key set's position (None:
+    API keys off or not loaded yet), where its route explainer listens."""
+
+    position: tuple[int, int]  # (epoch, version) of the snapshot
+    at: float  # wall time it was applied
+    keys: tuple[int, int] | None = None  # (epoch, tenants version) of the key set
+    explain: str = ""
+
+    def fields(self) -> dict[str, str | int]:
+        out: dict[str, str | int] = {
+            "epoch": self.position[0],
+            "version": self.position[1],
+            "at": int(self.at * 1000),
+            "explain": self.explain,
+        }
+        if self.keys is not None:
+            out |= {"keys_epoch": self.keys[0], "keys_version": self.keys[1]}
+        return out
+
+    @classmethod
+    def parse(cls, row: Mapping[bytes, bytes] | Mapping[str, str]) -> Applied | None:
+        """The report in ``row`` (an HGETALL), or None if there is none or it is not one."""
+        f = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in row.items()
+        }
+        try:
+            keys = (int(f["keys_epoch"]), int(f["keys_version"])) if "keys_version" in f else None
+            return cls(
+                (int(f.get("epoch", 0)), int(f["version"])), int(f["at"]) / 1000, keys, f.get("explain", "")
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+def went_back(
+    store: tuple[int, int], keys: tuple[int, int], reports: Mapping[str, Applied]
+) -> tuple[str, str] | None:
+    """(the edge, what) that applied a state newer than the store's position ``store`` or a key set newer than
+    ``keys`` — the store went back (restored from an older backup, or writes lost) — or None."""
+    for edge, report in sorted(reports.items()):
+        if report.position > store:
+            return edge, f"its snapshot at epoch/version {report.position[0]}/{report.position[1]}"
+        if report.keys is not None and report.keys > keys:
+            return edge, f"its key set at epoch/version {report.keys[0]}/{report.keys[1]}"
+    return None
+
+
+def next_epoch(now: float, reports: Mapping[str, Applied], *, after: int = 0) -> int:
+    """A new epoch: the time in milliseconds, and newer than ``after`` and than any epoch an edge reports
+    (a control plane whose clock is behind the one that began the old epoch still starts a newer one)."""
+    seen = [r.position[0] for r in reports.values()] + [r.keys[0] for r in reports.values() if r.keys]
+    return max(int(now * 1000), after + 1, *(e + 1 for e in seen))
 
 
 def why_invalid(exc: ValueError) -> str:

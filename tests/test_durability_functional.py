@@ -417,6 +417,91 @@ async def test_a_store_lost_with_the_control_planes_copy_starts_a_new_epoch_ever
         await f.close()
 
 
+async def test_a_store_restored_from_an_older_backup_starts_a_new_epoch_the_running_edges_take(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runbook's restore of a backup (an RDB snapshot taken earlier) while the control plane restarts,
+    so it has no copy newer than the backup to put back: the running edges had applied later states and
+    refused the restored store's as older until its versions passed theirs — a dial or a revocation written
+    meanwhile was acknowledged and never applied. The control plane now sees the store behind what the
+    edges report they applied and starts a new epoch over it (audited `new-epoch`): the running edge takes
+    the backup's state and every change after it, with no restart."""
+    f = await start_fleet(
+        tmp_path, serve, geo_db=geo_db, auth=True, regions=("eu-west-1",), sim_kwargs={"ttft_ms": 1.0}
+    )
+    edge, url = f.edges["eu-west-1"].edge, f.edge_url("eu-west-1")
+
+    async def applied(weight: int) -> bool:
+        current = edge.feed.current
+        return current is not None and current.regions["eu-west-1"].weight == weight
+
+    async def dial(weight: int) -> None:
+        status, _ = await f.admin("PATCH", "/v1/regions/eu-west-1", body={"weight": weight, "reason": "x"})
+        assert status == 200
+        await wait_for(lambda: applied(weight), timeout=5, what=f"the edge to apply the dial {weight}")
+
+    try:
+        tenant, kept = await f.tenant_key({"rpm": 600}, name="in the backup")
+        await dial(90)
+        backup = tmp_path / "backup.rdb"
+        r = f.primary.client()
+        r.save()  # the daily snapshot
+        r.close()
+        shutil.copy(f.primary.workdir / "dump.rdb", backup)
+        _, later = await f.tenant_key({"rpm": 600}, name="after the backup")
+        for weight in (80, 70, 60, 50, 40, 30):  # the edge well ahead of the backup
+            await dial(weight)
+        assert edge.feed.current is not None
+        before = edge.feed.current.position
+
+        async def restore_the_backup() -> None:
+            f.primary.kill()
+            shutil.rmtree(f.primary.workdir / "appendonlydir")
+            shutil.copy(backup, f.primary.workdir / "dump.rdb")
+            f.primary.extra = ("--appendonly", "no")  # Redis loads an RDB only with its AOF off: the
+            f.primary.start()  # documented restore, the AOF turned back on once it is loaded
+            await asyncio.to_thread(f.primary.wait_ready)
+            r = f.primary.client()
+            r.config_set("appendonly", "yes")
+            r.close()
+            f.primary.extra = ()
+
+        await f.restart_control_plane(restore_the_backup)
+        await wait_for(lambda: applied(90), timeout=10, what="the running edge to take the backup's state")
+        assert edge.feed.current is not None and edge.feed.current.epoch > before[0], (
+            before,
+            edge.feed.current,
+        )
+        said = [r for r in caplog.records if "is behind what edge eu-west-1 applied" in r.getMessage()]
+        assert [r.levelname for r in said] == ["WARNING"], caplog.text[-2000:]
+        _, audit = await f.admin("GET", "/v1/audit?limit=50")
+        assert [e for e in audit["entries"] if e["action"] == "new-epoch"], audit
+        _, text = await f.admin("GET", "/metrics")
+        events = {
+            s.labels.get("event"): s.value
+            for m in text_string_to_metric_families(text)
+            for s in m.samples
+            if s.name == "meridian_store_events_total"
+        }
+        assert events.get("new_epoch") == 1.0 and not events.get("restore"), events
+
+        async def keys_are_the_backups() -> bool:
+            return await _status(url, kept) == 200 and await _status(url, later) == 401
+
+        await wait_for(keys_are_the_backups, timeout=5, what="the backup's key set at the running edge")
+        _, keys = await f.admin("GET", f"/v1/tenants/{tenant}/keys")
+        status, _ = await f.admin("DELETE", f"/v1/tenants/{tenant}/keys/{keys['keys'][0]['id']}")
+        assert status == 204
+
+        async def revoked() -> bool:
+            return await _status(url, kept) == 401
+
+        await wait_for(revoked, timeout=5, what="a revocation after the restore to reach the running edge")
+        await dial(25)
+    finally:
+        await f.close()
+
+
 async def _status(edge_url: str, key: str) -> int:
     hdrs = {"X-Forwarded-For": CLIENT_IP["london"], "Authorization": f"Bearer {key}"}
     async with (

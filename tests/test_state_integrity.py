@@ -22,6 +22,7 @@ from edge.routing.snapshot import SnapshotFeed
 from fleet.acl import CONTROL_PLANE, Credentials, edge_user
 from fleet.keys import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, observations_key
 from fleet.redisconn import connect, redact
+from fleet.state import Applied, next_epoch, went_back
 from meridian.redisproc import RedisServer, free_port
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
@@ -411,3 +412,38 @@ async def test_tenants_and_keys_survive_a_primary_that_comes_back_empty(keyed: F
         )
 
     await wait_for(taken, timeout=3, what="every edge to take a key issued after the restore")
+
+
+def test_the_store_went_back_when_an_edge_applied_a_newer_state_or_key_set() -> None:
+    """The keeper's decision (pure): an edge's snapshot or key set newer than the store's position names
+    it; a report at or behind the store, or of the previous epoch at any version, does not."""
+    at = 1.0
+    behind = Applied((5, 10), at, (5, 3))
+    assert went_back((5, 10), (5, 3), {"eu-west-1": behind}) is None
+    assert went_back((6, 1), (6, 1), {"eu-west-1": Applied((5, 900), at, (5, 90))}) is None
+    assert went_back((5, 9), (5, 3), {"eu-west-1": behind}) == (
+        "eu-west-1",
+        "its snapshot at epoch/version 5/10",
+    )
+    assert went_back((5, 10), (5, 2), {"us-east-1": behind}) == (
+        "us-east-1",
+        "its key set at epoch/version 5/3",
+    )
+    assert went_back((5, 10), (5, 2), {"us-east-1": Applied((5, 10), at)}) is None  # keys off there
+
+
+def test_a_new_epoch_is_newer_than_every_reported_one_whatever_this_clock_says() -> None:
+    reports = {"a": Applied((2_000_000, 4), 1.0, (2_000_001, 2)), "b": Applied((7, 1), 1.0)}
+    assert next_epoch(1_000.0, {}) == 1_000_000
+    assert next_epoch(1_000.0, reports) == 2_000_002  # a control plane whose clock is behind
+    assert next_epoch(1_000.0, {}, after=5_000_000) == 5_000_001
+    assert next_epoch(9_000.0, reports) == 9_000_000
+
+
+def test_an_applied_report_reads_back_what_the_edge_wrote_and_refuses_a_torn_one() -> None:
+    report = Applied((3, 41), 12.345, (3, 7), "http://127.0.0.1:9/")
+    written = {k.encode(): str(v).encode() for k, v in report.fields().items()}
+    assert Applied.parse(written) == report
+    assert Applied.parse({b"epoch": b"3", b"version": b"41", b"at": b"12345"}) == Applied((3, 41), 12.345)
+    assert Applied.parse({}) is None
+    assert Applied.parse({"version": "x", "at": "1"}) is None

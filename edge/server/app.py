@@ -36,7 +36,7 @@ from edge.telemetry.reporter import Reporter, UsageWriter
 from edge.telemetry.usage import Ledger
 from edge.transport.forwarder import Forwarder
 from edge.transport.upstream import UpstreamPool
-from fleet.state import Topology
+from fleet.state import Applied, Topology
 from fleet.tasks import stop_tasks
 from fleet.topology import load_topology
 
@@ -309,11 +309,12 @@ class Edge:
     async def healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok", "edge": self.settings.region})
 
-    def _applied(self) -> tuple[int, int, float, str] | None:
+    def _applied(self) -> Applied | None:
         snap = self.feed.current
         if snap is None:
             return None
-        return snap.epoch, snap.version, self.feed.applied_at, self.explain_url or ""
+        keys = None if self.tenants is None else self.tenants.position
+        return Applied(snap.position, self.feed.applied_at, keys, self.explain_url or "")
 
     async def readyz(self, request: web.BaseRequest) -> web.Response:
         feed = self.feed

@@ -1,6 +1,7 @@
 """Batches to the Redis primary (I/O): every interval, this edge's per-region observations (XADD to its own
-observation stream, best effort: a failed batch is counted and dropped) and the snapshot it applied last,
-with when (its own hash: the control plane's switch runs read when each edge applied a change); and its usage
+observation stream, best effort: a failed batch is counted and dropped) and the snapshot and key set it
+applied last, with when (its own hash: the control plane's switch runs read when each edge applied a change,
+and its keeper whether the store went back behind the edges); and its usage
 ledger (HINCRBY into its own hash per tenant and hour; a failed batch goes back into the ledger and is sent
 with the next). Failures are never raised into the data plane."""
 
@@ -22,6 +23,7 @@ from edge.telemetry.observed import Observed
 from edge.telemetry.usage import Ledger
 from fleet.keys import active_key, applied_key, cancel_key, observations_key, traffic_key, usage_key
 from fleet.redisconn import raise_if_cancelling
+from fleet.state import Applied
 from fleet.usage import COUNTERS, RETENTION_S, TRAFFIC_RETENTION_S, UsageRow, usage_field
 
 log = logging.getLogger("meridian.reporter")
@@ -38,12 +40,12 @@ class Reporter:
         observed: Observed,
         interval_s: float,
         dropped: Counter,
-        applied: Callable[[], tuple[int, int, float, str] | None] = lambda: None,
+        applied: Callable[[], Applied | None] = lambda: None,
         active: Active | None = None,
     ) -> None:
         self.active = active  # its requests in flight: published each interval, an operator's cancels read
         self.client = client
-        self.applied = applied  # (epoch, version, wall time applied) of the current snapshot, explainer URL
+        self.applied = applied  # the current snapshot's and key set's positions, when, the explainer's URL
         self.dropped = dropped  # rows that could not be sent (meridian_edge_observations_dropped_total)
         self.edge = edge
         self.observed = observed
@@ -80,12 +82,8 @@ class Reporter:
         now = self.applied()
         if now is None:
             return
-        epoch, version, at, explain = now
         try:
-            await self.client.hset(
-                applied_key(self.edge),
-                mapping={"epoch": epoch, "version": version, "at": int(at * 1000), "explain": explain},
-            )
+            await self.client.hset(applied_key(self.edge), mapping=dict[Any, Any](now.fields()))
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             log.debug("applied snapshot not reported: %s", exc)
