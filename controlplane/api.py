@@ -57,6 +57,7 @@ from controlplane.store import (
     StoreBusy,
     StoreError,
     StoreMetrics,
+    StoreRefusing,
     StoreUnavailable,
     VersionConflict,
     is_unavailable,
@@ -64,6 +65,7 @@ from controlplane.store import (
 from controlplane.switch import SwitchRun
 from controlplane.tenant_api import TenantController, top_usage
 from controlplane.workers import Workers, open_store
+from fleet.redisconn import refusal
 from fleet.state import RegionState, Topology
 from fleet.topology import load_topology
 
@@ -320,8 +322,14 @@ def _http_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dic
 
 
 def _unavailable_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    """503 in three kinds, none showing the store's address or credentials (the log has the error)."""
-    if isinstance(exc, StoreBusy):
+    """503 in four kinds, none showing the store's address or credentials (the log has the error)."""
+    why = exc.why if isinstance(exc, StoreRefusing) else refusal(exc)
+    if why is not None:
+        detail = (
+            f"state store primary refuses writes: it is {why} (docs/runbooks.md: the Redis primary refuses "
+            "writes); edges keep routing on their replicas"
+        )
+    elif isinstance(exc, StoreBusy):
         detail = "state store busy: every connection is in use; retry shortly"
     elif isinstance(exc, StoreBehind):
         detail = (

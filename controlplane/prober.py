@@ -20,7 +20,7 @@ from controlplane.health import Signal, Track, fold_region, observe, worse
 from controlplane.intake import PassiveBook
 from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
-from controlplane.store import StateStore, StoreError, StoreUnavailable
+from controlplane.store import StateStore, StoreError, StoreUnavailable, is_unavailable
 from fleet.signals import EngineSignals, signal_key
 from fleet.state import Health, Region, RegionState, Replica, Topology
 
@@ -69,10 +69,11 @@ class Prober:
             started = time.monotonic()
             try:
                 await work()
-            except StoreUnavailable as exc:
-                log.warning("%s: store unavailable: %s", what, exc)
-            except Exception:  # a bug in one round must not stop probing
-                log.exception("%s round failed", what)
+            except Exception as exc:  # a bug in one round must not stop probing
+                if is_unavailable(exc):
+                    log.warning("%s: store unavailable: %s", what, exc)
+                else:
+                    log.exception("%s round failed", what)
             delay = max(0.0, interval - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):  # interruptible sleep
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)

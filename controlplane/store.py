@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, WatchError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fleet.keys import (
@@ -40,6 +40,7 @@ from fleet.keys import (
     applied_key,
     observations_key,
 )
+from fleet.redisconn import refusal
 from fleet.state import (
     Applied,
     Region,
@@ -64,6 +65,15 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The Redis primary cannot take writes (down, unreachable, or a read-only replica)."""
+
+
+class StoreRefusing(StoreUnavailable):
+    """The Redis primary answers but refuses writes (``fleet.redisconn.refusal``: out of memory, or unable
+    to persist); ``why`` says which."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the state store primary refuses writes: it is {why}")
+        self.why = why
 
 
 class StoreBusy(StoreError):
@@ -102,7 +112,14 @@ class AuditEntry:
 
 Mutation = Callable[[RegionState], RegionState | None]
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, OSError)
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    ConnectionError,
+    OSError,
+)
 
 
 @contextlib.asynccontextmanager
@@ -119,9 +136,13 @@ def _text(v: str | bytes) -> str:
 
 
 def _classify(exc: Exception) -> StoreError:
-    """A Redis client error as the store's own: a pool with no free connection is busy, not down."""
+    """A Redis client error as the store's own: a pool with no free connection is busy, not down; a primary
+    out of memory refuses writes."""
     if "No connection available" in str(exc) or "Too many connections" in str(exc):
         return StoreBusy("every connection to the state store is in use")
+    why = refusal(exc)
+    if why is not None:
+        return StoreRefusing(why)
     return StoreUnavailable(str(exc))
 
 
@@ -688,6 +709,9 @@ def _creator(region: Region, *, now: float) -> Mutation:
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, (*_UNAVAILABLE, StoreUnavailable, StoreBehind)) or (
-        isinstance(exc, RedisError) and "READONLY" in str(exc)
+    """``exc`` says the store cannot take writes now (down, busy, behind, read-only or refusing): a 503."""
+    return (
+        isinstance(exc, (*_UNAVAILABLE, StoreUnavailable, StoreBehind))
+        or (isinstance(exc, RedisError) and "READONLY" in str(exc))
+        or refusal(exc) is not None
     )

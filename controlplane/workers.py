@@ -21,7 +21,7 @@ from controlplane.prober import Prober
 from controlplane.runs import Runs
 from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
-from controlplane.store import StateStore, StoreError
+from controlplane.store import StateStore, StoreError, is_unavailable
 from controlplane.tenants import TenantStore
 from fleet.redisconn import connect, raise_if_cancelling, redact
 from fleet.state import Topology
@@ -142,12 +142,12 @@ async def _keep(store: StateStore, state: State) -> None:
         try:
             if await store.check() == "restore":
                 log.warning("state store restored from the control plane's copy (restore %d)", store.restores)
-        except StoreError as exc:
-            raise_if_cancelling(exc)  # redis-py may turn our cancellation into a connection error
-            log.debug("keeper: %s", exc)
         except Exception as exc:
-            raise_if_cancelling(exc)
-            log.exception("keeper round failed")
+            raise_if_cancelling(exc)  # redis-py may turn our cancellation into a connection error
+            if isinstance(exc, StoreError) or is_unavailable(exc):
+                log.debug("keeper: %s", exc)  # the API's 503s and the prober say so
+            else:
+                log.exception("keeper round failed")
         await asyncio.sleep(KEEP_INTERVAL_S)
 
 

@@ -1,7 +1,8 @@
 """Open Redis clients from URLs (I/O): plain redis:// (or rediss://) URLs, or
 redis+sentinel://[user:password@]h1:p1,h2:p2/service for Redis Sentinel, where the client follows the
 primary across failovers. Credentials travel in the URL (or a file it names) and are never shown:
-``redact`` is what any log line or error body gets instead."""
+``redact`` is what any log line or error body gets instead. ``refusal`` names a server that answers but
+refuses writes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis.asyncio as aioredis
 from pydantic import AfterValidator
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 SOCKET_TIMEOUT_S = 2.0
 POOL_SIZE = 64  # connections per client: a burst beyond it waits for one instead of failing
@@ -49,6 +51,17 @@ def raise_if_cancelling(exc: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from exc
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why a Redis server that answers refuses writes, if that is what ``exc`` says: it is out of memory
+    (maxmemory reached: the shipped store never evicts) or cannot persist (MISCONF: its AOF or snapshot
+    cannot be written); None for any other error."""
+    if isinstance(exc, OutOfMemoryError):
+        return "out of memory (maxmemory reached; the store never evicts)"
+    if isinstance(exc, ResponseError) and "MISCONF" in str(exc):
+        return "unable to persist (MISCONF: its AOF or snapshot cannot be written)"
+    return None
 
 
 def connect(

@@ -21,7 +21,7 @@ from controlplane.store import StateStore, StoreBusy
 from edge.routing.snapshot import SnapshotFeed
 from fleet.acl import CONTROL_PLANE, Credentials, edge_user
 from fleet.keys import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, observations_key
-from fleet.redisconn import connect, redact
+from fleet.redisconn import connect, redact, refusal
 from fleet.state import Applied, next_epoch, went_back
 from meridian.redisproc import RedisServer, free_port
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
@@ -447,3 +447,62 @@ def test_an_applied_report_reads_back_what_the_edge_wrote_and_refuses_a_torn_one
     assert Applied.parse({b"epoch": b"3", b"version": b"41", b"at": b"12345"}) == Applied((3, 41), 12.345)
     assert Applied.parse({}) is None
     assert Applied.parse({"version": "x", "at": "1"}) is None
+
+
+async def test_a_primary_out_of_memory_answers_a_clear_503_and_edges_keep_serving(
+    keyed: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shipped store never evicts (Terraform's `maxmemory-policy noeviction`): full, it refuses every
+    write, and Redis 7 every command inside MULTI. The admin API answered 500 "internal error" to each
+    write and to `GET /v1/regions`, and the keeper logged a traceback every 0.5 s. Now: 503 naming the cause
+    with `Retry-After`, the edges serve keyed requests meanwhile (limits on their own share), and writes land
+    once there is memory again."""
+    fleet = keyed
+    tenant, key = await fleet.tenant_key({"rpm": 100_000}, name="while full")
+    r = fleet.primary.client()
+    r.config_set("maxmemory", "1")
+    r.close()
+    try:
+        for method, path, body in (
+            ("PATCH", "/v1/regions/eu-west-1", {"weight": 50, "reason": "full"}),
+            ("POST", "/v1/tenants", {"name": "while full 2", "limits": {}}),
+            ("POST", f"/v1/tenants/{tenant}/keys", None),
+            ("GET", "/v1/regions", None),
+        ):
+            status, answer = await fleet.admin(method, path, body=body)
+            assert status == 503 and "refuses writes: it is out of memory" in answer["detail"], (path, answer)
+        async with aiohttp.ClientSession() as s:
+            for _ in range(3):
+                async with s.post(
+                    fleet.edge_url("eu-west-1") + "v1/chat/completions",
+                    json={"model": "sim-llm", "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": LONDON},
+                ) as resp:
+                    await resp.read()
+                    assert resp.status == 200, resp.status
+    finally:
+        r = fleet.primary.client()
+        r.config_set("maxmemory", "0")
+        r.close()
+
+    async def writes_land() -> bool:
+        status, _ = await fleet.admin(
+            "PATCH", "/v1/regions/eu-west-1", body={"weight": 40, "reason": "freed"}
+        )
+        return status == 200
+
+    await wait_for(writes_land, timeout=5, what="a write to land once the primary has memory")
+    assert not [rec for rec in caplog.records if rec.exc_info], [rec.getMessage() for rec in caplog.records]
+
+
+def test_a_server_that_refuses_writes_is_told_from_other_errors() -> None:
+    """What turns a store error into a 503 naming the cause (``fleet.redisconn.refusal``), as redis-py
+    raises it alone and from a pipeline."""
+    full = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    assert (refusal(full) or "").startswith("out of memory")
+    disk = redis.exceptions.ResponseError(
+        "Command # 1 (SET k v) of pipeline caused error: MISCONF Errors writing to the AOF file: No space"
+    )
+    assert (refusal(disk) or "").startswith("unable to persist")
+    assert refusal(redis.exceptions.NoPermissionError("this user has no permissions")) is None
+    assert refusal(redis.exceptions.ResponseError("WRONGTYPE Operation against a key")) is None

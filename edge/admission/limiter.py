@@ -31,7 +31,7 @@ from edge.admission.limits import (
     Slots,
 )
 from fleet.keys import KEY_LIVE_EDGES, limit_key
-from fleet.redisconn import raise_if_cancelling
+from fleet.redisconn import raise_if_cancelling, refusal
 from fleet.tenants import Limits, Tenant
 
 log = logging.getLogger("meridian.limits")
@@ -263,7 +263,7 @@ class Limiter:
 
     def outage(self, exc: BaseException) -> None:
         """A call to the primary failed: the local share decides for ``OUTAGE_RETRY_S``. A refusal (an error
-        the primary answered, e.g. NOPERM from a wrong ACL) is a misconfiguration, logged as an error; an
+        the primary answered: NOPERM from a wrong ACL, or a primary out of memory) is logged as an error; an
         unreachable primary is an outage, logged as a warning; both at most once per episode."""
         refused = isinstance(exc, ResponseError)
         kind = "refused" if refused else "unreachable"
@@ -271,11 +271,13 @@ class Limiter:
             self.on_failure(kind)
         if self.clock() >= self.outage_until:
             if refused:
+                why = refusal(exc)
                 log.error(
                     "limits: the primary refused the limit script (%s); enforcing this edge's share "
-                    "(1/%d) — check the edge's Redis ACL user",
+                    "(1/%d) — %s",
                     exc,
                     self.edges,
+                    "check the edge's Redis ACL user" if why is None else f"it is {why}",
                 )
             else:
                 log.warning(
