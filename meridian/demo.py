@@ -199,6 +199,7 @@ class Fleet:
         env: dict[str, str] | None = None,
         log_file: Path | None = None,
         via: Callable[[str, str], str] | None = None,
+        ops: str | None = None,
     ) -> None:
         self.topo = topo
         self.sim_args = sim_args  # the simulators' engine (e.g. --max-concurrency), for every region
@@ -207,6 +208,7 @@ class Fleet:
         self.log_file = log_file  # where the children log (None: this process's stderr)
         # (link, Redis URL) -> the URL a component dials for it (a fault campaign's proxy; default: as is)
         self.via = via or (lambda _link, url: url)
+        self.ops = ops  # a fault campaign's own user on the primary (redisproc.OPS_USER), never a component's
         self.network = network
         self.simulated = simulated  # False: `meridian up`, the replicas regions.yaml names, as written
         self.real_regions: Path | None = None  # `meridian up`'s regions file, used as it is
@@ -257,7 +259,9 @@ class Fleet:
         n = len(topo.regions)
         acl = self.acl
         plan = PortPlan.of(topo, base)
-        primary = RedisServer(port=plan.primary, workdir=self.workdir / "redis-primary", acl=acl).start()
+        primary = RedisServer(
+            port=plan.primary, workdir=self.workdir / "redis-primary", acl=acl, ops=self.ops
+        ).start()
         self.history_url = primary.url_for(CONTROL_PLANE)  # the control plane's user: `meridian capacity`
         self.redis.append(primary)
         replicas = {}

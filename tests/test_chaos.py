@@ -163,6 +163,21 @@ def test_a_revoked_key_accepted_past_the_bound_fails_and_refusals_after_it_are_a
     assert not errors(h).passed
 
 
+def test_a_revocation_asked_again_counts_from_the_first_ask_and_is_checked_from_its_acknowledgement() -> None:
+    """The operator asks again while the store cannot take the revocation (503): a 401 after the first ask
+    is the revocation's (that ask may have landed before its answer was lost), and acceptance is checked
+    from the acknowledged one's answer."""
+    h = good()
+    h.revokes = [Revoke(3.0, 3.1, "gone", 503), Revoke(4.1, 4.2, "gone", 0), Revoke(6.5, 6.6, "gone", 204)]
+    h.requests.append(Request(4.5, 4.6, EU, "gone", 401, "http 401", None))
+    assert errors(h).passed
+    h.requests.append(Request(6.7, 6.8, EU, "gone", 200, "ok", EU))  # within the bound of the acknowledged
+    assert revoked(h, {}).passed
+    late = 6.6 + PROPAGATION_S + 0.5
+    h.requests.append(Request(late, late + 0.3, EU, "gone", 200, "ok", EU))
+    assert not revoked(h, {}).passed
+
+
 def test_a_tenant_served_over_its_rpm_in_a_window_fails_but_not_where_its_edges_had_the_local_share() -> None:
     # rpm 60: 1 a second; over 10 s, 10 + 1 of burst + 1 lease (one edge) + 1 = 13 at most; 30 served
     over = [ok(t / 3) for t in range(3, 36)]

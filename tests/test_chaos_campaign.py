@@ -1,6 +1,6 @@
-"""The CI fault campaign: a fixed seed, a short campaign on a real local fleet (the Redis primary killed and
-restarted from its AOF and empty, replicas killed and paused, edges and the control plane killed and
-restarted, regions down and slow) under client load and the operator's dial writes; every invariant of the
+"""The CI fault campaign: a fixed seed, a short campaign on a real local fleet (seed 1: the control plane
+killed and restarted, the Redis primary wiped and later full, an edge on a skewed clock, loss on an edge's
+link to a region, a replica killed) under client load and the operator's dial writes; every invariant of the
 checker holds over its history. Runs on its own (`-m campaign`), as `.ci/run` does."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from meridian.chaos.history import History
 from meridian.chaos.main import run
 from meridian.chaos.options import add_arguments
 
-SEED = 7
+SEED = 1
 
 
 @pytest.mark.campaign

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import random
 import time
@@ -139,22 +140,33 @@ async def test_with_the_primary_down_each_edge_enforces_its_share(fleet: Fleet) 
     assert 0.8 * share * 3.0 <= statuses[200] <= share * (3.0 + TOLERANCE_S) + 40 * LEASE_S + 2, statuses
 
 
-async def test_a_primary_refusing_the_limit_scripts_is_told_apart_and_the_share_serves(fleet: Fleet) -> None:
+async def test_a_primary_refusing_the_limit_scripts_is_told_apart_and_the_share_serves(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
     """The shipped failure this wave began with: the edge's Redis user may not run the limit scripts (NOPERM).
     Every refused call counts as kind="refused" (what MeridianLimitsRefusedByPrimary alerts on), never as an
-    outage; the edge serves on its share meanwhile; once the user is fixed, the refusals stop."""
+    outage; the edge serves on its share meanwhile; once the user is fixed, the refusals stop. The log says
+    so once when it begins and once when it ends, not once a second while it lasts."""
+    caplog.set_level(logging.WARNING, logger="meridian.limits")
     key = await tenant_key(fleet, {"rpm": 2400})
     metrics = fleet.edges["eu-west-1"].make_url("/metrics")
     ops = fleet.primary.client()
     try:
         ops.acl_setuser(edge_user("eu-west-1"), enabled=True, commands=["-evalsha", "-eval"])
         statuses = await drive(fleet, key, 0.5, per_edge=1, edges=["eu-west-1"])
+        driven = (await edge_counts(metrics, "limits_primary_failures", "kind")).get("refused", 0)
+
+        async def two_more_registrations_refused() -> bool:  # no requests now: one call a second
+            refused = (await edge_counts(metrics, "limits_primary_failures", "kind")).get("refused", 0)
+            return bool(refused >= driven + 2)
+
+        await wait_for(two_more_registrations_refused, timeout=10, what="two more registrations refused")
         broken = await edge_counts(metrics, "limits_primary_failures", "kind")
         ops.acl_setuser(edge_user("eu-west-1"), enabled=True, commands=["+evalsha", "+eval"])
     finally:
         ops.close()
     assert statuses[200] >= 1, statuses  # the edge's share served
-    assert broken.get("refused", 0) >= 1 and "unreachable" not in broken, broken
+    assert broken.get("refused", 0) >= 3 and "unreachable" not in broken, broken
     seen = [broken["refused"]]
 
     async def refusals_stopped() -> bool:  # polled every registration (1 s): unchanged across one
@@ -163,6 +175,16 @@ async def test_a_primary_refusing_the_limit_scripts_is_told_apart_and_the_share_
 
     await wait_for(refusals_stopped, timeout=10, interval=1.5 * REGISTER_S, what="refusals to stop")
     assert (await drive(fleet, key, 0.5, per_edge=1, edges=["eu-west-1"]))[200] >= 1
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "meridian.limits"]
+
+    async def ended() -> bool:  # at the edge's next registration
+        return any("takes the limit scripts again" in m for m in said())
+
+    await wait_for(ended, timeout=5, what="the edge to log that the primary takes its scripts again")
+    begun = [m for m in said() if "refused the limit script" in m and "check the edge's Redis ACL user" in m]
+    assert len(begun) == 1, said()
 
 
 async def test_concurrent_requests_hold_across_edges_and_slots_come_back(fleet: Fleet) -> None:

@@ -37,6 +37,7 @@ from fleet.tenants import Limits, Tenant
 log = logging.getLogger("meridian.limits")
 
 REGISTER_S = 1.0  # an edge process renews its registration this often (it lapses after 3 missed)
+OUTAGE_REMIND_S = 60.0  # a failing primary is logged when it begins, then this often while it lasts
 DIMENSIONS = (("requests", "rpm"), ("tokens", "tpm"))
 HEADERS_TTL_S = 0.1  # an admitted answer's rate-limit headers are at most this old
 # OpenAI's rate-limit header names, as multidict's case-insensitive strings made once (a plain str is
@@ -91,6 +92,7 @@ class Limiter:
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.backlog: dict[tuple[str, str], tuple[float, float]] = {}  # -> (Redis's TAT - now, when) s
         self.outage_until = 0.0
+        self.episode: tuple[str, float, float] | None = None  # a failing primary: (kind, since, last said)
         self.script: Any = client.register_script(LEASE_SCRIPT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._verdicts: dict[str, tuple[Verdict, float, Limits]] = {}
@@ -257,6 +259,12 @@ class Limiter:
             self.outage(exc)
             return
         self.edges = max(1, int(live))
+        if self.episode is not None:
+            log.warning(
+                "limits: the primary takes the limit scripts again after %.0f s; the shared counts decide",
+                self.clock() - self.episode[1],
+            )
+            self.episode = None
         for bucket in self.buckets.values():
             if bucket.edges != self.edges:
                 bucket.share(self.edges)
@@ -264,28 +272,37 @@ class Limiter:
     def outage(self, exc: BaseException) -> None:
         """A call to the primary failed: the local share decides for ``OUTAGE_RETRY_S``. A refusal (an error
         the primary answered: NOPERM from a wrong ACL, or a primary out of memory) is logged as an error; an
-        unreachable primary is an outage, logged as a warning; both at most once per episode."""
+        unreachable primary is an outage, logged as a warning; each when it begins, every
+        ``OUTAGE_REMIND_S`` while it lasts, and its end when the primary takes the edge's registration."""
         refused = isinstance(exc, ResponseError)
         kind = "refused" if refused else "unreachable"
         if self.on_failure is not None:
             self.on_failure(kind)
-        if self.clock() >= self.outage_until:
-            if refused:
-                why = refusal(exc)
-                log.error(
-                    "limits: the primary refused the limit script (%s); enforcing this edge's share "
-                    "(1/%d) — %s",
-                    exc,
-                    self.edges,
-                    "check the edge's Redis ACL user" if why is None else f"it is {why}",
-                )
-            else:
-                log.warning(
-                    "limits: the primary is unreachable (%s); enforcing this edge's share (1/%d)",
-                    exc,
-                    self.edges,
-                )
-        self.outage_until = self.clock() + OUTAGE_RETRY_S
+        now = self.clock()
+        self.outage_until = now + OUTAGE_RETRY_S
+        episode = self.episode
+        since = now if episode is None or episode[0] != kind else episode[1]
+        if episode is not None and episode[0] == kind and now - episode[2] < OUTAGE_REMIND_S:
+            return
+        self.episode = (kind, since, now)
+        lasting = f" for {now - since:.0f} s" if now > since else ""
+        if refused:
+            why = refusal(exc)
+            log.error(
+                "limits: the primary refused the limit script%s (%s); enforcing this edge's share (1/%d) "
+                "— %s",
+                lasting,
+                exc,
+                self.edges,
+                "check the edge's Redis ACL user" if why is None else f"it is {why}",
+            )
+        else:
+            log.warning(
+                "limits: the primary is unreachable%s (%s); enforcing this edge's share (1/%d)",
+                lasting,
+                exc,
+                self.edges,
+            )
 
     def _background(self, work: Any) -> None:
         task = asyncio.create_task(work)

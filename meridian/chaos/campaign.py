@@ -10,6 +10,7 @@ import glob
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import time
@@ -27,13 +28,14 @@ from meridian.demo import PortPlan
 from meridian.pressure import schedule as sch
 from meridian.pressure.drive import Target, drive
 from meridian.pressure.fleet import CLIENT_IP, HOME, MODEL, Knobs, Running, Scale, started, topology
-from meridian.redisproc import free_block
+from meridian.redisproc import RedisServer, free_block
 
 WRITE_EVERY_S = 0.7  # the operator's dial writes, one at a time
 SAMPLE_EVERY_S = 0.1  # each edge's /readyz
 DIALED = "us-east-1"  # the region the operator dials (the other always takes traffic)
 SETTLE_S = 3.0  # after the last fault, before the final state is read
 REVOKED = "revoked"  # the tenant whose key the operator revokes half way
+REVOKE_TRIES = 20  # the revocation asked again each second while the store cannot take it
 CAPPED, CAPPED_RPM = "capped", 120  # a tenant offered twice its requests-per-minute limit throughout
 LINK_LATENCY_S = 0.2  # a link-latency fault's delay, each way
 LINK_LOSS = 0.2  # a link-loss fault's share of segments lost
@@ -170,12 +172,18 @@ class Campaign:
         return str(tenant["id"]), str(key["key"]), str(key["id"])
 
     async def _revoke(self, tenant_id: str, key_id: str, at: float) -> None:
-        """The operator revokes the tenant's key half way through (its answer recorded)."""
+        """The operator revokes the tenant's key half way through, and asks again each second while the
+        answer is 503 or none (as the API's `Retry-After` says), for up to ``REVOKE_TRIES`` (every answer
+        recorded)."""
         assert self.history is not None
         await asyncio.sleep(max(0.0, self.t0 + at - time.monotonic()))
-        start = self.now()
-        status, _ = await self._admin("DELETE", f"/v1/tenants/{tenant_id}/keys/{key_id}")
-        self.history.revokes.append(Revoke(start, self.now(), REVOKED, status))
+        for _ in range(REVOKE_TRIES):
+            start = self.now()
+            status, _ = await self._admin("DELETE", f"/v1/tenants/{tenant_id}/keys/{key_id}")
+            self.history.revokes.append(Revoke(start, self.now(), REVOKED, status))
+            if status not in (0, 503):
+                return
+            await asyncio.sleep(1.0)
 
     async def _admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.run.token}"}
@@ -237,6 +245,10 @@ class Campaign:
                     if item.name != "users.acl" and not item.name.endswith(".log"):
                         shutil.rmtree(item) if item.is_dir() else item.unlink()
             return lambda: asyncio.to_thread(primary.start)
+        if kind == "primary-full":
+            primary = fleet.redis[0]
+            await asyncio.to_thread(_config_set, primary, "maxmemory", "1")
+            return lambda: asyncio.to_thread(_config_set, primary, "maxmemory", "0")
         if kind in ("replica-kill", "replica-pause"):
             replica = self._replica(region)
             assert replica.proc is not None
@@ -329,6 +341,14 @@ def _takes_a_region_out(f: Fault) -> bool:
     return f.kind == "region-down" or (f.kind == "link-partition" and end not in ("", "primary"))
 
 
+def _config_set(server: RedisServer, name: str, value: str) -> None:
+    client = server.client()
+    try:
+        client.config_set(name, value)
+    finally:
+        client.close()
+
+
 async def _resume(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)
@@ -356,7 +376,8 @@ async def fleet(logs: Path, seed: int = 0) -> Any:
         return url if proxy is None else re.sub(rf":{proxy.target[1]}(?=/|$)", f":{proxy.port}", url)
 
     try:
-        async with started(scale, knobs, logs / "chaos.log", base=base, via=via) as run:
+        ops = secrets.token_urlsafe(12)  # the campaign's own user on the primary: primary-full sets maxmemory
+        async with started(scale, knobs, logs / "chaos.log", base=base, via=via, ops=ops) as run:
             yield run, links
     finally:
         for proxy in links.values():

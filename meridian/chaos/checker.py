@@ -162,7 +162,9 @@ def _accepted(r: Request) -> bool:
 
 def errors(h: History) -> Verdict:
     v = Verdict("4 only the errors the design allows", True, 0)
-    revoked_at = {k.tenant: k.start for k in h.revokes}
+    revoked_at: dict[str, float] = {}  # from the first time the operator asked
+    for k in h.revokes:
+        revoked_at[k.tenant] = min(k.start, revoked_at.get(k.tenant, k.start))
     for r in h.requests:
         v.checked += 1
         if r.kind in ALLOWED:

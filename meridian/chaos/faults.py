@@ -11,6 +11,8 @@ from dataclasses import dataclass
 KINDS: dict[str, str] = {
     "primary-kill": "the Redis primary: kill -9, restarted from its AOF after the fault's duration",
     "primary-wipe": "the Redis primary: kill -9, restarted empty (its AOF and snapshot gone)",
+    "primary-full": "the Redis primary: its maxmemory set below what it holds, so it refuses every write "
+    "(the shipped store never evicts), unset after",
     "replica-kill": "a region's Redis replica: kill -9, restarted",
     "replica-pause": "a region's Redis replica: SIGSTOP (it falls behind), SIGCONT after",
     "edge-kill": "a region's edge: kill -9, restarted",

@@ -270,9 +270,11 @@ async def started(
     *,
     base: int | None = None,
     via: Callable[[str, str], str] | None = None,
+    ops: str | None = None,
 ) -> AsyncIterator[Running]:
     """A fresh fleet for one scenario; stopped (every process, every file) when the scenario ends. ``base``:
-    its base port (see ``meridian.demo.PortPlan``); ``via``: how a component dials a Redis link."""
+    its base port (see ``meridian.demo.PortPlan``); ``via``: how a component dials a Redis link; ``ops``: a
+    password for a fault campaign's own user on the primary (none: the fleet's users only)."""
     data = topology(scale, knobs)
     workdir = Path(tempfile.mkdtemp(prefix="meridian-pressure-"))
     config = workdir / "regions.yaml"
@@ -308,6 +310,7 @@ async def started(
         env=env,
         log_file=log_file,
         via=via,
+        ops=ops,
     )
     stop = threading.Event()
     try:
