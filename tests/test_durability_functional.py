@@ -474,6 +474,8 @@ async def test_a_store_restored_from_an_older_backup_starts_a_new_epoch_the_runn
         )
         said = [r for r in caplog.records if "is behind what edge eu-west-1 applied" in r.getMessage()]
         assert [r.levelname for r in said] == ["WARNING"], caplog.text[-2000:]
+        took = [r for r in caplog.records if "state store began a new epoch" in r.getMessage()]
+        assert [r.name for r in took] == ["meridian.snapshot"], caplog.text[-2000:]  # the edge says so too
         _, audit = await f.admin("GET", "/v1/audit?limit=50")
         assert [e for e in audit["entries"] if e["action"] == "new-epoch"], audit
         _, text = await f.admin("GET", "/metrics")

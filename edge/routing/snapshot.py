@@ -98,6 +98,13 @@ class SnapshotFeed:
         if verdict.refused is None or verdict.snapshot is not self.current:
             self.confirmed_at = now
         if verdict.snapshot is not self.current:
+            if self.current is not None and verdict.snapshot.epoch != self.current.epoch:
+                log.warning(
+                    "state store began a new epoch (%d, was %d): it was initialised or went back, and this "
+                    "edge takes what it holds (docs/runbooks.md: the state store lost its state)",
+                    verdict.snapshot.epoch,
+                    self.current.epoch,
+                )
             self._news.set()
             self._news = asyncio.Event()
             self.applied_at = time.time()
