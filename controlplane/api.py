@@ -40,11 +40,13 @@ from controlplane.schemas import (
     WRITE_REGION,
     AuditPage,
     DrainRequest,
+    EdgeStanding,
     InvalidRegion,
     RegionChange,
     RegionList,
     RegionPatch,
     RunList,
+    StoreStatus,
     document_rules,
 )
 from controlplane.settings import ControlPlaneSettings
@@ -66,7 +68,7 @@ from controlplane.switch import SwitchRun
 from controlplane.tenant_api import TenantController, top_usage
 from controlplane.workers import Workers, open_store
 from fleet.redisconn import refusal
-from fleet.state import RegionState, Topology
+from fleet.state import RegionState, Topology, standing
 from fleet.topology import load_topology
 
 log = logging.getLogger("meridian.api")
@@ -226,6 +228,36 @@ class RunController(Controller):
         return RunList(runs=await runs.all())
 
 
+@get(
+    "/v1/store",
+    guards=[staff_guard],
+    tags=["store"],
+    summary="The state store's position and where each edge stands against it",
+    responses=AUTHENTICATED,
+)
+async def store_status(state: State) -> StoreStatus:
+    """Whether every edge applied what the store holds: after a change, a restore or a new epoch."""
+    store, topo = _store(state), state.topology
+    position, keys = await store.position()
+    reports = await store.applied(topo.names)
+    return StoreStatus(
+        epoch=position[0],
+        version=position[1],
+        keys_version=keys[1],
+        edges=[
+            EdgeStanding(
+                edge=edge,
+                snapshot=r.position,
+                keys=r.keys,
+                applied_at=r.at,
+                standing=standing(position, keys, r),
+            )
+            for edge, r in reports.items()
+        ],
+        unreported=[n for n in topo.names if n not in reports],
+    )
+
+
 async def _record_switch(
     state: State, before: RegionState, after: RegionState, actor: str, reason: str, asked: float
 ) -> None:
@@ -379,6 +411,7 @@ ROUTES: list[Any] = [
     AuditController,
     TenantController,
     top_usage,
+    store_status,
     PoolController,
     healthz,
     readyz,

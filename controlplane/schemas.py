@@ -10,7 +10,7 @@ from litestar.openapi.spec import OpenAPIType, Reference, Schema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controlplane.switch import SwitchRun
-from fleet.state import RegionState
+from fleet.state import RegionState, StoreStanding
 from fleet.tenants import ApiKey, Budget, Limits, Priority, Tenant
 
 TENANT_CHANGES = ("name", "limits", "priority", "max_priority", "models", "budget")
@@ -59,6 +59,27 @@ class InvalidRegion(BaseModel):
 class RegionList(BaseModel):
     version: int = Field(description="the store's version: it grows with every change")
     regions: list[RegionState | InvalidRegion]
+
+
+class EdgeStanding(BaseModel):
+    edge: str
+    snapshot: tuple[int, int] = Field(description="(epoch, version) of the snapshot it routes on")
+    keys: tuple[int, int] | None = Field(description="(epoch, version) of its key set; null: API keys off")
+    applied_at: float = Field(description="unix time it applied that snapshot")
+    standing: StoreStanding = Field(
+        description="current: it applied what the store holds; behind: not yet (its replica lags, or it is "
+        "cut off); ahead: the store went back (restored or lost writes: the control plane starts a new epoch)"
+    )
+
+
+class StoreStatus(BaseModel):
+    """The state store's position, and what each edge reports it applied (every observation interval)."""
+
+    epoch: int = Field(description="the store's epoch: milliseconds since 1970 when its state began")
+    version: int = Field(description="the store's version: it grows with every change")
+    keys_version: int = Field(description="the key set's version: it grows with every tenant or key change")
+    edges: list[EdgeStanding]
+    unreported: list[str] = Field(description="edges of regions.yaml that have reported nothing")
 
 
 class RegionChange(BaseModel):

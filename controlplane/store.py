@@ -295,6 +295,15 @@ class StateStore:
             after={"epoch": epoch},
         )
 
+    async def position(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The store's (epoch, version) and its key set's (epoch, tenants version), in one read (no MULTI: it
+        answers while the primary refuses writes)."""
+        try:
+            epoch, version, tenants = await self.redis.mget(KEY_EPOCH, KEY_VERSION, KEY_TENANTS_VERSION)
+        except _UNAVAILABLE as exc:
+            raise _classify(exc) from exc
+        return (int(epoch or 0), int(version or 0)), (int(epoch or 0), int(tenants or 0))
+
     async def applied(self, edges: Iterable[str]) -> dict[str, Applied]:
         """What each of ``edges`` reported it applied last (an edge that reported nothing is left out)."""
         names = list(edges)

@@ -371,16 +371,31 @@ class Applied:
             return None
 
 
+StoreStanding = Literal["current", "behind", "ahead"]
+
+
+def standing(store: tuple[int, int], keys: tuple[int, int], report: Applied) -> StoreStanding:
+    """Where an edge stands against the store: ``current`` (it applied what the store holds), ``behind``
+    (not yet: its replica lags, or it is cut off) or ``ahead`` (the store went back: see ``went_back``)."""
+    if report.position > store or (report.keys is not None and report.keys > keys):
+        return "ahead"
+    if report.position < store or (report.keys is not None and report.keys < keys):
+        return "behind"
+    return "current"
+
+
 def went_back(
     store: tuple[int, int], keys: tuple[int, int], reports: Mapping[str, Applied]
 ) -> tuple[str, str] | None:
     """(the edge, what) that applied a state newer than the store's position ``store`` or a key set newer than
     ``keys`` — the store went back (restored from an older backup, or writes lost) — or None."""
     for edge, report in sorted(reports.items()):
-        if report.position > store:
-            return edge, f"its snapshot at epoch/version {report.position[0]}/{report.position[1]}"
-        if report.keys is not None and report.keys > keys:
-            return edge, f"its key set at epoch/version {report.keys[0]}/{report.keys[1]}"
+        if standing(store, keys, report) == "ahead":
+            what, newer = (
+                ("snapshot", report.position) if report.position > store else ("key set", report.keys)
+            )
+            assert newer is not None
+            return edge, f"its {what} at epoch/version {newer[0]}/{newer[1]}"
     return None
 
 

@@ -224,6 +224,8 @@ def run_ctl(args: argparse.Namespace) -> int:
         return 0
     if args.ctl == "pools":
         return _pools(args)
+    if args.ctl == "store":
+        return _store(args)
     if args.ctl == "audit":
         status, payload = _admin_call(args, "GET", f"/v1/audit?limit={args.limit}")
         return _print_result(status, payload, args, _audit)
@@ -362,6 +364,27 @@ def _pools(args: argparse.Namespace) -> int:
             f"{p['region']:<16}{p['model'][:25]:<26}{p['current']:>8}{p['desired']:>8}{p['on_demand']:>4}"
             f"{p['spot']:>5}{p['cost_per_hour']:>8.2f}  {flags}{p['reason']}"
         )
+    return 0
+
+
+def _store(args: argparse.Namespace) -> int:
+    """The store's position and where each edge stands against it (or the JSON with --json)."""
+    status, payload = _admin_call(args, "GET", "/v1/store")
+    if status != 200 or args.json:
+        return _print_result(status, payload)
+    began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(payload["epoch"] / 1000))
+    _row(
+        f"store: epoch {payload['epoch']} (began {began}), version {payload['version']}, "
+        f"key set version {payload['keys_version']}"
+    )
+    _row(f"{'edge':<16}{'snapshot':>24}{'key set':>24}  {'applied (UTC)':<21}standing")
+    for e in payload["edges"]:
+        snap = "/".join(map(str, e["snapshot"]))
+        keys = "-" if e["keys"] is None else "/".join(map(str, e["keys"]))
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["applied_at"]))
+        _row(f"{e['edge']:<16}{snap:>24}{keys:>24}  {at:<21}{e['standing']}")
+    for name in payload["unreported"]:
+        _row(f"{name:<16}{'(nothing reported: the edge is down or has no snapshot yet)':>48}")
     return 0
 
 
@@ -678,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--json", action="store_true", help="the admin API's answer as it is (any verb)")
     ctl_sub.add_parser("regions", help="list regions")
     ctl_sub.add_parser("pools", help="autoscaled pools: current, desired, spot/on-demand, $/h, why")
+    ctl_sub.add_parser("store", help="the state store's epoch and version, and where each edge stands")
     audit = ctl_sub.add_parser("audit", help="show the audit log")
     audit.add_argument("--limit", type=int, default=20)
     sw = ctl_sub.add_parser("set-weight", help="set a region's traffic dial (0-100)")

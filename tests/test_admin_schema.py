@@ -44,9 +44,9 @@ async def test_schemathesis_finds_nothing_against_the_live_admin_api(fleet: Flee
     selected = re.search(r"Selected: (\d+)/(\d+)", report)
     tested = re.search(r"Tested: (\d+)", report)
     assert selected and tested and selected[1] == selected[2] == tested[1], report[-2000:]
-    # regions (3), drain, runs, audit, tenants (5), keys (3), usage (2), pools (3), session, events, cancel,
-    # explain
-    assert int(tested[1]) == 23
+    # regions (3), drain, runs, audit, tenants (5), keys (3), usage (2), pools (3), store, session, events,
+    # cancel, explain
+    assert int(tested[1]) == 24
 
 
 async def test_options_on_a_region_lists_patch(fleet: Fleet) -> None:

@@ -97,6 +97,7 @@ def verbs(tenant: str) -> list[list[str]]:
     return [
         ["regions"],
         ["pools"],
+        ["store"],
         ["audit", "--limit", "3"],
         ["set-weight", "eu-west-1", "90", "--reason", "every verb"],
         ["drain", "eu-west-1", "--reason", "every verb"],

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -506,3 +508,42 @@ def test_a_server_that_refuses_writes_is_told_from_other_errors() -> None:
     assert (refusal(disk) or "").startswith("unable to persist")
     assert refusal(redis.exceptions.NoPermissionError("this user has no permissions")) is None
     assert refusal(redis.exceptions.ResponseError("WRONGTYPE Operation against a key")) is None
+
+
+async def test_the_store_status_shows_an_edge_behind_while_its_replica_is_frozen_then_current(
+    keyed: Fleet,
+) -> None:
+    """`GET /v1/store` (`meridian ctl store`): the store's position and where each edge stands, from what
+    the edges report every observation interval. A dial written while eu-west-1's replica is frozen leaves
+    that edge behind and the other current; once the replica thaws, both are current — with their key sets."""
+    fleet = keyed
+
+    async def standings() -> dict[str, str]:
+        status, body = await fleet.admin("GET", "/v1/store")
+        assert status == 200, body
+        return {e["edge"]: e["standing"] for e in body["edges"]}
+
+    async def all_current() -> bool:
+        return await standings() == {"eu-west-1": "current", "us-east-1": "current"}
+
+    await wait_for(all_current, timeout=5, what="both edges current")
+    replica = fleet.replicas["eu-west-1"]
+    assert replica.proc is not None
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    try:
+        status, _ = await fleet.admin("PATCH", "/v1/regions/us-east-1", body={"weight": 30, "reason": "x"})
+        assert status == 200
+
+        async def eu_behind() -> bool:
+            return await standings() == {"eu-west-1": "behind", "us-east-1": "current"}
+
+        await wait_for(eu_behind, timeout=5, what="eu-west-1 behind, us-east-1 current")
+    finally:
+        os.kill(replica.proc.pid, signal.SIGCONT)
+    await wait_for(all_current, timeout=10, what="both edges current again")
+    _, body = await fleet.admin("GET", "/v1/store")
+    assert body["unreported"] == [] and all(
+        e["snapshot"] == [body["epoch"], body["version"]]
+        and e["keys"] == [body["epoch"], body["keys_version"]]
+        for e in body["edges"]
+    ), body
