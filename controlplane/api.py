@@ -240,6 +240,7 @@ async def store_status(state: State) -> StoreStatus:
     store, topo = _store(state), state.topology
     position, keys = await store.position()
     reports = await store.applied(topo.names)
+    now = time.time()
     return StoreStatus(
         epoch=position[0],
         version=position[1],
@@ -250,6 +251,8 @@ async def store_status(state: State) -> StoreStatus:
                 snapshot=r.position,
                 keys=r.keys,
                 applied_at=r.at,
+                reported_at=r.reported or None,
+                silent=r.silent(now),
                 standing=standing(position, keys, r),
             )
             for edge, r in reports.items()

@@ -66,6 +66,8 @@ class EdgeStanding(BaseModel):
     snapshot: tuple[int, int] = Field(description="(epoch, version) of the snapshot it routes on")
     keys: tuple[int, int] | None = Field(description="(epoch, version) of its key set; null: API keys off")
     applied_at: float = Field(description="unix time it applied that snapshot")
+    reported_at: float | None = Field(description="unix time of its latest report, on its clock")
+    silent: bool = Field(description="no report for 10 s: the edge is down or cut off from the primary")
     standing: StoreStanding = Field(
         description="current: it applied what the store holds; behind: not yet (its replica lags, or it is "
         "cut off); ahead: the store went back (restored or lost writes: the control plane starts a new epoch)"

@@ -333,6 +333,9 @@ class Snapshot:
         return self.epoch, self.version
 
 
+REPORT_SILENT_S = 10.0  # an edge reports every observation interval (1 s by default): silent past this
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """What one edge reports it applied last (the hash ``fleet.keys.applied_key`` names, re-written every
@@ -343,6 +346,7 @@ class Applied:
     at: float  # wall time it was applied
     keys: tuple[int, int] | None = None  # (epoch, tenants version) of the key set
     explain: str = ""
+    reported: float = 0.0  # wall time of this report, on the edge's clock (0: not said)
 
     def fields(self) -> dict[str, str | int]:
         out: dict[str, str | int] = {
@@ -353,7 +357,13 @@ class Applied:
         }
         if self.keys is not None:
             out |= {"keys_epoch": self.keys[0], "keys_version": self.keys[1]}
+        if self.reported:
+            out["reported"] = int(self.reported * 1000)
         return out
+
+    def silent(self, now: float) -> bool:
+        """The edge stopped reporting: down, or cut off from the primary (its clock against ``now``)."""
+        return bool(self.reported) and now - self.reported > REPORT_SILENT_S
 
     @classmethod
     def parse(cls, row: Mapping[bytes, bytes] | Mapping[str, str]) -> Applied | None:
@@ -365,7 +375,11 @@ class Applied:
         try:
             keys = (int(f["keys_epoch"]), int(f["keys_version"])) if "keys_version" in f else None
             return cls(
-                (int(f.get("epoch", 0)), int(f["version"])), int(f["at"]) / 1000, keys, f.get("explain", "")
+                (int(f.get("epoch", 0)), int(f["version"])),
+                int(f["at"]) / 1000,
+                keys,
+                f.get("explain", ""),
+                int(f.get("reported", 0)) / 1000,
             )
         except (KeyError, ValueError):
             return None

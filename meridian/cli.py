@@ -382,7 +382,8 @@ def _store(args: argparse.Namespace) -> int:
         snap = "/".join(map(str, e["snapshot"]))
         keys = "-" if e["keys"] is None else "/".join(map(str, e["keys"]))
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["applied_at"]))
-        _row(f"{e['edge']:<16}{snap:>24}{keys:>24}  {at:<21}{e['standing']}")
+        said = "silent" if e["silent"] else e["standing"]  # no report for 10 s: down, or cut off
+        _row(f"{e['edge']:<16}{snap:>24}{keys:>24}  {at:<21}{said}")
     for name in payload["unreported"]:
         _row(f"{name:<16}{'(nothing reported: the edge is down or has no snapshot yet)':>48}")
     return 0

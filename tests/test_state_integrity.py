@@ -5,6 +5,7 @@ each on real redis-server processes, edges and the admin API over loopback."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -449,6 +450,9 @@ def test_an_applied_report_reads_back_what_the_edge_wrote_and_refuses_a_torn_one
     assert Applied.parse({b"epoch": b"3", b"version": b"41", b"at": b"12345"}) == Applied((3, 41), 12.345)
     assert Applied.parse({}) is None
     assert Applied.parse({"version": "x", "at": "1"}) is None
+    reported = dataclasses.replace(report, reported=100.0)
+    assert Applied.parse({k: str(v) for k, v in reported.fields().items()}) == reported
+    assert not reported.silent(105.0) and reported.silent(111.0) and not report.silent(1e9)
 
 
 async def test_a_primary_out_of_memory_answers_a_clear_503_and_edges_keep_serving(
@@ -542,6 +546,9 @@ async def test_the_store_status_shows_an_edge_behind_while_its_replica_is_frozen
         os.kill(replica.proc.pid, signal.SIGCONT)
     await wait_for(all_current, timeout=10, what="both edges current again")
     _, body = await fleet.admin("GET", "/v1/store")
+    assert not any(e["silent"] for e in body["edges"]) and all(
+        abs(e["reported_at"] - time.time()) < 5 for e in body["edges"]
+    ), body
     assert body["unreported"] == [] and all(
         e["snapshot"] == [body["epoch"], body["version"]]
         and e["keys"] == [body["epoch"], body["keys_version"]]

@@ -8,6 +8,7 @@ with the next). Failures are never raised into the data plane."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -83,7 +84,8 @@ class Reporter:
         if now is None:
             return
         try:
-            await self.client.hset(applied_key(self.edge), mapping=dict[Any, Any](now.fields()))
+            report = dataclasses.replace(now, reported=time.time())
+            await self.client.hset(applied_key(self.edge), mapping=dict[Any, Any](report.fields()))
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
             log.debug("applied snapshot not reported: %s", exc)
