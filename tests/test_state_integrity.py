@@ -477,6 +477,8 @@ async def test_a_primary_out_of_memory_answers_a_clear_503_and_edges_keep_servin
         ):
             status, answer = await fleet.admin(method, path, body=body)
             assert status == 503 and "refuses writes: it is out of memory" in answer["detail"], (path, answer)
+        status, answer = await fleet.admin("GET", "/v1/store")  # read without MULTI: it answers
+        assert status == 200 and {e["edge"] for e in answer["edges"]} == {"eu-west-1", "us-east-1"}, answer
         async with aiohttp.ClientSession() as s:
             for _ in range(3):
                 async with s.post(
