@@ -26,6 +26,8 @@ from fleet.state import Health, Region, RegionState, Replica, Topology
 
 log = logging.getLogger("meridian.prober")
 
+STORE_REMIND_S = 60.0  # a store that cannot take the prober's writes is logged again this often
+
 
 class Prober:
     def __init__(
@@ -65,15 +67,22 @@ class Prober:
             )
 
     async def _every(self, interval: float, work: Callable[[], Awaitable[None]], what: str) -> None:
+        """``work`` every ``interval``; a store that cannot take its writes logged when that begins, every
+        ``STORE_REMIND_S`` while it lasts and when it ends, not every round."""
+        failing: tuple[float, float] | None = None  # the store unavailable: (since, last said)
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 await work()
+                if failing is not None:
+                    log.warning("%s: store available again after %.0f s", what, started - failing[0])
+                    failing = None
             except Exception as exc:  # a bug in one round must not stop probing
-                if is_unavailable(exc):
-                    log.warning("%s: store unavailable: %s", what, exc)
-                else:
+                if not is_unavailable(exc):
                     log.exception("%s round failed", what)
+                elif failing is None or started - failing[1] >= STORE_REMIND_S:
+                    log.warning("%s: store unavailable: %s", what, exc)
+                    failing = (started if failing is None else failing[0], started)
             delay = max(0.0, interval - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):  # interruptible sleep
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)

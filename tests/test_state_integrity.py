@@ -27,7 +27,7 @@ from fleet.keys import CHANNEL_CHANGES, KEY_REGIONS, KEY_VERSION, observations_k
 from fleet.redisconn import connect, redact, refusal
 from fleet.state import Applied, next_epoch, went_back
 from meridian.redisproc import RedisServer, free_port
-from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
+from tests.fleet import Fleet, ServerFactory, edge_counts, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
 LONDON = CLIENT_IP["london"]
@@ -464,6 +464,11 @@ async def test_a_primary_out_of_memory_answers_a_clear_503_and_edges_keep_servin
     with `Retry-After`, the edges serve keyed requests meanwhile (limits on their own share), and writes land
     once there is memory again."""
     fleet = keyed
+    caplog.set_level(logging.WARNING, logger="meridian.prober")
+
+    def scraper_said(what: str) -> list[str]:
+        return [m for r in caplog.records if r.name == "meridian.prober" and what in (m := r.getMessage())]
+
     tenant, key = await fleet.tenant_key({"rpm": 100_000}, name="while full")
     r = fleet.primary.client()
     r.config_set("maxmemory", "1")
@@ -488,6 +493,19 @@ async def test_a_primary_out_of_memory_answers_a_clear_503_and_edges_keep_servin
                 ) as resp:
                     await resp.read()
                     assert resp.status == 200, resp.status
+
+        async def scraper_failing() -> bool:  # it writes the engines' signals every round (0.5 s)
+            return bool(scraper_said("scraper: store unavailable"))
+
+        await wait_for(scraper_failing, timeout=5, what="the scraper to find the store full")
+        metrics = fleet.edges["eu-west-1"].make_url("/metrics")
+        refused = (await edge_counts(metrics, "limits_primary_failures", "kind")).get("refused", 0)
+
+        async def rounds_later() -> bool:  # registrations refused once a second: several scraper rounds
+            now = (await edge_counts(metrics, "limits_primary_failures", "kind")).get("refused", 0)
+            return bool(now >= refused + 3)
+
+        await wait_for(rounds_later, timeout=10, what="three more refused registrations")
     finally:
         r = fleet.primary.client()
         r.config_set("maxmemory", "0")
@@ -501,6 +519,12 @@ async def test_a_primary_out_of_memory_answers_a_clear_503_and_edges_keep_servin
 
     await wait_for(writes_land, timeout=5, what="a write to land once the primary has memory")
     assert not [rec for rec in caplog.records if rec.exc_info], [rec.getMessage() for rec in caplog.records]
+
+    async def scraper_says_it_is_back() -> bool:  # its signals written once more
+        return bool(scraper_said("scraper: store available again"))
+
+    await wait_for(scraper_says_it_is_back, timeout=5, what="the scraper to log the store back")
+    assert len(scraper_said("scraper: store unavailable")) == 1, scraper_said("scraper")  # not every round
 
 
 def test_a_server_that_refuses_writes_is_told_from_other_errors() -> None:
