@@ -21,6 +21,7 @@ from controlplane.intake import PassiveBook
 from controlplane.service import ServiceTracker
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StateStore, StoreError, StoreUnavailable, is_unavailable
+from fleet.episode import Episode
 from fleet.signals import EngineSignals, signal_key
 from fleet.state import Health, Region, RegionState, Replica, Topology
 
@@ -69,20 +70,18 @@ class Prober:
     async def _every(self, interval: float, work: Callable[[], Awaitable[None]], what: str) -> None:
         """``work`` every ``interval``; a store that cannot take its writes logged when that begins, every
         ``STORE_REMIND_S`` while it lasts and when it ends, not every round."""
-        failing: tuple[float, float] | None = None  # the store unavailable: (since, last said)
+        store = Episode(STORE_REMIND_S)  # the store unavailable
         while not self._stop.is_set():
             started = time.monotonic()
             try:
                 await work()
-                if failing is not None:
-                    log.warning("%s: store available again after %.0f s", what, started - failing[0])
-                    failing = None
+                if (lasted := store.ended(started)) is not None:
+                    log.warning("%s: store available again after %.0f s", what, lasted)
             except Exception as exc:  # a bug in one round must not stop probing
                 if not is_unavailable(exc):
                     log.exception("%s round failed", what)
-                elif failing is None or started - failing[1] >= STORE_REMIND_S:
+                elif store.failed(started) is not None:
                     log.warning("%s: store unavailable: %s", what, exc)
-                    failing = (started if failing is None else failing[0], started)
             delay = max(0.0, interval - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):  # interruptible sleep
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)

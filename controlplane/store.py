@@ -558,21 +558,18 @@ class StateStore:
             pipe.delete(KEY_AUDIT)
             for entry_id, fields in copy.audit:
                 pipe.xadd(KEY_AUDIT, dict[Any, Any](fields), id=entry_id)
-            pipe.xadd(
-                KEY_AUDIT,
-                {
-                    "at": f"{time.time():.3f}",
-                    "actor": "meridian-controlplane",
-                    "reason": f"state store found at epoch/version {found[0]}/{found[1]} (control plane knew "
-                    f"{copy.epoch}/{copy.version}), empty, old or missing regions: restored its copy",
-                    "action": "restore",
-                    "region": "*",
-                    "before": json.dumps({"epoch": found[0], "version": found[1]}),
-                    "after": json.dumps({"epoch": copy.epoch, "version": version}),
-                },
-                maxlen=AUDIT_MAXLEN,
-                approximate=True,
+            reason = (
+                f"state store found at epoch/version {found[0]}/{found[1]} (control plane knew "
+                f"{copy.epoch}/{copy.version}), empty, old or missing regions: restored its copy"
             )
+            entry = AuditEntry(actor="meridian-controlplane", reason=reason, action="restore")
+            fields = _audit_fields(
+                entry,
+                region="*",
+                before={"epoch": found[0], "version": found[1]},
+                after={"epoch": copy.epoch, "version": version},
+            )
+            pipe.xadd(KEY_AUDIT, dict[Any, Any](fields), maxlen=AUDIT_MAXLEN, approximate=True)
             pipe.publish(CHANNEL_CHANGES, change_message(version=version, region="*"))
             await pipe.execute()
         copy.version = version
@@ -586,15 +583,7 @@ class StateStore:
         self, entry: AuditEntry, *, region: str, before: object = None, after: object = None
     ) -> None:
         """One audit entry for something that is not a region's state (e.g. ``pool:<region>/<model>``)."""
-        fields = {
-            "at": f"{time.time():.3f}",
-            "actor": entry.actor,
-            "reason": entry.reason,
-            "action": entry.action,
-            "region": region,
-            "before": json.dumps(before),
-            "after": json.dumps(after),
-        }
+        fields = _audit_fields(entry, region=region, before=before, after=after)
         async with raise_unavailable():
             await self.redis.xadd(KEY_AUDIT, dict[Any, Any](fields), maxlen=AUDIT_MAXLEN, approximate=True)
 
@@ -682,19 +671,31 @@ class StateStore:
         return cursors, out
 
 
-def _new_epoch_entry(found: tuple[int, int], epoch: int, behind: tuple[str, str]) -> dict[str, str]:
-    edge, what = behind
+def _audit_fields(entry: AuditEntry, *, region: str, before: object, after: object) -> dict[str, str]:
+    """An audit stream entry's fields, ``before`` and ``after`` as JSON."""
     return {
         "at": f"{time.time():.3f}",
-        "actor": "meridian-controlplane",
-        "reason": f"the store at epoch/version {found[0]}/{found[1]} is behind what edge {edge} applied "
-        f"({what}): restored from an older backup or writes lost; a new epoch over what it holds, which "
-        "every edge takes",
-        "action": "new-epoch",
-        "region": "*",
-        "before": json.dumps({"epoch": found[0], "version": found[1]}),
-        "after": json.dumps({"epoch": epoch, "version": found[1] + 1}),
+        "actor": entry.actor,
+        "reason": entry.reason,
+        "action": entry.action,
+        "region": region,
+        "before": json.dumps(before),
+        "after": json.dumps(after),
     }
+
+
+def _new_epoch_entry(found: tuple[int, int], epoch: int, behind: tuple[str, str]) -> dict[str, str]:
+    edge, what = behind
+    reason = (
+        f"the store at epoch/version {found[0]}/{found[1]} is behind what edge {edge} applied ({what}): "
+        "restored from an older backup or writes lost; a new epoch over what it holds, which every edge takes"
+    )
+    return _audit_fields(
+        AuditEntry(actor="meridian-controlplane", reason=reason, action="new-epoch"),
+        region="*",
+        before={"epoch": found[0], "version": found[1]},
+        after={"epoch": epoch, "version": found[1] + 1},
+    )
 
 
 def _audit_entry(entry_id: str, f: dict[str, str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the local share while the primary is unreachable; the token reservation."""
 from __future__ import annotations
 
 from edge.admission.limits import LEASE_TTL_S, SLOTS_RECHECK_S, Bucket, Slots, prompt_tokens, reservation
+from fleet.episode import Episode
 
 
 def test_a_lease_is_spent_locally_asked_for_ahead_and_dropped_when_stale() -> None:
@@ -111,3 +112,14 @@ def test_after_the_primary_had_no_slot_it_is_not_asked_again_for_a_moment() -> N
     s.refused_at = 0.0
     assert s.refused(now=0.0) and s.refused(now=SLOTS_RECHECK_S * 0.9)
     assert not s.refused(now=SLOTS_RECHECK_S)  # then the primary is asked again
+
+
+def test_a_failing_dependency_is_logged_when_it_begins_every_reminder_and_when_it_ends() -> None:
+    """``fleet.episode.Episode``, which the edges' limiter and the control plane's prober share."""
+    e = Episode(remind_s=60.0)
+    assert e.ended(0.0) is None  # nothing under way
+    assert e.failed(10.0, "refused") == 0.0  # begins: said
+    assert e.failed(11.0, "refused") is None and e.failed(69.0, "refused") is None  # not every call
+    assert e.failed(70.0, "refused") == 60.0  # a reminder, with how long it has lasted
+    assert e.failed(71.0, "unreachable") == 0.0  # another kind of failure: a new one
+    assert e.ended(75.0) == 4.0 and e.ended(76.0) is None

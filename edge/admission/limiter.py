@@ -30,6 +30,7 @@ from edge.admission.limits import (
     Bucket,
     Slots,
 )
+from fleet.episode import Episode
 from fleet.keys import KEY_LIVE_EDGES, limit_key
 from fleet.redisconn import raise_if_cancelling, refusal
 from fleet.tenants import Limits, Tenant
@@ -92,7 +93,7 @@ class Limiter:
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.backlog: dict[tuple[str, str], tuple[float, float]] = {}  # -> (Redis's TAT - now, when) s
         self.outage_until = 0.0
-        self.episode: tuple[str, float, float] | None = None  # a failing primary: (kind, since, last said)
+        self.episode = Episode(OUTAGE_REMIND_S)  # a failing primary, logged when it begins and ends
         self.script: Any = client.register_script(LEASE_SCRIPT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._verdicts: dict[str, tuple[Verdict, float, Limits]] = {}
@@ -259,12 +260,12 @@ class Limiter:
             self.outage(exc)
             return
         self.edges = max(1, int(live))
-        if self.episode is not None:
+        lasted = self.episode.ended(self.clock())
+        if lasted is not None:
             log.warning(
                 "limits: the primary takes the limit scripts again after %.0f s; the shared counts decide",
-                self.clock() - self.episode[1],
+                lasted,
             )
-            self.episode = None
         for bucket in self.buckets.values():
             if bucket.edges != self.edges:
                 bucket.share(self.edges)
@@ -280,12 +281,10 @@ class Limiter:
             self.on_failure(kind)
         now = self.clock()
         self.outage_until = now + OUTAGE_RETRY_S
-        episode = self.episode
-        since = now if episode is None or episode[0] != kind else episode[1]
-        if episode is not None and episode[0] == kind and now - episode[2] < OUTAGE_REMIND_S:
+        lasted = self.episode.failed(now, kind)
+        if lasted is None:
             return
-        self.episode = (kind, since, now)
-        lasting = f" for {now - since:.0f} s" if now > since else ""
+        lasting = f" for {lasted:.0f} s" if lasted else ""
         if refused:
             why = refusal(exc)
             log.error(
