@@ -136,6 +136,26 @@ def test_an_unexplained_error_or_any_500_fails_and_a_killed_edges_cut_is_allowed
     assert not errors(h).passed
 
 
+def test_a_failing_engines_error_is_allowed_only_where_its_region_was_the_only_one_not_dialed_out() -> None:
+    """An engine's 500 or broken-off stream reaches the client only with nowhere else to go: its region the
+    last not dialed out (good(): US dialed 0 at 1.0, 60 acknowledged at 5.1, so read by 7.1 at the latest)."""
+    for kind, status in (("cut", 200), ("http 500", 500), ("upstream", 502)):
+        h = good()
+        h.faults.append(Applied(2.0, 4.0, "engine-errors" if status == 500 else "engine-cut", EU))
+        h.requests.append(ok(3.0, kind=kind, status=status))  # US dialed out: allowed
+        assert errors(h).passed, kind
+        h.requests.append(ok(8.0, kind=kind, status=status))  # no engine fault then
+        assert not errors(h).passed, kind
+        h = good()
+        h.faults.append(Applied(7.5, 9.0, "engine-cut", EU))
+        h.requests.append(ok(8.0, kind=kind, status=status))  # US serves again: it should have gone there
+        assert not errors(h).passed, kind
+    h = good()
+    h.faults.append(Applied(2.0, 4.0, "engine-errors", EU))
+    h.requests.append(ok(3.0, region=US, kind="http 500", status=500))  # not the failing engine's answer
+    assert not errors(h).passed
+
+
 def test_a_revoked_key_accepted_past_the_bound_fails_and_refusals_after_it_are_allowed() -> None:
     h = good()
     refused = Request(3.5, 3.6, EU, "gone", 401, "http 401", None)

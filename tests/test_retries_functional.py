@@ -1,6 +1,7 @@
 """Routing around failed requests, not only failed regions (issue: "retries by cause, fallbacks on error"):
-a 429 or a 500 from one replica is retried on the region's other replica, a 503 that every replica of a
-model answers falls back to the catalog's next model, and a region keeps its 429s out of its breakers."""
+a 429 or a 500 from one replica is retried on the region's other replica (a 500 from a region's only engine
+in the next region), a 503 that every replica of a model answers falls back to the catalog's next model, and
+a region keeps its 429s out of its breakers."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fleet.topology import load_topology
 from regionsim.model import Faults
-from tests.fleet import Fleet, ServerFactory, start_fleet
+from tests.fleet import ROOT, Fleet, ServerFactory, start_fleet
 from tests.geodb import CLIENT_IP
 
 BIG, SMALL = "llama-3.1-70b-instruct", "llama-3.1-8b-instruct"  # regions.yaml: BIG falls back to SMALL
@@ -70,13 +72,43 @@ async def test_every_replica_of_a_model_failing_falls_back_to_the_catalogs_next_
     assert code == 200, body
 
 
-async def test_a_500_never_leaves_its_region(fleet: Fleet) -> None:
+async def test_a_500_is_retried_once_and_a_request_that_breaks_two_engines_stops(fleet: Fleet) -> None:
+    """The request itself may be what breaks an engine (a query of death): after the region's other replica
+    answered 500 too, no third engine is asked."""
     for rep in fleet.sims["eu-west-1"]:
         fleet.sim("eu-west-1", rep).faults = Faults(error_rate=1.0, error_status=500)
     code, headers, body = await chat(fleet, SMALL)
     assert code == 500 and headers["X-Meridian-Region"] == "eu-west-1", body
     assert headers["X-Meridian-Attempts"] == "2"  # the other replica once, no other region
     assert sum(fleet.sim("us-east-1", r).stats.requests for r in fleet.sims["us-east-1"]) == 0
+
+
+async def test_a_500_from_a_regions_only_engine_is_retried_in_the_next_region(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """An engine that broke answers 500 to everything; where it is its region's only one, the client is
+    answered from the next region, not given the 500 until the breaker ejects the engine (found by the fault
+    campaign's engine-errors: five clients got the 500 each time)."""
+    eu = next(r for r in load_topology(ROOT / "regions.yaml").regions if r.name == "eu-west-1")
+    only = eu.replicas[0].model_dump(mode="json")
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        catalog=True,
+        regions=("eu-west-1", "us-east-1"),
+        sim_kwargs={"ttft_ms": 1.0},
+        region_overrides={"eu-west-1": {"replicas": [only], "pools": []}},
+    )
+    try:
+        f.sim("eu-west-1", only["name"]).faults = Faults(error_rate=1.0, error_status=500)
+        for _ in range(3):
+            code, headers, body = await chat(f, SMALL)
+            assert code == 200, body
+            assert headers["X-Meridian-Region"] == "us-east-1" and headers["X-Meridian-Attempts"] == "2"
+        assert f.sim("eu-west-1", only["name"]).stats.errors == 3
+    finally:
+        await f.close()
 
 
 async def test_a_replica_that_breaks_off_its_streams_is_ejected_like_any_failing_one(fleet: Fleet) -> None:

@@ -283,13 +283,36 @@ def test_attempt_plan_tries_another_replica_of_the_region_then_the_backup(failur
     assert nxt is not None and (nxt.region, nxt.kind) == ("us-east-1", "failover")
 
 
-def test_attempt_plan_retries_a_500_once_on_another_replica_and_never_in_another_region() -> None:
+def test_attempt_plan_retries_a_500_once_on_another_replica_then_stops() -> None:
+    """A 500 may be the request's own (a query of death): it gets one more engine, no third."""
     p = attempt_plan(route(snap()))
     first = p.next()
     assert first is not None
     p.failed(first, "internal")
     again = p.next()
     assert again is not None and again.region == "eu-west-1" and again.replica != first.replica
+    p.failed(again, "internal")
+    assert p.next() is None
+
+
+def test_attempt_plan_retries_a_500_in_the_next_region_when_its_region_has_no_other_replica() -> None:
+    """An engine that broke answers 500 to everything: where it is its region's only one serving, the one
+    retry goes to the next region (before, the client got the 500 until the breaker ejected it)."""
+    only = REPLICAS["eu-west-1"][0]
+
+    class OneServing(TwoChoices):  # the rest of eu-west-1's replicas switched off
+        def choose(self, region: str, exclude: frozenset[str]) -> Pick | None:
+            return super().choose(
+                region, exclude | frozenset(REPLICAS[region][1:] if region == "eu-west-1" else ())
+            )
+
+    p = routing.AttemptPlan(route(snap()), chooser=OneServing(random.Random(0)), urls=URLS, max_attempts=4)
+    first = p.next()
+    assert first is not None and (first.region, first.replica) == ("eu-west-1", only)
+    p.failed(first, "internal")
+    again = p.next()
+    assert again is not None and (again.region, again.kind) == (p.decision.backup, "failover")
+    assert "internal in eu-west-1" in again.why
     p.failed(again, "internal")
     assert p.next() is None
 

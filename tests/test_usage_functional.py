@@ -19,6 +19,7 @@ import pytest
 from fleet.acl import CONTROL_PLANE
 from meridian import cli
 from meridian.capacity_io import read_store
+from regionsim.model import Faults
 from tests.fleet import Fleet, ServerFactory, start_fleet, wait_for
 from tests.geodb import CLIENT_IP
 
@@ -205,3 +206,62 @@ async def test_an_edge_that_stops_writes_its_last_usage_batch(
         assert after["totals"]["requests"] == 1 and after["totals"]["completion_tokens"] == 4
     finally:
         await f.close()
+
+
+async def test_a_stream_another_replica_went_on_with_is_ledgered_as_served_with_every_token(
+    fleet: Fleet,
+) -> None:
+    """A region broke the stream off after two tokens and another replica continued it: the client got one
+    whole answer, so the ledger counts it served (not an error) with the usage the client was told (found by
+    the fault campaign's engine-cut: each continued stream was ledgered as an error)."""
+    tenant, key = await fleet.tenant_key({"tpm": 1_000_000})
+    payload = {"model": "sim-llm", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 6}
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    url = fleet.edge_url("eu-west-1") + "v1/chat/completions"
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json=payload, headers=headers) as r:
+            assert r.status == 200
+            cutting = r.headers["X-Meridian-Replica"]  # where this prompt goes (prefix affinity)
+        fleet.sim("eu-west-1", cutting).faults = Faults(cut_after_tokens=2)
+        stream = {**payload, "stream": True, "stream_options": {"include_usage": True}}
+        async with s.post(url, json=stream, headers=headers) as r:
+            assert r.status == 200
+            events = [
+                json.loads(line[6:]) for line in (await r.text()).splitlines() if line.startswith("data: {")
+            ]
+    assert fleet.sim("eu-west-1", cutting).stats.requests == 2  # it was cut there
+    usage = events[-1]["usage"]
+    assert not any("error" in e for e in events) and usage["completion_tokens"] == 6
+
+    async def written() -> bool:
+        status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+        return status == 200 and body["totals"]["requests"] == 2
+
+    await wait_for(written, timeout=5, what="the edges to write their usage batches")
+    _, report = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+    assert report["totals"]["errors"] == 0
+    assert report["totals"]["completion_tokens"] == 6 + 6
+
+
+async def test_an_engines_error_relayed_to_the_client_charges_no_tokens(fleet: Fleet) -> None:
+    """Both engines of the region answer 500 (the request breaks them): the client gets the engine's 500,
+    the ledger an error with no tokens and nothing spent — an error before any token is not billed."""
+    tenant, key = await fleet.tenant_key({"tpm": 1_000_000})
+    for rep in fleet.sims["eu-west-1"]:
+        fleet.sim("eu-west-1", rep).faults = Faults(error_rate=1.0, error_status=500)
+    payload = {"model": "sim-llm", "messages": [{"role": "user", "content": "break it"}], "max_tokens": 6}
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": CLIENT_IP["london"]}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(fleet.edge_url("eu-west-1") + "v1/chat/completions", json=payload, headers=headers) as r,
+    ):
+        assert r.status == 500 and r.headers["X-Meridian-Attempts"] == "2"
+
+    async def written() -> bool:
+        status, body = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+        return status == 200 and body["totals"]["requests"] == 1
+
+    await wait_for(written, timeout=5, what="the edge to write its usage batch")
+    _, report = await fleet.admin("GET", f"/v1/tenants/{tenant}/usage")
+    totals = report["totals"]
+    assert (totals["errors"], totals["prompt_tokens"], totals["completion_tokens"]) == (1, 0, 0)

@@ -8,7 +8,7 @@ Every attempt — plain, retry, failover, hedge — goes through ``classify``; n
 |-----------|------------------------------------------|-------------------------|---------|-----------------|
 | ok        | a status below 500, but 429              | no                      | no      | the response    |
 | throttled | 429: the replica takes no more now       | other replica, region   | no      | it, if final    |
-| internal  | 500: the request broke one run           | other replica only      | yes     | it, if final    |
+| internal  | 500: the request broke one run           | once: replica, region   | yes     | it, if final    |
 | server    | 501, 505 or another non-retryable 5xx    | no                      | yes     | the response    |
 | status    | 502, 503 or 504 from the region          | other replica, region   | yes     | it, if final    |
 | connect   | refused, reset, unreachable, cut off     | other replica, region   | yes     | 502             |
@@ -18,8 +18,9 @@ Every attempt — plain, retry, failover, hedge — goes through ``classify``; n
 | context   | 400: over the model's context            | a larger-context model  | no      | it, if final    |
 
 Where a retry goes is ``edge.routing.ranking.AttemptPlan``'s: first another replica of the same region (the
-fault is usually one replica's), then the next region in order; a 500 stays in its region (the same request
-may break every replica: it is not worth a region's round trip).
+fault is usually one replica's), then the next region in order. A 500 is retried once, there too (an engine
+that broke answers 500 to everything, and a region may have one serving: the request goes on elsewhere), and
+no more (the request itself may break every engine it reaches: a query of death breaks two).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ Kind = Literal[
 ]
 RETRYABLE: frozenset[str] = frozenset({"throttled", "internal", "status", "connect", "timeout"})
 FAILURES: frozenset[str] = frozenset({"internal", "server", "status", "connect", "timeout", "cut"})
-SAME_REGION_ONLY: frozenset[str] = frozenset({"internal"})
+RETRIED_ONCE: frozenset[str] = frozenset({"internal"})  # after two of these the request stops
 MODEL_WIDE: frozenset[str] = frozenset({"context"})  # the model's, not the replica's: no other replica of it
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})

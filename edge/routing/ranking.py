@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple, Protocol
 
 from edge.routing.candidates import Pick
-from edge.routing.outcome import MODEL_WIDE, SAME_REGION_ONLY
+from edge.routing.outcome import MODEL_WIDE, RETRIED_ONCE
 from fleet.state import Location, Policy, RegionState, Snapshot, Topology, distance_rtt_ms
 
 
@@ -654,13 +654,13 @@ class AttemptPlan:
         last, kind = tried[-1]
         if kind in MODEL_WIDE:  # every replica of the model would say the same
             return None
+        if kind in RETRIED_ONCE and sum(1 for _, k in tried if k in RETRIED_ONCE) > 1:
+            return None  # it broke two engines: it would break the next too (a query of death)
         in_region = sum(1 for a, _ in tried if a.region == last.region)
         if in_region == 1:  # its first failure in this region: another replica there first
             t = self._in(last.region, "retry", f"{kind} on {last.replica}: another replica")
             if t is not None:
                 return t
-        if kind in SAME_REGION_ONLY:
-            return None
         used = {a.region for a, _ in tried}
         for region in d.order:
             if region not in used:

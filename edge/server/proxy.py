@@ -201,8 +201,10 @@ class Proxy:
         if tally is None:
             return None
         region, failed = answer.region, answer.failed
-        # no region answered (shed, no region, every attempt failed): no tokens (it counted against RPM)
-        prompt, completion = tally.tokens(admitted.prompt_estimate()) if region else (0, 0)
+        # no region answered (shed, no region, every attempt failed), or its answer was an error before any
+        # token (a 500 relayed): no tokens, nothing spent (it counted against RPM)
+        charged = region is not None and not (failed and tally.events == 0 and not tally.exact)
+        prompt, completion = tally.tokens(admitted.prompt_estimate()) if charged else (0, 0)
         spend = admitted.spend_nusd = self.catalog.cost_nusd(admitted.model, prompt, completion)
         if self.ledger is not None:
             self.ledger.add(

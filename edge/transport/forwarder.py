@@ -159,6 +159,7 @@ class Result:
     first: bytes | None = None  # a stream's first event, read to judge the attempt (first-token limit)
     retry_after_s: float = 0.0  # a throttled replica's Retry-After (0: none given)
     body: bytes | None = None  # a small 400's body, read to tell a context error
+    continued: bool = False  # broken off, and another replica went on: the client's answer is whole
 
 
 def upstream_headers(
@@ -567,7 +568,7 @@ class Forwarder:
             book()
             self._judge(r)  # the answer ended: whole, or broken off (a cut outcome)
             self._end(r.attempt, r.span, r.upstream)
-        return Forwarded(resp, r.attempt.region, r.outcome.failed)
+        return Forwarded(resp, r.attempt.region, r.outcome.failed and not r.continued)
 
     def _committed(self, r: Result) -> None:
         self._account(r, judge=False)
@@ -779,6 +780,7 @@ class Forwarder:
                 and sent.chunks
                 and await self._continue(call, r, resp, sent.chunks)
             ):
+                r.continued = True  # the cut still counts against its replica; the answer is served
                 return resp
             message = f"upstream {r.attempt.region} broke off the stream ({r.outcome.detail})"
             event = {

@@ -39,6 +39,13 @@ REVOKE_TRIES = 20  # the revocation asked again each second while the store cann
 CAPPED, CAPPED_RPM = "capped", 120  # a tenant offered twice its requests-per-minute limit throughout
 LINK_LATENCY_S = 0.2  # a link-latency fault's delay, each way
 LINK_LOSS = 0.2  # a link-loss fault's share of segments lost
+# what the simulator is told (POST /_sim/faults, regionsim/model.py) for the faults on regions and engines
+SIM_FAULTS: dict[str, dict[str, object]] = {
+    "region-down": {"down": True},
+    "region-slow": {"extra_latency_ms": 300},
+    "engine-errors": {"error_rate": 1.0, "error_status": 500},
+    "engine-cut": {"cut_after_tokens": 3},
+}
 SKEW = "+90s"  # an edge-skew fault's clock offset (libfaketime's FAKETIME)
 FAKETIME = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)  # apt: faketime
 
@@ -297,14 +304,24 @@ class Campaign:
                 await _listening(url)
 
             return restart
-        slots = list(self.run.slots(region).values())
-        body = {"down": True} if kind == "region-down" else {"extra_latency_ms": 300}
+        if kind.startswith("engine"):
+            slots = [await self._serving_engine(f)]
+        else:
+            slots = list(self.run.slots(region).values())
+        body = SIM_FAULTS[kind]
         await asyncio.gather(*(self.run.sim(u, "/_sim/faults", body) for u in slots))
 
         async def clear() -> None:
             await asyncio.gather(*(self.run.sim(u, "/_sim/faults", {}) for u in slots))
 
         return clear
+
+    async def _serving_engine(self, f: Fault) -> str:
+        """One of the fault's region's engines that serves now (its machine on and started: the autoscaler
+        keeps the rest off), chosen by the fault's time, so a schedule hits the same slot again."""
+        slots = sorted(self.run.slots(f.target).items())
+        serving = [url for _, url in slots if (await self.run.sim_power(url)).get("serving")]
+        return random.Random(f"{f.at}").choice(serving or [url for _, url in slots])
 
     def _links(self, target: str) -> list[FaultProxy]:
         """A link fault's proxies: "" the control plane's to the primary; "e" edge e's to its replica;

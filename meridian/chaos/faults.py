@@ -21,6 +21,10 @@ KINDS: dict[str, str] = {
     "controlplane-kill": "the control plane: kill -9, restarted",
     "region-down": "every simulated replica of a region refuses (down), back after",
     "region-slow": "every simulated replica of a region answers 300 ms late, normal after",
+    "engine-errors": "one serving engine (simulated replica) of a region answers vLLM's 500 to every "
+    "request, well after",
+    "engine-cut": "one serving engine of a region breaks off every stream after its 3rd token (the "
+    "connection reset), whole after",
     "link-latency": "a link (an edge's to its Redis replica, the primary or a region's replicas; the control "
     "plane's to the primary): +200 ms each way, through the campaign's TCP fault proxy",
     "link-loss": "a link: 20 % of its segments lost (each held a retransmission timeout, 0.2 s doubling "
@@ -84,8 +88,8 @@ def _thing(f: Fault) -> str:
     """What a fault is done to: faults on one thing never overlap."""
     if f.kind.startswith("primary"):
         return "primary"
-    if f.kind.startswith("region"):
-        return "regions"  # one region down (or slow) at a time
+    if f.kind.startswith(("region", "engine")):
+        return "regions"  # one region down, slow or with a failing engine at a time
     if f.kind.startswith("link"):  # a link to a region counts as the region's fault: one region out at a time
         end = f.target.partition(":")[2]
         return "regions" if end not in ("", "primary") else f"link:{f.target}"

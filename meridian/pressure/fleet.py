@@ -257,6 +257,10 @@ class Running:
         async with aiohttp.ClientSession() as s, s.get(url + "/_sim/stats") as r:
             return dict(await r.json())
 
+    async def sim_power(self, url: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.get(url + "/_sim/power") as r:
+            return dict(await r.json())
+
     async def sim(self, url: str, path: str, body: Any = None) -> Any:
         async with aiohttp.ClientSession() as s, s.post(url + path, json=body) as r:
             return await r.json()
