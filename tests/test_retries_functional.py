@@ -20,16 +20,22 @@ from tests.geodb import CLIENT_IP
 BIG, SMALL = "llama-3.1-70b-instruct", "llama-3.1-8b-instruct"  # regions.yaml: BIG falls back to SMALL
 
 
-@pytest.fixture
-async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
-    f = await start_fleet(
+async def two_regions(tmp_path: Path, serve: ServerFactory, geo_db: Path, **overrides: Any) -> Fleet:
+    """eu-west-1 and us-east-1 with the catalog and fast simulators (``overrides``: more of start_fleet's)."""
+    return await start_fleet(
         tmp_path,
         serve,
         geo_db=geo_db,
         catalog=True,
         regions=("eu-west-1", "us-east-1"),
         sim_kwargs={"ttft_ms": 1.0},
+        **overrides,
     )
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, serve: ServerFactory, geo_db: Path) -> AsyncIterator[Fleet]:
+    f = await two_regions(tmp_path, serve, geo_db)
     try:
         yield f
     finally:
@@ -91,14 +97,8 @@ async def test_a_500_from_a_regions_only_engine_is_retried_in_the_next_region(
     campaign's engine-errors: five clients got the 500 each time)."""
     eu = next(r for r in load_topology(ROOT / "regions.yaml").regions if r.name == "eu-west-1")
     only = eu.replicas[0].model_dump(mode="json")
-    f = await start_fleet(
-        tmp_path,
-        serve,
-        geo_db=geo_db,
-        catalog=True,
-        regions=("eu-west-1", "us-east-1"),
-        sim_kwargs={"ttft_ms": 1.0},
-        region_overrides={"eu-west-1": {"replicas": [only], "pools": []}},
+    f = await two_regions(
+        tmp_path, serve, geo_db, region_overrides={"eu-west-1": {"replicas": [only], "pools": []}}
     )
     try:
         f.sim("eu-west-1", only["name"]).faults = Faults(error_rate=1.0, error_status=500)
