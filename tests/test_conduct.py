@@ -253,6 +253,40 @@ async def test_a_stream_cut_after_40_of_60_tokens_reaches_the_client_whole(fleet
     assert len(prefix) == 1 and len(prefix[0].split()) == 40  # it went on from exactly what the client had
 
 
+async def test_a_continuation_whose_replica_fails_before_its_first_byte_goes_on_at_the_next(
+    tmp_path: Path, serve: ServerFactory, geo_db: Path
+) -> None:
+    """The stream is cut in eu-west-1 and the region's other engine resets every connection (the prober off,
+    so the edge still plans it): the continuation passes it for the next region, and the client still gets
+    one whole stream. Before, the first continuation that failed to connect ended the stream in an error."""
+    f = await start_fleet(
+        tmp_path,
+        serve,
+        geo_db=geo_db,
+        catalog=True,
+        regions=("eu-west-1", "us-east-1"),
+        probe=False,
+        sim_kwargs={"ttft_ms": 1.0},
+        edge_overrides={"timeouts": TIMEOUTS},
+    )
+    try:
+        _, headers, _, _ = await stream(f)
+        cutting = headers["X-Meridian-Replica"]
+        sims = replicas(f)
+        sims[cutting].faults = Faults(cut_after_tokens=3)
+        (down,) = set(sims) - {cutting}
+        sims[down].faults = Faults(down=True)
+        status, _, data, _ = await post(f, max_tokens=8, stream=True, stream_options={"include_usage": True})
+        events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+        assert status == 200 and data.rstrip().endswith(b"data: [DONE]"), data[-300:]
+        assert not any("error" in e for e in events) and len({e["id"] for e in events}) == 1
+        assert [e["usage"]["completion_tokens"] for e in events if e.get("usage")] == [8]
+        went_on = [f.sim("us-east-1", r).stats.continued for r in f.sims["us-east-1"]]
+        assert sorted(len(c) for c in went_on) == [0, 1] and sims[down].stats.requests >= 1
+    finally:
+        await f.close()
+
+
 async def test_where_no_replica_can_go_on_the_client_gets_an_error_event_and_a_clean_end(
     fleet: Fleet,
 ) -> None:

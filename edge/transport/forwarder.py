@@ -798,42 +798,63 @@ class Forwarder:
         return resp
 
     async def _continue(self, call: Call, r: Result, resp: web.StreamResponse, sent: list[bytes]) -> bool:
-        """Go on from what the client has, on the plan's next replica if its engine takes
-        ``continue_final_message``; its events stitched into this stream. False: nothing was written."""
+        """Go on from what the client has, on the plan's next replica whose engine takes
+        ``continue_final_message`` (one that fails before its first byte passes it to the next, within the
+        plan's attempts); its events stitched into this stream. False: the stream could not be finished."""
         plan = call.plan
-        if plan is None or time.monotonic() >= call.deadline:
+        if plan is None:
             return False
         plan.failed(r.attempt, "cut")
-        nxt = plan.next()
         partial, count, stream_id = partial_of(sent)
         body = continuation_body(call.body, partial, count)
-        if nxt is None or not self.continuable.at(nxt.region, nxt.replica, call.model):
-            return False
         if body is None or not stream_id:
             return False
+        while time.monotonic() < call.deadline:
+            nxt = plan.next()
+            if nxt is None or not self.continuable.at(nxt.region, nxt.replica, call.model):
+                return False
+            went_on = await self._go_on(call, nxt, body, Stitch(stream_id, count), resp)
+            if isinstance(went_on, bool):
+                return went_on
+            plan.failed(nxt, went_on.kind)
+        return False
+
+    async def _go_on(
+        self, call: Call, nxt: Attempt, body: bytes, stitch: Stitch, resp: web.StreamResponse
+    ) -> bool | Outcome:
+        """One continuation: True, the stream went on to its end; False, it stopped (the engine refused the
+        prefix — the client hears of the original fault —, or it broke off after writing); an outcome, it
+        failed before its first byte (its replica's breaker told; the plan's next may try)."""
         span = self._begin(call, nxt)
         upstream: UpstreamResponse | None = None
+        written = False
         try:
             upstream = await self._open(call, nxt, span, "POST", body)
             if upstream.status != 200 or upstream.content_type != "text/event-stream":
-                upstream.close()  # e.g. the engine refuses the prefix: the client hears of the original fault
+                upstream.close()
                 upstream = None
                 return False
-            stitch, frames = Stitch(stream_id, count), EventFrames()
+            frames = EventFrames()
             async for piece in upstream:
                 chunk = stitch.rewrite(frames.feed(piece))
                 if chunk:
                     if call.tally is not None:
                         call.tally.chunk(chunk)
+                    written = True
                     await resp.write(chunk)
             await resp.write_eof()
             self._record(nxt, True)
             self.metrics.counts.attempt(nxt.region, "continuation", "200")
             return True
-        except (OSError, TimeoutError, aiohttp.ClientError):
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
             if upstream is not None:
                 upstream.close()
                 upstream = None
-            return False
+            if written:
+                return False
+            outcome = raised(exc)
+            self._record(nxt, False)
+            self.metrics.counts.attempt(nxt.region, "continuation", outcome.label)
+            return outcome
         finally:
             self._end(nxt, span, upstream)
