@@ -69,6 +69,26 @@ def replicas(fleet: Fleet) -> dict[str, Any]:
     return {name: fleet.sim("eu-west-1", name) for name in fleet.sims["eu-west-1"]}
 
 
+def stream_events(data: bytes) -> list[dict[str, Any]]:
+    """A stream's JSON events, in order."""
+    return [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+
+
+async def cut_where_it_goes(
+    fleet: Fleet, *, after: int, other: Faults | None = None
+) -> tuple[dict[str, Any], str]:
+    """The eu-west-1 replica this prompt goes to (affinity keeps it there) breaks its streams off after
+    ``after`` tokens, and its other replica gets ``other``: (the replicas, the other's name)."""
+    _, headers, _, _ = await stream(fleet)
+    cutting = headers["X-Meridian-Replica"]
+    sims = replicas(fleet)
+    sims[cutting].faults = Faults(cut_after_tokens=after)
+    (rest,) = set(sims) - {cutting}
+    if other is not None:
+        sims[rest].faults = other
+    return sims, rest
+
+
 @pytest.mark.parametrize("late_s", [3.0, 600.0], ids=["slow first token", "silent"])
 async def test_a_stream_without_its_first_token_in_time_is_served_by_another_replica(
     fleet: Fleet, late_s: float
@@ -236,19 +256,15 @@ async def test_a_stream_cut_after_40_of_60_tokens_reaches_the_client_whole(fleet
     """The region breaks off after 40 tokens: the edge asks the other replica to go on from the 40 tokens
     (vLLM's continue_final_message) and stitches its events in — one stream: one id, 60 tokens, one usage
     chunk counting 60 completion tokens, [DONE]."""
-    _, headers, _, _ = await stream(fleet)
-    cutting = headers["X-Meridian-Replica"]
-    sims = replicas(fleet)
-    sims[cutting].faults = Faults(cut_after_tokens=40)
+    sims, other = await cut_where_it_goes(fleet, after=40)
     _, _, data, _ = await post(fleet, max_tokens=60, stream=True, stream_options={"include_usage": True})
-    events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+    events = stream_events(data)
     assert data.rstrip().endswith(b"data: [DONE]"), data[-300:]
     words = [e["choices"][0]["delta"].get("content") for e in events if e.get("choices")]
     assert len([w for w in words if w]) == 60
     assert len({e["id"] for e in events}) == 1  # one stream, as the client sees it
     usage = [e["usage"] for e in events if e.get("usage")]
     assert len(usage) == 1 and usage[0]["completion_tokens"] == 60, usage
-    (other,) = set(sims) - {cutting}
     prefix = sims[other].stats.continued
     assert len(prefix) == 1 and len(prefix[0].split()) == 40  # it went on from exactly what the client had
 
@@ -270,14 +286,9 @@ async def test_a_continuation_whose_replica_fails_before_its_first_byte_goes_on_
         edge_overrides={"timeouts": TIMEOUTS},
     )
     try:
-        _, headers, _, _ = await stream(f)
-        cutting = headers["X-Meridian-Replica"]
-        sims = replicas(f)
-        sims[cutting].faults = Faults(cut_after_tokens=3)
-        (down,) = set(sims) - {cutting}
-        sims[down].faults = Faults(down=True)
+        sims, down = await cut_where_it_goes(f, after=3, other=Faults(down=True))
         status, _, data, _ = await post(f, max_tokens=8, stream=True, stream_options={"include_usage": True})
-        events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+        events = stream_events(data)
         assert status == 200 and data.rstrip().endswith(b"data: [DONE]"), data[-300:]
         assert not any("error" in e for e in events) and len({e["id"] for e in events}) == 1
         assert [e["usage"]["completion_tokens"] for e in events if e.get("usage")] == [8]
@@ -292,14 +303,9 @@ async def test_where_no_replica_can_go_on_the_client_gets_an_error_event_and_a_c
 ) -> None:
     """The other replica refuses the prefix: the client hears of the original fault — an error event in
     OpenAI's stream shape and a clean end, not a reset, not the continuation's refusal."""
-    _, headers, _, _ = await stream(fleet)
-    cutting = headers["X-Meridian-Replica"]
-    sims = replicas(fleet)
-    sims[cutting].faults = Faults(cut_after_tokens=3)
-    (other,) = set(sims) - {cutting}
-    sims[other].faults = Faults(reject_prefix=True)
+    await cut_where_it_goes(fleet, after=3, other=Faults(reject_prefix=True))
     status, _, data, _ = await stream(fleet, tokens=10)  # a clean end: no ClientPayloadError
-    events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+    events = stream_events(data)
     assert status == 200 and "error" in events[-1] and events[-1]["error"]["code"] == "stream_cut", events[-1]
     assert "broke off" in events[-1]["error"]["message"] and b"[DONE]" not in data
 
@@ -325,7 +331,7 @@ async def test_a_content_policy_refusal_reaches_the_client_with_the_providers_re
 
 
 def served_tokens(data: bytes) -> list[str]:
-    events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+    events = stream_events(data)
     return [w for e in events for c in e.get("choices", []) if (w := c.get("delta", {}).get("content"))]
 
 
@@ -442,7 +448,7 @@ async def test_a_model_the_catalog_says_cannot_be_continued_ends_with_the_error_
         sims = replicas(f)
         sims[headers["X-Meridian-Replica"]].faults = Faults(cut_after_tokens=3)
         status, _, data, _ = await stream(f, tokens=10)
-        events = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+        events = stream_events(data)
         assert status == 200 and events[-1]["error"]["code"] == "stream_cut", events[-1]
         assert all(not sim.stats.continued for sim in sims.values())
     finally:

@@ -178,15 +178,15 @@ def errors(h: History) -> Verdict:
                 continue  # its key was revoked: refused, as it must be
             if r.kind == "cut" and "revoked" in r.detail:
                 continue  # streaming when its key was revoked: ended with an error event, as designed
-        if r.status == 500 and not (r.kind in ENGINE_FAILED and _engine_alone(h, r, regions)):
+        if r.kind in ENGINE_FAILED and _engine_alone(h, r, regions):
+            continue  # its engine failed with nowhere else to go (its 500 relayed included)
+        if r.status == 500:
             v.passed = False
             v.violations.append(f"edge {r.edge} answered 500 at {r.start:.2f} s")
             continue
         if r.kind in CUT_BY_EDGE and _edge_down(h.faults, r):
             continue
         if r.kind == "cut" and _link_cut(h.faults, r):
-            continue
-        if r.kind in ENGINE_FAILED and _engine_alone(h, r, regions):
             continue
         v.passed = False
         v.violations.append(
